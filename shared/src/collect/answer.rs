@@ -1,0 +1,64 @@
+//! HTTP answers, decided in the core so every shell answers the same.
+
+use serde_json::{Value, json};
+
+/// An HTTP response: status, headers, JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers besides `Content-Type: application/json`, which every answer has.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body.
+    pub body: String,
+}
+
+impl Answer {
+    /// A JSON answer.
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self { status, headers: Vec::new(), body: body.to_string() }
+    }
+
+    /// An error answer like Segment's: `{"success":false,"code":..,"message":..}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Self {
+        Self::json(status, &json!({ "success": false, "code": code, "message": message }))
+    }
+
+    /// 503: the events could not be stored; the client must retry. Never claim success for unkept data.
+    pub fn storage_unavailable() -> Self {
+        let mut answer = Self::error(503, "storage_unavailable", "events could not be stored; retry the request later");
+        answer.headers.push(("Retry-After", "5".to_string()));
+        answer
+    }
+
+    /// 503: the source configuration could not be loaded, so no key can be checked.
+    pub fn config_unavailable() -> Self {
+        let mut answer =
+            Self::error(503, "config_unavailable", "source configuration is unavailable; retry the request later");
+        answer.headers.push(("Retry-After", "5".to_string()));
+        answer
+    }
+
+    /// 200 for `GET /health`.
+    pub fn health() -> Self {
+        Self::json(200, &json!({ "status": "ok" }))
+    }
+
+    /// 404.
+    pub fn not_found() -> Self {
+        Self::error(404, "not_found", "no such endpoint; see /v1/{track,identify,page,screen,group,alias,batch}")
+    }
+
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self::error(405, "method_not_allowed", "use POST for collect endpoints and GET for /health")
+    }
+
+    /// Adds the CORS headers that let a browser at `origin` read this answer.
+    pub fn with_cors(mut self, origin: &str) -> Self {
+        self.headers.push(("Access-Control-Allow-Origin", origin.to_string()));
+        self.headers.push(("Access-Control-Allow-Credentials", "true".to_string()));
+        self.headers.push(("Vary", "Origin".to_string()));
+        self
+    }
+}

@@ -1,0 +1,342 @@
+//! Enrichment: client IP (anonymized when the source says so), geo, parsed user agent and bot flag, UTM
+//! campaign, and the identifiers ID-Mapping keys on.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use crate::event::{CanonicalEvent, Geo, Identifier, UserAgentInfo};
+use crate::ids::sha256_hex;
+use crate::source::SourceSettings;
+
+/// Enriches the events of one request. Parsing a user agent costs far more than normalizing an event, and a
+/// batch almost always comes from one client, so parses are remembered for the request.
+pub(crate) struct Enricher<'a> {
+    settings: &'a SourceSettings,
+    client_ip: Option<IpAddr>,
+    header_user_agent: Option<&'a str>,
+    geo: Option<&'a Geo>,
+    parser: woothee::parser::Parser,
+    agents: HashMap<String, Option<UserAgentInfo>>,
+}
+
+impl<'a> Enricher<'a> {
+    pub(crate) fn new(
+        settings: &'a SourceSettings,
+        client_ip: Option<IpAddr>,
+        header_user_agent: Option<&'a str>,
+        geo: Option<&'a Geo>,
+    ) -> Self {
+        Self {
+            settings,
+            client_ip,
+            header_user_agent,
+            geo,
+            parser: woothee::parser::Parser::new(),
+            agents: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn enrich(&mut self, event: &mut CanonicalEvent) {
+        self.ip(&mut event.context);
+        event.enrichment.geo = self.geo.cloned();
+
+        let agent = match event.context.get("userAgent") {
+            Some(Value::String(ua)) => Some(ua.as_str()),
+            _ => self.header_user_agent,
+        };
+        if let Some(agent) = agent.filter(|a| !a.trim().is_empty()) {
+            let parsed = match self.agents.get(agent) {
+                Some(parsed) => parsed.clone(),
+                None => {
+                    let parsed = parse_user_agent(&self.parser, agent);
+                    self.agents.insert(agent.to_string(), parsed.clone());
+                    parsed
+                }
+            };
+            event.enrichment.bot = parsed.as_ref().is_some_and(|p| p.device_type == "crawler");
+            event.enrichment.user_agent = parsed;
+        }
+
+        if !matches!(event.context.get("campaign"), Some(Value::Object(_))) {
+            let url = event.context.get("page").and_then(|p| p.get("url")).and_then(Value::as_str);
+            if let Some(campaign) = url.and_then(campaign_from_url) {
+                event.context.insert("campaign".to_string(), Value::Object(campaign));
+            }
+        }
+
+        event.identifiers = identifiers(event);
+    }
+
+    /// `context.ip`: a server source may relay its user's address there; otherwise the request's.
+    fn ip(&self, context: &mut Map<String, Value>) {
+        if !self.settings.collect_ip {
+            context.remove("ip");
+            return;
+        }
+        let sent = context.get("ip").and_then(Value::as_str).and_then(|s| s.trim().parse::<IpAddr>().ok());
+        match sent.or(self.client_ip) {
+            Some(ip) => {
+                let ip = if self.settings.anonymize_ip { anonymize_ip(ip) } else { ip };
+                context.insert("ip".to_string(), Value::String(ip.to_string()));
+            }
+            None => {
+                context.remove("ip");
+            }
+        }
+    }
+}
+
+/// Zeroes the host part: the last octet of an IPv4 address, the last 80 bits of an IPv6 address (as Google
+/// Analytics does), leaving enough for country-level analysis and too little to single out a household.
+pub fn anonymize_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[6..].fill(0);
+            IpAddr::from(octets)
+        }
+    }
+}
+
+fn parse_user_agent(parser: &woothee::parser::Parser, agent: &str) -> Option<UserAgentInfo> {
+    let r = parser.parse(agent)?;
+    let known = |s: &str| if s == "UNKNOWN" { String::new() } else { s.to_string() };
+    Some(UserAgentInfo {
+        browser: r.name.to_string(),
+        browser_version: known(r.version),
+        os: r.os.to_string(),
+        os_version: known(&r.os_version),
+        device_type: r.category.to_string(),
+    })
+}
+
+/// The Segment `context.campaign` object from a page URL's `utm_*` parameters, if it has any.
+pub fn campaign_from_url(url: &str) -> Option<Map<String, Value>> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let mut campaign = Map::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let field = match key.as_ref() {
+            "utm_campaign" => "name",
+            "utm_source" => "source",
+            "utm_medium" => "medium",
+            "utm_term" => "term",
+            "utm_content" => "content",
+            "utm_id" => "id",
+            _ => continue,
+        };
+        let value = value.trim();
+        if !value.is_empty() && !campaign.contains_key(field) {
+            campaign.insert(field.to_string(), Value::String(value.to_string()));
+        }
+    }
+    (!campaign.is_empty()).then_some(campaign)
+}
+
+fn identifiers(event: &CanonicalEvent) -> Vec<Identifier> {
+    let mut out = Vec::new();
+    let plain = |kind: &str, value: &str| Identifier { kind: kind.to_string(), value: value.to_string(), sha256: None };
+    if let Some(id) = &event.user_id {
+        out.push(plain("user_id", id));
+    }
+    if let Some(id) = &event.anonymous_id {
+        out.push(plain("anonymous_id", id));
+    }
+    if let Some(id) = event.context.get("device").and_then(|d| d.get("id")).and_then(Value::as_str) {
+        let id = id.trim();
+        if !id.is_empty() {
+            out.push(plain("device_id", id));
+        }
+    }
+    // Traits travel in `traits` (identify) or `context.traits` (every other call, from the SDK's cache).
+    let trait_sources = [event.traits.as_ref(), event.context.get("traits").and_then(Value::as_object)];
+    for traits in trait_sources.into_iter().flatten() {
+        if let Some(email) = traits.get("email").and_then(Value::as_str).and_then(normalize_email) {
+            push_hashed(&mut out, "email", email);
+        }
+        if let Some(phone) = traits.get("phone").and_then(Value::as_str).and_then(normalize_phone) {
+            push_hashed(&mut out, "phone", phone);
+        }
+    }
+    out
+}
+
+fn push_hashed(out: &mut Vec<Identifier>, kind: &str, value: String) {
+    if out.iter().any(|i| i.kind == kind && i.value == value) {
+        return;
+    }
+    let sha256 = Some(sha256_hex(&value));
+    out.push(Identifier { kind: kind.to_string(), value, sha256 });
+}
+
+/// Trimmed and lower-cased; `None` unless it looks like `local@domain`.
+fn normalize_email(email: &str) -> Option<String> {
+    let email = email.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let ok =
+        !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !email.contains(char::is_whitespace);
+    ok.then_some(email)
+}
+
+/// `+` (when given) and digits only; `None` unless 7 to 15 digits remain (E.164's bounds).
+fn normalize_phone(phone: &str) -> Option<String> {
+    let phone = phone.trim();
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if !(7..=15).contains(&digits.len()) {
+        return None;
+    }
+    Some(if phone.starts_with('+') { format!("+{digits}") } else { digits })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{Enrichment, EventType};
+    use crate::time::UtcTime;
+
+    fn event(context: Value, traits: Option<Value>) -> CanonicalEvent {
+        let now = UtcTime::from_unix_millis(0).unwrap();
+        CanonicalEvent {
+            message_id: "m".into(),
+            kind: EventType::Identify,
+            source_id: "s".into(),
+            received_at: now,
+            timestamp: now,
+            original_timestamp: None,
+            sent_at: None,
+            user_id: Some("u1".into()),
+            anonymous_id: Some("a1".into()),
+            event: None,
+            name: None,
+            category: None,
+            group_id: None,
+            previous_id: None,
+            properties: None,
+            traits: traits.and_then(|t| t.as_object().cloned()),
+            context: context.as_object().cloned().unwrap_or_default(),
+            integrations: Map::new(),
+            identifiers: vec![],
+            enrichment: Enrichment::default(),
+            extras: Map::new(),
+        }
+    }
+
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+
+    #[test]
+    fn utm_parameters_become_the_campaign() {
+        let c = campaign_from_url(
+            "https://shop.example/p?utm_source=news%20letter&utm_medium=email&utm_campaign=black+friday&utm_term=shoes&utm_content=hero&x=1#top",
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(c),
+            json!({"source": "news letter", "medium": "email", "name": "black friday", "term": "shoes", "content": "hero"})
+        );
+        assert!(campaign_from_url("https://shop.example/p?x=1").is_none());
+        assert!(campaign_from_url("https://shop.example/p").is_none());
+        assert!(campaign_from_url("https://shop.example/p#utm_source=x").is_none());
+    }
+
+    #[test]
+    fn campaign_is_filled_only_when_the_client_sent_none() {
+        let settings = SourceSettings::default();
+        let mut e = event(json!({"page": {"url": "https://s.example/?utm_source=ads"}}), None);
+        Enricher::new(&settings, None, None, None).enrich(&mut e);
+        assert_eq!(e.context["campaign"], json!({"source": "ads"}));
+        let mut e =
+            event(json!({"page": {"url": "https://s.example/?utm_source=ads"}, "campaign": {"name": "x"}}), None);
+        Enricher::new(&settings, None, None, None).enrich(&mut e);
+        assert_eq!(e.context["campaign"], json!({"name": "x"}));
+    }
+
+    #[test]
+    fn ips_are_anonymized_when_the_source_says_so() {
+        assert_eq!(anonymize_ip("203.0.113.77".parse().unwrap()).to_string(), "203.0.113.0");
+        assert_eq!(anonymize_ip("2001:db8:1234:5678:9abc::1".parse().unwrap()).to_string(), "2001:db8:1234::");
+        let ip: IpAddr = "198.51.100.23".parse().unwrap();
+        let mut settings = SourceSettings::default();
+        let mut e = event(json!({}), None);
+        Enricher::new(&settings, Some(ip), None, None).enrich(&mut e);
+        assert_eq!(e.context["ip"], "198.51.100.0");
+        settings.anonymize_ip = false;
+        let mut e = event(json!({}), None);
+        Enricher::new(&settings, Some(ip), None, None).enrich(&mut e);
+        assert_eq!(e.context["ip"], "198.51.100.23");
+        // A server source relays its user's address in context.ip; it wins over the server's own.
+        let mut e = event(json!({"ip": "192.0.2.9"}), None);
+        Enricher::new(&settings, Some(ip), None, None).enrich(&mut e);
+        assert_eq!(e.context["ip"], "192.0.2.9");
+        settings.collect_ip = false;
+        let mut e = event(json!({"ip": "192.0.2.9"}), None);
+        Enricher::new(&settings, Some(ip), None, None).enrich(&mut e);
+        assert!(!e.context.contains_key("ip"));
+    }
+
+    #[test]
+    fn user_agents_are_parsed_and_bots_flagged() {
+        let settings = SourceSettings::default();
+        let mut enricher = Enricher::new(&settings, None, Some(GOOGLEBOT), None);
+        let mut e = event(json!({"userAgent": CHROME}), None);
+        enricher.enrich(&mut e);
+        let ua = e.enrichment.user_agent.clone().unwrap();
+        assert_eq!((ua.browser.as_str(), ua.os.as_str(), ua.device_type.as_str()), ("Chrome", "Windows 10", "pc"));
+        assert_eq!(ua.browser_version, "120.0.0.0");
+        assert!(!e.enrichment.bot);
+        // No context.userAgent: the header's is used.
+        let mut e = event(json!({}), None);
+        enricher.enrich(&mut e);
+        assert!(e.enrichment.bot);
+        assert_eq!(e.enrichment.user_agent.unwrap().browser, "Googlebot");
+    }
+
+    #[test]
+    fn geo_comes_from_the_request() {
+        let settings = SourceSettings::default();
+        let geo = Geo { country: Some("DE".into()), city: Some("Berlin".into()), ..Geo::default() };
+        let mut e = event(json!({}), None);
+        Enricher::new(&settings, None, None, Some(&geo)).enrich(&mut e);
+        assert_eq!(e.enrichment.geo, Some(geo));
+    }
+
+    #[test]
+    fn identifiers_are_extracted_and_pii_hashed() {
+        let settings = SourceSettings::default();
+        let mut e = event(
+            json!({"device": {"id": " d-1 "}, "traits": {"email": "jane@example.com"}}),
+            Some(json!({"email": "  Jane@Example.COM ", "phone": "+49 (30) 1234-5678"})),
+        );
+        Enricher::new(&settings, None, None, None).enrich(&mut e);
+        let kinds: Vec<(&str, &str)> = e.identifiers.iter().map(|i| (i.kind.as_str(), i.value.as_str())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("user_id", "u1"),
+                ("anonymous_id", "a1"),
+                ("device_id", "d-1"),
+                ("email", "jane@example.com"),
+                ("phone", "+493012345678"),
+            ]
+        );
+        assert_eq!(e.identifiers[3].sha256.as_deref(), Some(sha256_hex("jane@example.com").as_str()));
+        assert!(e.identifiers[0].sha256.is_none());
+    }
+
+    #[test]
+    fn bad_emails_and_phones_are_not_identifiers() {
+        assert_eq!(normalize_email("not-an-email"), None);
+        assert_eq!(normalize_email("a@b"), None);
+        assert_eq!(normalize_email("a b@c.de"), None);
+        assert_eq!(normalize_phone("123"), None);
+        assert_eq!(normalize_phone("030 1234567").as_deref(), Some("0301234567"));
+    }
+}

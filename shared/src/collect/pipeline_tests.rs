@@ -1,0 +1,258 @@
+//! The whole pipeline on real-shaped payloads (`tests/fixtures/`).
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::event::EventType;
+use crate::source::new_source;
+use crate::storage::decode_ndjson_gz;
+
+const ANALYTICS_JS: &str = include_str!("../../../tests/fixtures/segment-analytics-js-batch.json");
+const NODE_TRACK: &str = include_str!("../../../tests/fixtures/segment-node-track.json");
+const MIXED: &str = include_str!("../../../tests/fixtures/mixed-valid-invalid-batch.json");
+
+struct Setup {
+    sources: Sources,
+    key: String,
+}
+
+fn setup() -> Setup {
+    let (mut web, key) = new_source("web", "Website", &mut Entropy::from_seed([1; 32]));
+    web.allowed_origins = vec!["https://*.shop.example".into()];
+    let (other, _) = new_source("other", "Other", &mut Entropy::from_seed([2; 32]));
+    let mut sources = Sources::default();
+    sources.add(web).unwrap();
+    sources.add(other).unwrap();
+    Setup { sources, key }
+}
+
+fn now() -> UtcTime {
+    UtcTime::parse("2026-11-28T12:00:10.000Z").unwrap()
+}
+
+fn basic(key: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+}
+
+fn run(req: &CollectRequest<'_>, s: &Setup) -> Collected {
+    collect(req, &s.sources, now(), &mut Entropy::from_seed([5; 32]))
+}
+
+fn kept(c: Collected) -> Batch {
+    match c {
+        Collected::Kept(b) => b,
+        Collected::Rejected(a) => panic!("expected a kept batch, got {a:?}"),
+    }
+}
+
+fn rejected(c: Collected) -> Answer {
+    match c {
+        Collected::Rejected(a) => a,
+        Collected::Kept(b) => panic!("expected a rejection, got {b:?}"),
+    }
+}
+
+#[test]
+fn analytics_js_batch_with_key_in_body() {
+    let s = setup();
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", &s.key);
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.origin = Some("https://www.shop.example");
+    req.client_ip = Some("198.51.100.23".parse().unwrap());
+    let batch = kept(run(&req, &s));
+    assert_eq!(batch.source_id, "web");
+    assert_eq!(batch.accepted.len(), 3);
+    assert!(batch.failed.is_empty());
+
+    let page = &batch.accepted[0];
+    assert_eq!(page.kind, EventType::Page);
+    assert_eq!(page.name.as_deref(), Some("Pricing"));
+    assert_eq!(page.category.as_deref(), Some("Docs"));
+    // The client clock ran 1 h fast: sentAt 13:00:10 arrived at 12:00:10.
+    assert_eq!(page.timestamp.to_string(), "2026-11-28T12:00:00.000Z");
+    assert_eq!(page.original_timestamp.unwrap().to_string(), "2026-11-28T13:00:00.000Z");
+    assert_eq!(page.context["library"]["name"], "analytics.js", "batch context merged");
+    assert_eq!(page.context["campaign"], json!({"source": "newsletter", "medium": "email", "name": "black_friday"}));
+    assert_eq!(page.context["ip"], "198.51.100.0");
+    let ua = page.enrichment.user_agent.as_ref().unwrap();
+    assert_eq!((ua.browser.as_str(), ua.os.as_str()), ("Safari", "Mac OSX"));
+
+    let identify = &batch.accepted[2];
+    let email = identify.identifiers.iter().find(|i| i.kind == "email").unwrap();
+    assert_eq!(email.value, "jane.doe@example.com");
+    assert_eq!(email.sha256.as_deref(), Some(crate::ids::sha256_hex("jane.doe@example.com").as_str()));
+
+    let answer = batch.answer();
+    assert_eq!(answer.status, 200);
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(body, json!({"success": true, "accepted": 3, "failed": 0}));
+    assert!(answer.headers.contains(&("Access-Control-Allow-Origin", "https://www.shop.example".to_string())));
+}
+
+#[test]
+fn canonical_events_round_trip_through_storage() {
+    let s = setup();
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", &s.key);
+    let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    let (key, bytes) = batch.accepted_object().unwrap();
+    assert!(key.starts_with("raw/v1/dt=2026-11-28/hr=12/"), "{key}");
+    let decoded: Vec<CanonicalEvent> = decode_ndjson_gz(&bytes).unwrap();
+    assert_eq!(decoded, batch.accepted);
+    // camelCase on the wire.
+    let line: Value = serde_json::to_value(&decoded[1]).unwrap();
+    for field in ["messageId", "sourceId", "receivedAt", "anonymousId", "originalTimestamp", "sentAt"] {
+        assert!(line.get(field).is_some(), "{field} missing in {line}");
+    }
+    assert!(batch.failed_object().is_none(), "no failed object without failures");
+}
+
+#[test]
+fn node_single_track_with_basic_auth() {
+    let s = setup();
+    let mut req = CollectRequest::new(Endpoint::Single(EventType::Track), NODE_TRACK.as_bytes());
+    let auth = basic(&s.key);
+    req.authorization = Some(&auth);
+    req.client_ip = Some("10.0.0.1".parse().unwrap());
+    let batch = kept(run(&req, &s));
+    let e = &batch.accepted[0];
+    assert_eq!(e.event.as_deref(), Some("Order Completed"));
+    assert_eq!(e.context["ip"], "203.0.113.0", "the relayed user IP wins, anonymized");
+    assert_eq!(e.timestamp.to_string(), "2026-11-28T13:00:20.000Z", "no sentAt: the client's timestamp stands");
+    assert_eq!(e.extras["_metadata"]["jsRuntime"], "node");
+}
+
+#[test]
+fn mixed_batch_keeps_the_good_and_quarantines_the_bad() {
+    let s = setup();
+    let auth = basic(&s.key);
+    let mut req = CollectRequest::new(Endpoint::Batch, MIXED.as_bytes());
+    req.authorization = Some(&auth);
+    let batch = kept(run(&req, &s));
+    let ok: Vec<&str> = batch.accepted.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ok, ["mixed-ok-1", "mixed-ok-2", "mixed-ok-3", "mixed-ok-4", "mixed-ok-5"]);
+    let bad: Vec<(usize, FailureCode)> = batch.failed.iter().map(|f| (f.index, f.code)).collect();
+    assert_eq!(
+        bad,
+        [
+            (1, FailureCode::MissingIdentity),
+            (3, FailureCode::InvalidField),
+            (4, FailureCode::UnknownType),
+            (6, FailureCode::MissingEvent),
+            (8, FailureCode::NotAnObject),
+        ]
+    );
+    let original: Value = serde_json::from_str(&batch.failed[1].original).unwrap();
+    assert_eq!(original["properties"], "oops", "the original bytes are kept");
+    assert_eq!(batch.failed[1].message_id.as_deref(), Some("mixed-bad-props"));
+    let (key, bytes) = batch.failed_object().unwrap();
+    assert!(key.starts_with("failed/v1/dt=2026-11-28/hr=12/"));
+    assert_eq!(decode_ndjson_gz::<FailedEvent>(&bytes).unwrap(), batch.failed);
+    let body: Value = serde_json::from_str(&batch.answer().body).unwrap();
+    assert_eq!(body["accepted"], 5);
+    assert_eq!(body["failed"], 5);
+    assert_eq!(
+        body["errors"][0],
+        json!({"index": 1, "code": "missing_identity", "message": "userId or anonymousId is required"})
+    );
+}
+
+#[test]
+fn unknown_or_missing_key_is_401() {
+    let s = setup();
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", "wrong");
+    assert_eq!(rejected(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s)).status, 401);
+    assert_eq!(rejected(run(&CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()), &s)).status, 401);
+    // A bad key in the header is refused even when the body carries a good one.
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", &s.key);
+    let auth = basic("wrong");
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.authorization = Some(&auth);
+    let answer = rejected(run(&req, &s));
+    assert_eq!(answer.status, 401);
+    assert!(answer.body.contains("unauthorized"));
+}
+
+#[test]
+fn limits_and_bad_json_are_400() {
+    let s = setup();
+    let auth = basic(&s.key);
+    let status = |endpoint: Endpoint, body: &[u8]| {
+        let mut req = CollectRequest::new(endpoint, body);
+        req.authorization = Some(&auth);
+        rejected(run(&req, &s))
+    };
+    let big = format!(r#"{{"batch":[],"pad":"{}"}}"#, "x".repeat(MAX_REQUEST_BYTES));
+    let a = status(Endpoint::Batch, big.as_bytes());
+    assert_eq!((a.status, a.body.contains("request_too_large")), (400, true));
+    let big_event = format!(r#"{{"userId":"u","event":"x","properties":{{"p":"{}"}}}}"#, "x".repeat(MAX_EVENT_BYTES));
+    assert_eq!(status(Endpoint::Single(EventType::Track), big_event.as_bytes()).status, 400);
+    let a = status(Endpoint::Batch, b"{\"batch\": [");
+    assert_eq!((a.status, a.body.contains("invalid_json")), (400, true));
+    assert_eq!(status(Endpoint::Batch, b"\xff\xfe").status, 400);
+    let a = status(Endpoint::Batch, b"{\"batch\": {}}");
+    assert_eq!((a.status, a.body.contains("invalid_batch")), (400, true));
+    assert_eq!(status(Endpoint::Batch, b"{}").status, 400);
+    assert_eq!(status(Endpoint::Batch, b"[]").status, 400);
+    assert_eq!(status(Endpoint::Batch, br#"{"batch":[],"context":"x"}"#).status, 400);
+    assert_eq!(status(Endpoint::Batch, br#"{"batch":[],"sentAt":"never"}"#).status, 400);
+    let many = format!(r#"{{"batch":[{}]}}"#, vec!["{}"; MAX_BATCH_EVENTS + 1].join(","));
+    let a = status(Endpoint::Batch, many.as_bytes());
+    assert_eq!((a.status, a.body.contains("too_many_events")), (400, true));
+}
+
+#[test]
+fn an_oversize_event_in_a_batch_fails_alone() {
+    let s = setup();
+    let auth = basic(&s.key);
+    let big = format!(
+        r#"{{"type":"track","userId":"u","event":"x","properties":{{"p":"{}"}}}}"#,
+        "x".repeat(MAX_EVENT_BYTES)
+    );
+    let body = format!(r#"{{"batch":[{big},{{"type":"track","userId":"u","event":"ok"}}]}}"#);
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.authorization = Some(&auth);
+    let batch = kept(run(&req, &s));
+    assert_eq!(batch.accepted.len(), 1);
+    assert_eq!(batch.failed[0].code, FailureCode::EventTooLarge);
+    assert_eq!(batch.failed[0].original, big);
+}
+
+#[test]
+fn origins_are_checked_per_source() {
+    let s = setup();
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", &s.key);
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.origin = Some("https://evil.example");
+    assert_eq!(rejected(run(&req, &s)).status, 403);
+    assert_eq!(preflight(Some("https://www.shop.example"), &s.sources).status, 204);
+    // The second source allows any origin, so a preflight from anywhere passes; the POST is checked per source.
+    assert_eq!(preflight(Some("https://evil.example"), &s.sources).status, 204);
+    assert_eq!(preflight(None, &s.sources).status, 400);
+    let mut only_web = Sources::default();
+    only_web.add(s.sources.list()[0].clone()).unwrap();
+    assert_eq!(preflight(Some("https://evil.example"), &only_web).status, 403);
+}
+
+#[test]
+fn storage_failure_answers_503_without_claiming_anything() {
+    let s = setup();
+    let body = ANALYTICS_JS.replace("__WRITE_KEY__", &s.key);
+    let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    let answer = batch.storage_failed();
+    assert_eq!(answer.status, 503);
+    assert!(!answer.body.contains("\"success\":true"));
+}
+
+#[test]
+fn same_inputs_same_decisions() {
+    let s = setup();
+    let auth = basic(&s.key);
+    let mut req = CollectRequest::new(Endpoint::Batch, MIXED.as_bytes());
+    req.authorization = Some(&auth);
+    let a = kept(run(&req, &s));
+    let b = kept(run(&req, &s));
+    assert_eq!(a.request_id, b.request_id);
+    assert_eq!(a.accepted, b.accepted);
+    assert_eq!(a.failed, b.failed);
+}

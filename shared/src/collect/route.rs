@@ -1,0 +1,73 @@
+//! Which of the collector's routes a request is. Both shells route through this, so they agree.
+
+use super::Endpoint;
+use crate::event::EventType;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST` to a collect endpoint.
+    Collect(Endpoint),
+    /// `OPTIONS` to a collect endpoint: a CORS preflight.
+    Preflight,
+    /// `GET /health` (also `HEAD`).
+    Health,
+    /// A known path with the wrong method.
+    MethodNotAllowed,
+    /// Anything else.
+    NotFound,
+}
+
+/// Routes `method` + `path` (path without query; a trailing slash is tolerated).
+pub fn route(method: &str, path: &str) -> Route {
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    if path == "/health" {
+        return match method {
+            "GET" | "HEAD" => Route::Health,
+            _ => Route::MethodNotAllowed,
+        };
+    }
+    let endpoint = match path.strip_prefix("/v1/") {
+        // `b`, `t`, `i`, ... are the short paths Segment's analytics.js posts to.
+        Some("batch" | "import" | "b") => Endpoint::Batch,
+        Some("t") => Endpoint::Single(EventType::Track),
+        Some("i") => Endpoint::Single(EventType::Identify),
+        Some("p") => Endpoint::Single(EventType::Page),
+        Some("s") => Endpoint::Single(EventType::Screen),
+        Some("g") => Endpoint::Single(EventType::Group),
+        Some("a") => Endpoint::Single(EventType::Alias),
+        Some(name) => match EventType::parse(name) {
+            Some(kind) => Endpoint::Single(kind),
+            None => return Route::NotFound,
+        },
+        None => return Route::NotFound,
+    };
+    match method {
+        "POST" => Route::Collect(endpoint),
+        "OPTIONS" => Route::Preflight,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_every_endpoint() {
+        assert_eq!(route("POST", "/v1/batch"), Route::Collect(Endpoint::Batch));
+        assert_eq!(route("POST", "/v1/import/"), Route::Collect(Endpoint::Batch));
+        for t in EventType::ALL {
+            assert_eq!(route("POST", &format!("/v1/{t}")), Route::Collect(Endpoint::Single(t)));
+        }
+        assert_eq!(route("POST", "/v1/t"), Route::Collect(Endpoint::Single(EventType::Track)));
+        assert_eq!(route("POST", "/v1/b"), Route::Collect(Endpoint::Batch));
+        assert_eq!(route("OPTIONS", "/v1/track"), Route::Preflight);
+        assert_eq!(route("GET", "/health"), Route::Health);
+        assert_eq!(route("HEAD", "/health"), Route::Health);
+        assert_eq!(route("GET", "/v1/track"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/health"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/v1/nope"), Route::NotFound);
+        assert_eq!(route("GET", "/"), Route::NotFound);
+    }
+}

@@ -1,0 +1,14 @@
+//! The core's one error type.
+
+/// What went wrong in a core operation that is not a per-event decision (those are
+/// [`crate::event::FailureCode`]s, kept with the event).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration: a source file that does not parse or breaks a rule (the operator's fault).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A stored object does not decode (corrupt or foreign data in the bucket; an outside writer's fault).
+    #[error("cannot decode stored object: {0}")]
+    Decode(String),
+}

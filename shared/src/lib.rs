@@ -1,0 +1,20 @@
+//! The pure domain core of the CDP.
+//!
+//! Everything here is a decision, never an action: no I/O, no clock reads, no threads. Time, randomness and
+//! configuration come in as arguments, so the same code runs inside the Cloudflare Worker (wasm32), the AWS
+//! Lambda functions and the local `cdp` runner, and is tested without any of them.
+//!
+//! - [`event`]: the Segment-compatible wire model and the canonical event every later stage reads.
+//! - [`collect`]: the collect pipeline, from request bytes to accepted and failed events and an HTTP answer.
+//! - [`source`]: sources, their write keys (stored hashed) and settings.
+//! - [`storage`]: the object key layout and the gzip NDJSON codec.
+
+pub mod collect;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod source;
+pub mod storage;
+pub mod time;
+
+pub use error::Error;

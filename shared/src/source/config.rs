@@ -1,0 +1,290 @@
+//! The sources file (`config/sources.json`) and lookups on it.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::ids::{Entropy, hex, sha256_hex};
+
+/// One source of events (a website, an app, a server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Stable id, `[a-z0-9][a-z0-9_-]{0,63}`; stored with every event.
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// SHA-256 (hex) of the write key. The key itself is never stored.
+    pub write_key_sha256: String,
+    /// Origins allowed to send from a browser: exact (`https://shop.example`), a subdomain wildcard
+    /// (`https://*.shop.example`), or `*` for any. Requests without an `Origin` header (servers, apps) are
+    /// not restricted by this list.
+    #[serde(default = "any_origin")]
+    pub allowed_origins: Vec<String>,
+    /// How events from this source are treated.
+    #[serde(default)]
+    pub settings: SourceSettings,
+    /// A disabled source's key is refused like an unknown one.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// Per-source treatment of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Keep the client's IP address in `context.ip` at all.
+    #[serde(default = "yes")]
+    pub collect_ip: bool,
+    /// Zero the host part of the IP (last octet of IPv4, last 80 bits of IPv6) before storing it.
+    #[serde(default = "yes")]
+    pub anonymize_ip: bool,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        Self { collect_ip: true, anonymize_ip: true }
+    }
+}
+
+fn any_origin() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SourceConfig {
+    /// Whether a browser at `origin` may send events for this source.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.allowed_origins.iter().any(|allowed| origin_matches(allowed, &origin))
+    }
+}
+
+fn origin_matches(allowed: &str, origin: &str) -> bool {
+    let allowed = allowed.trim_end_matches('/').to_ascii_lowercase();
+    if allowed == "*" || allowed == origin {
+        return true;
+    }
+    // `https://*.shop.example` matches `https://www.shop.example` and `https://a.b.shop.example`,
+    // not `https://shop.example` nor `https://evilshop.example`.
+    match allowed.split_once("://*.") {
+        Some((scheme, domain)) => origin
+            .strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|host| host.len() > domain.len() && host.ends_with(&format!(".{domain}"))),
+        None => false,
+    }
+}
+
+/// On-disk shape of `config/sources.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourcesFile {
+    version: u32,
+    sources: Vec<SourceConfig>,
+}
+
+/// All sources, indexed by write-key hash.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    list: Vec<SourceConfig>,
+    by_key_hash: HashMap<String, usize>,
+}
+
+impl Sources {
+    /// Parses and checks `config/sources.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, Error> {
+        let file: SourcesFile =
+            serde_json::from_slice(bytes).map_err(|e| Error::Config(format!("config/sources.json: {e}")))?;
+        if file.version != 1 {
+            return Err(Error::Config(format!(
+                "config/sources.json: version {} is not supported (expected 1)",
+                file.version
+            )));
+        }
+        let mut sources = Sources::default();
+        for source in file.sources {
+            sources.add(source)?;
+        }
+        Ok(sources)
+    }
+
+    /// The file's JSON, pretty-printed (operators read it).
+    pub fn to_json(&self) -> Vec<u8> {
+        let file = SourcesFile { version: 1, sources: self.list.clone() };
+        let mut out = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Adds a source after checking its id, key hash and origins.
+    pub fn add(&mut self, source: SourceConfig) -> Result<(), Error> {
+        let id_ok = source.id.len() <= 64
+            && source.id.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && source.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(Error::Config(format!("source id {:?} must match [a-z0-9][a-z0-9_-]{{0,63}}", source.id)));
+        }
+        if self.list.iter().any(|s| s.id == source.id) {
+            return Err(Error::Config(format!("source id {:?} is used twice", source.id)));
+        }
+        let hash = source.write_key_sha256.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Config(format!(
+                "source {:?}: writeKeySha256 must be 64 hex digits (the SHA-256 of the key, not the key)",
+                source.id
+            )));
+        }
+        if self.by_key_hash.contains_key(&hash) {
+            return Err(Error::Config(format!(
+                "source {:?}: its write key is already used by another source",
+                source.id
+            )));
+        }
+        for origin in &source.allowed_origins {
+            let ok = origin == "*" || origin.starts_with("https://") || origin.starts_with("http://");
+            if !ok {
+                return Err(Error::Config(format!(
+                    "source {:?}: allowed origin {origin:?} must be \"*\" or start with http:// or https://",
+                    source.id
+                )));
+            }
+        }
+        self.by_key_hash.insert(hash, self.list.len());
+        self.list.push(source);
+        Ok(())
+    }
+
+    /// The enabled source whose write key this is.
+    pub fn authenticate(&self, write_key: &str) -> Option<&SourceConfig> {
+        let write_key = write_key.trim();
+        if write_key.is_empty() {
+            return None;
+        }
+        let index = *self.by_key_hash.get(&sha256_hex(write_key))?;
+        self.list.get(index).filter(|s| s.enabled)
+    }
+
+    /// Whether any enabled source accepts browsers from `origin` (CORS preflights carry no key).
+    pub fn any_allows_origin(&self, origin: &str) -> bool {
+        self.list.iter().any(|s| s.enabled && s.allows_origin(origin))
+    }
+
+    /// All sources, in file order.
+    pub fn list(&self) -> &[SourceConfig] {
+        &self.list
+    }
+
+    /// Whether there are no sources.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// A new source named `name` with a fresh 128-bit write key. Returns the source (holding only the key's hash)
+/// and the key, which the caller shows once.
+pub fn new_source(id: &str, name: &str, entropy: &mut Entropy) -> (SourceConfig, String) {
+    let key = hex(&entropy.next_16());
+    let source = SourceConfig {
+        id: id.to_string(),
+        name: name.to_string(),
+        write_key_sha256: sha256_hex(&key),
+        allowed_origins: any_origin(),
+        settings: SourceSettings::default(),
+        enabled: true,
+    };
+    (source, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources_with(origins: &[&str]) -> (Sources, String) {
+        let (mut source, key) = new_source("web", "Web", &mut Entropy::from_seed([9; 32]));
+        source.allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+        let mut sources = Sources::default();
+        sources.add(source).unwrap();
+        (sources, key)
+    }
+
+    #[test]
+    fn authenticates_by_key_and_stores_only_the_hash() {
+        let (sources, key) = sources_with(&["*"]);
+        assert_eq!(key.len(), 32);
+        assert_eq!(sources.authenticate(&key).unwrap().id, "web");
+        assert!(sources.authenticate("not-the-key").is_none());
+        assert!(sources.authenticate("").is_none());
+        let json = String::from_utf8(sources.to_json()).unwrap();
+        assert!(!json.contains(&key), "the key itself must never be stored");
+        assert!(json.contains(&sha256_hex(&key)));
+    }
+
+    #[test]
+    fn disabled_source_is_refused() {
+        let (sources, key) = sources_with(&["*"]);
+        let mut json: serde_json::Value = serde_json::from_slice(&sources.to_json()).unwrap();
+        json["sources"][0]["enabled"] = false.into();
+        let sources = Sources::from_json(json.to_string().as_bytes()).unwrap();
+        assert!(sources.authenticate(&key).is_none());
+    }
+
+    #[test]
+    fn file_round_trips_and_defaults_apply() {
+        let text = format!(
+            r#"{{"version":1,"sources":[{{"id":"app","name":"App","writeKeySha256":"{}"}}]}}"#,
+            sha256_hex("k")
+        );
+        let sources = Sources::from_json(text.as_bytes()).unwrap();
+        let s = &sources.list()[0];
+        assert_eq!(s.allowed_origins, vec!["*"]);
+        assert!(s.enabled && s.settings.anonymize_ip && s.settings.collect_ip);
+        let again = Sources::from_json(&sources.to_json()).unwrap();
+        assert_eq!(again.list(), sources.list());
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let err = |text: &str| Sources::from_json(text.as_bytes()).unwrap_err().to_string();
+        assert!(err("{").contains("config/sources.json"));
+        assert!(err(r#"{"version":2,"sources":[]}"#).contains("version 2"));
+        let h = sha256_hex("k");
+        assert!(
+            err(&format!(r#"{{"version":1,"sources":[{{"id":"Bad Id","name":"x","writeKeySha256":"{h}"}}]}}"#))
+                .contains("source id")
+        );
+        assert!(err(r#"{"version":1,"sources":[{"id":"a","name":"x","writeKeySha256":"k"}]}"#).contains("64 hex"));
+        assert!(err(&format!(
+            r#"{{"version":1,"sources":[{{"id":"a","name":"x","writeKeySha256":"{h}"}},{{"id":"b","name":"y","writeKeySha256":"{h}"}}]}}"#
+        ))
+        .contains("already used"));
+        assert!(err(&format!(
+            r#"{{"version":1,"sources":[{{"id":"a","name":"x","writeKeySha256":"{h}","allowedOrigins":["shop.example"]}}]}}"#
+        ))
+        .contains("allowed origin"));
+        assert!(
+            err(&format!(r#"{{"version":1,"sources":[{{"id":"a","name":"x","writeKeySha256":"{h}","wat":1}}]}}"#))
+                .contains("unknown field")
+        );
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain_wildcard() {
+        let (sources, _) = sources_with(&["https://shop.example", "https://*.blog.example"]);
+        let s = &sources.list()[0];
+        assert!(s.allows_origin("https://shop.example"));
+        assert!(s.allows_origin("https://SHOP.example/"));
+        assert!(!s.allows_origin("http://shop.example"));
+        assert!(!s.allows_origin("https://evilshop.example"));
+        assert!(s.allows_origin("https://www.blog.example"));
+        assert!(s.allows_origin("https://a.b.blog.example"));
+        assert!(!s.allows_origin("https://blog.example"));
+        assert!(!s.allows_origin("https://evilblog.example"));
+        assert!(sources.any_allows_origin("https://shop.example"));
+        assert!(!sources.any_allows_origin("https://other.example"));
+    }
+}

@@ -1,0 +1,46 @@
+//! Where things live in the bucket (or the local data folder). Every component uses these functions, so the
+//! layout is written down once.
+
+use crate::time::UtcTime;
+
+/// The sources file, read by the collectors.
+pub const CONFIG_SOURCES: &str = "config/sources.json";
+
+/// The two kinds of objects the collector writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// Accepted canonical events: `raw/v1/…`.
+    Raw,
+    /// Rejected events with reasons: `failed/v1/…`.
+    Failed,
+}
+
+impl ObjectKind {
+    /// The top-level prefix, with a trailing slash.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ObjectKind::Raw => "raw/",
+            ObjectKind::Failed => "failed/",
+        }
+    }
+}
+
+/// `raw/v1/dt=YYYY-MM-DD/hr=HH/<ulid>.ndjson.gz` (or `failed/…`): Hive-style partitions by the UTC receipt
+/// hour, so lake tools prune by date, and a ULID name, so a listing is in arrival order and names never collide.
+pub fn object_key(kind: ObjectKind, received_at: UtcTime, request_id: ulid::Ulid) -> String {
+    let (date, hour) = received_at.date_and_hour();
+    format!("{}v1/dt={date}/hr={hour}/{request_id}.ndjson.gz", kind.prefix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let t = UtcTime::parse("2026-11-28T09:05:00.000Z").unwrap();
+        let id = ulid::Ulid::from_parts(t.unix_millis() as u64, 1);
+        assert_eq!(object_key(ObjectKind::Raw, t, id), format!("raw/v1/dt=2026-11-28/hr=09/{id}.ndjson.gz"));
+        assert_eq!(object_key(ObjectKind::Failed, t, id), format!("failed/v1/dt=2026-11-28/hr=09/{id}.ndjson.gz"));
+    }
+}

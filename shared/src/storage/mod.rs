@@ -1,0 +1,7 @@
+//! The storage contract between components: object key layout and the gzip NDJSON codec.
+
+mod codec;
+mod keys;
+
+pub use codec::{decode_ndjson_gz, encode_ndjson_gz};
+pub use keys::{CONFIG_SOURCES, ObjectKind, object_key};

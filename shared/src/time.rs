@@ -1,0 +1,109 @@
+//! Instants in UTC, printed the one way every stored event uses: ISO-8601 with milliseconds and `Z`.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A point in time, serialized as `2026-11-28T13:33:23.123Z`.
+///
+/// The core never reads a clock: shells build one from their clock with [`UtcTime::from_unix_millis`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UtcTime(Timestamp);
+
+impl UtcTime {
+    /// Milliseconds since the Unix epoch; `None` if out of the representable range (years −9999..=9999).
+    pub fn from_unix_millis(ms: i64) -> Option<Self> {
+        Timestamp::from_millisecond(ms).ok().map(Self)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(self) -> i64 {
+        self.0.as_millisecond()
+    }
+
+    /// Parses what clients send: RFC 3339 / ISO-8601 with an offset (`Z`, `+01:00`), or without one, read as
+    /// UTC (some server libraries omit it). Sub-millisecond precision is dropped.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let ts = match text.parse::<Timestamp>() {
+            Ok(ts) => ts,
+            Err(_) => {
+                let civil = text.parse::<jiff::civil::DateTime>().ok()?;
+                civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp()
+            }
+        };
+        Self::from_unix_millis(ts.as_millisecond())
+    }
+
+    /// This instant shifted by `delta_ms` milliseconds; `None` if that leaves the representable range.
+    pub fn add_millis(self, delta_ms: i64) -> Option<Self> {
+        Self::from_unix_millis(self.unix_millis().checked_add(delta_ms)?)
+    }
+
+    /// The UTC calendar date, `YYYY-MM-DD`, and hour, `HH`, used by the storage partitions.
+    pub fn date_and_hour(self) -> (String, String) {
+        let dt = jiff::tz::TimeZone::UTC.to_datetime(self.0);
+        (format!("{:04}-{:02}-{:02}", dt.year(), dt.month(), dt.day()), format!("{:02}", dt.hour()))
+    }
+}
+
+impl fmt::Display for UtcTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dt = jiff::tz::TimeZone::UTC.to_datetime(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.millisecond()
+        )
+    }
+}
+
+impl Serialize for UtcTime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcTime {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not an ISO-8601 date-time: {text}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_utc_with_millis() {
+        let t = UtcTime::from_unix_millis(1_764_336_803_123).unwrap();
+        assert_eq!(t.to_string(), "2025-11-28T13:33:23.123Z");
+        assert_eq!(t.date_and_hour(), ("2025-11-28".to_string(), "13".to_string()));
+    }
+
+    #[test]
+    fn parses_offsets_and_bare_datetimes() {
+        let z = UtcTime::parse("2025-11-28T13:33:23.123Z").unwrap();
+        assert_eq!(UtcTime::parse("2025-11-28T14:33:23.123+01:00"), Some(z));
+        assert_eq!(UtcTime::parse("2025-11-28T13:33:23.123"), Some(z));
+        assert_eq!(UtcTime::parse("2025-11-28T13:33:23.123456789Z"), Some(z));
+        assert_eq!(UtcTime::parse("yesterday"), None);
+        assert_eq!(UtcTime::parse(""), None);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let t = UtcTime::parse("2025-01-02T03:04:05.006Z").unwrap();
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2025-01-02T03:04:05.006Z\"");
+        assert_eq!(serde_json::from_str::<UtcTime>(&json).unwrap(), t);
+    }
+}
