@@ -1,1 +1,9 @@
-//! x
+//! The CDP's serverless functions as a library: handlers generic over a storage port, and the port's adapters
+//! (S3 through `aws-sdk-s3`, and a local folder). Lambda binaries and the local runner are thin shells over
+//! these handlers, so every handler is tested without AWS.
+
+pub mod collect;
+pub mod error;
+pub mod storage;
+
+pub use error::Error;

@@ -62,7 +62,12 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of `text`, lower-case hex: the stored form of write keys and PII identifiers.
 pub fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
+    sha256_hex_bytes(text.as_bytes())
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! Loading and saving `config/sources.json`, and a short-lived cache of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::source::Sources;
+use shared::storage::CONFIG_SOURCES;
+use tokio::sync::RwLock;
+
+use crate::Error;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Reads the sources file; a missing file means no sources yet.
+pub async fn load_sources<S: ObjectStore>(store: &S) -> Result<Sources, Error> {
+    match store.get(CONFIG_SOURCES).await? {
+        Some(object) => Ok(Sources::from_json(&object.body)?),
+        None => Ok(Sources::default()),
+    }
+}
+
+/// Writes the sources file.
+pub async fn save_sources<S: ObjectStore>(store: &S, sources: &Sources) -> Result<(), Error> {
+    store.put(CONFIG_SOURCES, sources.to_json(), PutOptions::json()).await?;
+    Ok(())
+}
+
+/// The sources, re-read at most every `ttl`, so a new source or key takes effect without a restart.
+/// When a re-read fails, the last good copy keeps serving (and the failure is logged).
+#[derive(Debug)]
+pub struct SourcesCache {
+    ttl: Duration,
+    current: RwLock<Option<(Instant, Arc<Sources>)>>,
+}
+
+impl SourcesCache {
+    /// A cache that re-reads after `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, current: RwLock::new(None) }
+    }
+
+    /// The current sources, reading the store if the copy is older than the TTL.
+    pub async fn get<S: ObjectStore>(&self, store: &S) -> Result<Arc<Sources>, Error> {
+        if let Some((at, sources)) = self.current.read().await.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(sources.clone());
+            }
+        }
+        let mut current = self.current.write().await;
+        if let Some((at, sources)) = current.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(sources.clone());
+            }
+        }
+        match load_sources(store).await {
+            Ok(sources) => {
+                let sources = Arc::new(sources);
+                *current = Some((Instant::now(), sources.clone()));
+                Ok(sources)
+            }
+            Err(error) => match current.as_ref() {
+                Some((_, stale)) => {
+                    tracing::warn!(%error, "could not re-read sources; serving the last good copy");
+                    Ok(stale.clone())
+                }
+                None => Err(error),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::ids::Entropy;
+    use shared::source::new_source;
+
+    use super::*;
+    use crate::storage::FsStore;
+
+    #[tokio::test]
+    async fn cache_sees_new_sources_after_the_ttl_and_survives_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let cache = SourcesCache::new(Duration::from_millis(50));
+        assert!(cache.get(&store).await.unwrap().is_empty());
+
+        let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([4; 32]));
+        let mut sources = Sources::default();
+        sources.add(source).unwrap();
+        save_sources(&store, &sources).await.unwrap();
+        assert!(cache.get(&store).await.unwrap().authenticate(&key).is_none(), "cached copy still fresh");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get(&store).await.unwrap().authenticate(&key).is_some(), "re-read after the TTL");
+
+        store.put(CONFIG_SOURCES, b"{broken".to_vec(), PutOptions::json()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get(&store).await.unwrap().authenticate(&key).is_some(), "last good copy serves");
+        assert!(matches!(load_sources(&store).await, Err(Error::Config(_))));
+    }
+}

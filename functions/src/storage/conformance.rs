@@ -1,0 +1,51 @@
+//! The behaviour every [`ObjectStore`] adapter must show, as one check run against each: the folder store in
+//! its unit tests, the S3 adapter against a real S3-compatible server in the end-to-end tests.
+
+use super::{Condition, ObjectStore, PutOptions, StoreError};
+
+/// Runs the contract against `store`, under keys starting with `prefix/`. Panics on the first violation.
+pub async fn check<S: ObjectStore>(store: &S, prefix: &str) {
+    let key = format!("{prefix}/state/manifest.json");
+    assert!(store.get(&key).await.expect("get of a missing key").is_none(), "missing key reads as None");
+
+    // Create-only: the first writer wins, the second is fenced.
+    let etag1 = store
+        .put(&key, b"v1".to_vec(), PutOptions { condition: Condition::IfNoneMatch, ..PutOptions::json() })
+        .await
+        .expect("first create");
+    let second = store
+        .put(&key, b"v1-other".to_vec(), PutOptions { condition: Condition::IfNoneMatch, ..PutOptions::json() })
+        .await;
+    assert!(matches!(second, Err(StoreError::PreconditionFailed)), "second create must be fenced, got {second:?}");
+
+    let read = store.get(&key).await.expect("get").expect("object exists");
+    assert_eq!(read.body, b"v1");
+    assert_eq!(read.etag, etag1, "the ETag read is the one written");
+
+    // Compare-and-swap: the current ETag wins, a stale one is fenced.
+    let etag2 = store
+        .put(&key, b"v2".to_vec(), PutOptions { condition: Condition::IfMatch(etag1.clone()), ..PutOptions::json() })
+        .await
+        .expect("swap with the current ETag");
+    assert_ne!(etag1, etag2);
+    let stale = store
+        .put(&key, b"v3".to_vec(), PutOptions { condition: Condition::IfMatch(etag1), ..PutOptions::json() })
+        .await;
+    assert!(matches!(stale, Err(StoreError::PreconditionFailed)), "a stale ETag must be fenced, got {stale:?}");
+    assert_eq!(store.get(&key).await.expect("get").expect("exists").body, b"v2");
+
+    // Unconditional writes replace; listing is by prefix, sorted; deletes are idempotent.
+    store.put(&format!("{prefix}/raw/b"), b"b".to_vec(), PutOptions::json()).await.expect("put b");
+    store.put(&format!("{prefix}/raw/a"), b"a".to_vec(), PutOptions::json()).await.expect("put a");
+    store.put(&format!("{prefix}/raw/a"), b"aa".to_vec(), PutOptions::json()).await.expect("replace a");
+    store.put(&format!("{prefix}/rawx/c"), b"c".to_vec(), PutOptions::json()).await.expect("put c");
+    let listed = store.list(&format!("{prefix}/raw/")).await.expect("list");
+    let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, [format!("{prefix}/raw/a"), format!("{prefix}/raw/b")]);
+    assert_eq!(listed[0].size, 2);
+    let partial = store.list(&format!("{prefix}/ra")).await.expect("list by partial name");
+    assert_eq!(partial.len(), 3, "a prefix need not end at a folder boundary");
+    store.delete(&format!("{prefix}/raw/a")).await.expect("delete");
+    store.delete(&format!("{prefix}/raw/a")).await.expect("delete again");
+    assert!(store.get(&format!("{prefix}/raw/a")).await.expect("get").is_none());
+}

@@ -1,0 +1,205 @@
+//! A local folder as an object store: the embedded default of `cdp up`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shared::ids::sha256_hex_bytes;
+
+use super::{Condition, Object, ObjectMeta, ObjectStore, PutOptions, StoreError, check_key};
+
+/// Objects as files under a root folder, keys as relative paths.
+///
+/// Writes are durable before they return (written to a temporary file, `fsync`ed, then linked or renamed into
+/// place, and the folder `fsync`ed). `If-None-Match` is atomic across processes (a hard link fails if the name
+/// exists); `If-Match` is atomic within this process (one writer at a time compares and swaps), which is what
+/// the single local runner needs. ETags are the SHA-256 of the content.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    swap: Arc<std::sync::Mutex<()>>,
+    counter: Arc<AtomicU64>,
+}
+
+impl FsStore {
+    /// A store rooted at `root`, created if missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join(".tmp")).map_err(|e| unavailable(&root, e))?;
+        Ok(Self { root, swap: Arc::default(), counter: Arc::default() })
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn put_blocking(&self, key: &str, body: &[u8], condition: &Condition) -> Result<String, StoreError> {
+        let path = self.path(key)?;
+        let parent = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(parent).map_err(|e| unavailable(parent, e))?;
+        let tmp = self.root.join(".tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut file = std::fs::File::create(&tmp).map_err(|e| unavailable(&tmp, e))?;
+            file.write_all(body).map_err(|e| unavailable(&tmp, e))?;
+            file.sync_all().map_err(|e| unavailable(&tmp, e))?;
+            match condition {
+                Condition::IfNoneMatch => match std::fs::hard_link(&tmp, &path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::PreconditionFailed),
+                    Err(e) => Err(unavailable(&path, e)),
+                },
+                Condition::IfMatch(expected) => {
+                    let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let current = match std::fs::read(&path) {
+                        Ok(bytes) => Some(etag(&bytes)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(unavailable(&path, e)),
+                    };
+                    if current.as_deref() != Some(expected.as_str()) {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    std::fs::rename(&tmp, &path).map_err(|e| unavailable(&path, e))
+                }
+                Condition::None => {
+                    let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    std::fs::rename(&tmp, &path).map_err(|e| unavailable(&path, e))
+                }
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        // Make the new name durable too.
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+        Ok(etag(body))
+    }
+
+    fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        // Walk from the deepest folder the prefix names, then filter by the whole prefix.
+        let dir_part = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.path(dir_part)? };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(unavailable(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| unavailable(&dir, e))?;
+                let path = entry.path();
+                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let Some(key) = relative.to_str().map(|k| k.replace(std::path::MAIN_SEPARATOR, "/")) else {
+                    continue;
+                };
+                if key.starts_with(".tmp") {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| unavailable(&path, e))?;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if key.starts_with(prefix) {
+                    out.push(ObjectMeta { key, size: meta.len() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+fn etag(bytes: &[u8]) -> String {
+    format!("\"{}\"", &sha256_hex_bytes(bytes)[..32])
+}
+
+fn unavailable(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Unavailable(format!("storage task failed: {e}"))
+}
+
+impl ObjectStore for FsStore {
+    async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, StoreError> {
+        let store = self.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || store.put_blocking(&key, &body, &options.condition))
+            .await
+            .map_err(join_error)?
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(body) => Ok(Some(Object { etag: etag(&body), body })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(&path, e)),
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let store = self.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || store.list_blocking(&prefix)).await.map_err(join_error)?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(unavailable(&path, e)),
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn folder_store_meets_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        super::super::conformance::check(&store, "contract").await;
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        for key in ["../x", "/etc/passwd", "a//b", "a/./b", ""] {
+            assert!(
+                matches!(store.put(key, vec![], PutOptions::json()).await, Err(StoreError::InvalidKey(_))),
+                "{key}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_where_a_folder_should_be_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("raw"), b"in the way").unwrap();
+        let err = store.put("raw/v1/x.ndjson.gz", vec![1], PutOptions::ndjson_gz()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+}
