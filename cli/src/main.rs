@@ -1,1 +1,75 @@
-fn main() {}
+//! `cdp`: the whole CDP on one machine, on a data folder, with no cloud.
+//!
+//! `cdp up` serves the collector (the same core and handlers as the edge worker and the Lambda functions);
+//! `cdp source` manages sources and their write keys; `cdp bench` measures the collector.
+
+mod bench;
+mod source;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Serverless Customer Data Platform, run locally.
+#[derive(Debug, Parser)]
+#[command(name = "cdp", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector on a local data folder (the embedded default).
+    ///
+    /// Serves POST /v1/{track,identify,page,screen,group,alias,batch} (Segment's Tracking API) and GET /health.
+    /// On first start with no source, creates a source "demo" and prints its write key.
+    Up(up::UpArgs),
+    /// Manage sources (who may send events, with which write key).
+    #[command(subcommand)]
+    Source(source::SourceCommand),
+    /// Measure the collector.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// The data folder flag every command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DataArgs {
+    /// Folder holding all data (raw/, failed/, config/, ...), created if missing.
+    #[arg(long, env = "CDP_DATA", default_value = ".cdp")]
+    pub(crate) data: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CDP_LOG").unwrap_or_else(|_| "cdp=info,functions=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Source(command) => source::run(command),
+        Command::Bench(command) => bench::run(command),
+    }
+}
+
+/// 32 bytes from the operating system's CSPRNG.
+pub(crate) fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    // The OS generator failing is not recoverable; ids must not be predictable.
+    getrandom::fill(&mut seed).expect("the operating system's random number generator failed");
+    seed
+}
+
+/// Now, as the core's time type.
+pub(crate) fn now() -> shared::time::UtcTime {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    shared::time::UtcTime::from_unix_millis(ms).unwrap_or_else(|| unreachable!("the clock is within years 1970..9999"))
+}

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 pub struct Answer {
     /// HTTP status code.
     pub status: u16,
-    /// Headers besides `Content-Type: application/json`, which every answer has.
+    /// Headers besides `Content-Type: application/json`, which every answer with a body has. Names are
+    /// lower-case, as HTTP/2 and the `http` crate require.
     pub headers: Vec<(&'static str, String)>,
     /// JSON body.
     pub body: String,
@@ -27,7 +28,7 @@ impl Answer {
     /// 503: the events could not be stored; the client must retry. Never claim success for unkept data.
     pub fn storage_unavailable() -> Self {
         let mut answer = Self::error(503, "storage_unavailable", "events could not be stored; retry the request later");
-        answer.headers.push(("Retry-After", "5".to_string()));
+        answer.headers.push(("retry-after", "5".to_string()));
         answer
     }
 
@@ -35,7 +36,7 @@ impl Answer {
     pub fn config_unavailable() -> Self {
         let mut answer =
             Self::error(503, "config_unavailable", "source configuration is unavailable; retry the request later");
-        answer.headers.push(("Retry-After", "5".to_string()));
+        answer.headers.push(("retry-after", "5".to_string()));
         answer
     }
 
@@ -56,9 +57,9 @@ impl Answer {
 
     /// Adds the CORS headers that let a browser at `origin` read this answer.
     pub fn with_cors(mut self, origin: &str) -> Self {
-        self.headers.push(("Access-Control-Allow-Origin", origin.to_string()));
-        self.headers.push(("Access-Control-Allow-Credentials", "true".to_string()));
-        self.headers.push(("Vary", "Origin".to_string()));
+        self.headers.push(("access-control-allow-origin", origin.to_string()));
+        self.headers.push(("access-control-allow-credentials", "true".to_string()));
+        self.headers.push(("vary", "Origin".to_string()));
         self
     }
 }

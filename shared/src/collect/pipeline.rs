@@ -340,9 +340,9 @@ pub fn preflight(origin: Option<&str>, sources: &Sources) -> Answer {
     match origin {
         Some(origin) if sources.any_allows_origin(origin) => {
             let mut answer = Answer { status: 204, headers: Vec::new(), body: String::new() }.with_cors(origin);
-            answer.headers.push(("Access-Control-Allow-Methods", "POST, OPTIONS".to_string()));
-            answer.headers.push(("Access-Control-Allow-Headers", "Authorization, Content-Type".to_string()));
-            answer.headers.push(("Access-Control-Max-Age", "86400".to_string()));
+            answer.headers.push(("access-control-allow-methods", "POST, OPTIONS".to_string()));
+            answer.headers.push(("access-control-allow-headers", "Authorization, Content-Type".to_string()));
+            answer.headers.push(("access-control-max-age", "86400".to_string()));
             answer
         }
         Some(origin) => Answer::error(403, "origin_not_allowed", &format!("origin {origin} is not allowed")),

@@ -87,7 +87,7 @@ fn analytics_js_batch_with_key_in_body() {
     assert_eq!(answer.status, 200);
     let body: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(body, json!({"success": true, "accepted": 3, "failed": 0}));
-    assert!(answer.headers.contains(&("Access-Control-Allow-Origin", "https://www.shop.example".to_string())));
+    assert!(answer.headers.contains(&("access-control-allow-origin", "https://www.shop.example".to_string())));
 }
 
 #[test]

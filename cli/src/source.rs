@@ -1,0 +1,110 @@
+//! `cdp source add|list`.
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use functions::collect::{load_sources, save_sources};
+use functions::storage::FsStore;
+use shared::ids::Entropy;
+use shared::source::{SourceConfig, new_source};
+
+use crate::DataArgs;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SourceCommand {
+    /// Create a source; its new write key is printed as the last line (shown once, stored only hashed).
+    Add {
+        /// Display name; the id is derived from it unless --id is given.
+        name: String,
+        /// Source id ([a-z0-9][a-z0-9_-]{0,63}).
+        #[arg(long)]
+        id: Option<String>,
+        /// Browser origin allowed to send (repeatable); default: any.
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List sources (ids, names, origins; never keys).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            SourceCommand::Add { name, id, origins, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let id = id.unwrap_or_else(|| slug(&name));
+                let (source, key) = create(&store, &id, &name, origins).await?;
+                println!("created source {:?} ({}) in {}", source.id, source.name, data.data.display());
+                println!("write key (shown once; only its hash is stored):");
+                println!("{key}");
+                Ok(())
+            }
+            SourceCommand::List { data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let sources = load_sources(&store).await?;
+                for s in sources.list() {
+                    println!(
+                        "{}\t{}\t{}\torigins: {}",
+                        s.id,
+                        s.name,
+                        if s.enabled { "enabled" } else { "disabled" },
+                        s.allowed_origins.join(" ")
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Adds a source to the store's sources file; returns it and its write key.
+pub(crate) async fn create(
+    store: &FsStore,
+    id: &str,
+    name: &str,
+    origins: Vec<String>,
+) -> anyhow::Result<(SourceConfig, String)> {
+    let mut sources = load_sources(store).await?;
+    if sources.list().iter().any(|s| s.id == id) {
+        bail!("a source with id {id:?} already exists");
+    }
+    let (mut source, key) = new_source(id, name, &mut Entropy::from_seed(crate::seed()));
+    if !origins.is_empty() {
+        source.allowed_origins = origins;
+    }
+    sources.add(source.clone())?;
+    save_sources(store, &sources).await?;
+    Ok((source, key))
+}
+
+/// `My Web Shop!` → `my-web-shop`.
+fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-');
+    let out: String = out.chars().take(64).collect();
+    if out.is_empty() { "source".to_string() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("My Web Shop!"), "my-web-shop");
+        assert_eq!(slug("  iOS app "), "ios-app");
+        assert_eq!(slug("网站"), "source");
+    }
+}

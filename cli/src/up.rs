@@ -1,0 +1,158 @@
+//! `cdp up`: the collector on a local folder, through the same core and handler as the cloud.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use functions::collect::{SourcesCache, handle};
+use functions::storage::FsStore;
+use shared::collect::{Answer, CollectRequest, MAX_REQUEST_BYTES, Route, preflight, route};
+
+use crate::DataArgs;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "CDP_LISTEN", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Header carrying the client's IP when behind a trusted proxy (e.g. X-Forwarded-For); by default the
+    /// socket's peer address is used, since any header could be forged by the client.
+    #[arg(long)]
+    trusted_ip_header: Option<String>,
+}
+
+/// What every request handler shares.
+pub(crate) struct AppState {
+    store: FsStore,
+    sources: SourcesCache,
+    trusted_ip_header: Option<HeaderName>,
+}
+
+/// The collector's HTTP app: every path goes through the core's router, as in the edge worker.
+pub(crate) fn app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(serve).with_state(state)
+}
+
+pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let store = FsStore::open(&args.data.data).context("opening the data folder")?;
+        let root = std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+        println!("cdp: data in {}", root.display());
+
+        let sources = functions::collect::load_sources(&store).await?;
+        if sources.is_empty() {
+            let (source, key) = crate::source::create(&store, "demo", "Demo", Vec::new()).await?;
+            println!("cdp: no sources yet; created source {:?}. Its write key (shown once):", source.id);
+            println!("{key}");
+        } else {
+            let ids: Vec<&str> = sources.list().iter().map(|s| s.id.as_str()).collect();
+            println!("cdp: sources: {} (add one with `cdp source add NAME`)", ids.join(", "));
+        }
+
+        let trusted_ip_header = args
+            .trusted_ip_header
+            .as_deref()
+            .map(|h| HeaderName::try_from(h.to_ascii_lowercase()))
+            .transpose()
+            .context("--trusted-ip-header is not a valid header name")?;
+        let state = Arc::new(AppState { store, sources: SourcesCache::new(Duration::from_secs(2)), trusted_ip_header });
+
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /health)");
+        println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
+        println!("cdp: press Ctrl-C to stop");
+
+        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                println!("cdp: stopping");
+            })
+            .await?;
+        println!("cdp: stopped");
+        Ok(())
+    })
+}
+
+async fn serve(State(state): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let origin = header_str(headers, header::ORIGIN);
+    let answer = match route(parts.method.as_str(), parts.uri.path()) {
+        Route::Health => Answer::health(),
+        Route::NotFound => Answer::not_found(),
+        Route::MethodNotAllowed => Answer::method_not_allowed(),
+        Route::Preflight => match state.sources.get(&state.store).await {
+            Ok(sources) => preflight(origin, &sources),
+            Err(error) => {
+                tracing::error!(%error, "sources unavailable");
+                Answer::config_unavailable()
+            }
+        },
+        Route::Collect(endpoint) => {
+            // Read a little past the limit so the core can name the size in its 400.
+            let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1024).await {
+                Ok(body) => body,
+                Err(_) => Bytes::from(vec![b' '; MAX_REQUEST_BYTES + 1]),
+            };
+            match state.sources.get(&state.store).await {
+                Ok(sources) => {
+                    let request = CollectRequest {
+                        endpoint,
+                        body: &body,
+                        authorization: header_str(headers, header::AUTHORIZATION),
+                        origin,
+                        user_agent: header_str(headers, header::USER_AGENT),
+                        client_ip: client_ip(&state, headers, peer),
+                        geo: None,
+                    };
+                    handle(&state.store, &sources, &request, crate::now(), crate::seed()).await
+                }
+                Err(error) => {
+                    tracing::error!(%error, "sources unavailable");
+                    Answer::config_unavailable()
+                }
+            }
+        }
+    };
+    to_response(answer)
+}
+
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Option<IpAddr> {
+    match &state.trusted_ip_header {
+        Some(name) => headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok()),
+        None => Some(peer.ip()),
+    }
+}
+
+fn to_response(answer: Answer) -> Response {
+    let mut response = Response::new(if answer.body.is_empty() { Body::empty() } else { Body::from(answer.body) });
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    if answer.status != 204 {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
