@@ -1,3 +1,7 @@
-pub(crate) fn run(_c: BenchCommand) -> anyhow::Result<()> { Ok(()) }
+pub(crate) fn run(_c: BenchCommand) -> anyhow::Result<()> {
+    Ok(())
+}
 #[derive(Debug, clap::Subcommand)]
-pub(crate) enum BenchCommand { Collect }
+pub(crate) enum BenchCommand {
+    Collect,
+}

@@ -67,9 +67,7 @@ pub(crate) fn seed() -> [u8; 32] {
 
 /// Now, as the core's time type.
 pub(crate) fn now() -> shared::time::UtcTime {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     shared::time::UtcTime::from_unix_millis(ms).unwrap_or_else(|| unreachable!("the clock is within years 1970..9999"))
 }

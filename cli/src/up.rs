@@ -66,7 +66,8 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             .context("--trusted-ip-header is not a valid header name")?;
         let state = Arc::new(AppState { store, sources: SourcesCache::new(Duration::from_secs(2)), trusted_ip_header });
 
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /health)");
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
@@ -83,7 +84,11 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn serve(State(state): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+async fn serve(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let origin = header_str(headers, header::ORIGIN);

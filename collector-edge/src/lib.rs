@@ -1,1 +1,178 @@
-//! x
+//! The collector as a Cloudflare Worker: a thin shell around `shared`'s collect pipeline.
+//!
+//! It routes with the core's router, hands the request's bytes and the headers that matter to
+//! [`shared::collect::collect`], writes the accepted and failed events to S3 (SigV4-presigned `PUT`s over
+//! `fetch`, so the same objects trigger the Lambda functions in AWS), and answers only after both writes are
+//! durable: 503 otherwise, never 200 for data it did not keep.
+//!
+//! Configuration (`wrangler.toml` vars, secrets set with `wrangler secret put`):
+//! - `S3_ENDPOINT` (default `https://s3.<region>.amazonaws.com`), `S3_REGION`, `S3_BUCKET`,
+//!   `S3_URL_STYLE` (`path` or `virtual`; default `virtual` on AWS, `path` with a custom endpoint);
+//! - secrets `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`;
+//! - `CONFIG_TTL_SECONDS` (default 30): how long `config/sources.json` is cached per isolate.
+
+mod s3;
+mod sources;
+
+use shared::collect::{Answer, CollectRequest, Route, preflight, route};
+use shared::event::Geo;
+use shared::ids::Entropy;
+use shared::time::UtcTime;
+use worker::{Context, Env, Headers, Request, Response, event};
+
+use crate::s3::S3;
+
+#[event(fetch)]
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let method = req.method().to_string();
+    let path = req.path();
+    let origin = header(&req, "origin");
+    let answer = match route(&method, &path) {
+        Route::Health => Answer::health(),
+        Route::NotFound => Answer::not_found(),
+        Route::MethodNotAllowed => Answer::method_not_allowed(),
+        Route::Preflight => match S3::from_env(&env) {
+            Ok(s3) => match sources::get(&s3, &env).await {
+                Ok(sources) => preflight(origin.as_deref(), &sources),
+                Err(_) => Answer::config_unavailable(),
+            },
+            Err(error) => misconfigured(&error),
+        },
+        Route::Collect(endpoint) => {
+            let body = req.bytes().await.unwrap_or_default();
+            match S3::from_env(&env) {
+                Ok(s3) => collect(&s3, &env, &req, endpoint, &body, origin.as_deref()).await,
+                Err(error) => misconfigured(&error),
+            }
+        }
+    };
+    respond(answer)
+}
+
+async fn collect(
+    s3: &S3,
+    env: &Env,
+    req: &Request,
+    endpoint: shared::collect::Endpoint,
+    body: &[u8],
+    origin: Option<&str>,
+) -> Answer {
+    let sources = match sources::get(s3, env).await {
+        Ok(sources) => sources,
+        Err(error) => {
+            worker::console_error!("sources unavailable: {error}");
+            return Answer::config_unavailable();
+        }
+    };
+    let authorization = header(req, "authorization");
+    let user_agent = header(req, "user-agent");
+    let request = CollectRequest {
+        endpoint,
+        body,
+        authorization: authorization.as_deref(),
+        origin,
+        user_agent: user_agent.as_deref(),
+        // Cloudflare sets this header itself; clients cannot forge it through the edge.
+        client_ip: header(req, "cf-connecting-ip").and_then(|ip| ip.parse().ok()),
+        geo: geo(req),
+    };
+    let now = now();
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        return Answer::error(500, "internal", "no randomness available");
+    }
+    let batch = match shared::collect::collect(&request, &sources, now, &mut Entropy::from_seed(seed)) {
+        shared::collect::Collected::Rejected(answer) => return answer,
+        shared::collect::Collected::Kept(batch) => batch,
+    };
+    let accepted = batch.accepted_object();
+    let failed = batch.failed_object();
+    let put = |object: Option<(String, Vec<u8>)>| async move {
+        match object {
+            Some((key, bytes)) => s3.put_new(&key, bytes, now).await,
+            None => Ok(()),
+        }
+    };
+    let (a, f) = futures_join(put(accepted), put(failed)).await;
+    match a.and(f) {
+        Ok(()) => batch.answer(),
+        Err(error) => {
+            // The error names the key and status, never credentials.
+            worker::console_error!("could not store batch {}: {error}", batch.request_id);
+            batch.storage_failed()
+        }
+    }
+}
+
+/// Both futures to completion, concurrently (the Worker's event loop interleaves the two fetches).
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let mut out_a = None;
+    let mut out_b = None;
+    std::future::poll_fn(|cx| {
+        if out_a.is_none() {
+            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+                out_a = Some(v);
+            }
+        }
+        if out_b.is_none() {
+            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
+                out_b = Some(v);
+            }
+        }
+        if out_a.is_some() && out_b.is_some() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    match (out_a, out_b) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("poll_fn returned Ready only with both outputs"),
+    }
+}
+
+fn misconfigured(error: &str) -> Answer {
+    worker::console_error!("collector misconfigured: {error}");
+    Answer::error(500, "misconfigured", "the collector is not configured; see the operator's logs")
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+fn now() -> UtcTime {
+    let ms = worker::Date::now().as_millis() as i64;
+    UtcTime::from_unix_millis(ms).unwrap_or_else(|| unreachable!("the clock is within years 1970..9999"))
+}
+
+fn geo(req: &Request) -> Option<Geo> {
+    let cf = req.cf()?;
+    let (latitude, longitude) = match cf.coordinates() {
+        Some((lat, lon)) => (Some(lat.to_string()), Some(lon.to_string())),
+        None => (None, None),
+    };
+    let timezone = Some(cf.timezone_name()).filter(|t| !t.is_empty());
+    Some(Geo {
+        country: cf.country(),
+        region: cf.region(),
+        region_code: cf.region_code(),
+        city: cf.city(),
+        postal_code: cf.postal_code(),
+        continent: cf.continent(),
+        latitude,
+        longitude,
+        timezone,
+    })
+}
+
+fn respond(answer: Answer) -> worker::Result<Response> {
+    let headers = Headers::new();
+    if !answer.body.is_empty() {
+        headers.set("content-type", "application/json")?;
+    }
+    for (name, value) in &answer.headers {
+        headers.append(name, value)?;
+    }
+    let response =
+        if answer.body.is_empty() { Response::empty()? } else { Response::from_bytes(answer.body.into_bytes())? };
+    Ok(response.with_status(answer.status).with_headers(headers))
+}

@@ -1,0 +1,193 @@
+//! The scenarios every collector shell must pass alike, and what they stored, projected so that two shells'
+//! results can be compared (receipt times and request ids differ between runs; nothing else may).
+
+use serde_json::{Value, json};
+use shared::event::{CanonicalEvent, FailedEvent};
+use shared::storage::decode_ndjson_gz;
+
+use crate::fixture;
+use crate::http::{post, send};
+
+/// Everything a collector stored under `raw/` and `failed/`, decoded.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// `(key, events)` per raw object, by key.
+    pub raw: Vec<(String, Vec<CanonicalEvent>)>,
+    /// `(key, events)` per failed object, by key.
+    pub failed: Vec<(String, Vec<FailedEvent>)>,
+}
+
+impl Snapshot {
+    /// Decodes `(key, bytes)` pairs listed from a store.
+    pub fn decode(objects: Vec<(String, Vec<u8>)>) -> Self {
+        let mut snapshot = Snapshot::default();
+        for (key, bytes) in objects {
+            if key.starts_with("raw/") {
+                let events = decode_ndjson_gz(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
+                snapshot.raw.push((key, events));
+            } else if key.starts_with("failed/") {
+                let events = decode_ndjson_gz(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
+                snapshot.failed.push((key, events));
+            }
+        }
+        snapshot
+    }
+
+    /// Number of objects.
+    pub fn objects(&self) -> usize {
+        self.raw.len() + self.failed.len()
+    }
+}
+
+/// A place a collector writes to, read back by the test.
+pub trait Bucket {
+    /// All objects under `raw/` and `failed/`.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// What a shell stored across all scenarios, without run-specific values.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    /// Accepted events, projected, sorted by messageId.
+    pub accepted: Vec<Value>,
+    /// Failed events, projected, sorted by messageId and index.
+    pub failed: Vec<Value>,
+}
+
+/// Runs every scenario against the collector at `url` (which must accept `key` for source `e2e`), checking
+/// each answer and what `bucket` holds after it. Returns the projected stored results.
+pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
+    assert!(bucket.snapshot().objects() == 0, "scenarios start on an empty bucket");
+
+    // A bad write key: 401, nothing stored.
+    let reply = post(&format!("{url}/v1/batch"), &fixture("mixed-valid-invalid-batch.json"), Some("not-a-key"));
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(reply.json()["code"], "unauthorized");
+    let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", "not-a-key");
+    assert_eq!(post(&format!("{url}/v1/batch"), &body, None).status, 401);
+    assert_eq!(bucket.snapshot().objects(), 0, "a refused request stores nothing");
+
+    // Oversize and invalid JSON: 400, nothing stored.
+    let big = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u","event":"x","properties":{{"p":"{}"}}}}]}}"#,
+        "x".repeat(520_000)
+    );
+    let reply = post(&format!("{url}/v1/batch"), &big, Some(key));
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.json()["code"], "request_too_large");
+    let single = format!(r#"{{"userId":"u","event":"x","properties":{{"p":"{}"}}}}"#, "x".repeat(33_000));
+    assert_eq!(post(&format!("{url}/v1/track"), &single, Some(key)).status, 400);
+    let reply = post(&format!("{url}/v1/batch"), r#"{"batch": [ {"type": "#, Some(key));
+    assert_eq!((reply.status, reply.json()["code"].clone()), (400, json!("invalid_json")));
+    assert_eq!(bucket.snapshot().objects(), 0, "a rejected request stores nothing");
+
+    // A mixed batch: the good events are kept, each bad one quarantined with its reason.
+    let reply = post(&format!("{url}/v1/batch"), &fixture("mixed-valid-invalid-batch.json"), Some(key));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!(
+        (answer["success"].clone(), answer["accepted"].clone(), answer["failed"].clone()),
+        (json!(true), json!(5), json!(5))
+    );
+    let snapshot = bucket.snapshot();
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len()), (1, 1), "one raw and one failed object per request");
+    let (raw_key, events) = &snapshot.raw[0];
+    assert!(
+        raw_key.starts_with("raw/v1/dt=") && raw_key.contains("/hr=") && raw_key.ends_with(".ndjson.gz"),
+        "{raw_key}"
+    );
+    let ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["mixed-ok-1", "mixed-ok-2", "mixed-ok-3", "mixed-ok-4", "mixed-ok-5"]);
+    let signed_up = &events[0];
+    assert_eq!(signed_up.context["campaign"], json!({"source": "ads", "name": "launch"}));
+    assert_eq!(signed_up.context["library"]["name"], "analytics-python", "batch context merged");
+    assert_eq!(
+        signed_up.received_at.unix_millis() - signed_up.timestamp.unix_millis(),
+        2000,
+        "clock skew corrected: sent 2 s after it happened"
+    );
+    let email = events[1].identifiers.iter().find(|i| i.kind == "email").expect("email identifier");
+    assert_eq!(email.value, "u1@example.com");
+    let failed = &snapshot.failed[0].1;
+    let reasons: Vec<(usize, &str)> = failed.iter().map(|f| (f.index, f.code.as_str())).collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, "missing_identity"),
+            (3, "invalid_field"),
+            (4, "unknown_type"),
+            (6, "missing_event"),
+            (8, "not_an_object")
+        ]
+    );
+    assert!(failed.iter().all(|f| !f.reason.is_empty() && !f.original.is_empty()));
+    assert_eq!(failed[1].reason, "properties must be an object, got a string");
+
+    // Segment's analytics.js batch, key in the body, from an allowed origin.
+    let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", key);
+    let reply = send(
+        "POST",
+        &format!("{url}/v1/batch"),
+        body.as_bytes(),
+        &[("content-type", "text/plain"), ("origin", "https://www.shop.example")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("https://www.shop.example"));
+    assert_eq!(reply.json()["accepted"], 3);
+
+    // A single call from a server library, key in Basic auth.
+    let reply = post(&format!("{url}/v1/track"), &fixture("segment-node-track.json"), Some(key));
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{}", reply.body);
+
+    // CORS preflight and health.
+    let reply = send(
+        "OPTIONS",
+        &format!("{url}/v1/batch"),
+        b"",
+        &[("origin", "https://www.shop.example"), ("access-control-request-method", "POST")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("https://www.shop.example"));
+    assert_eq!(send("GET", &format!("{url}/health"), b"", &[]).map(|r| r.status), Ok(200));
+
+    let snapshot = bucket.snapshot();
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len()), (3, 1));
+    project(&snapshot)
+}
+
+/// The stored results without what legitimately differs between runs and shells: receipt time (kept as the
+/// offset of a skew-corrected `timestamp` from it), request ids, object keys, and geo (only the edge has it).
+pub fn project(snapshot: &Snapshot) -> Outcome {
+    let mut accepted: Vec<Value> = snapshot
+        .raw
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .map(|e| {
+            let offset = e.timestamp.unix_millis() - e.received_at.unix_millis();
+            let mut v = serde_json::to_value(e).expect("event serializes");
+            let o = v.as_object_mut().expect("object");
+            o.remove("receivedAt");
+            // With sentAt the timestamp is relative to receipt (skew-corrected); without, it is the client's.
+            if e.sent_at.is_some() || e.original_timestamp.is_none() {
+                o.remove("timestamp");
+                o.insert("timestampMinusReceivedAtMs".into(), json!(offset));
+            }
+            // Geo comes from the edge's request metadata; the local runner has none.
+            if let Some(enrichment) = o.get_mut("enrichment").and_then(Value::as_object_mut) {
+                enrichment.remove("geo");
+            }
+            v
+        })
+        .collect();
+    accepted.sort_by_key(|v| v["messageId"].as_str().unwrap_or_default().to_string());
+    let mut failed: Vec<Value> = snapshot
+        .failed
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .map(|f| json!({"index": f.index, "code": f.code, "reason": f.reason, "messageId": f.message_id, "original": f.original, "sourceId": f.source_id}))
+        .collect();
+    failed.sort_by_key(|v| (v["messageId"].as_str().unwrap_or_default().to_string(), v["index"].as_u64()));
+    Outcome { accepted, failed }
+}

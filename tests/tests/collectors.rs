@@ -1,0 +1,159 @@
+//! One core, two shells: the same scenarios through the real edge worker under `wrangler dev` (writing to a
+//! real S3-compatible server on 127.0.0.1) and through the real `cdp up` (writing to a folder), with the same
+//! stored results; and storage outages answered with 5xx, never with a claim of success.
+
+use std::path::{Path, PathBuf};
+
+use cdp_e2e::http::post;
+use cdp_e2e::local_s3::LocalS3;
+use cdp_e2e::procs::{CdpUp, Wrangler, cdp_source_add};
+use cdp_e2e::scenarios::{self, Bucket, Snapshot};
+use cdp_e2e::{fixture, local_s3};
+use functions::collect::save_sources;
+use functions::storage::{ObjectStore, conformance};
+use shared::ids::Entropy;
+use shared::source::{Sources, new_source};
+
+struct Folder(PathBuf);
+
+impl Bucket for Folder {
+    fn snapshot(&self) -> Snapshot {
+        let mut objects = Vec::new();
+        for prefix in ["raw", "failed"] {
+            collect_files(&self.0, &self.0.join(prefix), &mut objects);
+        }
+        objects.sort();
+        Snapshot::decode(objects)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(root, &path, out);
+        } else {
+            let key = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+            out.push((key, std::fs::read(&path).expect("read object")));
+        }
+    }
+}
+
+struct S3<'a>(&'a LocalS3);
+
+impl Bucket for S3<'_> {
+    fn snapshot(&self) -> Snapshot {
+        let store = self.0.store();
+        let objects = self.0.block_on(async {
+            let mut objects = Vec::new();
+            for prefix in ["raw/", "failed/"] {
+                for meta in store.list(prefix).await.expect("list") {
+                    let object = store.get(&meta.key).await.expect("get").expect("listed object exists");
+                    objects.push((meta.key, object.body));
+                }
+            }
+            objects
+        });
+        Snapshot::decode(objects)
+    }
+}
+
+/// Writes `config/sources.json` with one source, `e2e`, into the local S3 server; returns its write key.
+fn s3_source(s3: &LocalS3) -> String {
+    let (mut source, key) = new_source("e2e", "e2e", &mut Entropy::from_seed(rand_seed()));
+    source.allowed_origins = vec!["https://*.shop.example".into()];
+    let mut sources = Sources::default();
+    sources.add(source).expect("valid source");
+    s3.block_on(save_sources(&s3.store(), &sources)).expect("write sources to S3");
+    key
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("OS randomness");
+    seed
+}
+
+/// `cdp up` on a fresh folder with source `e2e` (created by `cdp source add`, origins restricted by editing
+/// the file as an operator would).
+fn local_collector(dir: &Path) -> (CdpUp, String) {
+    let key = cdp_source_add(dir, "e2e");
+    let path = dir.join("config/sources.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("sources file")).expect("json");
+    file["sources"][0]["allowedOrigins"] = serde_json::json!(["https://*.shop.example"]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write sources");
+    (CdpUp::start(dir), key)
+}
+
+#[test]
+fn s3_adapter_meets_the_storage_contract_on_a_real_s3_server() {
+    let s3 = LocalS3::start();
+    s3.block_on(conformance::check(&s3.store(), "conformance"));
+    s3.set_failing(true);
+    let error = s3.block_on(s3.store().get("conformance/state/manifest.json")).expect_err("outage is an error");
+    assert!(matches!(error, functions::storage::StoreError::Unavailable(_)), "{error}");
+}
+
+#[test]
+fn local_collector_passes_the_scenarios_and_answers_503_when_storage_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (up, key) = local_collector(dir.path());
+    scenarios::run(&up.url, &key, &Folder(dir.path().to_path_buf()));
+    assert!(up.proc.output().contains("collector listening on http://127.0.0.1:"));
+
+    // Storage outage: a file where the hour's folder must go makes every write fail.
+    let before = Folder(dir.path().to_path_buf()).snapshot().objects();
+    std::fs::remove_dir_all(dir.path().join("raw")).expect("remove raw/");
+    std::fs::write(dir.path().join("raw"), b"in the way").expect("block raw/");
+    let reply = post(&format!("{}/v1/batch", up.url), &fixture("mixed-valid-invalid-batch.json"), Some(&key));
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["success"], false);
+    let after = Folder(dir.path().to_path_buf()).snapshot();
+    assert_eq!(after.raw.len(), 0, "nothing claimed, nothing kept in raw/");
+    assert!(after.objects() < before, "the blocked folder's objects are gone, no new ones appeared");
+}
+
+#[test]
+fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
+    let s3 = LocalS3::start();
+    let key = s3_source(&s3);
+    let wrangler = Wrangler::start(&[
+        ("S3_ENDPOINT", &s3.endpoint),
+        ("S3_URL_STYLE", "path"),
+        ("S3_BUCKET", local_s3::BUCKET),
+        ("S3_REGION", local_s3::REGION),
+        ("S3_ACCESS_KEY_ID", local_s3::ACCESS_KEY),
+        ("S3_SECRET_ACCESS_KEY", local_s3::SECRET_KEY),
+        ("CONFIG_TTL_SECONDS", "0"),
+    ]);
+    let edge = scenarios::run(&wrangler.url, &key, &S3(&s3));
+    // The edge attaches geo from the request's `cf` object (wrangler dev simulates one).
+    let stored = S3(&s3).snapshot();
+    assert!(
+        stored.raw.iter().flat_map(|(_, e)| e).all(|e| e.enrichment.geo.as_ref().is_some_and(|g| g.country.is_some()))
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (up, local_key) = local_collector(dir.path());
+    let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
+    assert_eq!(edge.accepted.len(), 9);
+    assert_eq!(edge, local, "one core, two shells: the same stored results");
+
+    // Outage: the S3 server answers 500 to everything. The worker must answer 5xx and store nothing.
+    let before = S3(&s3).snapshot().objects();
+    s3.set_failing(true);
+    let reply = post(&format!("{}/v1/batch", wrangler.url), &fixture("mixed-valid-invalid-batch.json"), Some(&key));
+    assert!((500..600).contains(&reply.status), "got {} {}", reply.status, reply.body);
+    assert_ne!(reply.json()["success"], true);
+    s3.set_failing(false);
+    assert_eq!(S3(&s3).snapshot().objects(), before, "nothing was stored during the outage");
+
+    // Stopped: nothing listens at the endpoint any more.
+    let url = wrangler.url.clone();
+    drop(s3);
+    let reply = post(&format!("{url}/v1/batch"), &fixture("mixed-valid-invalid-batch.json"), Some(&key));
+    assert!((500..600).contains(&reply.status), "got {} {}", reply.status, reply.body);
+    drop(wrangler);
+}
