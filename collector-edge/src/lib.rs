@@ -111,15 +111,15 @@ async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B
     let mut out_a = None;
     let mut out_b = None;
     std::future::poll_fn(|cx| {
-        if out_a.is_none() {
-            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
-                out_a = Some(v);
-            }
+        if out_a.is_none()
+            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            out_a = Some(v);
         }
-        if out_b.is_none() {
-            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
-                out_b = Some(v);
-            }
+        if out_b.is_none()
+            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            out_b = Some(v);
         }
         if out_a.is_some() && out_b.is_some() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
     })

@@ -22,10 +22,10 @@ pub(crate) async fn get(s3: &S3, env: &Env) -> Result<Rc<Sources>, String> {
         env.var("CONFIG_TTL_SECONDS").ok().and_then(|v| v.to_string().parse::<i64>().ok()).unwrap_or(30).max(0) * 1000;
     let now = crate::now();
     let cached = CACHE.with(|c| c.borrow().clone());
-    if let Some((at, sources)) = &cached {
-        if now.unix_millis() - at < ttl_ms {
-            return Ok(sources.clone());
-        }
+    if let Some((at, sources)) = &cached
+        && now.unix_millis() - at < ttl_ms
+    {
+        return Ok(sources.clone());
     }
     let fresh = match s3.get(CONFIG_SOURCES, now).await {
         Ok(Some(bytes)) => Sources::from_json(&bytes).map_err(|e| e.to_string()),

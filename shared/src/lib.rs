@@ -8,11 +8,13 @@
 //! - [`collect`]: the collect pipeline, from request bytes to accepted and failed events and an HTTP answer.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
 //! - [`storage`]: the object key layout and the gzip NDJSON codec.
+//! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
 
 pub mod collect;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod sample;
 pub mod source;
 pub mod storage;
 pub mod time;

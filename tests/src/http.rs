@@ -74,10 +74,10 @@ pub fn wait_healthy(url: &str, timeout: Duration, mut alive: impl FnMut() -> Res
     let start = std::time::Instant::now();
     while start.elapsed() < timeout {
         alive()?;
-        if let Ok(reply) = send("GET", url, b"", &[]) {
-            if reply.status == 200 {
-                return Ok(());
-            }
+        if let Ok(reply) = send("GET", url, b"", &[])
+            && reply.status == 200
+        {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(250));
     }

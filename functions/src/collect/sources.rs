@@ -40,16 +40,16 @@ impl SourcesCache {
 
     /// The current sources, reading the store if the copy is older than the TTL.
     pub async fn get<S: ObjectStore>(&self, store: &S) -> Result<Arc<Sources>, Error> {
-        if let Some((at, sources)) = self.current.read().await.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(sources.clone());
-            }
+        if let Some((at, sources)) = self.current.read().await.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(sources.clone());
         }
         let mut current = self.current.write().await;
-        if let Some((at, sources)) = current.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(sources.clone());
-            }
+        if let Some((at, sources)) = current.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(sources.clone());
         }
         match load_sources(store).await {
             Ok(sources) => {

@@ -110,10 +110,8 @@ fn build(m: &mut Map<String, Value>, shared: &Shared<'_>) -> Checked<CanonicalEv
     let sent_at = time_field(m, "sentAt")?.or(shared.batch_sent_at);
 
     match kind {
-        EventType::Alias => {
-            if previous_id.is_none() || user_id.is_none() {
-                return Err((FailureCode::MissingAliasIds, "alias needs both previousId and userId".to_string()));
-            }
+        EventType::Alias if previous_id.is_none() || user_id.is_none() => {
+            return Err((FailureCode::MissingAliasIds, "alias needs both previousId and userId".to_string()));
         }
         _ if user_id.is_none() && anonymous_id.is_none() => {
             return Err((FailureCode::MissingIdentity, "userId or anonymousId is required".to_string()));

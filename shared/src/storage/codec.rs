@@ -13,12 +13,15 @@ use crate::Error;
 /// Encodes records as gzip NDJSON. Level 1: the collector's CPU budget matters more than a few percent of
 /// storage, and the lake compaction re-encodes everything anyway.
 pub fn encode_ndjson_gz<T: Serialize>(records: &[T]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(records.len() * 200), Compression::fast());
+    // Serialize first, compress once: the serializer's many small writes would each be a deflate call.
+    let mut ndjson = Vec::with_capacity(records.len() * 700);
     for record in records {
         // Writing to a Vec cannot fail, and our records always serialize (string keys, finite numbers).
-        let _ = serde_json::to_writer(&mut encoder, record);
-        let _ = encoder.write_all(b"\n");
+        let _ = serde_json::to_writer(&mut ndjson, record);
+        ndjson.push(b'\n');
     }
+    let mut encoder = GzEncoder::new(Vec::with_capacity(ndjson.len() / 4), Compression::fast());
+    let _ = encoder.write_all(&ndjson);
     encoder.finish().unwrap_or_default()
 }
 
