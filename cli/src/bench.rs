@@ -1,7 +1,225 @@
-pub(crate) fn run(_c: BenchCommand) -> anyhow::Result<()> {
+//! `cdp bench collect`: events/s through a real `cdp up` on loopback, driven from this (second) process, side
+//! by side in the same run with a bare HTTP sink (reads the body, answers 200, stores nothing): the transport's
+//! ceiling on this machine.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use functions::storage::FsStore;
+use shared::ids::Entropy;
+use shared::sample::batch_body;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Events/s through `cdp up` (a child process) with batched requests from this process.
+    Collect {
+        /// Events to send in total (per target).
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per batch request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
+    /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
+    #[command(hide = true)]
+    Sink {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Collect { events, batch, connections } => collect(events, batch, connections),
+        BenchCommand::Sink { listen } => sink(listen),
+    }
+}
+
+/// Kills the child on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(args: &[&str]) -> anyhow::Result<ChildGuard> {
+    let exe = std::env::current_exe().context("locating the cdp binary")?;
+    let child =
+        Command::new(exe).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    Ok(ChildGuard(child))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn wait_healthy(url: &str) -> anyhow::Result<()> {
+    let agent = agent();
+    for _ in 0..200 {
+        if agent.get(&format!("{url}/health")).call().is_ok_and(|r| r.status().as_u16() == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{url} did not become healthy within 10 s")
+}
+
+struct Run {
+    events: usize,
+    requests: usize,
+    elapsed: Duration,
+}
+
+/// Sends `bodies` round-robin over `connections` threads until `requests` are answered; every answer must be
+/// 200 and (when `expect_accepted` is set) report that many accepted events.
+fn drive(
+    url: &str,
+    bodies: &[String],
+    requests: usize,
+    connections: usize,
+    expect_accepted: Option<usize>,
+) -> anyhow::Result<Duration> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..connections)
+            .map(|_| {
+                let next = next.clone();
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let agent = agent();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= requests {
+                            return Ok(());
+                        }
+                        let body = &bodies[n % bodies.len()];
+                        let mut response = agent
+                            .post(&format!("{url}/v1/batch"))
+                            .header("content-type", "application/json")
+                            .send(body.as_bytes())?;
+                        let status = response.status().as_u16();
+                        let text = response.body_mut().read_to_string()?;
+                        if status != 200 {
+                            bail!("answer {status}: {text}");
+                        }
+                        if let Some(expected) = expect_accepted {
+                            let answer: serde_json::Value = serde_json::from_str(&text)?;
+                            if answer["accepted"] != expected {
+                                bail!("expected {expected} accepted events, got {text}");
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("load thread panicked")))).collect()
+    });
+    let elapsed = start.elapsed();
+    for result in results {
+        result?;
+    }
+    Ok(elapsed)
+}
+
+fn collect(events: usize, batch: usize, connections: usize) -> anyhow::Result<()> {
+    if batch == 0 || events < batch || connections == 0 {
+        bail!("need --batch ≥ 1, --events ≥ --batch and --connections ≥ 1");
+    }
+    let requests = events / batch;
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let store = FsStore::open(dir.path())?;
+    let (_, key) = runtime.block_on(crate::source::create(&store, "bench", "Bench", Vec::new()))?;
+    let mut entropy = Entropy::from_seed(crate::seed());
+    let bodies: Vec<String> = (0..connections.max(8)).map(|_| batch_body(&mut entropy, batch, Some(&key))).collect();
+    let bytes_per_request = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
+    println!(
+        "cdp bench collect: {requests} requests × {batch} events (~{} bytes/event), {connections} connections, loopback",
+        bytes_per_request / batch
+    );
+
+    let sink_addr = free_addr()?;
+    let sink = spawn(&["bench", "sink", "--listen", &sink_addr.to_string()])?;
+    let sink_url = format!("http://{sink_addr}");
+    wait_healthy(&sink_url)?;
+    drive(&sink_url, &bodies, requests.min(connections * 4), connections, None)?; // warm-up
+    let sink_elapsed = drive(&sink_url, &bodies, requests, connections, None)?;
+    drop(sink);
+    let sink_run = Run { events: requests * batch, requests, elapsed: sink_elapsed };
+
+    let up_addr = free_addr()?;
+    let data = dir.path().to_string_lossy().to_string();
+    let up = spawn(&["up", "--data", &data, "--listen", &up_addr.to_string()])?;
+    let up_url = format!("http://{up_addr}");
+    wait_healthy(&up_url)?;
+    let up_elapsed = drive(&up_url, &bodies, requests, connections, Some(batch))?;
+    drop(up);
+    let up_run = Run { events: requests * batch, requests, elapsed: up_elapsed };
+
+    // Everything answered 200 must be on disk: one raw object per request.
+    let stored = runtime.block_on(functions::storage::ObjectStore::list(&store, "raw/"))?;
+    if stored.len() != up_run.requests {
+        bail!("{} requests were accepted but {} raw objects are stored", up_run.requests, stored.len());
+    }
+
+    let rate = |r: &Run| r.events as f64 / r.elapsed.as_secs_f64();
+    println!("| target | events | time (s) | events/s | requests/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, r) in [
+        ("bare HTTP sink (reads body, stores nothing)", &sink_run),
+        ("cdp up (collect + gzip + fsync'd file)", &up_run),
+    ] {
+        println!(
+            "| {name} | {} | {:.2} | {:.0} | {:.0} |",
+            r.events,
+            r.elapsed.as_secs_f64(),
+            rate(r),
+            r.requests as f64 / r.elapsed.as_secs_f64()
+        );
+    }
+    println!(
+        "cdp up reaches {:.2}× the bare sink; target ≥ 50000 events/s: {}",
+        rate(&up_run) / rate(&sink_run),
+        if rate(&up_run) >= 50_000.0 { "met" } else { "NOT met" }
+    );
     Ok(())
 }
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum BenchCommand {
-    Collect,
+
+fn sink(listen: SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let app = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "{\"status\":\"ok\"}" }))
+            .route(
+                "/v1/batch",
+                axum::routing::post(|body: bytes::Bytes| async move {
+                    std::hint::black_box(body.len());
+                    "{\"success\":true}"
+                }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
 }

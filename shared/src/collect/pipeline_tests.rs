@@ -256,3 +256,87 @@ fn same_inputs_same_decisions() {
     assert_eq!(a.accepted, b.accepted);
     assert_eq!(a.failed, b.failed);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[ a-zA-Z0-9@._-]{0,12}".prop_map(Value::from),
+            Just(json!({"k": "v"})),
+            Just(json!([1, 2])),
+            Just(json!("2026-11-28T10:00:00Z")),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "type",
+            "userId",
+            "anonymousId",
+            "event",
+            "name",
+            "properties",
+            "traits",
+            "context",
+            "messageId",
+            "timestamp",
+            "sentAt",
+            "previousId",
+            "groupId",
+            "integrations",
+            "extra",
+        ]);
+        let kind = prop::sample::select(vec!["track", "identify", "page", "screen", "group", "alias", "nope"]);
+        (prop::collection::btree_map(keys, field(), 0..10), kind, any::<bool>()).prop_map(|(fields, kind, typed)| {
+            let mut m: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            if typed {
+                m.insert("type".into(), kind.into());
+            }
+            Value::Object(m)
+        })
+    }
+
+    proptest! {
+        /// Whatever the events, every one is either accepted or failed with a reason, in order, and
+        /// collecting never panics.
+        #[test]
+        fn every_event_is_accounted_for(events in prop::collection::vec(prop_oneof![event(), field()], 0..40)) {
+            let s = setup();
+            let body = json!({ "batch": events, "writeKey": s.key }).to_string();
+            let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+            prop_assert_eq!(batch.accepted.len() + batch.failed.len(), events.len());
+            let mut failed_indices: Vec<usize> = batch.failed.iter().map(|f| f.index).collect();
+            failed_indices.dedup();
+            prop_assert_eq!(failed_indices.len(), batch.failed.len(), "each failure has its own index");
+            for f in &batch.failed {
+                prop_assert!(!f.reason.is_empty());
+                let original: Value = serde_json::from_str(&f.original).expect("original bytes are the event's JSON");
+                prop_assert_eq!(&original, &events[f.index]);
+            }
+            for e in &batch.accepted {
+                prop_assert!(e.user_id.is_some() || e.anonymous_id.is_some());
+                prop_assert!(e.timestamp <= e.received_at);
+                prop_assert!(!e.message_id.is_empty() && e.message_id.chars().count() <= 100);
+            }
+        }
+
+        /// Arbitrary bytes get an answer, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..200)) {
+            let s = setup();
+            let auth = basic(&s.key);
+            let mut req = CollectRequest::new(Endpoint::Batch, &body);
+            req.authorization = Some(&auth);
+            match run(&req, &s) {
+                Collected::Rejected(answer) => prop_assert!(answer.status == 400),
+                Collected::Kept(batch) => prop_assert!(batch.answer().status == 200),
+            }
+        }
+    }
+}
