@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use functions::storage::FsStore;
+use shared::collect::{CollectRequest, Collected, Endpoint};
 use shared::ids::Entropy;
 use shared::sample::batch_body;
+use shared::source::{Sources, new_source};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -28,6 +30,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// Collect-pipeline throughput against a bare `serde_json` parse of the same bytes, interleaved round by
+    /// round so both see the same machine conditions; reports medians and their ratio.
+    Normalize {
+        /// Rounds; each times every variant once.
+        #[arg(long, default_value_t = 40)]
+        rounds: usize,
+        /// Iterations per variant per round.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Events per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -40,6 +55,7 @@ pub(crate) enum BenchCommand {
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Collect { events, batch, connections } => collect(events, batch, connections),
+        BenchCommand::Normalize { rounds, iterations, batch } => normalize(rounds, iterations, batch),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }
@@ -222,4 +238,82 @@ fn sink(listen: SocketAddr) -> anyhow::Result<()> {
         axum::serve(listener, app).await?;
         Ok(())
     })
+}
+
+fn normalize(rounds: usize, iterations: usize, batch: usize) -> anyhow::Result<()> {
+    if rounds == 0 || iterations == 0 || batch == 0 {
+        bail!("--rounds, --iterations and --batch must be at least 1");
+    }
+    let (source, key) = new_source("bench", "Bench", &mut Entropy::from_seed(crate::seed()));
+    let mut sources = Sources::default();
+    sources.add(source)?;
+    let body = batch_body(&mut Entropy::from_seed(crate::seed()), batch, Some(&key));
+    let now = crate::now();
+    let ip = "198.51.100.7".parse().ok();
+    let run_collect = |encode: bool| -> anyhow::Result<usize> {
+        let mut request = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+        request.client_ip = ip;
+        match shared::collect::collect(&request, &sources, now, &mut Entropy::from_seed([7; 32])) {
+            Collected::Kept(kept) if kept.failed.is_empty() => Ok(if encode {
+                kept.accepted_object().map_or(0, |(_, bytes)| bytes.len())
+            } else {
+                kept.accepted.len()
+            }),
+            Collected::Kept(kept) => bail!("{} sample events failed: {:?}", kept.failed.len(), kept.failed.first()),
+            Collected::Rejected(answer) => bail!("sample batch rejected: {}", answer.body),
+        }
+    };
+    let mut parse = Vec::with_capacity(rounds);
+    let mut pipeline = Vec::with_capacity(rounds);
+    let mut encoded = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(serde_json::from_slice::<serde_json::Value>(std::hint::black_box(body.as_bytes()))?);
+        }
+        parse.push(start.elapsed() / iterations as u32);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(run_collect(false)?);
+        }
+        pipeline.push(start.elapsed() / iterations as u32);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(run_collect(true)?);
+        }
+        encoded.push(start.elapsed() / iterations as u32);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (parse, pipeline, encoded) = (median(&mut parse), median(&mut pipeline), median(&mut encoded));
+    let mib = body.len() as f64 / (1024.0 * 1024.0);
+    println!(
+        "cdp bench normalize: one {batch}-event batch of {} bytes (~{} bytes/event), {rounds} interleaved rounds × {iterations} iterations, medians",
+        body.len(),
+        body.len() / batch
+    );
+    println!("| variant | time per batch (ms) | MiB/s | events/s | vs bare parse |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, t) in [
+        ("bare `serde_json::from_slice::<Value>`", parse),
+        ("collect pipeline (auth, validate, normalize, enrich)", pipeline),
+        ("collect pipeline + NDJSON + gzip", encoded),
+    ] {
+        let s = t.as_secs_f64();
+        println!(
+            "| {name} | {:.3} | {:.1} | {:.0} | {:.2}× |",
+            s * 1000.0,
+            mib / s,
+            batch as f64 / s,
+            parse.as_secs_f64() / s
+        );
+    }
+    let ratio = parse.as_secs_f64() / pipeline.as_secs_f64();
+    println!(
+        "collect pipeline throughput is {ratio:.2}× the bare parse; target ≥ 0.5×: {}",
+        if ratio >= 0.5 { "met" } else { "NOT met" }
+    );
+    Ok(())
 }

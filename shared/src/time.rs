@@ -50,18 +50,26 @@ impl UtcTime {
 
 impl fmt::Display for UtcTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every stored event prints three of these: fill a fixed buffer instead of going through `write!`.
         let dt = jiff::tz::TimeZone::UTC.to_datetime(self.0);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            dt.year(),
-            dt.month(),
-            dt.day(),
-            dt.hour(),
-            dt.minute(),
-            dt.second(),
-            dt.millisecond()
-        )
+        if dt.year() < 0 {
+            return write!(f, "{dt}Z");
+        }
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, dt.year() as u32);
+        put(5, 2, dt.month() as u32);
+        put(8, 2, dt.day() as u32);
+        put(11, 2, dt.hour() as u32);
+        put(14, 2, dt.minute() as u32);
+        put(17, 2, dt.second() as u32);
+        put(20, 3, dt.millisecond() as u32);
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -87,6 +95,13 @@ mod tests {
         let t = UtcTime::from_unix_millis(1_764_336_803_123).unwrap();
         assert_eq!(t.to_string(), "2025-11-28T13:33:23.123Z");
         assert_eq!(t.date_and_hour(), ("2025-11-28".to_string(), "13".to_string()));
+    }
+
+    #[test]
+    fn prints_padded_fields() {
+        let t = UtcTime::parse("0042-01-02T03:04:05.006Z").unwrap();
+        assert_eq!(t.to_string(), "0042-01-02T03:04:05.006Z");
+        assert_eq!(UtcTime::from_unix_millis(0).unwrap().to_string(), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

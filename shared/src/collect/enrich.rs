@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -14,11 +15,14 @@ use crate::source::SourceSettings;
 /// batch almost always comes from one client, so parses are remembered for the request.
 pub(crate) struct Enricher<'a> {
     settings: &'a SourceSettings,
-    client_ip: Option<IpAddr>,
+    /// The request's address as stored (anonymized when the source says so), formatted once per request.
+    request_ip: Option<String>,
     header_user_agent: Option<&'a str>,
-    geo: Option<&'a Geo>,
+    geo: Option<Arc<Geo>>,
     parser: woothee::parser::Parser,
-    agents: HashMap<String, Option<UserAgentInfo>>,
+    /// The last agent seen: almost every event of a batch has it, and comparing is cheaper than hashing.
+    last_agent: Option<(String, Option<Arc<UserAgentInfo>>)>,
+    agents: HashMap<String, Option<Arc<UserAgentInfo>>>,
 }
 
 impl<'a> Enricher<'a> {
@@ -28,30 +32,39 @@ impl<'a> Enricher<'a> {
         header_user_agent: Option<&'a str>,
         geo: Option<&'a Geo>,
     ) -> Self {
+        let request_ip = client_ip.map(|ip| stored_ip(settings, ip));
         Self {
             settings,
-            client_ip,
+            request_ip,
             header_user_agent,
-            geo,
+            geo: geo.cloned().map(Arc::new),
             parser: woothee::parser::Parser::new(),
+            last_agent: None,
             agents: HashMap::new(),
         }
     }
 
     pub(crate) fn enrich(&mut self, event: &mut CanonicalEvent) {
         self.ip(&mut event.context);
-        event.enrichment.geo = self.geo.cloned();
+        event.enrichment.geo = self.geo.clone();
 
         let agent = match event.context.get("userAgent") {
             Some(Value::String(ua)) => Some(ua.as_str()),
             _ => self.header_user_agent,
         };
         if let Some(agent) = agent.filter(|a| !a.trim().is_empty()) {
-            let parsed = match self.agents.get(agent) {
-                Some(parsed) => parsed.clone(),
-                None => {
-                    let parsed = parse_user_agent(&self.parser, agent);
-                    self.agents.insert(agent.to_string(), parsed.clone());
+            let parsed = match &self.last_agent {
+                Some((last, parsed)) if last == agent => parsed.clone(),
+                _ => {
+                    let parsed = match self.agents.get(agent) {
+                        Some(parsed) => parsed.clone(),
+                        None => {
+                            let parsed = parse_user_agent(&self.parser, agent).map(Arc::new);
+                            self.agents.insert(agent.to_string(), parsed.clone());
+                            parsed
+                        }
+                    };
+                    self.last_agent = Some((agent.to_string(), parsed.clone()));
                     parsed
                 }
             };
@@ -61,7 +74,8 @@ impl<'a> Enricher<'a> {
 
         if !matches!(event.context.get("campaign"), Some(Value::Object(_))) {
             let url = event.context.get("page").and_then(|p| p.get("url")).and_then(Value::as_str);
-            if let Some(campaign) = url.and_then(campaign_from_url) {
+            // Most URLs carry no campaign: skip the query parse for them.
+            if let Some(campaign) = url.filter(|u| u.contains("utm_")).and_then(campaign_from_url) {
                 event.context.insert("campaign".to_string(), Value::Object(campaign));
             }
         }
@@ -76,16 +90,24 @@ impl<'a> Enricher<'a> {
             return;
         }
         let sent = context.get("ip").and_then(Value::as_str).and_then(|s| s.trim().parse::<IpAddr>().ok());
-        match sent.or(self.client_ip) {
+        let stored = match sent {
+            Some(ip) => Some(stored_ip(self.settings, ip)),
+            None => self.request_ip.clone(),
+        };
+        match stored {
             Some(ip) => {
-                let ip = if self.settings.anonymize_ip { anonymize_ip(ip) } else { ip };
-                context.insert("ip".to_string(), Value::String(ip.to_string()));
+                context.insert("ip".to_string(), Value::String(ip));
             }
             None => {
                 context.remove("ip");
             }
         }
     }
+}
+
+/// The address as stored for this source.
+fn stored_ip(settings: &SourceSettings, ip: IpAddr) -> String {
+    if settings.anonymize_ip { anonymize_ip(ip) } else { ip }.to_string()
 }
 
 /// Zeroes the host part: the last octet of an IPv4 address, the last 80 bits of an IPv6 address (as Google
@@ -305,7 +327,7 @@ mod tests {
         let geo = Geo { country: Some("DE".into()), city: Some("Berlin".into()), ..Geo::default() };
         let mut e = event(json!({}), None);
         Enricher::new(&settings, None, None, Some(&geo)).enrich(&mut e);
-        assert_eq!(e.enrichment.geo, Some(geo));
+        assert_eq!(e.enrichment.geo.as_deref(), Some(&geo));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod normalize;
 mod pipeline;
 mod request;
 mod route;
+mod wire;
 
 pub use answer::Answer;
 pub use auth::basic_auth_user;

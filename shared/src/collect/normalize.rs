@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use super::wire::WireEvent;
 use crate::event::{CanonicalEvent, Enrichment, EventType, FailureCode};
 use crate::ids::Entropy;
 use crate::time::UtcTime;
@@ -32,7 +33,7 @@ type Checked<T> = Result<T, (FailureCode, String)>;
 
 /// Validates and normalizes one event object.
 pub(crate) fn normalize(
-    mut m: Map<String, Value>,
+    mut m: WireEvent,
     shared: &Shared<'_>,
     entropy: &mut Entropy,
 ) -> Result<CanonicalEvent, Rejection> {
@@ -63,11 +64,11 @@ pub(crate) fn normalize(
     let mut event = event;
     event.message_id = client_message_id.unwrap_or_else(|| entropy.uuid_v4());
     // Whatever is left is not part of the spec: keep it, as sent.
-    event.extras.extend(m);
+    event.extras.extend(m.extras);
     Ok(event)
 }
 
-fn build(m: &mut Map<String, Value>, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
+fn build(m: &mut WireEvent, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
     // Fields that are ours to set, or only meaningful at the request level.
     m.remove("writeKey");
     m.remove("receivedAt");
@@ -232,7 +233,7 @@ fn merge_missing(target: &mut Map<String, Value>, batch: &Map<String, Value>) {
 }
 
 /// An id: a string (trimmed; empty means absent) or a number (as its decimal text), as Segment accepts.
-fn id_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<String>> {
+fn id_field(m: &mut WireEvent, key: &str) -> Checked<Option<String>> {
     match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(trimmed(s)),
@@ -255,7 +256,7 @@ fn trimmed(s: String) -> Option<String> {
     }
 }
 
-fn text_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<String>> {
+fn text_field(m: &mut WireEvent, key: &str) -> Checked<Option<String>> {
     match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(trimmed(s)),
@@ -263,7 +264,7 @@ fn text_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<String>> 
     }
 }
 
-fn object_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<Map<String, Value>>> {
+fn object_field(m: &mut WireEvent, key: &str) -> Checked<Option<Map<String, Value>>> {
     match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o)),
@@ -271,7 +272,7 @@ fn object_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<Map<Str
     }
 }
 
-fn time_field(m: &mut Map<String, Value>, key: &str) -> Checked<Option<UtcTime>> {
+fn time_field(m: &mut WireEvent, key: &str) -> Checked<Option<UtcTime>> {
     match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -319,7 +320,7 @@ mod tests {
 
     fn run(value: Value, kind: Option<EventType>) -> Result<CanonicalEvent, Rejection> {
         let Value::Object(m) = value else { panic!("test input must be an object") };
-        normalize(m, &shared(kind), &mut Entropy::from_seed([0; 32]))
+        normalize(WireEvent::from_map(m), &shared(kind), &mut Entropy::from_seed([0; 32]))
     }
 
     fn code(value: Value) -> FailureCode {
@@ -443,7 +444,7 @@ mod tests {
         }) else {
             unreachable!()
         };
-        let e = normalize(m, &shared, &mut Entropy::from_seed([0; 32])).unwrap();
+        let e = normalize(WireEvent::from_map(m), &shared, &mut Entropy::from_seed([0; 32])).unwrap();
         assert_eq!(e.context["library"]["name"], "event");
         assert_eq!(e.context["locale"], "en-US");
         assert_eq!(e.integrations["All"], false);

@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::enrich::Enricher;
 use super::normalize::{Rejection, Shared, normalize, type_name};
+use super::wire::WireEvent;
 use super::{Answer, CollectRequest, Endpoint, basic_auth_user};
 use crate::event::{CanonicalEvent, FailedEvent, FailureCode};
 use crate::ids::Entropy;
@@ -303,23 +304,15 @@ fn events(
             }));
             continue;
         }
-        let object = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => object,
-            Ok(other) => {
-                failed.push(fail(Rejection {
-                    code: FailureCode::NotAnObject,
-                    reason: format!("event must be a JSON object, got {}", type_name(&other)),
-                    message_id: None,
-                }));
-                continue;
-            }
+        let object = match serde_json::from_str::<WireEvent>(text) {
+            Ok(object) => object,
             Err(e) => {
-                // Unreachable for text the envelope parse accepted, but never panic on input.
-                failed.push(fail(Rejection {
-                    code: FailureCode::NotAnObject,
-                    reason: format!("event is not valid JSON: {e}"),
-                    message_id: None,
-                }));
+                // Valid JSON (the envelope parse checked it) that is not an object; name what it is.
+                let reason = match serde_json::from_str::<Value>(text) {
+                    Ok(other) => format!("event must be a JSON object, got {}", type_name(&other)),
+                    Err(_) => format!("event is not valid JSON: {e}"),
+                };
+                failed.push(fail(Rejection { code: FailureCode::NotAnObject, reason, message_id: None }));
                 continue;
             }
         };

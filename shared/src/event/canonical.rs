@@ -1,5 +1,7 @@
 //! The canonical event: what the collector stores and every later stage reads (camelCase JSON, one per line).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -92,12 +94,13 @@ pub struct Identifier {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Enrichment {
-    /// Where the request came from, from the edge's request metadata (absent locally).
+    /// Where the request came from, from the edge's request metadata (absent locally). Shared by the
+    /// request's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub geo: Option<Geo>,
-    /// The user agent, parsed.
+    pub geo: Option<Arc<Geo>>,
+    /// The user agent, parsed. Shared by the events with the same agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<UserAgentInfo>,
+    pub user_agent: Option<Arc<UserAgentInfo>>,
     /// Whether the user agent is a known crawler or bot.
     #[serde(default)]
     pub bot: bool,
