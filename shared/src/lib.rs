@@ -6,6 +6,7 @@
 //!
 //! - [`event`]: the Segment-compatible wire model and the canonical event every later stage reads.
 //! - [`collect`]: the collect pipeline, from request bytes to accepted and failed events and an HTTP answer.
+//! - [`identity`]: ID-Mapping — the identity graph and its rules.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
 //! - [`storage`]: the object key layout and the gzip NDJSON codec.
 //! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
@@ -13,6 +14,7 @@
 pub mod collect;
 pub mod error;
 pub mod event;
+pub mod identity;
 pub mod ids;
 pub mod sample;
 pub mod source;
