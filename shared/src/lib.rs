@@ -7,6 +7,7 @@
 //! - [`event`]: the Segment-compatible wire model and the canonical event every later stage reads.
 //! - [`collect`]: the collect pipeline, from request bytes to accepted and failed events and an HTTP answer.
 //! - [`identity`]: ID-Mapping — the identity graph and its rules.
+//! - [`profile`]: unified profiles — traits by policy, counters, running aggregates.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
 //! - [`storage`]: the object key layout and the gzip NDJSON codec.
 //! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod profile;
 pub mod sample;
 pub mod source;
 pub mod storage;

@@ -1,0 +1,10 @@
+//! Unified profiles: traits merged by policy, first/last seen, counters and the running aggregates that
+//! tagging reads. Every update is commutative (last-write-wins by event time, first-write by event time,
+//! source priority then event time; sums, minima, maxima, counts), so the result does not depend on the order
+//! events arrive in — only on which events arrived (ingest drops duplicates by messageId).
+
+mod policy;
+mod record;
+
+pub use policy::{ProfileRules, TraitPolicy};
+pub use record::{Aggregate, EventStats, Profile, TraitValue};

@@ -1,0 +1,237 @@
+//! One unified profile and how events and merges update it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::policy::{ProfileRules, TraitPolicy};
+use crate::event::{CanonicalEvent, EventType};
+use crate::identity::{IdKey, ProfileId};
+use crate::time::UtcTime;
+
+/// A trait's value and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraitValue {
+    /// The value.
+    pub value: Value,
+    /// Time of the event that set it.
+    pub at: UtcTime,
+    /// Source of that event.
+    pub source: String,
+    /// That event's messageId (breaks ties between events of the same time).
+    pub message_id: String,
+}
+
+/// Running aggregate of one numeric property.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Number of values.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+impl Aggregate {
+    fn add(&mut self, x: f64) {
+        if self.count == 0 {
+            self.min = x;
+            self.max = x;
+        } else {
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
+        }
+        self.count += 1;
+        self.sum += x;
+    }
+
+    fn combine(&mut self, other: &Aggregate) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+}
+
+/// Counters of one event name (track's `event`; `page`, `screen`, `identify`, `group`, `alias` for the rest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventStats {
+    /// How many.
+    pub count: u64,
+    /// The first one's time.
+    pub first_at: Option<UtcTime>,
+    /// The last one's time.
+    pub last_at: Option<UtcTime>,
+    /// Aggregates of the configured numeric properties.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, Aggregate>,
+}
+
+/// A unified profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// Its id (stable: merges keep the older).
+    pub id: ProfileId,
+    /// Its identifiers.
+    pub identities: BTreeSet<IdKey>,
+    /// Profile ids merged into it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub merged_ids: BTreeSet<ProfileId>,
+    /// Traits, by name.
+    #[serde(default)]
+    pub traits: BTreeMap<String, TraitValue>,
+    /// Groups (accounts) joined.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub groups: BTreeSet<String>,
+    /// Earliest event time.
+    pub first_seen: Option<UtcTime>,
+    /// Latest event time.
+    pub last_seen: Option<UtcTime>,
+    /// Counters and aggregates per event name.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventStats>,
+}
+
+impl Profile {
+    /// An empty profile.
+    pub fn new(id: ProfileId) -> Self {
+        Self {
+            id,
+            identities: BTreeSet::new(),
+            merged_ids: BTreeSet::new(),
+            traits: BTreeMap::new(),
+            groups: BTreeSet::new(),
+            first_seen: None,
+            last_seen: None,
+            events: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: &CanonicalEvent, rules: &ProfileRules) {
+        let at = event.timestamp;
+        self.first_seen = Some(self.first_seen.map_or(at, |t| t.min(at)));
+        self.last_seen = Some(self.last_seen.map_or(at, |t| t.max(at)));
+        let name = match (event.kind, &event.event) {
+            (EventType::Track, Some(name)) => name.clone(),
+            (kind, _) => kind.as_str().to_string(),
+        };
+        let stats = self.events.entry(name).or_default();
+        stats.count += 1;
+        stats.first_at = Some(stats.first_at.map_or(at, |t| t.min(at)));
+        stats.last_at = Some(stats.last_at.map_or(at, |t| t.max(at)));
+        if let Some(properties) = &event.properties {
+            for key in &rules.aggregated_properties {
+                if let Some(x) = properties.get(key).and_then(number) {
+                    stats.properties.entry(key.clone()).or_default().add(x);
+                }
+            }
+        }
+        if event.kind == EventType::Identify
+            && let Some(traits) = &event.traits
+        {
+            for (key, value) in traits {
+                let candidate = TraitValue {
+                    value: value.clone(),
+                    at,
+                    source: event.source_id.clone(),
+                    message_id: event.message_id.clone(),
+                };
+                self.offer_trait(key, candidate, rules);
+            }
+        }
+        if event.kind == EventType::Group
+            && let Some(group) = &event.group_id
+        {
+            self.groups.insert(group.clone());
+        }
+    }
+
+    /// Folds another profile (merged into this one by the identity graph) into this one.
+    pub fn absorb(&mut self, other: Profile, rules: &ProfileRules) {
+        self.identities.extend(other.identities);
+        self.merged_ids.insert(other.id);
+        self.merged_ids.extend(other.merged_ids);
+        self.groups.extend(other.groups);
+        for (key, value) in other.traits {
+            self.offer_trait(&key, value, rules);
+        }
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_seen = match (self.last_seen, other.last_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for (name, theirs) in other.events {
+            let ours = self.events.entry(name).or_default();
+            ours.count += theirs.count;
+            ours.first_at = match (ours.first_at, theirs.first_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            ours.last_at = match (ours.last_at, theirs.last_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            for (key, aggregate) in theirs.properties {
+                ours.properties.entry(key).or_default().combine(&aggregate);
+            }
+        }
+    }
+
+    fn offer_trait(&mut self, key: &str, candidate: TraitValue, rules: &ProfileRules) {
+        let wins = match self.traits.get(key) {
+            None => true,
+            Some(current) => beats(&candidate, current, rules.policy(key)),
+        };
+        if wins {
+            self.traits.insert(key.to_string(), candidate);
+        }
+    }
+}
+
+/// Whether `a` replaces `b` under `policy`. A total order on (time, messageId), so the winner does not
+/// depend on which arrived first.
+fn beats(a: &TraitValue, b: &TraitValue, policy: &TraitPolicy) -> bool {
+    let later = (a.at, &a.message_id) > (b.at, &b.message_id);
+    match policy {
+        TraitPolicy::LastWrite => later,
+        TraitPolicy::FirstWrite => (a.at, &a.message_id) < (b.at, &b.message_id),
+        TraitPolicy::SourcePriority { sources } => {
+            let rank = |s: &str| sources.iter().position(|x| x == s).unwrap_or(sources.len());
+            match rank(&a.source).cmp(&rank(&b.source)) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => later,
+            }
+        }
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64().filter(|x| x.is_finite()),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;
