@@ -4,6 +4,8 @@
 
 pub mod collect;
 pub mod error;
+pub mod ingest;
+pub mod state;
 pub mod storage;
 
 pub use error::Error;

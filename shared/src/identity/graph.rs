@@ -130,10 +130,40 @@ impl IdentityGraph {
         self.index.get(key).and_then(|id| self.profiles.get(id))
     }
 
-    /// A profile by id; an absorbed id resolves to the survivor.
+    /// A profile by id; an absorbed id resolves to the survivor (following merges of merges).
     pub fn profile(&self, id: &str) -> Option<&ProfileNode> {
-        let id = self.redirects.get(id).map_or(id, String::as_str);
+        let mut id = id;
+        // Redirects only ever point to a younger merge's survivor, so chains end; the bound is a guard.
+        for _ in 0..64 {
+            match self.redirects.get(id) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
         self.profiles.get(id)
+    }
+
+    /// A graph holding only some of the state: the index entries, profiles and redirects a batch needs.
+    /// Linking reads the index only for the event's identifiers and profiles only for their profiles, so a
+    /// part loaded for those gives the same result as the whole.
+    pub fn from_parts(
+        index: BTreeMap<IdKey, ProfileId>,
+        profiles: BTreeMap<ProfileId, ProfileNode>,
+        redirects: BTreeMap<ProfileId, ProfileId>,
+    ) -> Self {
+        Self { index, profiles, redirects }
+    }
+
+    /// The graph's index, profiles and redirects.
+    pub fn into_parts(
+        self,
+    ) -> (BTreeMap<IdKey, ProfileId>, BTreeMap<ProfileId, ProfileNode>, BTreeMap<ProfileId, ProfileId>) {
+        (self.index, self.profiles, self.redirects)
+    }
+
+    /// The profile id of an identifier.
+    pub fn lookup(&self, key: &str) -> Option<&ProfileId> {
+        self.index.get(key)
     }
 
     /// Where an absorbed profile id now points, if it was absorbed.
@@ -266,7 +296,7 @@ impl IdentityGraph {
         parts.sort_by_key(|part| part.iter().map(|k| (rules.priority(k), k.clone())).min());
         let mut out = vec![id.clone()];
         for part in parts.iter().skip(1) {
-            let seed = format!("{id}:{}", part.iter().next().map_or("", String::as_str));
+            let seed = format!("{id}:{}|{request_id}", part.iter().next().map_or("", String::as_str));
             let new_id = self.new_id(&seed);
             let links: BTreeSet<(IdKey, IdKey)> =
                 node.links.iter().filter(|(a, _)| part.contains(a)).cloned().collect();
@@ -298,6 +328,9 @@ impl IdentityGraph {
         out
     }
 
+    /// An id from what creates the profile (its first identifier and the event, or the split's origin):
+    /// the same history gives the same ids, and 80 bits make a collision with any other id negligible, so no
+    /// lookup of the whole state is needed.
     fn new_id(&self, seed: &str) -> ProfileId {
         let mut n = 0u32;
         loop {
@@ -311,7 +344,7 @@ impl IdentityGraph {
     }
 
     fn create(&mut self, keys: &[IdKey], message_id: &str, at: UtcTime) -> ProfileId {
-        let id = self.new_id(&keys[0]);
+        let id = self.new_id(&format!("{}|{message_id}", keys[0]));
         for k in keys {
             self.index.insert(k.clone(), id.clone());
         }
@@ -373,11 +406,6 @@ impl IdentityGraph {
         let Some(gone) = self.profiles.remove(&absorbed) else { return (survivor, absorbed) };
         for k in &gone.identities {
             self.index.insert(k.clone(), survivor.clone());
-        }
-        for target in self.redirects.values_mut() {
-            if *target == absorbed {
-                *target = survivor.clone();
-            }
         }
         self.redirects.insert(absorbed.clone(), survivor.clone());
         if let Some(node) = self.profiles.get_mut(&survivor) {

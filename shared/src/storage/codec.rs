@@ -20,9 +20,22 @@ pub fn encode_ndjson_gz<T: Serialize>(records: &[T]) -> Vec<u8> {
         let _ = serde_json::to_writer(&mut ndjson, record);
         ndjson.push(b'\n');
     }
-    let mut encoder = GzEncoder::new(Vec::with_capacity(ndjson.len() / 4), Compression::fast());
-    let _ = encoder.write_all(&ndjson);
+    gzip(&ndjson)
+}
+
+/// Gzip (level 1) of `bytes`.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::fast());
+    let _ = encoder.write_all(bytes);
     encoder.finish().unwrap_or_default()
+}
+
+/// The bytes inside a gzip stream.
+pub fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    std::io::Read::read_to_end(&mut GzDecoder::new(bytes), &mut out)
+        .map_err(|e| Error::Decode(format!("gzip: {e}")))?;
+    Ok(out)
 }
 
 /// Decodes gzip NDJSON, skipping blank lines.

@@ -3,5 +3,5 @@
 mod codec;
 mod keys;
 
-pub use codec::{decode_ndjson_gz, encode_ndjson_gz};
+pub use codec::{decode_ndjson_gz, encode_ndjson_gz, gunzip, gzip};
 pub use keys::{CONFIG_SOURCES, ObjectKind, object_key};

@@ -1,0 +1,196 @@
+//! The ingest handler: new `raw/` objects → deduplicated events → identity graph and profiles → state.
+//!
+//! Used by the ingest Lambda (fed by S3 notifications through SQS) and by `cdp up` (fed in-process).
+
+mod notifications;
+mod read;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shared::event::{CanonicalEvent, EventType};
+use shared::identity::IdentityRules;
+use shared::profile::{Profile, ProfileRules};
+use shared::time::UtcTime;
+
+pub use notifications::{BatchItemFailure, MessageKeys, SqsBatchResponse, keys_of_s3_event, keys_of_sqs_event};
+pub use read::{Quarantined, ReadObject, read_object};
+
+use crate::Error;
+use crate::state::{CommitStats, ShardCounts, Transaction};
+use crate::storage::{ObjectStore, PutOptions, StoreError};
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Identifier types and linking rules (`config/identity.json`, else defaults).
+    pub identity: IdentityRules,
+    /// Trait policies and aggregated properties (`config/profiles.json`, else defaults).
+    pub profiles: ProfileRules,
+    /// How long a messageId is remembered for dedup (default 7 days).
+    pub dedup_window_ms: i64,
+    /// Shard counts for a new state.
+    pub shards: ShardCounts,
+    /// Commit attempts before giving up on conflicts (each re-reads the state).
+    pub max_attempts: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            identity: IdentityRules::default(),
+            profiles: ProfileRules::default(),
+            dedup_window_ms: 7 * 24 * 3600 * 1000,
+            shards: ShardCounts::default(),
+            max_attempts: 8,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Defaults overridden by `config/identity.json` and `config/profiles.json` when present.
+    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
+        let mut config = Self::default();
+        if let Some(object) = store.get("config/identity.json").await? {
+            config.identity = serde_json::from_slice(&object.body)
+                .map_err(|e| shared::Error::Config(format!("config/identity.json: {e}")))?;
+        }
+        if let Some(object) = store.get("config/profiles.json").await? {
+            config.profiles = serde_json::from_slice(&object.body)
+                .map_err(|e| shared::Error::Config(format!("config/profiles.json: {e}")))?;
+        }
+        Ok(config)
+    }
+}
+
+/// What an ingest run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Objects read.
+    pub objects: usize,
+    /// Events decoded.
+    pub events: usize,
+    /// Events dropped as already seen.
+    pub duplicates: usize,
+    /// Events applied to the graph and profiles.
+    pub applied: usize,
+    /// Lines that did not decode, quarantined under `failed/ingest/`.
+    pub quarantined: usize,
+    /// Profiles merged.
+    pub merges: usize,
+    /// Links or merges refused by rules.
+    pub refusals: usize,
+    /// Commit attempts (more than one: another writer committed first).
+    pub attempts: u32,
+    /// What the commit wrote (none when nothing changed).
+    pub commit: Option<CommitStats>,
+}
+
+/// Ingests the objects at `keys`: reads them (quarantining undecodable lines), drops events seen before, links
+/// identities, updates profiles and commits the state, re-running on a fresh state when another writer
+/// committed first. Idempotent: the same objects again change nothing.
+pub async fn ingest<S: ObjectStore + Clone>(
+    store: &S,
+    keys: &[String],
+    config: &IngestConfig,
+    now: UtcTime,
+) -> Result<IngestReport, Error> {
+    let mut report = IngestReport::default();
+    let mut events: Vec<CanonicalEvent> = Vec::new();
+    for key in keys {
+        let Some(object) = read_object(store, key).await? else {
+            tracing::warn!(%key, "object listed in a notification does not exist; skipping");
+            continue;
+        };
+        report.objects += 1;
+        report.quarantined += object.quarantined.len();
+        if !object.quarantined.is_empty() {
+            let body = shared::storage::encode_ndjson_gz(&object.quarantined);
+            let failed_key = format!("failed/ingest/{key}");
+            // Deterministic name and content: a retry rewrites the same object.
+            store
+                .put(
+                    &failed_key,
+                    body,
+                    PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() },
+                )
+                .await?;
+        }
+        events.extend(object.events);
+    }
+    report.events = events.len();
+    // One order for the same set of events, whatever order the objects came in.
+    events.sort_by(|a, b| (a.timestamp, &a.message_id).cmp(&(b.timestamp, &b.message_id)));
+
+    for attempt in 1..=config.max_attempts.max(1) {
+        report.attempts = attempt;
+        let mut txn = Transaction::begin(store, config.shards).await?;
+        let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
+        report.duplicates = events.len() - fresh.len();
+        let (applied, merges, refusals) = apply(&mut txn, &fresh, config).await?;
+        report.applied = applied;
+        report.merges = merges;
+        report.refusals = refusals;
+        if !txn.is_dirty() {
+            report.commit = None;
+            return Ok(report);
+        }
+        txn.applied(applied);
+        match txn.commit().await {
+            Ok(stats) => {
+                report.commit = Some(stats);
+                return Ok(report);
+            }
+            Err(Error::Store(StoreError::PreconditionFailed)) => {
+                tracing::info!(attempt, "another writer committed first; re-running the batch on the new state");
+                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Store(StoreError::Unavailable(format!(
+        "state kept changing under this batch for {} attempts",
+        config.max_attempts
+    ))))
+}
+
+async fn apply<S: ObjectStore + Clone>(
+    txn: &mut Transaction<'_, S>,
+    events: &[CanonicalEvent],
+    config: &IngestConfig,
+) -> Result<(usize, usize, usize), Error> {
+    let mut keys = BTreeSet::new();
+    for event in events {
+        keys.extend(config.identity.keys(event));
+        if event.kind == EventType::Alias
+            && let Some(previous) = &event.previous_id
+        {
+            keys.insert(format!("user_id:{previous}"));
+            keys.insert(format!("anonymous_id:{previous}"));
+        }
+    }
+    let (mut graph, mut data): (_, BTreeMap<String, Profile>) = txn.graph_for(&keys).await?;
+    let (mut applied, mut merges, mut refusals) = (0, 0, 0);
+    for event in events {
+        let linked = graph.link_event(&config.identity, event);
+        refusals += linked.refused;
+        let Some(target) = linked.profile else { continue };
+        for absorbed in &linked.merged {
+            merges += 1;
+            if let Some(gone) = data.remove(absorbed) {
+                let survivor = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
+                survivor.absorb(gone, &config.profiles);
+            }
+        }
+        let profile = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
+        profile.apply(event, &config.profiles);
+        if let Some(node) = graph.profile(&target) {
+            profile.identities = node.identities.clone();
+        }
+        applied += 1;
+    }
+    txn.put_back(graph, data).await?;
+    Ok((applied, merges, refusals))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! Ingest on the folder store: scenarios, idempotence, order, quarantine, and two writers at once.
+
+use serde_json::{Value, json};
+use shared::collect::{CollectRequest, Collected, Endpoint, collect};
+use shared::ids::{Entropy, sha256_hex};
+use shared::source::{Sources, new_source};
+
+use super::*;
+use crate::state::{MANIFEST_KEY, Manifest, lookup};
+use crate::storage::FsStore;
+
+fn now() -> UtcTime {
+    UtcTime::parse("2026-11-28T12:00:00Z").unwrap()
+}
+
+fn small() -> IngestConfig {
+    IngestConfig { shards: ShardCounts { ids: 8, profiles: 8, dedup: 4 }, ..IngestConfig::default() }
+}
+
+/// Runs `events` through the real collect pipeline and stores them as one raw object; returns its key.
+async fn put_batch(store: &FsStore, seed: u8, events: Value) -> String {
+    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).unwrap();
+    let body = json!({"batch": events, "writeKey": key}).to_string();
+    let Collected::Kept(batch) = collect(
+        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+        &sources,
+        now(),
+        &mut Entropy::from_seed([seed; 32]),
+    ) else {
+        panic!("rejected")
+    };
+    assert!(batch.failed.is_empty(), "{:?}", batch.failed);
+    let (object_key, bytes) = batch.accepted_object().unwrap();
+    store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.unwrap();
+    object_key
+}
+
+fn ev(kind: &str, msg: &str, sec: u32, ids: Value, extra: Value) -> Value {
+    let mut e =
+        json!({"type": kind, "messageId": msg, "timestamp": format!("2026-11-28T11:{:02}:{:02}Z", sec / 60, sec % 60)});
+    for (k, v) in ids.as_object().unwrap().iter().chain(extra.as_object().unwrap()) {
+        e[k] = v.clone();
+    }
+    e
+}
+
+async fn person_objects(store: &FsStore) -> Vec<String> {
+    vec![
+        put_batch(store, 1, json!([
+            ev("page", "m1", 1, json!({"anonymousId": "a-laptop"}), json!({})),
+            ev("track", "m2", 2, json!({"anonymousId": "a-laptop"}), json!({"event": "Product Viewed"})),
+        ])).await,
+        put_batch(store, 2, json!([
+            ev("identify", "m3", 3, json!({"anonymousId": "a-laptop", "userId": "u1"}), json!({"traits": {"email": "Jane@Example.com", "plan": "free"}})),
+        ])).await,
+        put_batch(store, 3, json!([
+            ev("page", "m4", 4, json!({"anonymousId": "a-phone"}), json!({"context": {"device": {"id": "d-phone"}}})),
+            ev("identify", "m5", 5, json!({"anonymousId": "a-phone", "userId": "u1"}), json!({"traits": {"plan": "pro"}})),
+        ])).await,
+        put_batch(store, 4, json!([
+            ev("track", "m6", 6, json!({"userId": "u1"}), json!({"event": "Order Completed", "properties": {"revenue": 42.5}, "context": {"traits": {"email": "jane@example.com"}}})),
+        ])).await,
+    ]
+}
+
+async fn manifest(store: &FsStore) -> Option<Manifest> {
+    store.get(MANIFEST_KEY).await.unwrap().map(|o| serde_json::from_slice(&o.body).unwrap())
+}
+
+#[tokio::test]
+async fn one_person_across_devices_and_channels_becomes_one_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let keys = person_objects(&store).await;
+    let report = ingest(&store, &keys, &small(), now()).await.unwrap();
+    assert_eq!((report.events, report.applied, report.duplicates, report.quarantined), (6, 6, 0, 0));
+    assert_eq!(report.merges, 1, "the phone's profile merged into the laptop's");
+
+    let email_key = format!("email:{}", sha256_hex("jane@example.com"));
+    let by_email = lookup(&store, &email_key).await.unwrap().expect("profile by email");
+    let by_anon = lookup(&store, "anonymous_id:a-phone").await.unwrap().expect("profile by phone id");
+    assert_eq!(by_email.node.id, by_anon.node.id);
+    let p = &by_email.profile;
+    assert_eq!(p.traits["plan"].value, "pro", "last write wins by event time");
+    assert_eq!(p.events["Order Completed"].properties["revenue"].sum, 42.5);
+    assert_eq!(p.identities.len(), 5, "{:?}", p.identities);
+    assert!(p.identities.contains("device_id:d-phone"));
+    assert_eq!(p.merged_ids.len(), 1);
+    let absorbed = p.merged_ids.iter().next().unwrap();
+    assert_eq!(lookup(&store, absorbed).await.unwrap().unwrap().node.id, by_email.node.id, "absorbed ids redirect");
+    assert_eq!(manifest(&store).await.unwrap().events_applied, 6);
+}
+
+#[tokio::test]
+async fn the_same_objects_twice_or_duplicated_notifications_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let keys = person_objects(&store).await;
+    let doubled: Vec<String> = keys.iter().chain(&keys).cloned().collect();
+    let first = ingest(&store, &doubled, &small(), now()).await.unwrap();
+    assert_eq!((first.applied, first.duplicates), (6, 6), "a duplicated notification is dropped by messageId");
+    let before = manifest(&store).await.unwrap();
+    let again = ingest(&store, &keys, &small(), now()).await.unwrap();
+    assert_eq!((again.applied, again.duplicates, again.commit), (0, 6, None));
+    assert_eq!(manifest(&store).await.unwrap(), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn object_order_does_not_change_the_state() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (sa, sb) = (FsStore::open(a.path()).unwrap(), FsStore::open(b.path()).unwrap());
+    let keys_a = person_objects(&sa).await;
+    let keys_b = person_objects(&sb).await;
+    assert_eq!(keys_a.len(), keys_b.len());
+    // One store gets the objects one by one, in reverse; the other all at once.
+    for key in keys_b.iter().rev() {
+        ingest(&sb, std::slice::from_ref(key), &small(), now()).await.unwrap();
+    }
+    ingest(&sa, &keys_a, &small(), now()).await.unwrap();
+    for key in ["user_id:u1", "anonymous_id:a-laptop", "anonymous_id:a-phone", "device_id:d-phone"] {
+        let pa = lookup(&sa, key).await.unwrap().unwrap().profile;
+        let pb = lookup(&sb, key).await.unwrap().unwrap().profile;
+        assert_eq!(pa.traits, pb.traits, "{key}");
+        assert_eq!(pa.events, pb.events, "{key}");
+        assert_eq!(pa.identities, pb.identities, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_objects_are_quarantined_and_good_lines_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let good =
+        put_batch(&store, 9, json!([ev("track", "ok-1", 1, json!({"userId": "u9"}), json!({"event": "X"}))])).await;
+    let text = shared::storage::gunzip(&store.get(&good).await.unwrap().unwrap().body).unwrap();
+    let mut lines = String::from_utf8(text).unwrap();
+    lines.push_str("{\"this is\": \"not an event\"}\n");
+    lines.push_str(
+        &String::from_utf8(shared::storage::gunzip(&store.get(&good).await.unwrap().unwrap().body).unwrap())
+            .unwrap()
+            .replace("ok-1", "ok-2"),
+    );
+    let mut gz = shared::storage::gzip(lines.as_bytes());
+    let bad_key = "raw/v1/dt=2026-11-28/hr=12/BADLINE.ndjson.gz".to_string();
+    store.put(&bad_key, gz.clone(), PutOptions::ndjson_gz()).await.unwrap();
+    gz.truncate(gz.len() - 12);
+    let cut_key = "raw/v1/dt=2026-11-28/hr=12/TRUNCATED.ndjson.gz".to_string();
+    store.put(&cut_key, gz, PutOptions::ndjson_gz()).await.unwrap();
+
+    let report = ingest(&store, &[bad_key.clone(), cut_key.clone()], &small(), now()).await.unwrap();
+    assert_eq!(report.applied, 2, "ok-1 and ok-2 from the object with a bad line");
+    assert!(report.quarantined >= 2, "the bad line and the damaged tail");
+    let q = store.get(&format!("failed/ingest/{bad_key}")).await.unwrap().expect("quarantine object");
+    let q: Vec<read::Quarantined> = shared::storage::decode_ndjson_gz(&q.body).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].line, 2);
+    assert!(q[0].reason.starts_with("not a canonical event"), "{}", q[0].reason);
+    let cut: Vec<read::Quarantined> =
+        shared::storage::decode_ndjson_gz(&store.get(&format!("failed/ingest/{cut_key}")).await.unwrap().unwrap().body)
+            .unwrap();
+    assert!(cut.iter().any(|q| q.line == 0 && q.reason.contains("gzip")), "{cut:?}");
+}
+
+#[tokio::test]
+async fn two_writers_at_once_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..6u8 {
+        keys.push(
+            put_batch(
+                &store,
+                20 + i,
+                json!([ev(
+                    "track",
+                    &format!("w{i}"),
+                    u32::from(i),
+                    json!({"userId": format!("user-{i}")}),
+                    json!({"event": "X"})
+                )]),
+            )
+            .await,
+        );
+    }
+    let config = small();
+    let (a, b, c) = tokio::join!(
+        ingest(&store, &keys[0..2], &config, now()),
+        ingest(&store, &keys[2..4], &config, now()),
+        ingest(&store, &keys[4..6], &config, now()),
+    );
+    let attempts = a.unwrap().attempts + b.unwrap().attempts + c.unwrap().attempts;
+    assert_eq!(manifest(&store).await.unwrap().events_applied, 6, "every writer's events were committed");
+    for i in 0..6 {
+        assert!(lookup(&store, &format!("user_id:user-{i}")).await.unwrap().is_some(), "user-{i}");
+    }
+    // Forced conflict: a transaction that started before another commit is fenced.
+    let stale = Transaction::begin(&store, config.shards).await.unwrap();
+    let mut fresh = Transaction::begin(&store, config.shards).await.unwrap();
+    let extra =
+        put_batch(&store, 40, json!([ev("track", "late", 1, json!({"userId": "late"}), json!({"event": "X"}))])).await;
+    let events = read_object(&store, &extra).await.unwrap().unwrap().events;
+    let events = fresh.fresh(events, now(), config.dedup_window_ms).await.unwrap();
+    apply(&mut fresh, &events, &config).await.unwrap();
+    fresh.commit().await.unwrap();
+    let mut stale = stale;
+    let events = read_object(&store, &extra).await.unwrap().unwrap().events;
+    stale.fresh(events, now(), config.dedup_window_ms).await.unwrap();
+    assert!(matches!(stale.commit().await, Err(Error::Store(StoreError::PreconditionFailed))));
+    assert!(attempts > 3, "the writers started together, so at least one was fenced and re-ran ({attempts} attempts)");
+}
