@@ -4,6 +4,7 @@
 //! `cdp source` manages sources and their write keys; `cdp bench` measures the collector.
 
 mod bench;
+mod profile;
 mod source;
 mod up;
 
@@ -26,6 +27,9 @@ enum Command {
     /// Serves POST /v1/{track,identify,page,screen,group,alias,batch} (Segment's Tracking API) and GET /health.
     /// On first start with no source, creates a source "demo" and prints its write key.
     Up(up::UpArgs),
+    /// Print the unified profile of an identifier (`user_id:u1`, `anonymous_id:…`, `email:jane@example.com`,
+    /// `phone:+4930…`, `device_id:…`) or a profile id.
+    Profile(profile::ProfileArgs),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -48,10 +52,12 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("CDP_LOG").unwrap_or_else(|_| "cdp=info,functions=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Source(command) => source::run(command),
         Command::Bench(command) => bench::run(command),
     }

@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use functions::collect::{SourcesCache, handle};
+use functions::ingest::{IngestConfig, ingest};
 use functions::storage::FsStore;
 use shared::collect::{Answer, CollectRequest, MAX_REQUEST_BYTES, Route, preflight, route};
 
@@ -34,6 +35,8 @@ pub(crate) struct AppState {
     store: FsStore,
     sources: SourcesCache,
     trusted_ip_header: Option<HeaderName>,
+    /// New raw objects for the ingest task: the local stand-in for S3 → SQS → Lambda.
+    ingest: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// The collector's HTTP app: every path goes through the core's router, as in the edge worker.
@@ -64,13 +67,17 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             .map(|h| HeaderName::try_from(h.to_ascii_lowercase()))
             .transpose()
             .context("--trusted-ip-header is not a valid header name")?;
-        let state = Arc::new(AppState { store, sources: SourcesCache::new(Duration::from_secs(2)), trusted_ip_header });
+        let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(ingest_loop(store.clone(), queue));
+        let state =
+            Arc::new(AppState { store, sources: SourcesCache::new(Duration::from_secs(2)), trusted_ip_header, ingest });
 
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /health)");
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
+        println!("cdp: profiles form as events arrive: `cdp profile user_id:<id> --data {}`", args.data.data.display());
         println!("cdp: press Ctrl-C to stop");
 
         axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
@@ -120,7 +127,12 @@ async fn serve(
                         client_ip: client_ip(&state, headers, peer),
                         geo: None,
                     };
-                    handle(&state.store, &sources, &request, crate::now(), crate::seed()).await
+                    let handled = handle(&state.store, &sources, &request, crate::now(), crate::seed()).await;
+                    if let Some(key) = handled.raw_key {
+                        // The receiver lives as long as the server; a closed channel only happens at shutdown.
+                        let _ = state.ingest.send(key);
+                    }
+                    handled.answer
                 }
                 Err(error) => {
                     tracing::error!(%error, "sources unavailable");
@@ -130,6 +142,48 @@ async fn serve(
         }
     };
     to_response(answer)
+}
+
+/// The single writer of the state: ingests new raw objects in batches, in arrival order. A failed batch is
+/// kept and retried (ingest is idempotent), so an event stored is an event applied.
+async fn ingest_loop(store: FsStore, mut queue: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let mut pending: Vec<String> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match queue.recv().await {
+                Some(key) => pending.push(key),
+                None => return,
+            }
+        }
+        while pending.len() < 256 {
+            match queue.try_recv() {
+                Ok(key) => pending.push(key),
+                Err(_) => break,
+            }
+        }
+        let result = match IngestConfig::load(&store).await {
+            Ok(config) => ingest(&store, &pending, &config, crate::now()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                tracing::info!(
+                    objects = report.objects,
+                    applied = report.applied,
+                    duplicates = report.duplicates,
+                    merges = report.merges,
+                    refusals = report.refusals,
+                    quarantined = report.quarantined,
+                    "ingested"
+                );
+                pending.clear();
+            }
+            Err(error) => {
+                tracing::error!(%error, objects = pending.len(), "ingest failed; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {

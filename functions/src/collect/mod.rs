@@ -12,6 +12,15 @@ pub use sources::{SourcesCache, load_sources, save_sources};
 
 use crate::storage::{ObjectStore, PutOptions};
 
+/// What handling a request did.
+#[derive(Debug)]
+pub struct Handled {
+    /// The HTTP answer.
+    pub answer: Answer,
+    /// The raw object stored, if any: what the ingest function is notified of.
+    pub raw_key: Option<String>,
+}
+
 /// Runs the collect pipeline on `request` and stores what it keeps.
 ///
 /// Accepted and failed events are written concurrently, each as one create-only object; the answer is 200
@@ -23,21 +32,23 @@ pub async fn handle<S: ObjectStore>(
     request: &CollectRequest<'_>,
     now: UtcTime,
     seed: [u8; 32],
-) -> Answer {
+) -> Handled {
     let batch = match collect(request, sources, now, &mut Entropy::from_seed(seed)) {
         Collected::Rejected(answer) => {
             tracing::debug!(status = answer.status, "request rejected");
-            return answer;
+            return Handled { answer, raw_key: None };
         }
         Collected::Kept(batch) => batch,
     };
+    let accepted = batch.accepted_object();
+    let raw_key = accepted.as_ref().map(|(key, _)| key.clone());
     let write = |object: Option<(String, Vec<u8>)>| async move {
         match object {
             Some((key, body)) => store.put(&key, body, PutOptions::ndjson_gz()).await.map(|_| ()).map_err(|e| (key, e)),
             None => Ok(()),
         }
     };
-    let (accepted, failed) = tokio::join!(write(batch.accepted_object()), write(batch.failed_object()));
+    let (accepted, failed) = tokio::join!(write(accepted), write(batch.failed_object()));
     match accepted.and(failed) {
         Ok(()) => {
             tracing::debug!(
@@ -47,11 +58,11 @@ pub async fn handle<S: ObjectStore>(
                 failed = batch.failed.len(),
                 "batch stored"
             );
-            batch.answer()
+            Handled { answer: batch.answer(), raw_key }
         }
         Err((key, error)) => {
             tracing::error!(source = %batch.source_id, %key, %error, "could not store batch; answering 503");
-            batch.storage_failed()
+            Handled { answer: batch.storage_failed(), raw_key: None }
         }
     }
 }
@@ -85,8 +96,9 @@ mod tests {
     async fn stores_accepted_and_failed_before_answering() {
         let (_dir, store, sources, key) = setup();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer =
-            handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32]).await;
+        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
+            .await
+            .answer;
         assert_eq!(answer.status, 200, "{}", answer.body);
         let raw = store.list("raw/v1/dt=2026-11-28/hr=12/").await.unwrap();
         let failed = store.list("failed/v1/dt=2026-11-28/hr=12/").await.unwrap();
@@ -101,8 +113,9 @@ mod tests {
     #[tokio::test]
     async fn a_rejected_request_stores_nothing() {
         let (_dir, store, sources, _key) = setup();
-        let answer =
-            handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()), now(), [1; 32]).await;
+        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()), now(), [1; 32])
+            .await
+            .answer;
         assert_eq!(answer.status, 401);
         assert!(store.list("raw/").await.unwrap().is_empty());
         assert!(store.list("failed/").await.unwrap().is_empty());
@@ -113,8 +126,9 @@ mod tests {
         let (dir, store, sources, key) = setup();
         std::fs::write(dir.path().join("raw"), b"a file where the folder should be").unwrap();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer =
-            handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32]).await;
+        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
+            .await
+            .answer;
         assert_eq!(answer.status, 503);
         assert!(answer.body.contains("storage_unavailable"));
     }

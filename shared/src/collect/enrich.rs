@@ -198,7 +198,7 @@ fn push_hashed(out: &mut Vec<Identifier>, kind: &str, value: String) {
 }
 
 /// Trimmed and lower-cased; `None` unless it looks like `local@domain`.
-fn normalize_email(email: &str) -> Option<String> {
+pub fn normalize_email(email: &str) -> Option<String> {
     let email = email.trim().to_lowercase();
     let (local, domain) = email.split_once('@')?;
     let ok =
@@ -207,7 +207,7 @@ fn normalize_email(email: &str) -> Option<String> {
 }
 
 /// `+` (when given) and digits only; `None` unless 7 to 15 digits remain (E.164's bounds).
-fn normalize_phone(phone: &str) -> Option<String> {
+pub fn normalize_phone(phone: &str) -> Option<String> {
     let phone = phone.trim();
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     if !(7..=15).contains(&digits.len()) {

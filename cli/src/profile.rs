@@ -1,0 +1,119 @@
+//! `cdp profile <type>:<value>`: the unified profile behind any identifier.
+
+use anyhow::{Context as _, bail};
+use functions::state::lookup;
+use functions::storage::FsStore;
+use serde_json::json;
+use shared::collect::{normalize_email, normalize_phone};
+use shared::identity::AuditKind;
+use shared::ids::sha256_hex;
+
+use crate::DataArgs;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProfileArgs {
+    /// `type:value` (emails and phones are hashed the way the graph keys them), or a profile id (`prof_…`).
+    identifier: String,
+    /// Print one JSON object (top-level `id`, `identities`, `traits`, `events`, `history`, ...).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// The graph's key for what the user typed: personal data by the SHA-256 of its normalized form.
+fn key_of(identifier: &str) -> anyhow::Result<String> {
+    if identifier.starts_with("prof_") {
+        return Ok(identifier.to_string());
+    }
+    let Some((kind, value)) = identifier.split_once(':') else {
+        bail!("expected <type>:<value> (e.g. user_id:u1, email:jane@example.com) or a profile id");
+    };
+    let value = value.trim();
+    let is_hash = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
+    Ok(match kind {
+        "email" if !is_hash => match normalize_email(value) {
+            Some(email) => format!("email:{}", sha256_hex(&email)),
+            None => bail!("{value:?} is not an email address"),
+        },
+        "phone" if !is_hash => match normalize_phone(value) {
+            Some(phone) => format!("phone:{}", sha256_hex(&phone)),
+            None => bail!("{value:?} is not a phone number (7 to 15 digits)"),
+        },
+        _ => format!("{kind}:{value}"),
+    })
+}
+
+pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let store = FsStore::open(&args.data.data).context("opening the data folder")?;
+    let key = key_of(&args.identifier)?;
+    let Some(stored) = runtime.block_on(lookup(&store, &key))? else {
+        bail!("no profile for {key} in {}", args.data.data.display());
+    };
+    let (node, profile) = (stored.node, stored.profile);
+    if args.json {
+        let out = json!({
+            "id": node.id,
+            "identities": node.identities,
+            "mergedIds": profile.merged_ids,
+            "traits": profile.traits.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect::<serde_json::Map<_, _>>(),
+            "firstSeen": profile.first_seen,
+            "lastSeen": profile.last_seen,
+            "events": profile.events,
+            "groups": profile.groups,
+            "history": node.audit,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("profile {}", node.id);
+    if let (Some(first), Some(last)) = (profile.first_seen, profile.last_seen) {
+        println!("  seen        {first} .. {last}");
+    }
+    println!("  identities");
+    for id in &node.identities {
+        println!("    {id}");
+    }
+    if !profile.traits.is_empty() {
+        println!("  traits");
+        for (name, value) in &profile.traits {
+            println!("    {name} = {} (from {} at {})", value.value, value.source, value.at);
+        }
+    }
+    if !profile.events.is_empty() {
+        println!("  events");
+        for (name, stats) in &profile.events {
+            println!("    {name}: {}", stats.count);
+        }
+    }
+    println!("  history");
+    for entry in &node.audit {
+        let what = match &entry.kind {
+            AuditKind::Created { identifiers } => format!("created with {}", identifiers.join(", ")),
+            AuditKind::Linked { identifiers } => format!("linked {}", identifiers.join(", ")),
+            AuditKind::Merged { absorbed, via } => format!("merged {absorbed} (via {via})"),
+            AuditKind::MergeRefused { other, via, reason } => format!("refused merge with {other} via {via}: {reason}"),
+            AuditKind::LinkRefused { identifier, reason } => format!("refused {identifier}: {reason}"),
+            AuditKind::Unlinked { identifier } => format!("unlinked {identifier}"),
+            AuditKind::SplitOff { into, identifiers } => format!("split off {} into {into}", identifiers.join(", ")),
+            AuditKind::SplitFrom { from } => format!("split from {from}"),
+        };
+        println!("    {} {}  ({})", entry.at, what, entry.message_id);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn personal_data_is_hashed_like_the_graph() {
+        assert_eq!(key_of("email: Jane@Example.com").unwrap(), format!("email:{}", sha256_hex("jane@example.com")));
+        assert_eq!(key_of("phone:+49 30 1234567").unwrap(), format!("phone:{}", sha256_hex("+49301234567")));
+        assert_eq!(key_of("user_id:u1").unwrap(), "user_id:u1");
+        assert_eq!(key_of("prof_abc").unwrap(), "prof_abc");
+        assert!(key_of("nonsense").is_err());
+    }
+}

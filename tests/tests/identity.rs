@@ -1,0 +1,90 @@
+//! ID-Mapping through the real `cdp up`: events posted to the collector form unified profiles, read back with
+//! `cdp profile --json`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cdp_e2e::http::post;
+use cdp_e2e::procs::{CdpUp, cdp_bin, cdp_source_add};
+use serde_json::{Value, json};
+
+fn profile(data: &std::path::Path, identifier: &str) -> Option<Value> {
+    let out = Command::new(cdp_bin())
+        .args(["profile", identifier, "--json", "--data"])
+        .arg(data)
+        .output()
+        .expect("running cdp profile");
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("cdp profile --json prints JSON"))
+}
+
+/// Polls until `check` holds for the profile of `identifier` (ingest runs right after each request).
+fn wait_for(data: &std::path::Path, identifier: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(p) = profile(data, identifier)
+            && check(&p)
+        {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "profile of {identifier} never got there: {:?}",
+            profile(data, identifier)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn profiles_form_live_under_cdp_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = cdp_source_add(dir.path(), "site");
+    let up = CdpUp::start(dir.path());
+    let batch = |events: Value| {
+        let reply = post(&format!("{}/v1/batch", up.url), &json!({"batch": events}).to_string(), Some(&key));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    };
+    // Anonymous browsing, login, a second device, then a server call with the email only.
+    batch(json!([{"type": "page", "anonymousId": "laptop", "messageId": "e1"}]));
+    batch(json!([{"type": "identify", "anonymousId": "laptop", "userId": "u1", "messageId": "e2",
+                  "traits": {"email": "Jane@Example.com", "plan": "free"}}]));
+    batch(json!([{"type": "page", "anonymousId": "phone", "messageId": "e3"}]));
+    batch(
+        json!([{"type": "identify", "anonymousId": "phone", "userId": "u1", "messageId": "e4", "traits": {"plan": "pro"}}]),
+    );
+    let reply = post(
+        &format!("{}/v1/track", up.url),
+        &json!({"event": "Order Completed", "messageId": "e6", "anonymousId": "crm-import",
+                "context": {"traits": {"email": "jane@example.com"}}, "properties": {"revenue": 30}})
+        .to_string(),
+        Some(&key),
+    );
+    assert_eq!(reply.status, 200);
+
+    let p = wait_for(dir.path(), "email:jane@example.com", |p| {
+        p["identities"].as_array().is_some_and(|ids| ids.len() == 5)
+    });
+    let same = profile(dir.path(), "anonymous_id:phone").expect("phone resolves");
+    assert_eq!(p["id"], same["id"], "one person, one profile");
+    assert_eq!(p["traits"]["plan"], "pro");
+    assert_eq!(p["events"]["Order Completed"]["count"], 1);
+    assert_eq!(p["mergedIds"].as_array().map(Vec::len), Some(1));
+
+    // A shared tablet: two user ids never merge; the refusal is in both histories.
+    batch(json!([{"type": "identify", "anonymousId": "tablet", "userId": "mum", "messageId": "t1"}]));
+    batch(json!([{"type": "identify", "anonymousId": "tablet", "userId": "dad", "messageId": "t2"}]));
+    let dad = wait_for(dir.path(), "user_id:dad", |_| true);
+    let mum = profile(dir.path(), "user_id:mum").expect("mum's profile");
+    assert_ne!(dad["id"], mum["id"]);
+    for p in [&dad, &mum] {
+        let refused = p["history"].as_array().expect("history").iter().any(|e| e["kind"]["type"] == "merge_refused");
+        assert!(refused, "refusal recorded in {}", p["id"]);
+    }
+    // A blocked value links nothing.
+    batch(json!([{"type": "track", "userId": "null", "anonymousId": "x1", "event": "A", "messageId": "n1"},
+                 {"type": "track", "userId": "null", "anonymousId": "x2", "event": "A", "messageId": "n2"}]));
+    let x1 = wait_for(dir.path(), "anonymous_id:x1", |_| true);
+    let x2 = wait_for(dir.path(), "anonymous_id:x2", |_| true);
+    assert_ne!(x1["id"], x2["id"]);
+    assert!(profile(dir.path(), "user_id:null").is_none());
+}
