@@ -4,6 +4,7 @@
 //! Every server listens on 127.0.0.1 only; every wait is bounded.
 
 pub mod http;
+pub mod lambda_api;
 pub mod local_s3;
 pub mod procs;
 pub mod scenarios;

@@ -15,7 +15,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut command: Command) -> Self {
+    /// Starts `command` in its own process group, its output going to `target/e2e-logs/NAME-*.log`.
+    pub fn spawn(name: &str, mut command: Command) -> Self {
         let dir = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&dir).expect("log folder");
         let log = dir.join(format!("{name}-{}.log", free_port()));

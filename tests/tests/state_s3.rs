@@ -6,7 +6,7 @@ use functions::ingest::{IngestConfig, ingest};
 use functions::state::{MANIFEST_KEY, Manifest, ShardCounts, lookup};
 use functions::storage::{ObjectStore, PutOptions, S3Store};
 use serde_json::{Value, json};
-use shared::collect::{Collected, CollectRequest, Endpoint, collect};
+use shared::collect::{CollectRequest, Collected, Endpoint, collect};
 use shared::ids::{Entropy, sha256_hex};
 use shared::source::{Sources, new_source};
 use shared::time::UtcTime;
@@ -42,9 +42,19 @@ fn ingest_on_s3_links_dedups_and_fences_concurrent_writers() {
     s3.block_on(async {
         let person = vec![
             put_batch(&store, 1, json!([{"type": "page", "anonymousId": "laptop", "messageId": "p1"}])).await,
-            put_batch(&store, 2, json!([{"type": "identify", "anonymousId": "laptop", "userId": "u1", "messageId": "p2",
-                                         "traits": {"email": "jane@example.com"}}])).await,
-            put_batch(&store, 3, json!([{"type": "identify", "anonymousId": "phone", "userId": "u1", "messageId": "p3"}])).await,
+            put_batch(
+                &store,
+                2,
+                json!([{"type": "identify", "anonymousId": "laptop", "userId": "u1", "messageId": "p2",
+                                         "traits": {"email": "jane@example.com"}}]),
+            )
+            .await,
+            put_batch(
+                &store,
+                3,
+                json!([{"type": "identify", "anonymousId": "phone", "userId": "u1", "messageId": "p3"}]),
+            )
+            .await,
         ];
         let report = ingest(&store, &person, &config, now()).await.expect("ingest");
         assert_eq!(report.applied, 3);
@@ -61,7 +71,8 @@ fn ingest_on_s3_links_dedups_and_fences_concurrent_writers() {
         // Three writers at once, each with its own people: all commit, some after being fenced.
         let mut keys = Vec::new();
         for i in 0..6u8 {
-            let events = json!([{"type": "track", "userId": format!("w{i}"), "event": "X", "messageId": format!("w{i}")}]);
+            let events =
+                json!([{"type": "track", "userId": format!("w{i}"), "event": "X", "messageId": format!("w{i}")}]);
             keys.push(put_batch(&store, 10 + i, events).await);
         }
         let (a, b, c) = tokio::join!(

@@ -2,6 +2,7 @@
 //!
 //! Used by the ingest Lambda (fed by S3 notifications through SQS) and by `cdp up` (fed in-process).
 
+pub mod lambda;
 mod notifications;
 mod read;
 

@@ -1,0 +1,62 @@
+//! The ingest Lambda's event handling: SQS batches of S3 notifications (with partial batch failures), or a
+//! direct S3 event.
+
+use serde_json::Value;
+use shared::time::UtcTime;
+
+use super::{BatchItemFailure, SqsBatchResponse};
+use super::{IngestConfig, ingest, keys_of_s3_event, keys_of_sqs_event};
+use crate::Error;
+use crate::storage::ObjectStore;
+
+/// Handles one invocation's payload.
+///
+/// SQS (records with `eventSource: aws:sqs`): the keys of every readable message are ingested together;
+/// messages whose body is not an S3 notification, or all of them if the ingest fails, are reported in
+/// `batchItemFailures` so SQS redelivers only those (and, after the redrive limit, parks them in the DLQ).
+/// A direct S3 event: its keys are ingested; a failure is an error, and Lambda retries the event.
+pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, now: UtcTime) -> Result<Value, Error> {
+    let config = IngestConfig::load(store).await?;
+    let is_sqs = payload["Records"].as_array().and_then(|r| r.first()).and_then(|r| r["eventSource"].as_str())
+        == Some("aws:sqs");
+    if !is_sqs {
+        let keys = keys_of_s3_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
+        let report = ingest(store, &keys, &config, now).await?;
+        tracing::info!(objects = report.objects, applied = report.applied, duplicates = report.duplicates, "ingested");
+        return Ok(serde_json::json!({ "applied": report.applied, "duplicates": report.duplicates }));
+    }
+    let messages = keys_of_sqs_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
+    let mut response = SqsBatchResponse::default();
+    let mut keys = Vec::new();
+    let mut carried = Vec::new();
+    for (message_id, parsed) in messages {
+        match parsed {
+            Ok(message_keys) => {
+                keys.extend(message_keys);
+                carried.push(message_id);
+            }
+            Err(reason) => {
+                tracing::warn!(%message_id, %reason, "message is not an S3 notification");
+                response.batch_item_failures.push(BatchItemFailure { item_identifier: message_id });
+            }
+        }
+    }
+    match ingest(store, &keys, &config, now).await {
+        Ok(report) => tracing::info!(
+            objects = report.objects,
+            applied = report.applied,
+            duplicates = report.duplicates,
+            merges = report.merges,
+            quarantined = report.quarantined,
+            attempts = report.attempts,
+            "ingested"
+        ),
+        Err(error) => {
+            tracing::error!(%error, messages = carried.len(), "ingest failed; SQS will redeliver");
+            response
+                .batch_item_failures
+                .extend(carried.into_iter().map(|item_identifier| BatchItemFailure { item_identifier }));
+        }
+    }
+    serde_json::to_value(&response).map_err(|e| Error::Corrupt(e.to_string()))
+}

@@ -1,0 +1,94 @@
+//! The real ingest Lambda binary, running its real `lambda_runtime` loop against a Runtime API emulator on
+//! 127.0.0.1, handles a real-shaped SQS-wrapped S3 notification and updates state in a real S3-compatible
+//! server; a message that is not a notification is reported as a partial batch failure.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cdp_e2e::lambda_api::RuntimeApi;
+use cdp_e2e::local_s3::{self, LocalS3};
+use cdp_e2e::procs::Proc;
+use cdp_e2e::{fixture, repo_root};
+use functions::state::lookup;
+use functions::storage::{ObjectStore, PutOptions};
+use serde_json::{Value, json};
+use shared::collect::{CollectRequest, Collected, Endpoint, collect};
+use shared::ids::Entropy;
+use shared::source::{Sources, new_source};
+use shared::time::UtcTime;
+
+#[test]
+fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
+    let bin = repo_root().join("target/debug/ingest");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cdp-functions` first (the test command does)",
+        bin.display()
+    );
+    let s3 = LocalS3::start();
+    let store = s3.store();
+
+    // A raw object, as the collector writes it.
+    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).expect("source");
+    let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", &key);
+    let now = UtcTime::parse("2026-11-28T12:00:10Z").expect("time");
+    let Collected::Kept(batch) = collect(
+        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+        &sources,
+        now,
+        &mut Entropy::from_seed([2; 32]),
+    ) else {
+        panic!("rejected")
+    };
+    let (object_key, bytes) = batch.accepted_object().expect("accepted");
+    s3.block_on(store.put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put raw object");
+
+    // The real-shaped SQS event, pointed at that object (S3 URL-encodes keys in notifications).
+    let mut event: Value = serde_json::from_str(&fixture("aws-sqs-s3-notification.json")).expect("fixture");
+    let mut notification: Value =
+        serde_json::from_str(event["Records"][0]["body"].as_str().expect("body")).expect("json");
+    notification["Records"][0]["s3"]["object"]["key"] = json!(object_key.replace('=', "%3D"));
+    notification["Records"][0]["s3"]["bucket"]["name"] = json!(local_s3::BUCKET);
+    event["Records"][0]["body"] = json!(notification.to_string());
+
+    let api = RuntimeApi::start();
+    let mut command = Command::new(&bin);
+    command
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "ingest")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/ingest")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "e2e")
+        .env("CDP_BUCKET", local_s3::BUCKET)
+        .env("AWS_REGION", local_s3::REGION)
+        .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
+        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
+    let function = Proc::spawn("lambda-ingest", command);
+
+    let response = api
+        .invoke(&event, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", function.log_tail()))
+        .unwrap_or_else(|e| panic!("the function reported an error: {e}\n{}", function.log_tail()));
+    let response: Value = serde_json::from_str(&response).expect("JSON response");
+    assert_eq!(
+        response,
+        json!({"batchItemFailures": [{"itemIdentifier": "9a0c5f1e-1111-4bbb-8ccc-000000000003"}]}),
+        "only the message that is not a notification is redelivered"
+    );
+    let profile = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile in S3 state");
+    assert_eq!(profile.profile.events.len(), 3, "page, Product Added and identify applied");
+
+    // The same notification again (SQS delivers at least once): nothing changes, nothing fails.
+    let again = api.invoke(&event, Duration::from_secs(60)).expect("invoke").expect("response");
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).expect("json")["batchItemFailures"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let after = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile");
+    assert_eq!(after, profile);
+    drop(function);
+}
