@@ -43,6 +43,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Batch ID resolution (connected components with the user_id rule) on synthetic links, optionally side
+    /// by side with DuckDB's iterative SQL stitching of the same links (`pip install duckdb`).
+    Identity {
+        /// Identifiers.
+        #[arg(long, default_value_t = 10_000_000)]
+        identifiers: usize,
+        /// Links per identifier.
+        #[arg(long, default_value_t = 2.0)]
+        links_per_identifier: f64,
+        /// Also run DuckDB on the same links and compare components.
+        #[arg(long)]
+        duckdb: bool,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -56,6 +69,9 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Collect { events, batch, connections } => collect(events, batch, connections),
         BenchCommand::Normalize { rounds, iterations, batch } => normalize(rounds, iterations, batch),
+        BenchCommand::Identity { identifiers, links_per_identifier, duckdb } => {
+            crate::bench_identity::run(identifiers, links_per_identifier, duckdb)
+        }
         BenchCommand::Sink { listen } => sink(listen),
     }
 }

@@ -2,9 +2,11 @@
 //! one when a rule forbids it.
 //!
 //! - [`rules`]: identifier types, priorities, per-profile limits, blocked values; extraction from events.
+//! - [`batch`]: connected components of a whole graph at once (backfills, rebuilds, benchmarks).
 //! - [`graph`]: the identity graph — linking, merging (the older profile survives, the absorbed id redirects),
 //!   refusals, the audit trail, and unlinking with splits.
 
+pub mod batch;
 mod graph;
 mod rules;
 
