@@ -169,6 +169,47 @@ mod tests {
     }
 
     #[test]
+    fn custom_identifiers_from_paths_and_external_ids() {
+        let mut rules = IdentityRules::default();
+        rules.types.push(IdentifierType {
+            name: "crm_id".into(),
+            priority: 5,
+            max_per_profile: 1,
+            blocked: vec![],
+            paths: vec!["traits.crmId".into(), "properties.customer_number".into()],
+        });
+        rules.types.push(IdentifierType {
+            name: "wechat_unionid".into(),
+            priority: 6,
+            max_per_profile: 1,
+            blocked: vec![],
+            paths: vec![],
+        });
+        let event: CanonicalEvent = serde_json::from_value(serde_json::json!({
+            "messageId": "m", "type": "identify", "sourceId": "crm", "receivedAt": "2026-11-28T12:00:00.000Z",
+            "timestamp": "2026-11-28T12:00:00.000Z", "userId": "u1",
+            "traits": {"crmId": 12345},
+            "context": {"externalIds": [
+                {"id": "oU7x-unionid", "type": "wechat_unionid", "collection": "users", "encoding": "none"},
+                {"id": "Jane@Example.com", "type": "email", "collection": "users", "encoding": "none"},
+                {"id": "x", "type": "not_configured", "collection": "users", "encoding": "none"}
+            ]},
+            "identifiers": [{"type": "user_id", "value": "u1"}]
+        }))
+        .unwrap();
+        let keys = rules.keys(&event);
+        assert_eq!(
+            keys,
+            vec![
+                "user_id:u1".to_string(),
+                "crm_id:12345".to_string(),
+                "wechat_unionid:oU7x-unionid".to_string(),
+                format!("email:{}", sha256_hex("jane@example.com")),
+            ]
+        );
+    }
+
+    #[test]
     fn priorities_and_limits() {
         let rules = IdentityRules::default();
         assert!(rules.priority("user_id:u") < rules.priority("email:x"));
