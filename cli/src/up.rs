@@ -167,15 +167,7 @@ async fn ingest_loop(store: FsStore, mut queue: tokio::sync::mpsc::UnboundedRece
         };
         match result {
             Ok(report) => {
-                tracing::info!(
-                    objects = report.objects,
-                    applied = report.applied,
-                    duplicates = report.duplicates,
-                    merges = report.merges,
-                    refusals = report.refusals,
-                    quarantined = report.quarantined,
-                    "ingested"
-                );
+                report.log();
                 pending.clear();
             }
             Err(error) => {

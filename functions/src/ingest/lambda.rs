@@ -22,7 +22,7 @@ pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, 
     if !is_sqs {
         let keys = keys_of_s3_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
         let report = ingest(store, &keys, &config, now).await?;
-        tracing::info!(objects = report.objects, applied = report.applied, duplicates = report.duplicates, "ingested");
+        report.log();
         return Ok(serde_json::json!({ "applied": report.applied, "duplicates": report.duplicates }));
     }
     let messages = keys_of_sqs_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
@@ -42,15 +42,7 @@ pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, 
         }
     }
     match ingest(store, &keys, &config, now).await {
-        Ok(report) => tracing::info!(
-            objects = report.objects,
-            applied = report.applied,
-            duplicates = report.duplicates,
-            merges = report.merges,
-            quarantined = report.quarantined,
-            attempts = report.attempts,
-            "ingested"
-        ),
+        Ok(report) => report.log(),
         Err(error) => {
             tracing::error!(%error, messages = carried.len(), "ingest failed; SQS will redeliver");
             response

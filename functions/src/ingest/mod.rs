@@ -86,6 +86,25 @@ pub struct IngestReport {
     pub commit: Option<CommitStats>,
 }
 
+impl IngestReport {
+    /// Logs the report as one structured line.
+    pub fn log(&self) {
+        tracing::info!(
+            objects = self.objects,
+            events = self.events,
+            applied = self.applied,
+            duplicates = self.duplicates,
+            merges = self.merges,
+            refusals = self.refusals,
+            quarantined = self.quarantined,
+            attempts = self.attempts,
+            shards_written = self.commit.map_or(0, |c| c.shards_written),
+            bytes_written = self.commit.map_or(0, |c| c.bytes_written),
+            "ingested"
+        );
+    }
+}
+
 /// Ingests the objects at `keys`: reads them (quarantining undecodable lines), drops events seen before, links
 /// identities, updates profiles and commits the state, re-running on a fresh state when another writer
 /// committed first. Idempotent: the same objects again change nothing.

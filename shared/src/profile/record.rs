@@ -170,25 +170,13 @@ impl Profile {
         for (key, value) in other.traits {
             self.offer_trait(&key, value, rules);
         }
-        self.first_seen = match (self.first_seen, other.first_seen) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.last_seen = match (self.last_seen, other.last_seen) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.first_seen = earliest(self.first_seen, other.first_seen);
+        self.last_seen = latest(self.last_seen, other.last_seen);
         for (name, theirs) in other.events {
             let ours = self.events.entry(name).or_default();
             ours.count += theirs.count;
-            ours.first_at = match (ours.first_at, theirs.first_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            ours.last_at = match (ours.last_at, theirs.last_at) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            ours.first_at = earliest(ours.first_at, theirs.first_at);
+            ours.last_at = latest(ours.last_at, theirs.last_at);
             for (key, aggregate) in theirs.properties {
                 ours.properties.entry(key).or_default().combine(&aggregate);
             }
@@ -221,6 +209,20 @@ fn beats(a: &TraitValue, b: &TraitValue, policy: &TraitPolicy) -> bool {
                 std::cmp::Ordering::Equal => later,
             }
         }
+    }
+}
+
+fn earliest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
