@@ -12,7 +12,8 @@ use crate::DataArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProfileArgs {
-    /// `type:value` (emails and phones are hashed the way the graph keys them), or a profile id (`prof_…`).
+    /// `type:value` (emails and phones are hashed the way the graph keys them; give phones in international
+    /// form, `+49…`), or a profile id (`prof_…`).
     identifier: String,
     /// Print one JSON object (top-level `id`, `identities`, `traits`, `events`, `history`, ...).
     #[arg(long)]
@@ -36,7 +37,7 @@ fn key_of(identifier: &str) -> anyhow::Result<String> {
             Some(email) => format!("email:{}", sha256_hex(&email)),
             None => bail!("{value:?} is not an email address"),
         },
-        "phone" if !is_hash => match normalize_phone(value) {
+        "phone" if !is_hash => match normalize_phone(value, None) {
             Some(phone) => format!("phone:{}", sha256_hex(&phone)),
             None => bail!("{value:?} is not a phone number (7 to 15 digits)"),
         },

@@ -80,7 +80,7 @@ impl<'a> Enricher<'a> {
             }
         }
 
-        event.identifiers = identifiers(event);
+        event.identifiers = identifiers(event, self.settings.default_calling_code.as_deref());
     }
 
     /// `context.ip`: a server source may relay its user's address there; otherwise the request's.
@@ -161,7 +161,7 @@ pub fn campaign_from_url(url: &str) -> Option<Map<String, Value>> {
     (!campaign.is_empty()).then_some(campaign)
 }
 
-fn identifiers(event: &CanonicalEvent) -> Vec<Identifier> {
+fn identifiers(event: &CanonicalEvent, calling_code: Option<&str>) -> Vec<Identifier> {
     let mut out = Vec::new();
     let plain = |kind: &str, value: &str| Identifier { kind: kind.to_string(), value: value.to_string(), sha256: None };
     if let Some(id) = &event.user_id {
@@ -182,7 +182,8 @@ fn identifiers(event: &CanonicalEvent) -> Vec<Identifier> {
         if let Some(email) = traits.get("email").and_then(Value::as_str).and_then(normalize_email) {
             push_hashed(&mut out, "email", email);
         }
-        if let Some(phone) = traits.get("phone").and_then(Value::as_str).and_then(normalize_phone) {
+        if let Some(phone) = traits.get("phone").and_then(Value::as_str).and_then(|p| normalize_phone(p, calling_code))
+        {
             push_hashed(&mut out, "phone", phone);
         }
     }
@@ -206,14 +207,23 @@ pub fn normalize_email(email: &str) -> Option<String> {
     ok.then_some(email)
 }
 
-/// `+` (when given) and digits only; `None` unless 7 to 15 digits remain (E.164's bounds).
-pub fn normalize_phone(phone: &str) -> Option<String> {
+/// E.164 (`+` and 8 to 15 digits) wherever the country is known: numbers written internationally (`+49 30 …`,
+/// `0049 30 …`), or national numbers from a source with a default calling code (`030 1234567` with `49` →
+/// `+49301234567`, the trunk `0` dropped). Without a country, the digits as written. `None` when the digits
+/// cannot be a phone number (fewer than 7, more than 15).
+pub fn normalize_phone(phone: &str, default_calling_code: Option<&str>) -> Option<String> {
     let phone = phone.trim();
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    if !(7..=15).contains(&digits.len()) {
-        return None;
-    }
-    Some(if phone.starts_with('+') { format!("+{digits}") } else { digits })
+    let international = if phone.starts_with('+') {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_string()
+    } else if let Some(code) = default_calling_code {
+        format!("{code}{}", digits.strip_prefix('0').unwrap_or(&digits))
+    } else {
+        return (7..=15).contains(&digits.len()).then_some(digits);
+    };
+    (8..=15).contains(&international.len()).then(|| format!("+{international}"))
 }
 
 #[cfg(test)]
@@ -358,7 +368,27 @@ mod tests {
         assert_eq!(normalize_email("not-an-email"), None);
         assert_eq!(normalize_email("a@b"), None);
         assert_eq!(normalize_email("a b@c.de"), None);
-        assert_eq!(normalize_phone("123"), None);
-        assert_eq!(normalize_phone("030 1234567").as_deref(), Some("0301234567"));
+        assert_eq!(normalize_phone("123", None), None);
+        assert_eq!(normalize_phone("030 1234567", None).as_deref(), Some("0301234567"), "no country: as written");
+    }
+
+    #[test]
+    fn the_source_calling_code_makes_national_phones_e164() {
+        let settings = SourceSettings { default_calling_code: Some("49".into()), ..SourceSettings::default() };
+        let mut e = event(json!({}), Some(json!({"phone": "030 1234567"})));
+        Enricher::new(&settings, None, None, None).enrich(&mut e);
+        let phone = e.identifiers.iter().find(|i| i.kind == "phone").unwrap();
+        assert_eq!(phone.value, "+49301234567");
+        assert_eq!(phone.sha256.as_deref(), Some(sha256_hex("+49301234567").as_str()));
+    }
+
+    #[test]
+    fn phones_become_e164_where_the_country_is_known() {
+        assert_eq!(normalize_phone("+49 (30) 1234-567", None).as_deref(), Some("+49301234567"));
+        assert_eq!(normalize_phone("0049 30 1234567", None).as_deref(), Some("+49301234567"));
+        assert_eq!(normalize_phone("030 1234567", Some("49")).as_deref(), Some("+49301234567"));
+        assert_eq!(normalize_phone("(415) 555-0100", Some("1")).as_deref(), Some("+14155550100"));
+        assert_eq!(normalize_phone("+49 1234567890123456", None), None, "more than 15 digits");
+        assert_eq!(normalize_phone("+1 234", None), None);
     }
 }

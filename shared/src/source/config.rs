@@ -40,11 +40,15 @@ pub struct SourceSettings {
     /// Zero the host part of the IP (last octet of IPv4, last 80 bits of IPv6) before storing it.
     #[serde(default = "yes")]
     pub anonymize_ip: bool,
+    /// Country calling code (`49`, `1`, `86`) for phone numbers written nationally: with it, `030 1234567`
+    /// becomes `+49301234567`, so the same phone matches across sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_calling_code: Option<String>,
 }
 
 impl Default for SourceSettings {
     fn default() -> Self {
-        Self { collect_ip: true, anonymize_ip: true }
+        Self { collect_ip: true, anonymize_ip: true, default_calling_code: None }
     }
 }
 
@@ -142,6 +146,14 @@ impl Sources {
         if self.by_key_hash.contains_key(&hash) {
             return Err(Error::Config(format!(
                 "source {:?}: its write key is already used by another source",
+                source.id
+            )));
+        }
+        if let Some(code) = &source.settings.default_calling_code
+            && !((1..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Error::Config(format!(
+                "source {:?}: defaultCallingCode must be 1 to 3 digits (e.g. \"49\"), not {code:?}",
                 source.id
             )));
         }
