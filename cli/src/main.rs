@@ -31,6 +31,9 @@ enum Command {
     /// Print the unified profile of an identifier (`user_id:u1`, `anonymous_id:…`, `email:jane@example.com`,
     /// `phone:+4930…`, `device_id:…`) or a profile id.
     Profile(profile::ProfileArgs),
+    /// Remove an identifier from its profile (a bad link, an erasure request); the profile splits where
+    /// nothing else connects it.
+    Unlink(profile::UnlinkArgs),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Unlink(args) => profile::unlink(args),
         Command::Source(command) => source::run(command),
         Command::Bench(command) => bench::run(command),
     }

@@ -105,6 +105,35 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct UnlinkArgs {
+    /// The identifier to remove, `type:value` as for `cdp profile`.
+    identifier: String,
+    /// Who asks and why, kept in the profile's history (e.g. a ticket id).
+    #[arg(long, default_value = "cdp-unlink")]
+    request_id: String,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// `cdp unlink`: removes an identifier and splits its profile where nothing else connects it. Safe beside a
+/// running `cdp up` (the state's compare-and-swap fences either writer).
+pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let store = FsStore::open(&args.data.data).context("opening the data folder")?;
+    let key = key_of(&args.identifier)?;
+    let parts = runtime.block_on(async {
+        let config = functions::ingest::IngestConfig::load(&store).await?;
+        functions::ingest::unlink(&store, &key, &args.request_id, &config, crate::now()).await
+    })?;
+    match parts.as_slice() {
+        [] => bail!("no profile has {key}"),
+        [one] => println!("unlinked {key} from {one}; the profile stays whole"),
+        [kept, split @ ..] => println!("unlinked {key} from {kept}; split off {}", split.join(", ")),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

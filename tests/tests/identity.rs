@@ -70,6 +70,18 @@ fn profiles_form_live_under_cdp_up() {
     assert_eq!(p["events"]["Order Completed"]["count"], 1);
     assert_eq!(p["mergedIds"].as_array().map(Vec::len), Some(1));
 
+    // An operator unlinks the phone: it no longer connects to anything else, so it splits off.
+    let out = Command::new(cdp_bin())
+        .args(["unlink", "anonymous_id:phone", "--request-id", "ticket-42", "--data"])
+        .arg(dir.path())
+        .output()
+        .expect("running cdp unlink");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = profile(dir.path(), "email:jane@example.com").expect("profile");
+    assert_eq!(after["id"], p["id"], "the part with the strongest identifiers keeps the id");
+    assert_eq!(after["identities"].as_array().map(Vec::len), Some(4));
+    assert!(profile(dir.path(), "anonymous_id:phone").is_none(), "the unlinked identifier resolves to nothing");
+
     // A shared tablet: two user ids never merge; the refusal is in both histories.
     batch(json!([{"type": "identify", "anonymousId": "tablet", "userId": "mum", "messageId": "t1"}]));
     batch(json!([{"type": "identify", "anonymousId": "tablet", "userId": "dad", "messageId": "t2"}]));

@@ -173,6 +173,42 @@ pub async fn ingest<S: ObjectStore + Clone>(
     ))))
 }
 
+/// Removes an identifier from the identity graph (an operator undoing a bad link, or an erasure request) and
+/// splits its profile where the remaining identifiers no longer connect: the part holding the strongest
+/// identifier keeps the profile (and its traits and counters), each other part becomes a new profile. Returns
+/// the resulting profile ids; none when the identifier is unknown.
+pub async fn unlink<S: ObjectStore + Clone>(
+    store: &S,
+    key: &str,
+    request_id: &str,
+    config: &IngestConfig,
+    now: UtcTime,
+) -> Result<Vec<String>, Error> {
+    for attempt in 1..=config.max_attempts.max(1) {
+        let mut txn = Transaction::begin(store, config.shards).await?;
+        let (found, _) = txn.graph_for(&BTreeSet::from([key.to_string()])).await?;
+        let Some(node) = found.profile_of(key) else { return Ok(Vec::new()) };
+        // Every identifier of the profile: the split must move their index entries too.
+        let (mut graph, mut data) = txn.graph_for(&node.identities.clone()).await?;
+        let parts = graph.unlink(&config.identity, key, request_id, now);
+        for id in &parts {
+            if let Some(node) = graph.profile(id) {
+                data.entry(id.clone()).or_insert_with(|| Profile::new(id.clone())).identities = node.identities.clone();
+            }
+        }
+        txn.put_back(graph, data).await?;
+        txn.remove_identifier(key).await?;
+        match txn.commit().await {
+            Ok(_) => return Ok(parts),
+            Err(Error::Store(StoreError::PreconditionFailed)) => {
+                tracing::info!(attempt, "another writer committed first; re-running the unlink");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
+}
+
 async fn apply<S: ObjectStore + Clone>(
     txn: &mut Transaction<'_, S>,
     events: &[CanonicalEvent],

@@ -211,3 +211,50 @@ async fn two_writers_at_once_lose_no_update() {
     assert!(matches!(stale.commit().await, Err(Error::Store(StoreError::PreconditionFailed))));
     assert!(attempts > 3, "the writers started together, so at least one was fenced and re-ran ({attempts} attempts)");
 }
+
+#[tokio::test]
+async fn unlink_splits_a_stored_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    // A bad device id joined two people's anonymous histories.
+    let keys = vec![
+        put_batch(
+            &store,
+            50,
+            json!([ev(
+                "identify",
+                "s1",
+                1,
+                json!({"anonymousId": "a1"}),
+                json!({"traits": {"email": "x@example.com"}})
+            )]),
+        )
+        .await,
+        put_batch(
+            &store,
+            51,
+            json!([ev("page", "s2", 2, json!({"anonymousId": "a2"}), json!({"context": {"device": {"id": "bad"}}}))]),
+        )
+        .await,
+        put_batch(
+            &store,
+            52,
+            json!([ev("page", "s3", 3, json!({"anonymousId": "a1"}), json!({"context": {"device": {"id": "bad"}}}))]),
+        )
+        .await,
+    ];
+    ingest(&store, &keys, &small(), now()).await.unwrap();
+    let before = lookup(&store, "anonymous_id:a2").await.unwrap().unwrap().node.id;
+    assert_eq!(lookup(&store, "anonymous_id:a1").await.unwrap().unwrap().node.id, before, "merged through the device");
+
+    let parts = unlink(&store, "device_id:bad", "op-1", &small(), now()).await.unwrap();
+    assert_eq!(parts.len(), 2);
+    assert!(lookup(&store, "device_id:bad").await.unwrap().is_none());
+    let a1 = lookup(&store, "anonymous_id:a1").await.unwrap().unwrap();
+    let a2 = lookup(&store, "anonymous_id:a2").await.unwrap().unwrap();
+    assert_ne!(a1.node.id, a2.node.id);
+    assert_eq!(a1.node.id, before, "the part with the strongest identifier (the email) keeps the id");
+    assert!(a1.profile.traits.contains_key("email"));
+    assert_eq!(a2.profile.identities.len(), 1);
+    assert!(unlink(&store, "device_id:bad", "op-2", &small(), now()).await.unwrap().is_empty(), "already gone");
+}

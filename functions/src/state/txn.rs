@@ -203,6 +203,15 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
+    /// Removes an identifier from the index (after the graph unlinked it).
+    pub async fn remove_identifier(&mut self, key: &str) -> Result<(), Error> {
+        let n = shard_of(key, self.manifest.shards.ids);
+        if self.ids_shard(n).await?.index.remove(key).is_some() {
+            self.dirty.insert(("ids", n));
+        }
+        Ok(())
+    }
+
     /// Counts applied events in the manifest.
     pub fn applied(&mut self, events: usize) {
         self.manifest.events_applied += events as u64;

@@ -13,8 +13,8 @@ use super::{Condition, Object, ObjectMeta, ObjectStore, PutOptions, StoreError, 
 ///
 /// Writes are durable before they return (written to a temporary file, `fsync`ed, then linked or renamed into
 /// place, and the folder `fsync`ed). `If-None-Match` is atomic across processes (a hard link fails if the name
-/// exists); `If-Match` is atomic within this process (one writer at a time compares and swaps), which is what
-/// the single local runner needs. ETags are the SHA-256 of the content.
+/// exists); `If-Match` is atomic across processes too: the compare and the swap happen under an exclusive
+/// lock on `.tmp/swap.lock` (so `cdp unlink` can run beside `cdp up`). ETags are the SHA-256 of the content.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
@@ -61,6 +61,7 @@ impl FsStore {
                 },
                 Condition::IfMatch(expected) => {
                     let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let _file_lock = self.lock_file()?;
                     let current = match std::fs::read(&path) {
                         Ok(bytes) => Some(etag(&bytes)),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -73,6 +74,7 @@ impl FsStore {
                 }
                 Condition::None => {
                     let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let _file_lock = self.lock_file()?;
                     std::fs::rename(&tmp, &path).map_err(|e| unavailable(&path, e))
                 }
             }
@@ -84,6 +86,19 @@ impl FsStore {
             let _ = dir.sync_all();
         }
         Ok(etag(body))
+    }
+
+    /// An exclusive lock shared with every process using this folder, released when dropped.
+    fn lock_file(&self) -> Result<std::fs::File, StoreError> {
+        let path = self.root.join(".tmp").join("swap.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| unavailable(&path, e))?;
+        file.lock().map_err(|e| unavailable(&path, e))?;
+        Ok(file)
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
