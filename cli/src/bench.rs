@@ -56,6 +56,15 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         duckdb: bool,
     },
+    /// Applying one batch of events to an existing state on the folder store: time, shards and bytes written.
+    Ingest {
+        /// Identifiers in the base state (people × 3: user id, anonymous id, email).
+        #[arg(long, default_value_t = 1_000_000)]
+        identifiers: u64,
+        /// Events in the measured batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -72,6 +81,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Identity { identifiers, links_per_identifier, duckdb } => {
             crate::bench_identity::run(identifiers, links_per_identifier, duckdb)
         }
+        BenchCommand::Ingest { identifiers, batch } => crate::bench_ingest::run(identifiers, batch),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_identity;
+mod bench_ingest;
 mod profile;
 mod source;
 mod up;

@@ -1,0 +1,129 @@
+//! `cdp bench ingest`: the cost of applying one batch of events to an existing state — time, shards and
+//! bytes written — on the folder store.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use functions::ingest::{IngestConfig, ingest};
+use functions::state::{MANIFEST_KEY, Manifest};
+use functions::storage::{FsStore, ObjectStore, PutOptions};
+use shared::event::{CanonicalEvent, Enrichment, EventType, Identifier};
+use shared::time::UtcTime;
+
+fn event(n: u64, person: u64, kind: EventType, at: UtcTime, with_user: bool) -> CanonicalEvent {
+    let id = |kind: &str, value: String| Identifier { kind: kind.into(), value, sha256: None };
+    let anonymous = format!("anon-{person}");
+    let user = format!("user-{person}");
+    let mut identifiers = vec![id("anonymous_id", anonymous.clone())];
+    if with_user {
+        identifiers.insert(0, id("user_id", user.clone()));
+        identifiers.push(Identifier {
+            kind: "email".into(),
+            value: format!("person{person}@example.com"),
+            sha256: Some(shared::ids::sha256_hex(&format!("person{person}@example.com"))),
+        });
+    }
+    CanonicalEvent {
+        message_id: format!("bench-{n}"),
+        kind,
+        source_id: "bench".into(),
+        received_at: at,
+        timestamp: at,
+        original_timestamp: None,
+        sent_at: None,
+        user_id: with_user.then_some(user),
+        anonymous_id: Some(anonymous),
+        event: (kind == EventType::Track).then(|| "Product Viewed".to_string()),
+        name: None,
+        category: None,
+        group_id: None,
+        previous_id: None,
+        properties: (kind == EventType::Track).then(|| serde_json::Map::from_iter([("price".into(), 18.5.into())])),
+        traits: (kind == EventType::Identify).then(|| serde_json::Map::from_iter([("plan".into(), "pro".into())])),
+        context: Default::default(),
+        integrations: Default::default(),
+        identifiers,
+        enrichment: Enrichment::default(),
+        extras: Default::default(),
+    }
+}
+
+async fn put(store: &FsStore, name: &str, events: &[CanonicalEvent]) -> anyhow::Result<String> {
+    let key = format!("raw/v1/dt=2026-11-28/hr=12/{name}.ndjson.gz");
+    store.put(&key, shared::storage::encode_ndjson_gz(events), PutOptions::ndjson_gz()).await?;
+    Ok(key)
+}
+
+pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
+    if identifiers < 3 || batch == 0 {
+        bail!("need --identifiers ≥ 3 and --batch ≥ 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = tempfile::tempdir()?;
+    let store = FsStore::open(dir.path())?;
+    let config = IngestConfig::default();
+    let people = identifiers / 3; // a user id, an anonymous id and an email each
+    let at =
+        |sec: u64| UtcTime::from_unix_millis(1_764_331_200_000 + sec as i64 * 1000).unwrap_or_else(|| unreachable!());
+    runtime.block_on(async {
+        let start = Instant::now();
+        let chunk = 100_000u64;
+        let mut n = 0u64;
+        let mut first = 0u64;
+        while first < people {
+            let last = (first + chunk).min(people);
+            let events: Vec<CanonicalEvent> = (first..last)
+                .map(|p| {
+                    n += 1;
+                    event(n, p, EventType::Identify, at(p % 3600), true)
+                })
+                .collect();
+            let key = put(&store, &format!("base-{first:010}"), &events).await?;
+            ingest(&store, &[key], &config, at(7200)).await?;
+            first = last;
+        }
+        let manifest: Manifest = serde_json::from_slice(&store.get(MANIFEST_KEY).await?.map(|o| o.body).unwrap_or_default())?;
+        let mut state_bytes = 0u64;
+        for key in manifest.objects.values() {
+            state_bytes += std::fs::metadata(dir.path().join(key)).map(|m| m.len()).unwrap_or(0);
+        }
+        println!(
+            "cdp bench ingest: base state of {people} people / {} identifiers built in {:.1} s ({} shard objects, {:.1} MB gzipped)",
+            people * 3,
+            start.elapsed().as_secs_f64(),
+            manifest.objects.len(),
+            state_bytes as f64 / 1e6
+        );
+
+        // The measured batch: 70 % returning known users, 30 % new anonymous visitors.
+        let events: Vec<CanonicalEvent> = (0..batch)
+            .map(|i| {
+                n += 1;
+                if i % 10 < 7 {
+                    event(n, (i * 7919) % people, EventType::Track, at(8000 + i % 60), true)
+                } else {
+                    event(n, people + i, EventType::Track, at(8000 + i % 60), false)
+                }
+            })
+            .collect();
+        let key = put(&store, "measured", &events).await?;
+        let start = Instant::now();
+        let report = ingest(&store, &[key], &config, at(9000)).await?;
+        let secs = start.elapsed().as_secs_f64();
+        let commit = report.commit.unwrap_or_default();
+        println!("| batch | time (s) | events/s | shards written | bytes written | share of state rewritten |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {batch} events | {secs:.2} | {:.0} | {} of {} | {:.1} MB | {:.0} % |",
+            batch as f64 / secs,
+            commit.shards_written,
+            manifest.objects.len(),
+            commit.bytes_written as f64 / 1e6,
+            100.0 * commit.bytes_written as f64 / state_bytes.max(1) as f64
+        );
+        if report.applied as u64 != batch {
+            bail!("applied {} of {batch} events", report.applied);
+        }
+        Ok(())
+    })
+}
