@@ -18,7 +18,6 @@ use super::{Condition, Object, ObjectMeta, ObjectStore, PutOptions, StoreError, 
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
-    swap: Arc<std::sync::Mutex<()>>,
     counter: Arc<AtomicU64>,
 }
 
@@ -27,7 +26,7 @@ impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         std::fs::create_dir_all(root.join(".tmp")).map_err(|e| unavailable(&root, e))?;
-        Ok(Self { root, swap: Arc::default(), counter: Arc::default() })
+        Ok(Self { root, counter: Arc::default() })
     }
 
     /// The root folder.
@@ -60,7 +59,6 @@ impl FsStore {
                     Err(e) => Err(unavailable(&path, e)),
                 },
                 Condition::IfMatch(expected) => {
-                    let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let _file_lock = self.lock_file()?;
                     let current = match std::fs::read(&path) {
                         Ok(bytes) => Some(etag(&bytes)),
@@ -73,7 +71,6 @@ impl FsStore {
                     std::fs::rename(&tmp, &path).map_err(|e| unavailable(&path, e))
                 }
                 Condition::None => {
-                    let _guard = self.swap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let _file_lock = self.lock_file()?;
                     std::fs::rename(&tmp, &path).map_err(|e| unavailable(&path, e))
                 }
@@ -88,7 +85,8 @@ impl FsStore {
         Ok(etag(body))
     }
 
-    /// An exclusive lock shared with every process using this folder, released when dropped.
+    /// An exclusive lock shared with every thread and process using this folder (each call opens its own file
+    /// description, so `flock` serializes threads too), released when dropped.
     fn lock_file(&self) -> Result<std::fs::File, StoreError> {
         let path = self.root.join(".tmp").join("swap.lock");
         let file = std::fs::OpenOptions::new()

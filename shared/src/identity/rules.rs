@@ -112,8 +112,10 @@ impl IdentityRules {
         for id in &event.identifiers {
             push(&id.kind, &id.value, id.sha256.as_deref());
         }
-        let root = serde_json::to_value(event).unwrap_or(Value::Null);
-        for kind in &self.types {
+        // Custom paths read the event as JSON; build that only when some type has paths (not in the defaults).
+        let with_paths = self.types.iter().any(|t| !t.paths.is_empty());
+        let root = if with_paths { serde_json::to_value(event).unwrap_or(Value::Null) } else { Value::Null };
+        for kind in self.types.iter().filter(|_| with_paths) {
             for path in &kind.paths {
                 let found = path.split('.').try_fold(&root, |v, part| v.get(part));
                 let text = match found {
