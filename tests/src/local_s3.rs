@@ -1,4 +1,9 @@
 //! A real S3-compatible server (s3s-fs) on 127.0.0.1, embedded in the test process, with an outage switch.
+//!
+//! s3s-fs checks `If-Match`/`If-None-Match` and then writes, and writes the body before its ETag record: two
+//! writers racing on one key can both pass the check, and a reader can pair an old body with a new ETag. Amazon S3
+//! makes a conditional write atomic, so [`Atomic`] gives the embedded server the same guarantee by serializing
+//! writes against each other and against reads (a read opens its file inside the lock and streams it after).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,7 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use functions::storage::{S3Settings, S3Store};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
+use s3s::dto::{
+    DeleteObjectInput, DeleteObjectOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, PutObjectInput, PutObjectOutput,
+};
 use s3s::service::S3ServiceBuilder;
+use s3s::{S3, S3Request, S3Response, S3Result};
 
 /// Test credentials of the local server (not secrets: the server lives only as long as the test).
 pub const ACCESS_KEY: &str = "cdp-test-access-key";
@@ -40,7 +50,7 @@ impl LocalS3 {
         let endpoint = format!("http://{}", listener.local_addr().expect("local addr"));
 
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
-        let mut builder = S3ServiceBuilder::new(fs);
+        let mut builder = S3ServiceBuilder::new(Atomic { fs, lock: tokio::sync::RwLock::new(()) });
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
         let switch = failing.clone();
@@ -103,6 +113,44 @@ impl LocalS3 {
     /// Runs `future` on this server's runtime (the S3 adapter is async).
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.as_ref().expect("runtime").block_on(future)
+    }
+}
+
+/// s3s-fs with writes atomic against each other and against reads, as on Amazon S3.
+struct Atomic {
+    fs: s3s_fs::FileSystem,
+    lock: tokio::sync::RwLock<()>,
+}
+
+#[async_trait::async_trait]
+impl S3 for Atomic {
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let _write = self.lock.write().await;
+        self.fs.put_object(req).await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let _write = self.lock.write().await;
+        self.fs.delete_object(req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let _read = self.lock.read().await;
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let _read = self.lock.read().await;
+        self.fs.head_object(req).await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let _read = self.lock.read().await;
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
     }
 }
 

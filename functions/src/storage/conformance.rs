@@ -3,6 +3,31 @@
 
 use super::{Condition, ObjectStore, PutOptions, StoreError};
 
+/// Increments per racing writer in [`check`].
+const INCREMENTS: u64 = 10;
+
+/// Adds one to the number stored at `key`, `times` times, by compare-and-swap; returns how often it was fenced.
+async fn increment<S: ObjectStore>(store: &S, key: &str, times: u64) -> u64 {
+    let mut fenced = 0;
+    for _ in 0..times {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts <= 1_000, "an increment of {key} was fenced 1,000 times in a row");
+            let current = store.get(key).await.expect("get").expect("counter exists");
+            let value: u64 = std::str::from_utf8(&current.body).expect("UTF-8").parse().expect("a number");
+            let condition = Condition::IfMatch(current.etag);
+            let next = (value + 1).to_string().into_bytes();
+            match store.put(key, next, PutOptions { condition, ..PutOptions::json() }).await {
+                Ok(_) => break,
+                Err(StoreError::PreconditionFailed) => fenced += 1,
+                Err(e) => panic!("increment of {key}: {e}"),
+            }
+        }
+    }
+    fenced
+}
+
 /// Runs the contract against `store`, under keys starting with `prefix/`. Panics on the first violation.
 pub async fn check<S: ObjectStore>(store: &S, prefix: &str) {
     let key = format!("{prefix}/state/manifest.json");
@@ -33,6 +58,21 @@ pub async fn check<S: ObjectStore>(store: &S, prefix: &str) {
         .await;
     assert!(matches!(stale, Err(StoreError::PreconditionFailed)), "a stale ETag must be fenced, got {stale:?}");
     assert_eq!(store.get(&key).await.expect("get").expect("exists").body, b"v2");
+
+    // Racing read-modify-write cycles on one object: every increment lands exactly once.
+    let counter = format!("{prefix}/state/counter");
+    store
+        .put(&counter, b"0".to_vec(), PutOptions { condition: Condition::IfNoneMatch, ..PutOptions::json() })
+        .await
+        .expect("create counter");
+    let (a, b, c, d) = tokio::join!(
+        increment(store, &counter, INCREMENTS),
+        increment(store, &counter, INCREMENTS),
+        increment(store, &counter, INCREMENTS),
+        increment(store, &counter, INCREMENTS),
+    );
+    let read = store.get(&counter).await.expect("get").expect("counter exists");
+    assert_eq!(read.body, (4 * INCREMENTS).to_string().as_bytes(), "no increment lost ({} fenced)", a + b + c + d);
 
     // Unconditional writes replace; listing is by prefix, sorted; deletes are idempotent.
     store.put(&format!("{prefix}/raw/b"), b"b".to_vec(), PutOptions::json()).await.expect("put b");
