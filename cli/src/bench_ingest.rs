@@ -83,10 +83,7 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
             first = last;
         }
         let manifest: Manifest = serde_json::from_slice(&store.get(MANIFEST_KEY).await?.map(|o| o.body).unwrap_or_default())?;
-        let mut state_bytes = 0u64;
-        for key in manifest.objects.values() {
-            state_bytes += std::fs::metadata(dir.path().join(key)).map(|m| m.len()).unwrap_or(0);
-        }
+        let state_bytes = manifest.base_bytes() + manifest.delta_bytes();
         println!(
             "cdp bench ingest: base state of {people} people / {} identifiers built in {:.1} s ({} shard objects, {:.1} MB gzipped)",
             people * 3,

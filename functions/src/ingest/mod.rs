@@ -17,7 +17,7 @@ pub use notifications::{BatchItemFailure, MessageKeys, SqsBatchResponse, keys_of
 pub use read::{Quarantined, ReadObject, read_object};
 
 use crate::Error;
-use crate::state::{CommitStats, ShardCounts, Transaction};
+use crate::state::{CommitStats, Compaction, ShardCounts, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Ingest settings.
@@ -33,6 +33,8 @@ pub struct IngestConfig {
     pub shards: ShardCounts,
     /// Commit attempts before giving up on conflicts (each re-reads the state).
     pub max_attempts: u32,
+    /// When a commit folds the state's deltas into whole shards.
+    pub compaction: Compaction,
 }
 
 impl Default for IngestConfig {
@@ -43,6 +45,7 @@ impl Default for IngestConfig {
             dedup_window_ms: 7 * 24 * 3600 * 1000,
             shards: ShardCounts::default(),
             max_attempts: 8,
+            compaction: Compaction::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl IngestReport {
             refusals = self.refusals,
             quarantined = self.quarantined,
             attempts = self.attempts,
+            compacted = self.commit.is_some_and(|c| c.compacted),
             shards_written = self.commit.map_or(0, |c| c.shards_written),
             bytes_written = self.commit.map_or(0, |c| c.bytes_written),
             "ingested"
@@ -143,7 +147,7 @@ pub async fn ingest<S: ObjectStore + Clone>(
 
     for attempt in 1..=config.max_attempts.max(1) {
         report.attempts = attempt;
-        let mut txn = Transaction::begin(store, config.shards).await?;
+        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
         report.duplicates = events.len() - fresh.len();
         let (applied, merges, refusals) = apply(&mut txn, &fresh, config).await?;
@@ -185,7 +189,7 @@ pub async fn unlink<S: ObjectStore + Clone>(
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
     for attempt in 1..=config.max_attempts.max(1) {
-        let mut txn = Transaction::begin(store, config.shards).await?;
+        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let (found, _) = txn.graph_for(&BTreeSet::from([key.to_string()])).await?;
         let Some(node) = found.profile_of(key) else { return Ok(Vec::new()) };
         // Every identifier of the profile: the split must move their index entries too.

@@ -6,15 +6,45 @@ use shared::ids::{Entropy, sha256_hex};
 use shared::source::{Sources, new_source};
 
 use super::*;
-use crate::state::{MANIFEST_KEY, Manifest, lookup};
+use crate::state::{Compaction, MANIFEST_KEY, Manifest, lookup};
 use crate::storage::FsStore;
 
 fn now() -> UtcTime {
     UtcTime::parse("2026-11-28T12:00:00Z").unwrap()
 }
 
+/// Few shards, and commits that write deltas (folded every fourth commit) so that reads go through them.
 fn small() -> IngestConfig {
-    IngestConfig { shards: ShardCounts { ids: 8, profiles: 8, dedup: 4 }, ..IngestConfig::default() }
+    IngestConfig {
+        shards: ShardCounts { ids: 8, profiles: 8, dedup: 4 },
+        compaction: Compaction { max_deltas: 3, max_delta_ratio: f64::INFINITY },
+        ..IngestConfig::default()
+    }
+}
+
+/// [`small`], rewriting the changed shards whole at every commit.
+fn always_folding() -> IngestConfig {
+    IngestConfig { compaction: Compaction::always(), ..small() }
+}
+
+/// Every identifier and profile id of `store`'s state, each with what `lookup` answers for it.
+async fn everything(store: &FsStore, keys: &[&str]) -> Vec<(String, Option<crate::state::StoredProfile>)> {
+    let mut out = Vec::new();
+    for key in keys {
+        let found = lookup(store, key).await.unwrap();
+        let mut ids: Vec<String> = found.iter().map(|p| p.node.id.clone()).collect();
+        for entry in found.iter().flat_map(|p| &p.node.audit) {
+            if let shared::identity::AuditKind::Merged { absorbed, .. } = &entry.kind {
+                ids.push(absorbed.clone()); // resolves to the survivor through its redirect
+            }
+        }
+        out.push((key.to_string(), found));
+        for id in ids {
+            let found = lookup(store, &id).await.unwrap();
+            out.push((id, found));
+        }
+    }
+    out
 }
 
 /// Runs `events` through the real collect pipeline and stores them as one raw object; returns its key.
@@ -257,4 +287,79 @@ async fn unlink_splits_a_stored_profile() {
     assert!(a1.profile.traits.contains_key("email"));
     assert_eq!(a2.profile.identities.len(), 1);
     assert!(unlink(&store, "device_id:bad", "op-2", &small(), now()).await.unwrap().is_empty(), "already gone");
+}
+
+#[tokio::test]
+async fn commits_write_deltas_until_compaction_folds_them_and_the_state_is_the_same_either_way() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (deltas, whole) = (FsStore::open(a.path()).unwrap(), FsStore::open(b.path()).unwrap());
+    let (keys_a, keys_b) = (person_objects(&deltas).await, person_objects(&whole).await);
+    let mut history = Vec::new();
+    for (i, (ka, kb)) in keys_a.iter().zip(&keys_b).enumerate() {
+        let ra = ingest(&deltas, std::slice::from_ref(ka), &small(), now()).await.unwrap();
+        let rb = ingest(&whole, std::slice::from_ref(kb), &always_folding(), now()).await.unwrap();
+        let (ca, cb) = (ra.commit.unwrap(), rb.commit.unwrap());
+        assert!(cb.compacted && cb.delta_bytes == 0 && cb.shards_written > 0, "{cb:?}");
+        let m = manifest(&deltas).await.unwrap();
+        history.push((ca.compacted, m.deltas.len()));
+        if ca.compacted {
+            assert_eq!(ca.delta_bytes, 0);
+        } else {
+            assert_eq!(ca.shards_written, 0, "a delta commit writes no whole shard");
+            assert!(ca.delta_bytes > 0 && ca.bytes_written < cb.bytes_written, "commit {i}: {ca:?} vs {cb:?}");
+            assert_eq!(m.deltas.last().unwrap().version, m.version);
+        }
+    }
+    // Three commits write deltas; a fourth delta would be one too many, so the fourth commit folds them.
+    assert_eq!(history, [(false, 1), (false, 2), (false, 3), (true, 0)]);
+    let keys = ["user_id:u1", "anonymous_id:a-laptop", "anonymous_id:a-phone", "device_id:d-phone"];
+    assert_eq!(everything(&deltas, &keys).await, everything(&whole, &keys).await);
+
+    // An unlink is one more commit, a delta over the folded shards.
+    let parts_a = unlink(&deltas, "device_id:d-phone", "op", &small(), now()).await.unwrap();
+    let parts_b = unlink(&whole, "device_id:d-phone", "op", &always_folding(), now()).await.unwrap();
+    assert_eq!(parts_a, parts_b);
+    assert_eq!(manifest(&deltas).await.unwrap().deltas.len(), 1);
+    assert_eq!(everything(&deltas, &keys).await, everything(&whole, &keys).await);
+    // Replays still find every messageId (in folded shards and deltas alike).
+    let again = ingest(&deltas, &keys_a, &small(), now()).await.unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 6));
+}
+
+#[test]
+fn deltas_and_whole_shards_give_the_same_state_for_any_batches() {
+    use proptest::prelude::*;
+    let people = proptest::collection::vec((0u8..6, 0u8..4, 0u8..3, any::<bool>()), 1..24);
+    let config = ProptestConfig { cases: 24, ..ProptestConfig::default() };
+    proptest!(config, |(events in people, cut in 1usize..5, max_deltas in 0usize..4)| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (deltas, whole) = (FsStore::open(a.path()).unwrap(), FsStore::open(b.path()).unwrap());
+            let policy = IngestConfig { compaction: Compaction { max_deltas, max_delta_ratio: f64::INFINITY }, ..small() };
+            // Person p browses on device d; some events log in as user p, some carry an email shared by p's pair.
+            let events: Vec<Value> = events.iter().enumerate().map(|(i, (p, d, email, login))| {
+                let mut ids = json!({"anonymousId": format!("anon-{p}-{d}")});
+                if *login { ids["userId"] = json!(format!("user-{p}")); }
+                let traits = json!({"email": format!("pair{}-{email}@example.com", p / 2), "n": i});
+                ev("identify", &format!("e{i}"), i as u32, ids, json!({"traits": traits}))
+            }).collect();
+            for (i, chunk) in events.chunks(cut).enumerate() {
+                let seed = 100 + i as u8;
+                let ka = put_batch(&deltas, seed, Value::Array(chunk.to_vec())).await;
+                let kb = put_batch(&whole, seed, Value::Array(chunk.to_vec())).await;
+                ingest(&deltas, &[ka], &policy, now()).await.unwrap();
+                ingest(&whole, &[kb], &always_folding(), now()).await.unwrap();
+            }
+            let mut keys = Vec::new();
+            for p in 0..6 {
+                keys.push(format!("user_id:user-{p}"));
+                for d in 0..4 { keys.push(format!("anonymous_id:anon-{p}-{d}")); }
+            }
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let (sa, sb) = (everything(&deltas, &keys).await, everything(&whole, &keys).await);
+            prop_assert_eq!(sa, sb);
+            Ok(())
+        })?;
+    });
 }

@@ -1,12 +1,13 @@
-//! Identity and profile state on object storage: sharded, copy-on-write, committed by one compare-and-swap.
+//! Identity and profile state on object storage: sharded, immutable objects, committed by one compare-and-swap.
 //!
-//! - `state/manifest.json` is the only object ever replaced. It names the current object of every shard and
-//!   carries a version. A commit writes each changed shard as a new immutable object
-//!   (`state/v1/<kind>/<shard>/<version>-<content hash>.json.gz`, create-only), then replaces the manifest
-//!   with `If-Match` on the ETag it started from. A second writer that started from the same manifest is
-//!   fenced (412) and re-runs its batch on the new state, so no update is lost.
-//! - Incremental: a batch reads and rewrites only the shards its identifiers, profiles and messageIds hash
-//!   to; the rest of the state is untouched.
+//! - `state/manifest.json` is the only object ever replaced. It names the base object of every shard, the
+//!   deltas committed since, and a version. A commit writes one delta object — the entries it changed —
+//!   (`state/v1/deltas/<version>-<content hash>.json.gz`, create-only), then replaces the manifest with
+//!   `If-Match` on the ETag it started from. A second writer that started from the same manifest is fenced
+//!   (412) and re-runs its batch on the new state, so no update is lost.
+//! - Incremental: a batch reads only the shards its identifiers, profiles and messageIds hash to, and writes
+//!   only what it changed. When the deltas grow past the [`Compaction`] policy, a commit folds them into new
+//!   whole base objects of the shards they touch.
 //! - Crash-safe: until the manifest moves, nothing written is visible; a retry recomputes the same result
 //!   (profile ids are derived from the events, not drawn at random) and unreferenced shard objects are garbage.
 //! - Idempotent: messageIds are remembered for a window (exactly, in dedup shards), so an object processed
@@ -15,6 +16,6 @@
 mod shards;
 mod txn;
 
-pub use shards::{MANIFEST_KEY, Manifest, ShardCounts, StoredProfile};
+pub use shards::{DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub use txn::lookup;
-pub use txn::{CommitStats, Transaction};
+pub use txn::{CommitStats, Compaction, Transaction};

@@ -1,6 +1,7 @@
 //! One batch's read-modify-write of the state, committed by compare-and-swap on the manifest.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -8,37 +9,142 @@ use shared::event::CanonicalEvent;
 use shared::identity::{IdKey, IdentityGraph, ProfileId};
 use shared::profile::Profile;
 use shared::time::UtcTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::shards::{
-    DedupShard, IdsShard, MANIFEST_KEY, Manifest, ProfilesShard, ShardCounts, StoredProfile, shard_name, shard_of,
+    DedupShard, Delta, DeltaRef, IdsShard, Kind, MANIFEST_KEY, Manifest, ProfileEntry, ProfilesShard, Shard,
+    ShardCounts, ShardRef, StoredProfile, shard_name, shard_of,
 };
 use crate::Error;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
+
+/// Object reads and writes in flight at once per transaction.
+const PARALLEL_IO: usize = 32;
+
+/// When a commit folds the outstanding deltas into whole shards instead of adding one more delta.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// Deltas outstanding at most (every transaction reads them all).
+    pub max_deltas: usize,
+    /// Fold once the outstanding deltas' bytes exceed this share of the base objects' bytes.
+    pub max_delta_ratio: f64,
+}
+
+impl Default for Compaction {
+    /// Up to 32 deltas or a quarter of the base: a byte of change is rewritten about four more times by
+    /// compaction, and a reader applies a bounded number of deltas.
+    fn default() -> Self {
+        Self { max_deltas: 32, max_delta_ratio: 0.25 }
+    }
+}
+
+impl Compaction {
+    /// Folds at every commit: each commit rewrites the shards it changed, whole (no deltas).
+    pub fn always() -> Self {
+        Self { max_deltas: 0, max_delta_ratio: 0.0 }
+    }
+}
 
 /// What a commit wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// The manifest's new version.
     pub version: u64,
-    /// Shard objects written.
+    /// Whether this commit folded the deltas into whole shards.
+    pub compacted: bool,
+    /// Whole shard objects written (by a compaction).
     pub shards_written: usize,
-    /// Bytes written (shards and manifest).
+    /// Bytes of the delta object written (0 when compacting).
+    pub delta_bytes: usize,
+    /// Bytes written in all (shards or delta, and the manifest).
     pub bytes_written: usize,
 }
 
-/// A batch's view of the state: the manifest it started from and the shards it loaded or changed.
+/// The loaded shards of each kind, up to date with the deltas.
+#[derive(Default)]
+struct Tables {
+    ids: BTreeMap<u32, IdsShard>,
+    profiles: BTreeMap<u32, ProfilesShard>,
+    dedup: BTreeMap<u32, DedupShard>,
+}
+
+/// A shard kind's table in [`Tables`].
+trait Loaded: Shard {
+    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self>;
+}
+
+impl Loaded for IdsShard {
+    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
+        &mut tables.ids
+    }
+}
+
+impl Loaded for ProfilesShard {
+    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
+        &mut tables.profiles
+    }
+}
+
+impl Loaded for DedupShard {
+    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
+        &mut tables.dedup
+    }
+}
+
+/// A batch's view of the state: the manifest it started from, its deltas, and the shards it loaded or changed.
 pub struct Transaction<'s, S: ObjectStore + Clone> {
     store: &'s S,
     manifest: Manifest,
     etag: Option<String>,
-    ids: BTreeMap<u32, IdsShard>,
-    profiles: BTreeMap<u32, ProfilesShard>,
-    dedup: BTreeMap<u32, DedupShard>,
-    dirty: BTreeSet<(&'static str, u32)>,
+    compaction: Compaction,
+    /// The outstanding deltas (version, content), oldest first.
+    deltas: Arc<Vec<(u64, Arc<Delta>)>>,
+    tables: Tables,
+    /// The entries changed, by shard.
+    changed: BTreeMap<(Kind, u32), BTreeSet<String>>,
+    /// MessageIds received before this are forgotten when a dedup shard is rewritten whole.
+    horizon: Option<i64>,
+}
+
+/// Reads and decodes a gzipped JSON state object that the manifest names.
+async fn read_json<S: ObjectStore, T: DeserializeOwned>(store: &S, key: &str) -> Result<T, Error> {
+    let object = store
+        .get(key)
+        .await?
+        .ok_or_else(|| Error::Corrupt(format!("the manifest names {key}, which does not exist")))?;
+    let json = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Corrupt(format!("serializing state: {e}")))
+}
+
+fn task_failed(e: tokio::task::JoinError) -> Error {
+    Error::Corrupt(format!("a state I/O task failed: {e}"))
+}
+
+/// Writes a state object create-only. The same name already there holds the same content (names carry the
+/// content's hash): a retry after a crash.
+async fn write_once<S: ObjectStore>(store: &S, key: &str, body: Vec<u8>) -> Result<(), Error> {
+    let options = PutOptions { content_type: Some("application/gzip"), condition: Condition::IfNoneMatch };
+    match store.put(key, body, options).await {
+        Ok(_) | Err(StoreError::PreconditionFailed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gzips `json` and names it `state/v1/<folder>/<version>-<content hash>.json.gz`.
+fn state_object(folder: &str, version: u64, json: &[u8]) -> (String, Vec<u8>) {
+    let body = shared::storage::gzip(json);
+    let hash = &shared::ids::sha256_hex_bytes(&body)[..16];
+    (format!("state/v1/{folder}/{version:012}-{hash}.json.gz"), body)
 }
 
 impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
-    /// Starts from the current manifest (a new, empty state with `counts` if there is none).
+    /// Starts from the current manifest (a new, empty state with `counts` if there is none) and reads its
+    /// outstanding deltas.
     pub async fn begin(store: &'s S, counts: ShardCounts) -> Result<Self, Error> {
         let (manifest, etag) = match store.get(MANIFEST_KEY).await? {
             Some(object) => {
@@ -48,15 +154,32 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             }
             None => (Manifest { shards: counts, ..Manifest::default() }, None),
         };
+        let mut tasks = JoinSet::new();
+        for (i, delta) in manifest.deltas.iter().enumerate() {
+            let (store, key) = (store.clone(), delta.key.clone());
+            tasks.spawn(async move { Ok::<_, Error>((i, read_json::<S, Delta>(&store, &key).await?)) });
+        }
+        let mut deltas = vec![None; manifest.deltas.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, delta) = joined.map_err(task_failed)??;
+            deltas[i] = Some((manifest.deltas[i].version, Arc::new(delta)));
+        }
         Ok(Self {
             store,
-            manifest,
             etag,
-            ids: BTreeMap::new(),
-            profiles: BTreeMap::new(),
-            dedup: BTreeMap::new(),
-            dirty: BTreeSet::new(),
+            compaction: Compaction::default(),
+            deltas: Arc::new(deltas.into_iter().flatten().collect()),
+            manifest,
+            tables: Tables::default(),
+            changed: BTreeMap::new(),
+            horizon: None,
         })
+    }
+
+    /// Uses `policy` to decide, at commit, between writing a delta and folding the deltas into the shards.
+    pub fn with_compaction(mut self, policy: Compaction) -> Self {
+        self.compaction = policy;
+        self
     }
 
     /// The manifest this transaction started from.
@@ -64,38 +187,45 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         &self.manifest
     }
 
-    async fn read<T: DeserializeOwned + Default>(store: &S, manifest: &Manifest, name: &str) -> Result<T, Error> {
-        let Some(key) = manifest.objects.get(name) else { return Ok(T::default()) };
-        let object = store
-            .get(key)
-            .await?
-            .ok_or_else(|| Error::Corrupt(format!("the manifest names {key}, which does not exist")))?;
-        let json = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
-        serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
+    /// Loads the shards `wanted` of one kind that are not loaded yet, in parallel: each is its base object
+    /// with the newer deltas applied.
+    async fn load<T: Loaded>(&mut self, wanted: impl IntoIterator<Item = u32>) -> Result<(), Error> {
+        let table = T::table(&mut self.tables);
+        let missing: BTreeSet<u32> = wanted.into_iter().filter(|n| !table.contains_key(n)).collect();
+        let permits = Arc::new(Semaphore::new(PARALLEL_IO));
+        let mut tasks = JoinSet::new();
+        for n in missing {
+            let base = self.manifest.objects.get(&shard_name(T::KIND.name(), n)).cloned();
+            let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+                let (mut shard, since) = match base {
+                    Some(ShardRef { key, version, .. }) => (read_json::<S, T>(&store, &key).await?, version),
+                    None => (T::default(), 0),
+                };
+                for (version, delta) in deltas.iter() {
+                    if *version > since {
+                        shard.apply(delta, n);
+                    }
+                }
+                Ok::<_, Error>((n, shard))
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (n, shard) = joined.map_err(task_failed)??;
+            T::table(&mut self.tables).insert(n, shard);
+        }
+        Ok(())
     }
 
-    async fn ids_shard(&mut self, n: u32) -> Result<&mut IdsShard, Error> {
-        if !self.ids.contains_key(&n) {
-            let shard = Self::read(self.store, &self.manifest, &shard_name("ids", n)).await?;
-            self.ids.insert(n, shard);
-        }
-        Ok(self.ids.entry(n).or_default())
+    /// Shard `n` of a kind, loaded if needed.
+    async fn shard<T: Loaded>(&mut self, n: u32) -> Result<&mut T, Error> {
+        self.load::<T>([n]).await?;
+        Ok(T::table(&mut self.tables).entry(n).or_default())
     }
 
-    async fn profiles_shard(&mut self, n: u32) -> Result<&mut ProfilesShard, Error> {
-        if !self.profiles.contains_key(&n) {
-            let shard = Self::read(self.store, &self.manifest, &shard_name("profiles", n)).await?;
-            self.profiles.insert(n, shard);
-        }
-        Ok(self.profiles.entry(n).or_default())
-    }
-
-    async fn dedup_shard(&mut self, n: u32) -> Result<&mut DedupShard, Error> {
-        if !self.dedup.contains_key(&n) {
-            let shard = Self::read(self.store, &self.manifest, &shard_name("dedup", n)).await?;
-            self.dedup.insert(n, shard);
-        }
-        Ok(self.dedup.entry(n).or_default())
+    fn changed(&mut self, kind: Kind, n: u32, key: &str) {
+        self.changed.entry((kind, n)).or_default().insert(key.to_string());
     }
 
     /// Keeps the events whose messageId was not seen within `window_ms` before `now` (nor earlier in this
@@ -108,25 +238,19 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     ) -> Result<Vec<CanonicalEvent>, Error> {
         let count = self.manifest.shards.dedup;
         let horizon = now.unix_millis() - window_ms;
+        self.horizon = Some(horizon);
+        self.load::<DedupShard>(events.iter().map(|e| shard_of(&e.message_id, count))).await?;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             let n = shard_of(&event.message_id, count);
-            let shard = self.dedup_shard(n).await?;
+            let shard = self.shard::<DedupShard>(n).await?;
             match shard.seen.get(&event.message_id) {
                 Some(at) if *at >= horizon => continue,
                 _ => {
                     shard.seen.insert(event.message_id.clone(), event.received_at.unix_millis());
-                    self.dirty.insert(("dedup", n));
+                    self.changed(Kind::Dedup, n, &event.message_id);
                     out.push(event);
                 }
-            }
-        }
-        // Forget what fell out of the window, in the shards being rewritten anyway.
-        for (kind, n) in self.dirty.clone() {
-            if kind == "dedup"
-                && let Some(shard) = self.dedup.get_mut(&n)
-            {
-                shard.seen.retain(|_, at| *at >= horizon);
             }
         }
         Ok(out)
@@ -138,19 +262,21 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         keys: &BTreeSet<IdKey>,
     ) -> Result<(IdentityGraph, BTreeMap<ProfileId, Profile>), Error> {
         let count = self.manifest.shards.ids;
+        self.load::<IdsShard>(keys.iter().map(|k| shard_of(k, count))).await?;
         let mut index = BTreeMap::new();
         for key in keys {
-            let shard = self.ids_shard(shard_of(key, count)).await?;
+            let shard = self.shard::<IdsShard>(shard_of(key, count)).await?;
             if let Some(id) = shard.index.get(key) {
                 index.insert(key.clone(), id.clone());
             }
         }
         let wanted: BTreeSet<ProfileId> = index.values().cloned().collect();
         let count = self.manifest.shards.profiles;
+        self.load::<ProfilesShard>(wanted.iter().map(|id| shard_of(id, count))).await?;
         let mut nodes = BTreeMap::new();
         let mut data = BTreeMap::new();
         for id in wanted {
-            let shard = self.profiles_shard(shard_of(&id, count)).await?;
+            let shard = self.shard::<ProfilesShard>(shard_of(&id, count)).await?;
             match shard.profiles.get(&id) {
                 Some(stored) => {
                     nodes.insert(id.clone(), stored.node.clone());
@@ -172,32 +298,34 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     ) -> Result<(), Error> {
         let (index, nodes, redirects) = graph.into_parts();
         let ids_count = self.manifest.shards.ids;
+        self.load::<IdsShard>(index.keys().map(|k| shard_of(k, ids_count))).await?;
         for (key, id) in index {
             let n = shard_of(&key, ids_count);
-            let shard = self.ids_shard(n).await?;
+            let shard = self.shard::<IdsShard>(n).await?;
             if shard.index.get(&key) != Some(&id) {
-                shard.index.insert(key, id);
-                self.dirty.insert(("ids", n));
+                shard.index.insert(key.clone(), id);
+                self.changed(Kind::Ids, n, &key);
             }
         }
         let count = self.manifest.shards.profiles;
+        self.load::<ProfilesShard>(nodes.keys().chain(redirects.keys()).map(|id| shard_of(id, count))).await?;
         for (id, node) in nodes {
             let profile = data.remove(&id).unwrap_or_else(|| Profile::new(id.clone()));
             let stored = StoredProfile { node, profile };
             let n = shard_of(&id, count);
-            let shard = self.profiles_shard(n).await?;
+            let shard = self.shard::<ProfilesShard>(n).await?;
             if shard.profiles.get(&id) != Some(&stored) {
-                shard.profiles.insert(id, stored);
-                self.dirty.insert(("profiles", n));
+                shard.profiles.insert(id.clone(), stored);
+                self.changed(Kind::Profiles, n, &id);
             }
         }
         for (absorbed, survivor) in redirects {
             let n = shard_of(&absorbed, count);
-            let shard = self.profiles_shard(n).await?;
+            let shard = self.shard::<ProfilesShard>(n).await?;
             let removed = shard.profiles.remove(&absorbed).is_some();
             if removed || shard.redirects.get(&absorbed) != Some(&survivor) {
-                shard.redirects.insert(absorbed, survivor);
-                self.dirty.insert(("profiles", n));
+                shard.redirects.insert(absorbed.clone(), survivor);
+                self.changed(Kind::Profiles, n, &absorbed);
             }
         }
         Ok(())
@@ -206,8 +334,8 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     /// Removes an identifier from the index (after the graph unlinked it).
     pub async fn remove_identifier(&mut self, key: &str) -> Result<(), Error> {
         let n = shard_of(key, self.manifest.shards.ids);
-        if self.ids_shard(n).await?.index.remove(key).is_some() {
-            self.dirty.insert(("ids", n));
+        if self.shard::<IdsShard>(n).await?.index.remove(key).is_some() {
+            self.changed(Kind::Ids, n, key);
         }
         Ok(())
     }
@@ -219,44 +347,74 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
 
     /// Whether anything changed.
     pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.changed.is_empty()
     }
 
-    /// Writes the changed shards as new objects, then moves the manifest with compare-and-swap. A concurrent
-    /// commit since [`begin`](Self::begin) makes this fail with [`StoreError::PreconditionFailed`]; the
-    /// caller starts over.
+    /// The changed entries with their values now.
+    fn delta(&self) -> Delta {
+        let mut delta = Delta::default();
+        for ((kind, n), keys) in &self.changed {
+            match kind {
+                Kind::Ids => {
+                    let shard = self.tables.ids.get(n);
+                    let part = keys.iter().map(|k| (k.clone(), shard.and_then(|s| s.index.get(k).cloned())));
+                    delta.ids.insert(*n, part.collect());
+                }
+                Kind::Profiles => {
+                    let shard = self.tables.profiles.get(n);
+                    let part = keys.iter().map(|id| {
+                        let entry = ProfileEntry {
+                            profile: shard.and_then(|s| s.profiles.get(id).cloned()),
+                            redirect: shard.and_then(|s| s.redirects.get(id).cloned()),
+                        };
+                        (id.clone(), entry)
+                    });
+                    delta.profiles.insert(*n, part.collect());
+                }
+                Kind::Dedup => {
+                    let shard = self.tables.dedup.get(n);
+                    let part = keys.iter().map(|m| (m.clone(), shard.and_then(|s| s.seen.get(m).copied())));
+                    delta.dedup.insert(*n, part.collect());
+                }
+            }
+        }
+        delta
+    }
+
+    /// Writes this commit's changes — as one delta object, or, when the compaction policy says so, by folding
+    /// every outstanding delta and these changes into whole shard objects — then moves the manifest with
+    /// compare-and-swap. A concurrent commit since [`begin`](Self::begin) makes this fail with
+    /// [`StoreError::PreconditionFailed`]; the caller starts over.
     pub async fn commit(mut self) -> Result<CommitStats, Error> {
         let version = self.manifest.version + 1;
         let mut stats = CommitStats { version, ..CommitStats::default() };
-        let mut writes = tokio::task::JoinSet::new();
-        for (kind, n) in std::mem::take(&mut self.dirty) {
-            let name = shard_name(kind, n);
-            let json = match kind {
-                "ids" => to_json(&self.ids.get(&n))?,
-                "profiles" => to_json(&self.profiles.get(&n))?,
-                _ => to_json(&self.dedup.get(&n))?,
-            };
-            let body = shared::storage::gzip(&json);
-            let hash = &shared::ids::sha256_hex_bytes(&body)[..16];
-            let key = format!("state/v1/{name}/{version:012}-{hash}.json.gz");
-            stats.shards_written += 1;
-            stats.bytes_written += body.len();
-            self.manifest.objects.insert(name, key.clone());
-            let store = self.store.clone();
-            writes.spawn(async move {
-                let options = PutOptions { content_type: Some("application/gzip"), condition: Condition::IfNoneMatch };
-                match store.put(&key, body, options).await {
-                    // The same content under the same name is already there (a retry after a crash).
-                    Ok(_) | Err(StoreError::PreconditionFailed) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            });
+        let mut compact = self.manifest.deltas.len() + 1 > self.compaction.max_deltas;
+        if !compact {
+            let delta = self.delta();
+            let (key, body) = state_object("deltas", version, &to_json(&delta)?);
+            let outstanding = self.manifest.delta_bytes() + body.len() as u64;
+            let base = self.manifest.base_bytes().max(1);
+            compact = outstanding as f64 / base as f64 > self.compaction.max_delta_ratio;
+            if !compact {
+                self.manifest.deltas.push(DeltaRef {
+                    key: key.clone(),
+                    version,
+                    bytes: body.len() as u64,
+                    ids: delta.ids.keys().copied().collect(),
+                    profiles: delta.profiles.keys().copied().collect(),
+                    dedup: delta.dedup.keys().copied().collect(),
+                });
+                stats.delta_bytes = body.len();
+                stats.bytes_written += body.len();
+                write_once(self.store, &key, body).await?;
+            }
         }
-        while let Some(result) = writes.join_next().await {
-            result.map_err(|e| Error::Corrupt(format!("shard write task failed: {e}")))??;
+        if compact {
+            stats.compacted = true;
+            self.fold(version, &mut stats).await?;
         }
         self.manifest.version = version;
-        let body = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec(&self.manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
         stats.bytes_written += body.len();
         let condition = match self.etag {
             Some(etag) => Condition::IfMatch(etag),
@@ -265,10 +423,52 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         self.store.put(MANIFEST_KEY, body, PutOptions { content_type: Some("application/json"), condition }).await?;
         Ok(stats)
     }
-}
 
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|e| Error::Corrupt(format!("serializing a shard: {e}")))
+    /// Rewrites whole every shard that an outstanding delta or this commit changed, and drops the deltas.
+    async fn fold(&mut self, version: u64, stats: &mut CommitStats) -> Result<(), Error> {
+        let mut fold: BTreeSet<(Kind, u32)> = self.changed.keys().copied().collect();
+        for delta in &self.manifest.deltas {
+            for kind in Kind::ALL {
+                fold.extend(delta.touches(kind).iter().map(|n| (kind, *n)));
+            }
+        }
+        let of = |kind| fold.iter().filter(move |(k, _)| *k == kind).map(|(_, n)| *n);
+        self.load::<IdsShard>(of(Kind::Ids)).await?;
+        self.load::<ProfilesShard>(of(Kind::Profiles)).await?;
+        self.load::<DedupShard>(of(Kind::Dedup)).await?;
+        let permits = Arc::new(Semaphore::new(PARALLEL_IO));
+        let mut tasks = JoinSet::new();
+        for (kind, n) in fold {
+            let json = match kind {
+                Kind::Ids => to_json(&self.tables.ids.get(&n))?,
+                Kind::Profiles => to_json(&self.tables.profiles.get(&n))?,
+                Kind::Dedup => {
+                    let shard = self.tables.dedup.entry(n).or_default();
+                    if let Some(horizon) = self.horizon {
+                        shard.expire(horizon);
+                    }
+                    to_json(shard)?
+                }
+            };
+            let (store, permits) = (self.store.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+                let name = shard_name(kind.name(), n);
+                let (key, body) = state_object(&name, version, &json);
+                let bytes = body.len() as u64;
+                write_once(&store, &key, body).await?;
+                Ok::<_, Error>((name, ShardRef { key, version, bytes }))
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (name, written) = joined.map_err(task_failed)??;
+            stats.shards_written += 1;
+            stats.bytes_written += written.bytes as usize;
+            self.manifest.objects.insert(name, written);
+        }
+        self.manifest.deltas.clear();
+        Ok(())
+    }
 }
 
 /// The profile an identifier (`email:<sha256>`, `user_id:u1`, ...) or a profile id (an absorbed one resolves
@@ -279,14 +479,14 @@ pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Opt
         what.to_string()
     } else {
         let n = shard_of(what, txn.manifest.shards.ids);
-        match txn.ids_shard(n).await?.index.get(what) {
+        match txn.shard::<IdsShard>(n).await?.index.get(what) {
             Some(id) => id.clone(),
             None => return Ok(None),
         }
     };
     let count = txn.manifest.shards.profiles;
     for _ in 0..64 {
-        let shard = txn.profiles_shard(shard_of(&id, count)).await?;
+        let shard = txn.shard::<ProfilesShard>(shard_of(&id, count)).await?;
         if let Some(stored) = shard.profiles.get(&id) {
             return Ok(Some(stored.clone()));
         }
