@@ -1,11 +1,11 @@
-//! `cdp bench ingest`: the cost of applying one batch of events to an existing state — time, shards and
-//! bytes written — on the folder store.
+//! `cdp bench ingest`: the cost of applying one batch of events to an existing state — time, objects and
+//! bytes written — on the folder store, as a delta commit beside a commit that rewrites whole shards.
 
 use std::time::Instant;
 
 use anyhow::bail;
-use functions::ingest::{IngestConfig, ingest};
-use functions::state::{MANIFEST_KEY, Manifest};
+use functions::ingest::{IngestConfig, ingest_events};
+use functions::state::{Compaction, MANIFEST_KEY, Manifest};
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use shared::event::{CanonicalEvent, Enrichment, EventType, Identifier};
 use shared::time::UtcTime;
@@ -48,11 +48,8 @@ fn event(n: u64, person: u64, kind: EventType, at: UtcTime, with_user: bool) -> 
     }
 }
 
-async fn put(store: &FsStore, name: &str, events: &[CanonicalEvent]) -> anyhow::Result<String> {
-    let key = format!("raw/v1/dt=2026-11-28/hr=12/{name}.ndjson.gz");
-    store.put(&key, shared::storage::encode_ndjson_gz(events), PutOptions::ndjson_gz()).await?;
-    Ok(key)
-}
+/// People per base-building commit (bounds memory while building).
+const BUILD_CHUNK: u64 = 500_000;
 
 pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
     if identifiers < 3 || batch == 0 {
@@ -61,29 +58,29 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let dir = tempfile::tempdir()?;
     let store = FsStore::open(dir.path())?;
-    let config = IngestConfig::default();
     let people = identifiers / 3; // a user id, an anonymous id and an email each
     let at =
         |sec: u64| UtcTime::from_unix_millis(1_764_331_200_000 + sec as i64 * 1000).unwrap_or_else(|| unreachable!());
     runtime.block_on(async {
+        // The base: every person identified once, committed as whole shards (a fully compacted state).
         let start = Instant::now();
-        let chunk = 100_000u64;
+        let build = IngestConfig { compaction: Compaction::always(), ..IngestConfig::default() };
         let mut n = 0u64;
         let mut first = 0u64;
         while first < people {
-            let last = (first + chunk).min(people);
+            let last = (first + BUILD_CHUNK).min(people);
             let events: Vec<CanonicalEvent> = (first..last)
                 .map(|p| {
                     n += 1;
                     event(n, p, EventType::Identify, at(p % 3600), true)
                 })
                 .collect();
-            let key = put(&store, &format!("base-{first:010}"), &events).await?;
-            ingest(&store, &[key], &config, at(7200)).await?;
+            ingest_events(&store, events, &build, at(7200)).await?;
             first = last;
         }
-        let manifest: Manifest = serde_json::from_slice(&store.get(MANIFEST_KEY).await?.map(|o| o.body).unwrap_or_default())?;
-        let state_bytes = manifest.base_bytes() + manifest.delta_bytes();
+        let base = store.get(MANIFEST_KEY).await?.map(|o| o.body).unwrap_or_default();
+        let manifest: Manifest = serde_json::from_slice(&base)?;
+        let state_bytes = manifest.base_bytes();
         println!(
             "cdp bench ingest: base state of {people} people / {} identifiers built in {:.1} s ({} shard objects, {:.1} MB gzipped)",
             people * 3,
@@ -103,23 +100,30 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        let key = put(&store, "measured", &events).await?;
-        let start = Instant::now();
-        let report = ingest(&store, &[key], &config, at(9000)).await?;
-        let secs = start.elapsed().as_secs_f64();
-        let commit = report.commit.unwrap_or_default();
-        println!("| batch | time (s) | events/s | shards written | bytes written | share of state rewritten |");
-        println!("|---:|---:|---:|---:|---:|---:|");
-        println!(
-            "| {batch} events | {secs:.2} | {:.0} | {} of {} | {:.1} MB | {:.0} % |",
-            batch as f64 / secs,
-            commit.shards_written,
-            manifest.objects.len(),
-            commit.bytes_written as f64 / 1e6,
-            100.0 * commit.bytes_written as f64 / state_bytes.max(1) as f64
-        );
-        if report.applied as u64 != batch {
-            bail!("applied {} of {batch} events", report.applied);
+        println!();
+        println!("| {batch} events | commit | time (s) | events/s | objects written | bytes written | share of state |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        // The same batch on the same base, once per policy: the manifest is put back in between (every other
+        // object is immutable, so that restores the base exactly).
+        let variants = [("delta (default policy)", Compaction::default()), ("whole shards", Compaction::always())];
+        for (name, compaction) in variants {
+            store.put(MANIFEST_KEY, base.clone(), PutOptions::json()).await?;
+            let config = IngestConfig { compaction, ..IngestConfig::default() };
+            let start = Instant::now();
+            let report = ingest_events(&store, events.clone(), &config, at(9000)).await?;
+            let secs = start.elapsed().as_secs_f64();
+            let commit = report.commit.unwrap_or_default();
+            if report.applied as u64 != batch {
+                bail!("applied {} of {batch} events", report.applied);
+            }
+            let objects = if commit.compacted { commit.shards_written } else { 1 };
+            println!(
+                "| {name} | {} | {secs:.2} | {:.0} | {objects} | {:.1} MB | {:.1} % |",
+                if commit.compacted { "folded" } else { "delta" },
+                batch as f64 / secs,
+                commit.bytes_written as f64 / 1e6,
+                100.0 * commit.bytes_written as f64 / state_bytes.max(1) as f64
+            );
         }
         Ok(())
     })

@@ -141,7 +141,20 @@ pub async fn ingest<S: ObjectStore + Clone>(
         }
         events.extend(object.events);
     }
-    report.events = events.len();
+    let applied = ingest_events(store, events, config, now).await?;
+    Ok(IngestReport { objects: report.objects, quarantined: report.quarantined, ..applied })
+}
+
+/// Applies decoded events to the state (the part of [`ingest`] after reading objects): drops events seen
+/// before, links identities, updates profiles and commits, re-running on a fresh state when another writer
+/// committed first.
+pub async fn ingest_events<S: ObjectStore + Clone>(
+    store: &S,
+    mut events: Vec<CanonicalEvent>,
+    config: &IngestConfig,
+    now: UtcTime,
+) -> Result<IngestReport, Error> {
+    let mut report = IngestReport { events: events.len(), ..IngestReport::default() };
     // One order for the same set of events, whatever order the objects came in.
     events.sort_by(|a, b| (a.timestamp, &a.message_id).cmp(&(b.timestamp, &b.message_id)));
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use shared::identity::{IdKey, ProfileId, ProfileNode};
 use shared::profile::Profile;
 
@@ -132,7 +133,7 @@ pub(crate) struct Delta {
 }
 
 /// A profile id's whole entry in its shard after a commit: a stored profile, a redirect, or neither.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ProfileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) profile: Option<StoredProfile>,
@@ -140,59 +141,59 @@ pub(crate) struct ProfileEntry {
     pub(crate) redirect: Option<ProfileId>,
 }
 
-/// Sets (`Some`) or removes (`None`) every entry of `changes` in `map`.
-fn replay<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, changes: &BTreeMap<K, Option<V>>) {
-    for (key, value) in changes {
-        match value {
-            Some(value) => map.insert(key.clone(), value.clone()),
-            None => map.remove(key),
-        };
+/// Sets (`Some`) or removes (`None`) an entry of a raw map.
+fn set<V: Serialize>(map: &mut RawMap, key: &str, value: Option<&V>) -> Result<(), serde_json::Error> {
+    match value {
+        Some(value) => {
+            map.insert(key.to_string(), serde_json::value::to_raw_value(value)?);
+        }
+        None => {
+            map.remove(key);
+        }
     }
+    Ok(())
 }
 
-/// A shard kind's in-memory form: loaded from its base object, brought up to date by deltas.
+/// A shard kind's stored form.
 pub(crate) trait Shard: Default + Serialize + serde::de::DeserializeOwned + Send + 'static {
     const KIND: Kind;
     /// Applies `delta`'s changes to shard `n`.
-    fn apply(&mut self, delta: &Delta, n: u32);
+    fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error>;
     /// Forgets what is no longer needed when the shard is rewritten whole (messageIds older than `horizon`).
     fn expire(&mut self, _horizon: i64) {}
 }
 
 impl Shard for IdsShard {
     const KIND: Kind = Kind::Ids;
-    fn apply(&mut self, delta: &Delta, n: u32) {
-        if let Some(changes) = delta.ids.get(&n) {
-            replay(&mut self.index, changes);
+    fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error> {
+        for (key, value) in delta.ids.get(&n).into_iter().flatten() {
+            set(&mut self.index, key, value.as_ref())?;
         }
+        Ok(())
     }
 }
 
 impl Shard for ProfilesShard {
     const KIND: Kind = Kind::Profiles;
-    fn apply(&mut self, delta: &Delta, n: u32) {
+    fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error> {
         for (id, entry) in delta.profiles.get(&n).into_iter().flatten() {
-            match &entry.profile {
-                Some(profile) => self.profiles.insert(id.clone(), profile.clone()),
-                None => self.profiles.remove(id),
-            };
-            match &entry.redirect {
-                Some(to) => self.redirects.insert(id.clone(), to.clone()),
-                None => self.redirects.remove(id),
-            };
+            set(&mut self.profiles, id, entry.profile.as_ref())?;
+            set(&mut self.redirects, id, entry.redirect.as_ref())?;
         }
+        Ok(())
     }
 }
 
 impl Shard for DedupShard {
     const KIND: Kind = Kind::Dedup;
-    fn apply(&mut self, delta: &Delta, n: u32) {
-        if let Some(changes) = delta.dedup.get(&n) {
-            replay(&mut self.seen, changes);
+    fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error> {
+        for (key, value) in delta.dedup.get(&n).into_iter().flatten() {
+            set(&mut self.seen, key, value.as_ref())?;
         }
+        Ok(())
     }
     fn expire(&mut self, horizon: i64) {
-        self.seen.retain(|_, at| *at >= horizon);
+        self.seen.retain(|_, at| serde_json::from_str::<i64>(at.get()).is_ok_and(|at| at >= horizon));
     }
 }
 
@@ -205,23 +206,31 @@ pub struct StoredProfile {
     pub profile: Profile,
 }
 
-/// One shard of identifiers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Shards are read lazily: a base object is decoded into maps of raw JSON values, and only the entries a
+/// transaction asks for are decoded further. Folding rewrites them without decoding the rest.
+pub(crate) type RawMap = BTreeMap<String, Box<RawValue>>;
+
+/// One shard of identifiers: identifier → profile id.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct IdsShard {
-    pub(crate) index: BTreeMap<IdKey, ProfileId>,
+    #[serde(default)]
+    pub(crate) index: RawMap,
 }
 
-/// One shard of profiles and redirects.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One shard of profiles ([`StoredProfile`]) and redirects of absorbed profile ids.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct ProfilesShard {
-    pub(crate) profiles: BTreeMap<ProfileId, StoredProfile>,
-    pub(crate) redirects: BTreeMap<ProfileId, ProfileId>,
+    #[serde(default)]
+    pub(crate) profiles: RawMap,
+    #[serde(default)]
+    pub(crate) redirects: RawMap,
 }
 
 /// One shard of seen messageIds, with the time each was first received (ms since the epoch).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct DedupShard {
-    pub(crate) seen: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub(crate) seen: RawMap,
 }
 
 /// The shard of `key` among `count`: FNV-1a, stable across versions and platforms.

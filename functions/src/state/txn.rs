@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use shared::event::CanonicalEvent;
 use shared::identity::{IdKey, IdentityGraph, ProfileId};
 use shared::profile::Profile;
@@ -61,38 +62,60 @@ pub struct CommitStats {
     pub bytes_written: usize,
 }
 
-/// The loaded shards of each kind, up to date with the deltas.
+/// The entries this transaction read or wrote, by kind; `None` (or an empty entry) is "not stored".
 #[derive(Default)]
-struct Tables {
-    ids: BTreeMap<u32, IdsShard>,
-    profiles: BTreeMap<u32, ProfilesShard>,
-    dedup: BTreeMap<u32, DedupShard>,
+struct View {
+    ids: BTreeMap<IdKey, Option<ProfileId>>,
+    profiles: BTreeMap<ProfileId, ProfileEntry>,
+    dedup: BTreeMap<String, Option<i64>>,
 }
 
-/// A shard kind's table in [`Tables`].
-trait Loaded: Shard {
-    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self>;
+/// How a shard kind's entries are decoded into the [`View`].
+trait Entries: Shard {
+    type Value: Send + 'static;
+    fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error>;
+    fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value>;
 }
 
-impl Loaded for IdsShard {
-    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
-        &mut tables.ids
+fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serde_json::Error> {
+    raw.map(|raw| serde_json::from_str(raw.get())).transpose()
+}
+
+impl Entries for IdsShard {
+    type Value = Option<ProfileId>;
+    fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error> {
+        decode(self.index.get(key).map(|v| &**v))
+    }
+    fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
+        &mut view.ids
     }
 }
 
-impl Loaded for ProfilesShard {
-    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
-        &mut tables.profiles
+impl Entries for ProfilesShard {
+    type Value = ProfileEntry;
+    fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error> {
+        Ok(ProfileEntry {
+            profile: decode(self.profiles.get(key).map(|v| &**v))?,
+            redirect: decode(self.redirects.get(key).map(|v| &**v))?,
+        })
+    }
+    fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
+        &mut view.profiles
     }
 }
 
-impl Loaded for DedupShard {
-    fn table(tables: &mut Tables) -> &mut BTreeMap<u32, Self> {
-        &mut tables.dedup
+impl Entries for DedupShard {
+    type Value = Option<i64>;
+    fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error> {
+        decode(self.seen.get(key).map(|v| &**v))
+    }
+    fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
+        &mut view.dedup
     }
 }
 
-/// A batch's view of the state: the manifest it started from, its deltas, and the shards it loaded or changed.
+/// A batch's view of the state: the manifest it started from, its deltas, and the entries it read or changed.
+/// Only the entries asked for are decoded and kept, so memory follows the batch, not the state.
 pub struct Transaction<'s, S: ObjectStore + Clone> {
     store: &'s S,
     manifest: Manifest,
@@ -100,11 +123,34 @@ pub struct Transaction<'s, S: ObjectStore + Clone> {
     compaction: Compaction,
     /// The outstanding deltas (version, content), oldest first.
     deltas: Arc<Vec<(u64, Arc<Delta>)>>,
-    tables: Tables,
-    /// The entries changed, by shard.
-    changed: BTreeMap<(Kind, u32), BTreeSet<String>>,
+    view: View,
+    /// The entries changed.
+    changed: BTreeSet<(Kind, String)>,
     /// MessageIds received before this are forgotten when a dedup shard is rewritten whole.
     horizon: Option<i64>,
+}
+
+fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> Error + '_ {
+    move |e| Error::Corrupt(format!("{what}: {e}"))
+}
+
+/// Shard `n` of a kind as of `deltas`: its base object with every newer delta applied.
+async fn read_shard<S: ObjectStore, T: Shard>(
+    store: &S,
+    base: Option<ShardRef>,
+    deltas: &[(u64, Arc<Delta>)],
+    n: u32,
+) -> Result<T, Error> {
+    let (mut shard, since) = match base {
+        Some(ShardRef { key, version, .. }) => (read_json::<S, T>(store, &key).await?, version),
+        None => (T::default(), 0),
+    };
+    for (version, delta) in deltas {
+        if *version > since {
+            shard.apply(delta, n).map_err(corrupt("applying a delta"))?;
+        }
+    }
+    Ok(shard)
 }
 
 /// Reads and decodes a gzipped JSON state object that the manifest names.
@@ -170,8 +216,8 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             compaction: Compaction::default(),
             deltas: Arc::new(deltas.into_iter().flatten().collect()),
             manifest,
-            tables: Tables::default(),
-            changed: BTreeMap::new(),
+            view: View::default(),
+            changed: BTreeSet::new(),
             horizon: None,
         })
     }
@@ -187,45 +233,45 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         &self.manifest
     }
 
-    /// Loads the shards `wanted` of one kind that are not loaded yet, in parallel: each is its base object
-    /// with the newer deltas applied.
-    async fn load<T: Loaded>(&mut self, wanted: impl IntoIterator<Item = u32>) -> Result<(), Error> {
-        let table = T::table(&mut self.tables);
-        let missing: BTreeSet<u32> = wanted.into_iter().filter(|n| !table.contains_key(n)).collect();
+    fn count(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::Ids => self.manifest.shards.ids,
+            Kind::Profiles => self.manifest.shards.profiles,
+            Kind::Dedup => self.manifest.shards.dedup,
+        }
+    }
+
+    /// Decodes into the view the entries `keys` of one kind that are not there yet: their shards are read in
+    /// parallel, each once.
+    async fn load<'k, T: Entries>(&mut self, keys: impl IntoIterator<Item = &'k String>) -> Result<(), Error> {
+        let count = self.count(T::KIND);
+        let known = T::view(&mut self.view);
+        let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            if !known.contains_key(key) {
+                by_shard.entry(shard_of(key, count)).or_default().push(key.clone());
+            }
+        }
         let permits = Arc::new(Semaphore::new(PARALLEL_IO));
         let mut tasks = JoinSet::new();
-        for n in missing {
+        for (n, keys) in by_shard {
             let base = self.manifest.objects.get(&shard_name(T::KIND.name(), n)).cloned();
             let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
-                let (mut shard, since) = match base {
-                    Some(ShardRef { key, version, .. }) => (read_json::<S, T>(&store, &key).await?, version),
-                    None => (T::default(), 0),
-                };
-                for (version, delta) in deltas.iter() {
-                    if *version > since {
-                        shard.apply(delta, n);
-                    }
+                let shard: T = read_shard(&store, base, &deltas, n).await?;
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let value = shard.extract(&key).map_err(corrupt(&key))?;
+                    out.push((key, value));
                 }
-                Ok::<_, Error>((n, shard))
+                Ok::<_, Error>(out)
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (n, shard) = joined.map_err(task_failed)??;
-            T::table(&mut self.tables).insert(n, shard);
+            T::view(&mut self.view).extend(joined.map_err(task_failed)??);
         }
         Ok(())
-    }
-
-    /// Shard `n` of a kind, loaded if needed.
-    async fn shard<T: Loaded>(&mut self, n: u32) -> Result<&mut T, Error> {
-        self.load::<T>([n]).await?;
-        Ok(T::table(&mut self.tables).entry(n).or_default())
-    }
-
-    fn changed(&mut self, kind: Kind, n: u32, key: &str) {
-        self.changed.entry((kind, n)).or_default().insert(key.to_string());
     }
 
     /// Keeps the events whose messageId was not seen within `window_ms` before `now` (nor earlier in this
@@ -236,19 +282,17 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         now: UtcTime,
         window_ms: i64,
     ) -> Result<Vec<CanonicalEvent>, Error> {
-        let count = self.manifest.shards.dedup;
         let horizon = now.unix_millis() - window_ms;
         self.horizon = Some(horizon);
-        self.load::<DedupShard>(events.iter().map(|e| shard_of(&e.message_id, count))).await?;
+        self.load::<DedupShard>(events.iter().map(|e| &e.message_id)).await?;
         let mut out = Vec::with_capacity(events.len());
         for event in events {
-            let n = shard_of(&event.message_id, count);
-            let shard = self.shard::<DedupShard>(n).await?;
-            match shard.seen.get(&event.message_id) {
+            let seen = self.view.dedup.entry(event.message_id.clone()).or_default();
+            match seen {
                 Some(at) if *at >= horizon => continue,
                 _ => {
-                    shard.seen.insert(event.message_id.clone(), event.received_at.unix_millis());
-                    self.changed(Kind::Dedup, n, &event.message_id);
+                    *seen = Some(event.received_at.unix_millis());
+                    self.changed.insert((Kind::Dedup, event.message_id.clone()));
                     out.push(event);
                 }
             }
@@ -261,23 +305,19 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         &mut self,
         keys: &BTreeSet<IdKey>,
     ) -> Result<(IdentityGraph, BTreeMap<ProfileId, Profile>), Error> {
-        let count = self.manifest.shards.ids;
-        self.load::<IdsShard>(keys.iter().map(|k| shard_of(k, count))).await?;
+        self.load::<IdsShard>(keys).await?;
         let mut index = BTreeMap::new();
         for key in keys {
-            let shard = self.shard::<IdsShard>(shard_of(key, count)).await?;
-            if let Some(id) = shard.index.get(key) {
+            if let Some(Some(id)) = self.view.ids.get(key) {
                 index.insert(key.clone(), id.clone());
             }
         }
         let wanted: BTreeSet<ProfileId> = index.values().cloned().collect();
-        let count = self.manifest.shards.profiles;
-        self.load::<ProfilesShard>(wanted.iter().map(|id| shard_of(id, count))).await?;
+        self.load::<ProfilesShard>(&wanted).await?;
         let mut nodes = BTreeMap::new();
         let mut data = BTreeMap::new();
         for id in wanted {
-            let shard = self.shard::<ProfilesShard>(shard_of(&id, count)).await?;
-            match shard.profiles.get(&id) {
+            match self.view.profiles.get(&id).and_then(|e| e.profile.as_ref()) {
                 Some(stored) => {
                     nodes.insert(id.clone(), stored.node.clone());
                     data.insert(id, stored.profile.clone());
@@ -290,42 +330,36 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok((IdentityGraph::from_parts(index, nodes, BTreeMap::new()), data))
     }
 
-    /// Writes a changed part of the graph and its profiles back into the shards (in memory, until commit).
+    /// Writes a changed part of the graph and its profiles back (in memory, until commit). Every identifier
+    /// and profile it holds came from [`graph_for`](Self::graph_for) or is new: profile ids are derived from
+    /// the event that creates them and never reused.
     pub async fn put_back(
         &mut self,
         graph: IdentityGraph,
         mut data: BTreeMap<ProfileId, Profile>,
     ) -> Result<(), Error> {
         let (index, nodes, redirects) = graph.into_parts();
-        let ids_count = self.manifest.shards.ids;
-        self.load::<IdsShard>(index.keys().map(|k| shard_of(k, ids_count))).await?;
         for (key, id) in index {
-            let n = shard_of(&key, ids_count);
-            let shard = self.shard::<IdsShard>(n).await?;
-            if shard.index.get(&key) != Some(&id) {
-                shard.index.insert(key.clone(), id);
-                self.changed(Kind::Ids, n, &key);
+            let entry = self.view.ids.entry(key.clone()).or_default();
+            if entry.as_ref() != Some(&id) {
+                *entry = Some(id);
+                self.changed.insert((Kind::Ids, key));
             }
         }
-        let count = self.manifest.shards.profiles;
-        self.load::<ProfilesShard>(nodes.keys().chain(redirects.keys()).map(|id| shard_of(id, count))).await?;
         for (id, node) in nodes {
             let profile = data.remove(&id).unwrap_or_else(|| Profile::new(id.clone()));
             let stored = StoredProfile { node, profile };
-            let n = shard_of(&id, count);
-            let shard = self.shard::<ProfilesShard>(n).await?;
-            if shard.profiles.get(&id) != Some(&stored) {
-                shard.profiles.insert(id.clone(), stored);
-                self.changed(Kind::Profiles, n, &id);
+            let entry = self.view.profiles.entry(id.clone()).or_default();
+            if entry.profile.as_ref() != Some(&stored) || entry.redirect.is_some() {
+                *entry = ProfileEntry { profile: Some(stored), redirect: None };
+                self.changed.insert((Kind::Profiles, id));
             }
         }
         for (absorbed, survivor) in redirects {
-            let n = shard_of(&absorbed, count);
-            let shard = self.shard::<ProfilesShard>(n).await?;
-            let removed = shard.profiles.remove(&absorbed).is_some();
-            if removed || shard.redirects.get(&absorbed) != Some(&survivor) {
-                shard.redirects.insert(absorbed.clone(), survivor);
-                self.changed(Kind::Profiles, n, &absorbed);
+            let entry = self.view.profiles.entry(absorbed.clone()).or_default();
+            if entry.profile.is_some() || entry.redirect.as_ref() != Some(&survivor) {
+                *entry = ProfileEntry { profile: None, redirect: Some(survivor) };
+                self.changed.insert((Kind::Profiles, absorbed));
             }
         }
         Ok(())
@@ -333,9 +367,12 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
 
     /// Removes an identifier from the index (after the graph unlinked it).
     pub async fn remove_identifier(&mut self, key: &str) -> Result<(), Error> {
-        let n = shard_of(key, self.manifest.shards.ids);
-        if self.shard::<IdsShard>(n).await?.index.remove(key).is_some() {
-            self.changed(Kind::Ids, n, key);
+        let key = key.to_string();
+        self.load::<IdsShard>([&key]).await?;
+        if let Some(entry) = self.view.ids.get_mut(&key)
+            && entry.take().is_some()
+        {
+            self.changed.insert((Kind::Ids, key));
         }
         Ok(())
     }
@@ -350,31 +387,24 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         !self.changed.is_empty()
     }
 
-    /// The changed entries with their values now.
+    /// The changed entries with their values now, by shard.
     fn delta(&self) -> Delta {
         let mut delta = Delta::default();
-        for ((kind, n), keys) in &self.changed {
+        for (kind, key) in &self.changed {
+            let n = shard_of(key, self.count(*kind));
+            let key = key.clone();
             match kind {
                 Kind::Ids => {
-                    let shard = self.tables.ids.get(n);
-                    let part = keys.iter().map(|k| (k.clone(), shard.and_then(|s| s.index.get(k).cloned())));
-                    delta.ids.insert(*n, part.collect());
+                    let value = self.view.ids.get(&key).cloned().flatten();
+                    delta.ids.entry(n).or_default().insert(key, value);
                 }
                 Kind::Profiles => {
-                    let shard = self.tables.profiles.get(n);
-                    let part = keys.iter().map(|id| {
-                        let entry = ProfileEntry {
-                            profile: shard.and_then(|s| s.profiles.get(id).cloned()),
-                            redirect: shard.and_then(|s| s.redirects.get(id).cloned()),
-                        };
-                        (id.clone(), entry)
-                    });
-                    delta.profiles.insert(*n, part.collect());
+                    let value = self.view.profiles.get(&key).cloned().unwrap_or_default();
+                    delta.profiles.entry(n).or_default().insert(key, value);
                 }
                 Kind::Dedup => {
-                    let shard = self.tables.dedup.get(n);
-                    let part = keys.iter().map(|m| (m.clone(), shard.and_then(|s| s.seen.get(m).copied())));
-                    delta.dedup.insert(*n, part.collect());
+                    let value = self.view.dedup.get(&key).copied().flatten();
+                    delta.dedup.entry(n).or_default().insert(key, value);
                 }
             }
         }
@@ -388,9 +418,9 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     pub async fn commit(mut self) -> Result<CommitStats, Error> {
         let version = self.manifest.version + 1;
         let mut stats = CommitStats { version, ..CommitStats::default() };
+        let delta = self.delta();
         let mut compact = self.manifest.deltas.len() + 1 > self.compaction.max_deltas;
         if !compact {
-            let delta = self.delta();
             let (key, body) = state_object("deltas", version, &to_json(&delta)?);
             let outstanding = self.manifest.delta_bytes() + body.len() as u64;
             let base = self.manifest.base_bytes().max(1);
@@ -411,7 +441,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         }
         if compact {
             stats.compacted = true;
-            self.fold(version, &mut stats).await?;
+            self.fold(delta, version, &mut stats).await?;
         }
         self.manifest.version = version;
         let body = serde_json::to_vec(&self.manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -424,36 +454,40 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(stats)
     }
 
-    /// Rewrites whole every shard that an outstanding delta or this commit changed, and drops the deltas.
-    async fn fold(&mut self, version: u64, stats: &mut CommitStats) -> Result<(), Error> {
-        let mut fold: BTreeSet<(Kind, u32)> = self.changed.keys().copied().collect();
-        for delta in &self.manifest.deltas {
+    /// Rewrites whole every shard that an outstanding delta or this commit's `delta` changes, shard by shard
+    /// (memory holds a bounded number of shards), and drops the deltas.
+    async fn fold(&mut self, delta: Delta, version: u64, stats: &mut CommitStats) -> Result<(), Error> {
+        let mut fold: BTreeSet<(Kind, u32)> = BTreeSet::new();
+        fold.extend(delta.ids.keys().map(|n| (Kind::Ids, *n)));
+        fold.extend(delta.profiles.keys().map(|n| (Kind::Profiles, *n)));
+        fold.extend(delta.dedup.keys().map(|n| (Kind::Dedup, *n)));
+        for outstanding in &self.manifest.deltas {
             for kind in Kind::ALL {
-                fold.extend(delta.touches(kind).iter().map(|n| (kind, *n)));
+                fold.extend(outstanding.touches(kind).iter().map(|n| (kind, *n)));
             }
         }
-        let of = |kind| fold.iter().filter(move |(k, _)| *k == kind).map(|(_, n)| *n);
-        self.load::<IdsShard>(of(Kind::Ids)).await?;
-        self.load::<ProfilesShard>(of(Kind::Profiles)).await?;
-        self.load::<DedupShard>(of(Kind::Dedup)).await?;
+        let mut all: Vec<(u64, Arc<Delta>)> = self.deltas.iter().cloned().collect();
+        all.push((version, Arc::new(delta)));
+        let all = Arc::new(all);
         let permits = Arc::new(Semaphore::new(PARALLEL_IO));
         let mut tasks = JoinSet::new();
         for (kind, n) in fold {
-            let json = match kind {
-                Kind::Ids => to_json(&self.tables.ids.get(&n))?,
-                Kind::Profiles => to_json(&self.tables.profiles.get(&n))?,
-                Kind::Dedup => {
-                    let shard = self.tables.dedup.entry(n).or_default();
-                    if let Some(horizon) = self.horizon {
-                        shard.expire(horizon);
-                    }
-                    to_json(shard)?
-                }
-            };
-            let (store, permits) = (self.store.clone(), permits.clone());
+            let name = shard_name(kind.name(), n);
+            let base = self.manifest.objects.get(&name).cloned();
+            let (store, all, permits, horizon) = (self.store.clone(), all.clone(), permits.clone(), self.horizon);
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
-                let name = shard_name(kind.name(), n);
+                let json = match kind {
+                    Kind::Ids => to_json(&read_shard::<S, IdsShard>(&store, base, &all, n).await?)?,
+                    Kind::Profiles => to_json(&read_shard::<S, ProfilesShard>(&store, base, &all, n).await?)?,
+                    Kind::Dedup => {
+                        let mut shard = read_shard::<S, DedupShard>(&store, base, &all, n).await?;
+                        if let Some(horizon) = horizon {
+                            shard.expire(horizon);
+                        }
+                        to_json(&shard)?
+                    }
+                };
                 let (key, body) = state_object(&name, version, &json);
                 let bytes = body.len() as u64;
                 write_once(&store, &key, body).await?;
@@ -475,23 +509,24 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
 /// to the survivor) belongs to, read from the current state.
 pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Option<StoredProfile>, Error> {
     let mut txn = Transaction::begin(store, ShardCounts::default()).await?;
+    let what = what.to_string();
     let mut id = if what.starts_with("prof_") {
-        what.to_string()
+        what
     } else {
-        let n = shard_of(what, txn.manifest.shards.ids);
-        match txn.shard::<IdsShard>(n).await?.index.get(what) {
-            Some(id) => id.clone(),
-            None => return Ok(None),
+        txn.load::<IdsShard>([&what]).await?;
+        match txn.view.ids.get(&what) {
+            Some(Some(id)) => id.clone(),
+            _ => return Ok(None),
         }
     };
-    let count = txn.manifest.shards.profiles;
     for _ in 0..64 {
-        let shard = txn.shard::<ProfilesShard>(shard_of(&id, count)).await?;
-        if let Some(stored) = shard.profiles.get(&id) {
-            return Ok(Some(stored.clone()));
+        txn.load::<ProfilesShard>([&id]).await?;
+        let entry = txn.view.profiles.get(&id).cloned().unwrap_or_default();
+        if let Some(stored) = entry.profile {
+            return Ok(Some(stored));
         }
-        match shard.redirects.get(&id) {
-            Some(next) => id = next.clone(),
+        match entry.redirect {
+            Some(next) => id = next,
             None => return Ok(None),
         }
     }
