@@ -48,6 +48,10 @@ fn event(n: u64, person: u64, kind: EventType, at: UtcTime, with_user: bool) -> 
     }
 }
 
+fn human(bytes: usize) -> String {
+    if bytes < 1_000_000 { format!("{:.1} KB", bytes as f64 / 1e3) } else { format!("{:.1} MB", bytes as f64 / 1e6) }
+}
+
 /// People per base-building commit (bounds memory while building).
 const BUILD_CHUNK: u64 = 500_000;
 
@@ -85,7 +89,7 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
             "cdp bench ingest: base state of {people} people / {} identifiers built in {:.1} s ({} shard objects, {:.1} MB gzipped)",
             people * 3,
             start.elapsed().as_secs_f64(),
-            manifest.objects.len(),
+            manifest.base.as_ref().map_or(0, |b| b.objects),
             state_bytes as f64 / 1e6
         );
 
@@ -118,10 +122,10 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
             }
             let objects = if commit.compacted { commit.shards_written } else { 1 };
             println!(
-                "| {name} | {} | {secs:.2} | {:.0} | {objects} | {:.1} MB | {:.1} % |",
+                "| {name} | {} | {secs:.2} | {:.0} | {objects} | {} | {:.2} % |",
                 if commit.compacted { "folded" } else { "delta" },
                 batch as f64 / secs,
-                commit.bytes_written as f64 / 1e6,
+                human(commit.bytes_written),
                 100.0 * commit.bytes_written as f64 / state_bytes.max(1) as f64
             );
         }

@@ -16,6 +16,6 @@
 mod shards;
 mod txn;
 
-pub use shards::{DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
+pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub use txn::lookup;
 pub use txn::{CommitStats, Compaction, Transaction};

@@ -37,8 +37,9 @@ pub struct Manifest {
     pub version: u64,
     /// Shard counts.
     pub shards: ShardCounts,
-    /// Shard name (`ids/0042`) → its base object; absent shards are empty.
-    pub objects: BTreeMap<String, ShardRef>,
+    /// The table of every shard's base object, rewritten by each compaction; none for a new state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
     /// Deltas not yet folded into the base objects, oldest first. A shard is its base object with every delta
     /// newer than the base applied in order.
     #[serde(default)]
@@ -50,13 +51,30 @@ pub struct Manifest {
 impl Manifest {
     /// Bytes of all base objects.
     pub fn base_bytes(&self) -> u64 {
-        self.objects.values().map(|o| o.bytes).sum()
+        self.base.as_ref().map_or(0, |b| b.bytes)
     }
 
     /// Bytes of the deltas not yet folded in.
     pub fn delta_bytes(&self) -> u64 {
         self.deltas.iter().map(|d| d.bytes).sum()
     }
+}
+
+/// Where the table of base objects is, and its totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// Object key of the table (`state/v1/base/<version>-<content hash>.json.gz`).
+    pub key: String,
+    /// Shard objects it lists.
+    pub objects: usize,
+    /// Their total size (gzipped).
+    pub bytes: u64,
+}
+
+/// The table of base objects: shard name (`ids/0042`) → its object; absent shards are empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BaseTable {
+    pub(crate) objects: BTreeMap<String, ShardRef>,
 }
 
 /// A shard's base object.

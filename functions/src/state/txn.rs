@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::shards::{
-    DedupShard, Delta, DeltaRef, IdsShard, Kind, MANIFEST_KEY, Manifest, ProfileEntry, ProfilesShard, Shard,
-    ShardCounts, ShardRef, StoredProfile, shard_name, shard_of,
+    BaseRef, BaseTable, DedupShard, Delta, DeltaRef, IdsShard, Kind, MANIFEST_KEY, Manifest, ProfileEntry,
+    ProfilesShard, Shard, ShardCounts, ShardRef, StoredProfile, shard_name, shard_of,
 };
 use crate::Error;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
@@ -121,6 +121,8 @@ pub struct Transaction<'s, S: ObjectStore + Clone> {
     manifest: Manifest,
     etag: Option<String>,
     compaction: Compaction,
+    /// Each shard's base object.
+    objects: BTreeMap<String, ShardRef>,
     /// The outstanding deltas (version, content), oldest first.
     deltas: Arc<Vec<(u64, Arc<Delta>)>>,
     view: View,
@@ -200,6 +202,10 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             }
             None => (Manifest { shards: counts, ..Manifest::default() }, None),
         };
+        let base = match &manifest.base {
+            Some(base) => read_json::<S, BaseTable>(store, &base.key).await?,
+            None => BaseTable::default(),
+        };
         let mut tasks = JoinSet::new();
         for (i, delta) in manifest.deltas.iter().enumerate() {
             let (store, key) = (store.clone(), delta.key.clone());
@@ -215,6 +221,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             etag,
             compaction: Compaction::default(),
             deltas: Arc::new(deltas.into_iter().flatten().collect()),
+            objects: base.objects,
             manifest,
             view: View::default(),
             changed: BTreeSet::new(),
@@ -255,7 +262,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         let permits = Arc::new(Semaphore::new(PARALLEL_IO));
         let mut tasks = JoinSet::new();
         for (n, keys) in by_shard {
-            let base = self.manifest.objects.get(&shard_name(T::KIND.name(), n)).cloned();
+            let base = self.objects.get(&shard_name(T::KIND.name(), n)).cloned();
             let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -473,7 +480,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         let mut tasks = JoinSet::new();
         for (kind, n) in fold {
             let name = shard_name(kind.name(), n);
-            let base = self.manifest.objects.get(&name).cloned();
+            let base = self.objects.get(&name).cloned();
             let (store, all, permits, horizon) = (self.store.clone(), all.clone(), permits.clone(), self.horizon);
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -498,8 +505,14 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             let (name, written) = joined.map_err(task_failed)??;
             stats.shards_written += 1;
             stats.bytes_written += written.bytes as usize;
-            self.manifest.objects.insert(name, written);
+            self.objects.insert(name, written);
         }
+        let table = BaseTable { objects: std::mem::take(&mut self.objects) };
+        let (key, body) = state_object("base", version, &to_json(&table)?);
+        stats.bytes_written += body.len();
+        let bytes = table.objects.values().map(|o| o.bytes).sum();
+        self.manifest.base = Some(BaseRef { key: key.clone(), objects: table.objects.len(), bytes });
+        write_once(self.store, &key, body).await?;
         self.manifest.deltas.clear();
         Ok(())
     }
