@@ -75,7 +75,8 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /health)");
+        println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /cdp.js, /health)");
+        println!("cdp: demo page with the snippet: http://{addr}/demo?writeKey=<a source's write key>");
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
         println!("cdp: profiles form as events arrive: `cdp profile user_id:<id> --data {}`", args.data.data.display());
         println!("cdp: press Ctrl-C to stop");
@@ -99,8 +100,12 @@ async fn serve(
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let origin = header_str(headers, header::ORIGIN);
+    if parts.uri.path() == "/demo" && parts.method == axum::http::Method::GET {
+        return demo(parts.uri.query().unwrap_or(""));
+    }
     let answer = match route(parts.method.as_str(), parts.uri.path()) {
         Route::Health => Answer::health(),
+        Route::Library => shared::snippet::library(header_str(headers, header::IF_NONE_MATCH)),
         Route::NotFound => Answer::not_found(),
         Route::MethodNotAllowed => Answer::method_not_allowed(),
         Route::Preflight => match state.sources.get(&state.store).await {
@@ -143,6 +148,49 @@ async fn serve(
     };
     to_response(answer)
 }
+
+/// `GET /demo?writeKey=KEY`: a page with the snippet, to watch events and profiles form.
+fn demo(query: &str) -> Response {
+    let key = query.split('&').find_map(|pair| pair.strip_prefix("writeKey=")).unwrap_or("");
+    let valid =
+        !key.is_empty() && key.len() <= 100 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let body = if valid {
+        DEMO_PAGE.replace("{{SNIPPET}}", &shared::snippet::snippet("", key))
+    } else {
+        DEMO_PAGE.replace("{{SNIPPET}}", "").replace(
+            "<main>",
+            "<main><p class=\"warn\">Open this page as <code>/demo?writeKey=KEY</code> with a source's write key \
+             (<code>cdp source add NAME</code> prints one).</p>",
+        )
+    };
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
+
+const DEMO_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>cdp demo shop</title>
+<script>{{SNIPPET}}</script>
+<style>body{font:16px system-ui;margin:2rem;max-width:40rem}button{margin:.25rem}.warn{color:#a00}</style>
+</head>
+<body>
+<main>
+<h1>cdp demo shop</h1>
+<p>This page carries the snippet: it sent a page view when it loaded. Click to send more events, then look
+them up with <code>cdp profile user_id:demo-user</code>.</p>
+<button id="view" onclick="cdp.track('Product Viewed', {sku: 'tee-01', price: 18.5, category: 'shirts'})">View a product</button>
+<button id="buy" onclick="cdp.track('Order Completed', {revenue: 18.5, currency: 'EUR'})">Buy it</button>
+<button id="login" onclick="cdp.identify('demo-user', {email: 'demo@example.com', plan: 'free'})">Log in</button>
+<button id="logout" onclick="cdp.reset()">Log out</button>
+<p>anonymousId: <code id="aid">(loading)</code></p>
+<script>cdp.ready(function () { document.getElementById('aid').textContent = cdp.user().anonymousId(); });</script>
+</main>
+</body>
+</html>
+"#;
 
 /// The single writer of the state: ingests new raw objects in batches, in arrival order. A failed batch is
 /// kept and retried (ingest is idempotent), so an event stored is an event applied.
@@ -194,10 +242,11 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Option<
 }
 
 fn to_response(answer: Answer) -> Response {
+    let json = !answer.body.is_empty() && !answer.headers.iter().any(|(name, _)| *name == "content-type");
     let mut response = Response::new(if answer.body.is_empty() { Body::empty() } else { Body::from(answer.body) });
     *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
-    if answer.status != 204 {
+    if json {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     for (name, value) in answer.headers {

@@ -29,6 +29,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let origin = header(&req, "origin");
     let answer = match route(&method, &path) {
         Route::Health => Answer::health(),
+        Route::Library => shared::snippet::library(header(&req, "if-none-match").as_deref()),
         Route::NotFound => Answer::not_found(),
         Route::MethodNotAllowed => Answer::method_not_allowed(),
         Route::Preflight => match S3::from_env(&env) {
@@ -166,7 +167,7 @@ fn geo(req: &Request) -> Option<Geo> {
 
 fn respond(answer: Answer) -> worker::Result<Response> {
     let headers = Headers::new();
-    if !answer.body.is_empty() {
+    if !answer.body.is_empty() && !answer.headers.iter().any(|(name, _)| *name == "content-type") {
         headers.set("content-type", "application/json")?;
     }
     for (name, value) in &answer.headers {

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ids;
 pub mod profile;
 pub mod sample;
+pub mod snippet;
 pub mod source;
 pub mod storage;
 pub mod time;

@@ -12,6 +12,8 @@ pub enum Route {
     Preflight,
     /// `GET /health` (also `HEAD`).
     Health,
+    /// `GET /cdp.js` (also `HEAD`): the browser library.
+    Library,
     /// A known path with the wrong method.
     MethodNotAllowed,
     /// Anything else.
@@ -21,9 +23,10 @@ pub enum Route {
 /// Routes `method` + `path` (path without query; a trailing slash is tolerated).
 pub fn route(method: &str, path: &str) -> Route {
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
-    if path == "/health" {
+    if path == "/health" || path == "/cdp.js" {
         return match method {
-            "GET" | "HEAD" => Route::Health,
+            "GET" | "HEAD" if path == "/health" => Route::Health,
+            "GET" | "HEAD" => Route::Library,
             _ => Route::MethodNotAllowed,
         };
     }
@@ -65,6 +68,8 @@ mod tests {
         assert_eq!(route("OPTIONS", "/v1/track"), Route::Preflight);
         assert_eq!(route("GET", "/health"), Route::Health);
         assert_eq!(route("HEAD", "/health"), Route::Health);
+        assert_eq!(route("GET", "/cdp.js"), Route::Library);
+        assert_eq!(route("POST", "/cdp.js"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/v1/track"), Route::MethodNotAllowed);
         assert_eq!(route("POST", "/health"), Route::MethodNotAllowed);
         assert_eq!(route("POST", "/v1/nope"), Route::NotFound);
