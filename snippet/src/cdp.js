@@ -299,8 +299,9 @@
   }
   // The page is going away: hand what is queued to the browser, which sends it even after the page is gone.
   function beacon() {
-    // Offline, a beacon would be accepted and then lost: the queue stays stored for the next page instead.
-    if (!queue.length || !allowed() || !nav.sendBeacon || nav.onLine === false) return save(true);
+    // A beacon cannot be retried: while the collector is failing or the browser is offline it would be
+    // accepted and then lost, so the queue stays stored for the next page instead.
+    if (!queue.length || !allowed() || !nav.sendBeacon || failures > 0 || nav.onLine === false) return save(true);
     while (queue.length) {
       var events = take();
       var ok = false;

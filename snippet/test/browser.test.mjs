@@ -1,7 +1,7 @@
 // The snippet and library in real headless Chromium (Debian's, driven by playwright-core) against a real
 // `cdp up`: what the browser sends is checked where it lands, in the collector's raw/ folder.
 //
-// Run by scripts/test after the Rust build: node --test snippet/test/
+// Run by scripts/test after the Rust build: node --test snippet/test/browser.test.mjs
 // Environment: CDP_BIN (default target/debug/cdp), CHROMIUM (default /usr/bin/chromium).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,20 +29,7 @@ before(async () => {
   data = mkdtempSync(join(tmpdir(), 'cdp-snippet-'));
   const added = execFileSync(CDP, ['source', 'add', 'web', '--data', data], { encoding: 'utf8' });
   key = added.trim().split('\n').pop().trim();
-  up = spawn(CDP, ['up', '--listen', '127.0.0.1:0', '--data', data], { stdio: ['ignore', 'pipe', 'inherit'] });
-  port = await new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`cdp up did not start: ${out}`)), 20000);
-    up.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    up.on('exit', (code) => reject(new Error(`cdp up exited (${code}): ${out}`)));
-  });
+  port = await startCollector(0);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: [
@@ -59,6 +46,30 @@ before(async () => {
     ],
   });
 });
+
+/// Starts `cdp up` on `listen` (0: a free port); resolves to its port.
+function startCollector(listen) {
+  up = spawn(CDP, ['up', '--listen', `127.0.0.1:${listen}`, '--data', data], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`cdp up did not start: ${out}`)), 20000);
+    up.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+    up.on('exit', (code) => reject(new Error(`cdp up exited (${code}): ${out}`)));
+  });
+}
+
+async function stopCollector() {
+  const exited = new Promise((resolve) => up.once('exit', resolve));
+  up.kill('SIGINT');
+  await exited;
+}
 
 after(async () => {
   await browser?.close();
@@ -270,15 +281,15 @@ test('offline, then online: every queued event arrives exactly once, also across
   await sleep(1500);
   for (const name of ['Offline 1', 'Offline 2', 'Offline 3']) assert.equal(named(name).length, 1, name);
 
-  // Queued while offline, the page is closed; the next page, once the network is back, sends it.
-  await context.setOffline(true);
+  // The collector stopped: an event queued after a failed send stays stored when the page is closed (a beacon
+  // would be lost), and the next page sends it once the collector is back.
+  await stopCollector();
   await page.evaluate(() => cdp.track('Across reload'));
-  await sleep(300);
+  await sleep(600);
   await page.close({ runBeforeUnload: true });
   await sleep(300);
-
+  await startCollector(port);
   assert.equal(named('Across reload').length, 0);
-  await context.setOffline(false);
   await open(context, url('www.shop.example', 'offline-next'));
   await until('the event queued before the reload', () => named('Across reload').length);
   await sleep(1500);

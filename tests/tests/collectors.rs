@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cdp_e2e::http::post;
+use cdp_e2e::http::{post, send};
 use cdp_e2e::local_s3::LocalS3;
 use cdp_e2e::procs::{CdpUp, Wrangler, cdp_source_add};
 use cdp_e2e::scenarios::{self, Bucket, Snapshot};
@@ -115,6 +115,22 @@ fn local_collector_passes_the_scenarios_and_answers_503_when_storage_fails() {
     assert!(after.objects() < before, "the blocked folder's objects are gone, no new ones appeared");
 }
 
+/// Runs snippet/test/worker-page.mjs: a page in headless Chromium with the snippet pointed at `collector`.
+/// Returns the page's anonymous id.
+fn browser_page(collector: &str, key: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let output = std::process::Command::new("node")
+        .arg(root.join("snippet/test/worker-page.mjs"))
+        .args([collector, key])
+        .current_dir(root)
+        .output()
+        .expect("node (scripts/test installs it, with Chromium and playwright-core)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "browser page failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON from worker-page.mjs");
+    reply["anonymousId"].as_str().expect("anonymousId").to_string()
+}
+
 #[test]
 fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let s3 = LocalS3::start();
@@ -140,6 +156,27 @@ fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
     assert_eq!(edge.accepted.len(), 9);
     assert_eq!(edge, local, "one core, two shells: the same stored results");
+
+    // The browser library from the worker, and a page in headless Chromium sending through it.
+    let library = send("GET", &format!("{}/cdp.js", wrangler.url), b"", &[]).expect("GET /cdp.js");
+    assert_eq!((library.status, library.header("etag")), (200, Some(shared::snippet::etag())));
+    assert_eq!(library.body, shared::snippet::LIBRARY);
+    assert_eq!(library.header("content-type"), Some("application/javascript; charset=utf-8"));
+    let again = send("GET", &format!("{}/cdp.js", wrangler.url), b"", &[("if-none-match", shared::snippet::etag())]);
+    assert_eq!(again.expect("GET /cdp.js again").status, 304);
+    let anonymous_id = browser_page(&wrangler.url, &key);
+    let sent: Vec<_> = S3(&s3)
+        .snapshot()
+        .raw
+        .into_iter()
+        .flat_map(|(_, events)| events)
+        .filter(|e| e.anonymous_id.as_deref() == Some(anonymous_id.as_str()))
+        .collect();
+    let names: Vec<_> = sent.iter().map(|e| (e.kind.to_string(), e.event.as_deref(), e.user_id.as_deref())).collect();
+    let expected = [("page", None, None), ("track", Some("Edge Viewed"), None), ("identify", None, Some("u-edge"))];
+    assert_eq!(names, expected.map(|(kind, event, user)| (kind.to_string(), event, user)));
+    assert_eq!(sent[0].context["library"]["name"], "cdp.js");
+    assert_eq!(sent[0].context["campaign"]["source"], "edge");
 
     // Outage: the S3 server answers 500 to everything. The worker must answer 5xx and store nothing.
     let before = S3(&s3).snapshot().objects();
