@@ -28,6 +28,10 @@ pub(crate) struct UpArgs {
     /// socket's peer address is used, since any header could be forged by the client.
     #[arg(long)]
     trusted_ip_header: Option<String>,
+    /// A folder of your own pages (HTML, JS, CSS, images) to serve beside the collector, e.g. pages carrying
+    /// the snippet with an empty host: `GET /shop/index.html` serves `DIR/shop/index.html`.
+    #[arg(long)]
+    site: Option<std::path::PathBuf>,
 }
 
 /// What every request handler shares.
@@ -35,6 +39,7 @@ pub(crate) struct AppState {
     store: FsStore,
     sources: SourcesCache,
     trusted_ip_header: Option<HeaderName>,
+    site: Option<std::path::PathBuf>,
     /// New raw objects for the ingest task: the local stand-in for S3 → SQS → Lambda.
     ingest: tokio::sync::mpsc::UnboundedSender<String>,
 }
@@ -69,14 +74,20 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             .context("--trusted-ip-header is not a valid header name")?;
         let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(ingest_loop(store.clone(), queue));
-        let state =
-            Arc::new(AppState { store, sources: SourcesCache::new(Duration::from_secs(2)), trusted_ip_header, ingest });
+        let site =
+            args.site.map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("--site {}", dir.display())));
+        let site = site.transpose()?;
+        let sources = SourcesCache::new(Duration::from_secs(2));
+        let state = Arc::new(AppState { store, sources, trusted_ip_header, site, ingest });
 
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /cdp.js, /health)");
         println!("cdp: demo page with the snippet: http://{addr}/demo?writeKey=<a source's write key>");
+        if let Some(site) = &state.site {
+            println!("cdp: serving your pages from {} (e.g. http://{addr}/index.html)", site.display());
+        }
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
         println!("cdp: profiles form as events arrive: `cdp profile user_id:<id> --data {}`", args.data.data.display());
         println!("cdp: press Ctrl-C to stop");
@@ -106,6 +117,9 @@ async fn serve(
     let answer = match route(parts.method.as_str(), parts.uri.path()) {
         Route::Health => Answer::health(),
         Route::Library => shared::snippet::library(header_str(headers, header::IF_NONE_MATCH)),
+        Route::NotFound if parts.method == axum::http::Method::GET && state.site.is_some() => {
+            return site_file(state.site.as_deref().unwrap_or(std::path::Path::new(".")), parts.uri.path()).await;
+        }
         Route::NotFound => Answer::not_found(),
         Route::MethodNotAllowed => Answer::method_not_allowed(),
         Route::Preflight => match state.sources.get(&state.store).await {
@@ -147,6 +161,38 @@ async fn serve(
         }
     };
     to_response(answer)
+}
+
+/// A file of the `--site` folder, or 404. Paths with `..`, hidden names or escaping the folder are refused.
+async fn site_file(root: &std::path::Path, path: &str) -> Response {
+    let relative = path.trim_start_matches('/');
+    let relative = if relative.is_empty() || relative.ends_with('/') {
+        format!("{relative}index.html")
+    } else {
+        relative.to_string()
+    };
+    let safe = relative.split('/').all(|part| !part.is_empty() && !part.starts_with('.') && !part.contains('\\'));
+    let file = root.join(&relative);
+    let inside = tokio::fs::canonicalize(&file).await.is_ok_and(|real| real.starts_with(root));
+    let body = match (safe && inside, tokio::fs::read(&file).await) {
+        (true, Ok(body)) => body,
+        _ => return to_response(Answer::not_found()),
+    };
+    let kind = match relative.rsplit('.').next().unwrap_or_default() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "application/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "ico" => "image/x-icon",
+        _ => "application/octet-stream",
+    };
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// `GET /demo?writeKey=KEY`: a page with the snippet, to watch events and profiles form.
@@ -255,4 +301,35 @@ fn to_response(answer: Answer) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(root: &std::path::Path, path: &str) -> (StatusCode, String) {
+        let response = site_file(root, path).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_site_folder_serves_its_files_and_nothing_outside_it() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("site");
+        std::fs::create_dir_all(root.join("shop")).unwrap();
+        std::fs::write(root.join("index.html"), "home").unwrap();
+        std::fs::write(root.join("shop/p.html"), "product").unwrap();
+        std::fs::write(root.join(".env"), "secret").unwrap();
+        std::fs::write(outer.path().join("outside.txt"), "secret").unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(get(&root, "/").await, (StatusCode::OK, "home".into()));
+        assert_eq!(get(&root, "/shop/p.html").await, (StatusCode::OK, "product".into()));
+        for path in ["/../outside.txt", "/shop/../../outside.txt", "/.env", "/missing.html", "/shop//p.html"] {
+            assert_eq!(get(&root, path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        let page = site_file(&root, "/shop/p.html").await;
+        assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    }
 }

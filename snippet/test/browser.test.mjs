@@ -1,12 +1,13 @@
 // The snippet and library in real headless Chromium (Debian's, driven by playwright-core) against a real
-// `cdp up`: what the browser sends is checked where it lands, in the collector's raw/ folder.
+// `cdp up`, which also serves the test pages (`--site`): what the browser sends is checked where it lands, in
+// the collector's raw/ folder.
 //
 // Run by scripts/test after the Rust build: node --test snippet/test/browser.test.mjs
 // Environment: CDP_BIN (default target/debug/cdp), CHROMIUM (default /usr/bin/chromium).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +20,7 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SNIPPET = readFileSync(join(root, 'snippet', 'dist', 'snippet.min.js'), 'utf8');
 
 let data;
+let site;
 let up;
 let port;
 let key;
@@ -27,6 +29,8 @@ let browser;
 /// Starts `cdp up` on a fresh folder with one source, and Chromium resolving *.shop.example to 127.0.0.1.
 before(async () => {
   data = mkdtempSync(join(tmpdir(), 'cdp-snippet-'));
+  site = join(data, 'site');
+  mkdirSync(join(site, 't'), { recursive: true });
   const added = execFileSync(CDP, ['source', 'add', 'web', '--data', data], { encoding: 'utf8' });
   key = added.trim().split('\n').pop().trim();
   port = await startCollector(0);
@@ -41,15 +45,14 @@ before(async () => {
       '--disable-component-update',
       '--disable-sync',
       '--host-resolver-rules=MAP *.shop.example 127.0.0.1',
-      // The test's public-looking hosts resolve to loopback; production pages and collectors are both public.
-      '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessRespectPreflightResults',
     ],
   });
 });
 
 /// Starts `cdp up` on `listen` (0: a free port); resolves to its port.
 function startCollector(listen) {
-  up = spawn(CDP, ['up', '--listen', `127.0.0.1:${listen}`, '--data', data], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const args = ['up', '--listen', `127.0.0.1:${listen}`, '--data', data, '--site', site];
+  up = spawn(CDP, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new Error(`cdp up did not start: ${out}`)), 20000);
@@ -112,26 +115,21 @@ function named(event) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/// A page on `host` (www.shop.example, ...) served by the browser's route with the snippet and `body`; the
-/// library and the collector are the real `cdp up` on the same origin.
+/// Pages on `host` (www.shop.example, ...) written into the folder `cdp up` serves, each with the snippet
+/// (same origin: an empty host) and `body`.
 function url(host, name, query = '') {
   return `http://${host}:${port}/t/${name}.html${query}`;
 }
 async function newContext(pages, init) {
-  const context = await browser.newContext();
-  if (init) await context.addInitScript(init);
-  await context.route(/\/t\/[a-z0-9-]+\.html/, (route) => {
-    const name = new URL(route.request().url()).pathname.match(/\/t\/([a-z0-9-]+)\.html/)[1];
-    const page = pages[name];
-    if (!page) return route.fulfill({ status: 404, body: 'no such test page' });
+  for (const [name, page] of Object.entries(pages)) {
     const snippet = SNIPPET.replace('__HOST__', '')
       .replace('__WRITE_KEY__', key)
       .replace('__OPTIONS__', JSON.stringify(page.options || {}));
-    return route.fulfill({
-      contentType: 'text/html',
-      body: `<!doctype html><html><head><title>${page.title || name}</title><script>${snippet}</script></head><body><script>${page.body || ''}</script></body></html>`,
-    });
-  });
+    const html = `<!doctype html><html><head><title>${page.title || name}</title><script>${snippet}</script></head><body><script>${page.body || ''}</script></body></html>`;
+    writeFileSync(join(site, 't', `${name}.html`), html);
+  }
+  const context = await browser.newContext();
+  if (init) await context.addInitScript(init);
   return context;
 }
 async function open(context, target) {
