@@ -326,3 +326,39 @@ test('with requireConsent, nothing is sent or stored until consent; then events 
   assert.ok((await context.cookies()).some((c) => c.name === 'cdp_aid'), 'the id is stored once allowed');
   await context.close();
 });
+
+test('screen, group and alias have Segment shapes; large queues go out in requests under 64 KB', async () => {
+  const context = await newContext({ shapes: { options: { flushAt: 1000, flushInterval: 200 } } });
+  const sizes = [];
+  context.on('request', (r) => r.url().endsWith('/v1/batch') && sizes.push(Buffer.byteLength(r.postData() || '')));
+  const page = await open(context, url('www.shop.example', 'shapes'));
+  const aid = await page.evaluate(() => {
+    cdp.screen('Onboarding', 'Welcome', { step: 1 });
+    cdp.identify('u-shapes');
+    cdp.group('acme', { name: 'Acme', plan: 'team' });
+    cdp.alias('u-shapes-2');
+    const filler = 'x'.repeat(1000);
+    for (let i = 0; i < 150; i++) cdp.track('Bulk', { i, filler });
+    return cdp.user().anonymousId();
+  });
+  const events = await until('every event', () => {
+    const mine = stored().filter((e) => e.anonymousId === aid);
+    return mine.filter((e) => e.event === 'Bulk').length >= 150 && mine;
+  });
+  const screen = events.find((e) => e.type === 'screen');
+  assert.equal(screen.name, 'Welcome');
+  assert.equal(screen.properties.category, 'Onboarding');
+  assert.equal(screen.properties.step, 1);
+  const group = events.find((e) => e.type === 'group');
+  assert.equal(group.groupId, 'acme');
+  assert.equal(group.traits.plan, 'team');
+  assert.equal(group.userId, 'u-shapes');
+  const alias = events.find((e) => e.type === 'alias');
+  assert.equal(alias.previousId, 'u-shapes');
+  assert.equal(alias.userId, 'u-shapes-2');
+  const bulk = events.filter((e) => e.event === 'Bulk').map((e) => e.properties.i);
+  assert.deepEqual(bulk, [...Array(150).keys()], 'each once, in order');
+  assert.ok(sizes.length >= 3, `split into several requests (${sizes})`);
+  assert.ok(sizes.every((n) => n <= 64 * 1024), `every request under 64 KB (${sizes})`);
+  await context.close();
+});
