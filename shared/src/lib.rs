@@ -22,6 +22,7 @@ pub mod sample;
 pub mod snippet;
 pub mod source;
 pub mod storage;
+pub mod tags;
 pub mod time;
 
 pub use error::Error;

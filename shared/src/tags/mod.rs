@@ -1,0 +1,27 @@
+//! Tags: definitions (statistical, rule, buckets) with their lifecycle, checked at definition time, and their
+//! reference evaluation for one profile.
+//!
+//! Semantics, shared by every way of computing tags:
+//! - a statistical tag aggregates the profile's events that pass its filter (event names, types, property
+//!   conditions) within its window; the window ends now and an event exactly at its start is inside;
+//!   events without the aggregated property are skipped (a sum of nothing is 0; an average, minimum or
+//!   maximum of nothing has no value);
+//! - a rule is true or false; a condition on an absent or null field is false, except `ne` (true) and
+//!   `exists: false` (true); numbers compare by value (1 equals 1.0); comparing a number with a string is
+//!   false (and an error at definition time where the field's kind is known);
+//! - a buckets tag labels a number by the first bucket with `min ≤ x < max`, else `otherwise`; no number, no
+//!   value;
+//! - tags read other tags: they are evaluated in dependency order, and cycles are definition errors.
+
+mod check;
+mod definition;
+mod eval;
+#[cfg(test)]
+mod tests;
+
+pub use check::TagSet;
+pub use definition::{
+    AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
+    Operand, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
+};
+pub use eval::EventView;
