@@ -10,6 +10,7 @@ use super::definition::{
     AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, TagDefinition, TagKind,
     ValueKind,
 };
+use super::eval::Patterns;
 use crate::event::EventType;
 
 /// A checked set of definitions: the computed ones in evaluation order, with their patterns compiled.
@@ -17,16 +18,15 @@ use crate::event::EventType;
 pub struct TagSet {
     pub(crate) tags: Vec<TagDefinition>,
     /// Compiled `regex` conditions by pattern.
-    pub(crate) patterns: BTreeMap<String, Regex>,
+    pub(crate) patterns: Patterns,
 }
 
 impl TagSet {
     /// Checks `definitions` against what is known of the data; on success, the computed tags (active and
     /// deprecated) in evaluation order. Every problem found is returned, not only the first.
     pub fn check(definitions: &[TagDefinition], catalog: &Catalog) -> Result<Self, Vec<DefinitionError>> {
-        let mut checker = Checker { catalog, errors: Vec::new(), patterns: BTreeMap::new() };
-        let by_id: BTreeMap<&str, (usize, &TagDefinition)> =
-            definitions.iter().enumerate().map(|(i, d)| (d.id.as_str(), (i, d))).collect();
+        let mut checker = Checker::new(catalog);
+        let by_id: TagsById<'_> = definitions.iter().enumerate().map(|(i, d)| (d.id.as_str(), (i, d))).collect();
         let mut seen = BTreeSet::new();
         for (i, def) in definitions.iter().enumerate() {
             let at = format!("tags[{i}] ({})", def.id);
@@ -53,18 +53,26 @@ impl TagSet {
     }
 }
 
-struct Checker<'c> {
+/// Tag definitions by id, with their position.
+pub(crate) type TagsById<'d> = BTreeMap<&'d str, (usize, &'d TagDefinition)>;
+
+/// Collects definition problems and compiles patterns; shared by tag and audience checks.
+pub(crate) struct Checker<'c> {
     catalog: &'c Catalog,
-    errors: Vec<DefinitionError>,
-    patterns: BTreeMap<String, Regex>,
+    pub(crate) errors: Vec<DefinitionError>,
+    pub(crate) patterns: Patterns,
 }
 
-impl Checker<'_> {
-    fn error(&mut self, path: &str, problem: String) {
+impl<'c> Checker<'c> {
+    pub(crate) fn new(catalog: &'c Catalog) -> Self {
+        Self { catalog, errors: Vec::new(), patterns: Patterns::new() }
+    }
+
+    pub(crate) fn error(&mut self, path: &str, problem: String) {
         self.errors.push(DefinitionError { path: path.to_string(), problem });
     }
 
-    fn id(&mut self, at: &str, id: &str) {
+    pub(crate) fn id(&mut self, at: &str, id: &str) {
         let valid = !id.is_empty()
             && id.len() <= 64
             && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -73,7 +81,7 @@ impl Checker<'_> {
         }
     }
 
-    fn kind(&mut self, at: &str, kind: &TagKind, tags: &BTreeMap<&str, (usize, &TagDefinition)>, computed: bool) {
+    fn kind(&mut self, at: &str, kind: &TagKind, tags: &TagsById<'_>, computed: bool) {
         match kind {
             TagKind::Statistical { filter, aggregate, window } => {
                 self.filter(&format!("{at}.filter"), filter);
@@ -94,15 +102,7 @@ impl Checker<'_> {
                         }
                     }
                 }
-                match (window.last_days, window.last_hours) {
-                    (Some(_), Some(_)) => {
-                        self.error(&format!("{at}.window"), "give lastDays or lastHours, not both".into())
-                    }
-                    (Some(0), _) | (_, Some(0)) => {
-                        self.error(&format!("{at}.window"), "a window of zero length holds no event".into())
-                    }
-                    _ => {}
-                }
+                self.window(&format!("{at}.window"), window);
             }
             TagKind::Rule { when } => self.expr(&format!("{at}.when"), when, tags, computed),
             TagKind::Buckets { of, buckets, otherwise } => {
@@ -128,7 +128,15 @@ impl Checker<'_> {
         }
     }
 
-    fn filter(&mut self, at: &str, filter: &EventFilter) {
+    pub(crate) fn window(&mut self, at: &str, window: &super::definition::Window) {
+        match (window.last_days, window.last_hours) {
+            (Some(_), Some(_)) => self.error(at, "give lastDays or lastHours, not both".into()),
+            (Some(0), _) | (_, Some(0)) => self.error(at, "a window of zero length holds no event".into()),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn filter(&mut self, at: &str, filter: &EventFilter) {
         for (i, name) in filter.events.iter().enumerate() {
             if !self.catalog.is_empty() && !self.catalog.events.contains(name) {
                 self.error(&format!("{at}.events[{i}]"), format!("unknown event `{name}`"));
@@ -149,7 +157,7 @@ impl Checker<'_> {
         }
     }
 
-    fn expr(&mut self, at: &str, expr: &Expr, tags: &BTreeMap<&str, (usize, &TagDefinition)>, computed: bool) {
+    fn expr(&mut self, at: &str, expr: &Expr, tags: &TagsById<'_>, computed: bool) {
         match expr {
             Expr::And(all) | Expr::Or(all) => {
                 let op = if matches!(expr, Expr::And(_)) { "and" } else { "or" };
@@ -172,12 +180,12 @@ impl Checker<'_> {
     }
 
     /// Checks that `operand` exists; returns its kind where known.
-    fn operand(
+    pub(crate) fn operand(
         &mut self,
         at: &str,
         operand: &Operand,
         want: Option<ValueKind>,
-        tags: &BTreeMap<&str, (usize, &TagDefinition)>,
+        tags: &TagsById<'_>,
         computed: bool,
     ) -> Option<ValueKind> {
         let kind = match operand {
@@ -210,7 +218,7 @@ impl Checker<'_> {
     }
 
     /// Checks the value's shape for the operator, and that it fits the operand's kind where known.
-    fn condition(&mut self, at: &str, condition: &Condition, kind: Option<ValueKind>) {
+    pub(crate) fn condition(&mut self, at: &str, condition: &Condition, kind: Option<ValueKind>) {
         let value = &condition.value;
         let path = format!("{at}.value");
         let number = |v: &Value| v.as_f64().is_some();
@@ -276,7 +284,7 @@ impl Checker<'_> {
     }
 
     /// A topological order of all definitions (a tag after those it reads); cycles are errors.
-    fn order(&mut self, definitions: &[TagDefinition], by_id: &BTreeMap<&str, (usize, &TagDefinition)>) -> Vec<usize> {
+    fn order(&mut self, definitions: &[TagDefinition], by_id: &TagsById<'_>) -> Vec<usize> {
         let reads: Vec<BTreeSet<usize>> = definitions
             .iter()
             .map(|d| {

@@ -206,7 +206,7 @@ impl Window {
 
 /// A boolean expression: `{"and": [...]}`, `{"or": [...]}`, `{"not": ...}` or a condition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "Value")]
 pub enum Expr {
     /// All hold.
     And(Vec<Expr>),
@@ -217,6 +217,37 @@ pub enum Expr {
     /// A comparison.
     #[serde(untagged)]
     Condition(Condition),
+}
+
+impl TryFrom<Value> for Expr {
+    type Error = String;
+
+    /// Dispatches on the operator key, so that a mistake inside a branch is reported as itself (an unknown
+    /// field, a wrong type) rather than as "matches nothing".
+    fn try_from(value: Value) -> Result<Self, String> {
+        if let Some((key, inner)) = single_key(&value) {
+            let parse = |v: &Value| serde_json::from_value::<Vec<Expr>>(v.clone()).map_err(|e| format!("{key}: {e}"));
+            match key {
+                "and" => return parse(inner).map(Expr::And),
+                "or" => return parse(inner).map(Expr::Or),
+                "not" => {
+                    return serde_json::from_value(inner.clone())
+                        .map(|e| Expr::Not(Box::new(e)))
+                        .map_err(|e| format!("not: {e}"));
+                }
+                _ => {}
+            }
+        }
+        serde_json::from_value(value).map(Expr::Condition).map_err(|e| format!("condition: {e}"))
+    }
+}
+
+/// The only key of a one-key object, with its value.
+pub(crate) fn single_key(value: &Value) -> Option<(&str, &Value)> {
+    match value.as_object() {
+        Some(map) if map.len() == 1 => map.iter().next().map(|(k, v)| (k.as_str(), v)),
+        _ => None,
+    }
 }
 
 /// A comparison of an operand (a trait, a tag, or — in event filters — a property) with a value.

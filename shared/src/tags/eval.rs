@@ -42,7 +42,7 @@ impl TagSet {
         for tag in &self.tags {
             let value = match &tag.kind {
                 TagKind::Statistical { filter, aggregate, window } => {
-                    statistical(self, filter, aggregate, *window, events, now)
+                    statistical(&self.patterns, filter, aggregate, *window, events, now)
                 }
                 TagKind::Rule { when } => Value::Bool(self.holds(when, traits, &values)),
                 TagKind::Buckets { of, buckets, otherwise } => {
@@ -72,56 +72,59 @@ impl TagSet {
             Expr::Not(inner) => !self.holds(inner, traits, tags),
             Expr::Condition(c) => {
                 let value = Operand::parse(&c.field).ok().and_then(|o| operand(&o, traits, tags));
-                self.compare(c, value)
+                compare(&self.patterns, c, value)
             }
         }
-    }
-
-    /// Whether `value` (the field's, `None` when absent) satisfies `condition`.
-    pub(crate) fn compare(&self, condition: &Condition, value: Option<&Value>) -> bool {
-        let value = value.filter(|v| !v.is_null());
-        let want = &condition.value;
-        match condition.op {
-            CompareOp::Exists => value.is_some() == want.as_bool().unwrap_or(true),
-            CompareOp::Ne => !value.is_some_and(|v| same(v, want)),
-            _ => {
-                let Some(value) = value else { return false };
-                match condition.op {
-                    CompareOp::Eq => same(value, want),
-                    CompareOp::Gt => order(value, want).is_some_and(|o| o.is_gt()),
-                    CompareOp::Gte => order(value, want).is_some_and(|o| o.is_ge()),
-                    CompareOp::Lt => order(value, want).is_some_and(|o| o.is_lt()),
-                    CompareOp::Lte => order(value, want).is_some_and(|o| o.is_le()),
-                    CompareOp::In => want.as_array().is_some_and(|all| all.iter().any(|w| same(value, w))),
-                    CompareOp::Contains => match (value, want) {
-                        (Value::String(s), Value::String(w)) => s.contains(w.as_str()),
-                        (Value::Array(items), w) => items.iter().any(|i| same(i, w)),
-                        _ => false,
-                    },
-                    CompareOp::Between => match (value.as_f64(), want.as_array().map(Vec::as_slice)) {
-                        (Some(x), Some([low, high])) => {
-                            low.as_f64().is_some_and(|l| x >= l) && high.as_f64().is_some_and(|h| x <= h)
-                        }
-                        _ => false,
-                    },
-                    CompareOp::Regex => match (value.as_str(), want.as_str()) {
-                        (Some(text), Some(pattern)) => self.patterns.get(pattern).is_some_and(|r| r.is_match(text)),
-                        _ => false,
-                    },
-                    CompareOp::Exists | CompareOp::Ne => unreachable!("handled above"),
-                }
-            }
-        }
-    }
-
-    fn passes(&self, filter: &EventFilter, event: &EventView<'_>) -> bool {
-        (filter.types.is_empty() || filter.types.iter().any(|t| t == event.kind))
-            && (filter.events.is_empty() || event.event.is_some_and(|e| filter.events.iter().any(|f| f == e)))
-            && filter.properties.iter().all(|c| self.compare(c, event.properties.get(&c.field)))
     }
 }
 
-fn operand<'v>(
+/// Compiled `regex` patterns, by pattern text.
+pub(crate) type Patterns = BTreeMap<String, regex_lite::Regex>;
+
+/// Whether `value` (the field's, `None` when absent) satisfies `condition`.
+pub(crate) fn compare(patterns: &Patterns, condition: &Condition, value: Option<&Value>) -> bool {
+    let value = value.filter(|v| !v.is_null());
+    let want = &condition.value;
+    match condition.op {
+        CompareOp::Exists => value.is_some() == want.as_bool().unwrap_or(true),
+        CompareOp::Ne => !value.is_some_and(|v| same(v, want)),
+        _ => {
+            let Some(value) = value else { return false };
+            match condition.op {
+                CompareOp::Eq => same(value, want),
+                CompareOp::Gt => order(value, want).is_some_and(|o| o.is_gt()),
+                CompareOp::Gte => order(value, want).is_some_and(|o| o.is_ge()),
+                CompareOp::Lt => order(value, want).is_some_and(|o| o.is_lt()),
+                CompareOp::Lte => order(value, want).is_some_and(|o| o.is_le()),
+                CompareOp::In => want.as_array().is_some_and(|all| all.iter().any(|w| same(value, w))),
+                CompareOp::Contains => match (value, want) {
+                    (Value::String(s), Value::String(w)) => s.contains(w.as_str()),
+                    (Value::Array(items), w) => items.iter().any(|i| same(i, w)),
+                    _ => false,
+                },
+                CompareOp::Between => match (value.as_f64(), want.as_array().map(Vec::as_slice)) {
+                    (Some(x), Some([low, high])) => {
+                        low.as_f64().is_some_and(|l| x >= l) && high.as_f64().is_some_and(|h| x <= h)
+                    }
+                    _ => false,
+                },
+                CompareOp::Regex => match (value.as_str(), want.as_str()) {
+                    (Some(text), Some(pattern)) => patterns.get(pattern).is_some_and(|r| r.is_match(text)),
+                    _ => false,
+                },
+                CompareOp::Exists | CompareOp::Ne => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn passes(patterns: &Patterns, filter: &EventFilter, event: &EventView<'_>) -> bool {
+    (filter.types.is_empty() || filter.types.iter().any(|t| t == event.kind))
+        && (filter.events.is_empty() || event.event.is_some_and(|e| filter.events.iter().any(|f| f == e)))
+        && filter.properties.iter().all(|c| compare(patterns, c, event.properties.get(&c.field)))
+}
+
+pub(crate) fn operand<'v>(
     operand: &Operand,
     traits: &'v Map<String, Value>,
     tags: &'v BTreeMap<String, Value>,
@@ -157,8 +160,9 @@ fn key(value: &Value) -> String {
     }
 }
 
-fn statistical(
-    set: &TagSet,
+/// A statistical aggregation over `events` at `now`.
+pub(crate) fn statistical(
+    patterns: &Patterns,
     filter: &EventFilter,
     aggregate: &Aggregation,
     window: Window,
@@ -170,7 +174,7 @@ fn statistical(
     let mut matching: Vec<(i64, usize, Option<&Value>)> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| start.is_none_or(|s| e.at >= s) && set.passes(filter, e))
+        .filter(|(_, e)| start.is_none_or(|s| e.at >= s) && passes(patterns, filter, e))
         .map(|(i, e)| (e.at, i, aggregate.property.as_ref().and_then(|p| e.properties.get(p)).filter(|v| !v.is_null())))
         .collect();
     matching.sort_by_key(|(at, i, _)| (*at, *i));

@@ -25,3 +25,7 @@ pub use definition::{
     Operand, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
 pub use eval::EventView;
+
+pub(crate) use check::{Checker, TagsById};
+pub(crate) use definition::single_key;
+pub(crate) use eval::{Patterns, compare, operand, statistical};

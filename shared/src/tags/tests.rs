@@ -342,6 +342,11 @@ fn malformed_json_is_refused_by_the_parser_with_the_reason() {
     let unknown_op: Result<TagDefinition, _> =
         serde_json::from_value(json!({"id": "x", "kind": "statistical", "aggregate": {"op": "median"}}));
     assert!(unknown_op.unwrap_err().to_string().contains("median"));
+    let typo: Result<TagDefinition, _> = serde_json::from_value(
+        json!({"id": "x", "kind": "rule", "when": {"and": [{"feild": "trait:a", "op": "exists"}]}}),
+    );
+    let message = typo.unwrap_err().to_string();
+    assert!(message.contains("unknown field `feild`"), "a typo inside a rule is named: {message}");
     let unknown_kind: Result<TagDefinition, _> = serde_json::from_value(json!({"id": "x", "kind": "magic"}));
     assert!(unknown_kind.unwrap_err().to_string().contains("magic"));
 }
