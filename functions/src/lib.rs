@@ -7,5 +7,6 @@ pub mod error;
 pub mod ingest;
 pub mod state;
 pub mod storage;
+pub mod tagging;
 
 pub use error::Error;

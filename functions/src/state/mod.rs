@@ -17,5 +17,5 @@ mod shards;
 mod txn;
 
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
-pub use txn::lookup;
 pub use txn::{CommitStats, Compaction, Transaction};
+pub use txn::{Scan, lookup, scan};

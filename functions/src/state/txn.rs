@@ -545,3 +545,84 @@ pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Opt
     }
     Ok(None)
 }
+
+/// The whole state, decoded: every identifier's profile, every stored profile, every redirect. For full
+/// recomputes (tags, audiences) and exports; memory grows with the state.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Identifier → profile id.
+    pub ids: std::collections::HashMap<IdKey, ProfileId>,
+    /// Profile id → profile.
+    pub profiles: BTreeMap<ProfileId, StoredProfile>,
+    /// Absorbed profile id → the profile it merged into.
+    pub redirects: std::collections::HashMap<ProfileId, ProfileId>,
+}
+
+impl Scan {
+    /// The live profile id for an identifier or a (possibly absorbed) profile id.
+    pub fn resolve(&self, what: &str) -> Option<&ProfileId> {
+        let mut id = if what.starts_with("prof_") { self.profiles.get_key_value(what).map(|(k, _)| k) } else { None };
+        if id.is_none() {
+            id = self.ids.get(what).or_else(|| self.redirects.get(what));
+        }
+        for _ in 0..64 {
+            let current = id?;
+            if self.profiles.contains_key(current) {
+                return Some(current);
+            }
+            id = self.redirects.get(current);
+        }
+        None
+    }
+}
+
+/// Reads and decodes every shard of the current state (32 at a time).
+pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
+    let txn = Transaction::begin(store, ShardCounts::default()).await?;
+    let mut out = Scan::default();
+    let permits = Arc::new(Semaphore::new(PARALLEL_IO));
+    let mut ids = JoinSet::new();
+    for n in 0..txn.count(Kind::Ids) {
+        let base = txn.objects.get(&shard_name(Kind::Ids.name(), n)).cloned();
+        let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
+        ids.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+            let shard: IdsShard = read_shard(&store, base, &deltas, n).await?;
+            let mut out = Vec::with_capacity(shard.index.len());
+            for (key, raw) in shard.index {
+                let id: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&key))?;
+                out.push((key, id));
+            }
+            Ok::<_, Error>(out)
+        });
+    }
+    while let Some(joined) = ids.join_next().await {
+        out.ids.extend(joined.map_err(task_failed)??);
+    }
+    let mut profiles = JoinSet::new();
+    for n in 0..txn.count(Kind::Profiles) {
+        let base = txn.objects.get(&shard_name(Kind::Profiles.name(), n)).cloned();
+        let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
+        profiles.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+            let shard: ProfilesShard = read_shard(&store, base, &deltas, n).await?;
+            let mut stored = Vec::with_capacity(shard.profiles.len());
+            for (id, raw) in shard.profiles {
+                let profile: StoredProfile = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+                stored.push((id, profile));
+            }
+            let mut redirects = Vec::with_capacity(shard.redirects.len());
+            for (id, raw) in shard.redirects {
+                let to: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+                redirects.push((id, to));
+            }
+            Ok::<_, Error>((stored, redirects))
+        });
+    }
+    while let Some(joined) = profiles.join_next().await {
+        let (stored, redirects) = joined.map_err(task_failed)??;
+        out.profiles.extend(stored);
+        out.redirects.extend(redirects);
+    }
+    Ok(out)
+}

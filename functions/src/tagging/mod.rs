@@ -1,0 +1,209 @@
+//! The tagging handler: computes every active tag and audience for every profile from the stored events and
+//! the identity state, writes the values, each audience's snapshot and its diff (entered, exited), and a
+//! report with coverage and sizes.
+//!
+//! Definitions are `config/tags.json` and `config/audiences.json` (arrays; see `docs/schemas/`). This is the
+//! full recompute, row by row over the reference evaluator; the columnar recompute and the incremental path
+//! on ingest are to come and must give the same values.
+//!
+//! Objects written:
+//! - `tags/v1/values.json.gz`: `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`;
+//! - `audiences/v1/<id>/snapshot.json.gz`: the members and the size history ([`Snapshot`]);
+//! - `audiences/v1/<id>/diffs/<computedAt>.json`: `{"computedAt", "entered", "exited"}`, when anything changed;
+//! - `tags/v1/report.json`: [`Report`].
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
+use shared::tags::{Catalog, EventView, TagDefinition, TagSet};
+use shared::time::UtcTime;
+
+use crate::Error;
+use crate::ingest::{IngestConfig, read_object};
+use crate::state::scan;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Where the tag definitions live.
+pub const TAGS_CONFIG: &str = "config/tags.json";
+/// Where the audience definitions live.
+pub const AUDIENCES_CONFIG: &str = "config/audiences.json";
+/// The latest computation's report.
+pub const REPORT_KEY: &str = "tags/v1/report.json";
+
+/// What a computation found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// When (ms since the epoch).
+    pub computed_at: i64,
+    /// Profiles computed.
+    pub profiles: usize,
+    /// Distinct events read.
+    pub events: usize,
+    /// Events whose identifiers are not (yet) in the identity state.
+    pub unresolved_events: usize,
+    /// Per tag: profiles with a value.
+    pub tags: BTreeMap<String, TagReport>,
+    /// Per audience: size and the last change.
+    pub audiences: BTreeMap<String, AudienceReport>,
+}
+
+/// One tag's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagReport {
+    /// Its version computed.
+    pub version: u32,
+    /// Profiles with a value.
+    pub with_value: usize,
+    /// `with_value / profiles`.
+    pub coverage: f64,
+}
+
+/// One audience's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudienceReport {
+    /// Members.
+    pub size: usize,
+    /// Profiles that entered since the previous computation.
+    pub entered: usize,
+    /// Profiles that exited.
+    pub exited: usize,
+}
+
+/// Reads the definitions (none when a file is absent); a file that does not parse is a configuration error
+/// naming the file and the problem.
+pub async fn load_definitions<S: ObjectStore>(
+    store: &S,
+) -> Result<(Vec<TagDefinition>, Vec<AudienceDefinition>), Error> {
+    async fn read<S: ObjectStore, T: serde::de::DeserializeOwned>(store: &S, key: &str) -> Result<Vec<T>, Error> {
+        match store.get(key).await? {
+            None => Ok(Vec::new()),
+            Some(object) => serde_json::from_slice(&object.body)
+                .map_err(|e| Error::Config(shared::Error::Config(format!("{key}: {e}")))),
+        }
+    }
+    Ok((read(store, TAGS_CONFIG).await?, read(store, AUDIENCES_CONFIG).await?))
+}
+
+/// Checks definitions; all problems in one configuration error.
+pub fn check(
+    tags: &[TagDefinition],
+    audiences: &[AudienceDefinition],
+    catalog: &Catalog,
+) -> Result<(TagSet, AudienceSet), Error> {
+    let problems = |errors: Vec<shared::tags::DefinitionError>, file: &str| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Error::Config(shared::Error::Config(format!("{file}: {}", list.join("; "))))
+    };
+    let tag_set = TagSet::check(tags, catalog).map_err(|e| problems(e, TAGS_CONFIG))?;
+    let audience_set = AudienceSet::check(audiences, &tag_set, catalog).map_err(|e| problems(e, AUDIENCES_CONFIG))?;
+    Ok((tag_set, audience_set))
+}
+
+/// Computes every tag and audience for every profile at `now` and writes the results.
+pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
+    let (tag_defs, audience_defs) = load_definitions(store).await?;
+    let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
+    let identity = IngestConfig::load(store).await?.identity;
+    let state = scan(store).await?;
+    let now_ms = now.unix_millis();
+    let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };
+
+    // Every stored event once, grouped by the profile its identifiers resolve to.
+    let mut seen = HashSet::new();
+    let mut by_profile: BTreeMap<&str, Vec<shared::event::CanonicalEvent>> = BTreeMap::new();
+    for object in store.list("raw/").await? {
+        let Some(read) = read_object(store, &object.key).await? else { continue };
+        for event in read.events {
+            if !seen.insert(event.message_id.clone()) {
+                continue;
+            }
+            report.events += 1;
+            match identity.keys(&event).iter().find_map(|key| state.resolve(key)) {
+                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
+                None => report.unresolved_events += 1,
+            }
+        }
+    }
+
+    let empty = Map::new();
+    let mut values: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut members: BTreeMap<String, BTreeSet<String>> =
+        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
+    for (id, stored) in &state.profiles {
+        let traits: Map<String, Value> =
+            stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+        let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let views: Vec<EventView<'_>> = events.iter().map(|e| EventView::of(e, &empty)).collect();
+        let tag_values = tags.evaluate(&traits, &views, now_ms);
+        for audience in audiences.members(&traits, &tag_values, &views, now_ms) {
+            members.entry(audience).or_default().insert(id.clone());
+        }
+        for tag in tag_values.keys() {
+            report.tags.entry(tag.clone()).or_default().with_value += 1;
+        }
+        if !tag_values.is_empty() {
+            values.insert(id.as_str(), tag_values);
+        }
+    }
+    for tag in tags.tags() {
+        let entry = report.tags.entry(tag.id.clone()).or_default();
+        entry.version = tag.version;
+        entry.coverage = entry.with_value as f64 / report.profiles.max(1) as f64;
+    }
+
+    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.put("tags/v1/values.json.gz", shared::storage::gzip(&body), gz()).await?;
+    for (audience, now_members) in members {
+        let key = format!("audiences/v1/{audience}/snapshot.json.gz");
+        let previous: Snapshot = match store.get(&key).await? {
+            Some(object) => shared::storage::gunzip(&object.body)
+                .ok()
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .ok_or_else(|| Error::Corrupt(format!("{key} does not decode")))?,
+            None => Snapshot::default(),
+        };
+        let (next, diff) = previous.next(now_members, now_ms);
+        report.audiences.insert(
+            audience.clone(),
+            AudienceReport { size: next.members.len(), entered: diff.entered.len(), exited: diff.exited.len() },
+        );
+        if !diff.is_empty() {
+            let body = serde_json::json!({"computedAt": now_ms, "entered": diff.entered, "exited": diff.exited});
+            store
+                .put(
+                    &format!("audiences/v1/{audience}/diffs/{now_ms:013}.json"),
+                    body.to_string().into_bytes(),
+                    PutOptions::json(),
+                )
+                .await?;
+        }
+        let body = serde_json::to_vec(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
+        store.put(&key, shared::storage::gzip(&body), gz()).await?;
+    }
+    let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.put(REPORT_KEY, body, PutOptions::json()).await?;
+    Ok(report)
+}
+
+fn gz() -> PutOptions {
+    PutOptions { content_type: Some("application/gzip"), ..PutOptions::json() }
+}
+
+/// The latest report, if any computation ran.
+pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, Error> {
+    match store.get(REPORT_KEY).await? {
+        None => Ok(None),
+        Some(object) => {
+            serde_json::from_slice(&object.body).map(Some).map_err(|e| Error::Corrupt(format!("{REPORT_KEY}: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! The full recompute on the folder store: values, coverage, audience snapshots and diffs over time.
+
+use serde_json::{Value, json};
+use shared::collect::{CollectRequest, Collected, Endpoint, collect};
+use shared::ids::Entropy;
+use shared::source::{Sources, new_source};
+
+use super::*;
+use crate::ingest::ingest;
+use crate::storage::FsStore;
+
+const DAY: i64 = 86_400_000;
+
+fn at(ms: i64) -> UtcTime {
+    UtcTime::from_unix_millis(ms).expect("time")
+}
+
+fn t0() -> i64 {
+    UtcTime::parse("2026-11-28T12:00:00Z").expect("time").unix_millis()
+}
+
+fn stamp(days_ago: i64) -> String {
+    at(t0() - days_ago * DAY).to_string()
+}
+
+async fn store_events(store: &FsStore, seed: u8, events: Value) -> String {
+    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).expect("source");
+    let body = json!({"batch": events, "writeKey": key}).to_string();
+    let request = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    let Collected::Kept(batch) = collect(&request, &sources, at(t0()), &mut Entropy::from_seed([seed; 32])) else {
+        panic!("rejected")
+    };
+    let (object_key, bytes) = batch.accepted_object().expect("accepted");
+    store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.expect("put");
+    object_key
+}
+
+async fn read_json(store: &FsStore, key: &str) -> Value {
+    let body = store.get(key).await.expect("get").unwrap_or_else(|| panic!("{key} exists")).body;
+    let body = if key.ends_with(".gz") { shared::storage::gunzip(&body).expect("gzip") } else { body };
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+#[tokio::test]
+async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let order = |id: &str, user: &str, days: i64, revenue: f64| {
+        json!({"type": "track", "event": "Order Completed", "userId": user, "messageId": id,
+               "timestamp": stamp(days), "properties": {"revenue": revenue}})
+    };
+    let keys = vec![
+        store_events(&store, 1, json!([
+            order("o1", "ann", 40, 10.0), order("o2", "ann", 20, 20.0), order("o3", "ann", 2, 30.0),
+            {"type": "identify", "userId": "ann", "messageId": "i1", "timestamp": stamp(40), "traits": {"plan": "pro"}},
+            order("o4", "bob", 3, 5.0),
+            {"type": "page", "anonymousId": "cyd-browser", "messageId": "p1", "timestamp": stamp(30)},
+        ])).await,
+        // A duplicate delivery of one order: counted once.
+        store_events(&store, 2, json!([order("o3", "ann", 2, 30.0)])).await,
+    ];
+    ingest(&store, &keys, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    store
+        .put(TAGS_CONFIG, json!([
+            {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+             "aggregate": {"op": "count"}},
+            {"id": "ltv", "status": "active", "version": 2, "kind": "statistical",
+             "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "sum", "property": "revenue"}},
+            {"id": "tier", "status": "active", "kind": "buckets", "of": "tag:ltv",
+             "buckets": [{"label": "high", "min": 50}], "otherwise": "low"},
+            {"id": "is_pro", "status": "active", "kind": "rule", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
+            {"id": "draft_tag", "kind": "statistical", "aggregate": {"op": "count"}}
+        ]).to_string().into_bytes(), PutOptions::json())
+        .await
+        .expect("tags config");
+    store
+        .put(
+            AUDIENCES_CONFIG,
+            json!([
+                {"id": "vips", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
+                {"id": "active_week", "status": "active", "when": {"did": {"window": {"lastDays": 7}}}}
+            ])
+            .to_string()
+            .into_bytes(),
+            PutOptions::json(),
+        )
+        .await
+        .expect("audiences config");
+
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!((report.profiles, report.events, report.unresolved_events), (3, 6, 0));
+    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let ann = profile_of(&store, "user_id:ann").await;
+    let bob = profile_of(&store, "user_id:bob").await;
+    let cyd = profile_of(&store, "anonymous_id:cyd-browser").await;
+    assert_eq!(values["profiles"][&ann], json!({"orders": 3, "ltv": 60.0, "tier": "high", "is_pro": true}));
+    assert_eq!(values["profiles"][&bob], json!({"orders": 1, "ltv": 5.0, "tier": "low", "is_pro": false}));
+    assert_eq!(values["profiles"][&cyd], json!({"orders": 0, "ltv": 0.0, "tier": "low", "is_pro": false}));
+    assert_eq!(report.tags["ltv"].version, 2);
+    assert_eq!(report.tags["is_pro"].with_value, 3);
+    assert!(!report.tags.contains_key("draft_tag"), "drafts are not computed");
+    assert_eq!(report.audiences["vips"], AudienceReport { size: 1, entered: 1, exited: 0 });
+    assert_eq!(report.audiences["active_week"], AudienceReport { size: 2, entered: 2, exited: 0 });
+    let diff = read_json(&store, &format!("audiences/v1/active_week/diffs/{:013}.json", t0())).await;
+    let mut entered: Vec<String> = serde_json::from_value(diff["entered"].clone()).expect("ids");
+    entered.sort();
+    let mut expected = vec![ann.clone(), bob.clone()];
+    expected.sort();
+    assert_eq!(entered, expected);
+
+    // Again at the same time: nothing changed, so no diff is written.
+    let again = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(again.audiences["active_week"], AudienceReport { size: 2, entered: 0, exited: 0 });
+    let diffs = store.list("audiences/v1/active_week/diffs/").await.expect("list");
+    assert_eq!(diffs.len(), 1);
+
+    // Four days (and a millisecond) later bob's order is just over seven days old, so he exits; ann's is six.
+    let later = full_recompute(&store, at(t0() + 4 * DAY + 1)).await.expect("recompute");
+    assert_eq!(later.audiences["active_week"], AudienceReport { size: 1, entered: 0, exited: 1 });
+    let diff = read_json(&store, &format!("audiences/v1/active_week/diffs/{:013}.json", t0() + 4 * DAY + 1)).await;
+    assert_eq!(diff["exited"], json!([bob]));
+    let snapshot = read_json(&store, "audiences/v1/active_week/snapshot.json.gz").await;
+    assert_eq!(snapshot["sizes"].as_array().map(Vec::len), Some(3));
+    assert_eq!(latest_report(&store).await.expect("report"), Some(later));
+}
+
+/// The profile id behind an identifier.
+async fn profile_of(store: &FsStore, key: &str) -> String {
+    crate::state::lookup(store, key).await.expect("lookup").expect("known").node.id
+}
+
+#[tokio::test]
+async fn invalid_definitions_are_a_configuration_error_naming_file_and_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    store
+        .put(
+            TAGS_CONFIG,
+            br#"[{"id": "x", "status": "active", "kind": "statistical", "aggregate": {"op": "sum"}}]"#.to_vec(),
+            PutOptions::json(),
+        )
+        .await
+        .expect("put");
+    let error = full_recompute(&store, at(t0())).await.expect_err("invalid");
+    assert!(
+        error.to_string().contains("config/tags.json: tags[0] (x).aggregate.property: sum needs a property"),
+        "{error}"
+    );
+    store.put(AUDIENCES_CONFIG, b"{not json".to_vec(), PutOptions::json()).await.expect("put");
+    let error = load_definitions(&store).await.expect_err("not JSON");
+    assert!(error.to_string().contains("config/audiences.json"), "{error}");
+}
