@@ -8,6 +8,7 @@ mod bench_identity;
 mod bench_ingest;
 mod profile;
 mod source;
+mod tags;
 mod up;
 
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ enum Command {
     /// Remove an identifier from its profile (a bad link, an erasure request); the profile splits where
     /// nothing else connects it.
     Unlink(profile::UnlinkArgs),
+    /// Tags: list the definitions with coverage, check them, compute them now.
+    #[command(subcommand)]
+    Tags(tags::TagsCommand),
+    /// List the audience definitions with their size and last change (entered, exited).
+    Audiences(DataArgs),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -65,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args),
         Command::Unlink(args) => profile::unlink(args),
         Command::Source(command) => source::run(command),
+        Command::Tags(command) => tags::run(command),
+        Command::Audiences(data) => tags::audiences(data),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct UpArgs {
     /// socket's peer address is used, since any header could be forged by the client.
     #[arg(long)]
     trusted_ip_header: Option<String>,
+    /// Seconds between full recomputes of tags and audiences (windowed tags change as time passes); they are
+    /// also recomputed a few seconds after new events and at once when their definitions change.
+    #[arg(long, default_value_t = 60)]
+    tag_interval: u64,
     /// A folder of your own pages (HTML, JS, CSS, images) to serve beside the collector, e.g. pages carrying
     /// the snippet with an empty host: `GET /shop/index.html` serves `DIR/shop/index.html`.
     #[arg(long)]
@@ -73,7 +77,9 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             .transpose()
             .context("--trusted-ip-header is not a valid header name")?;
         let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(ingest_loop(store.clone(), queue));
+        let ingested = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(ingest_loop(store.clone(), queue, ingested.clone()));
+        tokio::spawn(tagging_loop(store.clone(), ingested, Duration::from_secs(args.tag_interval.max(1))));
         let site =
             args.site.map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("--site {}", dir.display())));
         let site = site.transpose()?;
@@ -240,7 +246,11 @@ them up with <code>cdp profile user_id:demo-user</code>.</p>
 
 /// The single writer of the state: ingests new raw objects in batches, in arrival order. A failed batch is
 /// kept and retried (ingest is idempotent), so an event stored is an event applied.
-async fn ingest_loop(store: FsStore, mut queue: tokio::sync::mpsc::UnboundedReceiver<String>) {
+async fn ingest_loop(
+    store: FsStore,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ingested: Arc<tokio::sync::Notify>,
+) {
     let mut pending: Vec<String> = Vec::new();
     loop {
         if pending.is_empty() {
@@ -263,6 +273,7 @@ async fn ingest_loop(store: FsStore, mut queue: tokio::sync::mpsc::UnboundedRece
             Ok(report) => {
                 report.log();
                 pending.clear();
+                ingested.notify_one();
             }
             Err(error) => {
                 tracing::error!(%error, objects = pending.len(), "ingest failed; retrying in 2 s");
@@ -331,5 +342,45 @@ mod tests {
         }
         let page = site_file(&root, "/shop/p.html").await;
         assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    }
+}
+
+/// Recomputes tags and audiences (when any are defined): after ingest (at most every 2 s), when
+/// `config/tags.json` or `config/audiences.json` changes, and every `interval`.
+async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interval: Duration) {
+    use functions::storage::ObjectStore as _;
+    let mut last_definitions: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut last_run = tokio::time::Instant::now();
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            () = ingested.notified() => dirty = true,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let read = |key: &'static str| {
+            let store = store.clone();
+            async move { store.get(key).await.ok().flatten().map(|o| o.body).unwrap_or_default() }
+        };
+        let definitions =
+            (read(functions::tagging::TAGS_CONFIG).await, read(functions::tagging::AUDIENCES_CONFIG).await);
+        if definitions.0.is_empty() && definitions.1.is_empty() {
+            continue;
+        }
+        let changed = last_definitions.as_ref() != Some(&definitions);
+        if !(changed || dirty || last_run.elapsed() >= interval) {
+            continue;
+        }
+        last_definitions = Some(definitions);
+        last_run = tokio::time::Instant::now();
+        dirty = false;
+        match functions::tagging::full_recompute(&store, crate::now()).await {
+            Ok(report) => tracing::info!(
+                profiles = report.profiles,
+                tags = report.tags.len(),
+                audiences = report.audiences.len(),
+                "tags and audiences computed"
+            ),
+            Err(error) => tracing::error!(%error, "tags and audiences not computed"),
+        }
     }
 }

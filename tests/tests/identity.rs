@@ -100,3 +100,96 @@ fn profiles_form_live_under_cdp_up() {
     assert_ne!(x1["id"], x2["id"]);
     assert!(profile(dir.path(), "user_id:null").is_none());
 }
+
+/// Runs `cdp <args> --data DIR` and returns its standard output.
+fn cdp(data: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(cdp_bin()).args(args).arg("--data").arg(data).output().expect("running cdp");
+    assert!(out.status.success(), "cdp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tags_and_audiences_follow_events_and_definitions_under_cdp_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = cdp_source_add(dir.path(), "site");
+    std::fs::create_dir_all(dir.path().join("config")).expect("config folder");
+    std::fs::write(
+        dir.path().join("config/tags.json"),
+        json!([{"id": "orders", "status": "active", "kind": "statistical",
+                "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}},
+               {"id": "spend", "status": "active", "kind": "statistical",
+                "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "sum", "property": "revenue"}}])
+        .to_string(),
+    )
+    .expect("tags");
+    std::fs::write(
+        dir.path().join("config/audiences.json"),
+        json!([{"id": "buyers", "status": "active", "when": {"field": "tag:orders", "op": "gte", "value": 1}}])
+            .to_string(),
+    )
+    .expect("audiences");
+    let up = CdpUp::start(dir.path());
+    let order = |user: &str, id: &str, revenue: f64| {
+        json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": id,
+               "properties": {"revenue": revenue}})
+    };
+    let reply = post(
+        &format!("{}/v1/batch", up.url),
+        &json!({"batch": [order("ann", "o1", 12.5), order("ann", "o2", 7.5),
+                          {"type": "page", "userId": "bob", "messageId": "p1"}]})
+        .to_string(),
+        Some(&key),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // cdp up recomputes a few seconds after ingest.
+    let start = Instant::now();
+    let values = loop {
+        let path = dir.path().join("tags/v1/values.json.gz");
+        if let Ok(bytes) = std::fs::read(&path) {
+            let values: Value = serde_json::from_slice(&shared::storage::gunzip(&bytes).expect("gzip")).expect("JSON");
+            if values["profiles"].as_object().is_some_and(|p| p.values().any(|t| t["spend"] == 20.0)) {
+                break values;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "tags were not computed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ann = wait_for(dir.path(), "user_id:ann", |_| true)["id"].as_str().expect("id").to_string();
+    assert_eq!(values["profiles"][&ann], json!({"orders": 2, "spend": 20.0}));
+    let listed = cdp(dir.path(), &["tags", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("orders ") && l.contains("100.0 %")), "{listed}");
+    let audiences = cdp(dir.path(), &["audiences"]);
+    let buyers = audiences.lines().find(|l| l.starts_with("buyers ")).expect("buyers listed");
+    assert_eq!(buyers.split_whitespace().collect::<Vec<_>>(), ["buyers", "active", "1", "1", "0"], "{audiences}");
+
+    // A changed definition is applied without a restart.
+    std::fs::write(
+        dir.path().join("config/audiences.json"),
+        json!([{"id": "buyers", "status": "active", "when": {"field": "tag:orders", "op": "gte", "value": 5}}])
+            .to_string(),
+    )
+    .expect("audiences");
+    let start = Instant::now();
+    loop {
+        let audiences = cdp(dir.path(), &["audiences"]);
+        let line = audiences.lines().find(|l| l.starts_with("buyers ")).unwrap_or_default().to_string();
+        if line.split_whitespace().collect::<Vec<_>>() == ["buyers", "active", "0", "0", "1"] {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the new definition was not applied: {line}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let check = Command::new(cdp_bin()).args(["tags", "check", "--data"]).arg(dir.path()).output().expect("cdp");
+    assert!(check.status.success());
+    std::fs::write(
+        dir.path().join("config/tags.json"),
+        r#"[{"id": "x", "kind": "statistical", "aggregate": {"op": "avg"}}]"#,
+    )
+    .expect("tags");
+    let check = Command::new(cdp_bin()).args(["tags", "check", "--data"]).arg(dir.path()).output().expect("cdp");
+    assert!(!check.status.success());
+    let message = String::from_utf8_lossy(&check.stderr);
+    assert!(message.contains("tags[0] (x).aggregate.property: avg needs a property"), "{message}");
+    drop(up);
+}
