@@ -314,37 +314,6 @@ fn to_response(answer: Answer) -> Response {
     response
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn get(root: &std::path::Path, path: &str) -> (StatusCode, String) {
-        let response = site_file(root, path).await;
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    #[tokio::test]
-    async fn the_site_folder_serves_its_files_and_nothing_outside_it() {
-        let outer = tempfile::tempdir().unwrap();
-        let root = outer.path().join("site");
-        std::fs::create_dir_all(root.join("shop")).unwrap();
-        std::fs::write(root.join("index.html"), "home").unwrap();
-        std::fs::write(root.join("shop/p.html"), "product").unwrap();
-        std::fs::write(root.join(".env"), "secret").unwrap();
-        std::fs::write(outer.path().join("outside.txt"), "secret").unwrap();
-        let root = std::fs::canonicalize(&root).unwrap();
-        assert_eq!(get(&root, "/").await, (StatusCode::OK, "home".into()));
-        assert_eq!(get(&root, "/shop/p.html").await, (StatusCode::OK, "product".into()));
-        for path in ["/../outside.txt", "/shop/../../outside.txt", "/.env", "/missing.html", "/shop//p.html"] {
-            assert_eq!(get(&root, path).await.0, StatusCode::NOT_FOUND, "{path}");
-        }
-        let page = site_file(&root, "/shop/p.html").await;
-        assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
-    }
-}
-
 /// Recomputes tags and audiences (when any are defined): after ingest (at most every 2 s), when
 /// `config/tags.json` or `config/audiences.json` changes, and every `interval`.
 async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interval: Duration) {
@@ -382,5 +351,36 @@ async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interv
             ),
             Err(error) => tracing::error!(%error, "tags and audiences not computed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(root: &std::path::Path, path: &str) -> (StatusCode, String) {
+        let response = site_file(root, path).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_site_folder_serves_its_files_and_nothing_outside_it() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("site");
+        std::fs::create_dir_all(root.join("shop")).unwrap();
+        std::fs::write(root.join("index.html"), "home").unwrap();
+        std::fs::write(root.join("shop/p.html"), "product").unwrap();
+        std::fs::write(root.join(".env"), "secret").unwrap();
+        std::fs::write(outer.path().join("outside.txt"), "secret").unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(get(&root, "/").await, (StatusCode::OK, "home".into()));
+        assert_eq!(get(&root, "/shop/p.html").await, (StatusCode::OK, "product".into()));
+        for path in ["/../outside.txt", "/shop/../../outside.txt", "/.env", "/missing.html", "/shop//p.html"] {
+            assert_eq!(get(&root, path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        let page = site_file(&root, "/shop/p.html").await;
+        assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
     }
 }
