@@ -1,6 +1,7 @@
 //! The real ingest Lambda binary, running its real `lambda_runtime` loop against a Runtime API emulator on
 //! 127.0.0.1, handles a real-shaped SQS-wrapped S3 notification and updates state in a real S3-compatible
-//! server; a message that is not a notification is reported as a partial batch failure.
+//! server; a message that is not a notification is reported as a partial batch failure. Then the tagging
+//! binary, on a scheduled event, computes tags and audiences from that state.
 
 use std::process::Command;
 use std::time::Duration;
@@ -90,5 +91,46 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     );
     let after = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile");
     assert_eq!(after, profile);
+    drop(function);
+
+    // The tagging function, on an EventBridge scheduled event, computes tags and audiences from that state.
+    let tags = json!([{"id": "views", "status": "active", "kind": "statistical", "filter": {"types": ["page"]},
+                       "aggregate": {"op": "count"}}]);
+    let audiences =
+        json!([{"id": "viewers", "status": "active", "when": {"field": "tag:views", "op": "gte", "value": 1}}]);
+    s3.block_on(store.put("config/tags.json", tags.to_string().into_bytes(), PutOptions::json())).expect("tags");
+    s3.block_on(store.put("config/audiences.json", audiences.to_string().into_bytes(), PutOptions::json()))
+        .expect("audiences");
+    let api = RuntimeApi::start();
+    let mut command = Command::new(repo_root().join("target/debug/tagging"));
+    command
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "tagging")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/tagging")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "e2e")
+        .env("CDP_BUCKET", local_s3::BUCKET)
+        .env("AWS_REGION", local_s3::REGION)
+        .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
+        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
+    let function = Proc::spawn("lambda-tagging", command);
+    let scheduled = json!({"version": "0", "id": "5f1e7b2a-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
+                           "source": "aws.events", "account": "123456789012", "time": "2026-11-28T12:15:00Z",
+                           "region": "eu-central-1", "resources": ["arn:aws:events:eu-central-1:123456789012:rule/cdp-tagging"],
+                           "detail": {}});
+    let report = api
+        .invoke(&scheduled, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", function.log_tail()))
+        .unwrap_or_else(|e| panic!("the function reported an error: {e}\n{}", function.log_tail()));
+    let report: Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(report["computedAt"], UtcTime::parse("2026-11-28T12:15:00Z").expect("time").unix_millis());
+    assert_eq!(report["tags"]["views"]["withValue"], report["profiles"]);
+    assert_eq!(report["audiences"]["viewers"]["entered"], 1);
+    let snapshot = s3.block_on(store.get("audiences/v1/viewers/snapshot.json.gz")).expect("get").expect("snapshot");
+    let snapshot: Value =
+        serde_json::from_slice(&shared::storage::gunzip(&snapshot.body).expect("gzip")).expect("JSON");
+    assert_eq!(snapshot["members"], json!([profile.node.id]));
     drop(function);
 }

@@ -1,0 +1,39 @@
+//! The tagging Lambda: a scheduled full recompute of tags and audiences (EventBridge Scheduler or a rule
+//! invokes it, e.g. every 15 minutes, for windowed tags whose values change as time passes).
+//!
+//! Payload: an EventBridge `Scheduled Event` (its `time` is the computation's "now"), or `{}` (the clock).
+//! Answers the report (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`,
+//! `AWS_REGION`, credentials, optionally `AWS_ENDPOINT_URL_S3`. Reserved concurrency 1: one computation at a time.
+
+use functions::storage::{S3Settings, S3Store};
+use functions::tagging::full_recompute;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::Value;
+use shared::time::UtcTime;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .without_time() // CloudWatch stamps each line.
+        .init();
+    let store = S3Store::new(S3Settings::from_env()?);
+    let store = &store;
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let now = match event.payload["time"].as_str() {
+            Some(time) => UtcTime::parse(time).ok_or_else(|| format!("the event's time {time:?} is not RFC 3339"))?,
+            None => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                UtcTime::from_unix_millis(ms).ok_or("the clock is out of range")?
+            }
+        };
+        let report = full_recompute(store, now).await?;
+        tracing::info!(profiles = report.profiles, events = report.events, "tags and audiences computed");
+        serde_json::to_value(&report).map_err(Error::from)
+    }))
+    .await
+}
