@@ -51,7 +51,7 @@ fn members(set: &AudienceSet, people: &[Person], now: i64) -> BTreeMap<&'static 
             let views: Vec<EventView<'_>> = p
                 .events
                 .iter()
-                .map(|(name, at)| EventView { kind: "track", event: Some(name), at: *at, properties: &empty })
+                .map(|(name, at)| EventView { kind: "track", event: Some(name), at: *at, id: "", properties: &empty })
                 .collect();
             let tag_values = tag_set.evaluate(&p.traits, &views, now);
             (p.id, set.members(&p.traits, &tag_values, &views, now))

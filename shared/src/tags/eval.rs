@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::check::TagSet;
-use super::definition::{AggregateOp, Aggregation, CompareOp, Condition, EventFilter, Expr, Operand, TagKind};
-use super::definition::{UNIQUE_LIST_MAX, Window};
+use super::definition::{Aggregation, CompareOp, Condition, EventFilter, Expr, Operand, TagKind, Window};
+use super::state::Summary;
 
 /// What a statistical tag reads of one event.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +18,8 @@ pub struct EventView<'a> {
     pub event: Option<&'a str>,
     /// Event time, ms since the epoch.
     pub at: i64,
+    /// Its messageId: orders events of the same time.
+    pub id: &'a str,
     /// Its properties.
     pub properties: &'a Map<String, Value>,
 }
@@ -29,6 +31,7 @@ impl<'a> EventView<'a> {
             kind: event.kind.as_str(),
             event: event.event.as_deref(),
             at: event.timestamp.unix_millis(),
+            id: &event.message_id,
             properties: event.properties.as_ref().unwrap_or(empty),
         }
     }
@@ -38,12 +41,24 @@ impl TagSet {
     /// Every computed tag's value for a profile with `traits` and `events` (in any order), at `now` (ms).
     /// Tags without a value (an average of nothing, a rule over missing traits is still false) are absent.
     pub fn evaluate(&self, traits: &Map<String, Value>, events: &[EventView<'_>], now: i64) -> BTreeMap<String, Value> {
+        self.evaluate_with(traits, |tag| match &tag.kind {
+            TagKind::Statistical { filter, aggregate, window } => {
+                statistical(&self.patterns, filter, aggregate, *window, events, now)
+            }
+            _ => Value::Null,
+        })
+    }
+
+    /// Every computed tag's value, with statistical tags' values from `statistical`.
+    pub(crate) fn evaluate_with(
+        &self,
+        traits: &Map<String, Value>,
+        statistical: impl Fn(&super::definition::TagDefinition) -> Value,
+    ) -> BTreeMap<String, Value> {
         let mut values = BTreeMap::new();
         for tag in &self.tags {
             let value = match &tag.kind {
-                TagKind::Statistical { filter, aggregate, window } => {
-                    statistical(&self.patterns, filter, aggregate, *window, events, now)
-                }
+                TagKind::Statistical { .. } => statistical(tag),
                 TagKind::Rule { when } => Value::Bool(self.holds(when, traits, &values)),
                 TagKind::Buckets { of, buckets, otherwise } => {
                     // No number, no value; a number in no bucket gets `otherwise`.
@@ -118,7 +133,7 @@ pub(crate) fn compare(patterns: &Patterns, condition: &Condition, value: Option<
     }
 }
 
-fn passes(patterns: &Patterns, filter: &EventFilter, event: &EventView<'_>) -> bool {
+pub(crate) fn passes(patterns: &Patterns, filter: &EventFilter, event: &EventView<'_>) -> bool {
     (filter.types.is_empty() || filter.types.iter().any(|t| t == event.kind))
         && (filter.events.is_empty() || event.event.is_some_and(|e| filter.events.iter().any(|f| f == e)))
         && filter.properties.iter().all(|c| compare(patterns, c, event.properties.get(&c.field)))
@@ -152,14 +167,6 @@ fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     }
 }
 
-/// A value's identity for distinct counts: numbers by value, everything else by its JSON text.
-fn key(value: &Value) -> String {
-    match value.as_f64() {
-        Some(x) if value.is_number() => format!("n:{x}"),
-        _ => format!("j:{value}"),
-    }
-}
-
 /// A statistical aggregation over `events` at `now`.
 pub(crate) fn statistical(
     patterns: &Patterns,
@@ -170,46 +177,10 @@ pub(crate) fn statistical(
     now: i64,
 ) -> Value {
     let start = window.millis().map(|w| now - w);
-    // Matching events in time order (ties by their order in the input), with the property's value.
-    let mut matching: Vec<(i64, usize, Option<&Value>)> = events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| start.is_none_or(|s| e.at >= s) && passes(patterns, filter, e))
-        .map(|(i, e)| (e.at, i, aggregate.property.as_ref().and_then(|p| e.properties.get(p)).filter(|v| !v.is_null())))
-        .collect();
-    matching.sort_by_key(|(at, i, _)| (*at, *i));
-    let values = || matching.iter().filter_map(|(_, _, v)| *v);
-    let numbers = || values().filter_map(Value::as_f64);
-    let number = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
-    match aggregate.op {
-        AggregateOp::Count => match aggregate.property {
-            None => Value::from(matching.len()),
-            Some(_) => Value::from(values().count()),
-        },
-        AggregateOp::Sum => number(numbers().sum()),
-        AggregateOp::Avg => {
-            let (n, sum) = numbers().fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
-            if n == 0 { Value::Null } else { number(sum / n as f64) }
-        }
-        AggregateOp::Min => numbers().reduce(f64::min).map_or(Value::Null, number),
-        AggregateOp::Max => numbers().reduce(f64::max).map_or(Value::Null, number),
-        AggregateOp::First => values().next().cloned().unwrap_or(Value::Null),
-        AggregateOp::Last => values().next_back().cloned().unwrap_or(Value::Null),
-        AggregateOp::DistinctCount => Value::from(values().map(key).collect::<std::collections::BTreeSet<_>>().len()),
-        AggregateOp::MostFrequent => {
-            // value key → (count, position of its latest occurrence, the value)
-            let mut counts: BTreeMap<String, (usize, usize, &Value)> = BTreeMap::new();
-            for (position, value) in values().enumerate() {
-                let entry = counts.entry(key(value)).or_insert((0, 0, value));
-                entry.0 += 1;
-                entry.1 = position;
-            }
-            counts.into_values().max_by_key(|(n, last, _)| (*n, *last)).map_or(Value::Null, |(_, _, v)| v.clone())
-        }
-        AggregateOp::UniqueList => {
-            let mut seen = std::collections::BTreeSet::new();
-            let list: Vec<Value> = values().filter(|v| seen.insert(key(v))).take(UNIQUE_LIST_MAX).cloned().collect();
-            if list.is_empty() { Value::Null } else { Value::Array(list) }
-        }
+    let mut summary = Summary::default();
+    for event in events.iter().filter(|e| start.is_none_or(|s| e.at >= s) && passes(patterns, filter, e)) {
+        let value = aggregate.property.as_ref().and_then(|p| event.properties.get(p));
+        summary.add(aggregate.op, (event.at, event.id.to_string()), value);
     }
+    summary.value(aggregate.op, aggregate.property.is_some())
 }

@@ -4,6 +4,8 @@
 //! Semantics, shared by every way of computing tags:
 //! - a statistical tag aggregates the profile's events that pass its filter (event names, types, property
 //!   conditions) within its window; the window ends now and an event exactly at its start is inside;
+//!   events are ordered by time, then messageId (for first, last, ties); sums are exact, then rounded once,
+//!   so they do not depend on the order events arrive in;
 //!   events without the aggregated property are skipped (a sum of nothing is 0; an average, minimum or
 //!   maximum of nothing has no value);
 //! - a rule is true or false; a condition on an absent or null field is false, except `ne` (true) and
@@ -16,6 +18,9 @@
 mod check;
 mod definition;
 mod eval;
+mod state;
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +30,7 @@ pub use definition::{
     Operand, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
 pub use eval::EventView;
+pub use state::{ProfileTagState, Seen, Stamp, Stamped, StatState, Summary};
 
 pub(crate) use check::{Checker, TagsById};
 pub(crate) use definition::single_key;

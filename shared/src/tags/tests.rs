@@ -36,7 +36,7 @@ fn events(rows: &[(&'static str, Option<&'static str>, f64, Value)]) -> Vec<Row>
 fn eval(set: &TagSet, traits: Value, rows: &[Row]) -> Map<String, Value> {
     let views: Vec<EventView<'_>> = rows
         .iter()
-        .map(|(kind, event, at, properties)| EventView { kind, event: *event, at: *at, properties })
+        .map(|(kind, event, at, properties)| EventView { kind, event: *event, at: *at, id: "", properties })
         .collect();
     let traits = traits.as_object().cloned().unwrap_or_default();
     set.evaluate(&traits, &views, NOW).into_iter().collect()
