@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use shared::event::{CanonicalEvent, EventType};
 use shared::identity::IdentityRules;
 use shared::profile::{Profile, ProfileRules};
+use shared::tags::{EventView, TagSet};
 use shared::time::UtcTime;
 
 pub use notifications::{BatchItemFailure, MessageKeys, SqsBatchResponse, keys_of_s3_event, keys_of_sqs_event};
@@ -35,6 +36,8 @@ pub struct IngestConfig {
     pub max_attempts: u32,
     /// When a commit folds the state's deltas into whole shards.
     pub compaction: Compaction,
+    /// Active tags (`config/tags.json`), kept up to date incrementally on the profiles a batch changes.
+    pub tags: Option<TagSet>,
 }
 
 impl Default for IngestConfig {
@@ -46,6 +49,7 @@ impl Default for IngestConfig {
             shards: ShardCounts::default(),
             max_attempts: 8,
             compaction: Compaction::default(),
+            tags: None,
         }
     }
 }
@@ -61,6 +65,18 @@ impl IngestConfig {
         if let Some(object) = store.get("config/profiles.json").await? {
             config.profiles = serde_json::from_slice(&object.body)
                 .map_err(|e| shared::Error::Config(format!("config/profiles.json: {e}")))?;
+        }
+        // Invalid tag definitions must not stop events from being ingested: tags wait until they are fixed.
+        match crate::tagging::load_definitions(store).await {
+            Ok((tags, _)) if tags.is_empty() => {}
+            Ok((tags, _)) => match TagSet::check(&tags, &shared::tags::Catalog::default()) {
+                Ok(set) => config.tags = Some(set),
+                Err(errors) => {
+                    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::warn!(problems = %errors.join("; "), "config/tags.json is invalid; tags are not updated");
+                }
+            },
+            Err(error) => tracing::warn!(%error, "tags are not updated"),
         }
         Ok(config)
     }
@@ -163,7 +179,7 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
         report.duplicates = events.len() - fresh.len();
-        let (applied, merges, refusals) = apply(&mut txn, &fresh, config).await?;
+        let (applied, merges, refusals) = apply(&mut txn, &fresh, config, now).await?;
         report.applied = applied;
         report.merges = merges;
         report.refusals = refusals;
@@ -230,6 +246,7 @@ async fn apply<S: ObjectStore + Clone>(
     txn: &mut Transaction<'_, S>,
     events: &[CanonicalEvent],
     config: &IngestConfig,
+    now: UtcTime,
 ) -> Result<(usize, usize, usize), Error> {
     let mut keys = BTreeSet::new();
     for event in events {
@@ -243,6 +260,8 @@ async fn apply<S: ObjectStore + Clone>(
     }
     let (mut graph, mut data): (_, BTreeMap<String, Profile>) = txn.graph_for(&keys).await?;
     let (mut applied, mut merges, mut refusals) = (0, 0, 0);
+    let empty = serde_json::Map::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     for event in events {
         let linked = graph.link_event(&config.identity, event);
         refusals += linked.refused;
@@ -256,10 +275,24 @@ async fn apply<S: ObjectStore + Clone>(
         }
         let profile = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
         profile.apply(event, &config.profiles);
+        if let Some(tags) = &config.tags {
+            tags.observe(&mut profile.tag_state, &EventView::of(event, &empty), now.unix_millis());
+            touched.insert(target.clone());
+        }
         if let Some(node) = graph.profile(&target) {
             profile.identities = node.identities.clone();
         }
         applied += 1;
+    }
+    // The changed profiles' tag values, as of now.
+    if let Some(tags) = &config.tags {
+        for id in touched {
+            if let Some(profile) = data.get_mut(&id) {
+                let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+                profile.tags = tags.evaluate_state(&profile.tag_state, &traits, now.unix_millis());
+                profile.tags_at = Some(now);
+            }
+        }
     }
     txn.put_back(graph, data).await?;
     Ok((applied, merges, refusals))

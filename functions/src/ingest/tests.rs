@@ -233,7 +233,7 @@ async fn two_writers_at_once_lose_no_update() {
         put_batch(&store, 40, json!([ev("track", "late", 1, json!({"userId": "late"}), json!({"event": "X"}))])).await;
     let events = read_object(&store, &extra).await.unwrap().unwrap().events;
     let events = fresh.fresh(events, now(), config.dedup_window_ms).await.unwrap();
-    apply(&mut fresh, &events, &config).await.unwrap();
+    apply(&mut fresh, &events, &config, now()).await.unwrap();
     fresh.commit().await.unwrap();
     let mut stale = stale;
     let events = read_object(&store, &extra).await.unwrap().unwrap().events;

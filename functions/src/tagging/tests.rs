@@ -152,3 +152,63 @@ async fn invalid_definitions_are_a_configuration_error_naming_file_and_field() {
     let error = load_definitions(&store).await.expect_err("not JSON");
     assert!(error.to_string().contains("config/audiences.json"), "{error}");
 }
+
+#[tokio::test]
+async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    store
+        .put(TAGS_CONFIG, json!([
+            {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+             "aggregate": {"op": "count"}},
+            {"id": "spend_30d", "status": "active", "kind": "statistical", "aggregate": {"op": "sum", "property": "revenue"},
+             "window": {"lastDays": 30}},
+            {"id": "avg_spend", "status": "active", "kind": "statistical", "aggregate": {"op": "avg", "property": "revenue"}},
+            {"id": "top_category", "status": "active", "kind": "statistical",
+             "aggregate": {"op": "most_frequent", "property": "category"}},
+            {"id": "big", "status": "active", "kind": "rule", "when": {"field": "tag:spend_30d", "op": "gte", "value": 25}}
+        ]).to_string().into_bytes(), PutOptions::json())
+        .await
+        .expect("tags");
+    let order = |id: &str, who: Value, days: i64, revenue: f64, category: &str| {
+        let mut e = json!({"type": "track", "event": "Order Completed", "messageId": id, "timestamp": stamp(days),
+                           "properties": {"revenue": revenue, "category": category}});
+        for (k, v) in who.as_object().expect("ids") {
+            e[k] = v.clone();
+        }
+        e
+    };
+    // Three batches: an anonymous shopper, a logged-in one, then the login that merges them.
+    let batches = [
+        json!([
+            order("a1", json!({"anonymousId": "anon-1"}), 40, 10.1, "shoes"),
+            order("a2", json!({"anonymousId": "anon-1"}), 3, 0.2, "hats")
+        ]),
+        json!([
+            order("b1", json!({"userId": "zoe"}), 10, 20.7, "shoes"),
+            order("c1", json!({"userId": "max"}), 1, 99.0, "shirts")
+        ]),
+        json!([{"type": "identify", "anonymousId": "anon-1", "userId": "zoe", "messageId": "m1", "timestamp": stamp(0)},
+               order("b2", json!({"userId": "zoe"}), 0, 5.0, "hats")]),
+    ];
+    for (i, batch) in batches.into_iter().enumerate() {
+        let key = store_events(&store, 10 + i as u8, batch).await;
+        let config = IngestConfig::load(&store).await.expect("config");
+        assert!(config.tags.is_some(), "the tags are loaded by ingest");
+        ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
+    }
+    full_recompute(&store, at(t0())).await.expect("recompute");
+    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let mut compared = 0;
+    for who in ["user_id:zoe", "user_id:max", "anonymous_id:anon-1"] {
+        let stored = crate::state::lookup(&store, who).await.expect("lookup").expect("profile");
+        let incremental = serde_json::to_value(&stored.profile.tags).expect("json");
+        assert_eq!(incremental, values["profiles"][&stored.node.id], "{who}");
+        assert_eq!(stored.profile.tags_at, Some(at(t0())));
+        compared += 1;
+    }
+    assert_eq!(compared, 3);
+    let zoe = crate::state::lookup(&store, "user_id:zoe").await.expect("lookup").expect("zoe");
+    assert_eq!(zoe.profile.tags["orders"], json!(4), "the merged anonymous orders count");
+    assert_eq!(zoe.profile.tags["spend_30d"], json!(25.9), "20.7 + 0.2 + 5.0 within 30 days, summed exactly");
+}

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::policy::{ProfileRules, TraitPolicy};
 use crate::event::{CanonicalEvent, EventType};
 use crate::identity::{IdKey, ProfileId};
+use crate::tags::ProfileTagState;
 use crate::time::UtcTime;
 
 /// A trait's value and where it came from.
@@ -104,6 +105,15 @@ pub struct Profile {
     /// Counters and aggregates per event name.
     #[serde(default)]
     pub events: BTreeMap<String, EventStats>,
+    /// Running state of the statistical tags, updated by ingest.
+    #[serde(default, skip_serializing_if = "ProfileTagState::is_empty")]
+    pub tag_state: ProfileTagState,
+    /// Tag values as of `tags_at` (recomputed by ingest for the profiles it changes, and on schedule).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, Value>,
+    /// When `tags` were computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags_at: Option<UtcTime>,
 }
 
 impl Profile {
@@ -118,6 +128,9 @@ impl Profile {
             first_seen: None,
             last_seen: None,
             events: BTreeMap::new(),
+            tag_state: ProfileTagState::default(),
+            tags: BTreeMap::new(),
+            tags_at: None,
         }
     }
 
@@ -181,6 +194,7 @@ impl Profile {
                 ours.properties.entry(key).or_default().combine(&aggregate);
             }
         }
+        self.tag_state.absorb(other.tag_state);
     }
 
     fn offer_trait(&mut self, key: &str, candidate: TraitValue, rules: &ProfileRules) {

@@ -250,6 +250,29 @@ pub struct ProfileTagState {
     pub tags: BTreeMap<String, StatState>,
 }
 
+impl ProfileTagState {
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// Merges `other` (an absorbed profile's states) into this one.
+    pub fn absorb(&mut self, other: ProfileTagState) {
+        for (slot, theirs) in other.tags {
+            match (self.tags.get_mut(&slot), theirs) {
+                (Some(StatState::Total(ours)), StatState::Total(theirs)) => ours.combine(*theirs),
+                (Some(StatState::Recent(ours)), StatState::Recent(theirs)) => ours.extend(theirs),
+                (None, theirs) => {
+                    self.tags.insert(slot, theirs);
+                }
+                // A definition changed its window between the two: the version changes with it, so the
+                // slots differ; states of one slot always have one shape.
+                (Some(_), _) => {}
+            }
+        }
+    }
+}
+
 impl TagSet {
     /// Adds one event to a profile's tag states, as of `now` (windows drop what fell out of them).
     pub fn observe(&self, state: &mut ProfileTagState, event: &EventView<'_>, now: i64) {
@@ -276,22 +299,6 @@ impl TagSet {
                         recent.push(((event.at, event.id.to_string()), value.cloned()));
                     }
                 }
-            }
-        }
-    }
-
-    /// Merges `other` (an absorbed profile's states) into `state`.
-    pub fn absorb(&self, state: &mut ProfileTagState, other: ProfileTagState) {
-        for (slot, theirs) in other.tags {
-            match (state.tags.get_mut(&slot), theirs) {
-                (Some(StatState::Total(ours)), StatState::Total(theirs)) => ours.combine(*theirs),
-                (Some(StatState::Recent(ours)), StatState::Recent(theirs)) => ours.extend(theirs),
-                (None, theirs) => {
-                    state.tags.insert(slot, theirs);
-                }
-                // A definition changed its window between the two: the version changes with it, so the
-                // slots differ; states of one slot always have one shape.
-                (Some(_), _) => {}
             }
         }
     }

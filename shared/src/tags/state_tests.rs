@@ -116,7 +116,7 @@ proptest! {
                 if at_batch == batch && a != b {
                     owner[a] = b;
                     if let Some(theirs) = states.remove(&a) {
-                        set.absorb(states.entry(b).or_default(), theirs);
+                        states.entry(b).or_default().absorb(theirs);
                     }
                     let moved = all.remove(&a).unwrap_or_default();
                     all.entry(b).or_default().extend(moved);
