@@ -65,6 +65,15 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         batch: u64,
     },
+    /// Keeping 20 tags up to date per changed profile (incremental state) beside re-evaluating its history.
+    Tags {
+        /// Changed profiles.
+        #[arg(long, default_value_t = 100_000)]
+        profiles: u64,
+        /// Events of history per profile (spread over two years).
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -82,6 +91,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
             crate::bench_identity::run(identifiers, links_per_identifier, duckdb)
         }
         BenchCommand::Ingest { identifiers, batch } => crate::bench_ingest::run(identifiers, batch),
+        BenchCommand::Tags { profiles, events } => crate::bench_tags::run(profiles, events),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }
