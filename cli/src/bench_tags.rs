@@ -45,6 +45,9 @@ pub(crate) fn twenty_tags() -> anyhow::Result<TagSet> {
     TagSet::check(&defs, &Catalog::default()).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
+/// An event of a stored history, as read back: (kind, event, time, id, properties).
+type StoredEvent = (String, Option<String>, i64, String, Map<String, Value>);
+
 /// A profile's synthetic history: (kind, event, time, id, properties).
 type History = Vec<(&'static str, Option<&'static str>, i64, String, Map<String, Value>)>;
 
@@ -137,7 +140,7 @@ pub(crate) fn run(profiles: u64, events: usize) -> anyhow::Result<()> {
         .collect();
     let start = Instant::now();
     for json in &stored_histories {
-        let mut rows: Vec<(String, Option<String>, i64, String, Map<String, Value>)> = serde_json::from_str(json)?;
+        let mut rows: Vec<StoredEvent> = serde_json::from_str(json)?;
         rows.push(("track".into(), Some("Order Completed".into()), now, "new".into(), new_event.clone()));
         let all: Vec<EventView<'_>> = rows
             .iter()
