@@ -63,6 +63,8 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
             "lastSeen": profile.last_seen,
             "events": profile.events,
             "groups": profile.groups,
+            "tags": profile.tags,
+            "tagsAt": profile.tags_at,
             "history": node.audit,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -86,6 +88,12 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
         println!("  events");
         for (name, stats) in &profile.events {
             println!("    {name}: {}", stats.count);
+        }
+    }
+    if let Some(at) = profile.tags_at {
+        println!("  tags (as of {at})");
+        for (id, value) in &profile.tags {
+            println!("    {id} = {value}");
         }
     }
     println!("  history");

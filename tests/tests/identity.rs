@@ -155,8 +155,10 @@ fn tags_and_audiences_follow_events_and_definitions_under_cdp_up() {
         assert!(start.elapsed() < Duration::from_secs(30), "tags were not computed");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let ann = wait_for(dir.path(), "user_id:ann", |_| true)["id"].as_str().expect("id").to_string();
-    assert_eq!(values["profiles"][&ann], json!({"orders": 2, "spend": 20.0}));
+    let ann = wait_for(dir.path(), "user_id:ann", |_| true);
+    assert_eq!(ann["tags"], json!({"orders": 2, "spend": 20.0}), "kept up to date by ingest");
+    let ann = ann["id"].as_str().expect("id").to_string();
+    assert_eq!(values["profiles"][&ann], json!({"orders": 2, "spend": 20.0}), "the full recompute agrees");
     let listed = cdp(dir.path(), &["tags", "list"]);
     assert!(listed.lines().any(|l| l.starts_with("orders ") && l.contains("100.0 %")), "{listed}");
     let audiences = cdp(dir.path(), &["audiences"]);
