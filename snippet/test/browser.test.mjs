@@ -12,11 +12,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CDP = process.env.CDP_BIN || join(root, 'target', 'debug', 'cdp');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SNIPPET = readFileSync(join(root, 'snippet', 'dist', 'snippet.min.js'), 'utf8');
 
 let data;
@@ -34,19 +33,7 @@ before(async () => {
   const added = execFileSync(CDP, ['source', 'add', 'web', '--data', data], { encoding: 'utf8' });
   key = added.trim().split('\n').pop().trim();
   port = await startCollector(0);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--host-resolver-rules=MAP *.shop.example 127.0.0.1',
-    ],
-  });
+  browser = await launch(['--host-resolver-rules=MAP *.shop.example 127.0.0.1']);
 });
 
 /// Starts `cdp up` on `listen` (0: a free port); resolves to its port.

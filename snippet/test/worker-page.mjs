@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [collector, key] = process.argv.slice(2);
 if (!collector || !key) {
@@ -19,19 +19,10 @@ const snippet = readFileSync(join(here, '..', 'dist', 'snippet.min.js'), 'utf8')
   .replace('__WRITE_KEY__', key)
   .replace('__OPTIONS__', '{"flushInterval": 100}');
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessRespectPreflightResults',
-  ],
-});
+// The page is public-looking but resolves to loopback in the test: allow it to reach the collector there.
+const browser = await launch([
+  '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessRespectPreflightResults',
+]);
 const timer = setTimeout(() => {
   console.error('timed out');
   process.exit(1);

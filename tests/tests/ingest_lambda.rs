@@ -18,6 +18,24 @@ use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
 use shared::time::UtcTime;
 
+/// Starts a function binary as Lambda would, against the Runtime API emulator `api` and the S3 server `s3`.
+fn start_function(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3) -> Proc {
+    let mut command = Command::new(bin);
+    command
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "e2e")
+        .env("CDP_BUCKET", local_s3::BUCKET)
+        .env("AWS_REGION", local_s3::REGION)
+        .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
+        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
+    Proc::spawn(&format!("lambda-{name}"), command)
+}
+
 #[test]
 fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     let bin = repo_root().join("target/debug/ingest");
@@ -55,20 +73,7 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     event["Records"][0]["body"] = json!(notification.to_string());
 
     let api = RuntimeApi::start();
-    let mut command = Command::new(&bin);
-    command
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "ingest")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/ingest")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "e2e")
-        .env("CDP_BUCKET", local_s3::BUCKET)
-        .env("AWS_REGION", local_s3::REGION)
-        .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
-        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
-    let function = Proc::spawn("lambda-ingest", command);
+    let function = start_function(&bin, "ingest", &api, &s3);
 
     let response = api
         .invoke(&event, Duration::from_secs(60))
@@ -102,20 +107,7 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     s3.block_on(store.put("config/audiences.json", audiences.to_string().into_bytes(), PutOptions::json()))
         .expect("audiences");
     let api = RuntimeApi::start();
-    let mut command = Command::new(repo_root().join("target/debug/tagging"));
-    command
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "tagging")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/tagging")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "e2e")
-        .env("CDP_BUCKET", local_s3::BUCKET)
-        .env("AWS_REGION", local_s3::REGION)
-        .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
-        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
-    let function = Proc::spawn("lambda-tagging", command);
+    let function = start_function(&repo_root().join("target/debug/tagging"), "tagging", &api, &s3);
     let scheduled = json!({"version": "0", "id": "5f1e7b2a-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
                            "source": "aws.events", "account": "123456789012", "time": "2026-11-28T12:15:00Z",
                            "region": "eu-central-1", "resources": ["arn:aws:events:eu-central-1:123456789012:rule/cdp-tagging"],

@@ -4,6 +4,7 @@
 //! `AWS_ENDPOINT_URL_S3` for an S3-compatible store. Reserved concurrency 1 keeps it a single writer; the
 //! manifest's compare-and-swap keeps state safe even if two run.
 
+use functions::config::{init_lambda_logging, now};
 use functions::ingest::lambda::handle_payload;
 use functions::storage::{S3Settings, S3Store};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
@@ -11,20 +12,11 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time() // CloudWatch stamps each line.
-        .init();
+    init_lambda_logging();
     let store = S3Store::new(S3Settings::from_env()?);
     let store = &store;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let now = shared::time::UtcTime::from_unix_millis(ms).ok_or("the clock is out of range")?;
-        handle_payload(store, &event.payload, now).await.map_err(Error::from)
+        handle_payload(store, &event.payload, now()?).await.map_err(Error::from)
     }))
     .await
 }

@@ -5,6 +5,7 @@
 //! Answers the report (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`,
 //! `AWS_REGION`, credentials, optionally `AWS_ENDPOINT_URL_S3`. Reserved concurrency 1: one computation at a time.
 
+use functions::config::{init_lambda_logging, now};
 use functions::storage::{S3Settings, S3Store};
 use functions::tagging::full_recompute;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
@@ -13,23 +14,13 @@ use shared::time::UtcTime;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time() // CloudWatch stamps each line.
-        .init();
+    init_lambda_logging();
     let store = S3Store::new(S3Settings::from_env()?);
     let store = &store;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let now = match event.payload["time"].as_str() {
             Some(time) => UtcTime::parse(time).ok_or_else(|| format!("the event's time {time:?} is not RFC 3339"))?,
-            None => {
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                UtcTime::from_unix_millis(ms).ok_or("the clock is out of range")?
-            }
+            None => now()?,
         };
         let report = full_recompute(store, now).await?;
         tracing::info!(profiles = report.profiles, events = report.events, "tags and audiences computed");

@@ -21,6 +21,9 @@ use crate::Error;
 use crate::state::{CommitStats, Compaction, ShardCounts, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
+/// Where the identity rules live.
+pub const IDENTITY_CONFIG: &str = "config/identity.json";
+
 /// Ingest settings.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -55,21 +58,21 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
-    /// Defaults overridden by `config/identity.json` and `config/profiles.json` when present.
+    /// Defaults overridden by `config/identity.json` and `config/profiles.json` when present, with the
+    /// active tags of `config/tags.json`.
     pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
         let mut config = Self::default();
-        if let Some(object) = store.get("config/identity.json").await? {
-            config.identity = serde_json::from_slice(&object.body)
-                .map_err(|e| shared::Error::Config(format!("config/identity.json: {e}")))?;
+        if let Some(identity) = crate::config::read(store, IDENTITY_CONFIG).await? {
+            config.identity = identity;
         }
-        if let Some(object) = store.get("config/profiles.json").await? {
-            config.profiles = serde_json::from_slice(&object.body)
-                .map_err(|e| shared::Error::Config(format!("config/profiles.json: {e}")))?;
+        if let Some(profiles) = crate::config::read(store, "config/profiles.json").await? {
+            config.profiles = profiles;
         }
         // Invalid tag definitions must not stop events from being ingested: tags wait until they are fixed.
-        match crate::tagging::load_definitions(store).await {
-            Ok((tags, _)) if tags.is_empty() => {}
-            Ok((tags, _)) => match TagSet::check(&tags, &shared::tags::Catalog::default()) {
+        match crate::config::read::<_, Vec<shared::tags::TagDefinition>>(store, crate::tagging::TAGS_CONFIG).await {
+            Ok(None) => {}
+            Ok(Some(tags)) if tags.is_empty() => {}
+            Ok(Some(tags)) => match TagSet::check(&tags, &shared::tags::Catalog::default()) {
                 Ok(set) => config.tags = Some(set),
                 Err(errors) => {
                     let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();

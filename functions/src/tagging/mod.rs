@@ -21,7 +21,7 @@ use shared::tags::{Catalog, EventView, TagDefinition, TagSet};
 use shared::time::UtcTime;
 
 use crate::Error;
-use crate::ingest::{IngestConfig, read_object};
+use crate::ingest::read_object;
 use crate::state::scan;
 use crate::storage::{ObjectStore, PutOptions};
 
@@ -79,14 +79,8 @@ pub struct AudienceReport {
 pub async fn load_definitions<S: ObjectStore>(
     store: &S,
 ) -> Result<(Vec<TagDefinition>, Vec<AudienceDefinition>), Error> {
-    async fn read<S: ObjectStore, T: serde::de::DeserializeOwned>(store: &S, key: &str) -> Result<Vec<T>, Error> {
-        match store.get(key).await? {
-            None => Ok(Vec::new()),
-            Some(object) => serde_json::from_slice(&object.body)
-                .map_err(|e| Error::Config(shared::Error::Config(format!("{key}: {e}")))),
-        }
-    }
-    Ok((read(store, TAGS_CONFIG).await?, read(store, AUDIENCES_CONFIG).await?))
+    let tags = crate::config::read(store, TAGS_CONFIG).await?.unwrap_or_default();
+    Ok((tags, crate::config::read(store, AUDIENCES_CONFIG).await?.unwrap_or_default()))
 }
 
 /// Checks definitions; all problems in one configuration error.
@@ -108,7 +102,8 @@ pub fn check(
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
     let (tag_defs, audience_defs) = load_definitions(store).await?;
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
-    let identity = IngestConfig::load(store).await?.identity;
+    let identity: shared::identity::IdentityRules =
+        crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
     let state = scan(store).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };

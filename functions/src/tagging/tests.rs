@@ -6,7 +6,7 @@ use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
 
 use super::*;
-use crate::ingest::ingest;
+use crate::ingest::{IngestConfig, ingest};
 use crate::storage::FsStore;
 
 const DAY: i64 = 86_400_000;

@@ -149,10 +149,7 @@ impl AudienceSet {
         let mut seen = BTreeSet::new();
         for (i, audience) in definitions.iter().enumerate() {
             let at = format!("audiences[{i}] ({})", audience.id);
-            checker.id(&at, &audience.id);
-            if !seen.insert(audience.id.as_str()) {
-                checker.error(&format!("{at}.id"), format!("`{}` is defined twice", audience.id));
-            }
+            checker.id(&at, &audience.id, &mut seen);
             let computed = audience.status.computed();
             check_expr(&mut checker, &format!("{at}.when"), &audience.when, &tag_defs, &by_id, computed);
         }

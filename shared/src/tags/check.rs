@@ -30,10 +30,7 @@ impl TagSet {
         let mut seen = BTreeSet::new();
         for (i, def) in definitions.iter().enumerate() {
             let at = format!("tags[{i}] ({})", def.id);
-            checker.id(&at, &def.id);
-            if !seen.insert(def.id.as_str()) {
-                checker.error(&format!("{at}.id"), format!("`{}` is defined twice", def.id));
-            }
+            checker.id(&at, &def.id, &mut seen);
             if def.version == 0 {
                 checker.error(&format!("{at}.version"), "versions start at 1".into());
             }
@@ -72,7 +69,11 @@ impl<'c> Checker<'c> {
         self.errors.push(DefinitionError { path: path.to_string(), problem });
     }
 
-    pub(crate) fn id(&mut self, at: &str, id: &str) {
+    /// Checks an id's form, and that no earlier definition (`seen`) has it.
+    pub(crate) fn id<'i>(&mut self, at: &str, id: &'i str, seen: &mut BTreeSet<&'i str>) {
+        if !seen.insert(id) {
+            self.error(&format!("{at}.id"), format!("`{id}` is defined twice"));
+        }
         let valid = !id.is_empty()
             && id.len() <= 64
             && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');

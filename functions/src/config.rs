@@ -1,0 +1,34 @@
+//! Configuration files in the store (`config/*.json`): read when needed, so that changes apply without a
+//! restart.
+
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::storage::ObjectStore;
+
+/// `key` decoded, or `None` when absent; a file that does not parse is a configuration error naming it.
+pub async fn read<S: ObjectStore, T: DeserializeOwned>(store: &S, key: &str) -> Result<Option<T>, Error> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(object) => serde_json::from_slice(&object.body)
+            .map(Some)
+            .map_err(|e| Error::Config(shared::Error::Config(format!("{key}: {e}")))),
+    }
+}
+
+/// The lambdas' clock: now, as the core's time type.
+pub fn now() -> Result<shared::time::UtcTime, Error> {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    shared::time::UtcTime::from_unix_millis(ms).ok_or_else(|| Error::Corrupt("the clock is out of range".into()))
+}
+
+/// Plain log lines, without ANSI colours or timestamps (CloudWatch stamps each line); the level
+/// from `RUST_LOG`, default `info`.
+pub fn init_lambda_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .without_time()
+        .init();
+}
