@@ -16,6 +16,10 @@
 //! - tags read other tags: they are evaluated in dependency order, and cycles are definition errors.
 
 mod check;
+#[cfg(feature = "columnar")]
+mod columnar;
+#[cfg(all(test, feature = "columnar"))]
+mod columnar_tests;
 mod definition;
 mod eval;
 mod state;
@@ -25,6 +29,10 @@ mod state_tests;
 mod tests;
 
 pub use check::TagSet;
+#[cfg(feature = "columnar")]
+pub use columnar::{
+    Column, ColumnarError, JSON_METADATA, NO_VALUE, TagColumns, event_table, profile_table, traits_of, value_array,
+};
 pub use definition::{
     AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
     Operand, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,

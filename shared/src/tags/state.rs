@@ -70,7 +70,7 @@ pub struct Summary {
 }
 
 /// Adds `x` to an exact sum kept as non-overlapping partials (Shewchuk; Python's `math.fsum`).
-fn fsum_add(partials: &mut Vec<f64>, mut x: f64) {
+pub(crate) fn fsum_add(partials: &mut Vec<f64>, mut x: f64) {
     let mut kept = 0;
     for j in 0..partials.len() {
         let mut y = partials[j];
@@ -90,7 +90,7 @@ fn fsum_add(partials: &mut Vec<f64>, mut x: f64) {
 }
 
 /// The correctly rounded value of an exact sum.
-fn fsum_value(partials: &[f64]) -> f64 {
+pub(crate) fn fsum_value(partials: &[f64]) -> f64 {
     let Some((&last, rest)) = partials.split_last() else { return 0.0 };
     let mut hi = last;
     let mut lo = 0.0;

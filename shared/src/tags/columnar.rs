@@ -1,0 +1,819 @@
+//! Columnar tag evaluation: every computed tag for a run of profiles at once, a column at a time, from Arrow
+//! arrays. Gives exactly the values of [`TagSet::evaluate`] (the reference semantics) for each profile.
+//!
+//! The input is one *chunk*: a table of profiles (row `i` is profile `first + i`; trait columns named
+//! `traits.NAME`) and a table of their events (`profile` UInt32, `at` Int64 or Timestamp(ms), `type` and
+//! `event` strings, property columns named `properties.NAME`). Events are sorted by profile, then time, then
+//! messageId — a table clustered by profile, as the event store keeps it — so a profile's events are one run
+//! of rows, and "first", "last" and ties follow row order. Value columns may be numbers (Float64, integers),
+//! strings (Utf8 or dictionary-encoded), booleans, or JSON text (a Utf8 column whose field metadata has
+//! `cdp.json = "true"`: for lists, objects, and properties whose kind varies from event to event).
+//!
+//! Evaluation works column by column: a filter becomes a row mask (string and boolean conditions are
+//! decided once per distinct value, through the reference comparison, then looked up by code; number
+//! conditions are one tight loop), then each aggregation runs over each profile's run of rows. Rules and
+//! buckets are evaluated over whole columns of traits and earlier tags.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMillisecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_buffer::NullBuffer;
+use arrow_schema::DataType;
+use serde_json::{Map, Value};
+
+use super::check::TagSet;
+use super::definition::{AggregateOp, CompareOp, Condition, EventFilter, Expr, Operand, TagKind, UNIQUE_LIST_MAX};
+use super::eval::{Patterns, compare};
+use super::state::{fsum_add, fsum_value, key};
+
+/// Field metadata marking a Utf8 column whose values are JSON text.
+pub const JSON_METADATA: &str = "cdp.json";
+
+/// Code of "no value" in a [`Column::Coded`].
+pub const NO_VALUE: u32 = u32::MAX;
+
+/// A problem with the input tables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("columnar input: {0}")]
+pub struct ColumnarError(pub String);
+
+/// One column of values, one per row.
+#[derive(Debug, Clone)]
+pub enum Column<'a> {
+    /// Numbers (`integer`: they read as integers, like counts); rows marked null in `nulls` have no value.
+    Numbers {
+        /// The numbers.
+        values: Cow<'a, [f64]>,
+        /// Which rows have a value (none: all).
+        nulls: Option<NullBuffer>,
+        /// Whether the values are written as integers.
+        integer: bool,
+    },
+    /// Codes into a list of distinct values (strings, booleans, lists, any JSON); [`NO_VALUE`]: no value.
+    Coded {
+        /// One code per row.
+        codes: Cow<'a, [u32]>,
+        /// The distinct values (never null).
+        entries: Vec<Value>,
+    },
+}
+
+impl Column<'_> {
+    /// A column of `rows` rows without any value.
+    pub fn absent(rows: usize) -> Column<'static> {
+        Column::Coded { codes: Cow::Owned(vec![NO_VALUE; rows]), entries: Vec::new() }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Numbers { values, .. } => values.len(),
+            Column::Coded { codes, .. } => codes.len(),
+        }
+    }
+
+    /// Whether it has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of `row` (null: none).
+    pub fn value(&self, row: usize) -> Value {
+        match self {
+            Column::Numbers { values, nulls, integer } => {
+                if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                    return Value::Null;
+                }
+                number_value(values[row], *integer)
+            }
+            Column::Coded { codes, entries } => match codes[row] {
+                NO_VALUE => Value::Null,
+                code => entries[code as usize].clone(),
+            },
+        }
+    }
+
+    fn has(&self, row: usize) -> bool {
+        match self {
+            Column::Numbers { nulls, .. } => nulls.as_ref().is_none_or(|n| n.is_valid(row)),
+            Column::Coded { codes, .. } => codes[row] != NO_VALUE,
+        }
+    }
+
+    /// Reads an Arrow array (`json`: a Utf8 array holds JSON text).
+    pub fn from_arrow(array: &ArrayRef, json: bool) -> Result<Column<'_>, ColumnarError> {
+        let nulls = array.logical_nulls();
+        let ints =
+            |values: Vec<f64>| Ok(Column::Numbers { values: Cow::Owned(values), nulls: nulls.clone(), integer: true });
+        match array.data_type() {
+            DataType::Float64 => Ok(Column::Numbers {
+                values: Cow::Borrowed(array.as_primitive::<arrow_array::types::Float64Type>().values()),
+                nulls,
+                integer: false,
+            }),
+            DataType::Float32 => Ok(Column::Numbers {
+                values: Cow::Owned(
+                    array.as_primitive::<Float32Type>().values().iter().map(|&x| f64::from(x)).collect(),
+                ),
+                nulls,
+                integer: false,
+            }),
+            DataType::Int8 => ints(array.as_primitive::<Int8Type>().values().iter().map(|&x| f64::from(x)).collect()),
+            DataType::Int16 => ints(array.as_primitive::<Int16Type>().values().iter().map(|&x| f64::from(x)).collect()),
+            DataType::Int32 => ints(array.as_primitive::<Int32Type>().values().iter().map(|&x| f64::from(x)).collect()),
+            DataType::Int64 => ints(array.as_primitive::<Int64Type>().values().iter().map(|&x| x as f64).collect()),
+            DataType::UInt8 => ints(array.as_primitive::<UInt8Type>().values().iter().map(|&x| f64::from(x)).collect()),
+            DataType::UInt16 => {
+                ints(array.as_primitive::<UInt16Type>().values().iter().map(|&x| f64::from(x)).collect())
+            }
+            DataType::UInt32 => {
+                ints(array.as_primitive::<UInt32Type>().values().iter().map(|&x| f64::from(x)).collect())
+            }
+            DataType::UInt64 => ints(array.as_primitive::<UInt64Type>().values().iter().map(|&x| x as f64).collect()),
+            DataType::Boolean => {
+                let bools = array.as_boolean();
+                let codes = (0..bools.len())
+                    .map(|i| if bools.is_null(i) { NO_VALUE } else { u32::from(bools.value(i)) })
+                    .collect();
+                Ok(Column::Coded { codes: Cow::Owned(codes), entries: vec![Value::Bool(false), Value::Bool(true)] })
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let texts = strings(array)?;
+                let mut interned: HashMap<&str, u32> = HashMap::new();
+                let mut distinct = Vec::new();
+                let codes = texts
+                    .iter()
+                    .map(|text| match text {
+                        None => NO_VALUE,
+                        Some(text) => *interned.entry(text).or_insert_with(|| {
+                            distinct.push(*text);
+                            (distinct.len() - 1) as u32
+                        }),
+                    })
+                    .collect();
+                coded(codes, distinct.into_iter().map(Some), json)
+            }
+            DataType::Dictionary(_, _) => {
+                let dictionary = array.as_any_dictionary();
+                if dictionary.values().is_empty() {
+                    return Ok(Column::absent(array.len()));
+                }
+                let entries = strings(dictionary.values())?;
+                let codes = dictionary
+                    .normalized_keys()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, k)| if nulls.as_ref().is_some_and(|n| n.is_null(i)) { NO_VALUE } else { k as u32 })
+                    .collect();
+                coded(codes, entries.into_iter(), json)
+            }
+            DataType::Null => Ok(Column::absent(array.len())),
+            other => Err(ColumnarError(format!("a value column of type {other} is not supported"))),
+        }
+    }
+}
+
+fn number_value(x: f64, integer: bool) -> Value {
+    if integer && x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 {
+        Value::from(x as i64)
+    } else {
+        serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// The texts of a string array (plain, large or view).
+fn strings(array: &ArrayRef) -> Result<Vec<Option<&str>>, ColumnarError> {
+    match array.data_type() {
+        DataType::Utf8 => Ok(array.as_string::<i32>().iter().collect()),
+        DataType::LargeUtf8 => Ok(array.as_string::<i64>().iter().collect()),
+        DataType::Utf8View => Ok(array.as_string_view().iter().collect()),
+        other => Err(ColumnarError(format!("dictionary values of type {other} are not supported"))),
+    }
+}
+
+/// A coded column from codes into `texts` (entries that are null become "no value").
+fn coded<'t>(
+    mut codes: Vec<u32>,
+    texts: impl Iterator<Item = Option<&'t str>>,
+    json: bool,
+) -> Result<Column<'static>, ColumnarError> {
+    let mut entries = Vec::new();
+    let mut remap = Vec::new();
+    for text in texts {
+        let value = match text {
+            None => Value::Null,
+            Some(text) if json => {
+                serde_json::from_str(text).map_err(|e| ColumnarError(format!("`{text}` is not JSON: {e}")))?
+            }
+            Some(text) => Value::String(text.to_string()),
+        };
+        if value.is_null() {
+            remap.push(NO_VALUE);
+        } else {
+            remap.push(entries.len() as u32);
+            entries.push(value);
+        }
+    }
+    for code in &mut codes {
+        if *code != NO_VALUE {
+            *code =
+                *remap.get(*code as usize).ok_or_else(|| ColumnarError("a dictionary key is out of range".into()))?;
+        }
+    }
+    Ok(Column::Coded { codes: Cow::Owned(codes), entries })
+}
+
+/// Every computed tag's values for a chunk of profiles, a column per tag (in evaluation order).
+#[derive(Debug, Clone)]
+pub struct TagColumns {
+    /// Profiles (rows).
+    pub rows: usize,
+    /// Tag id and its values.
+    pub columns: Vec<(String, Column<'static>)>,
+}
+
+impl TagColumns {
+    /// One profile's tag values, as [`TagSet::evaluate`] gives them (tags without a value are absent).
+    pub fn row(&self, row: usize) -> std::collections::BTreeMap<String, Value> {
+        self.columns
+            .iter()
+            .filter_map(|(id, column)| Some((id.clone(), Some(column.value(row)).filter(|v| !v.is_null())?)))
+            .collect()
+    }
+
+    /// The column of tag `id`.
+    pub fn column(&self, id: &str) -> Option<&Column<'static>> {
+        self.columns.iter().find(|(tag, _)| tag == id).map(|(_, c)| c)
+    }
+}
+
+/// A chunk's event table, read.
+struct Events<'a> {
+    batch: &'a RecordBatch,
+    at: &'a [i64],
+    /// Row ranges per profile: profile `i`'s events are rows `offsets[i]..offsets[i + 1]`.
+    offsets: Vec<usize>,
+    columns: HashMap<String, Column<'a>>,
+}
+
+impl<'a> Events<'a> {
+    fn read(batch: &'a RecordBatch, first: u32, profiles: usize) -> Result<Self, ColumnarError> {
+        let profile = batch
+            .column_by_name("profile")
+            .ok_or_else(|| ColumnarError("the event table has no `profile` column".into()))?;
+        let profile = profile
+            .as_primitive_opt::<UInt32Type>()
+            .filter(|p| p.null_count() == 0)
+            .ok_or_else(|| ColumnarError("`profile` must be UInt32 without nulls".into()))?
+            .values();
+        let at =
+            batch.column_by_name("at").ok_or_else(|| ColumnarError("the event table has no `at` column".into()))?;
+        let at: &[i64] = match at.data_type() {
+            DataType::Int64 if at.null_count() == 0 => at.as_primitive::<Int64Type>().values(),
+            DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, _) if at.null_count() == 0 => {
+                at.as_primitive::<TimestampMillisecondType>().values()
+            }
+            _ => return Err(ColumnarError("`at` must be Int64 or Timestamp(ms) without nulls".into())),
+        };
+        let mut offsets = vec![0usize; profiles + 1];
+        let end = first as u64 + profiles as u64;
+        for (row, &p) in profile.iter().enumerate() {
+            if u64::from(p) < u64::from(first) || u64::from(p) >= end {
+                return Err(ColumnarError(format!("row {row}: profile {p} is outside this chunk ({first}..{end})")));
+            }
+            if row > 0 {
+                let previous = profile[row - 1];
+                if p < previous || (p == previous && at[row] < at[row - 1]) {
+                    return Err(ColumnarError(format!("row {row}: events are not sorted by profile, then time")));
+                }
+            }
+            offsets[(p - first) as usize + 1] += 1;
+        }
+        for i in 0..profiles {
+            offsets[i + 1] += offsets[i];
+        }
+        Ok(Self { batch, at, offsets, columns: HashMap::new() })
+    }
+
+    fn rows(&self) -> usize {
+        self.at.len()
+    }
+
+    /// The column `name` (absent: no value on any row).
+    fn column(&mut self, name: &str) -> Result<&Column<'a>, ColumnarError> {
+        if !self.columns.contains_key(name) {
+            let column = match self.batch.schema().column_with_name(name) {
+                None => Column::absent(self.rows()),
+                Some((i, field)) => {
+                    let json = field.metadata().get(JSON_METADATA).is_some_and(|v| v == "true");
+                    Column::from_arrow(self.batch.column(i), json)
+                        .map_err(|e| ColumnarError(format!("column `{name}`: {}", e.0)))?
+                }
+            };
+            self.columns.insert(name.to_string(), column);
+        }
+        Ok(&self.columns[name])
+    }
+}
+
+/// A column of the profile table (absent: no value on any row).
+fn trait_column<'t>(traits: &'t RecordBatch, name: &str) -> Result<Column<'t>, ColumnarError> {
+    let column = format!("traits.{name}");
+    match traits.schema().column_with_name(&column) {
+        None => Ok(Column::absent(traits.num_rows())),
+        Some((i, field)) => {
+            let json = field.metadata().get(JSON_METADATA).is_some_and(|v| v == "true");
+            Column::from_arrow(traits.column(i), json).map_err(|e| ColumnarError(format!("column `{column}`: {}", e.0)))
+        }
+    }
+}
+
+impl TagSet {
+    /// Every computed tag's values for the chunk of profiles `first..first + traits.num_rows()` with their
+    /// `events` (see the module documentation for the tables' shape), at `now` (ms).
+    pub fn evaluate_columns(
+        &self,
+        traits: &RecordBatch,
+        first: u32,
+        events: &RecordBatch,
+        now: i64,
+    ) -> Result<TagColumns, ColumnarError> {
+        let rows = traits.num_rows();
+        let mut events = Events::read(events, first, rows)?;
+        let mut masks: HashMap<String, Vec<bool>> = HashMap::new();
+        let mut out = TagColumns { rows, columns: Vec::with_capacity(self.tags.len()) };
+        for tag in &self.tags {
+            let column = match &tag.kind {
+                TagKind::Statistical { filter, aggregate, window } => {
+                    let start = window.millis().map(|w| now - w);
+                    let mask_key = format!("{}|{start:?}", serde_json::to_string(filter).unwrap_or_default());
+                    if !masks.contains_key(&mask_key) {
+                        let mask = self.filter_mask(&mut events, filter, start)?;
+                        masks.insert(mask_key.clone(), mask);
+                    }
+                    let property = aggregate.property.as_ref().map(|p| format!("properties.{p}"));
+                    if let Some(p) = &property {
+                        events.column(p)?;
+                    }
+                    let values = property.as_ref().map(|p| &events.columns[p]);
+                    aggregate_column(aggregate.op, &masks[&mask_key], values, &events.offsets)
+                }
+                TagKind::Rule { when } => {
+                    let holds = self.holds_columns(when, traits, &out)?;
+                    Column::Coded {
+                        codes: Cow::Owned(holds.into_iter().map(u32::from).collect()),
+                        entries: vec![Value::Bool(false), Value::Bool(true)],
+                    }
+                }
+                TagKind::Buckets { of, buckets, otherwise } => {
+                    let numbers = numbers_of(&operand_column(of, traits, &out)?);
+                    let mut entries: Vec<Value> = buckets.iter().map(|b| Value::String(b.label.clone())).collect();
+                    let fallback = match otherwise {
+                        Some(label) => {
+                            entries.push(Value::String(label.clone()));
+                            (entries.len() - 1) as u32
+                        }
+                        None => NO_VALUE,
+                    };
+                    let codes = numbers
+                        .iter()
+                        .map(|x| match x {
+                            None => NO_VALUE,
+                            Some(x) => buckets
+                                .iter()
+                                .position(|b| b.min.is_none_or(|min| *x >= min) && b.max.is_none_or(|max| *x < max))
+                                .map_or(fallback, |i| i as u32),
+                        })
+                        .collect();
+                    Column::Coded { codes: Cow::Owned(codes), entries }
+                }
+            };
+            out.columns.push((tag.id.clone(), column));
+        }
+        Ok(out)
+    }
+
+    /// The rows that pass `filter` within the window starting at `start`.
+    fn filter_mask(
+        &self,
+        events: &mut Events<'_>,
+        filter: &EventFilter,
+        start: Option<i64>,
+    ) -> Result<Vec<bool>, ColumnarError> {
+        let mut mask = match start {
+            Some(start) => events.at.iter().map(|&at| at >= start).collect(),
+            None => vec![true; events.rows()],
+        };
+        let any_of = |names: &[String]| Condition {
+            field: String::new(),
+            op: CompareOp::In,
+            value: Value::Array(names.iter().map(|n| Value::String(n.clone())).collect()),
+        };
+        if !filter.types.is_empty() {
+            and(&mut mask, &condition_mask(&self.patterns, &any_of(&filter.types), events.column("type")?));
+        }
+        if !filter.events.is_empty() {
+            and(&mut mask, &condition_mask(&self.patterns, &any_of(&filter.events), events.column("event")?));
+        }
+        for condition in &filter.properties {
+            let column = events.column(&format!("properties.{}", condition.field))?;
+            and(&mut mask, &condition_mask(&self.patterns, condition, column));
+        }
+        Ok(mask)
+    }
+
+    fn holds_columns(&self, expr: &Expr, traits: &RecordBatch, tags: &TagColumns) -> Result<Vec<bool>, ColumnarError> {
+        Ok(match expr {
+            Expr::And(all) => {
+                let mut mask = vec![true; tags.rows];
+                for e in all {
+                    and(&mut mask, &self.holds_columns(e, traits, tags)?);
+                }
+                mask
+            }
+            Expr::Or(all) => {
+                let mut mask = vec![false; tags.rows];
+                for e in all {
+                    for (m, h) in mask.iter_mut().zip(self.holds_columns(e, traits, tags)?) {
+                        *m |= h;
+                    }
+                }
+                mask
+            }
+            Expr::Not(inner) => self.holds_columns(inner, traits, tags)?.into_iter().map(|h| !h).collect(),
+            Expr::Condition(c) => match Operand::parse(&c.field) {
+                Ok(operand) => condition_mask(&self.patterns, c, &operand_column(&operand, traits, tags)?),
+                Err(_) => vec![compare(&self.patterns, c, None); tags.rows],
+            },
+        })
+    }
+}
+
+fn operand_column<'t>(
+    operand: &Operand,
+    traits: &'t RecordBatch,
+    tags: &'t TagColumns,
+) -> Result<Column<'t>, ColumnarError> {
+    match operand {
+        Operand::Trait(name) => trait_column(traits, name),
+        Operand::Tag(id) => Ok(tags.column(id).cloned().unwrap_or_else(|| Column::absent(tags.rows))),
+    }
+}
+
+fn and(mask: &mut [bool], other: &[bool]) {
+    for (m, o) in mask.iter_mut().zip(other) {
+        *m &= *o;
+    }
+}
+
+/// Each row's number, if it has one.
+fn numbers_of(column: &Column<'_>) -> Vec<Option<f64>> {
+    match column {
+        Column::Numbers { values, nulls, .. } => {
+            values.iter().enumerate().map(|(i, &x)| nulls.as_ref().is_none_or(|n| n.is_valid(i)).then_some(x)).collect()
+        }
+        Column::Coded { codes, entries } => {
+            let table: Vec<Option<f64>> = entries.iter().map(|e| e.as_f64().filter(|_| e.is_number())).collect();
+            codes.iter().map(|&c| if c == NO_VALUE { None } else { table[c as usize] }).collect()
+        }
+    }
+}
+
+/// Whether each row's value satisfies `condition` — exactly as [`compare`] decides for that value.
+fn condition_mask(patterns: &Patterns, condition: &Condition, column: &Column<'_>) -> Vec<bool> {
+    let absent = compare(patterns, condition, None);
+    match column {
+        Column::Coded { codes, entries } => {
+            let table: Vec<bool> = entries.iter().map(|e| compare(patterns, condition, Some(e))).collect();
+            codes.iter().map(|&c| if c == NO_VALUE { absent } else { table[c as usize] }).collect()
+        }
+        Column::Numbers { values, nulls, .. } => {
+            let want = &condition.value;
+            let number = want.as_f64().filter(|_| want.is_number());
+            let present = |test: &dyn Fn(f64) -> bool| -> Vec<bool> {
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| if nulls.as_ref().is_none_or(|n| n.is_valid(i)) { test(x) } else { absent })
+                    .collect()
+            };
+            match (condition.op, number) {
+                (CompareOp::Eq, Some(w)) => present(&|x| x == w),
+                (CompareOp::Ne, Some(w)) => present(&|x| x != w),
+                (CompareOp::Ne, None) => present(&|_| true),
+                (CompareOp::Gt, Some(w)) => present(&|x| x > w),
+                (CompareOp::Gte, Some(w)) => present(&|x| x >= w),
+                (CompareOp::Lt, Some(w)) => present(&|x| x < w),
+                (CompareOp::Lte, Some(w)) => present(&|x| x <= w),
+                (CompareOp::In, _) => {
+                    let set: Vec<f64> = want
+                        .as_array()
+                        .map(|all| all.iter().filter(|w| w.is_number()).filter_map(Value::as_f64).collect())
+                        .unwrap_or_default();
+                    present(&|x| set.contains(&x))
+                }
+                (CompareOp::Between, _) => match want.as_array().map(Vec::as_slice) {
+                    Some([low, high]) => match (low.as_f64(), high.as_f64()) {
+                        (Some(l), Some(h)) => present(&|x| x >= l && x <= h),
+                        _ => present(&|_| false),
+                    },
+                    _ => present(&|_| false),
+                },
+                (CompareOp::Exists, _) => {
+                    let wanted = want.as_bool().unwrap_or(true);
+                    present(&|_| wanted)
+                }
+                // Contains, regex, and order or equality against a non-number never hold for a number.
+                _ => present(&|_| false),
+            }
+        }
+    }
+}
+
+/// A value's identity for distinct counts (as the reference's `key`), as a small integer per distinct key.
+fn identities(column: &Column<'_>) -> Option<Vec<u32>> {
+    match column {
+        Column::Numbers { .. } => None,
+        Column::Coded { entries, .. } => {
+            let mut by_key: HashMap<String, u32> = HashMap::new();
+            Some(
+                entries
+                    .iter()
+                    .map(|e| {
+                        let next = by_key.len() as u32;
+                        *by_key.entry(key(e)).or_insert(next)
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// One aggregation over each profile's rows that pass `mask`.
+fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>, offsets: &[usize]) -> Column<'static> {
+    let profiles = offsets.len() - 1;
+    let runs = || (0..profiles).map(|p| offsets[p]..offsets[p + 1]);
+    let Some(values) = values else {
+        // Count of events (the only aggregation without a property, by definition).
+        let counts = runs().map(|r| mask[r].iter().filter(|&&m| m).count() as f64).collect();
+        return Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true };
+    };
+    let has = |row: usize| mask[row] && values.has(row);
+    let numbers: Vec<Option<f64>> = if op.numeric() { numbers_of(values) } else { Vec::new() };
+    let numbers_in = |r: std::ops::Range<usize>| r.filter_map(|row| if mask[row] { numbers[row] } else { None });
+    let floats = |v: Vec<Option<f64>>, integer: bool| {
+        let nulls =
+            v.iter().any(Option::is_none).then(|| NullBuffer::from(v.iter().map(Option::is_some).collect::<Vec<_>>()));
+        Column::Numbers { values: Cow::Owned(v.iter().map(|x| x.unwrap_or(0.0)).collect()), nulls, integer }
+    };
+    match op {
+        AggregateOp::Count => {
+            let counts = runs().map(|r| r.filter(|&row| has(row)).count() as f64).collect();
+            Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true }
+        }
+        AggregateOp::Sum | AggregateOp::Avg => {
+            let mut partials = Vec::new();
+            let results = runs()
+                .map(|r| {
+                    partials.clear();
+                    let mut n = 0u64;
+                    for x in numbers_in(r) {
+                        fsum_add(&mut partials, x);
+                        n += 1;
+                    }
+                    let sum = fsum_value(&partials);
+                    match op {
+                        AggregateOp::Sum => Some(sum),
+                        _ => (n > 0).then(|| sum / n as f64),
+                    }
+                })
+                .collect();
+            floats(results, false)
+        }
+        AggregateOp::Min => floats(runs().map(|r| numbers_in(r).reduce(f64::min)).collect(), false),
+        AggregateOp::Max => floats(runs().map(|r| numbers_in(r).reduce(f64::max)).collect(), false),
+        AggregateOp::First | AggregateOp::Last => {
+            let picked: Vec<Option<usize>> = runs()
+                .map(
+                    |mut r| {
+                        if op == AggregateOp::First { r.find(|&row| has(row)) } else { r.rev().find(|&row| has(row)) }
+                    },
+                )
+                .collect();
+            take(values, &picked)
+        }
+        AggregateOp::DistinctCount | AggregateOp::MostFrequent | AggregateOp::UniqueList => {
+            let ids = identities(values);
+            let identity = |row: usize| -> u64 {
+                match (values, &ids) {
+                    (Column::Numbers { values, .. }, _) => values[row].to_bits(),
+                    (Column::Coded { codes, .. }, Some(ids)) => u64::from(ids[codes[row] as usize]),
+                    (Column::Coded { codes, .. }, None) => u64::from(codes[row]),
+                }
+            };
+            // Per distinct value: (identity, count, first row, last row), in order of first occurrence.
+            let mut seen: Vec<(u64, u64, usize, usize)> = Vec::new();
+            let distinct = |r: std::ops::Range<usize>, seen: &mut Vec<(u64, u64, usize, usize)>| {
+                seen.clear();
+                for row in r.filter(|&row| has(row)) {
+                    let id = identity(row);
+                    match seen.iter_mut().find(|s| s.0 == id) {
+                        Some(s) => {
+                            s.1 += 1;
+                            s.3 = row;
+                        }
+                        None => seen.push((id, 1, row, row)),
+                    }
+                }
+            };
+            match op {
+                AggregateOp::DistinctCount => {
+                    let counts = runs()
+                        .map(|r| {
+                            distinct(r, &mut seen);
+                            seen.len() as f64
+                        })
+                        .collect();
+                    Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true }
+                }
+                AggregateOp::MostFrequent => {
+                    let picked: Vec<Option<usize>> = runs()
+                        .map(|r| {
+                            distinct(r, &mut seen);
+                            seen.iter().max_by_key(|s| (s.1, s.3)).map(|s| s.2)
+                        })
+                        .collect();
+                    take(values, &picked)
+                }
+                _ => {
+                    let mut entries = Vec::new();
+                    let codes = runs()
+                        .map(|r| {
+                            distinct(r, &mut seen);
+                            if seen.is_empty() {
+                                return NO_VALUE;
+                            }
+                            let items = seen.iter().take(UNIQUE_LIST_MAX).map(|s| values.value(s.2)).collect();
+                            entries.push(Value::Array(items));
+                            (entries.len() - 1) as u32
+                        })
+                        .collect();
+                    Column::Coded { codes: Cow::Owned(codes), entries }
+                }
+            }
+        }
+    }
+}
+
+/// The values at `rows` (none: no value), as a column of the same kind.
+fn take(values: &Column<'_>, rows: &[Option<usize>]) -> Column<'static> {
+    match values {
+        Column::Numbers { values, integer, .. } => Column::Numbers {
+            values: Cow::Owned(rows.iter().map(|r| r.map_or(0.0, |r| values[r])).collect()),
+            nulls: rows
+                .iter()
+                .any(Option::is_none)
+                .then(|| NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>())),
+            integer: *integer,
+        },
+        Column::Coded { codes, entries } => Column::Coded {
+            codes: Cow::Owned(rows.iter().map(|r| r.map_or(NO_VALUE, |r| codes[r])).collect()),
+            entries: entries.clone(),
+        },
+    }
+}
+
+/// The trait map of one row of a profile table (for comparisons with the reference evaluation).
+pub fn traits_of(traits: &RecordBatch, row: usize) -> Result<Map<String, Value>, ColumnarError> {
+    let mut map = Map::new();
+    for (i, field) in traits.schema().fields().iter().enumerate() {
+        let Some(name) = field.name().strip_prefix("traits.") else { continue };
+        let json = field.metadata().get(JSON_METADATA).is_some_and(|v| v == "true");
+        let value = Column::from_arrow(traits.column(i), json)?.value(row);
+        if !value.is_null() {
+            map.insert(name.to_string(), value);
+        }
+    }
+    Ok(map)
+}
+
+/// An Arrow array of `values` in the narrowest kind that holds them all: integers, numbers, strings
+/// (dictionary-encoded), booleans, or JSON text (`true` in the second place: mark the field with
+/// [`JSON_METADATA`]).
+pub fn value_array(values: &[Option<&Value>]) -> (ArrayRef, bool) {
+    use arrow_array::{BooleanArray, DictionaryArray, Float64Array, Int64Array, StringArray};
+    use std::sync::Arc;
+    let present = || values.iter().flatten().filter(|v| !v.is_null());
+    fn get<'v>(v: &Option<&'v Value>) -> Option<&'v Value> {
+        v.filter(|v| !v.is_null())
+    }
+    if present().all(|v| v.is_i64()) {
+        (Arc::new(Int64Array::from(values.iter().map(|v| get(v).and_then(Value::as_i64)).collect::<Vec<_>>())), false)
+    } else if present().all(|v| v.is_number()) {
+        (Arc::new(Float64Array::from(values.iter().map(|v| get(v).and_then(Value::as_f64)).collect::<Vec<_>>())), false)
+    } else if present().all(|v| v.is_string()) {
+        let array: DictionaryArray<Int32Type> = values.iter().map(|v| get(v).and_then(Value::as_str)).collect();
+        (Arc::new(array), false)
+    } else if present().all(|v| v.is_boolean()) {
+        (
+            Arc::new(BooleanArray::from(values.iter().map(|v| get(v).and_then(Value::as_bool)).collect::<Vec<_>>())),
+            false,
+        )
+    } else {
+        let texts: Vec<Option<String>> = values.iter().map(|v| get(v).map(Value::to_string)).collect();
+        (Arc::new(StringArray::from(texts)), true)
+    }
+}
+
+fn field(name: String, array: &ArrayRef, json: bool) -> arrow_schema::Field {
+    let field = arrow_schema::Field::new(name, array.data_type().clone(), true);
+    if json { field.with_metadata(HashMap::from([(JSON_METADATA.to_string(), "true".to_string())])) } else { field }
+}
+
+/// The event table of a chunk from events of profiles (absolute profile numbers), with the listed property
+/// columns; sorts them by profile, time and messageId.
+pub fn event_table(mut rows: Vec<(u32, super::EventView<'_>)>, properties: &[String]) -> RecordBatch {
+    use arrow_array::{DictionaryArray, Int64Array, UInt32Array};
+    use std::sync::Arc;
+    rows.sort_by(|(p, a), (q, b)| (p, a.at, a.id).cmp(&(q, b.at, b.id)));
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut push = |name: &str, array: ArrayRef, json: bool, fields: &mut Vec<arrow_schema::Field>| {
+        fields.push(field(name.to_string(), &array, json));
+        columns.push(array);
+    };
+    push("profile", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(p, _)| *p))), false, &mut fields);
+    push("at", Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, e)| e.at))), false, &mut fields);
+    let kinds: DictionaryArray<Int32Type> = rows.iter().map(|(_, e)| Some(e.kind)).collect();
+    push("type", Arc::new(kinds), false, &mut fields);
+    let names: DictionaryArray<Int32Type> = rows.iter().map(|(_, e)| e.event).collect();
+    push("event", Arc::new(names), false, &mut fields);
+    for property in properties {
+        let values: Vec<Option<&Value>> = rows.iter().map(|(_, e)| e.properties.get(property)).collect();
+        let (array, json) = value_array(&values);
+        push(&format!("properties.{property}"), array, json, &mut fields);
+    }
+    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), columns).expect("columns match their fields")
+}
+
+/// The profile table of a chunk: one row per profile, with the listed trait columns.
+pub fn profile_table(traits: &[&Map<String, Value>], names: &[String]) -> RecordBatch {
+    use std::sync::Arc;
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for name in names {
+        let values: Vec<Option<&Value>> = traits.iter().map(|t| t.get(name)).collect();
+        let (array, json) = value_array(&values);
+        fields.push(field(format!("traits.{name}"), &array, json));
+        columns.push(array);
+    }
+    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(traits.len()));
+    RecordBatch::try_new_with_options(Arc::new(arrow_schema::Schema::new(fields)), columns, &options)
+        .expect("columns match their fields")
+}
+
+impl TagSet {
+    /// The event properties that computed tags read (filters and aggregations).
+    pub fn properties(&self) -> Vec<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for tag in &self.tags {
+            if let TagKind::Statistical { filter, aggregate, .. } = &tag.kind {
+                names.extend(filter.properties.iter().map(|c| c.field.clone()));
+                names.extend(aggregate.property.clone());
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// The traits that computed tags read.
+    pub fn traits(&self) -> Vec<String> {
+        fn walk(expr: &Expr, names: &mut std::collections::BTreeSet<String>) {
+            match expr {
+                Expr::And(all) | Expr::Or(all) => all.iter().for_each(|e| walk(e, names)),
+                Expr::Not(inner) => walk(inner, names),
+                Expr::Condition(c) => {
+                    if let Ok(Operand::Trait(name)) = Operand::parse(&c.field) {
+                        names.insert(name);
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for tag in &self.tags {
+            match &tag.kind {
+                TagKind::Rule { when } => walk(when, &mut names),
+                TagKind::Buckets { of: Operand::Trait(name), .. } => {
+                    names.insert(name.clone());
+                }
+                _ => {}
+            }
+        }
+        names.into_iter().collect()
+    }
+}
