@@ -3,6 +3,7 @@
 //! these handlers, so every handler is tested without AWS.
 
 pub mod collect;
+pub mod columnar;
 pub mod config;
 pub mod error;
 pub mod ingest;
