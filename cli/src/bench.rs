@@ -74,6 +74,26 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         events: usize,
     },
+    /// The columnar full recompute of 20 tags for every profile from Parquet, optionally side by side with
+    /// DuckDB computing the same definitions in SQL from the same files (`pip install duckdb`); compares the
+    /// results value by value.
+    Recompute {
+        /// Profiles.
+        #[arg(long, default_value_t = 10_000_000)]
+        profiles: u32,
+        /// Mean events per profile (uniform 0..=2×mean).
+        #[arg(long, default_value_t = 10)]
+        events_per_profile: u64,
+        /// Profiles per row group (a chunk evaluated by one thread).
+        #[arg(long, default_value_t = 100_000)]
+        chunk: u32,
+        /// Keep the generated tables here and reuse them (default: a temporary folder).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Also run DuckDB and compare.
+        #[arg(long)]
+        duckdb: bool,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -92,6 +112,9 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Ingest { identifiers, batch } => crate::bench_ingest::run(identifiers, batch),
         BenchCommand::Tags { profiles, events } => crate::bench_tags::run(profiles, events),
+        BenchCommand::Recompute { profiles, events_per_profile, chunk, data, duckdb } => {
+            crate::bench_recompute::run(profiles, events_per_profile, chunk, data, duckdb)
+        }
         BenchCommand::Sink { listen } => sink(listen),
     }
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_identity;
 mod bench_ingest;
+mod bench_recompute;
 mod bench_tags;
 mod profile;
 mod source;

@@ -47,15 +47,92 @@ pub fn write_table<W: std::io::Write + Send>(
 /// One chunk's tag values: the first profile of the chunk, and the values.
 pub type Chunk = (u32, TagColumns);
 
+/// Where a table's bytes are.
+#[derive(Debug, Clone)]
+pub enum Table {
+    /// A Parquet file.
+    File(std::path::PathBuf),
+    /// A Parquet object in memory (as read from the store).
+    Bytes(bytes::Bytes),
+}
+
+impl Table {
+    fn open(&self) -> Result<Reader, Error> {
+        Ok(match self {
+            Table::File(path) => Reader::File(Arc::new(
+                std::fs::File::open(path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?,
+            )),
+            Table::Bytes(bytes) => Reader::Bytes(bytes.clone()),
+        })
+    }
+}
+
+/// A table open for reading; clones share it, and threads read it with positioned reads (no shared cursor).
+#[derive(Debug, Clone)]
+enum Reader {
+    File(Arc<std::fs::File>),
+    Bytes(bytes::Bytes),
+}
+
+impl parquet::file::reader::Length for Reader {
+    fn len(&self) -> u64 {
+        match self {
+            Reader::File(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
+            Reader::Bytes(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
+/// A reader from a position in a file, by positioned reads.
+struct ReadAt {
+    file: Arc<std::fs::File>,
+    at: u64,
+}
+
+impl std::io::Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl ChunkReader for Reader {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Reader::File(file) => Box::new(std::io::BufReader::new(ReadAt { file: file.clone(), at: start })),
+            Reader::Bytes(bytes) => {
+                Box::new(std::io::Cursor::new(bytes.slice(start.min(bytes.len() as u64) as usize..)))
+            }
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            Reader::File(file) => {
+                use std::os::unix::fs::FileExt as _;
+                let mut buffer = vec![0; length];
+                file.read_exact_at(&mut buffer, start)?;
+                Ok(buffer.into())
+            }
+            Reader::Bytes(bytes) => {
+                let start = start as usize;
+                if start + length > bytes.len() {
+                    return Err(parquet::errors::ParquetError::EOF(format!("{length} bytes at {start}: past the end")));
+                }
+                Ok(bytes.slice(start..start + length))
+            }
+        }
+    }
+}
+
 /// Every computed tag's values for every profile of the two tables, at `now` (ms), on `threads` threads.
 /// Chunks come back in profile order.
-pub fn recompute<R: ChunkReader + Clone + 'static>(
-    tags: &TagSet,
-    profiles: R,
-    events: R,
-    now: i64,
-    threads: usize,
-) -> Result<Vec<Chunk>, Error> {
+pub fn recompute(tags: &TagSet, profiles: Table, events: Table, now: i64, threads: usize) -> Result<Vec<Chunk>, Error> {
+    let (profiles, events) = (profiles.open()?, events.open()?);
     let options = ArrowReaderOptions::new();
     let profile_meta = ArrowReaderMetadata::load(&profiles, options.clone()).map_err(parquet_error("profile table"))?;
     let event_meta = ArrowReaderMetadata::load(&events, options).map_err(parquet_error("event table"))?;
@@ -77,23 +154,24 @@ pub fn recompute<R: ChunkReader + Clone + 'static>(
     let mut event_names: Vec<String> = ["profile", "at", "type", "event"].map(String::from).to_vec();
     event_names.extend(tags.properties().iter().map(|p| format!("properties.{p}")));
 
-    let read = |reader: &R, meta: &ArrowReaderMetadata, group: usize, names: &[String]| -> Result<RecordBatch, Error> {
-        let schema = meta.schema();
-        let roots: Vec<usize> = names.iter().filter_map(|n| schema.index_of(n).ok()).collect();
-        let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-        let rows = meta.metadata().row_group(group).num_rows().max(1) as usize;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reader.clone(), meta.clone())
-            .with_row_groups(vec![group])
-            .with_projection(mask)
-            .with_batch_size(rows);
-        let reader = builder.build().map_err(parquet_error("reading a row group"))?;
-        let batches: Vec<RecordBatch> =
-            reader.collect::<Result<_, _>>().map_err(|e| Error::Corrupt(format!("reading a row group: {e}")))?;
-        match batches.len() {
-            1 => Ok(batches.into_iter().next().expect("one batch")),
-            _ => one_batch(&batches, meta, names, rows),
-        }
-    };
+    let read =
+        |reader: &Reader, meta: &ArrowReaderMetadata, group: usize, names: &[String]| -> Result<RecordBatch, Error> {
+            let schema = meta.schema();
+            let roots: Vec<usize> = names.iter().filter_map(|n| schema.index_of(n).ok()).collect();
+            let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
+            let rows = meta.metadata().row_group(group).num_rows().max(1) as usize;
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reader.clone(), meta.clone())
+                .with_row_groups(vec![group])
+                .with_projection(mask)
+                .with_batch_size(rows);
+            let reader = builder.build().map_err(parquet_error("reading a row group"))?;
+            let batches: Vec<RecordBatch> =
+                reader.collect::<Result<_, _>>().map_err(|e| Error::Corrupt(format!("reading a row group: {e}")))?;
+            match batches.len() {
+                1 => Ok(batches.into_iter().next().expect("one batch")),
+                _ => one_batch(&batches, meta, names, rows),
+            }
+        };
 
     let next_group = AtomicUsize::new(0);
     let results: Vec<Result<Vec<(usize, Chunk)>, Error>> = std::thread::scope(|scope| {
@@ -246,7 +324,7 @@ mod tests {
         write_table(&mut event_buf, chunks[0].1.schema(), chunks.iter().map(|c| c.1.clone())).unwrap();
 
         let results =
-            recompute(&tags, bytes::Bytes::from(profile_buf.clone()), bytes::Bytes::from(event_buf), NOW, 2).unwrap();
+            recompute(&tags, Table::Bytes(profile_buf.clone().into()), Table::Bytes(event_buf.into()), NOW, 2).unwrap();
         assert_eq!(results.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![0, 4, 8]);
         for (first, values) in &results {
             for row in 0..values.rows {
@@ -262,7 +340,7 @@ mod tests {
         // Tables cut differently are refused, not misread.
         let mut short = Vec::new();
         write_table(&mut short, chunks[0].1.schema(), chunks.iter().take(2).map(|c| c.1.clone())).unwrap();
-        let error = recompute(&tags, bytes::Bytes::from(profile_buf), bytes::Bytes::from(short), NOW, 2).unwrap_err();
+        let error = recompute(&tags, Table::Bytes(profile_buf.into()), Table::Bytes(short.into()), NOW, 2).unwrap_err();
         assert!(error.to_string().contains("must be cut alike"), "{error}");
     }
 }
