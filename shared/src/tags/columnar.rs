@@ -305,6 +305,14 @@ impl<'a> Events<'a> {
         self.at.len()
     }
 
+    /// Each profile's first row at or after `start` (its rows are in time order).
+    fn window_starts(&self, start: i64) -> Vec<usize> {
+        self.offsets
+            .windows(2)
+            .map(|run| run[0] + self.at[run[0]..run[1]].partition_point(|&at| at < start))
+            .collect()
+    }
+
     /// The column `name` (absent: no value on any row).
     fn column(&mut self, name: &str) -> Result<&Column<'a>, ColumnarError> {
         if !self.columns.contains_key(name) {
@@ -346,23 +354,55 @@ impl TagSet {
     ) -> Result<TagColumns, ColumnarError> {
         let rows = traits.num_rows();
         let mut events = Events::read(events, first, rows)?;
+        // Reused across tags: rows passing each filter; those rows that also have the aggregated value; each
+        // profile's first row inside each window; each numeric property's numbers.
         let mut masks: HashMap<String, Vec<bool>> = HashMap::new();
+        let mut selections: HashMap<String, Vec<bool>> = HashMap::new();
+        let mut windows: HashMap<i64, Vec<usize>> = HashMap::new();
+        let mut numbers: HashMap<String, Vec<f64>> = HashMap::new();
         let mut out = TagColumns { rows, columns: Vec::with_capacity(self.tags.len()) };
         for tag in &self.tags {
             let column = match &tag.kind {
                 TagKind::Statistical { filter, aggregate, window } => {
-                    let start = window.millis().map(|w| now - w);
-                    let mask_key = format!("{}|{start:?}", serde_json::to_string(filter).unwrap_or_default());
-                    if !masks.contains_key(&mask_key) {
-                        let mask = self.filter_mask(&mut events, filter, start)?;
-                        masks.insert(mask_key.clone(), mask);
+                    let filter_key = serde_json::to_string(filter).unwrap_or_default();
+                    if !masks.contains_key(&filter_key) {
+                        let mask = self.filter_mask(&mut events, filter)?;
+                        masks.insert(filter_key.clone(), mask);
                     }
+                    // Rows are in time order within a profile: a window is a suffix of each profile's rows.
+                    let starts = match window.millis() {
+                        None => None,
+                        Some(w) => Some(windows.entry(now - w).or_insert_with(|| events.window_starts(now - w)).as_slice()),
+                    };
                     let property = aggregate.property.as_ref().map(|p| format!("properties.{p}"));
-                    if let Some(p) = &property {
-                        events.column(p)?;
+                    let Some(property) = property else {
+                        let runs = Runs { offsets: &events.offsets, starts };
+                        out.columns.push((tag.id.clone(), count(&masks[&filter_key], runs)));
+                        continue;
+                    };
+                    let numeric = aggregate.op.numeric();
+                    events.column(&property)?;
+                    let values = &events.columns[&property];
+                    if numeric && !numbers.contains_key(&property) {
+                        numbers.insert(property.clone(), numbers_of(values).into_iter().map(|x| x.unwrap_or(f64::NAN)).collect());
                     }
-                    let values = property.as_ref().map(|p| &events.columns[p]);
-                    aggregate_column(aggregate.op, &masks[&mask_key], values, &events.offsets)
+                    let selection_key = format!("{filter_key}|{property}|{numeric}");
+                    if !selections.contains_key(&selection_key) {
+                        let mask = &masks[&filter_key];
+                        let selected: Vec<bool> = if numeric {
+                            let nums = &numbers[&property];
+                            mask.iter().zip(nums).map(|(&m, x)| m && !x.is_nan()).collect()
+                        } else {
+                            mask.iter().enumerate().map(|(row, &m)| m && values.has(row)).collect()
+                        };
+                        selections.insert(selection_key.clone(), selected);
+                    }
+                    let selected = &selections[&selection_key];
+                    let runs = Runs { offsets: &events.offsets, starts };
+                    match numbers.get(&property).filter(|_| numeric) {
+                        Some(nums) => aggregate_numbers(aggregate.op, selected, nums, runs),
+                        None => aggregate_values(aggregate.op, selected, values, runs),
+                    }
                 }
                 TagKind::Rule { when } => {
                     let holds = self.holds_columns(when, traits, &out)?;
@@ -399,17 +439,9 @@ impl TagSet {
         Ok(out)
     }
 
-    /// The rows that pass `filter` within the window starting at `start`.
-    fn filter_mask(
-        &self,
-        events: &mut Events<'_>,
-        filter: &EventFilter,
-        start: Option<i64>,
-    ) -> Result<Vec<bool>, ColumnarError> {
-        let mut mask = match start {
-            Some(start) => events.at.iter().map(|&at| at >= start).collect(),
-            None => vec![true; events.rows()],
-        };
+    /// The rows that pass `filter`.
+    fn filter_mask(&self, events: &mut Events<'_>, filter: &EventFilter) -> Result<Vec<bool>, ColumnarError> {
+        let mut mask = vec![true; events.rows()];
         let any_of = |names: &[String]| Condition {
             field: String::new(),
             op: CompareOp::In,
@@ -555,35 +587,48 @@ fn identities(column: &Column<'_>) -> Option<Vec<u32>> {
     }
 }
 
-/// One aggregation over each profile's rows that pass `mask`.
-fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>, offsets: &[usize]) -> Column<'static> {
-    let profiles = offsets.len() - 1;
-    let runs = || (0..profiles).map(|p| offsets[p]..offsets[p + 1]);
-    let Some(values) = values else {
-        // Count of events (the only aggregation without a property, by definition).
-        let counts = runs().map(|r| mask[r].iter().filter(|&&m| m).count() as f64).collect();
-        return Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true };
-    };
-    let has = |row: usize| mask[row] && values.has(row);
-    let numbers: Vec<Option<f64>> = if op.numeric() { numbers_of(values) } else { Vec::new() };
-    let numbers_in = |r: std::ops::Range<usize>| r.filter_map(|row| if mask[row] { numbers[row] } else { None });
-    let floats = |v: Vec<Option<f64>>, integer: bool| {
-        let nulls =
-            v.iter().any(Option::is_none).then(|| NullBuffer::from(v.iter().map(Option::is_some).collect::<Vec<_>>()));
-        Column::Numbers { values: Cow::Owned(v.iter().map(|x| x.unwrap_or(0.0)).collect()), nulls, integer }
-    };
+/// Each profile's rows: `offsets[p]..offsets[p + 1]`, starting at `starts[p]` within a window.
+#[derive(Clone, Copy)]
+struct Runs<'r> {
+    offsets: &'r [usize],
+    starts: Option<&'r [usize]>,
+}
+
+impl Runs<'_> {
+    fn iter(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.offsets.len() - 1).map(|p| self.starts.map_or(self.offsets[p], |s| s[p])..self.offsets[p + 1])
+    }
+}
+
+fn integers(counts: Vec<f64>) -> Column<'static> {
+    Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true }
+}
+
+fn floats(values: Vec<Option<f64>>) -> Column<'static> {
+    let nulls = values
+        .iter()
+        .any(Option::is_none)
+        .then(|| NullBuffer::from(values.iter().map(Option::is_some).collect::<Vec<_>>()));
+    Column::Numbers { values: Cow::Owned(values.iter().map(|x| x.unwrap_or(0.0)).collect()), nulls, integer: false }
+}
+
+/// Selected rows per profile.
+fn count(selected: &[bool], runs: Runs<'_>) -> Column<'static> {
+    integers(runs.iter().map(|r| selected[r].iter().filter(|&&s| s).count() as f64).collect())
+}
+
+/// A numeric aggregation (sum, avg, min, max) of the selected rows' numbers.
+fn aggregate_numbers(op: AggregateOp, selected: &[bool], numbers: &[f64], runs: Runs<'_>) -> Column<'static> {
+    let picked = |r: std::ops::Range<usize>| r.filter(|&row| selected[row]).map(|row| numbers[row]);
     match op {
-        AggregateOp::Count => {
-            let counts = runs().map(|r| r.filter(|&row| has(row)).count() as f64).collect();
-            Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true }
-        }
         AggregateOp::Sum | AggregateOp::Avg => {
             let mut partials = Vec::new();
-            let results = runs()
+            let results = runs
+                .iter()
                 .map(|r| {
                     partials.clear();
                     let mut n = 0u64;
-                    for x in numbers_in(r) {
+                    for x in picked(r) {
                         fsum_add(&mut partials, x);
                         n += 1;
                     }
@@ -594,17 +639,23 @@ fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>,
                     }
                 })
                 .collect();
-            floats(results, false)
+            floats(results)
         }
-        AggregateOp::Min => floats(runs().map(|r| numbers_in(r).reduce(f64::min)).collect(), false),
-        AggregateOp::Max => floats(runs().map(|r| numbers_in(r).reduce(f64::max)).collect(), false),
+        AggregateOp::Min => floats(runs.iter().map(|r| picked(r).reduce(f64::min)).collect()),
+        _ => floats(runs.iter().map(|r| picked(r).reduce(f64::max)).collect()),
+    }
+}
+
+/// A value aggregation (count of values, first, last, distinct count, most frequent, unique list) of the
+/// selected rows (which all have a value).
+fn aggregate_values(op: AggregateOp, selected: &[bool], values: &Column<'_>, runs: Runs<'_>) -> Column<'static> {
+    match op {
         AggregateOp::First | AggregateOp::Last => {
-            let picked: Vec<Option<usize>> = runs()
-                .map(
-                    |mut r| {
-                        if op == AggregateOp::First { r.find(|&row| has(row)) } else { r.rev().find(|&row| has(row)) }
-                    },
-                )
+            let picked: Vec<Option<usize>> = runs
+                .iter()
+                .map(|mut r| {
+                    if op == AggregateOp::First { r.find(|&row| selected[row]) } else { r.rev().find(|&row| selected[row]) }
+                })
                 .collect();
             take(values, &picked)
         }
@@ -621,7 +672,7 @@ fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>,
             let mut seen: Vec<(u64, u64, usize, usize)> = Vec::new();
             let distinct = |r: std::ops::Range<usize>, seen: &mut Vec<(u64, u64, usize, usize)>| {
                 seen.clear();
-                for row in r.filter(|&row| has(row)) {
+                for row in r.filter(|&row| selected[row]) {
                     let id = identity(row);
                     match seen.iter_mut().find(|s| s.0 == id) {
                         Some(s) => {
@@ -633,17 +684,17 @@ fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>,
                 }
             };
             match op {
-                AggregateOp::DistinctCount => {
-                    let counts = runs()
+                AggregateOp::DistinctCount => integers(
+                    runs.iter()
                         .map(|r| {
                             distinct(r, &mut seen);
                             seen.len() as f64
                         })
-                        .collect();
-                    Column::Numbers { values: Cow::Owned(counts), nulls: None, integer: true }
-                }
+                        .collect(),
+                ),
                 AggregateOp::MostFrequent => {
-                    let picked: Vec<Option<usize>> = runs()
+                    let picked: Vec<Option<usize>> = runs
+                        .iter()
                         .map(|r| {
                             distinct(r, &mut seen);
                             seen.iter().max_by_key(|s| (s.1, s.3)).map(|s| s.2)
@@ -653,7 +704,8 @@ fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>,
                 }
                 _ => {
                     let mut entries = Vec::new();
-                    let codes = runs()
+                    let codes = runs
+                        .iter()
                         .map(|r| {
                             distinct(r, &mut seen);
                             if seen.is_empty() {
@@ -668,6 +720,8 @@ fn aggregate_column(op: AggregateOp, mask: &[bool], values: Option<&Column<'_>>,
                 }
             }
         }
+        // Count of values.
+        _ => count(selected, runs),
     }
 }
 
