@@ -165,12 +165,34 @@ impl Column<'_> {
                     return Ok(Column::absent(array.len()));
                 }
                 let entries = strings(dictionary.values())?;
-                let codes = dictionary
-                    .normalized_keys()
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, k)| if nulls.as_ref().is_some_and(|n| n.is_null(i)) { NO_VALUE } else { k as u32 })
-                    .collect();
+                let keys: Vec<u32> = match array.data_type() {
+                    DataType::Dictionary(key, _) => match key.as_ref() {
+                        DataType::Int8 => {
+                            array.as_dictionary::<Int8Type>().keys().values().iter().map(|&k| k as u32).collect()
+                        }
+                        DataType::Int16 => {
+                            array.as_dictionary::<Int16Type>().keys().values().iter().map(|&k| k as u32).collect()
+                        }
+                        DataType::Int32 => {
+                            array.as_dictionary::<Int32Type>().keys().values().iter().map(|&k| k as u32).collect()
+                        }
+                        DataType::UInt8 => {
+                            array.as_dictionary::<UInt8Type>().keys().values().iter().map(|&k| u32::from(k)).collect()
+                        }
+                        DataType::UInt16 => {
+                            array.as_dictionary::<UInt16Type>().keys().values().iter().map(|&k| u32::from(k)).collect()
+                        }
+                        DataType::UInt32 => array.as_dictionary::<UInt32Type>().keys().values().to_vec(),
+                        _ => dictionary.normalized_keys().into_iter().map(|k| k as u32).collect(),
+                    },
+                    _ => unreachable!("matched a dictionary"),
+                };
+                let codes = match &nulls {
+                    None => keys,
+                    Some(nulls) => {
+                        keys.into_iter().zip(nulls.iter()).map(|(k, valid)| if valid { k } else { NO_VALUE }).collect()
+                    }
+                };
                 coded(codes, entries.into_iter(), json)
             }
             DataType::Null => Ok(Column::absent(array.len())),
@@ -220,10 +242,17 @@ fn coded<'t>(
             entries.push(value);
         }
     }
-    for code in &mut codes {
-        if *code != NO_VALUE {
-            *code =
-                *remap.get(*code as usize).ok_or_else(|| ColumnarError("a dictionary key is out of range".into()))?;
+    let out_of_range = || ColumnarError("a dictionary key is out of range".into());
+    if entries.len() == remap.len() {
+        // No null entries: codes stay, once checked.
+        if codes.iter().any(|&c| c != NO_VALUE && c as usize >= remap.len()) {
+            return Err(out_of_range());
+        }
+    } else {
+        for code in &mut codes {
+            if *code != NO_VALUE {
+                *code = *remap.get(*code as usize).ok_or_else(out_of_range)?;
+            }
         }
     }
     Ok(Column::Coded { codes: Cow::Owned(codes), entries })
@@ -307,10 +336,7 @@ impl<'a> Events<'a> {
 
     /// Each profile's first row at or after `start` (its rows are in time order).
     fn window_starts(&self, start: i64) -> Vec<usize> {
-        self.offsets
-            .windows(2)
-            .map(|run| run[0] + self.at[run[0]..run[1]].partition_point(|&at| at < start))
-            .collect()
+        self.offsets.windows(2).map(|run| run[0] + self.at[run[0]..run[1]].partition_point(|&at| at < start)).collect()
     }
 
     /// The column `name` (absent: no value on any row).
@@ -372,7 +398,9 @@ impl TagSet {
                     // Rows are in time order within a profile: a window is a suffix of each profile's rows.
                     let starts = match window.millis() {
                         None => None,
-                        Some(w) => Some(windows.entry(now - w).or_insert_with(|| events.window_starts(now - w)).as_slice()),
+                        Some(w) => {
+                            Some(windows.entry(now - w).or_insert_with(|| events.window_starts(now - w)).as_slice())
+                        }
                     };
                     let property = aggregate.property.as_ref().map(|p| format!("properties.{p}"));
                     let Some(property) = property else {
@@ -384,7 +412,10 @@ impl TagSet {
                     events.column(&property)?;
                     let values = &events.columns[&property];
                     if numeric && !numbers.contains_key(&property) {
-                        numbers.insert(property.clone(), numbers_of(values).into_iter().map(|x| x.unwrap_or(f64::NAN)).collect());
+                        numbers.insert(
+                            property.clone(),
+                            numbers_of(values).into_iter().map(|x| x.unwrap_or(f64::NAN)).collect(),
+                        );
                     }
                     let selection_key = format!("{filter_key}|{property}|{numeric}");
                     if !selections.contains_key(&selection_key) {
@@ -654,7 +685,11 @@ fn aggregate_values(op: AggregateOp, selected: &[bool], values: &Column<'_>, run
             let picked: Vec<Option<usize>> = runs
                 .iter()
                 .map(|mut r| {
-                    if op == AggregateOp::First { r.find(|&row| selected[row]) } else { r.rev().find(|&row| selected[row]) }
+                    if op == AggregateOp::First {
+                        r.find(|&row| selected[row])
+                    } else {
+                        r.rev().find(|&row| selected[row])
+                    }
                 })
                 .collect();
             take(values, &picked)
