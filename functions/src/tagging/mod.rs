@@ -2,9 +2,9 @@
 //! the identity state, writes the values, each audience's snapshot and its diff (entered, exited), and a
 //! report with coverage and sizes.
 //!
-//! Definitions are `config/tags.json` and `config/audiences.json` (arrays; see `docs/schemas/`). This is the
-//! full recompute, row by row over the reference evaluator; the columnar recompute and the incremental path
-//! on ingest are to come and must give the same values.
+//! Definitions are `config/tags.json` and `config/audiences.json` (arrays; see `docs/schemas/`). Tags are
+//! evaluated by the columnar engine ([`TagSet::evaluate_columns`]) a chunk of profiles at a time, which gives
+//! the reference values; the incremental path on ingest gives the same.
 //!
 //! Objects written:
 //! - `tags/v1/values.json.gz`: `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`;
@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
-use shared::tags::{Catalog, EventView, TagDefinition, TagSet};
+use shared::tags::{Catalog, EventView, TagDefinition, TagSet, event_table, profile_table};
 use shared::time::UtcTime;
 
 use crate::Error;
@@ -29,6 +29,9 @@ use crate::storage::{ObjectStore, PutOptions};
 pub const TAGS_CONFIG: &str = "config/tags.json";
 /// Where the audience definitions live.
 pub const AUDIENCES_CONFIG: &str = "config/audiences.json";
+/// Profiles evaluated together by the columnar engine.
+const RECOMPUTE_CHUNK: usize = 10_000;
+
 /// The latest computation's report.
 pub const REPORT_KEY: &str = "tags/v1/report.json";
 
@@ -125,24 +128,42 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         }
     }
 
+    // Tags by the columnar engine, a chunk of profiles at a time; audiences per profile from the values.
     let empty = Map::new();
+    let (properties, trait_names) = (tags.properties(), tags.traits());
     let mut values: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
     let mut members: BTreeMap<String, BTreeSet<String>> =
         audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
-    for (id, stored) in &state.profiles {
-        let traits: Map<String, Value> =
-            stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
-        let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
-        let views: Vec<EventView<'_>> = events.iter().map(|e| EventView::of(e, &empty)).collect();
-        let tag_values = tags.evaluate(&traits, &views, now_ms);
-        for audience in audiences.members(&traits, &tag_values, &views, now_ms) {
-            members.entry(audience).or_default().insert(id.clone());
-        }
-        for tag in tag_values.keys() {
-            report.tags.entry(tag.clone()).or_default().with_value += 1;
-        }
-        if !tag_values.is_empty() {
-            values.insert(id.as_str(), tag_values);
+    let profiles: Vec<(&String, Map<String, Value>)> = state
+        .profiles
+        .iter()
+        .map(|(id, stored)| (id, stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()))
+        .collect();
+    for chunk in profiles.chunks(RECOMPUTE_CHUNK) {
+        let views: Vec<Vec<EventView<'_>>> = chunk
+            .iter()
+            .map(|(id, _)| {
+                let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
+                events.iter().map(|e| EventView::of(e, &empty)).collect()
+            })
+            .collect();
+        let rows: Vec<(u32, EventView<'_>)> =
+            views.iter().enumerate().flat_map(|(i, v)| v.iter().map(move |e| (i as u32, *e))).collect();
+        let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
+        let columns = tags
+            .evaluate_columns(&profile_table(&traits, &trait_names), 0, &event_table(rows, &properties), now_ms)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        for (i, (id, traits)) in chunk.iter().enumerate() {
+            let tag_values = columns.row(i);
+            for audience in audiences.members(traits, &tag_values, &views[i], now_ms) {
+                members.entry(audience).or_default().insert((*id).clone());
+            }
+            for tag in tag_values.keys() {
+                report.tags.entry(tag.clone()).or_default().with_value += 1;
+            }
+            if !tag_values.is_empty() {
+                values.insert(id.as_str(), tag_values);
+            }
         }
     }
     for tag in tags.tags() {
