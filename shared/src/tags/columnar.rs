@@ -396,12 +396,9 @@ impl TagSet {
                         masks.insert(filter_key.clone(), mask);
                     }
                     // Rows are in time order within a profile: a window is a suffix of each profile's rows.
-                    let starts = match window.millis() {
-                        None => None,
-                        Some(w) => {
-                            Some(windows.entry(now - w).or_insert_with(|| events.window_starts(now - w)).as_slice())
-                        }
-                    };
+                    let starts = window
+                        .millis()
+                        .map(|w| windows.entry(now - w).or_insert_with(|| events.window_starts(now - w)).as_slice());
                     let property = aggregate.property.as_ref().map(|p| format!("properties.{p}"));
                     let Some(property) = property else {
                         let runs = Runs { offsets: &events.offsets, starts };
