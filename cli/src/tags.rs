@@ -36,6 +36,8 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                         TagKind::Statistical { .. } => "statistical",
                         TagKind::Rule { .. } => "rule",
                         TagKind::Buckets { .. } => "buckets",
+                        TagKind::Propensity { .. } => "propensity",
+                        TagKind::Rfm { .. } => "rfm",
                     };
                     let coverage = report
                         .as_ref()

@@ -7,8 +7,8 @@ use regex_lite::Regex;
 use serde_json::Value;
 
 use super::definition::{
-    AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, TagDefinition, TagKind,
-    ValueKind,
+    AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, RfmOutput, TagDefinition,
+    TagKind, ValueKind,
 };
 use super::eval::Patterns;
 use crate::event::EventType;
@@ -126,6 +126,32 @@ impl<'c> Checker<'c> {
                     self.error(&format!("{at}.otherwise"), "empty label".into());
                 }
             }
+            TagKind::Propensity { purchase, horizon_days, revenue } => {
+                self.purchase(&format!("{at}.purchase"), purchase);
+                if !(1..=365).contains(horizon_days) {
+                    self.error(&format!("{at}.horizonDays"), format!("{horizon_days} is not between 1 and 365"));
+                }
+                if let Some(revenue) = revenue {
+                    self.numeric_property(&format!("{at}.revenue"), revenue);
+                }
+            }
+            TagKind::Rfm { purchase, revenue, .. } => {
+                self.purchase(&format!("{at}.purchase"), purchase);
+                self.numeric_property(&format!("{at}.revenue"), revenue);
+            }
+        }
+    }
+
+    /// A numeric event property read by a predictive tag.
+    fn numeric_property(&mut self, path: &str, property: &str) {
+        if property.is_empty() {
+            self.error(path, "empty property name".into());
+        } else if let Some(kind) = self.catalog.properties.get(property)
+            && *kind != ValueKind::Number
+        {
+            self.error(path, format!("`{property}` holds {kind:?} values; numbers needed"));
+        } else if !self.catalog.is_empty() && !self.catalog.properties.contains_key(property) {
+            self.error(path, format!("unknown property `{property}`"));
         }
     }
 
@@ -135,6 +161,14 @@ impl<'c> Checker<'c> {
             (Some(0), _) | (_, Some(0)) => self.error(at, "a window of zero length holds no event".into()),
             _ => {}
         }
+    }
+
+    /// A purchase filter: a filter that names its events (every event is not a purchase).
+    fn purchase(&mut self, at: &str, filter: &EventFilter) {
+        if filter.events.is_empty() {
+            self.error(&format!("{at}.events"), "name the purchase events".into());
+        }
+        self.filter(at, filter);
     }
 
     pub(crate) fn filter(&mut self, at: &str, filter: &EventFilter) {
@@ -347,7 +381,7 @@ fn tag_reads(kind: &TagKind, out: &mut BTreeSet<String>) {
         }
     }
     match kind {
-        TagKind::Statistical { .. } => {}
+        TagKind::Statistical { .. } | TagKind::Propensity { .. } | TagKind::Rfm { .. } => {}
         TagKind::Rule { when } => expr(when, out),
         TagKind::Buckets { of: Operand::Tag(id), .. } => {
             out.insert(id.clone());
@@ -371,5 +405,8 @@ fn tag_kind(kind: &TagKind) -> Option<ValueKind> {
         },
         TagKind::Rule { .. } => Some(ValueKind::Boolean),
         TagKind::Buckets { .. } => Some(ValueKind::String),
+        TagKind::Propensity { .. } => Some(ValueKind::Number),
+        TagKind::Rfm { output: RfmOutput::Segment, .. } => Some(ValueKind::String),
+        TagKind::Rfm { .. } => Some(ValueKind::Number),
     }
 }

@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 use super::check::TagSet;
 use super::definition::{AggregateOp, CompareOp, Condition, EventFilter, Expr, Operand, TagKind, UNIQUE_LIST_MAX};
 use super::eval::{Patterns, compare};
+use super::predict::{Model, Population};
 use super::state::{fsum_add, fsum_value, key};
 
 /// Field metadata marking a Utf8 column whose values are JSON text.
@@ -283,16 +284,16 @@ impl TagColumns {
 }
 
 /// A chunk's event table, read.
-struct Events<'a> {
+pub(super) struct Events<'a> {
     batch: &'a RecordBatch,
-    at: &'a [i64],
+    pub(super) at: &'a [i64],
     /// Row ranges per profile: profile `i`'s events are rows `offsets[i]..offsets[i + 1]`.
-    offsets: Vec<usize>,
+    pub(super) offsets: Vec<usize>,
     columns: HashMap<String, Column<'a>>,
 }
 
 impl<'a> Events<'a> {
-    fn read(batch: &'a RecordBatch, first: u32, profiles: usize) -> Result<Self, ColumnarError> {
+    pub(super) fn read(batch: &'a RecordBatch, first: u32, profiles: usize) -> Result<Self, ColumnarError> {
         let profile = batch
             .column_by_name("profile")
             .ok_or_else(|| ColumnarError("the event table has no `profile` column".into()))?;
@@ -340,7 +341,7 @@ impl<'a> Events<'a> {
     }
 
     /// The column `name` (absent: no value on any row).
-    fn column(&mut self, name: &str) -> Result<&Column<'a>, ColumnarError> {
+    pub(super) fn column(&mut self, name: &str) -> Result<&Column<'a>, ColumnarError> {
         if !self.columns.contains_key(name) {
             let column = match self.batch.schema().column_with_name(name) {
                 None => Column::absent(self.rows()),
@@ -371,6 +372,7 @@ fn trait_column<'t>(traits: &'t RecordBatch, name: &str) -> Result<Column<'t>, C
 impl TagSet {
     /// Every computed tag's values for the chunk of profiles `first..first + traits.num_rows()` with their
     /// `events` (see the module documentation for the tables' shape), at `now` (ms).
+    /// Population tags (propensity, RFM) have no value here: see [`TagSet::evaluate_columns_with`].
     pub fn evaluate_columns(
         &self,
         traits: &RecordBatch,
@@ -378,7 +380,21 @@ impl TagSet {
         events: &RecordBatch,
         now: i64,
     ) -> Result<TagColumns, ColumnarError> {
+        self.evaluate_columns_with(traits, first, events, now, &Population::default())
+    }
+
+    /// Every computed tag's values, population tags from the fitted `population` models (a tag without a
+    /// model has no value).
+    pub fn evaluate_columns_with(
+        &self,
+        traits: &RecordBatch,
+        first: u32,
+        events: &RecordBatch,
+        now: i64,
+        population: &Population,
+    ) -> Result<TagColumns, ColumnarError> {
         let rows = traits.num_rows();
+        let event_table = events;
         let mut events = Events::read(events, first, rows)?;
         // Reused across tags: rows passing each filter; those rows that also have the aggregated value; each
         // profile's first row inside each window; each numeric property's numbers.
@@ -432,6 +448,9 @@ impl TagSet {
                         None => aggregate_values(aggregate.op, selected, values, runs),
                     }
                 }
+                TagKind::Propensity { .. } | TagKind::Rfm { .. } => {
+                    self.population_column(&tag.id, &tag.kind, first, rows, event_table, now, population)?
+                }
                 TagKind::Rule { when } => {
                     let holds = self.holds_columns(when, traits, &out)?;
                     Column::Coded {
@@ -467,8 +486,53 @@ impl TagSet {
         Ok(out)
     }
 
+    /// A population tag's values from its model (none without one).
+    #[allow(clippy::too_many_arguments)]
+    fn population_column(
+        &self,
+        id: &str,
+        kind: &TagKind,
+        first: u32,
+        rows: usize,
+        events: &RecordBatch,
+        now: i64,
+        population: &Population,
+    ) -> Result<Column<'static>, ColumnarError> {
+        Ok(match (kind, population.models.get(id)) {
+            (TagKind::Propensity { .. }, Some(Model::Propensity(model))) => {
+                let (features, _) = self.propensity_features(id, first, rows, events, now)?;
+                let scores = features.iter().map(|x| Some((model.score(x) * 10_000.0).round() / 10_000.0)).collect();
+                floats(scores)
+            }
+            (TagKind::Rfm { output, .. }, Some(Model::Rfm(model))) => {
+                let mut entries: Vec<Value> = Vec::new();
+                let mut index: HashMap<String, u32> = HashMap::new();
+                let codes = self
+                    .rfm_values(id, first, rows, events, now)?
+                    .iter()
+                    .map(|v| match v {
+                        None => NO_VALUE,
+                        Some(v) => {
+                            let value = model.output(v, *output);
+                            *index.entry(value.to_string()).or_insert_with(|| {
+                                entries.push(value);
+                                (entries.len() - 1) as u32
+                            })
+                        }
+                    })
+                    .collect();
+                Column::Coded { codes: Cow::Owned(codes), entries }
+            }
+            _ => Column::absent(rows),
+        })
+    }
+
     /// The rows that pass `filter`.
-    fn filter_mask(&self, events: &mut Events<'_>, filter: &EventFilter) -> Result<Vec<bool>, ColumnarError> {
+    pub(super) fn filter_mask(
+        &self,
+        events: &mut Events<'_>,
+        filter: &EventFilter,
+    ) -> Result<Vec<bool>, ColumnarError> {
         let mut mask = vec![true; events.rows()];
         let any_of = |names: &[String]| Condition {
             field: String::new(),
@@ -533,7 +597,7 @@ fn and(mask: &mut [bool], other: &[bool]) {
 }
 
 /// Each row's number, if it has one.
-fn numbers_of(column: &Column<'_>) -> Vec<Option<f64>> {
+pub(super) fn numbers_of(column: &Column<'_>) -> Vec<Option<f64>> {
     match column {
         Column::Numbers { values, nulls, .. } => {
             values.iter().enumerate().map(|(i, &x)| nulls.as_ref().is_none_or(|n| n.is_valid(i)).then_some(x)).collect()

@@ -89,7 +89,7 @@ impl Lifecycle {
 
 /// The kinds of tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum TagKind {
     /// An aggregation over the profile's events that pass a filter, within a window.
     Statistical {
@@ -117,6 +117,59 @@ pub enum TagKind {
         #[serde(default)]
         otherwise: Option<String>,
     },
+    /// Purchase propensity: the probability (0–1) that the profile does a purchase event within the next
+    /// `horizonDays`, from a model trained at each full recompute on the profiles' own history (features as
+    /// of `horizonDays` ago, labelled by what happened since), with its evaluation on held-out profiles.
+    Propensity {
+        /// Which events are purchases.
+        purchase: EventFilter,
+        /// The horizon in days (1–365, default 30).
+        #[serde(default = "thirty")]
+        horizon_days: u32,
+        /// The purchases' revenue property, a feature when given.
+        #[serde(default)]
+        revenue: Option<String>,
+    },
+    /// RFM: recency, frequency and monetary scores (1–5, by quintile among the profiles that purchased) and
+    /// the segment they place the profile in. Profiles without a purchase have no value.
+    Rfm {
+        /// Which events are purchases.
+        purchase: EventFilter,
+        /// The purchases' revenue property.
+        revenue: String,
+        /// What the tag's value is (default the segment).
+        #[serde(default)]
+        output: RfmOutput,
+    },
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+/// What an RFM tag gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RfmOutput {
+    /// The segment: champions, loyal, promising, need_attention, at_risk, hibernating.
+    #[default]
+    Segment,
+    /// The three scores as one number, R×100 + F×10 + M (e.g. 545).
+    Score,
+    /// The recency score, 1–5 (5: most recent).
+    Recency,
+    /// The frequency score, 1–5.
+    Frequency,
+    /// The monetary score, 1–5.
+    Monetary,
+}
+
+impl TagKind {
+    /// Whether the value depends on the whole population (a trained model, quintiles), so that only the
+    /// full recompute gives it.
+    pub fn population(&self) -> bool {
+        matches!(self, TagKind::Propensity { .. } | TagKind::Rfm { .. })
+    }
 }
 
 /// Which events a statistical tag counts.

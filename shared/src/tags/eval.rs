@@ -72,6 +72,8 @@ impl TagSet {
                             .map_or(Value::Null, Value::String),
                     }
                 }
+                // Only the full recompute, which sees the whole population, gives these.
+                TagKind::Propensity { .. } | TagKind::Rfm { .. } => Value::Null,
             };
             if !value.is_null() {
                 values.insert(tag.id.clone(), value);

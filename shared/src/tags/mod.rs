@@ -22,6 +22,10 @@ mod columnar;
 mod columnar_tests;
 mod definition;
 mod eval;
+#[cfg(feature = "columnar")]
+mod predict;
+#[cfg(all(test, feature = "columnar"))]
+mod predict_tests;
 mod state;
 #[cfg(test)]
 mod state_tests;
@@ -35,9 +39,11 @@ pub use columnar::{
 };
 pub use definition::{
     AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
-    Operand, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
+    Operand, RfmOutput, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
 pub use eval::EventView;
+#[cfg(feature = "columnar")]
+pub use predict::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel};
 pub use state::{ProfileTagState, Seen, Stamp, Stamped, StatState, Summary};
 
 pub(crate) use check::{Checker, TagsById};

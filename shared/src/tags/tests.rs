@@ -372,7 +372,10 @@ fn the_published_schema_lists_every_kind_operator_and_state() {
     use Lifecycle as L;
     let states = [L::Draft, L::Active, L::Deprecated, L::Archived];
     assert_eq!(listed("/properties/status/enum"), names(states.iter().map(|s| json!(s)).collect()));
-    assert_eq!(listed("/properties/kind/enum"), ["statistical", "rule", "buckets"]);
+    assert_eq!(listed("/properties/kind/enum"), ["statistical", "rule", "buckets", "propensity", "rfm"]);
+    use RfmOutput as R;
+    let outputs = [R::Segment, R::Score, R::Recency, R::Frequency, R::Monetary];
+    assert_eq!(listed("/properties/output/enum"), names(outputs.iter().map(|o| json!(o)).collect()));
     let types: Vec<String> = crate::event::EventType::ALL.iter().map(|t| t.to_string()).collect();
     assert_eq!(listed("/$defs/filter/properties/types/items/enum"), types);
     // Every top-level field the parser accepts is in the schema, and no other.
@@ -380,7 +383,9 @@ fn the_published_schema_lists_every_kind_operator_and_state() {
                          "kind": "statistical", "filter": {}, "aggregate": {"op": "count"}, "window": {}});
     let parsed: TagDefinition = serde_json::from_value(example.clone()).expect("parses");
     let mut fields: Vec<String> = example.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-    fields.extend(["when", "of", "buckets", "otherwise"].map(String::from));
+    fields.extend(
+        ["when", "of", "buckets", "otherwise", "purchase", "horizonDays", "revenue", "output"].map(String::from),
+    );
     fields.sort();
     let mut properties: Vec<String> =
         schema["properties"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
