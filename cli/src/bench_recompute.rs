@@ -293,6 +293,9 @@ fn duckdb_sql(tags: &TagSet, profiles: &Path, events: &Path) -> anyhow::Result<S
                     _ => format!("s.{column}"),
                 }
             }
+            TagKind::Propensity { .. } | TagKind::Rfm { .. } => {
+                bail!("tag {id}: population tags have no SQL translation in this benchmark")
+            }
             TagKind::Rule { when } => rule_sql(when, &exprs)?,
             TagKind::Buckets { of, buckets, otherwise } => {
                 let x = operand_sql(of, &exprs)?;
