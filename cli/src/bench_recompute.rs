@@ -382,7 +382,7 @@ pub(crate) fn run(
     // Peak memory of the recompute alone: reset the process's high-water mark first (Linux).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let start = Instant::now();
-    let chunks: Vec<Chunk> =
+    let (chunks, _): (Vec<Chunk>, _) =
         recompute(&tags, Table::File(profiles_path.clone()), Table::File(events_path.clone()), NOW, 2)?;
     let ours = start.elapsed().as_secs_f64();
     let peak = peak_rss_bytes().unwrap_or(0);

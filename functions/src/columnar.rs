@@ -7,6 +7,7 @@
 //! time and messageId). A row group is then a self-contained chunk: threads take chunks one at a time,
 //! read only the columns the tags need, and evaluate them without sharing anything.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,6 +21,7 @@ use parquet::file::reader::ChunkReader;
 use shared::tags::{Column, TagColumns, TagSet};
 
 use crate::Error;
+use crate::predict::Fitted;
 
 fn parquet_error(what: &str) -> impl Fn(parquet::errors::ParquetError) -> Error + '_ {
     move |e| Error::Corrupt(format!("{what}: {e}"))
@@ -129,9 +131,15 @@ impl ChunkReader for Reader {
     }
 }
 
-/// Every computed tag's values for every profile of the two tables, at `now` (ms), on `threads` threads.
-/// Chunks come back in profile order.
-pub fn recompute(tags: &TagSet, profiles: Table, events: Table, now: i64, threads: usize) -> Result<Vec<Chunk>, Error> {
+/// Every computed tag's values for every profile of the two tables, at `now` (ms), on `threads` threads,
+/// with what fitting the population tags' models gave. Chunks come back in profile order.
+pub fn recompute(
+    tags: &TagSet,
+    profiles: Table,
+    events: Table,
+    now: i64,
+    threads: usize,
+) -> Result<(Vec<Chunk>, BTreeMap<String, Fitted>), Error> {
     let (profiles, events) = (profiles.open()?, events.open()?);
     let options = ArrowReaderOptions::new();
     let profile_meta = ArrowReaderMetadata::load(&profiles, options.clone()).map_err(parquet_error("profile table"))?;
@@ -173,6 +181,16 @@ pub fn recompute(tags: &TagSet, profiles: Table, events: Table, now: i64, thread
             }
         };
 
+    // First pass, for population tags (propensity, RFM) only: gather and fit their models.
+    let mut trainer = crate::predict::Trainer::new(tags, now);
+    if trainer.needed() {
+        for (group, &first) in firsts.iter().enumerate() {
+            let rows = profile_meta.metadata().row_group(group).num_rows() as usize;
+            trainer.observe(first, rows, &read(&events, &event_meta, group, &event_names)?)?;
+        }
+    }
+    let (population, fitted) = trainer.finish();
+
     let next_group = AtomicUsize::new(0);
     let results: Vec<Result<Vec<(usize, Chunk)>, Error>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -187,7 +205,7 @@ pub fn recompute(tags: &TagSet, profiles: Table, events: Table, now: i64, thread
                         let traits = read(&profiles, &profile_meta, group, &trait_names)?;
                         let chunk = read(&events, &event_meta, group, &event_names)?;
                         let values = tags
-                            .evaluate_columns(&traits, firsts[group], &chunk, now)
+                            .evaluate_columns_with(&traits, firsts[group], &chunk, now, &population)
                             .map_err(|e| Error::Corrupt(format!("row group {group}: {e}")))?;
                         done.push((group, (firsts[group], values)));
                     }
@@ -204,7 +222,7 @@ pub fn recompute(tags: &TagSet, profiles: Table, events: Table, now: i64, thread
         chunks.extend(result?);
     }
     chunks.sort_by_key(|(group, _)| *group);
-    Ok(chunks.into_iter().map(|(_, chunk)| chunk).collect())
+    Ok((chunks.into_iter().map(|(_, chunk)| chunk).collect(), fitted))
 }
 
 /// The one batch of a row group that did not come back as one: none for an empty row group; more is an error.
@@ -323,8 +341,9 @@ mod tests {
         write_table(&mut profile_buf, chunks[0].0.schema(), chunks.iter().map(|c| c.0.clone())).unwrap();
         write_table(&mut event_buf, chunks[0].1.schema(), chunks.iter().map(|c| c.1.clone())).unwrap();
 
-        let results =
+        let (results, models) =
             recompute(&tags, Table::Bytes(profile_buf.clone().into()), Table::Bytes(event_buf.into()), NOW, 2).unwrap();
+        assert!(models.is_empty(), "no population tags, no models");
         assert_eq!(results.iter().map(|(first, _)| *first).collect::<Vec<_>>(), vec![0, 4, 8]);
         for (first, values) in &results {
             for row in 0..values.rows {

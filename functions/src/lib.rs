@@ -7,6 +7,7 @@ pub mod columnar;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod predict;
 pub mod state;
 pub mod storage;
 pub mod tagging;

@@ -10,6 +10,8 @@
 //! - `tags/v1/values.json.gz`: `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`;
 //! - `audiences/v1/<id>/snapshot.json.gz`: the members and the size history ([`Snapshot`]);
 //! - `audiences/v1/<id>/diffs/<computedAt>.json`: `{"computedAt", "entered", "exited"}`, when anything changed;
+//! - `tags/v1/models/<tag id>.json`: each population tag's fitted model (propensity weights with their
+//!   evaluation, RFM thresholds);
 //! - `tags/v1/report.json`: [`Report`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -51,6 +53,9 @@ pub struct Report {
     pub tags: BTreeMap<String, TagReport>,
     /// Per audience: size and the last change.
     pub audiences: BTreeMap<String, AudienceReport>,
+    /// Per population tag (propensity, RFM): the model fitted, with its evaluation, or why none was.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::predict::Fitted>,
 }
 
 /// One tag's outcome.
@@ -139,23 +144,45 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         .iter()
         .map(|(id, stored)| (id, stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()))
         .collect();
-    for chunk in profiles.chunks(RECOMPUTE_CHUNK) {
-        let views: Vec<Vec<EventView<'_>>> = chunk
-            .iter()
-            .map(|(id, _)| {
-                let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
-                events.iter().map(|e| EventView::of(e, &empty)).collect()
-            })
+    // Each chunk's tables (profiles numbered from 0 across chunks), built once for both passes.
+    let views: Vec<Vec<EventView<'_>>> = profiles
+        .iter()
+        .map(|(id, _)| {
+            let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            events.iter().map(|e| EventView::of(e, &empty)).collect()
+        })
+        .collect();
+    let mut chunks = Vec::new();
+    for (c, chunk) in profiles.chunks(RECOMPUTE_CHUNK).enumerate() {
+        let first = (c * RECOMPUTE_CHUNK) as u32;
+        let rows: Vec<(u32, EventView<'_>)> = (0..chunk.len())
+            .flat_map(|i| views[first as usize + i].iter().map(move |e| (first + i as u32, *e)))
             .collect();
-        let rows: Vec<(u32, EventView<'_>)> =
-            views.iter().enumerate().flat_map(|(i, v)| v.iter().map(move |e| (i as u32, *e))).collect();
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
+        chunks.push((first, profile_table(&traits, &trait_names), event_table(rows, &properties)));
+    }
+    // First pass: the population models (propensity, RFM), if any tag needs one.
+    let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
+    if trainer.needed() {
+        for (first, traits, events) in &chunks {
+            trainer.observe(*first, traits.num_rows(), events)?;
+        }
+    }
+    let (population, fitted) = trainer.finish();
+    for (id, model) in &population.models {
+        let body = serde_json::to_vec_pretty(model).map_err(|e| Error::Corrupt(e.to_string()))?;
+        store.put(&format!("tags/v1/models/{id}.json"), body, PutOptions::json()).await?;
+    }
+    report.models = fitted;
+    // Second pass: every tag, then audiences per profile.
+    for (first, traits_table, events) in &chunks {
         let columns = tags
-            .evaluate_columns(&profile_table(&traits, &trait_names), 0, &event_table(rows, &properties), now_ms)
+            .evaluate_columns_with(traits_table, *first, events, now_ms, &population)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        for (i, (id, traits)) in chunk.iter().enumerate() {
+        for i in 0..traits_table.num_rows() {
+            let (id, traits) = &profiles[*first as usize + i];
             let tag_values = columns.row(i);
-            for audience in audiences.members(traits, &tag_values, &views[i], now_ms) {
+            for audience in audiences.members(traits, &tag_values, &views[*first as usize + i], now_ms) {
                 members.entry(audience).or_default().insert((*id).clone());
             }
             for tag in tag_values.keys() {

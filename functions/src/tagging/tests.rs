@@ -71,7 +71,9 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
             {"id": "tier", "status": "active", "kind": "buckets", "of": "tag:ltv",
              "buckets": [{"label": "high", "min": 50}], "otherwise": "low"},
             {"id": "is_pro", "status": "active", "kind": "rule", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
-            {"id": "draft_tag", "kind": "statistical", "aggregate": {"op": "count"}}
+            {"id": "draft_tag", "kind": "statistical", "aggregate": {"op": "count"}},
+            {"id": "rfm", "status": "active", "kind": "rfm", "purchase": {"events": ["Order Completed"]}, "revenue": "revenue"},
+            {"id": "buy", "status": "active", "kind": "propensity", "purchase": {"events": ["Order Completed"]}}
         ]).to_string().into_bytes(), PutOptions::json())
         .await
         .expect("tags config");
@@ -95,9 +97,26 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
     let ann = profile_of(&store, "user_id:ann").await;
     let bob = profile_of(&store, "user_id:bob").await;
     let cyd = profile_of(&store, "anonymous_id:cyd-browser").await;
-    assert_eq!(values["profiles"][&ann], json!({"orders": 3, "ltv": 60.0, "tier": "high", "is_pro": true}));
-    assert_eq!(values["profiles"][&bob], json!({"orders": 1, "ltv": 5.0, "tier": "low", "is_pro": false}));
-    assert_eq!(values["profiles"][&cyd], json!({"orders": 0, "ltv": 0.0, "tier": "low", "is_pro": false}));
+    // RFM among the two buyers: ann (2 days ago, 3 orders, 60) scores 3/3/3, bob (3 days, 1, 5) 1/1/1.
+    let mut rfm_and_buy = |id: &str, rfm: Option<&str>| {
+        let mut v = values["profiles"][id].clone();
+        let object = v.as_object_mut().expect("values");
+        assert_eq!(object.remove("rfm").as_ref().and_then(Value::as_str), rfm, "{id}");
+        // Three profiles are too few to train on: the propensity has a value only if a model was fitted.
+        let buy = object.remove("buy");
+        assert_eq!(buy.is_some(), matches!(report.models["buy"], crate::predict::Fitted::Propensity(_)));
+        v
+    };
+    assert_eq!(rfm_and_buy(&ann, Some("loyal")), json!({"orders": 3, "ltv": 60.0, "tier": "high", "is_pro": true}));
+    assert_eq!(
+        rfm_and_buy(&bob, Some("hibernating")),
+        json!({"orders": 1, "ltv": 5.0, "tier": "low", "is_pro": false})
+    );
+    assert_eq!(rfm_and_buy(&cyd, None), json!({"orders": 0, "ltv": 0.0, "tier": "low", "is_pro": false}));
+    assert_eq!(report.models["rfm"], crate::predict::Fitted::Rfm { profiles: 2 });
+    let model = read_json(&store, "tags/v1/models/rfm.json").await;
+    assert_eq!(model["kind"], json!("rfm"));
+    assert_eq!(model["frequency"], json!([1.0, 1.0, 3.0, 3.0]));
     assert_eq!(report.tags["ltv"].version, 2);
     assert_eq!(report.tags["is_pro"].with_value, 3);
     assert!(!report.tags.contains_key("draft_tag"), "drafts are not computed");
