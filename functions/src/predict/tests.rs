@@ -33,7 +33,10 @@ fn the_sample_does_not_depend_on_arrival_order() {
 
 /// Profiles of two kinds, with a planted signal: "engaged" ones view products every few days and buy in
 /// most months; the others rarely view and seldom buy. Which kind a profile is shows only in its events.
-fn shop(profiles: u32, seed: u64) -> (Vec<Map<String, Value>>, Vec<(u32, String, i64, bool, f64)>) {
+/// A generated event: (profile, messageId, time, is an order, revenue).
+type ShopEvent = (u32, String, i64, bool, f64);
+
+fn shop(profiles: u32, seed: u64) -> (Vec<Map<String, Value>>, Vec<ShopEvent>) {
     let mut state = seed;
     let mut next = |n: u64| {
         state = mix(state);

@@ -98,7 +98,7 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
     let bob = profile_of(&store, "user_id:bob").await;
     let cyd = profile_of(&store, "anonymous_id:cyd-browser").await;
     // RFM among the two buyers: ann (2 days ago, 3 orders, 60) scores 3/3/3, bob (3 days, 1, 5) 1/1/1.
-    let mut rfm_and_buy = |id: &str, rfm: Option<&str>| {
+    let rfm_and_buy = |id: &str, rfm: Option<&str>| {
         let mut v = values["profiles"][id].clone();
         let object = v.as_object_mut().expect("values");
         assert_eq!(object.remove("rfm").as_ref().and_then(Value::as_str), rfm, "{id}");
