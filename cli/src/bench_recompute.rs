@@ -293,7 +293,7 @@ fn duckdb_sql(tags: &TagSet, profiles: &Path, events: &Path) -> anyhow::Result<S
                     _ => format!("s.{column}"),
                 }
             }
-            TagKind::Propensity { .. } | TagKind::Rfm { .. } => {
+            TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. } => {
                 bail!("tag {id}: population tags have no SQL translation in this benchmark")
             }
             TagKind::Rule { when } => rule_sql(when, &exprs)?,

@@ -38,6 +38,7 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                         TagKind::Buckets { .. } => "buckets",
                         TagKind::Propensity { .. } => "propensity",
                         TagKind::Rfm { .. } => "rfm",
+                        TagKind::Affinity { .. } => "affinity",
                     };
                     let coverage = report
                         .as_ref()

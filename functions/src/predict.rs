@@ -13,7 +13,10 @@ use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
-use shared::tags::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel, TagKind, TagSet};
+use shared::tags::{
+    Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, ProductConfig, ProductTags, RfmModel, TagKind,
+    TagSet,
+};
 
 use crate::Error;
 
@@ -59,8 +62,13 @@ impl<T> Sample<T> {
 
 #[derive(Debug)]
 enum Gathered {
-    Propensity { as_of: i64, sample: Sample<(FeatureRow, bool)> },
+    Propensity {
+        as_of: i64,
+        sample: Sample<(FeatureRow, bool)>,
+    },
     Rfm(Sample<[f64; 3]>),
+    /// Every product's category, from all events.
+    Affinity(Box<ProductTags>),
 }
 
 /// What fitting a model gave, for the report.
@@ -73,6 +81,11 @@ pub enum Fitted {
     Rfm {
         /// Profiles the quintiles come from.
         profiles: usize,
+    },
+    /// Product categories for an affinity tag.
+    Affinity {
+        /// Products with a category.
+        products: usize,
     },
     /// No model: why (no value for the tag this time).
     NotFitted {
@@ -104,6 +117,14 @@ impl<'t> Trainer<'t> {
                     },
                 )),
                 TagKind::Rfm { .. } => Some((t.id.clone(), Gathered::Rfm(Sample::new(RFM_SAMPLE)))),
+                TagKind::Affinity { product, category, .. } => {
+                    let config = ProductConfig {
+                        product: product.clone(),
+                        category: category.clone(),
+                        ..ProductConfig::default()
+                    };
+                    Some((t.id.clone(), Gathered::Affinity(Box::new(ProductTags::new(config)))))
+                }
                 _ => None,
             })
             .collect();
@@ -127,6 +148,7 @@ impl<'t> Trainer<'t> {
                         sample.push(mix(u64::from(first) + i as u64), (x, y));
                     }
                 }
+                Gathered::Affinity(products) => products.observe(first, profiles, events).map_err(corrupt)?,
                 Gathered::Rfm(sample) => {
                     let values = self.tags.rfm_values(id, first, profiles, events, self.now).map_err(corrupt)?;
                     for (i, value) in values.into_iter().enumerate() {
@@ -155,6 +177,13 @@ impl<'t> Trainer<'t> {
                     }
                     Err(reason) => Fitted::NotFitted { reason },
                 },
+                Gathered::Affinity(products) => {
+                    let categories: BTreeMap<String, String> =
+                        products.finish().into_iter().filter_map(|(id, tag)| Some((id, tag.category?))).collect();
+                    let count = categories.len();
+                    population.models.insert(id.clone(), Model::Affinity { categories });
+                    Fitted::Affinity { products: count }
+                }
                 Gathered::Rfm(sample) => {
                     let values: Vec<[f64; 3]> = sample.items.iter().map(|(_, v)| *v).collect();
                     match RfmModel::fit(&values) {

@@ -10,6 +10,8 @@
 //! - `tags/v1/values.json.gz`: `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`;
 //! - `audiences/v1/<id>/snapshot.json.gz`: the members and the size history ([`Snapshot`]);
 //! - `audiences/v1/<id>/diffs/<computedAt>.json`: `{"computedAt", "entered", "exited"}`, when anything changed;
+//! - `products/v1/tags.json.gz`: product tags (category, counts, revenue, popularity; `config/products.json`
+//!   says which properties and events, with defaults);
 //! - `tags/v1/models/<tag id>.json`: each population tag's fitted model (propensity weights with their
 //!   evaluation, RFM thresholds);
 //! - `tags/v1/report.json`: [`Report`].
@@ -19,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
-use shared::tags::{Catalog, EventView, TagDefinition, TagSet, event_table, profile_table};
+use shared::tags::{Catalog, EventView, ProductConfig, ProductTags, TagDefinition, TagSet, event_table, profile_table};
 use shared::time::UtcTime;
 
 use crate::Error;
@@ -33,6 +35,11 @@ pub const TAGS_CONFIG: &str = "config/tags.json";
 pub const AUDIENCES_CONFIG: &str = "config/audiences.json";
 /// Profiles evaluated together by the columnar engine.
 const RECOMPUTE_CHUNK: usize = 10_000;
+
+/// How product tags are read from events ([`ProductConfig`]; defaults when absent).
+pub const PRODUCTS_CONFIG: &str = "config/products.json";
+/// Product tags: `{"computedAt": ms, "products": {product id: ProductTag}}`.
+pub const PRODUCTS_KEY: &str = "products/v1/tags.json.gz";
 
 /// The latest computation's report.
 pub const REPORT_KEY: &str = "tags/v1/report.json";
@@ -53,7 +60,10 @@ pub struct Report {
     pub tags: BTreeMap<String, TagReport>,
     /// Per audience: size and the last change.
     pub audiences: BTreeMap<String, AudienceReport>,
-    /// Per population tag (propensity, RFM): the model fitted, with its evaluation, or why none was.
+    /// Products tagged (`products/v1/tags.json.gz`).
+    #[serde(default)]
+    pub products: usize,
+    /// Per population tag (propensity, RFM, affinity): the model fitted, with its evaluation, or why none was.
     #[serde(default)]
     pub models: BTreeMap<String, crate::predict::Fitted>,
 }
@@ -135,7 +145,15 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
 
     // Tags by the columnar engine, a chunk of profiles at a time; audiences per profile from the values.
     let empty = Map::new();
-    let (properties, trait_names) = (tags.properties(), tags.traits());
+    let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
+    let trait_names = tags.traits();
+    let mut properties = tags.properties();
+    for p in [&products_config.product, &products_config.category, &products_config.revenue, &products_config.quantity]
+    {
+        if !properties.contains(p) {
+            properties.push(p.clone());
+        }
+    }
     let mut values: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
     let mut members: BTreeMap<String, BTreeSet<String>> =
         audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
@@ -161,13 +179,20 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
         chunks.push((first, profile_table(&traits, &trait_names), event_table(rows, &properties)));
     }
-    // First pass: the population models (propensity, RFM), if any tag needs one.
+    // First pass: product tags, and the population models (propensity, RFM, affinity) if any tag needs one.
     let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
-    if trainer.needed() {
-        for (first, traits, events) in &chunks {
+    let mut products = ProductTags::new(products_config);
+    for (first, traits, events) in &chunks {
+        products.observe(*first, traits.num_rows(), events).map_err(|e| Error::Corrupt(e.to_string()))?;
+        if trainer.needed() {
             trainer.observe(*first, traits.num_rows(), events)?;
         }
     }
+    let products = products.finish();
+    report.products = products.len();
+    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.put(PRODUCTS_KEY, shared::storage::gzip(&body), gz()).await?;
     let (population, fitted) = trainer.finish();
     for (id, model) in &population.models {
         let body = serde_json::to_vec_pretty(model).map_err(|e| Error::Corrupt(e.to_string()))?;

@@ -231,3 +231,51 @@ async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
     assert_eq!(zoe.profile.tags["orders"], json!(4), "the merged anonymous orders count");
     assert_eq!(zoe.profile.tags["spend_30d"], json!(25.9), "20.7 + 0.2 + 5.0 within 30 days, summed exactly");
 }
+
+#[tokio::test]
+async fn product_tags_and_category_affinity_from_product_events() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let event = |id: &str, user: &str, name: &str, days: i64, props: Value| json!({"type": "track", "event": name, "userId": user, "messageId": id, "timestamp": stamp(days), "properties": props});
+    let key = store_events(
+        &store,
+        3,
+        json!([
+            event("v1", "ann", "Product Viewed", 9, json!({"product_id": "p1", "category": "shoes"})),
+            event("v2", "ann", "Product Viewed", 8, json!({"product_id": "p1", "category": "shoes"})),
+            // No category on the order: p2's category comes from the product tags (bob's view).
+            event("o1", "ann", "Order Completed", 1, json!({"product_id": "p2", "revenue": 30.0, "quantity": 2})),
+            event("v3", "bob", "Product Viewed", 5, json!({"product_id": "p2", "category": "hats"})),
+            event("s1", "bob", "Signed In", 5, json!({})),
+        ]),
+    )
+    .await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    store
+        .put(TAGS_CONFIG, json!([
+            {"id": "fav", "status": "active", "kind": "affinity", "weights": {"Product Viewed": 1, "Order Completed": 5}},
+            {"id": "shoe_share", "status": "active", "kind": "affinity", "weights": {"Product Viewed": 1, "Order Completed": 5},
+             "shareOf": "shoes"},
+            {"id": "hat_person", "status": "active", "kind": "rule", "when": {"field": "tag:fav", "op": "eq", "value": "hats"}}
+        ]).to_string().into_bytes(), PutOptions::json())
+        .await
+        .expect("tags");
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.products, 2);
+    assert_eq!(report.models["fav"], crate::predict::Fitted::Affinity { products: 2 });
+    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let ann = profile_of(&store, "user_id:ann").await;
+    let bob = profile_of(&store, "user_id:bob").await;
+    // ann: shoes 1 + 1, hats 5 (the order, by its product's category) → hats; shoes' share 2/7.
+    assert_eq!(values["profiles"][&ann], json!({"fav": "hats", "shoe_share": 0.2857, "hat_person": true}));
+    assert_eq!(values["profiles"][&bob], json!({"fav": "hats", "shoe_share": 0.0, "hat_person": true}));
+
+    let products = read_json(&store, PRODUCTS_KEY).await;
+    assert_eq!(
+        products["products"]["p2"],
+        json!({"category": "hats", "counts": {"orders": 1, "views": 1}, "units": 2.0, "revenue": 30.0, "rank": 1,
+               "popularity": "top"})
+    );
+    assert_eq!(products["products"]["p1"]["popularity"], json!("low"), "never ordered");
+    assert_eq!(products["products"]["p1"]["category"], json!("shoes"));
+}

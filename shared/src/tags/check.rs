@@ -139,6 +139,32 @@ impl<'c> Checker<'c> {
                 self.purchase(&format!("{at}.purchase"), purchase);
                 self.numeric_property(&format!("{at}.revenue"), revenue);
             }
+            TagKind::Affinity { weights, product, category, half_life_days, share_of } => {
+                if weights.is_empty() {
+                    self.error(&format!("{at}.weights"), "weigh at least one event".into());
+                }
+                for (name, weight) in weights {
+                    let path = format!("{at}.weights.{name}");
+                    if !(weight.is_finite() && *weight > 0.0) {
+                        self.error(&path, format!("{weight} is not a positive weight"));
+                    } else if !self.catalog.is_empty() && !self.catalog.events.contains(name) {
+                        self.error(&path, format!("unknown event `{name}`"));
+                    }
+                }
+                for (field, property) in [("product", product), ("category", category)] {
+                    if property.is_empty() {
+                        self.error(&format!("{at}.{field}"), "empty property name".into());
+                    } else if !self.catalog.is_empty() && !self.catalog.properties.contains_key(property) {
+                        self.error(&format!("{at}.{field}"), format!("unknown property `{property}`"));
+                    }
+                }
+                if *half_life_days == Some(0) {
+                    self.error(&format!("{at}.halfLifeDays"), "a half-life of zero days".into());
+                }
+                if share_of.as_deref() == Some("") {
+                    self.error(&format!("{at}.shareOf"), "empty category".into());
+                }
+            }
         }
     }
 
@@ -381,7 +407,7 @@ fn tag_reads(kind: &TagKind, out: &mut BTreeSet<String>) {
         }
     }
     match kind {
-        TagKind::Statistical { .. } | TagKind::Propensity { .. } | TagKind::Rfm { .. } => {}
+        TagKind::Statistical { .. } | TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. } => {}
         TagKind::Rule { when } => expr(when, out),
         TagKind::Buckets { of: Operand::Tag(id), .. } => {
             out.insert(id.clone());
@@ -408,5 +434,7 @@ fn tag_kind(kind: &TagKind) -> Option<ValueKind> {
         TagKind::Propensity { .. } => Some(ValueKind::Number),
         TagKind::Rfm { output: RfmOutput::Segment, .. } => Some(ValueKind::String),
         TagKind::Rfm { .. } => Some(ValueKind::Number),
+        TagKind::Affinity { share_of: Some(_), .. } => Some(ValueKind::Number),
+        TagKind::Affinity { .. } => Some(ValueKind::String),
     }
 }

@@ -448,7 +448,7 @@ impl TagSet {
                         None => aggregate_values(aggregate.op, selected, values, runs),
                     }
                 }
-                TagKind::Propensity { .. } | TagKind::Rfm { .. } => {
+                TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. } => {
                     self.population_column(&tag.id, &tag.kind, first, rows, event_table, now, population)?
                 }
                 TagKind::Rule { when } => {
@@ -522,6 +522,43 @@ impl TagSet {
                     })
                     .collect();
                 Column::Coded { codes: Cow::Owned(codes), entries }
+            }
+            (TagKind::Affinity { .. }, Some(Model::Affinity { categories })) => {
+                let scores = self.affinity_values(id, first, rows, events, now, categories)?;
+                match &kind {
+                    TagKind::Affinity { share_of: Some(of), .. } => floats(
+                        scores
+                            .iter()
+                            .map(|s| {
+                                let total: f64 = s.iter().map(|(_, x)| x).sum();
+                                let mine = s.iter().find(|(c, _)| c == of).map_or(0.0, |(_, x)| *x);
+                                (total > 0.0).then(|| (mine / total * 10_000.0).round() / 10_000.0)
+                            })
+                            .collect(),
+                    ),
+                    _ => {
+                        let mut entries: Vec<Value> = Vec::new();
+                        let mut index: HashMap<String, u32> = HashMap::new();
+                        let codes = scores
+                            .iter()
+                            .map(|s| {
+                                // The highest score; ties: the smaller name.
+                                let top = s.iter().fold(None::<&(String, f64)>, |best, c| match best {
+                                    Some(b) if b.1 > c.1 || (b.1 == c.1 && b.0 <= c.0) => Some(b),
+                                    _ => Some(c),
+                                });
+                                match top {
+                                    None => NO_VALUE,
+                                    Some((category, _)) => *index.entry(category.clone()).or_insert_with(|| {
+                                        entries.push(Value::String(category.clone()));
+                                        (entries.len() - 1) as u32
+                                    }),
+                                }
+                            })
+                            .collect();
+                        Column::Coded { codes: Cow::Owned(codes), entries }
+                    }
+                }
             }
             _ => Column::absent(rows),
         })
@@ -929,13 +966,28 @@ pub fn profile_table(traits: &[&Map<String, Value>], names: &[String]) -> Record
 }
 
 impl TagSet {
-    /// The event properties that computed tags read (filters and aggregations).
+    /// The event properties that computed tags read (filters, aggregations, purchases, products).
     pub fn properties(&self) -> Vec<String> {
         let mut names = std::collections::BTreeSet::new();
         for tag in &self.tags {
-            if let TagKind::Statistical { filter, aggregate, .. } = &tag.kind {
-                names.extend(filter.properties.iter().map(|c| c.field.clone()));
-                names.extend(aggregate.property.clone());
+            match &tag.kind {
+                TagKind::Statistical { filter, aggregate, .. } => {
+                    names.extend(filter.properties.iter().map(|c| c.field.clone()));
+                    names.extend(aggregate.property.clone());
+                }
+                TagKind::Propensity { purchase, revenue, .. } => {
+                    names.extend(purchase.properties.iter().map(|c| c.field.clone()));
+                    names.extend(revenue.clone());
+                }
+                TagKind::Rfm { purchase, revenue, .. } => {
+                    names.extend(purchase.properties.iter().map(|c| c.field.clone()));
+                    names.insert(revenue.clone());
+                }
+                TagKind::Affinity { product, category, .. } => {
+                    names.insert(product.clone());
+                    names.insert(category.clone());
+                }
+                TagKind::Rule { .. } | TagKind::Buckets { .. } => {}
             }
         }
         names.into_iter().collect()

@@ -141,6 +141,33 @@ pub enum TagKind {
         #[serde(default)]
         output: RfmOutput,
     },
+    /// Category affinity: the category the profile's product events lean to most (events weighted by name
+    /// and, with a half-life, by how recent they are; an event without a category takes its product's), or
+    /// with `shareOf` the share (0–1) of one category. Profiles without such events have no value.
+    Affinity {
+        /// Event name → weight (> 0).
+        weights: BTreeMap<String, f64>,
+        /// The property naming the product (default `product_id`).
+        #[serde(default = "product_id")]
+        product: String,
+        /// The property naming the category (default `category`).
+        #[serde(default = "category")]
+        category: String,
+        /// Halve an event's weight every this many days (default: no decay).
+        #[serde(default)]
+        half_life_days: Option<u32>,
+        /// Give this category's share instead of the top category.
+        #[serde(default)]
+        share_of: Option<String>,
+    },
+}
+
+fn product_id() -> String {
+    "product_id".into()
+}
+
+fn category() -> String {
+    "category".into()
 }
 
 fn thirty() -> u32 {
@@ -165,10 +192,10 @@ pub enum RfmOutput {
 }
 
 impl TagKind {
-    /// Whether the value depends on the whole population (a trained model, quintiles), so that only the
-    /// full recompute gives it.
+    /// Whether the value depends on the whole population (a trained model, quintiles, product categories),
+    /// so that only the full recompute gives it.
     pub fn population(&self) -> bool {
-        matches!(self, TagKind::Propensity { .. } | TagKind::Rfm { .. })
+        matches!(self, TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. })
     }
 }
 

@@ -73,7 +73,7 @@ impl TagSet {
                     }
                 }
                 // Only the full recompute, which sees the whole population, gives these.
-                TagKind::Propensity { .. } | TagKind::Rfm { .. } => Value::Null,
+                TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. } => Value::Null,
             };
             if !value.is_null() {
                 values.insert(tag.id.clone(), value);

@@ -26,6 +26,8 @@ mod eval;
 mod predict;
 #[cfg(all(test, feature = "columnar"))]
 mod predict_tests;
+#[cfg(feature = "columnar")]
+mod products;
 mod state;
 #[cfg(test)]
 mod state_tests;
@@ -44,6 +46,8 @@ pub use definition::{
 pub use eval::EventView;
 #[cfg(feature = "columnar")]
 pub use predict::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel};
+#[cfg(feature = "columnar")]
+pub use products::{ProductConfig, ProductTag, ProductTags};
 pub use state::{ProfileTagState, Seen, Stamp, Stamped, StatState, Summary};
 
 pub(crate) use check::{Checker, TagsById};

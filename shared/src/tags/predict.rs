@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::check::TagSet;
 use super::columnar::{ColumnarError, Events, numbers_of};
 use super::definition::{EventFilter, RfmOutput, TagKind};
+use super::products::texts;
 
 const DAY: i64 = 86_400_000;
 
@@ -169,6 +170,11 @@ pub enum Model {
     Propensity(LogisticModel),
     /// For an RFM tag.
     Rfm(RfmModel),
+    /// For an affinity tag: each product's category, for events that carry none.
+    Affinity {
+        /// Product id → category.
+        categories: BTreeMap<String, String>,
+    },
 }
 
 /// The fitted models by tag id; a population tag without one has no values.
@@ -251,6 +257,49 @@ impl TagSet {
             labels.push((end..run[1]).any(|r| purchases.mask[r] && at[r] <= horizon));
         }
         Ok((features, labels))
+    }
+
+    /// For the affinity tag `id`: each profile's score per category (weights decayed to `now`), in order of
+    /// first appearance; events without a category take their product's from `categories`.
+    pub fn affinity_values(
+        &self,
+        id: &str,
+        first: u32,
+        profiles: usize,
+        events: &RecordBatch,
+        now: i64,
+        categories: &BTreeMap<String, String>,
+    ) -> Result<Vec<Vec<(String, f64)>>, ColumnarError> {
+        let TagKind::Affinity { weights, product, category, half_life_days, .. } = self.population_tag(id)? else {
+            return Err(ColumnarError(format!("`{id}` is not an affinity tag")));
+        };
+        let mut events = Events::read(events, first, profiles)?;
+        let names = texts(&mut events, "event")?;
+        let products = texts(&mut events, &format!("properties.{product}"))?;
+        let own = texts(&mut events, &format!("properties.{category}"))?;
+        let decay = |at: i64| match half_life_days {
+            Some(days) => 0.5f64.powf((now - at).max(0) as f64 / (f64::from(*days) * DAY as f64)),
+            None => 1.0,
+        };
+        Ok(events
+            .offsets
+            .windows(2)
+            .map(|run| {
+                let mut scores: Vec<(String, f64)> = Vec::new();
+                for row in run[0]..run[1] {
+                    let Some(weight) = names[row].as_ref().and_then(|n| weights.get(n)) else { continue };
+                    let found =
+                        own[row].clone().or_else(|| products[row].as_ref().and_then(|p| categories.get(p).cloned()));
+                    let Some(found) = found else { continue };
+                    let add = weight * decay(events.at[row]);
+                    match scores.iter_mut().find(|(c, _)| *c == found) {
+                        Some(entry) => entry.1 += add,
+                        None => scores.push((found, add)),
+                    }
+                }
+                scores
+            })
+            .collect())
     }
 
     /// For the RFM tag `id`: each profile's (days since the last purchase, purchases, revenue) as of `now`;

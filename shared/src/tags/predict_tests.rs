@@ -180,3 +180,55 @@ fn predictive_definitions_are_checked() {
     ]));
     assert!(wrong.unwrap_err().to_string().contains("median"));
 }
+
+#[test]
+fn affinity_weighs_events_by_name_and_age_and_takes_missing_categories_from_products() {
+    let defs: Vec<TagDefinition> = serde_json::from_value(json!([
+        {"id": "fav", "status": "active", "kind": "affinity", "weights": {"View": 1, "Order": 4}, "halfLifeDays": 10},
+        {"id": "hats", "status": "active", "kind": "affinity", "weights": {"View": 1, "Order": 4}, "halfLifeDays": 10,
+         "shareOf": "hats"}
+    ]))
+    .unwrap();
+    let tags = TagSet::check(&defs, &Catalog::default()).unwrap();
+    let props: Vec<Map<String, Value>> = [
+        json!({"category": "shoes"}),
+        json!({"category": "shoes"}),
+        json!({"product_id": "p9"}),
+        json!({"product_id": "unknown"}),
+    ]
+    .iter()
+    .map(|v| v.as_object().cloned().unwrap())
+    .collect();
+    let event = |name: &'static str, days: i64, id: &'static str, p: usize| EventView {
+        kind: "track",
+        event: Some(name),
+        at: NOW - days * DAY,
+        id,
+        properties: Box::leak(Box::new(props[p].clone())),
+    };
+    // Two shoe views now (1 + 1); a hat order (p9) ten days ago: 4 × ½ = 2; an unknown product counts nothing.
+    let rows = vec![
+        (0, event("View", 0, "a", 0)),
+        (0, event("View", 0, "b", 1)),
+        (0, event("Order", 10, "c", 2)),
+        (0, event("Order", 0, "d", 3)),
+        (1, event("Other", 0, "e", 0)),
+    ];
+    let empty = Map::new();
+    let traits = profile_table(&[&empty, &empty], &[]);
+    let events = event_table(rows, &tags.properties());
+    let categories = [("p9".to_string(), "hats".to_string())].into();
+    let scores = tags.affinity_values("fav", 0, 2, &events, NOW, &categories).unwrap();
+    assert_eq!(scores, vec![vec![("hats".to_string(), 2.0), ("shoes".to_string(), 2.0)], vec![]]);
+    let population = Population {
+        models: [
+            ("fav".to_string(), Model::Affinity { categories: categories.clone() }),
+            ("hats".to_string(), Model::Affinity { categories }),
+        ]
+        .into(),
+    };
+    let values = tags.evaluate_columns_with(&traits, 0, &events, NOW, &population).unwrap();
+    // A tie (2 and 2): the smaller name.
+    assert_eq!(values.row(0), [("fav".to_string(), json!("hats")), ("hats".to_string(), json!(0.5))].into());
+    assert!(values.row(1).is_empty(), "no weighed events, no value");
+}

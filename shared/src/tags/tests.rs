@@ -372,7 +372,7 @@ fn the_published_schema_lists_every_kind_operator_and_state() {
     use Lifecycle as L;
     let states = [L::Draft, L::Active, L::Deprecated, L::Archived];
     assert_eq!(listed("/properties/status/enum"), names(states.iter().map(|s| json!(s)).collect()));
-    assert_eq!(listed("/properties/kind/enum"), ["statistical", "rule", "buckets", "propensity", "rfm"]);
+    assert_eq!(listed("/properties/kind/enum"), ["statistical", "rule", "buckets", "propensity", "rfm", "affinity"]);
     use RfmOutput as R;
     let outputs = [R::Segment, R::Score, R::Recency, R::Frequency, R::Monetary];
     assert_eq!(listed("/properties/output/enum"), names(outputs.iter().map(|o| json!(o)).collect()));
@@ -384,7 +384,10 @@ fn the_published_schema_lists_every_kind_operator_and_state() {
     let parsed: TagDefinition = serde_json::from_value(example.clone()).expect("parses");
     let mut fields: Vec<String> = example.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
     fields.extend(
-        ["when", "of", "buckets", "otherwise", "purchase", "horizonDays", "revenue", "output"].map(String::from),
+        ["when", "of", "buckets", "otherwise", "purchase", "horizonDays", "revenue", "output", "weights", "product"]
+            .into_iter()
+            .chain(["category", "halfLifeDays", "shareOf"])
+            .map(String::from),
     );
     fields.sort();
     let mut properties: Vec<String> =
