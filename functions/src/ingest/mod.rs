@@ -41,6 +41,9 @@ pub struct IngestConfig {
     pub compaction: Compaction,
     /// Active tags (`config/tags.json`), kept up to date incrementally on the profiles a batch changes.
     pub tags: Option<TagSet>,
+    /// The tag versions whose incremental state is complete (`tags/v1/ready.json`); the others keep their
+    /// previous values until the full recompute backfills them.
+    pub ready: BTreeMap<String, u32>,
 }
 
 impl Default for IngestConfig {
@@ -53,6 +56,7 @@ impl Default for IngestConfig {
             max_attempts: 8,
             compaction: Compaction::default(),
             tags: None,
+            ready: BTreeMap::new(),
         }
     }
 }
@@ -80,6 +84,9 @@ impl IngestConfig {
                 }
             },
             Err(error) => tracing::warn!(%error, "tags are not updated"),
+        }
+        if config.tags.is_some() {
+            config.ready = crate::tagging::ready(store).await?;
         }
         Ok(config)
     }
@@ -288,11 +295,20 @@ async fn apply<S: ObjectStore + Clone>(
         applied += 1;
     }
     // The changed profiles' tag values, as of now.
+    // Tags waiting for a backfill (or the full recompute) keep their previous values.
     if let Some(tags) = &config.tags {
+        let waiting = tags.waiting(&config.ready);
         for id in touched {
             if let Some(profile) = data.get_mut(&id) {
                 let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
-                profile.tags = tags.evaluate_state(&profile.tag_state, &traits, now.unix_millis());
+                let mut values = tags.evaluate_state(&profile.tag_state, &traits, now.unix_millis());
+                for tag in &waiting {
+                    match profile.tags.get(tag) {
+                        Some(previous) => values.insert(tag.clone(), previous.clone()),
+                        None => values.remove(tag),
+                    };
+                }
+                profile.tags = values;
                 profile.tags_at = Some(now);
             }
         }

@@ -372,6 +372,35 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
+    /// The messageIds among `ids` that ingest has applied (remembered for dedup).
+    pub async fn applied_messages<'i>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'i String> + Clone,
+    ) -> Result<BTreeSet<String>, Error> {
+        self.load::<DedupShard>(ids.clone()).await?;
+        Ok(ids.into_iter().filter(|id| matches!(self.view.dedup.get(*id), Some(Some(_)))).cloned().collect())
+    }
+
+    /// Changes stored profiles in place (in memory, until commit): `change` sees each of `ids` that is a
+    /// stored profile (not a redirect); only profiles it actually changes are written.
+    pub async fn update_profiles(
+        &mut self,
+        ids: &BTreeSet<ProfileId>,
+        mut change: impl FnMut(&ProfileId, &mut Profile),
+    ) -> Result<(), Error> {
+        self.load::<ProfilesShard>(ids).await?;
+        for id in ids {
+            let Some(entry) = self.view.profiles.get_mut(id) else { continue };
+            let Some(stored) = entry.profile.as_mut() else { continue };
+            let before = stored.profile.clone();
+            change(id, &mut stored.profile);
+            if stored.profile != before {
+                self.changed.insert((Kind::Profiles, id.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes an identifier from the index (after the graph unlinked it).
     pub async fn remove_identifier(&mut self, key: &str) -> Result<(), Error> {
         let key = key.to_string();

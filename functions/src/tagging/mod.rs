@@ -24,6 +24,8 @@ use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
 use shared::tags::{Catalog, EventView, ProductConfig, ProductTags, TagDefinition, TagSet, event_table, profile_table};
 use shared::time::UtcTime;
 
+pub use backfill::{READY_KEY, backfill, ready};
+
 use crate::Error;
 use crate::ingest::read_object;
 use crate::state::scan;
@@ -60,6 +62,9 @@ pub struct Report {
     pub tags: BTreeMap<String, TagReport>,
     /// Per audience: size and the last change.
     pub audiences: BTreeMap<String, AudienceReport>,
+    /// Statistical tags whose new version was backfilled by this computation (served by ingest from now on).
+    #[serde(default)]
+    pub backfilled: Vec<String>,
     /// Products tagged (`products/v1/tags.json.gz`).
     #[serde(default)]
     pub products: usize,
@@ -116,6 +121,32 @@ pub fn check(
     Ok((tag_set, audience_set))
 }
 
+/// Every stored event once, grouped by the profile its identifiers resolve to in `state`; with the number of
+/// distinct events and of those that resolve to no profile (not ingested yet).
+pub(crate) async fn gather<'s, S: ObjectStore>(
+    store: &S,
+    identity: &shared::identity::IdentityRules,
+    state: &'s crate::state::Scan,
+) -> Result<(BTreeMap<&'s str, Vec<shared::event::CanonicalEvent>>, usize, usize), Error> {
+    let mut seen = HashSet::new();
+    let mut by_profile: BTreeMap<&str, Vec<shared::event::CanonicalEvent>> = BTreeMap::new();
+    let (mut events, mut unresolved) = (0, 0);
+    for object in store.list("raw/").await? {
+        let Some(read) = read_object(store, &object.key).await? else { continue };
+        for event in read.events {
+            if !seen.insert(event.message_id.clone()) {
+                continue;
+            }
+            events += 1;
+            match identity.keys(&event).iter().find_map(|key| state.resolve(key)) {
+                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
+                None => unresolved += 1,
+            }
+        }
+    }
+    Ok((by_profile, events, unresolved))
+}
+
 /// Computes every tag and audience for every profile at `now` and writes the results.
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
     let (tag_defs, audience_defs) = load_definitions(store).await?;
@@ -126,22 +157,8 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };
 
-    // Every stored event once, grouped by the profile its identifiers resolve to.
-    let mut seen = HashSet::new();
-    let mut by_profile: BTreeMap<&str, Vec<shared::event::CanonicalEvent>> = BTreeMap::new();
-    for object in store.list("raw/").await? {
-        let Some(read) = read_object(store, &object.key).await? else { continue };
-        for event in read.events {
-            if !seen.insert(event.message_id.clone()) {
-                continue;
-            }
-            report.events += 1;
-            match identity.keys(&event).iter().find_map(|key| state.resolve(key)) {
-                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
-                None => report.unresolved_events += 1,
-            }
-        }
-    }
+    let (by_profile, events, unresolved) = gather(store, &identity, &state).await?;
+    (report.events, report.unresolved_events) = (events, unresolved);
 
     // Tags by the columnar engine, a chunk of profiles at a time; audiences per profile from the values.
     let empty = Map::new();
@@ -254,6 +271,8 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         let body = serde_json::to_vec(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
         store.put(&key, shared::storage::gzip(&body), gz()).await?;
     }
+    // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
+    report.backfilled = backfill(store, &tags, &values, now).await?;
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;
     Ok(report)
@@ -273,5 +292,6 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
     }
 }
 
+mod backfill;
 #[cfg(test)]
 mod tests;

@@ -215,8 +215,14 @@ async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
         let config = IngestConfig::load(&store).await.expect("config");
         assert!(config.tags.is_some(), "the tags are loaded by ingest");
         ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
+        if i == 0 {
+            // The first recompute backfills the new tags; from then on ingest serves them incrementally.
+            let first = full_recompute(&store, at(t0())).await.expect("recompute");
+            assert_eq!(first.backfilled, ["orders", "spend_30d", "avg_spend", "top_category"]);
+        }
     }
-    full_recompute(&store, at(t0())).await.expect("recompute");
+    let last = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert!(last.backfilled.is_empty(), "nothing left to backfill, so the profiles' values are ingest's");
     let values = read_json(&store, "tags/v1/values.json.gz").await;
     let mut compared = 0;
     for who in ["user_id:zoe", "user_id:max", "anonymous_id:anon-1"] {
@@ -278,4 +284,58 @@ async fn product_tags_and_category_affinity_from_product_events() {
     );
     assert_eq!(products["products"]["p1"]["popularity"], json!("low"), "never ordered");
     assert_eq!(products["products"]["p1"]["category"], json!("shoes"));
+}
+
+#[tokio::test]
+async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let define = |version: u32, min: f64| {
+        json!([{"id": "orders", "status": "active", "version": version, "kind": "statistical",
+                "filter": {"events": ["Order Completed"], "properties": [{"field": "revenue", "op": "gte", "value": min}]},
+                "aggregate": {"op": "count"}}])
+        .to_string()
+        .into_bytes()
+    };
+    let order = |id: &str, revenue: f64| {
+        json!({"type": "track", "event": "Order Completed", "userId": "ann", "messageId": id, "timestamp": stamp(1),
+               "properties": {"revenue": revenue}})
+    };
+    let run = |seed: u8, events: Value| {
+        let store = store.clone();
+        async move {
+            let key = store_events(&store, seed, events).await;
+            let config = IngestConfig::load(&store).await.expect("config");
+            ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
+            let ann = crate::state::lookup(&store, "user_id:ann").await.expect("lookup").expect("ann");
+            ann.profile
+        }
+    };
+    store.put(TAGS_CONFIG, define(1, 0.0), PutOptions::json()).await.expect("tags");
+    // Before any backfill, a new tag has no value: its state has no history yet.
+    assert!(!run(1, json!([order("o1", 5.0), order("o2", 50.0)])).await.tags.contains_key("orders"));
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.backfilled, ["orders"]);
+    assert_eq!(read_json(&store, READY_KEY).await, json!({"orders": 1}));
+    assert_eq!(run(2, json!([order("o3", 7.0)])).await.tags["orders"], json!(3), "v1 served incrementally");
+
+    // Version 2 counts only orders of 10 or more. Until it is backfilled, v1's value keeps serving, while
+    // ingest already keeps v2's state from the new events.
+    store.put(TAGS_CONFIG, define(2, 10.0), PutOptions::json()).await.expect("tags");
+    let profile = run(3, json!([order("o4", 70.0)])).await;
+    assert_eq!(profile.tags["orders"], json!(3), "the old value keeps serving");
+    assert!(profile.tag_state.tags.contains_key("orders@1") && profile.tag_state.tags.contains_key("orders@2"));
+
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.backfilled, ["orders"]);
+    assert_eq!(read_json(&store, READY_KEY).await, json!({"orders": 2}));
+    let ann = crate::state::lookup(&store, "user_id:ann").await.expect("lookup").expect("ann");
+    assert_eq!(ann.profile.tags["orders"], json!(2), "v2: the orders of 50 and 70, o4 counted once");
+    assert!(!ann.profile.tag_state.tags.contains_key("orders@1"), "the old version's state is dropped");
+    // From now on v2 is kept incrementally, and equals the full recompute.
+    assert_eq!(run(4, json!([order("o5", 10.0), order("o6", 9.0)])).await.tags["orders"], json!(3));
+    let again = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert!(again.backfilled.is_empty());
+    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    assert_eq!(values["profiles"][&ann.node.id]["orders"], json!(3));
 }

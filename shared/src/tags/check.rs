@@ -48,6 +48,25 @@ impl TagSet {
     pub fn tags(&self) -> &[TagDefinition] {
         &self.tags
     }
+
+    /// The tags whose incremental values cannot be served yet, so that the previous values keep serving:
+    /// statistical tags whose version has no complete state (`ready`: the version backfilled per tag),
+    /// population tags (only the full recompute gives them), and every tag that reads one of those.
+    pub fn waiting(&self, ready: &BTreeMap<String, u32>) -> BTreeSet<String> {
+        let mut waiting = BTreeSet::new();
+        for tag in &self.tags {
+            let mut reads = BTreeSet::new();
+            tag_reads(&tag.kind, &mut reads);
+            let own = match &tag.kind {
+                TagKind::Statistical { .. } => ready.get(&tag.id) != Some(&tag.version),
+                kind => kind.population(),
+            };
+            if own || reads.iter().any(|id| waiting.contains(id)) {
+                waiting.insert(tag.id.clone());
+            }
+        }
+        waiting
+    }
 }
 
 /// Tag definitions by id, with their position.
