@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use functions::predict::Fitted;
 use functions::storage::FsStore;
 use functions::tagging::{check, full_recompute, latest_report, load_definitions};
 use shared::tags::{Catalog, TagKind};
@@ -30,7 +31,8 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                 if tags.is_empty() {
                     println!("no tags: write definitions to {}/config/tags.json", data.data.display());
                 }
-                println!("{:<24} {:<11} {:>7} {:<12} {:>9}", "id", "status", "version", "kind", "coverage");
+                let ready = functions::tagging::ready(&store).await?;
+                println!("{:<24} {:<11} {:>7} {:<12} {:>9}  notes", "id", "status", "version", "kind", "coverage");
                 for tag in &tags {
                     let kind = match tag.kind {
                         TagKind::Statistical { .. } => "statistical",
@@ -45,7 +47,22 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                         .and_then(|r| r.tags.get(&tag.id))
                         .map_or("-".to_string(), |t| format!("{:.1} %", 100.0 * t.coverage));
                     let status = format!("{:?}", tag.status).to_lowercase();
-                    println!("{:<24} {:<11} {:>7} {:<12} {:>9}", tag.id, status, tag.version, kind, coverage);
+                    let notes = match (&tag.kind, report.as_ref().and_then(|r| r.models.get(&tag.id))) {
+                        (TagKind::Statistical { .. }, _) if tag.status.computed() => match ready.get(&tag.id) {
+                            Some(v) if *v == tag.version => String::new(),
+                            Some(v) => format!("version {} waits for its backfill; version {v} serves", tag.version),
+                            None => "waits for its first backfill (the next full recompute)".to_string(),
+                        },
+                        (_, Some(Fitted::Propensity(e))) => format!(
+                            "AUC {:.3} on {} held-out profiles (random scores: {:.3})",
+                            e.auc, e.holdout_profiles, e.random_auc
+                        ),
+                        (_, Some(Fitted::Rfm { profiles })) => format!("quintiles of {profiles} buyers"),
+                        (_, Some(Fitted::Affinity { products })) => format!("{products} products with a category"),
+                        (_, Some(Fitted::NotFitted { reason })) => format!("no model: {reason}"),
+                        _ => String::new(),
+                    };
+                    println!("{:<24} {:<11} {:>7} {:<12} {:>9}  {notes}", tag.id, status, tag.version, kind, coverage);
                 }
                 if let Some(report) = report {
                     println!("last computed at {} over {} profiles", at(report.computed_at), report.profiles);
