@@ -37,6 +37,10 @@ pub fn write_table<W: std::io::Write + Send>(
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(usize::MAX))
         .build();
+    if schema.fields().is_empty() {
+        // Parquet keeps no row count without a column.
+        return Err(Error::Corrupt("a table needs at least one column".into()));
+    }
     let mut writer = ArrowWriter::try_new(out, schema, Some(properties)).map_err(parquet_error("parquet writer"))?;
     for batch in batches {
         writer.write(&batch).map_err(parquet_error("writing a row group"))?;
@@ -158,7 +162,8 @@ pub fn recompute(
         firsts.push(u32::try_from(next).map_err(|_| Error::Corrupt("more than 2^32 profiles".into()))?);
         next += profile_meta.metadata().row_group(g).num_rows() as u64;
     }
-    let trait_names: Vec<String> = tags.traits().iter().map(|t| format!("traits.{t}")).collect();
+    let mut trait_names: Vec<String> = vec!["profile".into()];
+    trait_names.extend(tags.traits().iter().map(|t| format!("traits.{t}")));
     let mut event_names: Vec<String> = ["profile", "at", "type", "event"].map(String::from).to_vec();
     event_names.extend(tags.properties().iter().map(|p| format!("properties.{p}")));
 
@@ -335,7 +340,7 @@ mod tests {
             .map(|c| {
                 let own: Vec<&Map<String, Value>> = traits[c as usize * 4..c as usize * 4 + 4].iter().collect();
                 let events = views.iter().filter(|(p, _)| p / 4 == c).cloned().collect();
-                (profile_table(&own, &tags.traits()), event_table(events, &tags.properties()))
+                (profile_table(c * 4, &own, &tags.traits()), event_table(events, &tags.properties()))
             })
             .collect();
         write_table(&mut profile_buf, chunks[0].0.schema(), chunks.iter().map(|c| c.0.clone())).unwrap();
@@ -361,5 +366,62 @@ mod tests {
         write_table(&mut short, chunks[0].1.schema(), chunks.iter().take(2).map(|c| c.1.clone())).unwrap();
         let error = recompute(&tags, Table::Bytes(profile_buf.into()), Table::Bytes(short.into()), NOW, 2).unwrap_err();
         assert!(error.to_string().contains("must be cut alike"), "{error}");
+    }
+
+    #[test]
+    fn population_models_are_fitted_in_a_first_pass_over_the_row_groups() {
+        let defs: Vec<TagDefinition> = serde_json::from_value(json!([
+            {"id": "rfm", "status": "active", "kind": "rfm", "output": "frequency",
+             "purchase": {"events": ["Order"]}, "revenue": "revenue"}
+        ]))
+        .unwrap();
+        let tags = TagSet::check(&defs, &Catalog::default()).unwrap();
+        let order = json!({"revenue": 10.0}).as_object().cloned().unwrap();
+        let ids: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        // Profile p (of 10, in two row groups of 5) has p % 4 orders.
+        let rows: Vec<(u32, EventView<'_>)> = (0..10u32)
+            .flat_map(|p| (0..p % 4).map(move |i| (p, i)))
+            .enumerate()
+            .map(|(k, (p, i))| {
+                let at = NOW - i64::from(i + 1) * 86_400_000;
+                (p, EventView { kind: "track", event: Some("Order"), at, id: &ids[k], properties: &order })
+            })
+            .collect();
+        let empty = Map::new();
+        let (mut profile_buf, mut event_buf) = (Vec::new(), Vec::new());
+        let groups: Vec<(RecordBatch, RecordBatch)> = [0u32, 5]
+            .iter()
+            .map(|&first| {
+                let own = rows.iter().filter(|(p, _)| (first..first + 5).contains(p)).cloned().collect();
+                (profile_table(first, &[&empty; 5], &[]), event_table(own, &tags.properties()))
+            })
+            .collect();
+        write_table(&mut profile_buf, groups[0].0.schema(), groups.iter().map(|g| g.0.clone())).unwrap();
+        write_table(&mut event_buf, groups[0].1.schema(), groups.iter().map(|g| g.1.clone())).unwrap();
+        let (chunks, models) =
+            recompute(&tags, Table::Bytes(profile_buf.into()), Table::Bytes(event_buf.into()), NOW, 2).unwrap();
+        // Buyers: profiles 1, 2, 3, 5, 6, 7, 9 (1–3 orders); frequency quintiles over them.
+        assert_eq!(models["rfm"], Fitted::Rfm { profiles: 7 });
+        let values: Vec<Value> = chunks
+            .iter()
+            .flat_map(|(_, c)| (0..c.rows).map(|r| c.row(r).get("rfm").cloned().unwrap_or(Value::Null)))
+            .collect();
+        // Orders per profile: 0 1 2 3 0 1 2 3 0 1; the thresholds of [1,1,1,2,2,3,3] are 1, 1, 2, 3, so 1 order
+        // passes none (score 1), 2 pass two (3), 3 pass three (4).
+        assert_eq!(
+            values,
+            vec![
+                Value::Null,
+                json!(1),
+                json!(3),
+                json!(4),
+                Value::Null,
+                json!(1),
+                json!(3),
+                json!(4),
+                Value::Null,
+                json!(1)
+            ]
+        );
     }
 }

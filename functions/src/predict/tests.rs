@@ -89,7 +89,7 @@ fn a_propensity_model_trained_on_a_planted_signal_beats_random_scores_on_held_ou
             let own: Vec<(u32, EventView<'_>)> =
                 views.iter().filter(|(p, _)| (first..first + n as u32).contains(p)).cloned().collect();
             let t: Vec<&Map<String, Value>> = traits[first as usize..first as usize + n].iter().collect();
-            (first, n, profile_table(&t, &[]), event_table(own, &tags.properties()))
+            (first, n, profile_table(first, &t, &[]), event_table(own, &tags.properties()))
         })
         .collect();
 

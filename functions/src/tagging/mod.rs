@@ -194,7 +194,7 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
             .flat_map(|i| views[first as usize + i].iter().map(move |e| (first + i as u32, *e)))
             .collect();
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
-        chunks.push((first, profile_table(&traits, &trait_names), event_table(rows, &properties)));
+        chunks.push((first, profile_table(first, &traits, &trait_names), event_table(rows, &properties)));
     }
     // First pass: product tags, and the population models (propensity, RFM, affinity) if any tag needs one.
     let mut trainer = crate::predict::Trainer::new(&tags, now_ms);

@@ -395,6 +395,15 @@ impl TagSet {
     ) -> Result<TagColumns, ColumnarError> {
         let rows = traits.num_rows();
         let event_table = events;
+        if let Some(numbers) = traits.column_by_name("profile") {
+            let numbers = numbers
+                .as_primitive_opt::<UInt32Type>()
+                .filter(|n| n.null_count() == 0)
+                .ok_or_else(|| ColumnarError("the profile table's `profile` must be UInt32 without nulls".into()))?;
+            if numbers.values().iter().enumerate().any(|(i, &p)| u64::from(p) != u64::from(first) + i as u64) {
+                return Err(ColumnarError(format!("the profile table does not number its rows from {first}")));
+            }
+        }
         let mut events = Events::read(events, first, rows)?;
         // Reused across tags: rows passing each filter; those rows that also have the aggregated value; each
         // profile's first row inside each window; each numeric property's numbers.
@@ -949,11 +958,13 @@ pub fn event_table(mut rows: Vec<(u32, super::EventView<'_>)>, properties: &[Str
     RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), columns).expect("columns match their fields")
 }
 
-/// The profile table of a chunk: one row per profile, with the listed trait columns.
-pub fn profile_table(traits: &[&Map<String, Value>], names: &[String]) -> RecordBatch {
+/// The profile table of a chunk of profiles numbered from `first`: a `profile` column (so that the table
+/// keeps its row count even without traits, in Parquet too), and the listed trait columns.
+pub fn profile_table(first: u32, traits: &[&Map<String, Value>], names: &[String]) -> RecordBatch {
     use std::sync::Arc;
-    let mut fields = Vec::new();
-    let mut columns = Vec::new();
+    let numbers = arrow_array::UInt32Array::from_iter_values(first..first + traits.len() as u32);
+    let mut fields = vec![arrow_schema::Field::new("profile", DataType::UInt32, false)];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(numbers)];
     for name in names {
         let values: Vec<Option<&Value>> = traits.iter().map(|t| t.get(name)).collect();
         let (array, json) = value_array(&values);

@@ -206,7 +206,7 @@ proptest! {
             .collect();
         let trait_refs: Vec<&Map<String, Value>> = traits.iter().collect();
         let table = event_table(views.clone(), &set.properties());
-        let profile_rows = profile_table(&trait_refs, &set.traits());
+        let profile_rows = profile_table(first, &trait_refs, &set.traits());
         let columns = set.evaluate_columns(&profile_rows, first, &table, T0).expect("evaluates");
         prop_assert_eq!(columns.rows, 6);
         for (i, traits) in traits.iter().enumerate() {
@@ -222,11 +222,14 @@ fn input_that_breaks_the_table_contract_is_refused_with_the_reason() {
     let set = tag_set();
     let empty = Map::new();
     let view = |at: i64| EventView { kind: "track", event: Some("Order"), at, id: "m", properties: &empty };
-    let traits = profile_table(&[&empty, &empty], &[]);
+    let traits = profile_table(0, &[&empty, &empty], &[]);
     let mut table = event_table(vec![(0, view(T0)), (1, view(T0))], &[]);
     // Out of the chunk.
-    let error = set.evaluate_columns(&traits, 1, &table, T0).unwrap_err();
+    let error = set.evaluate_columns(&profile_table(1, &[&empty, &empty], &[]), 1, &table, T0).unwrap_err();
     assert!(error.0.contains("outside this chunk"), "{error}");
+    // A profile table numbered from elsewhere.
+    let error = set.evaluate_columns(&traits, 1, &table, T0).unwrap_err();
+    assert!(error.0.contains("does not number its rows from 1"), "{error}");
     // Not sorted: swap the rows' times within one profile.
     table = event_table(vec![(0, view(T0)), (0, view(T0 - HOUR))], &[]);
     let at: arrow_array::ArrayRef = std::sync::Arc::new(arrow_array::Int64Array::from(vec![T0, T0 - HOUR]));

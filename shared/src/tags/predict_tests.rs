@@ -77,7 +77,7 @@ fn chunk() -> (arrow_array::RecordBatch, arrow_array::RecordBatch) {
         (1, view(NOW - 100 * DAY, "d", &props[3])),
     ];
     let empty = Box::leak(Box::new(Map::new()));
-    let traits = profile_table(&[&*empty, &*empty, &*empty], &[]);
+    let traits = profile_table(0, &[&*empty, &*empty, &*empty], &[]);
     (traits, event_table(rows, &["revenue".to_string()]))
 }
 
@@ -215,7 +215,7 @@ fn affinity_weighs_events_by_name_and_age_and_takes_missing_categories_from_prod
         (1, event("Other", 0, "e", 0)),
     ];
     let empty = Map::new();
-    let traits = profile_table(&[&empty, &empty], &[]);
+    let traits = profile_table(0, &[&empty, &empty], &[]);
     let events = event_table(rows, &tags.properties());
     let categories = [("p9".to_string(), "hats".to_string())].into();
     let scores = tags.affinity_values("fav", 0, 2, &events, NOW, &categories).unwrap();
