@@ -172,11 +172,11 @@ pub fn recompute(
             let schema = meta.schema();
             let roots: Vec<usize> = names.iter().filter_map(|n| schema.index_of(n).ok()).collect();
             let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-            let rows = meta.metadata().row_group(group).num_rows().max(1) as usize;
+            let rows = meta.metadata().row_group(group).num_rows() as usize;
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reader.clone(), meta.clone())
                 .with_row_groups(vec![group])
                 .with_projection(mask)
-                .with_batch_size(rows);
+                .with_batch_size(rows.max(1));
             let reader = builder.build().map_err(parquet_error("reading a row group"))?;
             let batches: Vec<RecordBatch> =
                 reader.collect::<Result<_, _>>().map_err(|e| Error::Corrupt(format!("reading a row group: {e}")))?;
@@ -186,7 +186,7 @@ pub fn recompute(
             }
         };
 
-    // First pass, for population tags (propensity, RFM) only: gather and fit their models.
+    // First pass, for population tags (propensity, RFM, affinity) only: gather and fit their models.
     let mut trainer = crate::predict::Trainer::new(tags, now);
     if trainer.needed() {
         for (group, &first) in firsts.iter().enumerate() {
@@ -241,7 +241,7 @@ fn one_batch(
         let fields: Vec<Field> = names.iter().filter_map(|n| meta.schema().field_with_name(n).ok().cloned()).collect();
         let schema = Arc::new(Schema::new(fields));
         let empty = RecordBatch::new_empty(schema);
-        return if rows <= 1 { Ok(empty) } else { Err(Error::Corrupt("a row group read back empty".into())) };
+        return if rows == 0 { Ok(empty) } else { Err(Error::Corrupt("a row group read back empty".into())) };
     };
     Err(Error::Corrupt(format!(
         "a row group of {rows} rows read back in {} batches of {} rows; expected one",
