@@ -119,6 +119,25 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The process's peak resident memory so far (Linux), in bytes.
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs a DuckDB peer script of `scripts/bench/` with `args`; its one line of JSON output.
+pub(crate) fn duckdb_peer(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench").join(script);
+    let output =
+        Command::new("python3").arg(&script).args(args).output().context("running python3 (pip install duckdb)")?;
+    if !output.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 /// Kills the child on drop.
 struct ChildGuard(Child);
 

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use shared::identity::batch::{NO_USER, resolve};
 
 /// A deterministic generator (SplitMix64).
@@ -96,13 +96,6 @@ pub(crate) fn generate(identifiers: usize, links_per_id: f64, seed: u64) -> Synt
     Synthetic { identifiers, links, users, shared_devices }
 }
 
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn sums(labels: &[u32]) -> (u128, u128) {
     let mut label_sum: u128 = 0;
     let mut mixed: u128 = 0;
@@ -126,7 +119,7 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
         data.shared_devices,
         start.elapsed().as_secs_f64()
     );
-    let rss_before = peak_rss_bytes().unwrap_or(0);
+    let rss_before = crate::bench::peak_rss_bytes().unwrap_or(0);
 
     let start = Instant::now();
     let plain = resolve(data.identifiers, &data.links, None);
@@ -134,7 +127,7 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
     let start = Instant::now();
     let ruled = resolve(data.identifiers, &data.links, Some(&data.users));
     let ruled_secs = start.elapsed().as_secs_f64();
-    let rss_after = peak_rss_bytes().unwrap_or(0);
+    let rss_after = crate::bench::peak_rss_bytes().unwrap_or(0);
     // Working memory of the resolver: parent, size and user per identifier, and the labels it returns; the
     // links are the input.
     let working = 12 * data.identifiers + 4 * data.identifiers;
@@ -167,17 +160,8 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
         }
         out.flush()?;
         drop(out);
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/duckdb_stitch.py");
-        let output = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&path)
-            .arg(data.identifiers.to_string())
-            .output()
-            .context("running python3 (pip install duckdb)")?;
-        if !output.status.success() {
-            bail!("DuckDB stitching failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let peer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let identifiers = data.identifiers.to_string();
+        let peer = crate::bench::duckdb_peer("duckdb_stitch.py", &[path.as_os_str(), identifiers.as_ref()])?;
         let seconds = peer["seconds"].as_f64().unwrap_or(f64::NAN);
         println!(
             "| DuckDB {} label propagation, no rules | {seconds:.3} | {} | – | – ({} iterations; CSV load {:.1} s not counted) |",

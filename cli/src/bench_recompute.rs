@@ -177,12 +177,6 @@ fn generate(dir: &Path, profiles: u32, events_per_profile: u64, chunk_profiles: 
     Ok((u64::from(profiles), events))
 }
 
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
 /// A SQL literal of a JSON value (numbers, strings, booleans).
 fn literal(value: &serde_json::Value) -> anyhow::Result<String> {
     Ok(match value {
@@ -385,7 +379,7 @@ pub(crate) fn run(
     let (chunks, _): (Vec<Chunk>, _) =
         recompute(&tags, Table::File(profiles_path.clone()), Table::File(events_path.clone()), NOW, 2)?;
     let ours = start.elapsed().as_secs_f64();
-    let peak = peak_rss_bytes().unwrap_or(0);
+    let peak = crate::bench::peak_rss_bytes().unwrap_or(0);
     println!("| engine | time (s) | peak memory (MB) | events/s |");
     println!("|---|---:|---:|---:|");
     println!(
@@ -406,18 +400,11 @@ pub(crate) fn run(
         drop(chunks);
         let sql_path = dir.join("tags.sql");
         std::fs::write(&sql_path, duckdb_sql(&tags, &profiles_path, &events_path)?)?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/duckdb_tags.py");
-        let output = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&sql_path)
-            .arg(&ours_path)
-            .arg(dir.join("duckdb-results.parquet"))
-            .output()
-            .context("running python3 (pip install duckdb)")?;
-        if !output.status.success() {
-            bail!("DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        let peer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let theirs = dir.join("duckdb-results.parquet");
+        let peer = crate::bench::duckdb_peer(
+            "duckdb_tags.py",
+            &[sql_path.as_os_str(), ours_path.as_os_str(), theirs.as_os_str()],
+        )?;
         let seconds = peer["seconds"].as_f64().unwrap_or(f64::NAN);
         println!(
             "| DuckDB {} SQL (2 threads) | {seconds:.2} | {:.0} | {:.0} M |",

@@ -394,7 +394,6 @@ impl TagSet {
         population: &Population,
     ) -> Result<TagColumns, ColumnarError> {
         let rows = traits.num_rows();
-        let event_table = events;
         if let Some(numbers) = traits.column_by_name("profile") {
             let numbers = numbers
                 .as_primitive_opt::<UInt32Type>()
@@ -458,7 +457,7 @@ impl TagSet {
                     }
                 }
                 TagKind::Propensity { .. } | TagKind::Rfm { .. } | TagKind::Affinity { .. } => {
-                    self.population_column(&tag.id, &tag.kind, first, rows, event_table, now, population)?
+                    self.population_column(&tag.id, &tag.kind, rows, &mut events, now, population)?
                 }
                 TagKind::Rule { when } => {
                     let holds = self.holds_columns(when, traits, &out)?;
@@ -496,44 +495,26 @@ impl TagSet {
     }
 
     /// A population tag's values from its model (none without one).
-    #[allow(clippy::too_many_arguments)]
     fn population_column(
         &self,
         id: &str,
         kind: &TagKind,
-        first: u32,
         rows: usize,
-        events: &RecordBatch,
+        events: &mut Events<'_>,
         now: i64,
         population: &Population,
     ) -> Result<Column<'static>, ColumnarError> {
         Ok(match (kind, population.models.get(id)) {
             (TagKind::Propensity { .. }, Some(Model::Propensity(model))) => {
-                let (features, _) = self.propensity_features(id, first, rows, events, now)?;
+                let (features, _) = self.propensity_features_of(id, events, now)?;
                 let scores = features.iter().map(|x| Some((model.score(x) * 10_000.0).round() / 10_000.0)).collect();
                 floats(scores)
             }
             (TagKind::Rfm { output, .. }, Some(Model::Rfm(model))) => {
-                let mut entries: Vec<Value> = Vec::new();
-                let mut index: HashMap<String, u32> = HashMap::new();
-                let codes = self
-                    .rfm_values(id, first, rows, events, now)?
-                    .iter()
-                    .map(|v| match v {
-                        None => NO_VALUE,
-                        Some(v) => {
-                            let value = model.output(v, *output);
-                            *index.entry(value.to_string()).or_insert_with(|| {
-                                entries.push(value);
-                                (entries.len() - 1) as u32
-                            })
-                        }
-                    })
-                    .collect();
-                Column::Coded { codes: Cow::Owned(codes), entries }
+                coded_values(self.rfm_values_of(id, events, now)?.iter().map(|v| v.map(|v| model.output(&v, *output))))
             }
             (TagKind::Affinity { .. }, Some(Model::Affinity { categories })) => {
-                let scores = self.affinity_values(id, first, rows, events, now, categories)?;
+                let scores = self.affinity_values_of(id, events, now, categories)?;
                 match &kind {
                     TagKind::Affinity { share_of: Some(of), .. } => floats(
                         scores
@@ -545,28 +526,15 @@ impl TagSet {
                             })
                             .collect(),
                     ),
-                    _ => {
-                        let mut entries: Vec<Value> = Vec::new();
-                        let mut index: HashMap<String, u32> = HashMap::new();
-                        let codes = scores
-                            .iter()
-                            .map(|s| {
-                                // The highest score; ties: the smaller name.
-                                let top = s.iter().fold(None::<&(String, f64)>, |best, c| match best {
-                                    Some(b) if b.1 > c.1 || (b.1 == c.1 && b.0 <= c.0) => Some(b),
-                                    _ => Some(c),
-                                });
-                                match top {
-                                    None => NO_VALUE,
-                                    Some((category, _)) => *index.entry(category.clone()).or_insert_with(|| {
-                                        entries.push(Value::String(category.clone()));
-                                        (entries.len() - 1) as u32
-                                    }),
-                                }
+                    // The highest score; ties: the smaller name.
+                    _ => coded_values(scores.iter().map(|s| {
+                        s.iter()
+                            .fold(None::<&(String, f64)>, |best, c| match best {
+                                Some(b) if b.1 > c.1 || (b.1 == c.1 && b.0 <= c.0) => Some(b),
+                                _ => Some(c),
                             })
-                            .collect();
-                        Column::Coded { codes: Cow::Owned(codes), entries }
-                    }
+                            .map(|(category, _)| Value::String(category.clone()))
+                    })),
                 }
             }
             _ => Column::absent(rows),
@@ -640,6 +608,22 @@ fn and(mask: &mut [bool], other: &[bool]) {
     for (m, o) in mask.iter_mut().zip(other) {
         *m &= *o;
     }
+}
+
+/// A coded column of per-row values (none: no value), each distinct value stored once.
+fn coded_values(values: impl Iterator<Item = Option<Value>>) -> Column<'static> {
+    let mut entries: Vec<Value> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let codes = values
+        .map(|value| match value {
+            None => NO_VALUE,
+            Some(value) => *index.entry(value.to_string()).or_insert_with(|| {
+                entries.push(value);
+                (entries.len() - 1) as u32
+            }),
+        })
+        .collect();
+    Column::Coded { codes: Cow::Owned(codes), entries }
 }
 
 /// Each row's number, if it has one.

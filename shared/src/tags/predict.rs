@@ -210,7 +210,7 @@ impl TagSet {
             .iter()
             .find(|t| t.id == id && t.kind.population())
             .map(|t| &t.kind)
-            .ok_or_else(|| ColumnarError(format!("`{id}` is not a computed propensity or RFM tag")))
+            .ok_or_else(|| ColumnarError(format!("`{id}` is not a computed propensity, RFM or affinity tag")))
     }
 
     /// For the propensity tag `id`: each profile's features as of `as_of`, and whether it purchased within
@@ -223,11 +223,20 @@ impl TagSet {
         events: &RecordBatch,
         as_of: i64,
     ) -> Result<(Vec<FeatureRow>, Vec<bool>), ColumnarError> {
+        self.propensity_features_of(id, &mut Events::read(events, first, profiles)?, as_of)
+    }
+
+    pub(super) fn propensity_features_of(
+        &self,
+        id: &str,
+        events: &mut Events<'_>,
+        as_of: i64,
+    ) -> Result<(Vec<FeatureRow>, Vec<bool>), ColumnarError> {
         let TagKind::Propensity { purchase, horizon_days, revenue } = self.population_tag(id)? else {
             return Err(ColumnarError(format!("`{id}` is not a propensity tag")));
         };
-        let mut events = Events::read(events, first, profiles)?;
-        let purchases = self.purchases(&mut events, purchase, revenue.as_deref())?;
+        let profiles = events.offsets.len() - 1;
+        let purchases = self.purchases(events, purchase, revenue.as_deref())?;
         let horizon = as_of + i64::from(*horizon_days) * DAY;
         let at = events.at;
         let mut features = Vec::with_capacity(profiles);
@@ -270,13 +279,22 @@ impl TagSet {
         now: i64,
         categories: &BTreeMap<String, String>,
     ) -> Result<Vec<Vec<(String, f64)>>, ColumnarError> {
+        self.affinity_values_of(id, &mut Events::read(events, first, profiles)?, now, categories)
+    }
+
+    pub(super) fn affinity_values_of(
+        &self,
+        id: &str,
+        events: &mut Events<'_>,
+        now: i64,
+        categories: &BTreeMap<String, String>,
+    ) -> Result<Vec<Vec<(String, f64)>>, ColumnarError> {
         let TagKind::Affinity { weights, product, category, half_life_days, .. } = self.population_tag(id)? else {
             return Err(ColumnarError(format!("`{id}` is not an affinity tag")));
         };
-        let mut events = Events::read(events, first, profiles)?;
-        let names = texts(&mut events, "event")?;
-        let products = texts(&mut events, &format!("properties.{product}"))?;
-        let own = texts(&mut events, &format!("properties.{category}"))?;
+        let names = texts(events, "event")?;
+        let products = texts(events, &format!("properties.{product}"))?;
+        let own = texts(events, &format!("properties.{category}"))?;
         let decay = |at: i64| match half_life_days {
             Some(days) => 0.5f64.powf((now - at).max(0) as f64 / (f64::from(*days) * DAY as f64)),
             None => 1.0,
@@ -312,11 +330,19 @@ impl TagSet {
         events: &RecordBatch,
         now: i64,
     ) -> Result<Vec<Option<[f64; 3]>>, ColumnarError> {
+        self.rfm_values_of(id, &mut Events::read(events, first, profiles)?, now)
+    }
+
+    pub(super) fn rfm_values_of(
+        &self,
+        id: &str,
+        events: &mut Events<'_>,
+        now: i64,
+    ) -> Result<Vec<Option<[f64; 3]>>, ColumnarError> {
         let TagKind::Rfm { purchase, revenue, .. } = self.population_tag(id)? else {
             return Err(ColumnarError(format!("`{id}` is not an RFM tag")));
         };
-        let mut events = Events::read(events, first, profiles)?;
-        let purchases = self.purchases(&mut events, purchase, Some(revenue))?;
+        let purchases = self.purchases(events, purchase, Some(revenue))?;
         let revenue = purchases.revenue.unwrap_or_default();
         Ok(events
             .offsets
