@@ -119,6 +119,19 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A deterministic generator for synthetic data (xorshift64).
+pub(crate) struct Xorshift(pub(crate) u64);
+
+impl Xorshift {
+    /// The next number below `n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
 /// The process's peak resident memory so far (Linux), in bytes.
 pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

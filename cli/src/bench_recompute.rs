@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::bench::Xorshift;
 use anyhow::{Context as _, bail};
 use arrow_array::types::Int8Type;
 use arrow_array::{
@@ -22,18 +23,6 @@ use shared::tags::{AggregateOp, CompareOp, Condition, Expr, Operand, TagKind, Ta
 
 const NOW: i64 = 1_795_000_000_000;
 const DAY: i64 = 86_400_000;
-
-/// A deterministic generator (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 const CATEGORIES: [&str; 5] = ["shoes", "shirts", "hats", "bags", "socks"];
 const SOURCES: [&str; 4] = ["ads", "web", "email", "social"];
@@ -48,7 +37,7 @@ fn dictionary(keys: Vec<Option<i8>>, values: &[&str]) -> ArrayRef {
 }
 
 /// One chunk of profiles `first..first + profiles`: the profile table and the event table.
-fn chunk(first: u32, profiles: u32, events_per_profile: u64, rng: &mut Rng) -> (RecordBatch, RecordBatch) {
+fn chunk(first: u32, profiles: u32, events_per_profile: u64, rng: &mut Xorshift) -> (RecordBatch, RecordBatch) {
     let plans: Vec<Option<i8>> = (0..profiles).map(|_| Some(rng.below(PLANS.len() as u64) as i8)).collect();
     let traits = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -153,13 +142,13 @@ fn generate(dir: &Path, profiles: u32, events_per_profile: u64, chunk_profiles: 
     let start = Instant::now();
     let firsts: Vec<u32> = (0..profiles).step_by(chunk_profiles as usize).collect();
     let (schema_p, schema_e) = {
-        let (p, e) = chunk(0, 1, 1, &mut Rng(1));
+        let (p, e) = chunk(0, 1, 1, &mut Xorshift(1));
         (p.schema(), e.schema())
     };
     // Two passes with the same seed: the profile table, then the event table (one chunk in memory at a time).
     let mut events = 0u64;
     for pass in 0..2 {
-        let mut rng_pass = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng_pass = Xorshift(0x9e37_79b9_7f4a_7c15);
         let path = dir.join(if pass == 0 { "profiles.parquet" } else { "events.parquet" });
         let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let batches = firsts.iter().map(|&first| {

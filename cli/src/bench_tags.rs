@@ -51,13 +51,8 @@ type StoredEvent = (String, Option<String>, i64, String, Map<String, Value>);
 /// A profile's synthetic history: (kind, event, time, id, properties).
 type History = Vec<(&'static str, Option<&'static str>, i64, String, Map<String, Value>)>;
 
-fn history(profile: u64, events: usize, now: i64, seed: &mut u64) -> History {
-    let mut next = |n: u64| {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *seed % n
-    };
+fn history(profile: u64, events: usize, now: i64, rng: &mut crate::bench::Xorshift) -> History {
+    let mut next = |n: u64| rng.below(n);
     let categories = ["shoes", "shirts", "hats", "bags", "socks"];
     (0..events)
         .map(|i| {
@@ -92,9 +87,9 @@ pub(crate) fn run(profiles: u64, events: usize) -> anyhow::Result<()> {
     }
     let tags = twenty_tags()?;
     let now = 1_795_000_000_000i64;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = crate::bench::Xorshift(0x9e37_79b9_7f4a_7c15);
     let traits = json!({"plan": "pro"}).as_object().cloned().unwrap_or_default();
-    let histories: Vec<History> = (0..profiles).map(|p| history(p, events, now, &mut seed)).collect();
+    let histories: Vec<History> = (0..profiles).map(|p| history(p, events, now, &mut rng)).collect();
     // The stored states, as ingest keeps them (built untimed), serialized as they are stored.
     let stored: Vec<String> = histories
         .iter()

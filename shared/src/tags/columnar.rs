@@ -1,8 +1,8 @@
 //! Columnar tag evaluation: every computed tag for a run of profiles at once, a column at a time, from Arrow
 //! arrays. Gives exactly the values of [`TagSet::evaluate`] (the reference semantics) for each profile.
 //!
-//! The input is one *chunk*: a table of profiles (row `i` is profile `first + i`; trait columns named
-//! `traits.NAME`) and a table of their events (`profile` UInt32, `at` Int64 or Timestamp(ms), `type` and
+//! The input is one *chunk*: a table of profiles (row `i` is profile `first + i`, checked against its
+//! `profile` column when it has one; trait columns named `traits.NAME`) and a table of their events (`profile` UInt32, `at` Int64 or Timestamp(ms), `type` and
 //! `event` strings, property columns named `properties.NAME`). Events are sorted by profile, then time, then
 //! messageId — a table clustered by profile, as the event store keeps it — so a profile's events are one run
 //! of rows, and "first", "last" and ties follow row order. Value columns may be numbers (Float64, integers),
