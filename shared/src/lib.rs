@@ -12,6 +12,7 @@
 //! - [`storage`]: the object key layout and the gzip NDJSON codec.
 //! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
 
+pub mod activation;
 pub mod audiences;
 pub mod collect;
 pub mod error;

@@ -1,0 +1,399 @@
+//! Destination definitions (`config/destinations.json`, schema `docs/schemas/destination-definition.schema.json`):
+//! where to send, what, with which profile fields, how batched, how fast, and signed with which secrets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::retry::RetryPolicy;
+use super::signing::Secret;
+use crate::audiences::AudienceSet;
+use crate::tags::{Catalog, DefinitionError, EventFilter, TagSet};
+
+/// Traits that are personal data: sent only to destinations with `allowPii`.
+pub const PII_TRAITS: [&str; 14] = [
+    "email",
+    "phone",
+    "name",
+    "firstName",
+    "lastName",
+    "address",
+    "street",
+    "postalCode",
+    "birthday",
+    "birthDate",
+    "ip",
+    "username",
+    "first_name",
+    "last_name",
+];
+
+/// Headers a destination may not set: the ones the delivery itself owns.
+const RESERVED_HEADERS: [&str; 8] = [
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "te",
+];
+
+/// One partner endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationDefinition {
+    /// Stable id (`[a-z0-9_]`, ≤ 64 chars).
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Who answers for it.
+    #[serde(default)]
+    pub owner: String,
+    /// Whether it receives anything (a 410 from the partner turns this off in the destination's status).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `https://…` (`http://` only for loopback during local development).
+    pub url: String,
+    /// The current signing secret (`whsec_…`).
+    pub secret: Secret,
+    /// Secrets being rotated out: messages are signed with these too until their time (ms since the epoch).
+    #[serde(default)]
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// What to send.
+    pub send: Subscriptions,
+    /// Which profile fields each message carries.
+    #[serde(default)]
+    pub fields: Fields,
+    /// Whether personal data (PII traits, raw emails and phone numbers) may be sent; hashed otherwise.
+    #[serde(default)]
+    pub allow_pii: bool,
+    /// How messages are grouped into requests.
+    #[serde(default)]
+    pub batching: Batching,
+    /// At most this many requests per second (default 50).
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_second: u32,
+    /// Extra request headers (e.g. the partner's own authorization).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Seconds to wait before each attempt (default: the Standard Webhooks schedule).
+    #[serde(default)]
+    pub retry_schedule: RetryPolicy,
+    /// How long one attempt may take (ms, default 10,000).
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Follow up to 3 redirects (each target checked like the URL); off by default.
+    #[serde(default)]
+    pub follow_redirects: bool,
+}
+
+/// A secret still signing until a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousSecret {
+    /// The old secret.
+    pub secret: Secret,
+    /// Until when it signs too (ms since the epoch).
+    pub until: i64,
+}
+
+/// What a destination receives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subscriptions {
+    /// Audience ids whose entries and exits are sent.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Events sent as they arrive (real-time triggers), each filter by name, type and properties.
+    #[serde(default)]
+    pub events: Vec<EventFilter>,
+    /// Trait names whose changes are sent.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Tag ids whose changes are sent.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Profile fields in each message.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fields {
+    /// Traits to include.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Tags to include.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Include the profile's identifiers (emails and phones hashed unless `allowPii`).
+    #[serde(default = "yes")]
+    pub identifiers: bool,
+}
+
+/// Request grouping: a request is sent when it holds `maxEvents` messages, would pass `maxBytes`, or its oldest
+/// message has waited `maxWaitMs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Batching {
+    /// Messages per request (1–1,000; default 100).
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Body bytes per request (1 KiB–5 MiB; default 256 KiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest wait for more messages (0–60,000 ms; default 1,000).
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self { max_events: default_max_events(), max_bytes: default_max_bytes(), max_wait_ms: default_max_wait() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_rate() -> u32 {
+    50
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_max_events() -> usize {
+    100
+}
+fn default_max_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_wait() -> u64 {
+    1_000
+}
+
+impl DestinationDefinition {
+    /// The secrets that sign a message at `now` (ms): the current one and the previous ones not yet expired.
+    pub fn signing_secrets(&self, now: i64) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.secret)
+            .chain(self.previous_secrets.iter().filter(move |p| p.until > now).map(|p| &p.secret))
+    }
+
+    /// Whether a trait may be sent to this destination.
+    pub fn may_send_trait(&self, name: &str) -> bool {
+        self.allow_pii || !is_pii_trait(name)
+    }
+}
+
+/// Whether a trait name is personal data.
+pub fn is_pii_trait(name: &str) -> bool {
+    PII_TRAITS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// Checked destinations.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationSet {
+    destinations: Vec<DestinationDefinition>,
+}
+
+impl DestinationSet {
+    /// Checks definitions against the audiences and tags they name and what is known of the data; every
+    /// problem is returned, each naming where it is. `loopback` allows `http://127.0.0.1`-style URLs (local
+    /// development only).
+    pub fn check(
+        definitions: &[DestinationDefinition],
+        audiences: &AudienceSet,
+        tags: &TagSet,
+        catalog: &Catalog,
+        loopback: bool,
+    ) -> Result<Self, Vec<DefinitionError>> {
+        let mut checker = crate::tags::Checker::new(catalog);
+        let audience_ids: BTreeSet<&str> = audiences.audiences().iter().map(|a| a.id.as_str()).collect();
+        let tag_ids: BTreeSet<&str> = tags.tags().iter().map(|t| t.id.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for (i, d) in definitions.iter().enumerate() {
+            let at = format!("destinations[{i}] ({})", d.id);
+            checker.id(&at, &d.id, &mut seen);
+            if let Err(problem) = check_url(&d.url, loopback) {
+                checker.error(&format!("{at}.url"), problem);
+            }
+            for (j, audience) in d.send.audiences.iter().enumerate() {
+                if !audience_ids.contains(audience.as_str()) {
+                    checker.error(&format!("{at}.send.audiences[{j}]"), format!("unknown audience `{audience}`"));
+                }
+            }
+            for (j, filter) in d.send.events.iter().enumerate() {
+                checker.filter(&format!("{at}.send.events[{j}]"), filter);
+            }
+            for (field, names) in [("send.tags", &d.send.tags), ("fields.tags", &d.fields.tags)] {
+                for (j, tag) in names.iter().enumerate() {
+                    if !tag_ids.contains(tag.as_str()) {
+                        checker.error(&format!("{at}.{field}[{j}]"), format!("unknown tag `{tag}`"));
+                    }
+                }
+            }
+            for (field, names) in [("send.traits", &d.send.traits), ("fields.traits", &d.fields.traits)] {
+                for (j, name) in names.iter().enumerate() {
+                    if !catalog.is_empty() && !catalog.traits.contains_key(name) {
+                        checker.error(&format!("{at}.{field}[{j}]"), format!("unknown trait `{name}`"));
+                    } else if !d.may_send_trait(name) {
+                        checker.error(
+                            &format!("{at}.{field}[{j}]"),
+                            format!("trait `{name}` is personal data; set allowPii to send it to this destination"),
+                        );
+                    }
+                }
+            }
+            let nothing = d.send.audiences.is_empty()
+                && d.send.events.is_empty()
+                && d.send.traits.is_empty()
+                && d.send.tags.is_empty();
+            if nothing {
+                checker.error(
+                    &format!("{at}.send"),
+                    "subscribes to nothing: name audiences, events, traits or tags".into(),
+                );
+            }
+            let b = d.batching;
+            if !(1..=1000).contains(&b.max_events) {
+                checker.error(&format!("{at}.batching.maxEvents"), format!("{} is outside 1–1000", b.max_events));
+            }
+            if !(1024..=5 * 1024 * 1024).contains(&b.max_bytes) {
+                checker.error(&format!("{at}.batching.maxBytes"), format!("{} is outside 1 KiB–5 MiB", b.max_bytes));
+            }
+            if b.max_wait_ms > 60_000 {
+                checker.error(&format!("{at}.batching.maxWaitMs"), format!("{} ms is over 60,000", b.max_wait_ms));
+            }
+            if !(1..=10_000).contains(&d.rate_limit_per_second) {
+                checker.error(
+                    &format!("{at}.rateLimitPerSecond"),
+                    format!("{} is outside 1–10,000", d.rate_limit_per_second),
+                );
+            }
+            if !(100..=60_000).contains(&d.timeout_ms) {
+                checker.error(&format!("{at}.timeoutMs"), format!("{} ms is outside 100–60,000", d.timeout_ms));
+            }
+            let schedule = &d.retry_schedule.schedule;
+            if schedule.is_empty() || schedule.len() > 20 || schedule.iter().any(|s| *s > 7 * 86400) {
+                checker.error(
+                    &format!("{at}.retrySchedule"),
+                    "give 1–20 waits of at most 7 days (seconds), the first normally 0".into(),
+                );
+            }
+            for name in d.headers.keys() {
+                let lower = name.to_ascii_lowercase();
+                let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !valid {
+                    checker.error(&format!("{at}.headers.{name}"), "not a header name".into());
+                } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+                    checker.error(&format!("{at}.headers.{name}"), "set by the delivery itself".into());
+                }
+            }
+            for (name, value) in &d.headers {
+                if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+                    checker.error(&format!("{at}.headers.{name}"), "a header value may not hold a line break".into());
+                }
+            }
+        }
+        if !checker.errors.is_empty() {
+            return Err(checker.errors);
+        }
+        Ok(Self { destinations: definitions.to_vec() })
+    }
+
+    /// Every checked destination (enabled or not).
+    pub fn destinations(&self) -> &[DestinationDefinition] {
+        &self.destinations
+    }
+
+    /// One destination by id.
+    pub fn get(&self, id: &str) -> Option<&DestinationDefinition> {
+        self.destinations.iter().find(|d| d.id == id)
+    }
+}
+
+/// A destination URL: absolute, `https` (or `http` to loopback when allowed), a host, no credentials. Literal
+/// addresses are checked here; names are checked after resolution, at send time.
+pub fn check_url(url: &str, loopback: bool) -> Result<(), String> {
+    let parsed = Url::parse(url)?;
+    let reach = if loopback { super::ssrf::Reach::PublicAndLoopback } else { super::ssrf::Reach::Public };
+    if let Ok(ip) = parsed.host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>()
+        && let Some(reason) = super::ssrf::refused(ip, reach)
+    {
+        return Err(format!("{} is a {reason}; webhooks go to public addresses", parsed.host));
+    }
+    match parsed.scheme.as_str() {
+        "https" => Ok(()),
+        "http" if loopback && is_loopback_host(&parsed.host) => Ok(()),
+        "http" => Err("use https (http is allowed only for loopback during local development)".into()),
+        other => Err(format!("scheme `{other}` is not https")),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The parts of an absolute URL a delivery needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `https` or `http`, lower-cased.
+    pub scheme: String,
+    /// Host name or address (IPv6 in brackets), lower-cased.
+    pub host: String,
+    /// Port (default for the scheme when absent).
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+impl Url {
+    /// Parses `scheme://host[:port][/path][?query]`, refusing user info and fragments.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("not an absolute URL")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            other => return Err(format!("scheme `{other}` is not https")),
+        };
+        if url.contains('#') {
+            return Err("a webhook URL has no fragment".into());
+        }
+        if url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err("a URL holds no spaces or control characters".into());
+        }
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if authority.contains('@') {
+            return Err("credentials in the URL are not allowed; use headers".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => {
+                (host, port.parse::<u16>().map_err(|_| format!("port `{port}` is not a number"))?)
+            }
+            _ => (authority, default_port),
+        };
+        if host.is_empty() || host == "[]" {
+            return Err("the URL has no host".into());
+        }
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(Self { scheme, host: host.to_ascii_lowercase(), port, path })
+    }
+}

@@ -1,0 +1,201 @@
+//! Delivery lanes: the order-keeping unit of a destination. A profile always maps to the same lane; a lane
+//! sends one request at a time, so a profile's items arrive in order, and a lane waiting on a retry holds back
+//! only its own profiles (the destination's other lanes go on). The state is plain data, stored between runs.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::destination::Batching;
+use super::payload::{self, Item};
+use super::retry::Verdict;
+use crate::time::UtcTime;
+
+/// Lanes per destination: up to this many requests in flight to one partner.
+pub const LANES: usize = 8;
+/// Delivered item ids a lane remembers, so a message enqueued twice (a producer retried) is sent once.
+pub const RECENT_IDS: usize = 4096;
+
+/// One item for one destination, as producers enqueue it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// The destination.
+    pub destination: String,
+    /// The item (its id is the message's id).
+    pub item: Item,
+    /// When it was enqueued (ms).
+    pub enqueued_at: i64,
+}
+
+impl Message {
+    /// The lane of this message's profile.
+    pub fn lane(&self) -> usize {
+        lane_of(&self.item.profile.id)
+    }
+}
+
+/// The lane of a profile (FNV-1a of its id).
+pub fn lane_of(profile: &str) -> usize {
+    let hash = profile.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % LANES as u64) as usize
+}
+
+/// A formed request: its body is fixed at formation, so every attempt sends the same bytes under the same
+/// `webhook-id` (the partner's idempotency key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    /// `webhook-id`.
+    pub webhook_id: String,
+    /// The items' ids, in order.
+    pub item_ids: Vec<String>,
+    /// The exact body (JSON text).
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (ms).
+    pub due_at: i64,
+    /// When it was formed (ms).
+    pub formed_at: i64,
+    /// The oldest item's enqueue time (ms), for latency.
+    pub oldest_enqueued_at: i64,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A lane's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lane {
+    /// Messages not yet in a request, oldest first.
+    #[serde(default)]
+    pub pending: VecDeque<Message>,
+    /// The request being attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<InFlight>,
+    /// Ids of recently delivered (or dead-lettered) items.
+    #[serde(default)]
+    pub recent: VecDeque<String>,
+}
+
+/// How an attempt ended for the lane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// Delivered.
+    Delivered(InFlight),
+    /// Another attempt is scheduled (the lane keeps the request).
+    Retrying {
+        /// When (ms).
+        at: i64,
+    },
+    /// Given up: keep it as a dead letter.
+    Dead(InFlight, String),
+    /// The partner said gone (410): the request is a dead letter and the destination is to be disabled.
+    Disabled(InFlight),
+}
+
+impl Lane {
+    /// Whether the lane holds nothing.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.current.is_none()
+    }
+
+    /// Adds a message; `false` (and nothing changes) when its item is already queued, in flight or recently
+    /// delivered.
+    pub fn push(&mut self, message: Message) -> bool {
+        let id = &message.item.id;
+        let known = self.pending.iter().any(|m| &m.item.id == id)
+            || self.current.as_ref().is_some_and(|c| c.item_ids.contains(id))
+            || self.recent.contains(id);
+        if !known {
+            self.pending.push_back(message);
+        }
+        !known
+    }
+
+    /// When the lane next has something to do (ms): the in-flight request's due time, or when the pending
+    /// messages make a request (full, or the oldest has waited `maxWaitMs`); `None` when idle.
+    pub fn due(&self, batching: &Batching) -> Option<i64> {
+        if let Some(current) = &self.current {
+            return Some(current.due_at);
+        }
+        let oldest = self.pending.front()?;
+        if self.pending.len() >= batching.max_events {
+            return Some(oldest.enqueued_at);
+        }
+        Some(oldest.enqueued_at.saturating_add(batching.max_wait_ms as i64))
+    }
+
+    /// The request to attempt at `now`, forming one from the pending messages when due. `None` when nothing
+    /// is due yet.
+    pub fn next(&mut self, destination: &str, batching: &Batching, now: UtcTime) -> Option<&InFlight> {
+        let now_ms = now.unix_millis();
+        if self.current.is_none() && self.due(batching).is_some_and(|due| due <= now_ms) {
+            let mut items: Vec<Item> = Vec::new();
+            let mut bytes = 200;
+            let mut oldest = i64::MAX;
+            while let Some(message) = self.pending.front() {
+                let size = serde_json::to_vec(&message.item).map_or(0, |b| b.len()) + 1;
+                if !items.is_empty() && (items.len() >= batching.max_events || bytes + size > batching.max_bytes) {
+                    break;
+                }
+                bytes += size;
+                let Some(message) = self.pending.pop_front() else { break };
+                oldest = oldest.min(message.enqueued_at);
+                items.push(message.item);
+            }
+            let item_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+            let webhook_id = format!("msg_{}", &crate::ids::sha256_hex(&item_ids.join("\n"))[..32]);
+            let body = String::from_utf8(payload::body(destination, items, now))
+                .unwrap_or_else(|_| unreachable!("serde_json writes UTF-8"));
+            self.current = Some(InFlight {
+                webhook_id,
+                item_ids,
+                body,
+                attempts: 0,
+                due_at: now_ms,
+                formed_at: now_ms,
+                oldest_enqueued_at: oldest,
+                last_error: None,
+            });
+        }
+        self.current.as_ref().filter(|c| c.due_at <= now_ms)
+    }
+
+    /// Records the verdict on the in-flight request's attempt made at `now` (ms).
+    pub fn settle(&mut self, verdict: Verdict, error: Option<String>, now: i64) -> Option<Settled> {
+        let mut current = self.current.take()?;
+        current.attempts += 1;
+        current.last_error = error;
+        let done = |lane: &mut Lane, current: &InFlight| {
+            for id in &current.item_ids {
+                lane.recent.push_back(id.clone());
+            }
+            while lane.recent.len() > RECENT_IDS {
+                lane.recent.pop_front();
+            }
+        };
+        Some(match verdict {
+            Verdict::Delivered => {
+                done(self, &current);
+                Settled::Delivered(current)
+            }
+            Verdict::RetryIn(ms) => {
+                current.due_at = now.saturating_add(ms as i64);
+                let at = current.due_at;
+                self.current = Some(current);
+                Settled::Retrying { at }
+            }
+            Verdict::DeadLetter(reason) => {
+                done(self, &current);
+                Settled::Dead(current, reason)
+            }
+            Verdict::Disable => {
+                done(self, &current);
+                Settled::Disabled(current)
+            }
+        })
+    }
+}

@@ -1,0 +1,27 @@
+//! Activation: what partners receive and how it is signed, retried and kept safe.
+//!
+//! - [`destination`]: destination definitions (URL, secrets, subscriptions, fields, batching, limits) and their
+//!   checks.
+//! - [`payload`]: the versioned webhook payload and the profile fields a destination may receive.
+//! - [`signing`]: Standard Webhooks signatures over the exact bytes sent, with secret rotation.
+//! - [`retry`]: the verdict after an attempt (retry on the spec's schedule, dead letter, disable).
+//! - [`lane`]: per-profile ordering and batching of a destination's messages.
+//! - [`ssrf`]: which addresses a webhook may reach.
+//!
+//! Everything here decides; the shells send (functions::activation).
+
+pub mod destination;
+pub mod lane;
+pub mod payload;
+pub mod retry;
+pub mod signing;
+pub mod ssrf;
+#[cfg(test)]
+mod tests;
+
+pub use destination::{Batching, DestinationDefinition, DestinationSet, Fields, PreviousSecret, Subscriptions, Url};
+pub use lane::{InFlight, LANES, Lane, Message, Settled, lane_of};
+pub use payload::{Detail, Envelope, Item, ProfileBlock};
+pub use retry::{Outcome, RetryPolicy, Verdict};
+pub use signing::Secret;
+pub use ssrf::{Reach, refused};
