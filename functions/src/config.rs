@@ -32,3 +32,10 @@ pub fn init_lambda_logging() {
         .without_time()
         .init();
 }
+
+/// 32 bytes from the operating system's CSPRNG (ids must not be predictable).
+pub fn random_seed() -> Result<[u8; 32], Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| Error::Corrupt(format!("no randomness from the operating system: {e}")))?;
+    Ok(seed)
+}

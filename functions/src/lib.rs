@@ -2,6 +2,7 @@
 //! (S3 through `aws-sdk-s3`, and a local folder). Lambda binaries and the local runner are thin shells over
 //! these handlers, so every handler is tested without AWS.
 
+pub mod activation;
 pub mod collect;
 pub mod columnar;
 pub mod config;

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod lambda_api;
 pub mod local_s3;
+pub mod partner;
 pub mod procs;
 pub mod scenarios;
 

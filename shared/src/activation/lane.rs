@@ -78,6 +78,9 @@ pub struct Lane {
     /// Ids of recently delivered (or dead-lettered) items.
     #[serde(default)]
     pub recent: VecDeque<String>,
+    /// Dead letters an operator asked to send again: sent (same `webhook-id`, same bytes) before new requests.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub replays: VecDeque<InFlight>,
 }
 
 /// How an attempt ended for the lane.
@@ -99,7 +102,15 @@ pub enum Settled {
 impl Lane {
     /// Whether the lane holds nothing.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.current.is_none()
+        self.pending.is_empty() && self.current.is_none() && self.replays.is_empty()
+    }
+
+    /// Queues a dead letter to be sent again, with a fresh attempt count, as soon as the lane is free.
+    pub fn replay(&mut self, mut request: InFlight, now: i64) {
+        request.attempts = 0;
+        request.due_at = now;
+        request.last_error = None;
+        self.replays.push_back(request);
     }
 
     /// Adds a message; `false` (and nothing changes) when its item is already queued, in flight or recently
@@ -121,6 +132,9 @@ impl Lane {
         if let Some(current) = &self.current {
             return Some(current.due_at);
         }
+        if let Some(replay) = self.replays.front() {
+            return Some(replay.due_at);
+        }
         let oldest = self.pending.front()?;
         if self.pending.len() >= batching.max_events {
             return Some(oldest.enqueued_at);
@@ -132,6 +146,9 @@ impl Lane {
     /// is due yet.
     pub fn next(&mut self, destination: &str, batching: &Batching, now: UtcTime) -> Option<&InFlight> {
         let now_ms = now.unix_millis();
+        if self.current.is_none() {
+            self.current = self.replays.pop_front();
+        }
         if self.current.is_none() && self.due(batching).is_some_and(|due| due <= now_ms) {
             let mut items: Vec<Item> = Vec::new();
             let mut bytes = 200;

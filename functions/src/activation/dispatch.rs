@@ -1,0 +1,575 @@
+//! The delivery engine: producers put messages in the outbox (one object per batch of messages, so nothing is
+//! lost between a producer and the engine); the dispatcher moves them into per-destination lanes (each lane's
+//! state stored under `deliveries/v1/lanes/`, so a restart or the next Lambda invocation resumes), and one task
+//! per lane sends, signs, retries, dead-letters and logs. Destinations never wait on each other: each lane has
+//! its own task, each attempt its own deadline, each destination its own rate limit.
+//!
+//! Keys:
+//! - `deliveries/v1/outbox/<ulid>.ndjson.gz` — messages waiting for the dispatcher;
+//! - `deliveries/v1/lanes/<destination>/<lane>.json` — a lane's queue and in-flight request;
+//! - `deliveries/v1/dead/<destination>/<webhook-id>.json` — dead letters, with the last error;
+//! - `deliveries/v1/replay/<destination>/<webhook-id>.json` — replay requests (`cdp deliveries replay`);
+//! - `deliveries/v1/status/<destination>.json` — a destination disabled by a 410;
+//! - `deliveries/v1/log/<destination>/dt=YYYY-MM-DD/<ulid>.ndjson.gz` — one record per attempt (ids, status,
+//!   timings; never secrets or payloads).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shared::activation::lane::{InFlight, Lane, Message, Settled};
+use shared::activation::{DestinationDefinition, Outcome, Reach, Verdict};
+use shared::ids::Entropy;
+use shared::time::UtcTime;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::http::{Attempt, Sender};
+use crate::error::Error;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Destination definitions.
+pub const DESTINATIONS_CONFIG: &str = "config/destinations.json";
+/// Messages waiting for the dispatcher.
+pub const OUTBOX: &str = "deliveries/v1/outbox/";
+
+/// A lane's state object.
+pub fn lane_key(destination: &str, lane: usize) -> String {
+    format!("deliveries/v1/lanes/{destination}/{lane}.json")
+}
+
+/// A dead letter.
+pub fn dead_key(destination: &str, webhook_id: &str) -> String {
+    format!("deliveries/v1/dead/{destination}/{webhook_id}.json")
+}
+
+/// A replay request.
+pub fn replay_key(destination: &str, webhook_id: &str) -> String {
+    format!("deliveries/v1/replay/{destination}/{webhook_id}.json")
+}
+
+/// A destination's status (present when disabled).
+pub fn status_key(destination: &str) -> String {
+    format!("deliveries/v1/status/{destination}.json")
+}
+
+/// A request given up on, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The destination.
+    pub destination: String,
+    /// Its lane.
+    pub lane: usize,
+    /// Why it was given up.
+    pub reason: String,
+    /// When (ms).
+    pub dead_at: i64,
+    /// The request, with its attempts and last error.
+    pub request: InFlight,
+}
+
+/// Why a destination is disabled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disabled {
+    /// Why.
+    pub reason: String,
+    /// When (ms).
+    pub at: i64,
+}
+
+/// One attempt, as logged (no secrets, no payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The destination.
+    pub destination: String,
+    /// `webhook-id`.
+    pub webhook_id: String,
+    /// Items in the request.
+    pub item_ids: Vec<String>,
+    /// Attempt number (1 for the first).
+    pub attempt: u32,
+    /// When it was made (ms).
+    pub at: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What follows: `delivered`, `retrying`, `dead`, `disabled`.
+    pub result: String,
+    /// How long the attempt took (ms).
+    pub elapsed_ms: u64,
+    /// From the oldest item's enqueue to now (ms).
+    pub latency_ms: i64,
+}
+
+/// Writes `messages` to the outbox as one object; the dispatcher picks it up (in the cloud, the object's
+/// notification triggers the activation function). Returns the key, or `None` when there was nothing to write.
+pub async fn enqueue<S: ObjectStore>(
+    store: &S,
+    messages: &[Message],
+    now: UtcTime,
+    entropy: &mut Entropy,
+) -> Result<Option<String>, Error> {
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let key = format!("{OUTBOX}{}.ndjson.gz", entropy.ulid(now));
+    store.put(&key, shared::storage::encode_ndjson_gz(messages), PutOptions::ndjson_gz()).await?;
+    Ok(Some(key))
+}
+
+/// Asks for a dead letter to be sent again (the dispatcher picks the request up on its next pass).
+pub async fn request_replay<S: ObjectStore>(store: &S, destination: &str, webhook_id: &str) -> Result<(), Error> {
+    let key = dead_key(destination, webhook_id);
+    let Some(object) = store.get(&key).await? else {
+        return Err(Error::Config(shared::Error::Config(format!("no dead letter {webhook_id} for {destination}"))));
+    };
+    store.put(&replay_key(destination, webhook_id), object.body, PutOptions::json()).await?;
+    Ok(())
+}
+
+/// The dead letters of a destination.
+pub async fn dead_letters<S: ObjectStore>(store: &S, destination: &str) -> Result<Vec<DeadLetter>, Error> {
+    let mut out = Vec::new();
+    for meta in store.list(&format!("deliveries/v1/dead/{destination}/")).await? {
+        if let Some(object) = store.get(&meta.key).await? {
+            out.push(decode(&meta.key, &object.body)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Re-enables a destination a 410 disabled.
+pub async fn enable<S: ObjectStore>(store: &S, destination: &str) -> Result<(), Error> {
+    Ok(store.delete(&status_key(destination)).await?)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
+}
+
+/// How the dispatcher runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Which addresses webhooks may reach (loopback only with `cdp up`'s local switch).
+    pub reach: Reach,
+}
+
+/// What the lane tasks report to whoever watches (logs, the feedback loop, tests).
+pub type Observer = mpsc::UnboundedSender<AttemptRecord>;
+
+struct Shared<S> {
+    store: S,
+    sender: Sender,
+    disabled: HashMap<String, Arc<AtomicBool>>,
+    rates: HashMap<String, Arc<Mutex<tokio::time::Instant>>>,
+    observer: Option<Observer>,
+    log: mpsc::UnboundedSender<AttemptRecord>,
+}
+
+enum Command {
+    Push(Vec<Message>, oneshot::Sender<Result<(), Error>>),
+    Replay(Box<InFlight>, oneshot::Sender<Result<(), Error>>),
+    Stop(oneshot::Sender<Result<(), Error>>),
+}
+
+/// The running dispatcher: one task per lane of every destination.
+pub struct Dispatcher<S: ObjectStore + Clone> {
+    shared: Arc<Shared<S>>,
+    destinations: BTreeMap<String, DestinationDefinition>,
+    lanes: HashMap<(String, usize), mpsc::UnboundedSender<Command>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    logger: Option<tokio::task::JoinHandle<()>>,
+    drain: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    crate::config::now().map(UtcTime::unix_millis).unwrap_or(0)
+}
+
+impl<S: ObjectStore + Clone> Dispatcher<S> {
+    /// Starts a task for every lane of every enabled destination in `destinations`, resuming the stored lane
+    /// states. With `drain_until` (ms; the Lambda's deadline) lane tasks stop once they have nothing due
+    /// before it; without, they run until [`Dispatcher::stop`].
+    pub async fn start(
+        store: S,
+        destinations: &[DestinationDefinition],
+        settings: Settings,
+        observer: Option<Observer>,
+        drain_until: Option<i64>,
+    ) -> Result<Self, Error> {
+        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let logger = tokio::spawn(log_writer(store.clone(), log_rx));
+        let mut disabled = HashMap::new();
+        let mut rates = HashMap::new();
+        for d in destinations {
+            let off = store.get(&status_key(&d.id)).await?.is_some();
+            disabled.insert(d.id.clone(), Arc::new(AtomicBool::new(off)));
+            rates.insert(d.id.clone(), Arc::new(Mutex::new(tokio::time::Instant::now())));
+        }
+        let shared =
+            Arc::new(Shared { store, sender: Sender::new(settings.reach), disabled, rates, observer, log: log_tx });
+        let mut dispatcher = Self {
+            shared,
+            destinations: destinations.iter().map(|d| (d.id.clone(), d.clone())).collect(),
+            lanes: HashMap::new(),
+            tasks: Vec::new(),
+            logger: Some(logger),
+            drain: drain_until,
+        };
+        for d in destinations.iter().filter(|d| d.enabled) {
+            for lane in 0..shared::activation::LANES {
+                let state: Lane = match dispatcher.shared.store.get(&lane_key(&d.id, lane)).await? {
+                    Some(object) => decode(&lane_key(&d.id, lane), &object.body)?,
+                    None => Lane::default(),
+                };
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(lane_task(dispatcher.shared.clone(), d.clone(), lane, state, rx, drain_until));
+                dispatcher.lanes.insert((d.id.clone(), lane), tx);
+                dispatcher.tasks.push(task);
+            }
+        }
+        Ok(dispatcher)
+    }
+
+    /// Moves every outbox object's messages and every replay request into the lanes (each lane stores them
+    /// before the outbox object is deleted). Messages for unknown or turned-off destinations become dead
+    /// letters naming the reason. Returns the number of messages taken.
+    pub async fn intake(&mut self) -> Result<usize, Error> {
+        let store = self.shared.store.clone();
+        let mut taken = 0;
+        for meta in store.list(OUTBOX).await? {
+            let Some(object) = store.get(&meta.key).await? else { continue };
+            let messages: Vec<Message> = shared::storage::decode_ndjson_gz(&object.body)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
+            taken += messages.len();
+            let mut by_lane: BTreeMap<(String, usize), Vec<Message>> = BTreeMap::new();
+            for message in messages {
+                by_lane.entry((message.destination.clone(), message.lane())).or_default().push(message);
+            }
+            let mut acks = Vec::new();
+            for ((destination, lane), messages) in by_lane {
+                match self.lanes.get(&(destination.clone(), lane)) {
+                    Some(tx) => {
+                        let (ack, done) = oneshot::channel();
+                        if tx.send(Command::Push(messages, ack)).is_ok() {
+                            acks.push(done);
+                        }
+                    }
+                    None => self.unroutable(&destination, lane, messages).await?,
+                }
+            }
+            for done in acks {
+                done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+            }
+            store.delete(&meta.key).await?;
+        }
+        for meta in store.list("deliveries/v1/replay/").await? {
+            let Some(object) = store.get(&meta.key).await? else { continue };
+            let dead: DeadLetter = decode(&meta.key, &object.body)?;
+            let Some(tx) = self.lanes.get(&(dead.destination.clone(), dead.lane)) else { continue };
+            let (ack, done) = oneshot::channel();
+            if tx.send(Command::Replay(Box::new(dead.request.clone()), ack)).is_ok() {
+                done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+                store.delete(&dead_key(&dead.destination, &dead.request.webhook_id)).await?;
+                store.delete(&meta.key).await?;
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn unroutable(&self, destination: &str, lane: usize, messages: Vec<Message>) -> Result<(), Error> {
+        let reason = match self.destinations.get(destination) {
+            Some(_) => format!("destination {destination} is turned off (enabled: false)"),
+            None => format!("destination {destination} is not configured"),
+        };
+        let now = now_ms();
+        let items: Vec<_> = messages.into_iter().map(|m| m.item).collect();
+        let item_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+        let webhook_id = format!("msg_{}", &shared::ids::sha256_hex(&item_ids.join("\n"))[..32]);
+        let at = UtcTime::from_unix_millis(now).unwrap_or_else(|| unreachable!("now is in range"));
+        let body = String::from_utf8(shared::activation::payload::body(destination, items, at)).unwrap_or_default();
+        let request = InFlight {
+            webhook_id,
+            item_ids,
+            body,
+            attempts: 0,
+            due_at: now,
+            formed_at: now,
+            oldest_enqueued_at: now,
+            last_error: None,
+        };
+        let dead = DeadLetter { destination: destination.to_string(), lane, reason, dead_at: now, request };
+        let key = dead_key(destination, &dead.request.webhook_id);
+        let body = serde_json::to_vec_pretty(&dead).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.shared.store.put(&key, body, PutOptions::json()).await?;
+        Ok(())
+    }
+
+    /// In drain mode: waits until every lane task has finished (nothing due before the deadline), then flushes
+    /// the log. Without drain mode, stops every lane task (each stores its state) and flushes the log.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if self.drain.is_none() {
+            let mut acks = Vec::new();
+            for tx in self.lanes.values() {
+                let (ack, done) = oneshot::channel();
+                if tx.send(Command::Stop(ack)).is_ok() {
+                    acks.push(done);
+                }
+            }
+            for done in acks {
+                let _ = done.await;
+            }
+        }
+        self.lanes.clear();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // The log writer ends when every sender is gone.
+        let logger = self.logger.take();
+        drop(self);
+        if let Some(logger) = logger {
+            let _ = logger.await;
+        }
+        Ok(())
+    }
+}
+
+async fn persist<S: ObjectStore>(store: &S, destination: &str, lane: usize, state: &Lane) -> Result<(), Error> {
+    let key = lane_key(destination, lane);
+    if state.is_idle() && state.recent.is_empty() {
+        store.delete(&key).await?;
+        return Ok(());
+    }
+    let body = serde_json::to_vec(state).map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.put(&key, body, PutOptions::json()).await?;
+    Ok(())
+}
+
+async fn lane_task<S: ObjectStore + Clone>(
+    shared: Arc<Shared<S>>,
+    destination: DestinationDefinition,
+    lane_no: usize,
+    mut lane: Lane,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    drain_until: Option<i64>,
+) {
+    let disabled = shared.disabled.get(&destination.id).cloned().unwrap_or_default();
+    loop {
+        let now = now_ms();
+        let off = disabled.load(Ordering::Relaxed);
+        let due = if off { None } else { lane.due(&destination.batching) };
+        if let Some(at) = due.filter(|at| *at <= now) {
+            let _ = at;
+            attempt(&shared, &destination, lane_no, &mut lane, &disabled).await;
+            continue;
+        }
+        if let Some(deadline) = drain_until
+            && due.is_none_or(|at| at > deadline)
+            && commands.is_empty()
+        {
+            let _ = persist(&shared.store, &destination.id, lane_no, &lane).await;
+            return;
+        }
+        let wait = match (due, drain_until) {
+            (Some(at), _) => Duration::from_millis((at - now).max(0) as u64),
+            (None, Some(deadline)) => Duration::from_millis((deadline - now).max(0) as u64),
+            (None, None) => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Push(messages, ack)) => {
+                    for message in messages {
+                        lane.push(message);
+                    }
+                    let _ = ack.send(persist(&shared.store, &destination.id, lane_no, &lane).await);
+                }
+                Some(Command::Replay(request, ack)) => {
+                    lane.replay(*request, now_ms());
+                    let _ = ack.send(persist(&shared.store, &destination.id, lane_no, &lane).await);
+                }
+                Some(Command::Stop(ack)) => {
+                    let _ = ack.send(persist(&shared.store, &destination.id, lane_no, &lane).await);
+                    return;
+                }
+                None => {
+                    let _ = persist(&shared.store, &destination.id, lane_no, &lane).await;
+                    return;
+                }
+            },
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One attempt of the lane's due request: rate limit, sign, send, settle, store, log.
+async fn attempt<S: ObjectStore + Clone>(
+    shared: &Arc<Shared<S>>,
+    destination: &DestinationDefinition,
+    lane_no: usize,
+    lane: &mut Lane,
+    disabled: &AtomicBool,
+) {
+    let Some(now) = crate::config::now().ok() else { return };
+    let Some(request) = lane.next(&destination.id, &destination.batching, now).cloned() else { return };
+    if let Some(rate) = shared.rates.get(&destination.id) {
+        let slot = {
+            let mut next = rate.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + Duration::from_secs(1) / destination.rate_limit_per_second.max(1);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+    let at = now_ms();
+    let timestamp = at / 1000;
+    let body = Bytes::from(request.body.clone().into_bytes());
+    let signature = shared::activation::signing::signature_header(
+        destination.signing_secrets(at),
+        &request.webhook_id,
+        timestamp,
+        &body,
+    );
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("user-agent".to_string(), "cdp-webhooks/1".to_string()),
+        ("webhook-id".to_string(), request.webhook_id.clone()),
+        ("webhook-timestamp".to_string(), timestamp.to_string()),
+        ("webhook-signature".to_string(), signature),
+    ];
+    headers.extend(destination.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let Attempt { outcome, elapsed } = shared
+        .sender
+        .post(
+            &destination.url,
+            &headers,
+            body,
+            Duration::from_millis(destination.timeout_ms),
+            destination.follow_redirects,
+        )
+        .await;
+    let verdict = destination.retry_schedule.verdict(request.attempts + 1, &outcome);
+    let error = match &verdict {
+        Verdict::Delivered => None,
+        _ => Some(describe(&outcome)),
+    };
+    let end = now_ms();
+    let settled = lane.settle(verdict, error, end);
+    let result = match &settled {
+        Some(Settled::Delivered(_)) => "delivered",
+        Some(Settled::Retrying { .. }) => "retrying",
+        Some(Settled::Dead(request, reason)) => {
+            let dead = DeadLetter {
+                destination: destination.id.clone(),
+                lane: lane_no,
+                reason: reason.clone(),
+                dead_at: end,
+                request: request.clone(),
+            };
+            store_dead(&shared.store, &dead).await;
+            "dead"
+        }
+        Some(Settled::Disabled(request)) => {
+            disabled.store(true, Ordering::Relaxed);
+            let reason = format!("the partner answered 410 Gone for {}", request.webhook_id);
+            let status = Disabled { reason: reason.clone(), at: end };
+            if let Ok(body) = serde_json::to_vec_pretty(&status)
+                && let Err(error) = shared.store.put(&status_key(&destination.id), body, PutOptions::json()).await
+            {
+                tracing::error!(destination = %destination.id, "could not store the disabled status: {error}");
+            }
+            tracing::warn!(destination = %destination.id, "disabled: {reason}");
+            let dead = DeadLetter {
+                destination: destination.id.clone(),
+                lane: lane_no,
+                reason,
+                dead_at: end,
+                request: request.clone(),
+            };
+            store_dead(&shared.store, &dead).await;
+            "disabled"
+        }
+        None => return,
+    };
+    if let Err(error) = persist(&shared.store, &destination.id, lane_no, lane).await {
+        tracing::error!(destination = %destination.id, lane = lane_no, "could not store the lane: {error}");
+    }
+    let record = AttemptRecord {
+        destination: destination.id.clone(),
+        webhook_id: request.webhook_id.clone(),
+        item_ids: request.item_ids.clone(),
+        attempt: request.attempts + 1,
+        at,
+        outcome,
+        result: result.to_string(),
+        elapsed_ms: elapsed.as_millis() as u64,
+        latency_ms: end - request.oldest_enqueued_at,
+    };
+    if let Some(observer) = &shared.observer {
+        let _ = observer.send(record.clone());
+    }
+    let _ = shared.log.send(record);
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Status { status, .. } => format!("HTTP {status}"),
+        Outcome::Timeout => "timed out".into(),
+        Outcome::Connect { error } => format!("no connection: {error}"),
+        Outcome::Refused { reason } => format!("refused: {reason}"),
+    }
+}
+
+async fn store_dead<S: ObjectStore>(store: &S, dead: &DeadLetter) {
+    let key = dead_key(&dead.destination, &dead.request.webhook_id);
+    let stored = match serde_json::to_vec_pretty(dead) {
+        Ok(body) => store.put(&key, body, PutOptions::json()).await.map(|_| ()),
+        Err(error) => {
+            tracing::error!("dead letter {key} does not encode: {error}");
+            return;
+        }
+    };
+    if let Err(error) = stored {
+        tracing::error!("could not store dead letter {key}: {error}");
+    }
+}
+
+/// Collects attempt records and writes them once a second (and at the end) as one object per destination.
+async fn log_writer<S: ObjectStore>(store: S, mut records: mpsc::UnboundedReceiver<AttemptRecord>) {
+    let mut entropy = match crate::config::random_seed() {
+        Ok(seed) => Entropy::from_seed(seed),
+        Err(error) => {
+            tracing::error!("delivery log off: {error}");
+            while records.recv().await.is_some() {}
+            return;
+        }
+    };
+    let mut buffer: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
+    let mut open = true;
+    while open {
+        let flush_at = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(flush_at);
+        loop {
+            tokio::select! {
+                record = records.recv() => match record {
+                    Some(record) => buffer.entry(record.destination.clone()).or_default().push(record),
+                    None => { open = false; break; }
+                },
+                () = &mut flush_at => break,
+            }
+        }
+        for (destination, records) in std::mem::take(&mut buffer) {
+            let Ok(now) = crate::config::now() else { continue };
+            let (date, _) = now.date_and_hour();
+            let key = format!("deliveries/v1/log/{destination}/dt={date}/{}.ndjson.gz", entropy.ulid(now));
+            if let Err(error) =
+                store.put(&key, shared::storage::encode_ndjson_gz(&records), PutOptions::ndjson_gz()).await
+            {
+                tracing::error!("could not store the delivery log {key}: {error}");
+            }
+        }
+    }
+}

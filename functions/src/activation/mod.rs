@@ -1,0 +1,10 @@
+//! Activation: delivering audience changes, triggers and profile changes to partners' webhooks.
+//!
+//! - [`http`]: one signed request to a partner, SSRF-safe (every resolved address checked), with a deadline.
+//! - [`dispatch`]: the outbox, per-destination lanes (order per profile, batching, rate limits), retries on the
+//!   Standard Webhooks schedule, dead letters and replay, the delivery log.
+
+pub mod dispatch;
+pub mod http;
+
+pub use dispatch::{AttemptRecord, DeadLetter, Dispatcher, Settings, enqueue};

@@ -1,0 +1,354 @@
+//! Activation against a real partner receiver on 127.0.0.1 (tests/src/partner.rs), which verifies every
+//! signature with its own implementation of the Standard Webhooks spec.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use cdp_e2e::partner::{Partner, Reply};
+use functions::activation::dispatch::{self, AttemptRecord, Dispatcher, Settings};
+use functions::activation::http::Sender;
+use functions::storage::{FsStore, ObjectStore};
+use serde_json::json;
+use shared::activation::lane::Message;
+use shared::activation::payload::AudienceRef;
+use shared::activation::{DestinationDefinition, Detail, Item, Outcome, ProfileBlock, Reach};
+use shared::ids::Entropy;
+use tokio::sync::mpsc;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn destination(id: &str, url: &str, extra: serde_json::Value) -> DestinationDefinition {
+    let mut value = json!({
+        "id": id, "url": url, "secret": SECRET, "send": {"audiences": ["vip"]},
+        "retrySchedule": [0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        "batching": {"maxEvents": 5, "maxWaitMs": 50},
+        "rateLimitPerSecond": 1000
+    });
+    if let (Some(base), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        base.extend(extra.clone());
+    }
+    serde_json::from_value(value).expect("a valid destination")
+}
+
+fn message(destination: &str, profile: usize, seq: usize) -> Message {
+    let audience = AudienceRef { id: "vip".into(), name: String::new() };
+    let detail =
+        if seq.is_multiple_of(2) { Detail::AudienceEntered { audience } } else { Detail::AudienceExited { audience } };
+    Message {
+        destination: destination.into(),
+        item: Item {
+            id: format!("{destination}-p{profile}-{seq:03}"),
+            occurred_at: "2026-11-28T12:00:00.000Z".into(),
+            profile: ProfileBlock { id: format!("prof_{profile}"), ..ProfileBlock::default() },
+            detail,
+        },
+        enqueued_at: now_ms(),
+    }
+}
+
+fn now_ms() -> i64 {
+    functions::config::now().map(|t| t.unix_millis()).unwrap_or(0)
+}
+
+/// A dispatcher running in the background, taking the outbox every 50 ms, until `stop`.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    records: std::sync::Mutex<mpsc::UnboundedReceiver<AttemptRecord>>,
+    seen: std::sync::Mutex<Vec<AttemptRecord>>,
+}
+
+impl Running {
+    fn start(store: FsStore, destinations: Vec<DestinationDefinition>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let settings = Settings { reach: Reach::PublicAndLoopback };
+        let task = runtime.spawn(async move {
+            let mut dispatcher =
+                Dispatcher::start(store, &destinations, settings, Some(tx), None).await.expect("dispatcher starts");
+            loop {
+                dispatcher.intake().await.expect("intake");
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            dispatcher.stop().await.expect("stops");
+        });
+        Self {
+            runtime,
+            stop: Some(stop),
+            task: Some(task),
+            records: std::sync::Mutex::new(rx),
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    fn records(&self) -> Vec<AttemptRecord> {
+        let mut rx = self.records.lock().expect("records");
+        let mut seen = self.seen.lock().expect("seen");
+        while let Ok(record) = rx.try_recv() {
+            seen.push(record);
+        }
+        seen.clone()
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            self.runtime.block_on(task).expect("dispatcher task");
+        }
+    }
+}
+
+fn enqueue(store: &FsStore, messages: &[Message]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let now = functions::config::now().expect("clock");
+    rt.block_on(dispatch::enqueue(
+        store,
+        messages,
+        now,
+        &mut Entropy::from_seed(functions::config::random_seed().expect("seed")),
+    ))
+    .expect("enqueued");
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn items_of(body: &serde_json::Value) -> Vec<String> {
+    body["data"]["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["id"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_delivery_arrives_once_by_id_in_order_per_profile_through_failures_downtime_and_429() {
+    let partner = Partner::start(SECRET);
+    partner.script(
+        "/a",
+        [Reply::Status(500, None), Reply::Status(500, None), Reply::Status(503, None), Reply::Status(429, Some(2))],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let running = Running::start(store.clone(), vec![destination("a", &partner.url("/a"), json!({}))]);
+
+    // 6 profiles × 12 items, enqueued in three outbox objects a little apart.
+    let mut expected = BTreeSet::new();
+    for round in 0..3 {
+        let messages: Vec<Message> = (0..6).flat_map(|p| (0..4).map(move |s| message("a", p, round * 4 + s))).collect();
+        expected.extend(messages.iter().map(|m| m.item.id.clone()));
+        enqueue(&store, &messages);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Once something got through, the partner goes down for a while, and comes back.
+    wait_for("a first delivery", Duration::from_secs(30), || partner.received("/a").iter().any(|r| r.answered == 200));
+    partner.down_for(Duration::from_millis(1500));
+    let more: Vec<Message> = (0..6).map(|p| message("a", p, 12)).collect();
+    expected.extend(more.iter().map(|m| m.item.id.clone()));
+    enqueue(&store, &more);
+
+    let delivered = || -> Vec<String> {
+        partner.received("/a").iter().filter(|r| r.answered == 200).flat_map(|r| items_of(&r.body)).collect()
+    };
+    wait_for("every item", Duration::from_secs(60), || delivered().len() >= expected.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let records = running.records();
+    running.stop();
+
+    let received = partner.received("/a");
+    assert!(received.iter().all(|r| r.verified), "every attempt carries a valid signature");
+    // Exactly once: each webhook-id answered 200 once; each item in one such request; nothing missing.
+    let mut ok_by_id: HashMap<&str, usize> = HashMap::new();
+    for r in received.iter().filter(|r| r.answered == 200) {
+        *ok_by_id.entry(r.id.as_str()).or_default() += 1;
+    }
+    assert!(ok_by_id.values().all(|n| *n == 1), "{ok_by_id:?}");
+    let items = delivered();
+    assert_eq!(items.len(), expected.len(), "no item twice");
+    assert_eq!(items.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    // Retries resend the same bytes under the same id.
+    let mut bodies: HashMap<&str, &serde_json::Value> = HashMap::new();
+    for r in &received {
+        if let Some(first) = bodies.insert(r.id.as_str(), &r.body) {
+            assert_eq!(first, &r.body, "{} was resent with other bytes", r.id);
+        }
+    }
+    // In order per profile.
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for item in &items {
+        let profile = item.rsplit_once('-').map(|(p, _)| p.to_string()).unwrap_or_default();
+        if let Some(previous) = last.insert(profile.clone(), item.clone()) {
+            assert!(previous < *item, "{item} arrived after {previous}");
+        }
+    }
+    // The failures were really retried: each refused request went out again under its id and got through,
+    // and the one answered 429 waited the 2 seconds the partner asked for.
+    let answers: Vec<u16> = received.iter().map(|r| r.answered).take(4).collect();
+    assert_eq!(answers, [500, 500, 503, 429]);
+    for failed in &received[..4] {
+        assert_eq!(ok_by_id.get(failed.id.as_str()), Some(&1), "{} was retried until delivered", failed.id);
+    }
+    let limited = &received[3];
+    let next = received.iter().find(|r| r.id == limited.id && r.at > limited.at).expect("the 429'd request again");
+    let gap = next.at.duration_since(limited.at);
+    assert!(gap >= Duration::from_millis(1900), "Retry-After: 2 honoured, got {gap:?}");
+    // The downtime showed as connection failures that were retried.
+    assert!(
+        records.iter().any(|r| matches!(r.outcome, Outcome::Connect { .. }) && r.result == "retrying"),
+        "{records:#?}"
+    );
+    // Nothing left behind: lanes empty of work, no dead letters, the outbox drained, attempts logged.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        assert!(store.list(dispatch::OUTBOX).await.unwrap().is_empty());
+        assert!(store.list("deliveries/v1/dead/").await.unwrap().is_empty());
+        assert!(!store.list("deliveries/v1/log/a/").await.unwrap().is_empty());
+        for meta in store.list("deliveries/v1/lanes/a/").await.unwrap() {
+            let lane: shared::activation::Lane =
+                serde_json::from_slice(&store.get(&meta.key).await.unwrap().unwrap().body).unwrap();
+            assert!(lane.is_idle(), "{}", meta.key);
+        }
+    });
+}
+
+#[test]
+fn a_hanging_partner_does_not_delay_another() {
+    let partner = Partner::start(SECRET);
+    partner.script("/hang", std::iter::repeat_n(Reply::Hang, 50));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let running = Running::start(
+        store.clone(),
+        vec![
+            destination("slow", &partner.url("/hang"), json!({"timeoutMs": 8000})),
+            destination("b", &partner.url("/b"), json!({})),
+        ],
+    );
+    let mut messages = Vec::new();
+    for p in 0..16 {
+        messages.push(message("slow", p, 0));
+        messages.push(message("b", p, 0));
+    }
+    let start = Instant::now();
+    enqueue(&store, &messages);
+    let b_items =
+        || partner.received("/b").iter().filter(|r| r.answered == 200).flat_map(|r| items_of(&r.body)).count();
+    wait_for("b's items", Duration::from_secs(10), || b_items() == 16);
+    let took = start.elapsed();
+    let records = running.records();
+    assert!(took < Duration::from_secs(2), "b took {took:?} while slow hangs");
+    assert!(records.iter().filter(|r| r.destination == "b").all(|r| r.latency_ms < 1000), "{records:#?}");
+    assert!(records.iter().all(|r| r.destination != "slow"), "slow's attempts are still hanging: {records:#?}");
+    assert!(!partner.received("/hang").is_empty(), "slow's requests did go out");
+    running.stop();
+}
+
+#[test]
+fn gone_disables_a_refused_message_is_dead_lettered_at_once_and_replays_once() {
+    let partner = Partner::start(SECRET);
+    partner.script("/gone", [Reply::Status(410, None)]);
+    partner.script("/bad", [Reply::Status(400, None)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let destinations = vec![
+        destination("gone", &partner.url("/gone"), json!({})),
+        destination("bad", &partner.url("/bad"), json!({})),
+    ];
+    let running = Running::start(store.clone(), destinations.clone());
+    enqueue(&store, &[message("gone", 1, 0), message("bad", 1, 0)]);
+    wait_for("both answers", Duration::from_secs(10), || {
+        running.records().iter().filter(|r| r.result == "dead" || r.result == "disabled").count() == 2
+    });
+    // 410: the destination is disabled and later messages wait instead of going out.
+    let status = rt.block_on(store.get(&dispatch::status_key("gone"))).unwrap();
+    assert!(status.is_some_and(|s| String::from_utf8_lossy(&s.body).contains("410")));
+    enqueue(&store, &[message("gone", 1, 1)]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(partner.received("/gone").len(), 1);
+    // 400: one attempt, then a dead letter with the reason.
+    assert_eq!(partner.received("/bad").len(), 1);
+    let dead = rt.block_on(dispatch::dead_letters(&store, "bad")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].request.attempts, 1);
+    assert!(dead[0].reason.contains("HTTP 400"), "{}", dead[0].reason);
+    // Replay: sent again once, same id and bytes, and the dead letter is gone.
+    rt.block_on(dispatch::request_replay(&store, "bad", &dead[0].request.webhook_id)).unwrap();
+    wait_for("the replay", Duration::from_secs(10), || partner.received("/bad").len() == 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let bad = partner.received("/bad");
+    assert_eq!(bad.len(), 2, "replayed once");
+    assert_eq!((bad[1].id.as_str(), bad[1].answered), (dead[0].request.webhook_id.as_str(), 200));
+    assert_eq!(bad[0].body, bad[1].body);
+    assert!(bad.iter().all(|r| r.verified));
+    assert!(rt.block_on(dispatch::dead_letters(&store, "bad")).unwrap().is_empty());
+    running.stop();
+
+    // Re-enabled, the waiting message goes out.
+    rt.block_on(dispatch::enable(&store, "gone")).unwrap();
+    let running = Running::start(store.clone(), destinations);
+    wait_for("the waiting message", Duration::from_secs(10), || {
+        partner.received("/gone").iter().any(|r| r.answered == 200 && items_of(&r.body) == ["gone-p1-001"])
+    });
+    running.stop();
+}
+
+#[test]
+fn webhooks_never_reach_loopback_private_or_metadata_addresses_unless_local_development_allows_loopback() {
+    let partner = Partner::start(SECRET);
+    let port = partner.addr.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+    partner.script("/redirect", [Reply::Redirect("http://169.254.169.254/latest/meta-data/".into())]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let post = |sender: &Sender, url: &str, follow: bool| {
+        rt.block_on(sender.post(url, &[], bytes::Bytes::from_static(b"{}"), Duration::from_secs(3), follow)).outcome
+    };
+    let public = Sender::new(Reach::Public);
+    for url in [
+        format!("https://127.0.0.1:{port}/a"),
+        "https://10.0.0.1/a".to_string(),
+        "https://169.254.169.254/latest/meta-data/".to_string(),
+        format!("https://[::1]:{port}/a"),
+        format!("http://127.0.0.1:{port}/a"),
+    ] {
+        assert!(matches!(post(&public, &url, false), Outcome::Refused { .. }), "{url}");
+    }
+    // A name that resolves to loopback is refused after resolution, before connecting.
+    match post(&public, &format!("https://localhost:{port}/a"), false) {
+        Outcome::Refused { reason } => {
+            assert!(reason.contains("localhost resolves to") && reason.contains("loopback"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(partner.received("/a").is_empty(), "nothing reached the partner");
+
+    // The local switch opens loopback (by address and by name) and nothing else.
+    let local = Sender::new(Reach::PublicAndLoopback);
+    partner.script("/a", std::iter::repeat_n(Reply::Status(200, None), 3));
+    assert_eq!(post(&local, &partner.url("/a"), false), Outcome::Status { status: 200, retry_after: None });
+    assert_eq!(
+        post(&local, &format!("http://localhost:{port}/a"), false),
+        Outcome::Status { status: 200, retry_after: None }
+    );
+    for url in ["http://10.0.0.1/a", "http://169.254.169.254/latest/meta-data/", "http://192.168.1.1/"] {
+        assert!(matches!(post(&local, url, false), Outcome::Refused { .. }), "{url}");
+    }
+    // Redirects: off by default (the 307 is the answer); when followed, each hop is checked.
+    assert_eq!(post(&local, &partner.url("/redirect"), false), Outcome::Status { status: 307, retry_after: None });
+    partner.script("/redirect", [Reply::Redirect("http://169.254.169.254/latest/meta-data/".into())]);
+    assert!(
+        matches!(post(&local, &partner.url("/redirect"), true), Outcome::Refused { reason } if reason.contains("169.254.169.254"))
+    );
+    partner.script("/redirect", [Reply::Redirect("/a".into())]);
+    assert_eq!(post(&local, &partner.url("/redirect"), true), Outcome::Status { status: 200, retry_after: None });
+}
