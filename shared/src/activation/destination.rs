@@ -199,6 +199,7 @@ pub fn is_pii_trait(name: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct DestinationSet {
     destinations: Vec<DestinationDefinition>,
+    patterns: crate::tags::Patterns,
 }
 
 impl DestinationSet {
@@ -303,12 +304,16 @@ impl DestinationSet {
         if !checker.errors.is_empty() {
             return Err(checker.errors);
         }
-        Ok(Self { destinations: definitions.to_vec() })
+        Ok(Self { destinations: definitions.to_vec(), patterns: checker.patterns })
     }
 
     /// Every checked destination (enabled or not).
     pub fn destinations(&self) -> &[DestinationDefinition] {
         &self.destinations
+    }
+
+    pub(crate) fn patterns(&self) -> &crate::tags::Patterns {
+        &self.patterns
     }
 
     /// One destination by id.

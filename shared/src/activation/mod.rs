@@ -5,6 +5,7 @@
 //! - [`payload`]: the versioned webhook payload and the profile fields a destination may receive.
 //! - [`signing`]: Standard Webhooks signatures over the exact bytes sent, with secret rotation.
 //! - [`retry`]: the verdict after an attempt (retry on the spec's schedule, dead letter, disable).
+//! - [`produce`]: the items each destination receives when a profile changes or an event arrives.
 //! - [`lane`]: per-profile ordering and batching of a destination's messages.
 //! - [`ssrf`]: which addresses a webhook may reach.
 //!
@@ -13,6 +14,7 @@
 pub mod destination;
 pub mod lane;
 pub mod payload;
+pub mod produce;
 pub mod retry;
 pub mod signing;
 pub mod ssrf;
@@ -22,6 +24,7 @@ mod tests;
 pub use destination::{Batching, DestinationDefinition, DestinationSet, Fields, PreviousSecret, Subscriptions, Url};
 pub use lane::{InFlight, LANES, Lane, Message, Settled, lane_of};
 pub use payload::{Detail, Envelope, Item, ProfileBlock};
+pub use produce::ProfileNow;
 pub use retry::{Outcome, RetryPolicy, Verdict};
 pub use signing::Secret;
 pub use ssrf::{Reach, refused};

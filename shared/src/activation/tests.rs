@@ -495,3 +495,85 @@ fn the_published_schemas_match_the_definitions_and_the_payload() {
     assert_eq!(payload["properties"]["version"]["const"], json!(payload::VERSION));
     assert_eq!(payload["properties"]["type"]["const"], json!(payload::BATCH_TYPE));
 }
+
+#[test]
+fn profiles_changes_become_items_for_the_subscribed_destinations_with_stable_ids() {
+    let (tags, audiences) = sets();
+    let mut crm = sample_destination();
+    crm.send.events = vec![
+        serde_json::from_value(
+            json!({"events": ["Order Completed"], "properties": [{"field": "total", "op": "gte", "value": 100}]}),
+        )
+        .unwrap(),
+    ];
+    let mut ads = sample_destination();
+    ads.id = "ads".into();
+    ads.send = serde_json::from_value(json!({"audiences": ["vip"]})).unwrap();
+    ads.fields = serde_json::from_value(json!({"identifiers": false})).unwrap();
+    let mut off = ads.clone();
+    off.id = "off".into();
+    off.enabled = false;
+    let set = DestinationSet::check(&[crm, ads, off], &audiences, &tags, &Catalog::default(), false).unwrap();
+
+    // Membership: the first entry is change 1, staying is no change, leaving is change 2.
+    let mut memberships = BTreeMap::new();
+    let decided: BTreeMap<String, bool> = [("vip".to_string(), true), ("other".to_string(), false)].into();
+    let changes = crate::audiences::record_memberships(&mut memberships, &decided, 1_000);
+    assert_eq!(changes, [("vip".to_string(), true, 1)]);
+    assert!(crate::audiences::record_memberships(&mut memberships, &decided, 2_000).is_empty());
+    let left = crate::audiences::record_memberships(&mut memberships, &[("vip".to_string(), false)].into(), 3_000);
+    assert_eq!(left, [("vip".to_string(), false, 2)]);
+    assert_eq!(memberships["vip"], crate::profile::Membership { member: false, since: 3_000, changes: 2 });
+
+    let keys = vec!["user_id:u-1".to_string()];
+    let traits = json!({"plan": "pro", "email": "kim@example.com"});
+    let tags_now: BTreeMap<String, Value> = [("tier".to_string(), json!(true))].into();
+    let profile = ProfileNow { id: "prof_1", keys: &keys, traits: traits.as_object().unwrap(), tags: &tags_now };
+    let names: BTreeMap<String, String> = [("vip".to_string(), "VIPs".to_string())].into();
+    let entered = set.audience_messages(&profile, &changes, &names, at(5_000));
+    assert_eq!(
+        entered.iter().map(|m| m.destination.as_str()).collect::<Vec<_>>(),
+        ["crm", "ads"],
+        "not the turned-off one"
+    );
+    let value = serde_json::to_value(&entered[1].item).unwrap();
+    assert_eq!(value["type"], "audience.entered");
+    assert_eq!(value["audience"], json!({"id": "vip", "name": "VIPs"}));
+    assert_eq!(value["profile"], json!({"id": "prof_1"}), "ads asked for no fields");
+    assert_eq!(entered[0].item.profile.traits.get("email"), Some(&json!("kim@example.com")), "crm may receive PII");
+    // The same change computed again (a retried batch, later) has the same id; the next change another.
+    let again = set.audience_messages(&profile, &changes, &names, at(9_999));
+    assert_eq!(again[0].item.id, entered[0].item.id);
+    assert_ne!(set.audience_messages(&profile, &left, &names, at(9_999))[0].item.id, entered[0].item.id);
+    assert_ne!(entered[0].item.id, entered[1].item.id, "per destination");
+
+    // Triggers: only events that pass the filter, for the destinations that have it.
+    let event = |name: &str, total: f64| -> crate::event::CanonicalEvent {
+        serde_json::from_value(json!({
+            "messageId": format!("m-{name}-{total}"), "type": "track", "event": name, "sourceId": "web",
+            "receivedAt": "2026-11-28T12:00:00.000Z", "timestamp": "2026-11-28T12:00:00.000Z",
+            "properties": {"total": total}, "userId": "u-1"
+        }))
+        .unwrap()
+    };
+    let fired = set.trigger_messages(&profile, &event("Order Completed", 120.0), at(5_000));
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].destination, "crm");
+    let value = serde_json::to_value(&fired[0].item).unwrap();
+    assert_eq!(value["type"], "event.triggered");
+    assert_eq!(value["event"]["properties"], json!({"total": 120.0}));
+    assert_eq!(value["occurredAt"], "2026-11-28T12:00:00.000Z");
+    assert!(set.trigger_messages(&profile, &event("Order Completed", 99.0), at(5_000)).is_empty());
+    assert!(set.trigger_messages(&profile, &event("Product Viewed", 500.0), at(5_000)).is_empty());
+
+    // Changes of subscribed traits and tags, with before and after.
+    let before = json!({"plan": "free"});
+    let changed = set.change_messages(&profile, before.as_object().unwrap(), &BTreeMap::new(), at(5_000));
+    assert_eq!(changed.len(), 1);
+    let value = serde_json::to_value(&changed[0].item).unwrap();
+    assert_eq!(
+        value["changes"],
+        json!({"trait:plan": {"before": "free", "after": "pro"}, "tag:tier": {"before": null, "after": true}})
+    );
+    assert!(set.change_messages(&profile, profile.traits, profile.tags, at(5_000)).is_empty(), "no change, no item");
+}

@@ -23,6 +23,33 @@ use crate::tags::{
 
 pub use insight::{Insight, insight};
 
+/// Records decided memberships on a profile's membership map at `at` (ms) and returns the changes: audience,
+/// entered (`true`) or exited, and the change's number for that profile and audience (1 for the first entry).
+/// A profile never seen in an audience that does not qualify is no change.
+pub fn record_memberships(
+    memberships: &mut BTreeMap<String, crate::profile::Membership>,
+    decided: &BTreeMap<String, bool>,
+    at: i64,
+) -> Vec<(String, bool, u32)> {
+    let mut changes = Vec::new();
+    for (audience, &member) in decided {
+        let current = memberships.get(audience).map(|m| m.member).unwrap_or(false);
+        if current == member {
+            continue;
+        }
+        let entry = memberships.entry(audience.clone()).or_insert(crate::profile::Membership {
+            member: false,
+            since: at,
+            changes: 0,
+        });
+        entry.member = member;
+        entry.since = at;
+        entry.changes += 1;
+        changes.push((audience.clone(), member, entry.changes));
+    }
+    changes
+}
+
 /// One audience.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -169,6 +196,46 @@ impl AudienceSet {
     /// The computed audiences, in evaluation order.
     pub fn audiences(&self) -> &[AudienceDefinition] {
         &self.audiences
+    }
+
+    /// Whether an audience can be decided from traits and tags alone (no `did`/`did_not`, directly or through
+    /// `in_audience`): ingest keeps those up to date as events arrive; the others change on the full recompute.
+    pub fn is_realtime(&self, id: &str) -> bool {
+        fn uses_events(expr: &AudienceExpr, set: &AudienceSet, depth: usize) -> bool {
+            match expr {
+                AudienceExpr::And(all) | AudienceExpr::Or(all) => all.iter().any(|e| uses_events(e, set, depth)),
+                AudienceExpr::Not(inner) => uses_events(inner, set, depth),
+                AudienceExpr::Did(_) | AudienceExpr::DidNot(_) => true,
+                AudienceExpr::InAudience(other) => {
+                    depth > set.audiences.len()
+                        || set
+                            .audiences
+                            .iter()
+                            .find(|a| &a.id == other)
+                            .is_none_or(|a| uses_events(&a.when, set, depth + 1))
+                }
+                AudienceExpr::Condition(_) => false,
+            }
+        }
+        self.audiences.iter().find(|a| a.id == id).is_some_and(|a| !uses_events(&a.when, self, 0))
+    }
+
+    /// The real-time audiences (see [`AudienceSet::is_realtime`]) a profile belongs to, from its traits and tags.
+    pub fn realtime_members(
+        &self,
+        traits: &Map<String, Value>,
+        tags: &BTreeMap<String, Value>,
+    ) -> BTreeMap<String, bool> {
+        let mut member = BTreeSet::new();
+        let mut decided = BTreeMap::new();
+        for audience in self.audiences.iter().filter(|a| self.is_realtime(&a.id)) {
+            let holds = self.holds(&audience.when, traits, tags, &[], 0, &member);
+            if holds {
+                member.insert(audience.id.clone());
+            }
+            decided.insert(audience.id.clone(), holds);
+        }
+        decided
     }
 
     /// The audiences a profile belongs to, given its traits, its tag values and its events, at `now` (ms).

@@ -274,3 +274,23 @@ fn the_published_schema_lists_every_operator_and_field() {
     assert_eq!(top.len(), 6);
     assert_eq!(example.status, Lifecycle::Active);
 }
+
+#[test]
+fn realtime_audiences_are_those_decided_by_traits_and_tags_alone() {
+    let set = audiences(json!([
+        {"id": "high", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
+        {"id": "pro_high", "status": "active", "when": {"and": [{"in_audience": "high"}, {"field": "trait:plan", "op": "eq", "value": "pro"}]}},
+        {"id": "recent", "status": "active", "when": {"did": {"events": ["Order Completed"], "window": {"lastDays": 7}}}},
+        {"id": "not_recent", "status": "active", "when": {"not": {"in_audience": "recent"}}}
+    ]));
+    assert!(set.is_realtime("high") && set.is_realtime("pro_high"));
+    assert!(!set.is_realtime("recent") && !set.is_realtime("not_recent"), "behaviour, directly or not");
+    assert!(!set.is_realtime("missing"));
+    let traits = json!({"plan": "pro"});
+    let tags: BTreeMap<String, Value> = [("tier".to_string(), json!("high"))].into();
+    let decided = set.realtime_members(traits.as_object().unwrap(), &tags);
+    assert_eq!(decided, [("high".to_string(), true), ("pro_high".to_string(), true)].into());
+    let low: BTreeMap<String, Value> = [("tier".to_string(), json!("low"))].into();
+    let decided = set.realtime_members(traits.as_object().unwrap(), &low);
+    assert_eq!(decided, [("high".to_string(), false), ("pro_high".to_string(), false)].into());
+}

@@ -114,6 +114,22 @@ pub struct Profile {
     /// When `tags` were computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags_at: Option<UtcTime>,
+    /// Audience membership, by audience id: the source of truth for entered/exited deliveries (ingest keeps
+    /// the real-time audiences, the full recompute all of them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memberships: BTreeMap<String, Membership>,
+}
+
+/// A profile's standing in one audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Membership {
+    /// In the audience now.
+    pub member: bool,
+    /// Since when (ms).
+    pub since: i64,
+    /// Entries and exits so far: numbers each change, so a change delivered twice has one id.
+    pub changes: u32,
 }
 
 impl Profile {
@@ -131,6 +147,7 @@ impl Profile {
             tag_state: ProfileTagState::default(),
             tags: BTreeMap::new(),
             tags_at: None,
+            memberships: BTreeMap::new(),
         }
     }
 

@@ -52,4 +52,4 @@ pub use state::{ProfileTagState, Seen, Stamp, Stamped, StatState, Summary};
 
 pub(crate) use check::{Checker, TagsById};
 pub(crate) use definition::single_key;
-pub(crate) use eval::{Patterns, compare, operand, statistical};
+pub(crate) use eval::{Patterns, compare, operand, passes, statistical};
