@@ -8,6 +8,10 @@ mod read;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde_json::{Map, Value};
+use shared::activation::lane::Message;
+use shared::activation::{DestinationDefinition, DestinationSet, ProfileNow};
+use shared::audiences::AudienceSet;
 use shared::event::{CanonicalEvent, EventType};
 use shared::identity::IdentityRules;
 use shared::profile::{Profile, ProfileRules};
@@ -44,6 +48,70 @@ pub struct IngestConfig {
     /// The tag versions whose incremental state is complete (`tags/v1/ready.json`); the others keep their
     /// previous values until the full recompute backfills them.
     pub ready: BTreeMap<String, u32>,
+    /// What partners receive (`config/audiences.json`, `config/destinations.json`): with destinations,
+    /// ingest keeps the real-time audiences' memberships and puts entries, exits, triggered events and
+    /// subscribed changes in the delivery outbox.
+    pub activation: Option<Activation>,
+}
+
+/// Audiences and destinations, checked, for ingest and the full recompute.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// The computed audiences.
+    pub audiences: AudienceSet,
+    /// Audience display names, for payloads.
+    pub names: BTreeMap<String, String>,
+    /// The destinations.
+    pub destinations: DestinationSet,
+}
+
+impl Activation {
+    /// Audiences and destinations from `config/`, checked against `tags`; `None` without destinations.
+    /// Invalid files must not stop events from being ingested: they are reported and activation waits.
+    pub async fn load<S: ObjectStore>(store: &S, tags: Option<&TagSet>) -> Result<Option<Self>, Error> {
+        let destinations: Vec<DestinationDefinition> =
+            match crate::config::read(store, crate::activation::dispatch::DESTINATIONS_CONFIG).await {
+                Ok(Some(list)) => list,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    tracing::warn!(%error, "deliveries wait until config/destinations.json is fixed");
+                    return Ok(None);
+                }
+            };
+        if destinations.is_empty() {
+            return Ok(None);
+        }
+        let (_, audience_defs) = match crate::tagging::load_definitions(store).await {
+            Ok(definitions) => definitions,
+            Err(error) => {
+                tracing::warn!(%error, "deliveries wait until the definitions are fixed");
+                return Ok(None);
+            }
+        };
+        let catalog = shared::tags::Catalog::default();
+        let empty = TagSet::check(&[], &catalog).map_err(|e| Error::Corrupt(format!("no tags do not check: {e:?}")))?;
+        let tags = tags.unwrap_or(&empty);
+        let problems = |errors: Vec<shared::tags::DefinitionError>| {
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        };
+        let audiences = match AudienceSet::check(&audience_defs, tags, &catalog) {
+            Ok(set) => set,
+            Err(errors) => {
+                tracing::warn!(problems = %problems(errors), "config/audiences.json is invalid; deliveries wait");
+                return Ok(None);
+            }
+        };
+        // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
+        let destinations = match DestinationSet::check(&destinations, &audiences, tags, &catalog, true) {
+            Ok(set) => set,
+            Err(errors) => {
+                tracing::warn!(problems = %problems(errors), "config/destinations.json is invalid; deliveries wait");
+                return Ok(None);
+            }
+        };
+        let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
+        Ok(Some(Self { audiences, names, destinations }))
+    }
 }
 
 impl Default for IngestConfig {
@@ -57,6 +125,7 @@ impl Default for IngestConfig {
             compaction: Compaction::default(),
             tags: None,
             ready: BTreeMap::new(),
+            activation: None,
         }
     }
 }
@@ -88,6 +157,7 @@ impl IngestConfig {
         if config.tags.is_some() {
             config.ready = crate::tagging::ready(store).await?;
         }
+        config.activation = Activation::load(store, config.tags.as_ref()).await?;
         Ok(config)
     }
 }
@@ -113,6 +183,8 @@ pub struct IngestReport {
     pub attempts: u32,
     /// What the commit wrote (none when nothing changed).
     pub commit: Option<CommitStats>,
+    /// Items put in the delivery outbox (audience entries and exits, triggers, changes).
+    pub deliveries: usize,
 }
 
 impl IngestReport {
@@ -127,6 +199,7 @@ impl IngestReport {
             refusals = self.refusals,
             quarantined = self.quarantined,
             attempts = self.attempts,
+            deliveries = self.deliveries,
             compacted = self.commit.is_some_and(|c| c.compacted),
             shards_written = self.commit.map_or(0, |c| c.shards_written),
             bytes_written = self.commit.map_or(0, |c| c.bytes_written),
@@ -189,7 +262,7 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
         report.duplicates = events.len() - fresh.len();
-        let (applied, merges, refusals) = apply(&mut txn, &fresh, config, now).await?;
+        let (applied, merges, refusals, messages) = apply(&mut txn, &fresh, config, now).await?;
         report.applied = applied;
         report.merges = merges;
         report.refusals = refusals;
@@ -198,16 +271,30 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
             return Ok(report);
         }
         txn.applied(applied);
+        // The outbox is written before the commit and withdrawn if the commit does not happen: a crash in
+        // between repeats a delivery (same item ids, which partners deduplicate), never loses one.
+        let outbox = match messages.is_empty() {
+            true => None,
+            false => {
+                let mut entropy = shared::ids::Entropy::from_seed(crate::config::random_seed()?);
+                crate::activation::enqueue(store, &messages, now, &mut entropy).await?
+            }
+        };
         match txn.commit().await {
             Ok(stats) => {
                 report.commit = Some(stats);
+                report.deliveries = messages.len();
                 return Ok(report);
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
+                withdraw(store, outbox.as_deref()).await;
                 tracing::info!(attempt, "another writer committed first; re-running the batch on the new state");
                 tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                withdraw(store, outbox.as_deref()).await;
+                return Err(e);
+            }
         }
     }
     Err(Error::Store(StoreError::Unavailable(format!(
@@ -252,12 +339,24 @@ pub async fn unlink<S: ObjectStore + Clone>(
     Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
 }
 
+async fn withdraw<S: ObjectStore>(store: &S, outbox: Option<&str>) {
+    if let Some(key) = outbox
+        && let Err(error) = store.delete(key).await
+    {
+        // Left behind, it delivers items of a batch that did not commit; the re-run makes the same items.
+        tracing::warn!(%key, %error, "could not withdraw an outbox object");
+    }
+}
+
+/// A touched profile's traits and tags before the batch.
+type Before = BTreeMap<String, (Map<String, Value>, BTreeMap<String, Value>)>;
+
 async fn apply<S: ObjectStore + Clone>(
     txn: &mut Transaction<'_, S>,
     events: &[CanonicalEvent],
     config: &IngestConfig,
     now: UtcTime,
-) -> Result<(usize, usize, usize), Error> {
+) -> Result<(usize, usize, usize, Vec<Message>), Error> {
     let mut keys = BTreeSet::new();
     for event in events {
         keys.extend(config.identity.keys(event));
@@ -272,10 +371,16 @@ async fn apply<S: ObjectStore + Clone>(
     let (mut applied, mut merges, mut refusals) = (0, 0, 0);
     let empty = serde_json::Map::new();
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    let mut before: Before = BTreeMap::new();
+    let mut triggered: Vec<(String, &CanonicalEvent)> = Vec::new();
     for event in events {
         let linked = graph.link_event(&config.identity, event);
         refusals += linked.refused;
         let Some(target) = linked.profile else { continue };
+        if config.activation.is_some() && !before.contains_key(&target) {
+            let snapshot = data.get(&target).map(|p| (traits_of(p), p.tags.clone())).unwrap_or_default();
+            before.insert(target.clone(), snapshot);
+        }
         for absorbed in &linked.merged {
             merges += 1;
             if let Some(gone) = data.remove(absorbed) {
@@ -291,6 +396,9 @@ async fn apply<S: ObjectStore + Clone>(
         }
         if let Some(node) = graph.profile(&target) {
             profile.identities = node.identities.clone();
+        }
+        if config.activation.is_some() {
+            triggered.push((target.clone(), event));
         }
         applied += 1;
     }
@@ -313,8 +421,47 @@ async fn apply<S: ObjectStore + Clone>(
             }
         }
     }
+    let messages = match &config.activation {
+        Some(activation) => deliveries(activation, &mut data, &before, &triggered, now),
+        None => Vec::new(),
+    };
     txn.put_back(graph, data).await?;
-    Ok((applied, merges, refusals))
+    Ok((applied, merges, refusals, messages))
+}
+
+fn traits_of(profile: &Profile) -> Map<String, Value> {
+    profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()
+}
+
+/// The batch's deliveries: each touched profile's real-time audience entries and exits (recorded on the
+/// profile), its subscribed trait and tag changes, and its events that pass a destination's trigger.
+fn deliveries(
+    activation: &Activation,
+    data: &mut BTreeMap<String, Profile>,
+    before: &Before,
+    triggered: &[(String, &CanonicalEvent)],
+    now: UtcTime,
+) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut events_of: BTreeMap<&str, Vec<&CanonicalEvent>> = BTreeMap::new();
+    for (profile, event) in triggered {
+        events_of.entry(profile.as_str()).or_default().push(event);
+    }
+    for (id, (traits_before, tags_before)) in before {
+        // A profile merged away in this batch has no deliveries of its own.
+        let Some(profile) = data.get_mut(id) else { continue };
+        let traits = traits_of(profile);
+        let decided = activation.audiences.realtime_members(&traits, &profile.tags);
+        let changes = shared::audiences::record_memberships(&mut profile.memberships, &decided, now.unix_millis());
+        let keys: Vec<String> = profile.identities.iter().cloned().collect();
+        let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+        messages.extend(activation.destinations.audience_messages(&view, &changes, &activation.names, now));
+        messages.extend(activation.destinations.change_messages(&view, traits_before, tags_before, now));
+        for event in events_of.get(id.as_str()).into_iter().flatten() {
+            messages.extend(activation.destinations.trigger_messages(&view, event, now));
+        }
+    }
+    messages
 }
 
 #[cfg(test)]

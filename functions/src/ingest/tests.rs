@@ -363,3 +363,112 @@ fn deltas_and_whole_shards_give_the_same_state_for_any_batches() {
         })?;
     });
 }
+
+/// Tags, audiences and a destination in `config/`, as `cdp up` or an operator would write them.
+async fn activation_config(store: &FsStore) {
+    let files = [
+        (
+            "config/tags.json",
+            json!([
+                {"id": "spend", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+                 "aggregate": {"op": "sum", "property": "revenue"}},
+                {"id": "tier", "status": "active", "kind": "buckets", "of": "tag:spend",
+                 "buckets": [{"label": "high", "min": 100}], "otherwise": "low"}
+            ]),
+        ),
+        (
+            "config/audiences.json",
+            json!([
+                {"id": "big_spenders", "name": "Big spenders", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
+                {"id": "recent_buyers", "status": "active", "when": {"did": {"events": ["Order Completed"], "window": {"lastDays": 7}}}}
+            ]),
+        ),
+        (
+            "config/destinations.json",
+            json!([
+                {"id": "crm", "url": "https://hooks.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                 "send": {"audiences": ["big_spenders", "recent_buyers"], "events": [{"events": ["Order Completed"]}], "traits": ["plan"]},
+                 "fields": {"traits": ["plan"], "tags": ["tier"]}}
+            ]),
+        ),
+    ];
+    for (key, value) in files {
+        store.put(key, value.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    }
+}
+
+async fn outbox(store: &FsStore) -> Vec<shared::activation::lane::Message> {
+    let mut out = Vec::new();
+    for meta in store.list(crate::activation::dispatch::OUTBOX).await.unwrap() {
+        let body = store.get(&meta.key).await.unwrap().unwrap().body;
+        out.extend(shared::storage::decode_ndjson_gz::<shared::activation::lane::Message>(&body).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn ingest_puts_audience_entries_triggers_and_changes_in_the_outbox_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    activation_config(&store).await;
+    // As after the first full recompute: the statistical tag's state is complete, so ingest serves it.
+    let config = IngestConfig { ready: [("spend".to_string(), 1)].into(), ..IngestConfig::load(&store).await.unwrap() };
+    assert!(config.activation.is_some());
+    let first = put_batch(
+        &store,
+        1,
+        json!([
+            ev("identify", "m1", 1, json!({"userId": "u1"}), json!({"traits": {"plan": "free"}})),
+            ev(
+                "track",
+                "m2",
+                2,
+                json!({"userId": "u1"}),
+                json!({"event": "Order Completed", "properties": {"revenue": 60}})
+            ),
+        ]),
+    )
+    .await;
+    let report = ingest(&store, std::slice::from_ref(&first), &config, now()).await.unwrap();
+    // The order fires the trigger and plan appeared: no audience yet (60 < 100; recent_buyers is not real-time).
+    let messages = outbox(&store).await;
+    let kinds: Vec<String> =
+        messages.iter().map(|m| serde_json::to_value(&m.item).unwrap()["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["profile.updated", "event.triggered"], "{messages:#?}");
+    assert_eq!(report.deliveries, 2);
+    // The same object again changes nothing and delivers nothing more.
+    let again = ingest(&store, &[first], &config, now()).await.unwrap();
+    assert_eq!((again.applied, again.deliveries), (0, 0));
+    assert_eq!(outbox(&store).await.len(), 2);
+
+    let second = put_batch(
+        &store,
+        2,
+        json!([ev(
+            "track",
+            "m3",
+            3,
+            json!({"userId": "u1"}),
+            json!({"event": "Order Completed", "properties": {"revenue": 50}})
+        ),]),
+    )
+    .await;
+    ingest(&store, &[second], &config, now()).await.unwrap();
+    let messages = outbox(&store).await;
+    let entered: Vec<&shared::activation::lane::Message> = messages
+        .iter()
+        .filter(|m| matches!(m.item.detail, shared::activation::Detail::AudienceEntered { .. }))
+        .collect();
+    assert_eq!(entered.len(), 1, "{messages:#?}");
+    let item = serde_json::to_value(&entered[0].item).unwrap();
+    assert_eq!(item["audience"], json!({"id": "big_spenders", "name": "Big spenders"}));
+    assert_eq!(item["profile"]["tags"], json!({"tier": "high"}));
+    assert_eq!(item["profile"]["traits"], json!({"plan": "free"}));
+    assert_eq!(item["profile"]["identifiers"], json!([{"type": "user_id", "value": "u1"}]));
+    // The membership is on the profile, numbered; the tier change is not subscribed, so no update item.
+    let stored = lookup(&store, "user_id:u1").await.unwrap().unwrap();
+    let membership = stored.profile.memberships.get("big_spenders").copied().unwrap();
+    assert_eq!((membership.member, membership.changes), (true, 1));
+    assert!(!stored.profile.memberships.contains_key("recent_buyers"), "decided by the full recompute");
+    assert_eq!(messages.len(), 4, "entered + the second trigger: {messages:#?}");
+}

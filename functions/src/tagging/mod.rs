@@ -71,6 +71,10 @@ pub struct Report {
     /// Per population tag (propensity, RFM, affinity): the model fitted, with its evaluation, or why none was.
     #[serde(default)]
     pub models: BTreeMap<String, crate::predict::Fitted>,
+    /// Audience entries and exits recorded on profiles by this computation (and delivered to subscribed
+    /// destinations).
+    #[serde(default)]
+    pub membership_changes: usize,
 }
 
 /// One tag's outcome.
@@ -244,6 +248,9 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put("tags/v1/values.json.gz", shared::storage::gzip(&body), gz()).await?;
+    let activation = crate::ingest::Activation::load(store, Some(&tags)).await?;
+    report.membership_changes =
+        memberships::record(store, &audiences, &members, &state, activation.as_ref(), now).await?;
     for (audience, now_members) in members {
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");
         let previous: Snapshot = match store.get(&key).await? {
@@ -293,5 +300,6 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 }
 
 mod backfill;
+mod memberships;
 #[cfg(test)]
 mod tests;

@@ -91,8 +91,35 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
         .await
         .expect("audiences config");
 
+    store
+        .put(
+            crate::activation::dispatch::DESTINATIONS_CONFIG,
+            json!([{"id": "crm", "url": "https://hooks.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "send": {"audiences": ["active_week"]}}])
+            .to_string()
+            .into_bytes(),
+            PutOptions::json(),
+        )
+        .await
+        .expect("destinations config");
+    let outbox = || async {
+        let mut items = Vec::new();
+        for meta in store.list(crate::activation::dispatch::OUTBOX).await.expect("list") {
+            let body = store.get(&meta.key).await.expect("get").expect("object").body;
+            let messages: Vec<shared::activation::lane::Message> =
+                shared::storage::decode_ndjson_gz(&body).expect("messages");
+            items.extend(messages.into_iter().map(|m| serde_json::to_value(&m.item).expect("item")));
+        }
+        items
+    };
+
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!((report.profiles, report.events, report.unresolved_events), (3, 6, 0));
+    // Memberships are recorded on the profiles; the subscribed audience's entries go to the outbox.
+    assert_eq!(report.membership_changes, 3, "ann into vips and active_week, bob into active_week");
+    let items = outbox().await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["type"] == "audience.entered" && i["audience"]["id"] == "active_week"));
     let values = read_json(&store, "tags/v1/values.json.gz").await;
     let ann = profile_of(&store, "user_id:ann").await;
     let bob = profile_of(&store, "user_id:bob").await;
@@ -134,12 +161,22 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
     assert_eq!(again.audiences["active_week"], AudienceReport { size: 2, entered: 0, exited: 0 });
     let diffs = store.list("audiences/v1/active_week/diffs/").await.expect("list");
     assert_eq!(diffs.len(), 1);
+    assert_eq!(again.membership_changes, 0);
+    assert_eq!(outbox().await.len(), 2, "nothing new to deliver");
 
     // Four days (and a millisecond) later bob's order is just over seven days old, so he exits; ann's is six.
     let later = full_recompute(&store, at(t0() + 4 * DAY + 1)).await.expect("recompute");
     assert_eq!(later.audiences["active_week"], AudienceReport { size: 1, entered: 0, exited: 1 });
     let diff = read_json(&store, &format!("audiences/v1/active_week/diffs/{:013}.json", t0() + 4 * DAY + 1)).await;
     assert_eq!(diff["exited"], json!([bob]));
+    assert_eq!(later.membership_changes, 1);
+    let items = outbox().await;
+    assert_eq!(items.len(), 3);
+    let exit = items.iter().find(|i| i["type"] == "audience.exited").expect("bob's exit");
+    assert_eq!(exit["profile"]["id"], json!(bob));
+    let stored = crate::state::lookup(&store, "user_id:bob").await.expect("lookup").expect("bob");
+    let membership = stored.profile.memberships["active_week"];
+    assert_eq!((membership.member, membership.changes, membership.since), (false, 2, t0() + 4 * DAY + 1));
     let snapshot = read_json(&store, "audiences/v1/active_week/snapshot.json.gz").await;
     assert_eq!(snapshot["sizes"].as_array().map(Vec::len), Some(3));
     assert_eq!(latest_report(&store).await.expect("report"), Some(later));
