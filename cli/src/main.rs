@@ -8,6 +8,7 @@ mod bench_identity;
 mod bench_ingest;
 mod bench_recompute;
 mod bench_tags;
+mod deliveries;
 mod profile;
 mod source;
 mod tags;
@@ -43,6 +44,12 @@ enum Command {
     Tags(tags::TagsCommand),
     /// List the audience definitions with their size and last change (entered, exited).
     Audiences(DataArgs),
+    /// Partner webhooks: add, list.
+    #[command(subcommand)]
+    Destination(deliveries::DestinationCommand),
+    /// Deliveries to partners: status and dead letters, replay, re-enable.
+    #[command(subcommand)]
+    Deliveries(deliveries::DeliveriesCommand),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -76,6 +83,8 @@ fn main() -> anyhow::Result<()> {
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
         Command::Bench(command) => bench::run(command),
+        Command::Destination(command) => deliveries::destination(command),
+        Command::Deliveries(command) => deliveries::deliveries(command),
     }
 }
 

@@ -36,6 +36,14 @@ pub(crate) struct UpArgs {
     /// the snippet with an empty host: `GET /shop/index.html` serves `DIR/shop/index.html`.
     #[arg(long)]
     site: Option<std::path::PathBuf>,
+    /// Local development: let webhooks reach loopback addresses (127.0.0.0/8, ::1), e.g. a partner receiver on
+    /// this machine. Private, link-local and metadata addresses stay refused. Never use it in production.
+    #[arg(long, env = "CDP_WEBHOOKS_LOOPBACK")]
+    webhooks_loopback: bool,
+    /// Serve a demo partner at /demo/partner that verifies each webhook's signature and shows what arrived, and
+    /// add it to config/destinations.json (every audience, and orders). Implies --webhooks-loopback.
+    #[arg(long)]
+    demo_partner: bool,
 }
 
 /// What every request handler shares.
@@ -46,6 +54,8 @@ pub(crate) struct AppState {
     site: Option<std::path::PathBuf>,
     /// New raw objects for the ingest task: the local stand-in for S3 → SQS → Lambda.
     ingest: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The demo partner, with `--demo-partner`.
+    demo: Option<crate::deliveries::DemoPartner>,
 }
 
 /// The collector's HTTP app: every path goes through the core's router, as in the edge worker.
@@ -84,11 +94,21 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             args.site.map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("--site {}", dir.display())));
         let site = site.transpose()?;
         let sources = SourcesCache::new(Duration::from_secs(2));
-        let state = Arc::new(AppState { store, sources, trusted_ip_header, site, ingest });
+        let demo = args.demo_partner.then(crate::deliveries::DemoPartner::default);
+        let state = Arc::new(AppState { store: store.clone(), sources, trusted_ip_header, site, ingest, demo });
 
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
+        if args.demo_partner {
+            crate::deliveries::ensure_demo_partner(&store, &format!("http://{addr}/demo/partner")).await?;
+        }
+        let reach = if args.webhooks_loopback || args.demo_partner {
+            shared::activation::Reach::PublicAndLoopback
+        } else {
+            shared::activation::Reach::Public
+        };
+        tokio::spawn(crate::deliveries::activation_loop(store.clone(), reach));
         println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /cdp.js, /health)");
         println!("cdp: demo page with the snippet: http://{addr}/demo?writeKey=<a source's write key>");
         if let Some(site) = &state.site {
@@ -96,6 +116,9 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
         println!("cdp: profiles form as events arrive: `cdp profile user_id:<id> --data {}`", args.data.data.display());
+        if args.demo_partner {
+            println!("cdp: demo partner (verifies webhook signatures): http://{addr}/demo/partner");
+        }
         println!("cdp: press Ctrl-C to stop");
 
         axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
@@ -119,6 +142,11 @@ async fn serve(
     let origin = header_str(headers, header::ORIGIN);
     if parts.uri.path() == "/demo" && parts.method == axum::http::Method::GET {
         return demo(parts.uri.query().unwrap_or(""));
+    }
+    if parts.uri.path() == "/demo/partner"
+        && let Some(partner) = &state.demo
+    {
+        return demo_partner(&state, partner, &parts, body).await;
     }
     let answer = match route(parts.method.as_str(), parts.uri.path()) {
         Route::Health => Answer::health(),
@@ -199,6 +227,70 @@ async fn site_file(root: &std::path::Path, path: &str) -> Response {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// The demo partner: `POST` receives a webhook (200 when its signature verifies, 401 otherwise); `GET` shows
+/// what arrived (JSON with `?format=json`).
+async fn demo_partner(
+    state: &AppState,
+    partner: &crate::deliveries::DemoPartner,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Response {
+    if parts.method == axum::http::Method::POST {
+        let Ok(bytes) = axum::body::to_bytes(body, 6 << 20).await else {
+            return to_response(Answer::error(413, "too_large", "webhook body over 6 MiB"));
+        };
+        let status = partner.receive(&state.store, &parts.headers, &bytes).await;
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        return response;
+    }
+    let received = partner.list();
+    if parts.uri.query().is_some_and(|q| q.split('&').any(|p| p == "format=json")) {
+        let mut response = Response::new(Body::from(serde_json::to_vec(&received).unwrap_or_default()));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
+    }
+    let mut rows = String::new();
+    for entry in &received {
+        let items = entry["payload"]["data"]["items"].as_array().cloned().unwrap_or_default();
+        for item in items {
+            let what = match item["type"].as_str().unwrap_or_default() {
+                "audience.entered" | "audience.exited" => {
+                    format!(
+                        "{} {}",
+                        item["type"].as_str().unwrap_or_default(),
+                        item["audience"]["id"].as_str().unwrap_or_default()
+                    )
+                }
+                "event.triggered" => format!("event {}", item["event"]["event"].as_str().unwrap_or_default()),
+                other => other.to_string(),
+            };
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(entry["receivedAt"].as_str().unwrap_or_default()),
+                if entry["verified"] == true { "✔ verified" } else { "✘ bad signature" },
+                escape(entry["webhookId"].as_str().unwrap_or_default()),
+                escape(&what),
+                escape(item["profile"]["id"].as_str().unwrap_or_default()),
+            ));
+        }
+    }
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>cdp demo partner</title><style>body{{font:15px system-ui;margin:2rem}}td{{padding:.2rem .6rem}}</style>\
+         </head><body><h1>Demo partner</h1><p>Webhooks received by this partner, newest first; each signature is \
+         checked with the destination's secret (Standard Webhooks).</p><table><tr><th>received</th><th>signature</th>\
+         <th>webhook-id</th><th>what</th><th>profile</th></tr>{rows}</table></body></html>"
+    );
+    let mut response = Response::new(Body::from(page));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// `GET /demo?writeKey=KEY`: a page with the snippet, to watch events and profiles form.

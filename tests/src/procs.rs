@@ -98,9 +98,14 @@ pub struct CdpUp {
 impl CdpUp {
     /// Starts `cdp up --data DIR --listen 127.0.0.1:PORT` and waits until it is healthy.
     pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// [`CdpUp::start`] with more flags.
+    pub fn start_with(data: &Path, flags: &[&str]) -> Self {
         let port = free_port();
         let mut command = Command::new(cdp_bin());
-        command.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"]).arg(data);
+        command.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"]).arg(data).args(flags);
         let mut proc = Proc::spawn("cdp-up", command);
         let url = format!("http://127.0.0.1:{port}");
         crate::http::wait_healthy(&format!("{url}/health"), Duration::from_secs(30), || proc.alive())

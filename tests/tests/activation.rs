@@ -352,3 +352,81 @@ fn webhooks_never_reach_loopback_private_or_metadata_addresses_unless_local_deve
     partner.script("/redirect", [Reply::Redirect("/a".into())]);
     assert_eq!(post(&local, &partner.url("/redirect"), true), Outcome::Status { status: 200, retry_after: None });
 }
+
+#[test]
+fn an_event_that_makes_a_profile_enter_an_audience_reaches_the_demo_partner_under_cdp_up() {
+    use cdp_e2e::http::{post, send};
+    use cdp_e2e::procs::{CdpUp, cdp_source_add};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("tags.json"),
+        json!([
+            {"id": "spend", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+             "aggregate": {"op": "sum", "property": "revenue"}},
+            {"id": "tier", "status": "active", "kind": "buckets", "of": "tag:spend",
+             "buckets": [{"label": "high", "min": 100}], "otherwise": "low"}
+        ])
+        .to_string(),
+    )
+    .expect("tags");
+    std::fs::write(
+        config.join("audiences.json"),
+        json!([{"id": "big_spenders", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}}])
+            .to_string(),
+    )
+    .expect("audiences");
+    let key = cdp_source_add(dir.path(), "shop");
+    let up = CdpUp::start_with(dir.path(), &["--demo-partner", "--tag-interval", "3600"]);
+    // The first full recompute makes the tags ready for ingest to serve.
+    wait_for("the first tag computation", Duration::from_secs(30), || dir.path().join("tags/v1/ready.json").exists());
+
+    let received = || -> Vec<serde_json::Value> {
+        let reply = send("GET", &format!("{}/demo/partner?format=json", up.url), b"", &[]).expect("GET demo partner");
+        assert_eq!(reply.status, 200);
+        reply.json().as_array().cloned().unwrap_or_default()
+    };
+    let order = |id: &str, revenue: f64| json!({"type": "track", "event": "Order Completed", "userId": "kim", "messageId": id, "properties": {"revenue": revenue}});
+    let start = Instant::now();
+    let reply = post(&format!("{}/v1/batch", up.url), &json!({"batch": [order("o1", 60.0)]}).to_string(), Some(&key));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The order trigger arrives; the audience is not entered yet (60 < 100).
+    wait_for("the first order's trigger", Duration::from_secs(20), || {
+        received().iter().any(|r| r["payload"]["data"]["items"][0]["type"] == "event.triggered")
+    });
+    let reply = post(&format!("{}/v1/batch", up.url), &json!({"batch": [order("o2", 50.0)]}).to_string(), Some(&key));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let entered = |all: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        all.iter()
+            .flat_map(|r| r["payload"]["data"]["items"].as_array().cloned().unwrap_or_default())
+            .filter(|i| i["type"] == "audience.entered")
+            .collect()
+    };
+    wait_for("the audience entry", Duration::from_secs(20), || !entered(&received()).is_empty());
+    let took = start.elapsed();
+    // The recompute after ingest finds the membership already recorded: nothing is delivered twice.
+    std::thread::sleep(Duration::from_secs(4));
+    let all = received();
+    let entries = entered(&all);
+    assert_eq!(entries.len(), 1, "{all:#?}");
+    assert_eq!(entries[0]["audience"]["id"], "big_spenders");
+    assert_eq!(entries[0]["profile"]["identifiers"], json!([{"type": "user_id", "value": "kim"}]));
+    assert!(all.iter().all(|r| r["verified"] == true), "the demo partner verified every signature: {all:#?}");
+    let triggers = all
+        .iter()
+        .flat_map(|r| r["payload"]["data"]["items"].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["type"] == "event.triggered")
+        .count();
+    assert_eq!(triggers, 2, "one per order");
+    assert!(took < Duration::from_secs(20));
+    // The deliveries command shows the destination, with nothing queued or dead.
+    let out = std::process::Command::new(cdp_e2e::procs::cdp_bin())
+        .args(["deliveries", "list", "--data"])
+        .arg(dir.path())
+        .output()
+        .expect("cdp deliveries list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("demo_partner\tenabled\tqueued 0\tin flight 0\tdead letters 0"), "{text}");
+}

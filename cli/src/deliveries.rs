@@ -1,0 +1,324 @@
+//! `cdp destination add|list` and `cdp deliveries list|replay|enable`, and what `cdp up` runs for activation:
+//! the dispatcher (restarted when `config/destinations.json` changes) and the demo partner endpoint.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use functions::activation::dispatch::{self, DESTINATIONS_CONFIG, Dispatcher, Settings};
+use functions::storage::{FsStore, ObjectStore, PutOptions};
+use serde_json::{Value, json};
+use shared::activation::signing::{SECRET_MIN_BYTES, Secret, verify};
+use shared::activation::{DestinationDefinition, Lane, Reach};
+
+use crate::DataArgs;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DestinationCommand {
+    /// Add a partner webhook; its signing secret is printed once as the last line (give it to the partner).
+    Add {
+        /// Destination id ([a-z0-9_], ≤ 64).
+        id: String,
+        /// The partner's https URL.
+        #[arg(long)]
+        url: String,
+        /// Send this audience's entries and exits (repeatable).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Send events with this name as they arrive (repeatable).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Include this trait in each item (repeatable; personal data needs --allow-pii).
+        #[arg(long = "field-trait")]
+        traits: Vec<String>,
+        /// Include this tag in each item (repeatable).
+        #[arg(long = "field-tag")]
+        tags: Vec<String>,
+        /// The partner may receive personal data.
+        #[arg(long)]
+        allow_pii: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List destinations (never their secrets).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeliveriesCommand {
+    /// Per destination: enabled or disabled (by a 410), queued items, the request being retried, dead letters.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Send dead letters again, same id and bytes (the running `cdp up`, or the next activation run, sends them).
+    Replay {
+        /// The destination.
+        destination: String,
+        /// The dead letter's webhook-id; all of the destination's with --all.
+        webhook_id: Option<String>,
+        /// Every dead letter of the destination.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Re-enable a destination that a 410 disabled; its waiting items are sent.
+    Enable {
+        /// The destination.
+        destination: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+async fn destinations(store: &FsStore) -> anyhow::Result<Vec<DestinationDefinition>> {
+    Ok(functions::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default())
+}
+
+/// A new signing secret (32 random bytes).
+pub(crate) fn new_secret() -> Secret {
+    let seed = crate::seed();
+    Secret::from_bytes(&seed[..SECRET_MIN_BYTES.max(32)])
+}
+
+pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            DestinationCommand::Add { id, url, audiences, events, traits, tags, allow_pii, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let mut list = destinations(&store).await?;
+                if list.iter().any(|d| d.id == id) {
+                    bail!("destination {id:?} exists; edit {DESTINATIONS_CONFIG} to change it");
+                }
+                let secret = new_secret();
+                let filters: Vec<Value> = events.iter().map(|e| json!({"events": [e]})).collect();
+                let definition: DestinationDefinition = serde_json::from_value(json!({
+                    "id": id, "url": url, "secret": secret.expose(),
+                    "send": {"audiences": audiences, "events": filters},
+                    "fields": {"traits": traits, "tags": tags}, "allowPii": allow_pii
+                }))?;
+                shared::activation::destination::check_url(&definition.url, false)
+                    .map_err(|problem| anyhow::anyhow!("--url: {problem}"))?;
+                list.push(definition);
+                save(&store, &list).await?;
+                println!(
+                    "added destination {id:?}; its signing secret (shown once here, stored in {DESTINATIONS_CONFIG}):"
+                );
+                println!("{}", secret.expose());
+                Ok(())
+            }
+            DestinationCommand::List { data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                for d in destinations(&store).await? {
+                    println!(
+                        "{}\t{}\t{}\taudiences: {}\ttriggers: {}",
+                        d.id,
+                        d.url,
+                        if d.enabled { "enabled" } else { "turned off" },
+                        d.send.audiences.join(" "),
+                        d.send.events.len()
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn save(store: &FsStore, list: &[DestinationDefinition]) -> anyhow::Result<()> {
+    let body = serde_json::to_vec_pretty(list)?;
+    store.put(DESTINATIONS_CONFIG, body, PutOptions::json()).await?;
+    Ok(())
+}
+
+pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            DeliveriesCommand::List { data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                for d in destinations(&store).await? {
+                    let disabled: Option<dispatch::Disabled> =
+                        functions::config::read(&store, &dispatch::status_key(&d.id)).await?;
+                    let (mut queued, mut retrying) = (0, Vec::new());
+                    for meta in store.list(&format!("deliveries/v1/lanes/{}/", d.id)).await? {
+                        let Some(object) = store.get(&meta.key).await? else { continue };
+                        let lane: Lane = serde_json::from_slice(&object.body)?;
+                        queued += lane.pending.len();
+                        if let Some(current) = lane.current {
+                            retrying.push(current);
+                        }
+                    }
+                    let dead = dispatch::dead_letters(&store, &d.id).await?;
+                    let state = match (&disabled, d.enabled) {
+                        (Some(off), _) => format!("DISABLED ({})", off.reason),
+                        (None, false) => "turned off".to_string(),
+                        (None, true) => "enabled".to_string(),
+                    };
+                    println!(
+                        "{}\t{state}\tqueued {queued}\tin flight {}\tdead letters {}",
+                        d.id,
+                        retrying.len(),
+                        dead.len()
+                    );
+                    for r in retrying {
+                        println!(
+                            "  in flight {}: {} items, attempt {} next at {}, last error: {}",
+                            r.webhook_id,
+                            r.item_ids.len(),
+                            r.attempts + 1,
+                            shared::time::UtcTime::from_unix_millis(r.due_at)
+                                .map(|t| t.to_string())
+                                .unwrap_or_default(),
+                            r.last_error.as_deref().unwrap_or("none")
+                        );
+                    }
+                    for letter in dead {
+                        println!(
+                            "  dead {}: {} items, {} attempts, {}",
+                            letter.request.webhook_id,
+                            letter.request.item_ids.len(),
+                            letter.request.attempts,
+                            letter.reason
+                        );
+                    }
+                }
+                Ok(())
+            }
+            DeliveriesCommand::Replay { destination, webhook_id, all, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let ids: Vec<String> = match (webhook_id, all) {
+                    (Some(id), false) => vec![id],
+                    (None, true) => dispatch::dead_letters(&store, &destination)
+                        .await?
+                        .into_iter()
+                        .map(|d| d.request.webhook_id)
+                        .collect(),
+                    _ => bail!("give one webhook-id, or --all"),
+                };
+                for id in &ids {
+                    dispatch::request_replay(&store, &destination, id).await?;
+                    println!("replay requested: {destination} {id}");
+                }
+                if ids.is_empty() {
+                    println!("{destination} has no dead letters");
+                }
+                Ok(())
+            }
+            DeliveriesCommand::Enable { destination, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                dispatch::enable(&store, &destination).await?;
+                println!("{destination} enabled");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Runs the dispatcher for `cdp up`: takes the outbox every 100 ms, restarts when `config/destinations.json`
+/// changes (checked every second). Lanes are stored after every change, so stopping at any point loses nothing.
+pub(crate) async fn activation_loop(store: FsStore, reach: Reach) {
+    let mut last: Option<Vec<u8>> = None;
+    let mut dispatcher: Option<Dispatcher<FsStore>> = None;
+    let mut checked = tokio::time::Instant::now() - Duration::from_secs(2);
+    loop {
+        if checked.elapsed() >= Duration::from_secs(1) {
+            checked = tokio::time::Instant::now();
+            let config = store.get(DESTINATIONS_CONFIG).await.ok().flatten().map(|o| o.body).unwrap_or_default();
+            if last.as_ref() != Some(&config) {
+                if let Some(running) = dispatcher.take()
+                    && let Err(error) = running.stop().await
+                {
+                    tracing::error!(%error, "stopping deliveries");
+                }
+                last = Some(config.clone());
+                let parsed: Result<Vec<DestinationDefinition>, _> =
+                    if config.is_empty() { Ok(Vec::new()) } else { serde_json::from_slice(&config) };
+                match parsed {
+                    Ok(list) if list.is_empty() => {}
+                    Ok(list) => match Dispatcher::start(store.clone(), &list, Settings { reach }, None, None).await {
+                        Ok(running) => {
+                            tracing::info!(destinations = list.len(), "delivering to partners");
+                            dispatcher = Some(running);
+                        }
+                        Err(error) => tracing::error!(%error, "deliveries not started"),
+                    },
+                    Err(error) => tracing::error!(%error, "{DESTINATIONS_CONFIG} is invalid; deliveries wait"),
+                }
+            }
+        }
+        if let Some(running) = dispatcher.as_mut()
+            && let Err(error) = running.intake().await
+        {
+            tracing::error!(%error, "taking the delivery outbox");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The demo partner's id in `config/destinations.json`.
+pub(crate) const DEMO_PARTNER: &str = "demo_partner";
+
+/// What the demo partner received (the last 200 requests).
+#[derive(Default)]
+pub(crate) struct DemoPartner {
+    received: Mutex<VecDeque<Value>>,
+}
+
+impl DemoPartner {
+    /// Verifies a request as a partner would (with the secrets of the `demo_partner` destination) and keeps it.
+    pub(crate) async fn receive(&self, store: &FsStore, headers: &axum::http::HeaderMap, body: &[u8]) -> u16 {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let (id, timestamp, signature) =
+            (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+        let now = crate::now().unix_millis() / 1000;
+        let secrets: Vec<Secret> = destinations(store)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.id == DEMO_PARTNER)
+            .flat_map(|d| std::iter::once(d.secret).chain(d.previous_secrets.into_iter().map(|p| p.secret)))
+            .collect();
+        let verified = secrets.iter().any(|s| verify(s, &id, &timestamp, &signature, body, now).is_ok());
+        let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let entry =
+            json!({"webhookId": id, "verified": verified, "receivedAt": crate::now().to_string(), "payload": payload});
+        if let Ok(mut received) = self.received.lock() {
+            received.push_back(entry);
+            while received.len() > 200 {
+                received.pop_front();
+            }
+        }
+        if verified { 200 } else { 401 }
+    }
+
+    /// Everything kept, newest first.
+    pub(crate) fn list(&self) -> Vec<Value> {
+        self.received.lock().map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// Makes sure `config/destinations.json` holds the demo partner, pointing at `url`, subscribed to every
+/// audience defined and to orders; keeps its secret when it exists.
+pub(crate) async fn ensure_demo_partner(store: &FsStore, url: &str) -> anyhow::Result<()> {
+    let mut list = destinations(store).await?;
+    let (_, audiences) = functions::tagging::load_definitions(store).await?;
+    let audience_ids: Vec<String> = audiences.iter().map(|a| a.id.clone()).collect();
+    let secret = list.iter().find(|d| d.id == DEMO_PARTNER).map(|d| d.secret.clone()).unwrap_or_else(new_secret);
+    list.retain(|d| d.id != DEMO_PARTNER);
+    let definition: DestinationDefinition = serde_json::from_value(json!({
+        "id": DEMO_PARTNER, "name": "Demo partner (cdp up)", "url": url, "secret": secret.expose(),
+        "send": {"audiences": audience_ids, "events": [{"events": ["Order Completed"]}]},
+        "fields": {"tags": []}, "batching": {"maxEvents": 100, "maxWaitMs": 50},
+        "retrySchedule": [0, 1, 5, 30, 300]
+    }))?;
+    list.push(definition);
+    save(store, &list).await
+}
