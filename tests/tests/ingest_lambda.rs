@@ -1,13 +1,15 @@
 //! The real ingest Lambda binary, running its real `lambda_runtime` loop against a Runtime API emulator on
 //! 127.0.0.1, handles a real-shaped SQS-wrapped S3 notification and updates state in a real S3-compatible
 //! server; a message that is not a notification is reported as a partial batch failure. Then the tagging
-//! binary, on a scheduled event, computes tags and audiences from that state.
+//! binary, on a scheduled event, computes tags and audiences from that state, and the activation binary, on the
+//! notification of the outbox object the recompute wrote, delivers the audience entry to a partner receiver.
 
 use std::process::Command;
 use std::time::Duration;
 
 use cdp_e2e::lambda_api::RuntimeApi;
 use cdp_e2e::local_s3::{self, LocalS3};
+use cdp_e2e::partner::Partner;
 use cdp_e2e::procs::Proc;
 use cdp_e2e::{fixture, repo_root};
 use functions::state::lookup;
@@ -18,8 +20,15 @@ use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
 use shared::time::UtcTime;
 
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 /// Starts a function binary as Lambda would, against the Runtime API emulator `api` and the S3 server `s3`.
 fn start_function(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3) -> Proc {
+    Proc::spawn(&format!("lambda-{name}"), function_command(bin, name, api, s3))
+}
+
+/// The command [`start_function`] runs.
+fn function_command(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3) -> Command {
     let mut command = Command::new(bin);
     command
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
@@ -33,7 +42,7 @@ fn start_function(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &Loca
         .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
         .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
-    Proc::spawn(&format!("lambda-{name}"), command)
+    command
 }
 
 #[test]
@@ -106,6 +115,11 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     s3.block_on(store.put("config/tags.json", tags.to_string().into_bytes(), PutOptions::json())).expect("tags");
     s3.block_on(store.put("config/audiences.json", audiences.to_string().into_bytes(), PutOptions::json()))
         .expect("audiences");
+    let partner = Partner::start(SECRET);
+    let destinations = json!([{"id": "crm", "url": partner.url("/hook"), "secret": SECRET, "send": {"audiences": ["viewers"]},
+                               "batching": {"maxWaitMs": 0}}]);
+    s3.block_on(store.put("config/destinations.json", destinations.to_string().into_bytes(), PutOptions::json()))
+        .expect("destinations");
     let api = RuntimeApi::start();
     let function = start_function(&repo_root().join("target/debug/tagging"), "tagging", &api, &s3);
     let scheduled = json!({"version": "0", "id": "5f1e7b2a-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
@@ -124,5 +138,45 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     let snapshot: Value =
         serde_json::from_slice(&shared::storage::gunzip(&snapshot.body).expect("gzip")).expect("JSON");
     assert_eq!(snapshot["members"], json!([profile.node.id]));
+    drop(function);
+
+    // The recompute put the entry in the outbox; the activation function, notified of that object through SQS,
+    // delivers it, signed, and empties the outbox.
+    let outbox = s3.block_on(store.list("deliveries/v1/outbox/")).expect("list");
+    assert_eq!(outbox.len(), 1);
+    let mut event: Value = serde_json::from_str(&fixture("aws-sqs-s3-notification.json")).expect("fixture");
+    let mut notification: Value =
+        serde_json::from_str(event["Records"][0]["body"].as_str().expect("body")).expect("json");
+    notification["Records"][0]["s3"]["object"]["key"] = json!(outbox[0].key);
+    event["Records"][0]["body"] = json!(notification.to_string());
+    event["Records"].as_array_mut().expect("records").truncate(1);
+    let api = RuntimeApi::start();
+    let mut command = function_command(&repo_root().join("target/debug/activation"), "activation", &api, &s3);
+    command.env("CDP_WEBHOOKS_LOOPBACK", "true");
+    let function = Proc::spawn("lambda-activation", command);
+    let response = api
+        .invoke(&event, Duration::from_secs(60))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}
+{}",
+                function.log_tail()
+            )
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "the function reported an error: {e}
+{}",
+                function.log_tail()
+            )
+        });
+    assert_eq!(serde_json::from_str::<Value>(&response).expect("json"), json!({"batchItemFailures": []}));
+    let received = partner.received("/hook");
+    assert_eq!(received.len(), 1, "{}", function.log_tail());
+    assert!(received[0].verified);
+    let item = &received[0].body["data"]["items"][0];
+    assert_eq!((item["type"].as_str(), item["audience"]["id"].as_str()), (Some("audience.entered"), Some("viewers")));
+    assert_eq!(item["profile"]["id"], json!(profile.node.id));
+    assert!(s3.block_on(store.list("deliveries/v1/outbox/")).expect("list").is_empty());
     drop(function);
 }

@@ -255,9 +255,9 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
                 match self.lanes.get(&(destination.clone(), lane)) {
                     Some(tx) => {
                         let (ack, done) = oneshot::channel();
-                        if tx.send(Command::Push(messages, ack)).is_ok() {
-                            acks.push(done);
-                        }
+                        tx.send(Command::Push(messages, ack))
+                            .map_err(|_| Error::Corrupt(format!("the lane task of {destination} stopped")))?;
+                        acks.push(done);
                     }
                     None => self.unroutable(&destination, lane, messages).await?,
                 }
@@ -272,11 +272,11 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             let dead: DeadLetter = decode(&meta.key, &object.body)?;
             let Some(tx) = self.lanes.get(&(dead.destination.clone(), dead.lane)) else { continue };
             let (ack, done) = oneshot::channel();
-            if tx.send(Command::Replay(Box::new(dead.request.clone()), ack)).is_ok() {
-                done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
-                store.delete(&dead_key(&dead.destination, &dead.request.webhook_id)).await?;
-                store.delete(&meta.key).await?;
-            }
+            tx.send(Command::Replay(Box::new(dead.request.clone()), ack))
+                .map_err(|_| Error::Corrupt(format!("the lane task of {} stopped", dead.destination)))?;
+            done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+            store.delete(&dead_key(&dead.destination, &dead.request.webhook_id)).await?;
+            store.delete(&meta.key).await?;
         }
         Ok(taken)
     }
@@ -358,20 +358,28 @@ async fn lane_task<S: ObjectStore + Clone>(
     drain_until: Option<i64>,
 ) {
     let disabled = shared.disabled.get(&destination.id).cloned().unwrap_or_default();
+    // Closed by `Dispatcher::stop`: without a deadline the task stops; with one it finishes what is due first.
+    let mut closed = false;
     loop {
         let now = now_ms();
         let off = disabled.load(Ordering::Relaxed);
         let due = if off { None } else { lane.due(&destination.batching) };
-        if let Some(at) = due.filter(|at| *at <= now) {
-            let _ = at;
+        // In drain mode an attempt that could outlast the deadline is left for the next run.
+        let fits = drain_until.is_none_or(|deadline| now + destination.timeout_ms as i64 <= deadline);
+        if due.is_some_and(|at| at <= now) && fits {
             attempt(&shared, &destination, lane_no, &mut lane, &disabled).await;
             continue;
         }
-        if let Some(deadline) = drain_until
-            && due.is_none_or(|at| at > deadline)
-            && commands.is_empty()
-        {
-            let _ = persist(&shared.store, &destination.id, lane_no, &lane).await;
+        let due = if fits { due } else { None };
+        let finished = match drain_until {
+            // Not before `stop` closes the channel: the intake may still bring work.
+            Some(deadline) => closed && due.is_none_or(|at| at > deadline),
+            None => closed,
+        };
+        if finished {
+            if let Err(error) = persist(&shared.store, &destination.id, lane_no, &lane).await {
+                tracing::error!(destination = %destination.id, lane = lane_no, "could not store the lane: {error}");
+            }
             return;
         }
         let wait = match (due, drain_until) {
@@ -379,6 +387,10 @@ async fn lane_task<S: ObjectStore + Clone>(
             (None, Some(deadline)) => Duration::from_millis((deadline - now).max(0) as u64),
             (None, None) => Duration::from_secs(3600),
         };
+        if closed {
+            tokio::time::sleep(wait).await;
+            continue;
+        }
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Push(messages, ack)) => {
@@ -395,10 +407,7 @@ async fn lane_task<S: ObjectStore + Clone>(
                     let _ = ack.send(persist(&shared.store, &destination.id, lane_no, &lane).await);
                     return;
                 }
-                None => {
-                    let _ = persist(&shared.store, &destination.id, lane_no, &lane).await;
-                    return;
-                }
+                None => closed = true,
             },
             () = tokio::time::sleep(wait) => {}
         }

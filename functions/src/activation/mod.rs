@@ -3,8 +3,10 @@
 //! - [`http`]: one signed request to a partner, SSRF-safe (every resolved address checked), with a deadline.
 //! - [`dispatch`]: the outbox, per-destination lanes (order per profile, batching, rate limits), retries on the
 //!   Standard Webhooks schedule, dead letters and replay, the delivery log.
+//! - [`lambda`]: the activation Lambda's invocation (SQS notifications of outbox objects, or a schedule).
 
 pub mod dispatch;
 pub mod http;
+pub mod lambda;
 
 pub use dispatch::{AttemptRecord, DeadLetter, Dispatcher, Settings, enqueue};
