@@ -224,7 +224,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
 
 /// Runs the dispatcher for `cdp up`: takes the outbox every 100 ms, restarts when `config/destinations.json`
 /// changes (checked every second). Lanes are stored after every change, so stopping at any point loses nothing.
-pub(crate) async fn activation_loop(store: FsStore, reach: Reach) {
+pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio::sync::mpsc::UnboundedSender<String>) {
     let mut last: Option<Vec<u8>> = None;
     let mut dispatcher: Option<Dispatcher<FsStore>> = None;
     let mut checked = tokio::time::Instant::now() - Duration::from_secs(2);
@@ -243,7 +243,15 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach) {
                     if config.is_empty() { Ok(Vec::new()) } else { serde_json::from_slice(&config) };
                 match parsed {
                     Ok(list) if list.is_empty() => {}
-                    Ok(list) => match Dispatcher::start(store.clone(), &list, Settings { reach }, None, None).await {
+                    Ok(list) => match Dispatcher::start(
+                        store.clone(),
+                        &list,
+                        Settings { reach, ingest: Some(ingest.clone()) },
+                        None,
+                        None,
+                    )
+                    .await
+                    {
                         Ok(running) => {
                             tracing::info!(destinations = list.len(), "delivering to partners");
                             dispatcher = Some(running);

@@ -65,6 +65,7 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
             "groups": profile.groups,
             "tags": profile.tags,
             "tagsAt": profile.tags_at,
+            "audiences": profile.memberships.iter().filter(|(_, m)| m.member).map(|(a, m)| (a.clone(), json!({"since": m.since}))).collect::<serde_json::Map<_, _>>(),
             "history": node.audit,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -95,6 +96,10 @@ pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
         for (id, value) in &profile.tags {
             println!("    {id} = {value}");
         }
+    }
+    let audiences: Vec<&String> = profile.memberships.iter().filter(|(_, m)| m.member).map(|(a, _)| a).collect();
+    if !audiences.is_empty() {
+        println!("  audiences   {}", audiences.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "));
     }
     println!("  history");
     for entry in &node.audit {

@@ -95,6 +95,7 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let site = site.transpose()?;
         let sources = SourcesCache::new(Duration::from_secs(2));
         let demo = args.demo_partner.then(crate::deliveries::DemoPartner::default);
+        let outcome_ingest = ingest.clone();
         let state = Arc::new(AppState { store: store.clone(), sources, trusted_ip_header, site, ingest, demo });
 
         let listener =
@@ -108,7 +109,7 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             shared::activation::Reach::Public
         };
-        tokio::spawn(crate::deliveries::activation_loop(store.clone(), reach));
+        tokio::spawn(crate::deliveries::activation_loop(store.clone(), reach, outcome_ingest));
         println!("cdp: collector listening on http://{addr} (POST /v1/batch, /v1/track, ...; GET /cdp.js, /health)");
         println!("cdp: demo page with the snippet: http://{addr}/demo?writeKey=<a source's write key>");
         if let Some(site) = &state.site {
@@ -142,6 +143,9 @@ async fn serve(
     let origin = header_str(headers, header::ORIGIN);
     if parts.uri.path() == "/demo" && parts.method == axum::http::Method::GET {
         return demo(parts.uri.query().unwrap_or(""));
+    }
+    if let Some(destination) = parts.uri.path().strip_prefix("/v1/feedback/") {
+        return feedback(&state, destination, &parts, body).await;
     }
     if parts.uri.path() == "/demo/partner"
         && let Some(partner) = &state.demo
@@ -287,6 +291,47 @@ async fn demo_partner(
     let mut response = Response::new(Body::from(page));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response
+}
+
+/// `POST /v1/feedback/DESTINATION`: a partner's results, signed with the destination's secret.
+async fn feedback(state: &AppState, destination: &str, parts: &axum::http::request::Parts, body: Body) -> Response {
+    if parts.method != axum::http::Method::POST {
+        return to_response(Answer::method_not_allowed());
+    }
+    let limit = functions::activation::feedback::MAX_BODY_BYTES;
+    let Ok(bytes) = axum::body::to_bytes(body, limit + 1).await else {
+        return to_response(Answer::error(413, "too_large", &format!("the body is over {limit} bytes")));
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let signed = functions::activation::feedback::Signed {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+    };
+    match functions::activation::feedback::receive(
+        &state.store,
+        destination,
+        signed,
+        &bytes,
+        crate::now(),
+        crate::seed(),
+    )
+    .await
+    {
+        Ok(answer) => {
+            if let Some(key) = answer.raw_key {
+                let _ = state.ingest.send(key);
+            }
+            let mut response = Response::new(Body::from(answer.body.to_string()));
+            *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "feedback not stored");
+            to_response(Answer::error(503, "unavailable", "storage unavailable; retry"))
+        }
+    }
 }
 
 fn escape(text: &str) -> String {

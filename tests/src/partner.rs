@@ -81,6 +81,15 @@ pub fn verify(secret: &[u8], id: &str, timestamp: &str, header: &str, body: &[u8
     header.split(' ').any(|part| part.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
+/// Signs as a partner posting back to us: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` with the secret.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).expect("a whsec_ secret");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 impl Partner {
     /// Starts a partner that verifies with `secret` (`whsec_…`).
     pub fn start(secret: &str) -> Self {

@@ -43,6 +43,7 @@ fn message(destination: &str, profile: usize, seq: usize) -> Message {
             detail,
         },
         enqueued_at: now_ms(),
+        subject: Some(format!("user_id:u{profile}")),
     }
 }
 
@@ -64,7 +65,7 @@ impl Running {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let settings = Settings { reach: Reach::PublicAndLoopback };
+        let settings = Settings { reach: Reach::PublicAndLoopback, ingest: None };
         let task = runtime.spawn(async move {
             let mut dispatcher =
                 Dispatcher::start(store, &destinations, settings, Some(tx), None).await.expect("dispatcher starts");
@@ -374,8 +375,12 @@ fn an_event_that_makes_a_profile_enter_an_audience_reaches_the_demo_partner_unde
     .expect("tags");
     std::fs::write(
         config.join("audiences.json"),
-        json!([{"id": "big_spenders", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}}])
-            .to_string(),
+        json!([
+            {"id": "big_spenders", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
+            {"id": "clickers", "status": "active", "when": {"did": {"events": ["Partner Feedback"],
+             "properties": [{"field": "result", "op": "eq", "value": "clicked"}]}}}
+        ])
+        .to_string(),
     )
     .expect("audiences");
     let key = cdp_source_add(dir.path(), "shop");
@@ -429,4 +434,59 @@ fn an_event_that_makes_a_profile_enter_an_audience_reaches_the_demo_partner_unde
         .expect("cdp deliveries list");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo_partner\tenabled\tqueued 0\tin flight 0\tdead letters 0"), "{text}");
+
+    // The feedback loop: the delivery's outcome is an event on the profile …
+    let profile = |check: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_for("the profile", Duration::from_secs(20), || {
+            let out = std::process::Command::new(cdp_e2e::procs::cdp_bin())
+                .args(["profile", "user_id:kim", "--json", "--data"])
+                .arg(dir.path())
+                .output()
+                .expect("cdp profile");
+            last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            check(&last)
+        });
+        last
+    };
+    let p = profile(&|p| p["events"]["Audience Delivered"]["count"] == 1);
+    assert!(p["audiences"]["big_spenders"].is_object());
+    // … and the partner's results, posted back signed with the destination's secret, are too, and drive an
+    // audience.
+    let destinations: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config/destinations.json")).expect("config"))
+            .expect("json");
+    let secret = destinations[0]["secret"].as_str().expect("the demo partner's secret").to_string();
+    let body = json!({"results": [
+        {"result": "clicked", "profileId": p["id"], "itemId": entries[0]["id"], "properties": {"campaign": "winter"}},
+        {"result": "Clicked It!", "profileId": p["id"]},
+        {"result": "opened", "identifier": {"type": "user_id", "value": "nobody-we-know"}}
+    ]})
+    .to_string();
+    let url = format!("{}/v1/feedback/demo_partner", up.url);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let signature = cdp_e2e::partner::sign(&secret, "fb-1", now, body.as_bytes());
+    let ts = now.to_string();
+    let headers = [("content-type", "application/json"), ("webhook-id", "fb-1"), ("webhook-timestamp", ts.as_str())];
+    let unsigned = send("POST", &url, body.as_bytes(), &headers).expect("POST feedback");
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
+    let forged = cdp_e2e::partner::sign("whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==", "fb-1", now, body.as_bytes());
+    let mut with_forged = headers.to_vec();
+    with_forged.push(("webhook-signature", forged.as_str()));
+    assert_eq!(send("POST", &url, body.as_bytes(), &with_forged).expect("POST").status, 401);
+    let mut signed = headers.to_vec();
+    signed.push(("webhook-signature", signature.as_str()));
+    let reply = send("POST", &url, body.as_bytes(), &signed).expect("POST feedback");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!((answer["accepted"].as_u64(), answer["failed"].as_u64()), (Some(1), Some(2)), "{answer}");
+    assert_eq!(answer["errors"][0]["index"], 1);
+    assert!(answer["errors"][1]["message"].as_str().is_some_and(|m| m.contains("unknown profile")), "{answer}");
+    let p = profile(&|p| p["events"]["Partner Feedback"]["count"] == 1 && p["audiences"]["clickers"].is_object());
+    assert!(p["audiences"]["big_spenders"].is_object());
+    // The same request again (a partner's retry) is one event.
+    assert_eq!(send("POST", &url, body.as_bytes(), &signed).expect("POST").status, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let p = profile(&|p| p["events"]["Partner Feedback"]["count"] == 1);
+    assert_eq!(p["events"]["Partner Feedback"]["count"], 1);
 }

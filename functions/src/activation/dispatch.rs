@@ -22,6 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shared::activation::lane::{InFlight, Lane, Message, Settled};
 use shared::activation::{DestinationDefinition, Outcome, Reach, Verdict};
+use shared::event::CanonicalEvent;
 use shared::ids::Entropy;
 use shared::time::UtcTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -152,10 +153,13 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, E
 }
 
 /// How the dispatcher runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Which addresses webhooks may reach (loopback only with `cdp up`'s local switch).
     pub reach: Reach,
+    /// Where to announce the raw objects of outcome events (`cdp up`'s ingest; in the cloud the object's
+    /// notification does it).
+    pub ingest: Option<mpsc::UnboundedSender<String>>,
 }
 
 /// What the lane tasks report to whoever watches (logs, the feedback loop, tests).
@@ -168,6 +172,7 @@ struct Shared<S> {
     rates: HashMap<String, Arc<Mutex<tokio::time::Instant>>>,
     observer: Option<Observer>,
     log: mpsc::UnboundedSender<AttemptRecord>,
+    outcomes: mpsc::UnboundedSender<CanonicalEvent>,
 }
 
 enum Command {
@@ -183,6 +188,7 @@ pub struct Dispatcher<S: ObjectStore + Clone> {
     lanes: HashMap<(String, usize), mpsc::UnboundedSender<Command>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     logger: Option<tokio::task::JoinHandle<()>>,
+    outcome_writer: Option<tokio::task::JoinHandle<()>>,
     drain: Option<i64>,
 }
 
@@ -203,6 +209,8 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
     ) -> Result<Self, Error> {
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let logger = tokio::spawn(log_writer(store.clone(), log_rx));
+        let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
+        let outcome_writer = tokio::spawn(outcome_writer(store.clone(), outcome_rx, settings.ingest.clone()));
         let mut disabled = HashMap::new();
         let mut rates = HashMap::new();
         for d in destinations {
@@ -210,14 +218,22 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             disabled.insert(d.id.clone(), Arc::new(AtomicBool::new(off)));
             rates.insert(d.id.clone(), Arc::new(Mutex::new(tokio::time::Instant::now())));
         }
-        let shared =
-            Arc::new(Shared { store, sender: Sender::new(settings.reach), disabled, rates, observer, log: log_tx });
+        let shared = Arc::new(Shared {
+            store,
+            sender: Sender::new(settings.reach),
+            disabled,
+            rates,
+            observer,
+            log: log_tx,
+            outcomes: outcome_tx,
+        });
         let mut dispatcher = Self {
             shared,
             destinations: destinations.iter().map(|d| (d.id.clone(), d.clone())).collect(),
             lanes: HashMap::new(),
             tasks: Vec::new(),
             logger: Some(logger),
+            outcome_writer: Some(outcome_writer),
             drain: drain_until,
         };
         for d in destinations.iter().filter(|d| d.enabled) {
@@ -287,6 +303,7 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             None => format!("destination {destination} is not configured"),
         };
         let now = now_ms();
+        let subjects: Vec<String> = messages.iter().map(|m| m.subject.clone().unwrap_or_default()).collect();
         let items: Vec<_> = messages.into_iter().map(|m| m.item).collect();
         let item_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
         let webhook_id = format!("msg_{}", &shared::ids::sha256_hex(&item_ids.join("\n"))[..32]);
@@ -295,6 +312,7 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         let request = InFlight {
             webhook_id,
             item_ids,
+            subjects,
             body,
             attempts: 0,
             due_at: now,
@@ -328,11 +346,11 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        // The log writer ends when every sender is gone.
-        let logger = self.logger.take();
+        // The writers end when every sender is gone.
+        let writers = [self.logger.take(), self.outcome_writer.take()];
         drop(self);
-        if let Some(logger) = logger {
-            let _ = logger.await;
+        for writer in writers.into_iter().flatten() {
+            let _ = writer.await;
         }
         Ok(())
     }
@@ -467,6 +485,14 @@ async fn attempt<S: ObjectStore + Clone>(
     };
     let end = now_ms();
     let settled = lane.settle(verdict, error, end);
+    match &settled {
+        Some(Settled::Delivered(request)) => outcomes(shared, destination, request, None, end),
+        Some(Settled::Dead(request, reason)) => outcomes(shared, destination, request, Some(reason), end),
+        Some(Settled::Disabled(request)) => {
+            outcomes(shared, destination, request, Some("the partner answered 410 Gone"), end)
+        }
+        _ => {}
+    }
     let result = match &settled {
         Some(Settled::Delivered(_)) => "delivered",
         Some(Settled::Retrying { .. }) => "retrying",
@@ -521,6 +547,93 @@ async fn attempt<S: ObjectStore + Clone>(
         let _ = observer.send(record.clone());
     }
     let _ = shared.log.send(record);
+}
+
+/// The outcome events of a settled request's items (those with a subject), for the outcome writer.
+fn outcomes<S>(
+    shared: &Shared<S>,
+    destination: &DestinationDefinition,
+    request: &InFlight,
+    reason: Option<&str>,
+    at: i64,
+) {
+    let Ok(envelope) = serde_json::from_str::<shared::activation::Envelope>(&request.body) else { return };
+    let Some(at) = UtcTime::from_unix_millis(at) else { return };
+    for (i, item) in envelope.data.items.iter().enumerate() {
+        let Some(subject) = request.subjects.get(i).filter(|s| !s.is_empty()) else { continue };
+        let event = shared::activation::feedback::outcome_event(
+            &destination.id,
+            &request.webhook_id,
+            item,
+            subject,
+            request.attempts,
+            reason,
+            at,
+        );
+        if let Some(event) = event {
+            let _ = shared.outcomes.send(event);
+        }
+    }
+}
+
+/// Writes outcome events as raw objects (one a second at most), as the collector writes events, so ingest
+/// applies them to the profiles; announces each object to `ingest` when given.
+async fn outcome_writer<S: ObjectStore>(
+    store: S,
+    mut events: mpsc::UnboundedReceiver<CanonicalEvent>,
+    ingest: Option<mpsc::UnboundedSender<String>>,
+) {
+    let mut entropy = match crate::config::random_seed() {
+        Ok(seed) => Entropy::from_seed(seed),
+        Err(error) => {
+            tracing::error!("outcome events off: {error}");
+            while events.recv().await.is_some() {}
+            return;
+        }
+    };
+    let mut open = true;
+    while open {
+        let mut batch = Vec::new();
+        match events.recv().await {
+            Some(event) => batch.push(event),
+            None => break,
+        }
+        let flush_at = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(flush_at);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => batch.push(event),
+                    None => { open = false; break; }
+                },
+                () = &mut flush_at => break,
+            }
+        }
+        let Ok(now) = crate::config::now() else { continue };
+        let key = shared::storage::object_key(shared::storage::ObjectKind::Raw, now, entropy.ulid(now));
+        let body = shared::storage::encode_ndjson_gz(&batch);
+        // A few tries: these events exist nowhere else.
+        let mut stored = false;
+        for attempt in 1..=5u64 {
+            match store.put(&key, body.clone(), PutOptions::ndjson_gz()).await {
+                Ok(_) => {
+                    stored = true;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%key, attempt, "could not store outcome events: {error}");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        if !stored {
+            tracing::error!(events = batch.len(), "outcome events lost: the store is unavailable");
+            continue;
+        }
+        if let Some(ingest) = &ingest {
+            let _ = ingest.send(key);
+        }
+    }
 }
 
 fn describe(outcome: &Outcome) -> String {

@@ -51,7 +51,8 @@ pub async fn handle_payload<S: ObjectStore + Clone>(
     let drain_until = deadline_ms - MARGIN_MS;
     let run = async {
         let mut dispatcher =
-            Dispatcher::start(store.clone(), &destinations, Settings { reach }, None, Some(drain_until)).await?;
+            Dispatcher::start(store.clone(), &destinations, Settings { reach, ingest: None }, None, Some(drain_until))
+                .await?;
         let taken = dispatcher.intake().await;
         dispatcher.stop().await?;
         taken

@@ -3,9 +3,11 @@
 //! - [`http`]: one signed request to a partner, SSRF-safe (every resolved address checked), with a deadline.
 //! - [`dispatch`]: the outbox, per-destination lanes (order per profile, batching, rate limits), retries on the
 //!   Standard Webhooks schedule, dead letters and replay, the delivery log.
+//! - [`feedback`]: the inbound endpoint where partners report results, as events tied to the profile.
 //! - [`lambda`]: the activation Lambda's invocation (SQS notifications of outbox objects, or a schedule).
 
 pub mod dispatch;
+pub mod feedback;
 pub mod http;
 pub mod lambda;
 

@@ -26,6 +26,9 @@ pub struct Message {
     pub item: Item,
     /// When it was enqueued (ms).
     pub enqueued_at: i64,
+    /// The identity key the delivery's outcome event is tied to (see [`super::feedback::subject_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl Message {
@@ -50,6 +53,9 @@ pub struct InFlight {
     pub webhook_id: String,
     /// The items' ids, in order.
     pub item_ids: Vec<String>,
+    /// Each item's subject (the identity key its outcome event is tied to; empty when none).
+    #[serde(default)]
+    pub subjects: Vec<String>,
     /// The exact body (JSON text).
     pub body: String,
     /// Attempts made so far.
@@ -151,6 +157,7 @@ impl Lane {
         }
         if self.current.is_none() && self.due(batching).is_some_and(|due| due <= now_ms) {
             let mut items: Vec<Item> = Vec::new();
+            let mut subjects: Vec<String> = Vec::new();
             let mut bytes = 200;
             let mut oldest = i64::MAX;
             while let Some(message) = self.pending.front() {
@@ -161,6 +168,7 @@ impl Lane {
                 bytes += size;
                 let Some(message) = self.pending.pop_front() else { break };
                 oldest = oldest.min(message.enqueued_at);
+                subjects.push(message.subject.unwrap_or_default());
                 items.push(message.item);
             }
             let item_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
@@ -170,6 +178,7 @@ impl Lane {
             self.current = Some(InFlight {
                 webhook_id,
                 item_ids,
+                subjects,
                 body,
                 attempts: 0,
                 due_at: now_ms,

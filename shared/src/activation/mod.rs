@@ -6,12 +6,14 @@
 //! - [`signing`]: Standard Webhooks signatures over the exact bytes sent, with secret rotation.
 //! - [`retry`]: the verdict after an attempt (retry on the spec's schedule, dead letter, disable).
 //! - [`produce`]: the items each destination receives when a profile changes or an event arrives.
+//! - [`feedback`]: delivery outcomes and partners' results as events tied to the profile.
 //! - [`lane`]: per-profile ordering and batching of a destination's messages.
 //! - [`ssrf`]: which addresses a webhook may reach.
 //!
 //! Everything here decides; the shells send (functions::activation).
 
 pub mod destination;
+pub mod feedback;
 pub mod lane;
 pub mod payload;
 pub mod produce;

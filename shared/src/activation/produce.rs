@@ -42,8 +42,9 @@ fn item(
     Item { id, occurred_at: at.to_string(), profile: block, detail }
 }
 
-fn message(destination: &DestinationDefinition, item: Item, enqueued_at: i64) -> Message {
-    Message { destination: destination.id.clone(), item, enqueued_at }
+fn message(destination: &DestinationDefinition, item: Item, enqueued_at: i64, profile: &ProfileNow<'_>) -> Message {
+    let subject = super::feedback::subject_of(profile.keys);
+    Message { destination: destination.id.clone(), item, enqueued_at, subject }
 }
 
 impl DestinationSet {
@@ -72,7 +73,7 @@ impl DestinationSet {
                     AudienceRef { id: audience.clone(), name: names.get(audience).cloned().unwrap_or_default() };
                 let detail =
                     if *entered { Detail::AudienceEntered { audience } } else { Detail::AudienceExited { audience } };
-                out.push(message(destination, item(destination, profile, id, at, detail), at.unix_millis()));
+                out.push(message(destination, item(destination, profile, id, at, detail), at.unix_millis(), profile));
             }
         }
         out
@@ -80,6 +81,9 @@ impl DestinationSet {
 
     /// The event for every destination with a trigger filter it passes (one item per destination).
     pub fn trigger_messages(&self, profile: &ProfileNow<'_>, event: &CanonicalEvent, at: UtcTime) -> Vec<Message> {
+        if event.source_id == super::feedback::SYSTEM_SOURCE {
+            return Vec::new(); // delivery outcomes never trigger deliveries
+        }
         let empty = Map::new();
         let view = EventView::of(event, &empty);
         let mut out = Vec::new();
@@ -97,7 +101,12 @@ impl DestinationSet {
                     timestamp: event.timestamp.to_string(),
                 },
             };
-            out.push(message(destination, item(destination, profile, id, event.timestamp, detail), at.unix_millis()));
+            out.push(message(
+                destination,
+                item(destination, profile, id, event.timestamp, detail),
+                at.unix_millis(),
+                profile,
+            ));
         }
         out
     }
@@ -139,7 +148,7 @@ impl DestinationSet {
             let text = serde_json::to_string(&changes).unwrap_or_default();
             let id = item_id(&[&destination.id, "changes", profile.id, &text]);
             let detail = Detail::ProfileUpdated { changes };
-            out.push(message(destination, item(destination, profile, id, at, detail), at.unix_millis()));
+            out.push(message(destination, item(destination, profile, id, at, detail), at.unix_millis(), profile));
         }
         out
     }

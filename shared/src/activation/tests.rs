@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use super::destination::check_url;
+use super::feedback;
 use super::payload::{self, AudienceRef, Envelope, profile_block};
 use super::signing::{VerifyError, signature_header, verify};
 use super::*;
@@ -337,7 +338,7 @@ fn item(id: &str, profile: &str) -> Item {
 }
 
 fn message(id: &str, profile: &str, at: i64) -> Message {
-    Message { destination: "crm".into(), item: item(id, profile), enqueued_at: at }
+    Message { destination: "crm".into(), item: item(id, profile), enqueued_at: at, subject: None }
 }
 
 fn at(ms: i64) -> UtcTime {
@@ -576,4 +577,68 @@ fn profiles_changes_become_items_for_the_subscribed_destinations_with_stable_ids
         json!({"trait:plan": {"before": "free", "after": "pro"}, "tag:tier": {"before": null, "after": true}})
     );
     assert!(set.change_messages(&profile, profile.traits, profile.tags, at(5_000)).is_empty(), "no change, no item");
+}
+
+#[test]
+fn outcomes_and_partner_results_become_events_tied_to_the_profile() {
+    use super::feedback::{PartnerResult, outcome_event, subject_of};
+    let keys: Vec<String> = ["anonymous_id:a-1", "email:5d41", "user_id:u-1"].iter().map(|k| k.to_string()).collect();
+    assert_eq!(subject_of(&keys).as_deref(), Some("user_id:u-1"));
+    assert_eq!(subject_of(&keys[..2]).as_deref(), Some("anonymous_id:a-1"));
+    assert_eq!(subject_of(&keys[1..2]).as_deref(), Some("email:5d41"));
+    assert_eq!(subject_of(&[]), None);
+
+    let delivered = outcome_event("crm", "msg_1", &item("i1", "p1"), "user_id:u-1", 2, None, at(5_000)).unwrap();
+    assert_eq!(delivered.event.as_deref(), Some("Audience Delivered"));
+    assert_eq!((delivered.user_id.as_deref(), delivered.source_id.as_str()), (Some("u-1"), feedback::SYSTEM_SOURCE));
+    assert_eq!(delivered.properties.as_ref().unwrap()["audience"], "vip");
+    assert_eq!(delivered.properties.as_ref().unwrap()["attempts"], 2);
+    let failed =
+        outcome_event("crm", "msg_1", &item("i1", "p1"), "email:5d41", 10, Some("HTTP 400"), at(5_000)).unwrap();
+    assert_eq!(failed.event.as_deref(), Some("Webhook Failed"));
+    assert_eq!(failed.properties.as_ref().unwrap()["reason"], "HTTP 400");
+    assert_eq!(failed.identifiers[0].sha256.as_deref(), Some("5d41"), "a hashed key stays the key");
+    assert_ne!(failed.message_id, delivered.message_id);
+    assert_eq!(
+        outcome_event("crm", "msg_1", &item("i1", "p1"), "user_id:u-1", 3, None, at(9_000)).unwrap().message_id,
+        delivered.message_id,
+        "the same outcome is one event"
+    );
+    // Outcome events never trigger deliveries.
+    let (tags, audiences) = sets();
+    let mut everything = sample_destination();
+    everything.send.events = vec![serde_json::from_value(json!({})).unwrap()];
+    let set = DestinationSet::check(&[everything], &audiences, &tags, &Catalog::default(), false).unwrap();
+    let none = BTreeMap::new();
+    let profile = ProfileNow { id: "p1", keys: &keys, traits: &serde_json::Map::new(), tags: &none };
+    assert!(set.trigger_messages(&profile, &delivered, at(5_000)).is_empty());
+
+    let result = |v: Value| serde_json::from_value::<PartnerResult>(v).unwrap();
+    assert_eq!(result(json!({"result": "opened", "profileId": "prof_1"})).check(), Ok(None));
+    assert_eq!(
+        result(json!({"result": "clicked", "identifier": {"type": "email", "value": " Kim@Example.com "}})).check(),
+        Ok(Some(format!("email:{}", crate::ids::sha256_hex("kim@example.com"))))
+    );
+    assert_eq!(
+        result(json!({"result": "sent", "identifier": {"type": "user_id", "value": "u-1"}})).check(),
+        Ok(Some("user_id:u-1".into()))
+    );
+    for (bad, problem) in [
+        (json!({"result": "Opened", "profileId": "prof_1"}), "lower-case"),
+        (json!({"result": "opened"}), "name the profile"),
+        (json!({"result": "opened", "profileId": "p", "identifier": {"type": "user_id", "value": "u"}}), "not both"),
+        (json!({"result": "opened", "identifier": {"type": "phone", "value": "+4930"}}), "sha256"),
+        (json!({"result": "opened", "identifier": {"type": "email", "sha256": "abc"}}), "64 hex"),
+        (json!({"result": "opened", "profileId": "p", "timestamp": "yesterday"}), "ISO-8601"),
+    ] {
+        let error = result(bad.clone()).check().unwrap_err();
+        assert!(error.contains(problem), "{bad}: {error}");
+    }
+    let event = result(json!({"result": "clicked", "profileId": "prof_1", "properties": {"campaign": "w"}}))
+        .event("crm", "req-1", 0, "user_id:u-1", at(5_000))
+        .unwrap();
+    assert_eq!(event.event.as_deref(), Some(feedback::FEEDBACK_EVENT));
+    assert_eq!(event.source_id, "partner:crm");
+    assert_eq!(event.properties.as_ref().unwrap()["result"], "clicked");
+    assert_eq!(event.properties.as_ref().unwrap()["campaign"], "w");
 }
