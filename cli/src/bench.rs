@@ -94,6 +94,31 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         duckdb: bool,
     },
+    /// Signed webhook deliveries per second through the dispatcher to a local receiver, beside bare posts of
+    /// the same requests; and signing's share of the CPU.
+    Deliveries {
+        /// Items to deliver.
+        #[arg(long, default_value_t = 100_000)]
+        items: usize,
+        /// Items per request (the destination's maxEvents).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Distinct profiles (spread over the lanes).
+        #[arg(long, default_value_t = 10_000)]
+        profiles: usize,
+    },
+    /// Event posted → webhook received through a real `cdp up` at a steady rate: p50/p99.
+    Activation {
+        /// Events per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Distinct users.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -115,6 +140,10 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Recompute { profiles, events_per_profile, chunk, data, duckdb } => {
             crate::bench_recompute::run(profiles, events_per_profile, chunk, data, duckdb)
         }
+        BenchCommand::Deliveries { items, batch, profiles } => {
+            crate::bench_activation::deliveries(items, batch, profiles)
+        }
+        BenchCommand::Activation { rate, seconds, users } => crate::bench_activation::activation(rate, seconds, users),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }
@@ -152,7 +181,7 @@ pub(crate) fn duckdb_peer(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Re
 }
 
 /// Kills the child on drop.
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -161,14 +190,28 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts this binary with `args`; killed when the guard drops.
+pub(crate) fn spawn_guarded(args: &[&str]) -> anyhow::Result<ChildGuard> {
+    spawn(args)
+}
+
+/// Waits until `url/health` answers 200 (10 s at most).
+pub(crate) fn wait_healthy_url(url: &str) -> anyhow::Result<()> {
+    wait_healthy(url)
+}
+
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Starts this binary with `args`; its log goes to the file `CDP_BENCH_CHILD_LOG` names, if set.
 fn spawn(args: &[&str]) -> anyhow::Result<ChildGuard> {
     let exe = std::env::current_exe().context("locating the cdp binary")?;
-    let child =
-        Command::new(exe).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let stderr = match std::env::var_os("CDP_BENCH_CHILD_LOG") {
+        Some(path) => Stdio::from(std::fs::File::create(path).context("CDP_BENCH_CHILD_LOG")?),
+        None => Stdio::null(),
+    };
+    let child = Command::new(exe).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn()?;
     Ok(ChildGuard(child))
 }
 

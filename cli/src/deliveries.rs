@@ -222,7 +222,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
     })
 }
 
-/// Runs the dispatcher for `cdp up`: takes the outbox every 100 ms, restarts when `config/destinations.json`
+/// Runs the dispatcher for `cdp up`: takes the outbox every 50 ms, restarts when `config/destinations.json`
 /// changes (checked every second). Lanes are stored after every change, so stopping at any point loses nothing.
 pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio::sync::mpsc::UnboundedSender<String>) {
     let mut last: Option<Vec<u8>> = None;
@@ -267,7 +267,7 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
         {
             tracing::error!(%error, "taking the delivery outbox");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

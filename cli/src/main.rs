@@ -4,6 +4,7 @@
 //! `cdp source` manages sources and their write keys; `cdp bench` measures the collector.
 
 mod bench;
+mod bench_activation;
 mod bench_identity;
 mod bench_ingest;
 mod bench_recompute;

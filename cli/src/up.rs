@@ -381,6 +381,17 @@ them up with <code>cdp profile user_id:demo-user</code>.</p>
 </html>
 "#;
 
+/// Shard counts of a state `cdp up` creates: a laptop's state is smaller than the cloud's (sized for ten
+/// million profiles), and each compaction rewrites (and `fsync`s) every shard it touches. A state keeps the
+/// counts it was created with.
+const LOCAL_SHARDS: functions::state::ShardCounts =
+    functions::state::ShardCounts { ids: 128, profiles: 128, dedup: 32 };
+
+/// Compaction of `cdp up`'s state: deltas are cheap to read from a local folder, so fold less often (each
+/// fold stalls ingest while it rewrites the shards).
+const LOCAL_COMPACTION: functions::state::Compaction =
+    functions::state::Compaction { max_deltas: 128, max_delta_ratio: 0.25, min_fold_bytes: 4 << 20 };
+
 /// The single writer of the state: ingests new raw objects in batches, in arrival order. A failed batch is
 /// kept and retried (ingest is idempotent), so an event stored is an event applied.
 async fn ingest_loop(
@@ -403,7 +414,9 @@ async fn ingest_loop(
             }
         }
         let result = match IngestConfig::load(&store).await {
-            Ok(config) => ingest(&store, &pending, &config, crate::now()).await,
+            Ok(config) => {
+                ingest(&store, &pending, &IngestConfig { shards: LOCAL_SHARDS, ..config }, crate::now()).await
+            }
             Err(e) => Err(e),
         };
         match result {

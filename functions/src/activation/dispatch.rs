@@ -152,6 +152,9 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, E
     serde_json::from_slice(body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
 }
 
+/// How often a lane that is delivering stores its state.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 /// How the dispatcher runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -378,6 +381,8 @@ async fn lane_task<S: ObjectStore + Clone>(
     let disabled = shared.disabled.get(&destination.id).cloned().unwrap_or_default();
     // Closed by `Dispatcher::stop`: without a deadline the task stops; with one it finishes what is due first.
     let mut closed = false;
+    let mut stored_at = tokio::time::Instant::now();
+    let mut dirty = false;
     loop {
         let now = now_ms();
         let off = disabled.load(Ordering::Relaxed);
@@ -386,6 +391,17 @@ async fn lane_task<S: ObjectStore + Clone>(
         let fits = drain_until.is_none_or(|deadline| now + destination.timeout_ms as i64 <= deadline);
         if due.is_some_and(|at| at <= now) && fits {
             attempt(&shared, &destination, lane_no, &mut lane, &disabled).await;
+            // After a delivery the lane is stored at most once a second (and when it stops): a crash repeats at
+            // most that second's deliveries (same webhook-ids and item ids), never loses one. A request that
+            // failed is stored at once, with its attempts and next time.
+            let failing = lane.current.as_ref().is_some_and(|c| c.attempts > 0);
+            dirty = true;
+            if failing || stored_at.elapsed() >= PERSIST_EVERY {
+                if let Err(error) = persist(&shared.store, &destination.id, lane_no, &lane).await {
+                    tracing::error!(destination = %destination.id, lane = lane_no, "could not store the lane: {error}");
+                }
+                (stored_at, dirty) = (tokio::time::Instant::now(), false);
+            }
             continue;
         }
         let due = if fits { due } else { None };
@@ -400,11 +416,22 @@ async fn lane_task<S: ObjectStore + Clone>(
             }
             return;
         }
-        let wait = match (due, drain_until) {
+        let mut wait = match (due, drain_until) {
             (Some(at), _) => Duration::from_millis((at - now).max(0) as u64),
             (None, Some(deadline)) => Duration::from_millis((deadline - now).max(0) as u64),
             (None, None) => Duration::from_secs(3600),
         };
+        if dirty {
+            let since = stored_at.elapsed();
+            if since >= PERSIST_EVERY {
+                if let Err(error) = persist(&shared.store, &destination.id, lane_no, &lane).await {
+                    tracing::error!(destination = %destination.id, lane = lane_no, "could not store the lane: {error}");
+                }
+                (stored_at, dirty) = (tokio::time::Instant::now(), false);
+            } else {
+                wait = wait.min(PERSIST_EVERY - since);
+            }
+        }
         if closed {
             tokio::time::sleep(wait).await;
             continue;
@@ -529,9 +556,6 @@ async fn attempt<S: ObjectStore + Clone>(
         }
         None => return,
     };
-    if let Err(error) = persist(&shared.store, &destination.id, lane_no, lane).await {
-        tracing::error!(destination = %destination.id, lane = lane_no, "could not store the lane: {error}");
-    }
     let record = AttemptRecord {
         destination: destination.id.clone(),
         webhook_id: request.webhook_id.clone(),

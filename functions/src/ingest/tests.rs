@@ -17,7 +17,7 @@ fn now() -> UtcTime {
 fn small() -> IngestConfig {
     IngestConfig {
         shards: ShardCounts { ids: 8, profiles: 8, dedup: 4 },
-        compaction: Compaction { max_deltas: 3, max_delta_ratio: f64::INFINITY },
+        compaction: Compaction { max_deltas: 3, max_delta_ratio: f64::INFINITY, min_fold_bytes: 0 },
         ..IngestConfig::default()
     }
 }
@@ -336,7 +336,7 @@ fn deltas_and_whole_shards_give_the_same_state_for_any_batches() {
         runtime.block_on(async {
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (deltas, whole) = (FsStore::open(a.path()).unwrap(), FsStore::open(b.path()).unwrap());
-            let policy = IngestConfig { compaction: Compaction { max_deltas, max_delta_ratio: f64::INFINITY }, ..small() };
+            let policy = IngestConfig { compaction: Compaction { max_deltas, max_delta_ratio: f64::INFINITY, min_fold_bytes: 0 }, ..small() };
             // Person p browses on device d; some events log in as user p, some carry an email shared by p's pair.
             let events: Vec<Value> = events.iter().enumerate().map(|(i, (p, d, email, login))| {
                 let mut ids = json!({"anonymousId": format!("anon-{p}-{d}")});

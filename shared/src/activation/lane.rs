@@ -14,7 +14,7 @@ use crate::time::UtcTime;
 /// Lanes per destination: up to this many requests in flight to one partner.
 pub const LANES: usize = 8;
 /// Delivered item ids a lane remembers, so a message enqueued twice (a producer retried) is sent once.
-pub const RECENT_IDS: usize = 4096;
+pub const RECENT_IDS: usize = 1024;
 
 /// One item for one destination, as producers enqueue it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
