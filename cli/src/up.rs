@@ -387,8 +387,8 @@ them up with <code>cdp profile user_id:demo-user</code>.</p>
 const LOCAL_SHARDS: functions::state::ShardCounts =
     functions::state::ShardCounts { ids: 128, profiles: 128, dedup: 32 };
 
-/// Compaction of `cdp up`'s state: deltas are cheap to read from a local folder, so fold less often (each
-/// fold stalls ingest while it rewrites the shards).
+/// Compaction of `cdp up`'s state: decoded deltas stay in memory between batches in this long-lived process,
+/// so fold less often (each fold stalls ingest while it rewrites the shards).
 const LOCAL_COMPACTION: functions::state::Compaction =
     functions::state::Compaction { max_deltas: 128, max_delta_ratio: 0.25, min_fold_bytes: 4 << 20 };
 
@@ -415,7 +415,13 @@ async fn ingest_loop(
         }
         let result = match IngestConfig::load(&store).await {
             Ok(config) => {
-                ingest(&store, &pending, &IngestConfig { shards: LOCAL_SHARDS, ..config }, crate::now()).await
+                ingest(
+                    &store,
+                    &pending,
+                    &IngestConfig { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..config },
+                    crate::now(),
+                )
+                .await
             }
             Err(e) => Err(e),
         };

@@ -117,6 +117,15 @@ impl Entries for DedupShard {
     }
 }
 
+/// Decoded delta objects by key (see [`Transaction::begin`]); bounded by the outstanding deltas of the last
+/// manifest read.
+fn delta_cache<T>(f: impl FnOnce(&mut std::collections::HashMap<String, Arc<Delta>>) -> T) -> T {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Delta>>>> =
+        std::sync::OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut cache)
+}
+
 /// A batch's view of the state: the manifest it started from, its deltas, and the entries it read or changed.
 /// Only the entries asked for are decoded and kept, so memory follows the batch, not the state.
 pub struct Transaction<'s, S: ObjectStore + Clone> {
@@ -209,15 +218,27 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             Some(base) => read_json::<S, BaseTable>(store, &base.key).await?,
             None => BaseTable::default(),
         };
+        // Delta objects are immutable and named by their content: decoded ones are kept for the next
+        // transaction in this process (a warm function, `cdp up`), so each is read once, not once per batch.
+        let cached = delta_cache(|cache| {
+            cache.retain(|key, _| manifest.deltas.iter().any(|d| &d.key == key));
+            manifest.deltas.iter().map(|d| cache.get(&d.key).cloned()).collect::<Vec<_>>()
+        });
         let mut tasks = JoinSet::new();
+        let mut deltas = vec![None; manifest.deltas.len()];
         for (i, delta) in manifest.deltas.iter().enumerate() {
+            if let Some(Some(hit)) = cached.get(i) {
+                deltas[i] = Some((delta.version, hit.clone()));
+                continue;
+            }
             let (store, key) = (store.clone(), delta.key.clone());
             tasks.spawn(async move { Ok::<_, Error>((i, read_json::<S, Delta>(&store, &key).await?)) });
         }
-        let mut deltas = vec![None; manifest.deltas.len()];
         while let Some(joined) = tasks.join_next().await {
             let (i, delta) = joined.map_err(task_failed)??;
-            deltas[i] = Some((manifest.deltas[i].version, Arc::new(delta)));
+            let delta = Arc::new(delta);
+            delta_cache(|cache| cache.insert(manifest.deltas[i].key.clone(), delta.clone()));
+            deltas[i] = Some((manifest.deltas[i].version, delta));
         }
         Ok(Self {
             store,
