@@ -294,14 +294,17 @@ fn gone_disables_a_refused_message_is_dead_lettered_at_once_and_replays_once() {
     assert_eq!(bad[0].body, bad[1].body);
     assert!(bad.iter().all(|r| r.verified));
     assert!(rt.block_on(dispatch::dead_letters(&store, "bad")).unwrap().is_empty());
-    running.stop();
 
-    // Re-enabled, the waiting message goes out.
+    // Re-enabled while running, the waiting message goes out.
     rt.block_on(dispatch::enable(&store, "gone")).unwrap();
-    let running = Running::start(store.clone(), destinations);
     wait_for("the waiting message", Duration::from_secs(10), || {
         partner.received("/gone").iter().any(|r| r.answered == 200 && items_of(&r.body) == ["gone-p1-001"])
     });
+    running.stop();
+    // A restart resumes from the stored lanes with nothing left to send.
+    let running = Running::start(store.clone(), destinations);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(partner.received("/gone").len(), 2);
     running.stop();
 }
 

@@ -259,6 +259,10 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
     /// letters naming the reason. Returns the number of messages taken.
     pub async fn intake(&mut self) -> Result<usize, Error> {
         let store = self.shared.store.clone();
+        // A destination re-enabled (`cdp deliveries enable`) resumes; its lanes notice within a second.
+        for (id, flag) in &self.shared.disabled {
+            flag.store(store.get(&status_key(id)).await?.is_some(), Ordering::Relaxed);
+        }
         let mut taken = 0;
         for meta in store.list(OUTBOX).await? {
             let Some(object) = store.get(&meta.key).await? else { continue };
@@ -421,6 +425,9 @@ async fn lane_task<S: ObjectStore + Clone>(
             (None, Some(deadline)) => Duration::from_millis((deadline - now).max(0) as u64),
             (None, None) => Duration::from_secs(3600),
         };
+        if off {
+            wait = wait.min(Duration::from_secs(1)); // to notice a re-enable
+        }
         if dirty {
             let since = stored_at.elapsed();
             if since >= PERSIST_EVERY {

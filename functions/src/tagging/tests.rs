@@ -376,3 +376,41 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
     let values = read_json(&store, "tags/v1/values.json.gz").await;
     assert_eq!(values["profiles"][&ann.node.id]["orders"], json!(3));
 }
+
+#[tokio::test]
+async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_undelivered() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let key = store_events(
+        &store,
+        1,
+        json!([
+            {"type": "track", "event": "Order Completed", "userId": "ann", "messageId": "o1", "timestamp": stamp(1)}
+        ]),
+    )
+    .await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let put = |key: &'static str, value: Value| {
+        let store = store.clone();
+        async move { store.put(key, value.to_string().into_bytes(), PutOptions::json()).await.expect("put") }
+    };
+    put(
+        AUDIENCES_CONFIG,
+        json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]),
+    )
+    .await;
+    let destination = |audience: &str| {
+        json!([{"id": "crm", "url": "https://hooks.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "send": {"audiences": [audience]}}])
+    };
+    // A destination naming an audience that does not exist: the file does not load.
+    put(crate::activation::dispatch::DESTINATIONS_CONFIG, destination("nobody")).await;
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!((report.audiences["buyers"].size, report.membership_changes), (1, 0));
+    assert!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").is_empty());
+    // Fixed: the entry is recorded and delivered.
+    put(crate::activation::dispatch::DESTINATIONS_CONFIG, destination("buyers")).await;
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.membership_changes, 1);
+    assert_eq!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").len(), 1);
+}
