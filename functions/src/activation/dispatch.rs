@@ -122,6 +122,39 @@ pub async fn enqueue<S: ObjectStore>(
     Ok(Some(key))
 }
 
+/// Stages a producer's messages before its state commit: writes them to the outbox (nothing when there are
+/// none) and returns the key, for [`withdraw`] if the commit does not happen. A crash in between repeats a
+/// delivery (with the same item ids, which partners deduplicate), never loses one.
+pub async fn stage<S: ObjectStore>(store: &S, messages: &[Message], now: UtcTime) -> Result<Option<String>, Error> {
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
+    enqueue(store, messages, now, &mut entropy).await
+}
+
+/// Removes a staged outbox object whose commit did not happen. Left behind (the delete failed), it delivers
+/// items of a batch that did not commit; the re-run makes the same items, so partners see them once by id.
+pub async fn withdraw<S: ObjectStore>(store: &S, staged: Option<&str>) {
+    if let Some(key) = staged
+        && let Err(error) = store.delete(key).await
+    {
+        tracing::warn!(%key, %error, "could not withdraw an outbox object");
+    }
+}
+
+/// A generator seeded by the operating system for a writer task, or `None` (the error logged) if there is no
+/// randomness: the task then drains its channel and writes nothing.
+fn writer_entropy(what: &str) -> Option<Entropy> {
+    match crate::config::random_seed() {
+        Ok(seed) => Some(Entropy::from_seed(seed)),
+        Err(error) => {
+            tracing::error!("{what} off: {error}");
+            None
+        }
+    }
+}
+
 /// Asks for a dead letter to be sent again (the dispatcher picks the request up on its next pass).
 pub async fn request_replay<S: ObjectStore>(store: &S, destination: &str, webhook_id: &str) -> Result<(), Error> {
     let key = dead_key(destination, webhook_id);
@@ -614,13 +647,9 @@ async fn outcome_writer<S: ObjectStore>(
     mut events: mpsc::UnboundedReceiver<CanonicalEvent>,
     ingest: Option<mpsc::UnboundedSender<String>>,
 ) {
-    let mut entropy = match crate::config::random_seed() {
-        Ok(seed) => Entropy::from_seed(seed),
-        Err(error) => {
-            tracing::error!("outcome events off: {error}");
-            while events.recv().await.is_some() {}
-            return;
-        }
+    let Some(mut entropy) = writer_entropy("outcome events") else {
+        while events.recv().await.is_some() {}
+        return;
     };
     let mut open = true;
     while open {
@@ -692,13 +721,9 @@ async fn store_dead<S: ObjectStore>(store: &S, dead: &DeadLetter) {
 
 /// Collects attempt records and writes them once a second (and at the end) as one object per destination.
 async fn log_writer<S: ObjectStore>(store: S, mut records: mpsc::UnboundedReceiver<AttemptRecord>) {
-    let mut entropy = match crate::config::random_seed() {
-        Ok(seed) => Entropy::from_seed(seed),
-        Err(error) => {
-            tracing::error!("delivery log off: {error}");
-            while records.recv().await.is_some() {}
-            return;
-        }
+    let Some(mut entropy) = writer_entropy("delivery log") else {
+        while records.recv().await.is_some() {}
+        return;
     };
     let mut buffer: BTreeMap<String, Vec<AttemptRecord>> = BTreeMap::new();
     let mut open = true;

@@ -271,15 +271,7 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
             return Ok(report);
         }
         txn.applied(applied);
-        // The outbox is written before the commit and withdrawn if the commit does not happen: a crash in
-        // between repeats a delivery (same item ids, which partners deduplicate), never loses one.
-        let outbox = match messages.is_empty() {
-            true => None,
-            false => {
-                let mut entropy = shared::ids::Entropy::from_seed(crate::config::random_seed()?);
-                crate::activation::enqueue(store, &messages, now, &mut entropy).await?
-            }
-        };
+        let outbox = crate::activation::dispatch::stage(store, &messages, now).await?;
         match txn.commit().await {
             Ok(stats) => {
                 report.commit = Some(stats);
@@ -287,12 +279,12 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
                 return Ok(report);
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
-                withdraw(store, outbox.as_deref()).await;
+                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
                 tracing::info!(attempt, "another writer committed first; re-running the batch on the new state");
                 tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
             }
             Err(e) => {
-                withdraw(store, outbox.as_deref()).await;
+                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
                 return Err(e);
             }
         }
@@ -337,15 +329,6 @@ pub async fn unlink<S: ObjectStore + Clone>(
         }
     }
     Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
-}
-
-async fn withdraw<S: ObjectStore>(store: &S, outbox: Option<&str>) {
-    if let Some(key) = outbox
-        && let Err(error) = store.delete(key).await
-    {
-        // Left behind, it delivers items of a batch that did not commit; the re-run makes the same items.
-        tracing::warn!(%key, %error, "could not withdraw an outbox object");
-    }
 }
 
 /// A touched profile's traits and tags before the batch.

@@ -68,21 +68,11 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
         if !txn.is_dirty() {
             return Ok(0);
         }
-        let outbox = match messages.is_empty() {
-            true => None,
-            false => {
-                let mut entropy = shared::ids::Entropy::from_seed(crate::config::random_seed()?);
-                crate::activation::enqueue(store, &messages, now, &mut entropy).await?
-            }
-        };
+        let outbox = crate::activation::dispatch::stage(store, &messages, now).await?;
         match txn.commit().await {
             Ok(_) => return Ok(recorded),
             Err(error) => {
-                if let Some(key) = &outbox
-                    && let Err(e) = store.delete(key).await
-                {
-                    tracing::warn!(%key, error = %e, "could not withdraw an outbox object");
-                }
+                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
                 match error {
                     Error::Store(StoreError::PreconditionFailed) => {
                         tracing::info!(attempt, "another writer committed first; recording memberships again");
