@@ -190,22 +190,12 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts this binary with `args`; killed when the guard drops.
-pub(crate) fn spawn_guarded(args: &[&str]) -> anyhow::Result<ChildGuard> {
-    spawn(args)
-}
-
-/// Waits until `url/health` answers 200 (10 s at most).
-pub(crate) fn wait_healthy_url(url: &str) -> anyhow::Result<()> {
-    wait_healthy(url)
-}
-
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// Starts this binary with `args`; its log goes to the file `CDP_BENCH_CHILD_LOG` names, if set.
-fn spawn(args: &[&str]) -> anyhow::Result<ChildGuard> {
+pub(crate) fn spawn(args: &[&str]) -> anyhow::Result<ChildGuard> {
     let exe = std::env::current_exe().context("locating the cdp binary")?;
     let stderr = match std::env::var_os("CDP_BENCH_CHILD_LOG") {
         Some(path) => Stdio::from(std::fs::File::create(path).context("CDP_BENCH_CHILD_LOG")?),
@@ -223,7 +213,8 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn wait_healthy(url: &str) -> anyhow::Result<()> {
+/// Waits until `url/health` answers 200 (10 s at most).
+pub(crate) fn wait_healthy(url: &str) -> anyhow::Result<()> {
     let agent = agent();
     for _ in 0..200 {
         if agent.get(&format!("{url}/health")).call().is_ok_and(|r| r.status().as_u16() == 200) {

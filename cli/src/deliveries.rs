@@ -10,7 +10,7 @@ use clap::Subcommand;
 use functions::activation::dispatch::{self, DESTINATIONS_CONFIG, Dispatcher, Settings};
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use serde_json::{Value, json};
-use shared::activation::signing::{SECRET_MIN_BYTES, Secret, verify};
+use shared::activation::signing::{Secret, verify};
 use shared::activation::{DestinationDefinition, Lane, Reach};
 
 use crate::DataArgs;
@@ -83,8 +83,7 @@ async fn destinations(store: &FsStore) -> anyhow::Result<Vec<DestinationDefiniti
 
 /// A new signing secret (32 random bytes).
 pub(crate) fn new_secret() -> Secret {
-    let seed = crate::seed();
-    Secret::from_bytes(&seed[..SECRET_MIN_BYTES.max(32)])
+    Secret::from_bytes(&crate::seed())
 }
 
 pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {

@@ -83,3 +83,29 @@ pub fn wait_healthy(url: &str, timeout: Duration, mut alive: impl FnMut() -> Res
     }
     Err(format!("{url} did not become healthy within {timeout:?}"))
 }
+
+/// Serves connections accepted from `listener` with `handle`, until the task running this is dropped; each
+/// connection's task is handed to `on_connection` (a test may cut it later).
+pub async fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    handle: F,
+    on_connection: impl Fn(tokio::task::AbortHandle) + Send + 'static,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
+    let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    loop {
+        let Ok((socket, _)) = listener.accept().await else { continue };
+        let handle = handle.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let answer = handle(request);
+            async move { Ok::<_, std::convert::Infallible>(answer.await) }
+        });
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).into_owned();
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        on_connection(task.abort_handle());
+    }
+}

@@ -3,13 +3,11 @@
 //! its real `lambda_runtime` loop against it.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Pending = Arc<Mutex<VecDeque<(String, Vec<u8>)>>>;
 type Results = Arc<Mutex<HashMap<String, Result<String, String>>>>;
@@ -47,21 +45,7 @@ impl RuntimeApi {
         let pending: Pending = Arc::default();
         let results: Results = Arc::default();
         let (p, r) = (pending.clone(), results.clone());
-        runtime.spawn(async move {
-            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let (p, r) = (p.clone(), r.clone());
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (p, r) = (p.clone(), r.clone());
-                    async move { Ok::<_, Infallible>(route(request, p, r).await) }
-                });
-                let connection = http.serve_connection(TokioIo::new(socket), service).into_owned();
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-        });
+        runtime.spawn(crate::http::serve(listener, move |request| route(request, p.clone(), r.clone()), |_| {}));
         Self { addr, pending, results, counter: Mutex::new(0), runtime: Some(runtime) }
     }
 

@@ -6,7 +6,6 @@
 //! same port.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,6 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// How the partner answers one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,24 +103,13 @@ impl Partner {
 
     fn serve(&self, listener: tokio::net::TcpListener) {
         let (state, secret) = (self.state.clone(), self.secret.clone());
-        let acceptor = self.runtime.spawn(async move {
-            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let (s, k) = (state.clone(), secret.clone());
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (s, k) = (s.clone(), k.clone());
-                    async move { Ok::<_, Infallible>(answer(request, s, k).await) }
-                });
-                let connection = http.serve_connection(TokioIo::new(socket), service).into_owned();
-                let handle = tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                if let Ok(mut st) = state.lock() {
-                    st.connections.push(handle.abort_handle());
-                }
+        let connections = state.clone();
+        let handle = move |request| answer(request, state.clone(), secret.clone());
+        let acceptor = self.runtime.spawn(crate::http::serve(listener, handle, move |connection| {
+            if let Ok(mut st) = connections.lock() {
+                st.connections.push(connection);
             }
-        });
+        }));
         self.state.lock().expect("state").acceptor = Some(acceptor.abort_handle());
     }
 

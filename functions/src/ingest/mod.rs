@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 use shared::activation::lane::Message;
 use shared::activation::{DestinationDefinition, DestinationSet, ProfileNow};
-use shared::audiences::AudienceSet;
+use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::event::{CanonicalEvent, EventType};
 use shared::identity::IdentityRules;
 use shared::profile::{Profile, ProfileRules};
@@ -69,49 +69,85 @@ impl Activation {
     /// Audiences and destinations from `config/`, checked against `tags`; `None` without destinations.
     /// Invalid files must not stop events from being ingested: they are reported and activation waits.
     pub async fn load<S: ObjectStore>(store: &S, tags: Option<&TagSet>) -> Result<Option<Self>, Error> {
-        let destinations: Vec<DestinationDefinition> =
-            match crate::config::read(store, crate::activation::dispatch::DESTINATIONS_CONFIG).await {
-                Ok(Some(list)) => list,
-                Ok(None) => return Ok(None),
-                Err(error) => {
-                    tracing::warn!(%error, "deliveries wait until config/destinations.json is fixed");
-                    return Ok(None);
-                }
+        let checked = async {
+            let destinations = match Self::destinations(store).await? {
+                Ok(Some(destinations)) => destinations,
+                Ok(None) => return Ok(Ok(None)),
+                Err(problem) => return Ok(Err(problem)),
             };
-        if destinations.is_empty() {
-            return Ok(None);
+            let audience_defs: Vec<AudienceDefinition> =
+                match crate::config::read(store, crate::tagging::AUDIENCES_CONFIG).await {
+                    Ok(defs) => defs.unwrap_or_default(),
+                    Err(Error::Config(problem)) => return Ok(Err(problem.to_string())),
+                    Err(error) => return Err(error),
+                };
+            let catalog = shared::tags::Catalog::default();
+            let empty =
+                TagSet::check(&[], &catalog).map_err(|e| Error::Corrupt(format!("no tags do not check: {e:?}")))?;
+            let tags = tags.unwrap_or(&empty);
+            let audiences = match AudienceSet::check(&audience_defs, tags, &catalog) {
+                Ok(set) => set,
+                Err(errors) => return Ok(Err(format!("{}: {}", crate::tagging::AUDIENCES_CONFIG, problems(&errors)))),
+            };
+            Ok(Self::check(&destinations, audiences, &audience_defs, tags).map(Some))
+        };
+        match checked.await? {
+            Ok(activation) => Ok(activation),
+            Err(problem) => {
+                tracing::warn!(%problem, "deliveries wait until the configuration is fixed");
+                Ok(None)
+            }
         }
-        let (_, audience_defs) = match crate::tagging::load_definitions(store).await {
-            Ok(definitions) => definitions,
-            Err(error) => {
-                tracing::warn!(%error, "deliveries wait until the definitions are fixed");
-                return Ok(None);
-            }
-        };
-        let catalog = shared::tags::Catalog::default();
-        let empty = TagSet::check(&[], &catalog).map_err(|e| Error::Corrupt(format!("no tags do not check: {e:?}")))?;
-        let tags = tags.unwrap_or(&empty);
-        let problems = |errors: Vec<shared::tags::DefinitionError>| {
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-        };
-        let audiences = match AudienceSet::check(&audience_defs, tags, &catalog) {
-            Ok(set) => set,
-            Err(errors) => {
-                tracing::warn!(problems = %problems(errors), "config/audiences.json is invalid; deliveries wait");
-                return Ok(None);
-            }
-        };
-        // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
-        let destinations = match DestinationSet::check(&destinations, &audiences, tags, &catalog, true) {
-            Ok(set) => set,
-            Err(errors) => {
-                tracing::warn!(problems = %problems(errors), "config/destinations.json is invalid; deliveries wait");
-                return Ok(None);
-            }
-        };
-        let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
-        Ok(Some(Self { audiences, names, destinations }))
     }
+
+    /// With audiences already checked (the full recompute): `Ok(None)` without destinations, the problem when
+    /// the destinations do not load.
+    pub async fn load_with<S: ObjectStore>(
+        store: &S,
+        audiences: &AudienceSet,
+        audience_defs: &[AudienceDefinition],
+        tags: &TagSet,
+    ) -> Result<Result<Option<Self>, String>, Error> {
+        Ok(match Self::destinations(store).await? {
+            Ok(Some(destinations)) => Self::check(&destinations, audiences.clone(), audience_defs, tags).map(Some),
+            Ok(None) => Ok(None),
+            Err(problem) => Err(problem),
+        })
+    }
+
+    /// `config/destinations.json`: `None` when absent or empty, the problem when it does not parse.
+    async fn destinations<S: ObjectStore>(
+        store: &S,
+    ) -> Result<Result<Option<Vec<DestinationDefinition>>, String>, Error> {
+        match crate::config::read::<_, Vec<DestinationDefinition>>(
+            store,
+            crate::activation::dispatch::DESTINATIONS_CONFIG,
+        )
+        .await
+        {
+            Ok(list) => Ok(Ok(list.filter(|l| !l.is_empty()))),
+            Err(Error::Config(problem)) => Ok(Err(problem.to_string())),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn check(
+        destinations: &[DestinationDefinition],
+        audiences: AudienceSet,
+        audience_defs: &[AudienceDefinition],
+        tags: &TagSet,
+    ) -> Result<Self, String> {
+        // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
+        let catalog = shared::tags::Catalog::default();
+        let destinations = DestinationSet::check(destinations, &audiences, tags, &catalog, true)
+            .map_err(|errors| format!("{}: {}", crate::activation::dispatch::DESTINATIONS_CONFIG, problems(&errors)))?;
+        let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
+        Ok(Self { audiences, names, destinations })
+    }
+}
+
+fn problems(errors: &[shared::tags::DefinitionError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl Default for IngestConfig {

@@ -248,21 +248,13 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put("tags/v1/values.json.gz", shared::storage::gzip(&body), gz()).await?;
-    let activation = crate::ingest::Activation::load(store, Some(&tags)).await?;
-    let configured = crate::config::read::<_, Vec<shared::activation::DestinationDefinition>>(
-        store,
-        crate::activation::dispatch::DESTINATIONS_CONFIG,
-    )
-    .await
-    .map(|list| list.is_some_and(|l| !l.is_empty()));
-    // Destinations exist but do not load (the file, or the audiences they name, are invalid).
-    let unusable = activation.is_none() && configured.unwrap_or(true);
-    if unusable {
+    match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
+        Ok(activation) => {
+            report.membership_changes =
+                memberships::record(store, &audiences, &members, &state, activation.as_ref(), now).await?;
+        }
         // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
-        tracing::warn!("config/destinations.json does not load; audience memberships wait");
-    } else {
-        report.membership_changes =
-            memberships::record(store, &audiences, &members, &state, activation.as_ref(), now).await?;
+        Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
     }
     for (audience, now_members) in members {
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");
