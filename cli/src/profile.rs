@@ -4,9 +4,7 @@ use anyhow::{Context as _, bail};
 use functions::state::lookup;
 use functions::storage::FsStore;
 use serde_json::json;
-use shared::collect::{normalize_email, normalize_phone};
 use shared::identity::AuditKind;
-use shared::ids::sha256_hex;
 
 use crate::DataArgs;
 
@@ -24,25 +22,7 @@ pub(crate) struct ProfileArgs {
 
 /// The graph's key for what the user typed: personal data by the SHA-256 of its normalized form.
 fn key_of(identifier: &str) -> anyhow::Result<String> {
-    if identifier.starts_with("prof_") {
-        return Ok(identifier.to_string());
-    }
-    let Some((kind, value)) = identifier.split_once(':') else {
-        bail!("expected <type>:<value> (e.g. user_id:u1, email:jane@example.com) or a profile id");
-    };
-    let value = value.trim();
-    let is_hash = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
-    Ok(match kind {
-        "email" if !is_hash => match normalize_email(value) {
-            Some(email) => format!("email:{}", sha256_hex(&email)),
-            None => bail!("{value:?} is not an email address"),
-        },
-        "phone" if !is_hash => match normalize_phone(value, None) {
-            Some(phone) => format!("phone:{}", sha256_hex(&phone)),
-            None => bail!("{value:?} is not a phone number (7 to 15 digits)"),
-        },
-        _ => format!("{kind}:{value}"),
-    })
+    shared::identity::identifier_key(identifier).map_err(anyhow::Error::msg)
 }
 
 pub(crate) fn run(args: ProfileArgs) -> anyhow::Result<()> {
@@ -145,18 +125,4 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
         [kept, split @ ..] => println!("unlinked {key} from {kept}; split off {}", split.join(", ")),
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn personal_data_is_hashed_like_the_graph() {
-        assert_eq!(key_of("email: Jane@Example.com").unwrap(), format!("email:{}", sha256_hex("jane@example.com")));
-        assert_eq!(key_of("phone:+49 30 1234567").unwrap(), format!("phone:{}", sha256_hex("+49301234567")));
-        assert_eq!(key_of("user_id:u1").unwrap(), "user_id:u1");
-        assert_eq!(key_of("prof_abc").unwrap(), "prof_abc");
-        assert!(key_of("nonsense").is_err());
-    }
 }

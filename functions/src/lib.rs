@@ -3,6 +3,7 @@
 //! these handlers, so every handler is tested without AWS.
 
 pub mod activation;
+pub mod api;
 pub mod collect;
 pub mod columnar;
 pub mod config;
@@ -12,5 +13,7 @@ pub mod predict;
 pub mod state;
 pub mod storage;
 pub mod tagging;
+#[cfg(test)]
+mod testing;
 
 pub use error::Error;

@@ -10,8 +10,10 @@
 //! - [`profile`]: unified profiles — traits by policy, counters, running aggregates.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
 //! - [`storage`]: the object key layout and the gzip NDJSON codec.
+//! - [`access`]: API keys with scopes (stored hashed) and the audit log's records.
 //! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
 
+pub mod access;
 pub mod activation;
 pub mod audiences;
 pub mod collect;

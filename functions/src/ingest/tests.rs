@@ -1,9 +1,7 @@
 //! Ingest on the folder store: scenarios, idempotence, order, quarantine, and two writers at once.
 
 use serde_json::{Value, json};
-use shared::collect::{CollectRequest, Collected, Endpoint, collect};
-use shared::ids::{Entropy, sha256_hex};
-use shared::source::{Sources, new_source};
+use shared::ids::sha256_hex;
 
 use super::*;
 use crate::state::{Compaction, MANIFEST_KEY, Manifest, lookup};
@@ -47,24 +45,8 @@ async fn everything(store: &FsStore, keys: &[&str]) -> Vec<(String, Option<crate
     out
 }
 
-/// Runs `events` through the real collect pipeline and stores them as one raw object; returns its key.
 async fn put_batch(store: &FsStore, seed: u8, events: Value) -> String {
-    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
-    let mut sources = Sources::default();
-    sources.add(source).unwrap();
-    let body = json!({"batch": events, "writeKey": key}).to_string();
-    let Collected::Kept(batch) = collect(
-        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
-        &sources,
-        now(),
-        &mut Entropy::from_seed([seed; 32]),
-    ) else {
-        panic!("rejected")
-    };
-    assert!(batch.failed.is_empty(), "{:?}", batch.failed);
-    let (object_key, bytes) = batch.accepted_object().unwrap();
-    store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.unwrap();
-    object_key
+    crate::testing::put_batch(store, seed, events, now()).await
 }
 
 fn ev(kind: &str, msg: &str, sec: u32, ids: Value, extra: Value) -> Value {

@@ -1,0 +1,214 @@
+//! The API function: profiles by any identifier, management of the platform, access control and the audit
+//! log — one axum [`Router`], served by `lambda_http` in the cloud (`src/bin/api.rs`, behind a function URL)
+//! and by `cdp up` locally, and tested without a socket.
+//!
+//! Every route but `/openapi.json` and `/health` needs an API key (`Authorization: Bearer cdp_sk_…`) with the
+//! route's scope: no key, an unknown or revoked key, or a source's write key → 401; a key without the scope →
+//! 403. Errors are JSON: `{"error": {"code": "…", "message": "…"}}`.
+
+mod audit;
+mod error;
+mod keys;
+mod openapi;
+mod profiles;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::routing::{delete, get, post};
+use serde_json::Value;
+use shared::access::{Actor, ApiKeys, AuditRecord, AuthError, Scope, audit_key};
+use shared::ids::Entropy;
+use tokio::sync::RwLock;
+
+pub use error::ApiError;
+pub use openapi::document as openapi_document;
+
+use crate::Error;
+use crate::storage::{ObjectStore, PutOptions, StoreError};
+
+/// How long a warm function trusts its copy of the API keys. A revocation through this function applies at
+/// once; one made through another instance within this time.
+const KEYS_TTL: Duration = Duration::from_secs(2);
+
+/// What every handler shares: the store and a short-lived copy of the API keys.
+pub struct Api<S> {
+    store: S,
+    keys: RwLock<Option<(Instant, Arc<ApiKeys>)>>,
+}
+
+impl<S: ObjectStore + Clone> Api<S> {
+    /// The API over `store`.
+    pub fn new(store: S) -> Arc<Self> {
+        Arc::new(Self { store, keys: RwLock::new(None) })
+    }
+
+    /// The store it serves.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    async fn keys(&self) -> Result<Arc<ApiKeys>, Error> {
+        if let Some((at, keys)) = self.keys.read().await.as_ref()
+            && at.elapsed() < KEYS_TTL
+        {
+            return Ok(keys.clone());
+        }
+        let keys = Arc::new(load_keys(&self.store).await?);
+        *self.keys.write().await = Some((Instant::now(), keys.clone()));
+        Ok(keys)
+    }
+
+    /// Forgets the cached keys (after this instance changed them).
+    async fn keys_changed(&self) {
+        *self.keys.write().await = None;
+    }
+
+    /// The caller, if its key is valid and allows `scope`.
+    async fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<Actor, ApiError> {
+        let authorization = headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap_or("?"));
+        let keys = self.keys().await?;
+        let key = keys.authenticate(authorization).map_err(ApiError::unauthorized)?;
+        if !key.allows(scope) {
+            return Err(ApiError::forbidden(format!(
+                "this API key (id {}) lacks the scope {scope} that this route needs",
+                key.id
+            )));
+        }
+        Ok(Actor::api_key(&key.id, &key.name))
+    }
+
+    /// Appends one record to the audit log (`audit/v1/…`, written create-only: the log is never rewritten).
+    async fn audit(&self, actor: Actor, action: &str, target: &str, change: Change) -> Result<(), ApiError> {
+        record(&self.store, actor, action, target, change).await?;
+        Ok(())
+    }
+}
+
+/// What a recorded operation changed.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Configuration before (secrets redacted).
+    pub before: Option<Value>,
+    /// Configuration after (secrets redacted).
+    pub after: Option<Value>,
+    /// Anything else worth keeping (hashed identifiers, counts).
+    pub detail: Option<Value>,
+}
+
+/// Appends one record to the audit log; used by the API and by `cdp` commands that change the platform.
+pub async fn record<S: ObjectStore>(
+    store: &S,
+    actor: Actor,
+    action: &str,
+    target: &str,
+    change: Change,
+) -> Result<AuditRecord, Error> {
+    let at = crate::config::now()?;
+    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
+    for _ in 0..3 {
+        let id = entropy.ulid(at).to_string();
+        let entry = AuditRecord {
+            id: id.clone(),
+            at,
+            actor: actor.clone(),
+            action: action.to_string(),
+            target: target.to_string(),
+            before: change.before.clone(),
+            after: change.after.clone(),
+            detail: change.detail.clone(),
+        };
+        let body = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt(e.to_string()))?;
+        match store
+            .put(
+                &audit_key(at, &id),
+                body,
+                PutOptions { condition: crate::storage::Condition::IfNoneMatch, ..PutOptions::json() },
+            )
+            .await
+        {
+            Ok(_) => return Ok(entry),
+            Err(StoreError::PreconditionFailed) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Corrupt("could not name a new audit record".into()))
+}
+
+/// The API keys file, or no keys.
+pub async fn load_keys<S: ObjectStore>(store: &S) -> Result<ApiKeys, Error> {
+    match store.get(ApiKeys::KEY).await? {
+        None => Ok(ApiKeys::default()),
+        Some(object) => Ok(ApiKeys::from_json(&object.body)?),
+    }
+}
+
+/// Changes the API keys file under compare-and-swap (two admins creating keys at once both succeed).
+pub async fn update_keys<S: ObjectStore, R>(
+    store: &S,
+    mut change: impl FnMut(&mut ApiKeys) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    crate::config::update(store, ApiKeys::KEY, "application/json", |bytes| {
+        let mut keys = match bytes {
+            Some(bytes) => ApiKeys::from_json(bytes).map_err(Error::from)?,
+            None => ApiKeys::default(),
+        };
+        let result = change(&mut keys)?;
+        Ok((keys.to_json(), result))
+    })
+    .await
+}
+
+/// The router: every route of the API.
+pub fn router<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi::serve))
+        .route("/health", get(health))
+        .route("/v1/profiles/{identifier}", get(profiles::get::<S>))
+        .route("/v1/profiles/{identifier}/history", get(profiles::history::<S>))
+        .route("/v1/profiles/{identifier}/unlink", post(profiles::unlink::<S>))
+        .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
+        .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))
+        .route("/v1/audit", get(audit::list::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(api)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route (see /openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        ApiError::unauthorized(error)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A JSON answer's headers and body.
+pub(crate) fn json_body<T: serde::Serialize>(value: &T) -> ([(axum::http::HeaderName, &'static str); 1], Vec<u8>) {
+    // Our answer types always serialize (string keys, finite numbers).
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A request's JSON body, or a 400 naming what is wrong with it.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid("this route needs a JSON body"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,318 @@
+//! The router, called without a socket on the folder store.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use serde_json::{Value, json};
+use shared::access::Scope;
+use shared::ids::Entropy;
+use shared::time::UtcTime;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::ingest::{IngestConfig, ingest};
+use crate::storage::FsStore;
+use crate::testing::put_batch;
+
+fn now() -> UtcTime {
+    UtcTime::parse("2026-11-29T12:00:00Z").unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: FsStore,
+    router: Router,
+    admin: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let admin = key(&store, "bootstrap", &[Scope::Admin]).await;
+        let router = router(Api::new(store.clone()));
+        Self { _dir: dir, store, router, admin }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
+        let response = self.router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 10 << 20).await.unwrap();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (parts.status, parts.headers, value)
+    }
+
+    async fn get(&self, uri: &str, key: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.call("GET", uri, Some(key), None).await;
+        (status, body)
+    }
+
+    async fn ingest(&self, seed: u8, events: Value) {
+        let object = put_batch(&self.store, seed, events, now()).await;
+        ingest(&self.store, &[object], &IngestConfig::default(), now()).await.unwrap();
+    }
+}
+
+/// A key made the way `cdp api-key create` makes the first one.
+async fn key(store: &FsStore, name: &str, scopes: &[Scope]) -> String {
+    let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
+    let mut entropy = Entropy::from_seed(crate::config::random_seed().unwrap());
+    let new = update_keys(store, |keys| {
+        keys.create(name, scopes.clone(), "test", now(), &mut entropy).map_err(ApiError::invalid)
+    })
+    .await
+    .unwrap();
+    new.key
+}
+
+fn ev(kind: &str, msg: &str, sec: u32, fields: Value) -> Value {
+    let mut e = json!({"type": kind, "messageId": msg, "timestamp": format!("2026-11-29T11:00:{sec:02}Z")});
+    for (k, v) in fields.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
+#[tokio::test]
+async fn every_identifier_and_an_absorbed_id_give_the_same_profile() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev("page", "m1", 1, json!({"anonymousId": "a1", "name": "Home"})),
+            ev(
+                "identify",
+                "m2",
+                2,
+                json!({"anonymousId": "a1", "userId": "u1", "traits": {"email": "Jane@Example.com", "plan": "pro"}})
+            ),
+            ev("track", "m3", 3, json!({"anonymousId": "a2", "event": "Viewed"})),
+        ]),
+    )
+    .await;
+    let (status, second) = f.get("/v1/profiles/anonymous_id:a2", &f.admin).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let absorbed = second["id"].as_str().unwrap().to_string();
+    // The second device logs in: its profile merges into the first.
+    f.ingest(2, json!([ev("identify", "m4", 4, json!({"anonymousId": "a2", "userId": "u1"}))])).await;
+
+    let (status, profile) = f.get("/v1/profiles/user_id:u1", &f.admin).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    let id = profile["id"].as_str().unwrap();
+    assert_ne!(id, absorbed);
+    assert_eq!(profile["traits"]["plan"], "pro");
+    assert_eq!(profile["mergedIds"], json!([absorbed]));
+    assert_eq!(profile["events"]["Viewed"]["count"], 1);
+    for identifier in
+        ["anonymous_id:a1", "anonymous_id:a2", "email:jane@example.com", "email:%20JANE@example.com%20", id]
+    {
+        let (status, same) = f.get(&format!("/v1/profiles/{identifier}"), &f.admin).await;
+        assert_eq!(status, StatusCode::OK, "{identifier}: {same}");
+        assert_eq!(same, profile, "{identifier}");
+    }
+    // The absorbed id redirects to the survivor (308, so a POST stays a POST).
+    let (status, headers, body) = f.call("GET", &format!("/v1/profiles/{absorbed}"), Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], format!("/v1/profiles/{id}"));
+    assert_eq!(body["mergedInto"], id);
+    let (status, headers, _) = f.call("GET", &format!("/v1/profiles/{absorbed}/history"), Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], format!("/v1/profiles/{id}/history"));
+
+    let (status, history) = f.get(&format!("/v1/profiles/{id}/history"), &f.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let merged = history["entries"].as_array().unwrap().iter().find(|e| e["kind"]["type"] == "merged").unwrap();
+    assert_eq!(merged["kind"]["absorbed"], absorbed.as_str());
+    assert_eq!(merged["messageId"], "m4");
+
+    let (status, missing) = f.get("/v1/profiles/user_id:nobody", &f.admin).await;
+    assert_eq!((status, missing["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, bad) = f.get("/v1/profiles/nonsense", &f.admin).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["error"]["message"].as_str().unwrap().contains("<type>:<value>"), "{bad}");
+}
+
+#[tokio::test]
+async fn keys_without_the_scope_are_refused_and_bad_credentials_are_401() {
+    let f = Fixture::new().await;
+    f.ingest(1, json!([ev("identify", "m1", 1, json!({"userId": "u1"}))])).await;
+    let config_only = key(&f.store, "config reader", &[Scope::ConfigRead]).await;
+    let reader = key(&f.store, "profile reader", &[Scope::ProfilesRead]).await;
+
+    assert_eq!(f.get("/v1/profiles/user_id:u1", &reader).await.0, StatusCode::OK);
+    let (status, body) = f.get("/v1/profiles/user_id:u1", &config_only).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["error"]["message"].as_str().unwrap().contains("profiles:read"), "{body}");
+    assert_eq!(f.get("/v1/api-keys", &reader).await.0, StatusCode::FORBIDDEN, "only admin manages keys");
+    assert_eq!(f.get("/v1/audit", &reader).await.0, StatusCode::FORBIDDEN);
+
+    let (status, headers, body) = f.call("GET", "/v1/profiles/user_id:u1", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(f.get("/v1/profiles/user_id:u1", "cdp_sk_0123456789abcdef_00").await.0, StatusCode::UNAUTHORIZED);
+    let mut forged = reader.clone();
+    forged.replace_range(forged.len() - 4.., "0000");
+    assert_eq!(f.get("/v1/profiles/user_id:u1", &forged).await.0, StatusCode::UNAUTHORIZED);
+
+    // A source's write key, as SDKs send it (Basic) and as a bearer token.
+    let (_, write_key) = shared::source::new_source("web", "Web", &mut Entropy::from_seed([3; 32]));
+    let (status, body) = f.get("/v1/profiles/user_id:u1", &write_key).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"]["message"].as_str().unwrap().contains("write key"), "{body}");
+    let request = Request::get("/v1/profiles/user_id:u1")
+        .header("authorization", format!("Basic {}", base64_of(&format!("{write_key}:"))))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.router.clone().oneshot(request).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // Revoked through the API: refused at once.
+    let id = reader.split('_').nth(2).unwrap();
+    let (status, _, revoked) = f.call("DELETE", &format!("/v1/api-keys/{id}"), Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revokedAt"].is_string());
+    let (status, body) = f.get("/v1/profiles/user_id:u1", &reader).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"]["message"].as_str().unwrap().contains("revoked"), "{body}");
+    assert_eq!(f.call("DELETE", "/v1/api-keys/ffffffffffffffff", Some(&f.admin), None).await.0, StatusCode::NOT_FOUND);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn keys_are_created_once_listed_without_secrets_and_audited() {
+    let f = Fixture::new().await;
+    let (status, _, created) = f
+        .call(
+            "POST",
+            "/v1/api-keys",
+            Some(&f.admin),
+            Some(json!({"name": "personalization", "scopes": ["profiles:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let new_key = created["key"].as_str().unwrap().to_string();
+    assert_eq!(f.get("/v1/api-keys", &new_key).await.0, StatusCode::FORBIDDEN);
+    let (status, listed) = f.get("/v1/api-keys", &f.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
+    let text = listed.to_string();
+    assert!(!text.contains(&new_key[24..]) && !text.contains("sha256"), "no secret or hash listed: {text}");
+    let stored = String::from_utf8(f.store.get(shared::access::ApiKeys::KEY).await.unwrap().unwrap().body).unwrap();
+    assert!(!stored.contains(&new_key[24..]), "only the hash is stored");
+
+    let (status, _, bad) =
+        f.call("POST", "/v1/api-keys", Some(&f.admin), Some(json!({"name": "x", "scopes": ["root"]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["error"]["message"].as_str().unwrap().contains("unknown scope \"root\""), "{bad}");
+    let (status, _, bad) = f.call("POST", "/v1/api-keys", Some(&f.admin), Some(json!({"name": "x"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("scopes"), "{bad}");
+
+    let id = created["apiKey"]["id"].as_str().unwrap();
+    assert_eq!(f.call("DELETE", &format!("/v1/api-keys/{id}"), Some(&f.admin), None).await.0, StatusCode::OK);
+    let (status, log) = f.get("/v1/audit", &f.admin).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let actions: Vec<&str> = log["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["api_key.revoke", "api_key.create"], "newest first");
+    let revoke = &log["records"][0];
+    assert_eq!(revoke["target"], format!("api_key:{id}"));
+    assert!(revoke["before"]["revokedAt"].is_null() && revoke["after"]["revokedAt"].is_string(), "{revoke}");
+    assert_eq!(revoke["actor"]["kind"], "api_key");
+    assert!(!log.to_string().contains(&new_key[24..]), "the audit log holds no secret");
+
+    // Filters and pages.
+    let (_, only) = f.get("/v1/audit?action=api_key.create", &f.admin).await;
+    assert_eq!(only["records"].as_array().unwrap().len(), 1);
+    let (_, page) = f.get("/v1/audit?limit=1", &f.admin).await;
+    assert_eq!(page["records"][0]["action"], "api_key.revoke");
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, next) = f.get(&format!("/v1/audit?limit=1&cursor={cursor}"), &f.admin).await;
+    assert_eq!(next["records"][0]["action"], "api_key.create");
+    assert!(next["nextCursor"].is_null(), "{next}");
+    assert_eq!(f.get("/v1/audit?limit=0", &f.admin).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/v1/audit?limit=x", &f.admin).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unlink_splits_the_profile_and_is_audited_without_the_identifier() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev("identify", "m1", 1, json!({"anonymousId": "tablet", "userId": "u1"})),
+            ev("identify", "m2", 2, json!({"anonymousId": "tablet", "traits": {"email": "jane@example.com"}})),
+        ]),
+    )
+    .await;
+    let writer = key(&f.store, "support", &[Scope::ProfilesWrite]).await;
+    let body = json!({"identifier": "anonymous_id:tablet", "reason": "TICKET-7"});
+    let (status, _, denied) = f.call("POST", "/v1/profiles/user_id:u1/unlink", Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{denied}");
+    let (status, _, result) = f.call("POST", "/v1/profiles/user_id:u1/unlink", Some(&writer), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let kept = result["profile"].as_str().unwrap();
+    let split = result["splitOff"][0].as_str().unwrap();
+    // Only the tablet connected the user id and the email: they are two profiles now, and the tablet's
+    // identifier belongs to neither.
+    let (_, person) = f.get("/v1/profiles/user_id:u1", &f.admin).await;
+    let (_, email) = f.get("/v1/profiles/email:jane@example.com", &f.admin).await;
+    let mut ids = [person["id"].as_str().unwrap(), email["id"].as_str().unwrap()];
+    ids.sort();
+    let mut expected = [kept, split];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(f.get("/v1/profiles/anonymous_id:tablet", &f.admin).await.0, StatusCode::NOT_FOUND);
+    // Again: the identifier is not on the profile any more; and a profile's only identifier stays.
+    let (status, _, _) = f.call("POST", "/v1/profiles/user_id:u1/unlink", Some(&writer), Some(body)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let only = json!({"identifier": "user_id:u1"});
+    let (status, _, body) = f.call("POST", "/v1/profiles/user_id:u1/unlink", Some(&writer), Some(only)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let (_, log) = f.get("/v1/audit?action=profile.unlink", &f.admin).await;
+    let record = &log["records"][0];
+    assert_eq!(record["target"], format!("profile:{kept}"));
+    assert_eq!(record["detail"]["reason"], "TICKET-7");
+    assert_eq!(record["detail"]["identifier"], shared::access::hashed_identifier("anonymous_id:tablet"));
+    assert!(!log.to_string().contains("tablet"), "{log}");
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_needs_a_key() {
+    let f = Fixture::new().await;
+    let (status, _, document) = f.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 6, "{paths:?}");
+    for (path, operations) in paths {
+        let uri = path.replace("{identifier}", "user_id:u1").replace("{id}", "0123456789abcdef");
+        for method in operations.as_object().unwrap().keys() {
+            let (status, _, body) = f.call(&method.to_uppercase(), &uri, None, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            let documented = &operations[method]["responses"]["401"];
+            assert!(documented.is_object(), "{method} {path} documents its 401");
+        }
+    }
+    assert!(document["components"]["securitySchemes"]["apiKey"].is_object());
+    let (status, _, body) = f.call("GET", "/v1/nothing", None, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, _, body) = f.call("PUT", "/v1/api-keys", None, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+}

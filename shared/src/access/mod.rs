@@ -1,0 +1,15 @@
+//! Access to the management and profile API: API keys with scopes, and the audit log's records.
+//!
+//! An API key is `cdp_sk_<id>_<secret>`: a public 16-hex-digit id that finds the key's record, and 256 bits of
+//! secret. Only the SHA-256 of the whole key is stored; a presented key is hashed and compared with the stored
+//! hash in constant time. Write keys (the sources' public keys, in web pages) have another shape and are never
+//! API keys.
+
+mod audit;
+mod keys;
+
+pub use audit::{Actor, AuditRecord, audit_key, hashed_identifier};
+pub use keys::{ApiKey, ApiKeys, AuthError, NewKey, Scope, looks_like_write_key};
+
+#[cfg(test)]
+mod tests;
