@@ -3,6 +3,7 @@
 //! `cdp up` serves the collector (the same core and handlers as the edge worker and the Lambda functions);
 //! `cdp source` manages sources and their write keys; `cdp bench` measures the collector.
 
+mod access;
 mod bench;
 mod bench_activation;
 mod bench_identity;
@@ -51,6 +52,9 @@ enum Command {
     /// Deliveries to partners: status and dead letters, replay, re-enable.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
+    /// API keys: create (shown once), list, revoke.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(access::ApiKeyCommand),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args),
         Command::Unlink(args) => profile::unlink(args),
         Command::Source(command) => source::run(command),
+        Command::ApiKey(command) => access::run(command),
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
         Command::Bench(command) => bench::run(command),

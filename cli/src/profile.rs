@@ -119,6 +119,22 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
         let config = functions::ingest::IngestConfig::load(&store).await?;
         functions::ingest::unlink(&store, &key, &args.request_id, &config, crate::now()).await
     })?;
+    if let Some((kept, split)) = parts.split_first() {
+        let detail = serde_json::json!({
+            "identifier": shared::access::hashed_identifier(&key),
+            "reason": args.request_id,
+            "splitOff": split,
+        });
+        let change = functions::api::Change { detail: Some(detail), ..Default::default() };
+        let target = format!("profile:{kept}");
+        runtime.block_on(functions::api::record(
+            &store,
+            crate::access::operator(),
+            "profile.unlink",
+            &target,
+            change,
+        ))?;
+    }
     match parts.as_slice() {
         [] => bail!("no profile has {key}"),
         [one] => println!("unlinked {key} from {one}; the profile stays whole"),

@@ -58,9 +58,11 @@ pub(crate) struct AppState {
     demo: Option<crate::deliveries::DemoPartner>,
 }
 
-/// The collector's HTTP app: every path goes through the core's router, as in the edge worker.
+/// The whole local app: the API's routes (the same router as the API Lambda), and every other path through
+/// the collector core's router, as in the edge worker.
 pub(crate) fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(serve).with_state(state)
+    let api = functions::api::Api::new(state.store.clone());
+    functions::api::routes(api).fallback_service(Router::new().fallback(serve).with_state(state))
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -78,6 +80,12 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             let ids: Vec<&str> = sources.list().iter().map(|s| s.id.as_str()).collect();
             println!("cdp: sources: {} (add one with `cdp source add NAME`)", ids.join(", "));
+        }
+
+        if functions::api::load_keys(&store).await?.list().is_empty() {
+            let key = crate::access::create(&store, "cdp up (first start)", &["admin"]).await?;
+            println!("cdp: no API keys yet; created an admin key (shown once, stored hashed):");
+            println!("{key}");
         }
 
         let trusted_ip_header = args
@@ -115,6 +123,9 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         if let Some(site) = &state.site {
             println!("cdp: serving your pages from {} (e.g. http://{addr}/index.html)", site.display());
         }
+        println!(
+            "cdp: API on http://{addr}/v1/ (OpenAPI: http://{addr}/openapi.json; `Authorization: Bearer <API key>`)"
+        );
         println!("cdp: raw events under {}/raw/, failed events under {}/failed/", root.display(), root.display());
         println!("cdp: profiles form as events arrive: `cdp profile user_id:<id> --data {}`", args.data.data.display());
         if args.demo_partner {

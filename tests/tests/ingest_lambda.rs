@@ -3,6 +3,7 @@
 //! server; a message that is not a notification is reported as a partial batch failure. Then the tagging
 //! binary, on a scheduled event, computes tags and audiences from that state, and the activation binary, on the
 //! notification of the outbox object the recompute wrote, delivers the audience entry to a partner receiver.
+//! The API binary (`lambda_http`) serves real-shaped function-URL requests from the same state.
 
 use std::process::Command;
 use std::time::Duration;
@@ -178,5 +179,84 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     assert_eq!((item["type"].as_str(), item["audience"]["id"].as_str()), (Some("audience.entered"), Some("viewers")));
     assert_eq!(item["profile"]["id"], json!(profile.node.id));
     assert!(s3.block_on(store.list("deliveries/v1/outbox/")).expect("list").is_empty());
+    drop(function);
+}
+
+/// A function-URL request (payload format 2.0) with `method`, `path`, `authorization` and `body`.
+fn function_url_request(method: &str, path: &str, authorization: &str, body: Option<&Value>) -> Value {
+    let mut request: Value = serde_json::from_str(&fixture("aws-lambda-function-url-request.json")).expect("fixture");
+    request["rawPath"] = json!(path);
+    request["requestContext"]["http"]["path"] = json!(path);
+    request["requestContext"]["http"]["method"] = json!(method);
+    request["headers"]["authorization"] = json!(authorization);
+    if let Some(body) = body {
+        request["body"] = json!(body.to_string());
+        request["headers"]["content-type"] = json!("application/json");
+    }
+    request
+}
+
+#[test]
+fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
+    let s3 = LocalS3::start();
+    let store = s3.store();
+    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).expect("source");
+    let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", &key);
+    let now = UtcTime::parse("2026-11-28T12:00:10Z").expect("time");
+    let Collected::Kept(batch) = collect(
+        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+        &sources,
+        now,
+        &mut Entropy::from_seed([2; 32]),
+    ) else {
+        panic!("rejected")
+    };
+    let (object_key, bytes) = batch.accepted_object().expect("accepted");
+    s3.block_on(store.put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put raw object");
+    let config = functions::ingest::IngestConfig::default();
+    s3.block_on(functions::ingest::ingest(&store, &[object_key], &config, now)).expect("ingest");
+    let admin = s3
+        .block_on(functions::api::update_keys(&store, |keys| {
+            let scopes = [shared::access::Scope::Admin].into();
+            keys.create("e2e", scopes, "e2e", now, &mut Entropy::from_seed([9; 32]))
+                .map_err(functions::api::ApiError::invalid)
+        }))
+        .expect("admin key")
+        .key;
+
+    let api = RuntimeApi::start();
+    let function = start_function(&repo_root().join("target/debug/api"), "api", &api, &s3);
+    let call = |request: &Value| -> Value {
+        let response = api
+            .invoke(request, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}\n{}", function.log_tail()))
+            .unwrap_or_else(|e| panic!("the function reported an error: {e}\n{}", function.log_tail()));
+        serde_json::from_str(&response).expect("JSON response")
+    };
+    let bearer = format!("Bearer {admin}");
+
+    let response = call(&function_url_request("GET", "/v1/profiles/user_id:user-1042", &bearer, None));
+    assert_eq!(response["statusCode"], 200, "{response}");
+    assert_eq!(response["headers"]["content-type"], "application/json");
+    let profile: Value = serde_json::from_str(response["body"].as_str().expect("body")).expect("JSON body");
+    let stored = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile");
+    assert_eq!(profile["id"], json!(stored.node.id));
+    assert_eq!(profile["events"]["Product Added"]["count"], 1);
+
+    // A body through the function URL: a key created, then refused without the scope.
+    let create = json!({"name": "reader", "scopes": ["config:read"]});
+    let response = call(&function_url_request("POST", "/v1/api-keys", &bearer, Some(&create)));
+    assert_eq!(response["statusCode"], 201, "{response}");
+    let created: Value = serde_json::from_str(response["body"].as_str().expect("body")).expect("JSON");
+    let reader = format!("Bearer {}", created["key"].as_str().expect("key"));
+    let response = call(&function_url_request("GET", "/v1/profiles/user_id:user-1042", &reader, None));
+    assert_eq!(response["statusCode"], 403, "{response}");
+    let response = call(&function_url_request("GET", "/v1/profiles/user_id:user-1042", &format!("Basic {key}"), None));
+    assert_eq!(response["statusCode"], 401, "a write key: {response}");
+    assert_eq!(response["headers"]["www-authenticate"], "Bearer");
+    let audit = s3.block_on(store.list("audit/v1/")).expect("list");
+    assert_eq!(audit.len(), 1, "the key's creation is in the audit log in S3");
     drop(function);
 }

@@ -162,19 +162,22 @@ pub async fn update_keys<S: ObjectStore, R>(
     .await
 }
 
-/// The router: every route of the API.
+/// The API function's whole router: [`routes`], `GET /health`, and JSON 404/405 answers for everything else.
 pub fn router<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
+    routes(api).route("/health", get(health)).fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The API's routes alone, for a host that serves other paths beside them (`cdp up` serves the collector at
+/// every path these do not match).
+pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi::serve))
-        .route("/health", get(health))
         .route("/v1/profiles/{identifier}", get(profiles::get::<S>))
         .route("/v1/profiles/{identifier}/history", get(profiles::history::<S>))
         .route("/v1/profiles/{identifier}/unlink", post(profiles::unlink::<S>))
         .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
         .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))
         .route("/v1/audit", get(audit::list::<S>))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
 }
 
