@@ -5,7 +5,7 @@ use clap::Subcommand;
 use functions::collect::{load_sources, save_sources};
 use functions::storage::FsStore;
 use shared::ids::Entropy;
-use shared::source::{SourceConfig, new_source};
+use shared::source::{SourceConfig, new_source, slug};
 
 use crate::DataArgs;
 
@@ -83,31 +83,4 @@ pub(crate) async fn create(
     let change = functions::api::Change { after: Some(after), ..Default::default() };
     functions::api::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change).await?;
     Ok((source, key))
-}
-
-/// `My Web Shop!` → `my-web-shop`.
-fn slug(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.trim().chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-    }
-    let out = out.trim_end_matches('-');
-    let out: String = out.chars().take(64).collect();
-    if out.is_empty() { "source".to_string() } else { out }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugs() {
-        assert_eq!(slug("My Web Shop!"), "my-web-shop");
-        assert_eq!(slug("  iOS app "), "ios-app");
-        assert_eq!(slug("网站"), "source");
-    }
 }

@@ -56,12 +56,14 @@ pub(crate) struct AppState {
     ingest: tokio::sync::mpsc::UnboundedSender<String>,
     /// The demo partner, with `--demo-partner`.
     demo: Option<crate::deliveries::DemoPartner>,
+    /// Destinations may point at loopback addresses (`--webhooks-loopback`).
+    loopback: bool,
 }
 
 /// The whole local app: the API's routes (the same router as the API Lambda), and every other path through
 /// the collector core's router, as in the edge worker.
 pub(crate) fn app(state: Arc<AppState>) -> Router {
-    let api = functions::api::Api::new(state.store.clone());
+    let api = functions::api::Api::with_loopback(state.store.clone(), state.loopback);
     functions::api::routes(api).fallback_service(Router::new().fallback(serve).with_state(state))
 }
 
@@ -104,7 +106,9 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let sources = SourcesCache::new(Duration::from_secs(2));
         let demo = args.demo_partner.then(crate::deliveries::DemoPartner::default);
         let outcome_ingest = ingest.clone();
-        let state = Arc::new(AppState { store: store.clone(), sources, trusted_ip_header, site, ingest, demo });
+        let loopback = args.webhooks_loopback || args.demo_partner;
+        let state =
+            Arc::new(AppState { store: store.clone(), sources, trusted_ip_header, site, ingest, demo, loopback });
 
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

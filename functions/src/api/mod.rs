@@ -9,8 +9,10 @@
 mod audit;
 mod error;
 mod keys;
+mod manage;
 mod openapi;
 mod profiles;
+mod sources;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,12 +40,20 @@ const KEYS_TTL: Duration = Duration::from_secs(2);
 pub struct Api<S> {
     store: S,
     keys: RwLock<Option<(Instant, Arc<ApiKeys>)>>,
+    /// Whether destinations may point at loopback addresses (local development only).
+    loopback: bool,
 }
 
 impl<S: ObjectStore + Clone> Api<S> {
     /// The API over `store`.
     pub fn new(store: S) -> Arc<Self> {
-        Arc::new(Self { store, keys: RwLock::new(None) })
+        Self::with_loopback(store, false)
+    }
+
+    /// The API over `store`, accepting destinations on loopback addresses when `loopback` (`cdp up
+    /// --webhooks-loopback`, `CDP_WEBHOOKS_LOOPBACK` for a function).
+    pub fn with_loopback(store: S, loopback: bool) -> Arc<Self> {
+        Arc::new(Self { store, keys: RwLock::new(None), loopback })
     }
 
     /// The store it serves.
@@ -170,7 +180,7 @@ pub fn router<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
 /// The API's routes alone, for a host that serves other paths beside them (`cdp up` serves the collector at
 /// every path these do not match).
 pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
-    Router::new()
+    sources::routes(manage::routes(Router::new()))
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/profiles/{identifier}", get(profiles::get::<S>))
         .route("/v1/profiles/{identifier}/history", get(profiles::history::<S>))

@@ -1,6 +1,7 @@
 //! The OpenAPI document, generated from the handlers' annotations and served at `/openapi.json`.
 
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -26,11 +27,14 @@ use super::{audit, error, keys, profiles};
     tags(
         (name = "profiles", description = "Unified profiles, their history, unlinking"),
         (name = "access", description = "API keys and the audit log"),
+        (name = "config", description = "Tag, audience and destination definitions; deliveries"),
+        (name = "sources", description = "Sources and their write keys"),
     )
 )]
 struct Document;
 
-/// Declares the `apiKey` security scheme the routes name.
+/// Declares the `apiKey` security scheme the routes name, and the management routes (their handlers are
+/// shared by every kind of definition, so their operations are described from [`MANAGED`]).
 struct BearerKey;
 
 impl Modify for BearerKey {
@@ -40,6 +44,243 @@ impl Modify for BearerKey {
             "apiKey",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("cdp_sk_…").build()),
         );
+        for route in managed() {
+            let operation = route.operation();
+            openapi.paths.add_path_operation(&route.path, vec![route.method], operation);
+        }
+    }
+}
+
+/// One management route's description.
+struct Route {
+    method: HttpMethod,
+    path: String,
+    tag: &'static str,
+    summary: String,
+    scope: &'static str,
+    body: Option<&'static str>,
+    success: (u16, &'static str),
+    errors: &'static [u16],
+}
+
+const READ_ERRORS: &[u16] = &[400, 401, 403, 404];
+const WRITE_ERRORS: &[u16] = &[400, 401, 403, 404, 409];
+
+/// The definitions' routes, per kind, and the sources' and deliveries' routes.
+fn managed() -> Vec<Route> {
+    use HttpMethod::{Delete, Get, Patch, Post, Put};
+    let route = |method, path: String, tag, summary: String, scope, body, success, errors| Route {
+        method,
+        path,
+        tag,
+        summary,
+        scope,
+        body,
+        success,
+        errors,
+    };
+    let mut routes = Vec::new();
+    for (plural, noun, schema) in [
+        ("tags", "tag", "docs/schemas/tag-definition.schema.json"),
+        ("audiences", "audience", "docs/schemas/audience-definition.schema.json"),
+        ("destinations", "destination", "docs/schemas/destination-definition.schema.json"),
+    ] {
+        let list = format!("/v1/{plural}");
+        let one = format!("/v1/{plural}/{{id}}");
+        routes.push(route(
+            Get,
+            list,
+            "config",
+            format!("Lists the {noun} definitions with their latest computation or delivery state"),
+            "config:read",
+            None,
+            (200, "The definitions"),
+            &[401, 403],
+        ));
+        routes.push(route(
+            Get,
+            one.clone(),
+            "config",
+            format!("One {noun} definition with its state"),
+            "config:read",
+            None,
+            (200, "The definition"),
+            READ_ERRORS,
+        ));
+        routes.push(route(
+            Put,
+            one.clone(),
+            "config",
+            format!("Creates or replaces a {noun} definition ({schema}); checked against the whole configuration"),
+            "config:write",
+            Some(schema),
+            (200, "Replaced (201 when created)"),
+            WRITE_ERRORS,
+        ));
+        routes.push(route(
+            Delete,
+            one,
+            "config",
+            format!("Deletes a {noun} definition (409 while others use it)"),
+            "config:write",
+            None,
+            (204, "Deleted"),
+            WRITE_ERRORS,
+        ));
+    }
+    routes.push(route(
+        Get,
+        "/v1/destinations/{id}/dead-letters".into(),
+        "config",
+        "A destination's dead letters (without bodies)".into(),
+        "config:read",
+        None,
+        (200, "The dead letters"),
+        READ_ERRORS,
+    ));
+    routes.push(route(
+        Post,
+        "/v1/destinations/{id}/dead-letters/{webhook_id}/replay".into(),
+        "config",
+        "Sends a dead letter again, with the same id and bytes".into(),
+        "config:write",
+        None,
+        (202, "Replay requested"),
+        READ_ERRORS,
+    ));
+    routes.push(route(
+        Post,
+        "/v1/destinations/{id}/enable".into(),
+        "config",
+        "Re-enables a destination a partner's 410 disabled".into(),
+        "config:write",
+        None,
+        (200, "Enabled"),
+        READ_ERRORS,
+    ));
+    routes.push(route(
+        Get,
+        "/v1/sources".into(),
+        "sources",
+        "Lists the sources (never keys)".into(),
+        "config:read",
+        None,
+        (200, "The sources"),
+        &[401, 403],
+    ));
+    routes.push(route(
+        Post,
+        "/v1/sources".into(),
+        "sources",
+        "Creates a source; its write key is in the answer, once".into(),
+        "config:write",
+        Some("{id?, name, allowedOrigins?, settings?}"),
+        (201, "Created, with `writeKey`"),
+        WRITE_ERRORS,
+    ));
+    routes.push(route(
+        Get,
+        "/v1/sources/{id}".into(),
+        "sources",
+        "One source".into(),
+        "config:read",
+        None,
+        (200, "The source"),
+        READ_ERRORS,
+    ));
+    routes.push(route(
+        Patch,
+        "/v1/sources/{id}".into(),
+        "sources",
+        "Changes a source's name, origins, settings or enabled flag".into(),
+        "config:write",
+        Some("{name?, allowedOrigins?, settings?, enabled?}"),
+        (200, "The source"),
+        WRITE_ERRORS,
+    ));
+    routes.push(route(
+        Delete,
+        "/v1/sources/{id}".into(),
+        "sources",
+        "Deletes a source (its key stops working within seconds)".into(),
+        "config:write",
+        None,
+        (204, "Deleted"),
+        WRITE_ERRORS,
+    ));
+    routes.push(route(
+        Post,
+        "/v1/sources/{id}/rotate-key".into(),
+        "sources",
+        "Gives the source a new write key (in the answer, once); the old stops working within seconds".into(),
+        "config:write",
+        None,
+        (200, "The source with `writeKey`"),
+        READ_ERRORS,
+    ));
+    routes
+}
+
+impl Route {
+    fn operation(&self) -> utoipa::openapi::path::Operation {
+        use utoipa::openapi::path::{OperationBuilder, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
+
+        let object = || ObjectBuilder::new().schema_type(Type::Object).build();
+        let mut operation = OperationBuilder::new()
+            .tag(self.tag)
+            .summary(Some(self.summary.clone()))
+            .security(SecurityRequirement::new("apiKey", [self.scope]));
+        for segment in self.path.split('/') {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                operation = operation.parameter(
+                    ParameterBuilder::new()
+                        .name(name)
+                        .parameter_in(ParameterIn::Path)
+                        .required(Required::True)
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String).build())),
+                );
+            }
+        }
+        if let Some(body) = self.body {
+            operation = operation.request_body(Some(
+                RequestBodyBuilder::new()
+                    .description(Some(body))
+                    .required(Some(Required::True))
+                    .content("application/json", ContentBuilder::new().schema(Some(object())).build())
+                    .build(),
+            ));
+        }
+        let (status, description) = self.success;
+        let mut success = ResponseBuilder::new().description(description);
+        if status != 204 {
+            success = success.content("application/json", ContentBuilder::new().schema(Some(object())).build());
+        }
+        operation = operation.response(status.to_string(), success.build());
+        if self.method == HttpMethod::Put {
+            let created = ResponseBuilder::new()
+                .description("Created")
+                .content("application/json", ContentBuilder::new().schema(Some(object())).build());
+            operation = operation.response("201", created.build());
+        }
+        for code in self.errors {
+            let error = ResponseBuilder::new()
+                .description(match code {
+                    400 => "Bad request",
+                    401 => "No valid API key",
+                    403 => "The key lacks the scope",
+                    404 => "Not found",
+                    _ => "Conflicts with the current configuration",
+                })
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                );
+            operation = operation.response(code.to_string(), error.build());
+        }
+        operation.build()
     }
 }
 

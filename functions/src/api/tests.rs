@@ -300,9 +300,9 @@ async fn every_documented_route_exists_and_needs_a_key() {
     let (status, _, document) = f.call("GET", "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let paths = document["paths"].as_object().unwrap();
-    assert!(paths.len() >= 6, "{paths:?}");
+    assert!(paths.len() >= 16, "{paths:?}");
     for (path, operations) in paths {
-        let uri = path.replace("{identifier}", "user_id:u1").replace("{id}", "0123456789abcdef");
+        let uri = path.replace("{identifier}", "user_id:u1").replace("{id}", "web").replace("{webhook_id}", "msg_1");
         for method in operations.as_object().unwrap().keys() {
             let (status, _, body) = f.call(&method.to_uppercase(), &uri, None, None).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
@@ -315,4 +315,144 @@ async fn every_documented_route_exists_and_needs_a_key() {
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     let (status, _, body) = f.call("PUT", "/v1/api-keys", None, None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NEW_SECRET: &str = "whsec_c2VjcmV0LXR3by0xMjM0NTY3ODkwMTIzNA==";
+
+#[tokio::test]
+async fn definitions_are_checked_against_the_whole_configuration_and_audited() {
+    let f = Fixture::new().await;
+    let writer = key(&f.store, "config", &[Scope::ConfigWrite, Scope::ConfigRead]).await;
+    let reader = key(&f.store, "viewer", &[Scope::ConfigRead]).await;
+    let tag =
+        json!({"status": "active", "kind": "statistical", "filter": {"types": ["page"]}, "aggregate": {"op": "count"}});
+    assert_eq!(f.call("PUT", "/v1/tags/views", Some(&reader), Some(tag.clone())).await.0, StatusCode::FORBIDDEN);
+    let (status, _, created) = f.call("PUT", "/v1/tags/views", Some(&writer), Some(tag.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["definition"]["id"], "views");
+    let (status, _, same) = f.call("PUT", "/v1/tags/views", Some(&writer), Some(tag.clone())).await;
+    assert_eq!((status, &same["definition"]["version"]), (StatusCode::OK, &json!(1)), "unchanged: same version");
+
+    // An audience on a tag that does not exist: refused, naming it; on the tag: accepted.
+    let audience =
+        |tag: &str| json!({"status": "active", "when": {"field": format!("tag:{tag}"), "op": "gte", "value": 1}});
+    let (status, _, bad) = f.call("PUT", "/v1/audiences/viewers", Some(&writer), Some(audience("nope"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["error"]["message"].as_str().unwrap().contains("nope"), "{bad}");
+    assert_eq!(
+        f.call("PUT", "/v1/audiences/viewers", Some(&writer), Some(audience("views"))).await.0,
+        StatusCode::CREATED
+    );
+    let (status, _, in_use) = f.call("DELETE", "/v1/tags/views", Some(&writer), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{in_use}");
+    let (status, _, bad) = f.call("PUT", "/v1/tags/other", Some(&writer), Some(json!({"id": "views"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, _, bad) = f.call("PUT", "/v1/tags/broken", Some(&writer), Some(json!({"kind": "statistical"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["error"]["message"].as_str().unwrap().contains("config/tags.json"), "{bad}");
+
+    // A new computation is a new version (backfilled while the old serves).
+    let mut changed = tag.clone();
+    changed["filter"] = json!({"types": ["page", "screen"]});
+    let (_, _, updated) = f.call("PUT", "/v1/tags/views", Some(&writer), Some(changed)).await;
+    assert_eq!(updated["definition"]["version"], 2, "{updated}");
+    let stored: Value = serde_json::from_slice(&f.store.get("config/tags.json").await.unwrap().unwrap().body).unwrap();
+    assert_eq!(stored[0]["version"], 2);
+    let (status, listed) = f.get("/v1/tags", &reader).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["tags"].as_array().unwrap().len(), 1);
+    assert_eq!(f.get("/v1/audiences/viewers", &reader).await.1["definition"]["id"], "viewers");
+    assert_eq!(f.get("/v1/audiences/nobody", &reader).await.0, StatusCode::NOT_FOUND);
+
+    assert_eq!(f.call("DELETE", "/v1/audiences/viewers", Some(&writer), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(f.call("DELETE", "/v1/tags/views", Some(&writer), None).await.0, StatusCode::NO_CONTENT);
+    let (_, log) = f.get("/v1/audit?limit=500", &f.admin).await;
+    let actions: Vec<&str> = log["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["tag.delete", "audience.delete", "tag.update", "audience.create", "tag.update", "tag.create"]);
+    let update = &log["records"][2];
+    assert_eq!((&update["before"]["version"], &update["after"]["version"]), (&json!(1), &json!(2)));
+}
+
+#[tokio::test]
+async fn destination_secrets_are_write_only_and_rotate() {
+    let f = Fixture::new().await;
+    let destination = json!({"url": "https://partner.example/hook", "secret": SECRET, "send": {"events": [{"events": ["Order Completed"]}]}});
+    let (status, _, created) = f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(destination)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created["definition"].get("secret").is_none(), "{created}");
+    let (_, listed) = f.get("/v1/destinations", &f.admin).await;
+    assert!(!listed.to_string().contains(&SECRET[6..]), "{listed}");
+    assert_eq!(listed["destinations"][0]["delivery"]["disabled"], false);
+
+    // Without a secret: the stored one stays. With a new one: the old signs beside it for a day.
+    let renamed = json!({"url": "https://partner.example/v2", "send": {"events": [{"events": ["Order Completed"]}]}});
+    assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(renamed)).await.0, StatusCode::OK);
+    let stored = |f: &Fixture| {
+        let store = f.store.clone();
+        async move {
+            serde_json::from_slice::<Value>(&store.get("config/destinations.json").await.unwrap().unwrap().body)
+                .unwrap()
+        }
+    };
+    assert_eq!(stored(&f).await[0]["secret"], SECRET);
+    let rotated = json!({"url": "https://partner.example/v2", "secret": NEW_SECRET, "send": {"events": [{"events": ["Order Completed"]}]}});
+    assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(rotated)).await.0, StatusCode::OK);
+    let file = stored(&f).await;
+    assert_eq!(file[0]["secret"], NEW_SECRET);
+    assert_eq!(file[0]["previousSecrets"][0]["secret"], SECRET);
+    let until = file[0]["previousSecrets"][0]["until"].as_i64().unwrap();
+    let now = crate::config::now().unwrap().unix_millis();
+    assert!((now + 23 * 3600 * 1000..=now + 25 * 3600 * 1000).contains(&until), "{until}");
+
+    // Loopback and private addresses are refused in the cloud.
+    let local = json!({"url": "http://127.0.0.1:9/hook", "secret": SECRET, "send": {"events": [{"events": ["x"]}]}});
+    let (status, _, refused) = f.call("PUT", "/v1/destinations/local", Some(&f.admin), Some(local)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"]["message"].as_str().unwrap().contains("url"), "{refused}");
+
+    let (_, log) = f.get("/v1/audit", &f.admin).await;
+    assert!(!log.to_string().contains(&SECRET[6..]) && !log.to_string().contains(&NEW_SECRET[6..]), "{log}");
+    assert_eq!(log["records"].as_array().unwrap().len(), 3);
+    let (status, dead) = f.get("/v1/destinations/crm/dead-letters", &f.admin).await;
+    assert_eq!((status, dead["deadLetters"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (status, _, _) = f.call("POST", "/v1/destinations/crm/dead-letters/msg_1/replay", Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn sources_get_keys_shown_once_that_collectors_accept() {
+    let f = Fixture::new().await;
+    let body = json!({"name": "Web Shop", "allowedOrigins": ["https://shop.example"]});
+    let (status, _, created) = f.call("POST", "/v1/sources", Some(&f.admin), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["source"]["id"], "web-shop");
+    let key = created["writeKey"].as_str().unwrap().to_string();
+    let sources = || async { crate::collect::load_sources(&f.store).await.unwrap() };
+    assert_eq!(sources().await.authenticate(&key).unwrap().id, "web-shop");
+    assert_eq!(f.call("POST", "/v1/sources", Some(&f.admin), Some(body)).await.0, StatusCode::CONFLICT);
+    let (status, listed) = f.get("/v1/sources", &f.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!listed.to_string().contains(&key) && !listed.to_string().contains("writeKeySha256"), "{listed}");
+
+    let (status, _, bad) =
+        f.call("PATCH", "/v1/sources/web-shop", Some(&f.admin), Some(json!({"allowedOrigins": ["ftp://x"]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, _, patched) =
+        f.call("PATCH", "/v1/sources/web-shop", Some(&f.admin), Some(json!({"enabled": false}))).await;
+    assert_eq!((status, &patched["enabled"]), (StatusCode::OK, &json!(false)));
+    assert!(sources().await.authenticate(&key).is_none(), "a disabled source's key is refused");
+    f.call("PATCH", "/v1/sources/web-shop", Some(&f.admin), Some(json!({"enabled": true}))).await;
+
+    let (status, _, rotated) = f.call("POST", "/v1/sources/web-shop/rotate-key", Some(&f.admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["writeKey"].as_str().unwrap();
+    assert!(sources().await.authenticate(&key).is_none());
+    assert!(sources().await.authenticate(new_key).is_some());
+    assert_eq!(f.call("DELETE", "/v1/sources/web-shop", Some(&f.admin), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(f.call("DELETE", "/v1/sources/web-shop", Some(&f.admin), None).await.0, StatusCode::NOT_FOUND);
+    let (_, log) = f.get("/v1/audit?action=source.", &f.admin).await;
+    let actions: Vec<&str> = log["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["source.delete", "source.rotate_key", "source.update", "source.update", "source.create"]);
+    assert!(!log.to_string().contains(new_key), "{log}");
 }

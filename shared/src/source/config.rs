@@ -212,6 +212,50 @@ pub fn new_source(id: &str, name: &str, entropy: &mut Entropy) -> (SourceConfig,
     (source, key)
 }
 
+/// A source id from a display name: `My Web Shop!` → `my-web-shop` (`source` when nothing is left).
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-');
+    let out: String = out.chars().take(64).collect();
+    if out.is_empty() { "source".to_string() } else { out }
+}
+
+impl Sources {
+    /// Replaces the source with `source.id` (checked as [`Sources::add`] checks); `false` if there is none.
+    pub fn replace(&mut self, source: SourceConfig) -> Result<bool, Error> {
+        let Some(position) = self.list.iter().position(|s| s.id == source.id) else { return Ok(false) };
+        let mut list = self.list.clone();
+        list[position] = source;
+        *self = Self::from_list(list)?;
+        Ok(true)
+    }
+
+    /// Removes the source `id`; returns it.
+    pub fn remove(&mut self, id: &str) -> Option<SourceConfig> {
+        let position = self.list.iter().position(|s| s.id == id)?;
+        let mut list = self.list.clone();
+        let removed = list.remove(position);
+        // The rest were valid together, so they still are.
+        *self = Self::from_list(list).unwrap_or_default();
+        Some(removed)
+    }
+
+    fn from_list(list: Vec<SourceConfig>) -> Result<Self, Error> {
+        let mut sources = Sources::default();
+        for source in list {
+            sources.add(source)?;
+        }
+        Ok(sources)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +278,25 @@ mod tests {
         let json = String::from_utf8(sources.to_json()).unwrap();
         assert!(!json.contains(&key), "the key itself must never be stored");
         assert!(json.contains(&sha256_hex(&key)));
+    }
+
+    #[test]
+    fn slugs_replace_and_remove() {
+        assert_eq!(slug("My Web Shop!"), "my-web-shop");
+        assert_eq!(slug("  iOS app "), "ios-app");
+        assert_eq!(slug("网站"), "source");
+        let (mut sources, key) = sources_with(&["*"]);
+        let mut changed = sources.list()[0].clone();
+        changed.name = "Renamed".into();
+        assert!(sources.replace(changed.clone()).unwrap());
+        assert_eq!(sources.authenticate(&key).unwrap().name, "Renamed");
+        changed.id = "other".into();
+        assert!(!sources.replace(changed).unwrap());
+        let mut bad = sources.list()[0].clone();
+        bad.allowed_origins = vec!["ftp://x".into()];
+        assert!(sources.replace(bad).is_err());
+        assert_eq!(sources.remove("web").unwrap().name, "Renamed");
+        assert!(sources.authenticate(&key).is_none() && sources.remove("web").is_none());
     }
 
     #[test]

@@ -5,4 +5,4 @@
 
 mod config;
 
-pub use config::{SourceConfig, SourceSettings, Sources, new_source};
+pub use config::{SourceConfig, SourceSettings, Sources, new_source, slug};

@@ -1,0 +1,211 @@
+//! `/v1/sources`: who may send events. A source's write key is made here, shown once in the answer that
+//! creates or rotates it, and stored only as its SHA-256; collectors pick changes up within seconds.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::access::Scope;
+use shared::ids::Entropy;
+use shared::source::{SourceConfig, SourceSettings, Sources, new_source, slug};
+use shared::storage::CONFIG_SOURCES;
+
+use super::{Api, ApiError, Change, json_body, parse_body};
+use crate::Error;
+use crate::storage::ObjectStore;
+
+/// A source to create.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewSource {
+    /// `[a-z0-9][a-z0-9_-]{0,63}`; derived from the name when absent.
+    id: Option<String>,
+    name: String,
+    allowed_origins: Option<Vec<String>>,
+    settings: Option<SourceSettings>,
+}
+
+/// Changes to a source; absent fields stay.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SourcePatch {
+    name: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    settings: Option<SourceSettings>,
+    enabled: Option<bool>,
+}
+
+/// A source as shown: without its key's hash.
+fn shown(source: &SourceConfig) -> Value {
+    json!({"id": source.id, "name": source.name, "allowedOrigins": source.allowed_origins,
+           "settings": source.settings, "enabled": source.enabled})
+}
+
+async fn load<S: ObjectStore>(store: &S) -> Result<Sources, ApiError> {
+    Ok(crate::collect::load_sources(store).await?)
+}
+
+/// Changes the sources file under compare-and-swap.
+async fn update<S: ObjectStore, R>(
+    store: &S,
+    mut change: impl FnMut(&mut Sources) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    crate::config::update(store, CONFIG_SOURCES, "application/json", |bytes| {
+        let mut sources = match bytes {
+            Some(bytes) => Sources::from_json(bytes).map_err(Error::from)?,
+            None => Sources::default(),
+        };
+        let result = change(&mut sources)?;
+        Ok((sources.to_json(), result))
+    })
+    .await
+}
+
+async fn list<S: ObjectStore + Clone>(api: Arc<Api<S>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.authorize(&headers, Scope::ConfigRead).await?;
+    let sources = load(api.store()).await?;
+    Ok(json_body(&json!({"sources": sources.list().iter().map(shown).collect::<Vec<_>>()})).into_response())
+}
+
+async fn get<S: ObjectStore + Clone>(api: Arc<Api<S>>, id: String, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.authorize(&headers, Scope::ConfigRead).await?;
+    let sources = load(api.store()).await?;
+    match sources.list().iter().find(|s| s.id == id) {
+        Some(source) => Ok(json_body(&shown(source)).into_response()),
+        None => Err(ApiError::not_found(format!("no source {id:?}"))),
+    }
+}
+
+async fn create<S: ObjectStore + Clone>(
+    api: Arc<Api<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    let request: NewSource = parse_body(&body)?;
+    if request.name.trim().is_empty() || request.name.len() > 200 {
+        return Err(ApiError::invalid("name: 1 to 200 characters"));
+    }
+    let id = request.id.clone().unwrap_or_else(|| slug(&request.name));
+    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
+    let (source, key) = update(api.store(), |sources| {
+        if sources.list().iter().any(|s| s.id == id) {
+            return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
+        }
+        let (mut source, key) = new_source(&id, request.name.trim(), &mut entropy);
+        if let Some(origins) = &request.allowed_origins {
+            source.allowed_origins = origins.clone();
+        }
+        if let Some(settings) = &request.settings {
+            source.settings = settings.clone();
+        }
+        sources.add(source.clone()).map_err(ApiError::invalid)?;
+        Ok((source, key))
+    })
+    .await?;
+    let change = Change { after: Some(shown(&source)), ..Change::default() };
+    api.audit(actor, "source.create", &format!("source:{id}"), change).await?;
+    Ok((StatusCode::CREATED, json_body(&json!({"source": shown(&source), "writeKey": key}))).into_response())
+}
+
+async fn patch<S: ObjectStore + Clone>(
+    api: Arc<Api<S>>,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    let request: SourcePatch = parse_body(&body)?;
+    if request.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
+        return Err(ApiError::invalid("name: 1 to 200 characters"));
+    }
+    let (before, after) = update(api.store(), |sources| {
+        let Some(before) = sources.list().iter().find(|s| s.id == id).cloned() else {
+            return Err(ApiError::not_found(format!("no source {id:?}")));
+        };
+        let mut after = before.clone();
+        if let Some(name) = &request.name {
+            after.name = name.trim().to_string();
+        }
+        if let Some(origins) = &request.allowed_origins {
+            after.allowed_origins = origins.clone();
+        }
+        if let Some(settings) = &request.settings {
+            after.settings = settings.clone();
+        }
+        if let Some(enabled) = request.enabled {
+            after.enabled = enabled;
+        }
+        sources.replace(after.clone()).map_err(ApiError::invalid)?;
+        Ok((before, after))
+    })
+    .await?;
+    let change = Change { before: Some(shown(&before)), after: Some(shown(&after)), detail: None };
+    api.audit(actor, "source.update", &format!("source:{id}"), change).await?;
+    Ok(json_body(&shown(&after)).into_response())
+}
+
+async fn delete<S: ObjectStore + Clone>(
+    api: Arc<Api<S>>,
+    id: String,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    let before = update(api.store(), |sources| {
+        sources.remove(&id).ok_or_else(|| ApiError::not_found(format!("no source {id:?}")))
+    })
+    .await?;
+    let change = Change { before: Some(shown(&before)), ..Change::default() };
+    api.audit(actor, "source.delete", &format!("source:{id}"), change).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A new write key for the source; the old one stops working when collectors re-read the sources (seconds).
+async fn rotate<S: ObjectStore + Clone>(
+    api: Arc<Api<S>>,
+    id: String,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
+    let (source, key) = update(api.store(), |sources| {
+        let Some(mut source) = sources.list().iter().find(|s| s.id == id).cloned() else {
+            return Err(ApiError::not_found(format!("no source {id:?}")));
+        };
+        let (fresh, key) = new_source(&id, &source.name, &mut entropy);
+        source.write_key_sha256 = fresh.write_key_sha256;
+        sources.replace(source.clone()).map_err(ApiError::invalid)?;
+        Ok((source, key))
+    })
+    .await?;
+    api.audit(actor, "source.rotate_key", &format!("source:{id}"), Change::default()).await?;
+    Ok(json_body(&json!({"source": shown(&source), "writeKey": key})).into_response())
+}
+
+/// The routes.
+pub(crate) fn routes<S: ObjectStore + Clone>(router: axum::Router<Arc<Api<S>>>) -> axum::Router<Arc<Api<S>>> {
+    use axum::routing::{get as get_route, post};
+    type Api_<S> = State<Arc<Api<S>>>;
+    router
+        .route(
+            "/v1/sources",
+            get_route(|State(api): Api_<S>, headers: HeaderMap| list(api, headers))
+                .post(|State(api): Api_<S>, headers: HeaderMap, body: Bytes| create(api, headers, body)),
+        )
+        .route(
+            "/v1/sources/{id}",
+            get_route(|State(api): Api_<S>, Path(id): Path<String>, headers: HeaderMap| get(api, id, headers))
+                .patch(|State(api): Api_<S>, Path(id): Path<String>, headers: HeaderMap, body: Bytes| {
+                    patch(api, id, headers, body)
+                })
+                .delete(|State(api): Api_<S>, Path(id): Path<String>, headers: HeaderMap| delete(api, id, headers)),
+        )
+        .route(
+            "/v1/sources/{id}/rotate-key",
+            post(|State(api): Api_<S>, Path(id): Path<String>, headers: HeaderMap| rotate(api, id, headers)),
+        )
+}
