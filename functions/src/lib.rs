@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod predict;
+pub mod privacy;
 pub mod state;
 pub mod storage;
 pub mod tagging;

@@ -10,6 +10,19 @@ use crate::storage::{ObjectStore, PutOptions};
 
 /// Runs `events` through the real collect pipeline at `now` and stores them as one raw object; returns its key.
 pub(crate) async fn put_batch<S: ObjectStore>(store: &S, seed: u8, events: Value, now: UtcTime) -> String {
+    let (raw, failed) = collect_into(store, seed, events, now).await;
+    assert!(failed.is_none(), "every event is accepted");
+    raw.expect("accepted events")
+}
+
+/// Runs `events` through the real collect pipeline at `now` and stores what the collector would: the accepted
+/// events and the rejected ones. Returns the raw and the failed object's keys.
+pub(crate) async fn collect_into<S: ObjectStore>(
+    store: &S,
+    seed: u8,
+    events: Value,
+    now: UtcTime,
+) -> (Option<String>, Option<String>) {
     let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
     let mut sources = Sources::default();
     sources.add(source).unwrap();
@@ -22,8 +35,14 @@ pub(crate) async fn put_batch<S: ObjectStore>(store: &S, seed: u8, events: Value
     ) else {
         panic!("rejected")
     };
-    assert!(batch.failed.is_empty(), "{:?}", batch.failed);
-    let (object_key, bytes) = batch.accepted_object().unwrap();
-    store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.unwrap();
-    object_key
+    let mut keys = (None, None);
+    if let Some((object_key, bytes)) = batch.accepted_object() {
+        store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.unwrap();
+        keys.0 = Some(object_key);
+    }
+    if let Some((object_key, bytes)) = batch.failed_object() {
+        store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.unwrap();
+        keys.1 = Some(object_key);
+    }
+    keys
 }

@@ -13,7 +13,7 @@
 //! - `deliveries/v1/log/<destination>/dt=YYYY-MM-DD/<ulid>.ndjson.gz` — one record per attempt (ids, status,
 //!   timings; never secrets or payloads).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -49,6 +49,18 @@ pub fn dead_key(destination: &str, webhook_id: &str) -> String {
 /// A replay request.
 pub fn replay_key(destination: &str, webhook_id: &str) -> String {
     format!("deliveries/v1/replay/{destination}/{webhook_id}.json")
+}
+
+/// Where erasures ask the dispatcher to forget people: `deliveries/v1/forget/<request id>.json`, holding
+/// [`Forget`]; the dispatcher deletes it once done.
+pub const FORGET: &str = "deliveries/v1/forget/";
+
+/// People to forget: everything about these profiles leaves the lanes and dead letters (deletion notices stay).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forget {
+    /// Profile ids.
+    pub profiles: BTreeSet<String>,
 }
 
 /// A destination's status (present when disabled).
@@ -181,6 +193,45 @@ pub async fn enable<S: ObjectStore>(store: &S, destination: &str) -> Result<(), 
     Ok(store.delete(&status_key(destination)).await?)
 }
 
+/// Drops everything about `profiles` from the stored lanes no running task owns (all but `running`) and from
+/// every dead letter. With no dispatcher running (no destinations), erasures call it directly.
+pub async fn forget_stored<S: ObjectStore>(
+    store: &S,
+    profiles: &BTreeSet<String>,
+    running: &BTreeSet<(String, usize)>,
+) -> Result<(), Error> {
+    for meta in store.list("deliveries/v1/lanes/").await? {
+        let mut parts = meta.key.trim_start_matches("deliveries/v1/lanes/").split('/');
+        let (Some(id), Some(lane)) =
+            (parts.next(), parts.next().and_then(|l| l.trim_end_matches(".json").parse().ok()))
+        else {
+            continue;
+        };
+        if running.contains(&(id.to_string(), lane)) {
+            continue;
+        }
+        let Some(object) = store.get(&meta.key).await? else { continue };
+        let mut state: Lane = decode(&meta.key, &object.body)?;
+        if state.forget(profiles) > 0 {
+            persist(store, id, lane, &state).await?;
+        }
+    }
+    for meta in store.list("deliveries/v1/dead/").await? {
+        let Some(object) = store.get(&meta.key).await? else { continue };
+        let mut dead: DeadLetter = decode(&meta.key, &object.body)?;
+        match dead.request.without(profiles) {
+            None => store.delete(&meta.key).await?,
+            Some(request) if request != dead.request => {
+                dead.request = request;
+                let body = serde_json::to_vec_pretty(&dead).map_err(|e| Error::Corrupt(e.to_string()))?;
+                store.put(&meta.key, body, PutOptions::json()).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(key: &str, body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
 }
@@ -213,6 +264,7 @@ struct Shared<S> {
 
 enum Command {
     Push(Vec<Message>, oneshot::Sender<Result<(), Error>>),
+    Forget(Arc<BTreeSet<String>>, oneshot::Sender<Result<(), Error>>),
     Replay(Box<InFlight>, oneshot::Sender<Result<(), Error>>),
     Stop(oneshot::Sender<Result<(), Error>>),
 }
@@ -296,6 +348,13 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         for (id, flag) in &self.shared.disabled {
             flag.store(store.get(&status_key(id)).await?.is_some(), Ordering::Relaxed);
         }
+        // Forget first: a deletion notice enqueued after a forget request must not be forgotten with it.
+        for meta in store.list(FORGET).await? {
+            let Some(object) = store.get(&meta.key).await? else { continue };
+            let forget: Forget = decode(&meta.key, &object.body)?;
+            self.forget(Arc::new(forget.profiles)).await?;
+            store.delete(&meta.key).await?;
+        }
         let mut taken = 0;
         for meta in store.list(OUTBOX).await? {
             let Some(object) = store.get(&meta.key).await? else { continue };
@@ -335,6 +394,25 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             store.delete(&meta.key).await?;
         }
         Ok(taken)
+    }
+
+    /// Drops everything about `profiles` from every lane (running or not) and every dead letter.
+    async fn forget(&self, profiles: Arc<BTreeSet<String>>) -> Result<(), Error> {
+        let lanes: BTreeSet<usize> = profiles.iter().map(|p| shared::activation::lane_of(p)).collect();
+        let mut acks = Vec::new();
+        for ((id, lane), tx) in &self.lanes {
+            if lanes.contains(lane) {
+                let (ack, done) = oneshot::channel();
+                tx.send(Command::Forget(profiles.clone(), ack))
+                    .map_err(|_| Error::Corrupt(format!("the lane task of {id} stopped")))?;
+                acks.push(done);
+            }
+        }
+        for done in acks {
+            done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+        }
+        let running: BTreeSet<(String, usize)> = self.lanes.keys().cloned().collect();
+        forget_stored(&self.shared.store, &profiles, &running).await
     }
 
     async fn unroutable(&self, destination: &str, lane: usize, messages: Vec<Message>) -> Result<(), Error> {
@@ -483,6 +561,14 @@ async fn lane_task<S: ObjectStore + Clone>(
                         lane.push(message);
                     }
                     let _ = ack.send(persist(&shared.store, &destination.id, lane_no, &lane).await);
+                }
+                Some(Command::Forget(profiles, ack)) => {
+                    let result = if lane.forget(&profiles) > 0 {
+                        persist(&shared.store, &destination.id, lane_no, &lane).await
+                    } else {
+                        Ok(())
+                    };
+                    let _ = ack.send(result);
                 }
                 Some(Command::Replay(request, ack)) => {
                     lane.replay(*request, now_ms());

@@ -11,6 +11,7 @@ mod error;
 mod keys;
 mod manage;
 mod openapi;
+mod privacy;
 mod profiles;
 mod sources;
 
@@ -188,6 +189,9 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
         .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))
         .route("/v1/audit", get(audit::list::<S>))
+        .route("/v1/privacy/requests", post(privacy::create::<S>))
+        .route("/v1/privacy/requests/{id}", get(privacy::status::<S>))
+        .route("/v1/privacy/suppressions", get(privacy::suppressions::<S>))
         .with_state(api)
 }
 

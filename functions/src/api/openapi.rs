@@ -5,7 +5,7 @@ use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, keys, profiles};
+use super::{audit, error, keys, privacy, profiles};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,9 @@ use super::{audit, error, keys, profiles};
         keys::create,
         keys::revoke,
         audit::list,
+        privacy::create,
+        privacy::status,
+        privacy::suppressions,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerKey),
@@ -29,6 +32,7 @@ use super::{audit, error, keys, profiles};
         (name = "access", description = "API keys and the audit log"),
         (name = "config", description = "Tag, audience and destination definitions; deliveries"),
         (name = "sources", description = "Sources and their write keys"),
+        (name = "privacy", description = "Deletion and suppression requests (GDPR, CCPA)"),
     )
 )]
 struct Document;

@@ -52,6 +52,8 @@ pub struct IngestConfig {
     /// ingest keeps the real-time audiences' memberships and puts entries, exits, triggered events and
     /// subscribed changes in the delivery outbox.
     pub activation: Option<Activation>,
+    /// Identifiers whose events are dropped (`privacy/v1/suppressed.json`).
+    pub suppression: crate::privacy::Suppression,
 }
 
 /// Audiences and destinations, checked, for ingest and the full recompute.
@@ -162,6 +164,7 @@ impl Default for IngestConfig {
             tags: None,
             ready: BTreeMap::new(),
             activation: None,
+            suppression: crate::privacy::Suppression::default(),
         }
     }
 }
@@ -194,6 +197,7 @@ impl IngestConfig {
             config.ready = crate::tagging::ready(store).await?;
         }
         config.activation = Activation::load(store, config.tags.as_ref()).await?;
+        config.suppression = crate::privacy::Suppression::load(store).await?;
         Ok(config)
     }
 }
@@ -221,6 +225,8 @@ pub struct IngestReport {
     pub commit: Option<CommitStats>,
     /// Items put in the delivery outbox (audience entries and exits, triggers, changes).
     pub deliveries: usize,
+    /// Events dropped because an identifier they carry is suppressed (or being erased).
+    pub suppressed: usize,
 }
 
 impl IngestReport {
@@ -236,6 +242,7 @@ impl IngestReport {
             quarantined = self.quarantined,
             attempts = self.attempts,
             deliveries = self.deliveries,
+            suppressed = self.suppressed,
             compacted = self.commit.is_some_and(|c| c.compacted),
             shards_written = self.commit.map_or(0, |c| c.shards_written),
             bytes_written = self.commit.map_or(0, |c| c.bytes_written),
@@ -290,6 +297,15 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
     let mut report = IngestReport { events: events.len(), ..IngestReport::default() };
+    if !config.suppression.is_empty() {
+        events.retain(|event| !config.suppression.drops_event(event));
+        report.suppressed = report.events - events.len();
+        if report.suppressed > 0
+            && let Err(error) = crate::privacy::count_dropped(store, report.suppressed, now).await
+        {
+            tracing::error!(%error, dropped = report.suppressed, "could not record the count of suppressed events");
+        }
+    }
     // One order for the same set of events, whatever order the objects came in.
     events.sort_by(|a, b| (a.timestamp, &a.message_id).cmp(&(b.timestamp, &b.message_id)));
 

@@ -2,9 +2,10 @@
 //! sends one request at a time, so a profile's items arrive in order, and a lane waiting on a retry holds back
 //! only its own profiles (the destination's other lanes go on). The state is plain data, stored between runs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::destination::Batching;
 use super::payload::{self, Item};
@@ -105,7 +106,64 @@ pub enum Settled {
     Disabled(InFlight),
 }
 
+impl InFlight {
+    /// This request without the items about `profiles` (an erased person), or `None` when nothing else is
+    /// left. The rest keep their order, ids and `webhook-id`; the body is re-serialized without them.
+    /// Deletion notices (`profile.deleted`) are kept: they exist to tell the partner.
+    pub fn without(&self, profiles: &BTreeSet<String>) -> Option<InFlight> {
+        let Ok(mut body) = serde_json::from_str::<Value>(&self.body) else { return Some(self.clone()) };
+        let Some(items) = body.pointer_mut("/data/items").and_then(Value::as_array_mut) else {
+            return Some(self.clone());
+        };
+        let keep: Vec<bool> = items.iter().map(|item| !about(item, profiles)).collect();
+        if keep.iter().all(|k| *k) {
+            return Some(self.clone());
+        }
+        let mut index = 0;
+        items.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        if items.is_empty() {
+            return None;
+        }
+        let pick = |list: &[String]| -> Vec<String> {
+            list.iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v.clone()).collect()
+        };
+        Some(InFlight {
+            item_ids: pick(&self.item_ids),
+            subjects: if self.subjects.len() == keep.len() { pick(&self.subjects) } else { Vec::new() },
+            body: body.to_string(),
+            ..self.clone()
+        })
+    }
+}
+
+/// Whether an item (as JSON) is about one of `profiles`, and is not the deletion notice itself.
+fn about(item: &Value, profiles: &BTreeSet<String>) -> bool {
+    item.pointer("/profile/id").and_then(Value::as_str).is_some_and(|id| profiles.contains(id))
+        && item.get("type").and_then(Value::as_str) != Some("profile.deleted")
+}
+
 impl Lane {
+    /// Drops everything about `profiles` (an erased person): pending messages, their items in the request in
+    /// flight and in queued replays. Deletion notices stay. Returns how many items were dropped.
+    pub fn forget(&mut self, profiles: &BTreeSet<String>) -> usize {
+        let before = self.items();
+        self.pending.retain(|m| {
+            !profiles.contains(&m.item.profile.id) || matches!(m.item.detail, payload::Detail::ProfileDeleted {})
+        });
+        self.current = self.current.take().and_then(|c| c.without(profiles));
+        self.replays = std::mem::take(&mut self.replays).into_iter().filter_map(|r| r.without(profiles)).collect();
+        before - self.items()
+    }
+
+    fn items(&self) -> usize {
+        self.pending.len()
+            + self.current.as_ref().map_or(0, |c| c.item_ids.len())
+            + self.replays.iter().map(|r| r.item_ids.len()).sum::<usize>()
+    }
+
     /// Whether the lane holds nothing.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.current.is_none() && self.replays.is_empty()

@@ -642,3 +642,37 @@ fn outcomes_and_partner_results_become_events_tied_to_the_profile() {
     assert_eq!(event.properties.as_ref().unwrap()["result"], "clicked");
     assert_eq!(event.properties.as_ref().unwrap()["campaign"], "w");
 }
+
+#[test]
+fn an_erased_profile_leaves_the_lane_but_its_deletion_notice_stays() {
+    let batching = Batching { max_events: 3, max_bytes: 100_000, max_wait_ms: 0 };
+    let mut lane = Lane::default();
+    lane.push(message("a", "gone", 1));
+    lane.push(message("b", "kept", 2));
+    lane.push(message("c", "gone", 3));
+    let in_flight = lane.next("crm", &batching, at(10)).unwrap().clone();
+    assert_eq!(in_flight.item_ids, ["a", "b", "c"]);
+    lane.push(message("d", "gone", 11));
+    lane.push(Message {
+        item: Item { detail: Detail::ProfileDeleted {}, ..item("notice", "gone") },
+        ..message("x", "gone", 12)
+    });
+    lane.push(message("e", "kept", 13));
+
+    let forgotten: std::collections::BTreeSet<String> = ["gone".to_string()].into();
+    assert_eq!(lane.forget(&forgotten), 3);
+    let current = lane.current.clone().unwrap();
+    assert_eq!(current.item_ids, ["b"]);
+    assert_eq!(current.webhook_id, in_flight.webhook_id, "the request keeps its id");
+    assert!(!current.body.contains("\"gone\""), "{}", current.body);
+    let body: Value = serde_json::from_str(&current.body).unwrap();
+    assert_eq!(body["data"]["items"][0]["id"], "b");
+    let pending: Vec<&str> = lane.pending.iter().map(|m| m.item.id.as_str()).collect();
+    assert_eq!(pending, ["notice", "e"], "the deletion notice stays");
+    // A request only about the person is dropped whole.
+    let mut only = Lane::default();
+    only.push(message("f", "gone", 1));
+    only.next("crm", &batching, at(10));
+    assert_eq!(only.forget(&forgotten), 1);
+    assert!(only.is_idle());
+}
