@@ -100,6 +100,7 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let ingested = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(ingest_loop(store.clone(), queue, ingested.clone()));
         tokio::spawn(tagging_loop(store.clone(), ingested, Duration::from_secs(args.tag_interval.max(1))));
+        tokio::spawn(privacy_loop(store.clone()));
         let site =
             args.site.map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("--site {}", dir.display())));
         let site = site.transpose()?;
@@ -487,6 +488,19 @@ fn to_response(answer: Answer) -> Response {
 
 /// Recomputes tags and audiences (when any are defined): after ingest (at most every 2 s), when
 /// `config/tags.json` or `config/audiences.json` changes, and every `interval`.
+/// Advances privacy requests every second (in the cloud, the tagging function's schedule does). Locally the
+/// state's readers are this process's own, so two seconds of grace are plenty.
+async fn privacy_loop(store: FsStore) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match functions::privacy::process(&store, 2_000, crate::now()).await {
+            Ok(0) => {}
+            Ok(advanced) => tracing::info!(requests = advanced, "privacy requests advanced"),
+            Err(error) => tracing::error!(%error, "privacy requests not advanced"),
+        }
+    }
+}
+
 async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interval: Duration) {
     use functions::storage::ObjectStore as _;
     let mut last_definitions: Option<(Vec<u8>, Vec<u8>)> = None;

@@ -36,6 +36,8 @@ use crate::storage::{ObjectStore, PutOptions, StoreError};
 /// How long a warm function trusts its copy of the API keys. A revocation through this function applies at
 /// once; one made through another instance within this time.
 const KEYS_TTL: Duration = Duration::from_secs(2);
+/// How old the copy may be before an unknown key makes this instance read the keys again.
+const KEYS_RECHECK: Duration = Duration::from_millis(250);
 
 /// What every handler shares: the store and a short-lived copy of the API keys.
 pub struct Api<S> {
@@ -62,9 +64,9 @@ impl<S: ObjectStore + Clone> Api<S> {
         &self.store
     }
 
-    async fn keys(&self) -> Result<Arc<ApiKeys>, Error> {
+    async fn keys(&self, max_age: Duration) -> Result<Arc<ApiKeys>, Error> {
         if let Some((at, keys)) = self.keys.read().await.as_ref()
-            && at.elapsed() < KEYS_TTL
+            && at.elapsed() < max_age
         {
             return Ok(keys.clone());
         }
@@ -81,7 +83,12 @@ impl<S: ObjectStore + Clone> Api<S> {
     /// The caller, if its key is valid and allows `scope`.
     async fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<Actor, ApiError> {
         let authorization = headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap_or("?"));
-        let keys = self.keys().await?;
+        let mut keys = self.keys(KEYS_TTL).await?;
+        if keys.authenticate(authorization) == Err(AuthError::Invalid) {
+            // Perhaps a key made since the copy was read (by `cdp api-key create` or another instance): read
+            // again, at most four times a second whatever callers send.
+            keys = self.keys(KEYS_RECHECK).await?;
+        }
         let key = keys.authenticate(authorization).map_err(ApiError::unauthorized)?;
         if !key.allows(scope) {
             return Err(ApiError::forbidden(format!(

@@ -2,8 +2,11 @@
 //! invokes it, e.g. every 15 minutes, for windowed tags whose values change as time passes).
 //!
 //! Payload: an EventBridge `Scheduled Event` (its `time` is the computation's "now"), or `{}` (the clock).
-//! Answers the report (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`,
-//! `AWS_REGION`, credentials, optionally `AWS_ENDPOINT_URL_S3`. Reserved concurrency 1: one computation at a time.
+//! Each run first advances open privacy erasures ([`functions::privacy::process`]). Answers the report
+//! (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`, `AWS_REGION`,
+//! credentials, optionally `AWS_ENDPOINT_URL_S3`; `CDP_PRIVACY_GRACE_SECONDS` (default 300): how long state
+//! objects that held an erased person stay for readers of the previous state. Reserved concurrency 1: one
+//! computation at a time.
 
 use functions::config::{init_lambda_logging, now};
 use functions::storage::{S3Settings, S3Store};
@@ -17,11 +20,18 @@ async fn main() -> Result<(), Error> {
     init_lambda_logging();
     let store = S3Store::new(S3Settings::from_env()?);
     let store = &store;
+    let grace_ms =
+        std::env::var("CDP_PRIVACY_GRACE_SECONDS").ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(300) * 1000;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let now = match event.payload["time"].as_str() {
             Some(time) => UtcTime::parse(time).ok_or_else(|| format!("the event's time {time:?} is not RFC 3339"))?,
             None => now()?,
         };
+        // Open erasures first: a recompute must not bring an erased person's ids back into tags or audiences.
+        let advanced = functions::privacy::process(store, grace_ms, now).await?;
+        if advanced > 0 {
+            tracing::info!(requests = advanced, "privacy requests advanced");
+        }
         let report = full_recompute(store, now).await?;
         tracing::info!(profiles = report.profiles, events = report.events, "tags and audiences computed");
         serde_json::to_value(&report).map_err(Error::from)

@@ -149,6 +149,23 @@ async fn finish<S: ObjectStore + Clone>(
             return Ok(());
         }
     }
+    // An ingest that read the person's events before they were held may have committed them since: erase again
+    // and wait another grace period.
+    let mut again = erasure.clone();
+    for key in &erasure.keys {
+        if let Some(stored) = lookup(store, key).await? {
+            again.profiles.insert(stored.node.id.clone());
+            again.profiles.extend(stored.profile.merged_ids.iter().cloned());
+            again.keys.extend(stored.node.identities.iter().cloned());
+        }
+    }
+    if again != erasure {
+        again.state_version = erase_state(store, &again, &mut request.outcome).await?;
+        again.erased_at = now.unix_millis();
+        request.erasure = Some(again);
+        request.waiting_for = Some("readers of the previous state (grace period, after a second pass)".into());
+        return Ok(());
+    }
     request.outcome.state_objects += collect_garbage(store, erasure.state_version).await?;
     // Events that arrived while the erasure ran were dropped at ingest but are stored: sweep again.
     let needles = needles(&erasure.keys, &request.identifiers);
