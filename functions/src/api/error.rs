@@ -83,6 +83,10 @@ impl From<Error> for ApiError {
             Error::Store(StoreError::PreconditionFailed) => {
                 Self::conflict("the object changed while this request was applied; try again")
             }
+            Error::Store(StoreError::InvalidKey(key)) => {
+                tracing::warn!(%key, "a request named an object that cannot exist");
+                Self::invalid("an identifier in the request cannot name a stored object")
+            }
             Error::Store(error) => {
                 tracing::error!(%error, "store unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is unavailable; try again")

@@ -145,6 +145,7 @@ pub(crate) async fn create<S: ObjectStore + Clone>(
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "The key lacks `admin`", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
+        (status = 409, description = "The key making the request", body = ErrorBody),
     ),
     security(("apiKey" = ["admin"]))
 )]
@@ -154,6 +155,11 @@ pub(crate) async fn revoke<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::Admin).await?;
+    if actor.id == id {
+        return Err(ApiError::conflict(
+            "a key cannot revoke itself (that would lock its holder out); revoke it with another admin key or `cdp api-key revoke`",
+        ));
+    }
     let now = crate::config::now()?;
     let (before, after) = update_keys(api.store(), |keys| {
         let before = keys.revoke(&id, now).ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;

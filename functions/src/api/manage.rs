@@ -391,6 +391,7 @@ pub(crate) async fn dead<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, Scope::ConfigRead).await?;
+    known_destination(api.store(), &id).await?;
     let letters = dead_letters(api.store(), &id).await?;
     let letters: Vec<Value> = letters
         .iter()
@@ -410,6 +411,10 @@ pub(crate) async fn replay<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    known_destination(api.store(), &id).await?;
+    if !webhook_id.starts_with("msg_") || !webhook_id[4..].bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::not_found(format!("no dead letter {webhook_id:?} (webhook ids look like msg_…)")));
+    }
     match request_replay(api.store(), &id, &webhook_id).await {
         Ok(()) => {}
         Err(Error::Config(problem)) => return Err(ApiError::not_found(problem)),
@@ -427,13 +432,20 @@ pub(crate) async fn reenable<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
-    let mut definitions = Definitions::load(api.store()).await?;
-    if !definitions.of(Kind::Destinations).iter().any(|d| id_of(d) == Some(id.as_str())) {
-        return Err(ApiError::not_found(format!("no destination {id:?}")));
-    }
+    known_destination(api.store(), &id).await?;
     enable(api.store(), &id).await?;
     api.audit(actor, "destination.enable", &format!("destination:{id}"), Change::default()).await?;
     Ok(json_body(&json!({"enabled": id})).into_response())
+}
+
+/// 404 unless `id` is a configured destination (ids from paths become object keys only after this).
+async fn known_destination<S: ObjectStore>(store: &S, id: &str) -> Result<(), ApiError> {
+    let destinations = read_array(store, DESTINATIONS_CONFIG).await?;
+    if destinations.iter().any(|d| id_of(d) == Some(id)) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no destination {id:?}")))
+    }
 }
 
 /// The routes, one set per kind.

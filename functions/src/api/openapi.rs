@@ -5,7 +5,7 @@ use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, keys, privacy, profiles};
+use super::{audit, error, keys, privacy, profiles, sources};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +25,7 @@ use super::{audit, error, keys, privacy, profiles};
         privacy::status,
         privacy::suppressions,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, sources::NewSource, sources::SourcePatch)),
     modifiers(&BearerKey),
     tags(
         (name = "profiles", description = "Unified profiles, their history, unlinking"),
@@ -62,7 +62,8 @@ struct Route {
     tag: &'static str,
     summary: String,
     scope: &'static str,
-    body: Option<&'static str>,
+    /// The request body: a description and its schema's component name.
+    body: Option<(&'static str, &'static str)>,
     success: (u16, &'static str),
     errors: &'static [u16],
 }
@@ -84,10 +85,10 @@ fn managed() -> Vec<Route> {
         errors,
     };
     let mut routes = Vec::new();
-    for (plural, noun, schema) in [
-        ("tags", "tag", "docs/schemas/tag-definition.schema.json"),
-        ("audiences", "audience", "docs/schemas/audience-definition.schema.json"),
-        ("destinations", "destination", "docs/schemas/destination-definition.schema.json"),
+    for (plural, noun, schema, component) in [
+        ("tags", "tag", "docs/schemas/tag-definition.schema.json", "TagDefinition"),
+        ("audiences", "audience", "docs/schemas/audience-definition.schema.json", "AudienceDefinition"),
+        ("destinations", "destination", "docs/schemas/destination-definition.schema.json", "DestinationDefinition"),
     ] {
         let list = format!("/v1/{plural}");
         let one = format!("/v1/{plural}/{{id}}");
@@ -117,7 +118,7 @@ fn managed() -> Vec<Route> {
             "config",
             format!("Creates or replaces a {noun} definition ({schema}); checked against the whole configuration"),
             "config:write",
-            Some(schema),
+            Some((schema, component)),
             (200, "Replaced (201 when created)"),
             WRITE_ERRORS,
         ));
@@ -178,7 +179,7 @@ fn managed() -> Vec<Route> {
         "sources",
         "Creates a source; its write key is in the answer, once".into(),
         "config:write",
-        Some("{id?, name, allowedOrigins?, settings?}"),
+        Some(("A source: name, optional id, allowed origins and settings", "NewSource")),
         (201, "Created, with `writeKey`"),
         WRITE_ERRORS,
     ));
@@ -198,7 +199,7 @@ fn managed() -> Vec<Route> {
         "sources",
         "Changes a source's name, origins, settings or enabled flag".into(),
         "config:write",
-        Some("{name?, allowedOrigins?, settings?, enabled?}"),
+        Some(("What changes; absent fields stay", "SourcePatch")),
         (200, "The source"),
         WRITE_ERRORS,
     ));
@@ -248,12 +249,15 @@ impl Route {
                 );
             }
         }
-        if let Some(body) = self.body {
+        if let Some((description, schema)) = self.body {
             operation = operation.request_body(Some(
                 RequestBodyBuilder::new()
-                    .description(Some(body))
+                    .description(Some(description))
                     .required(Some(Required::True))
-                    .content("application/json", ContentBuilder::new().schema(Some(object())).build())
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name(schema))).build(),
+                    )
                     .build(),
             ));
         }
@@ -288,9 +292,46 @@ impl Route {
     }
 }
 
-/// The API's OpenAPI document as JSON.
+/// The published JSON Schemas of the definitions, as request bodies: `(component name, file, schema)`.
+const DEFINITION_SCHEMAS: [(&str, &str, &str); 3] = [
+    ("TagDefinition", "tag-definition.schema.json", include_str!("../../../docs/schemas/tag-definition.schema.json")),
+    (
+        "AudienceDefinition",
+        "audience-definition.schema.json",
+        include_str!("../../../docs/schemas/audience-definition.schema.json"),
+    ),
+    (
+        "DestinationDefinition",
+        "destination-definition.schema.json",
+        include_str!("../../../docs/schemas/destination-definition.schema.json"),
+    ),
+];
+
+/// The API's OpenAPI document as JSON: the handlers' annotations, with the definitions' published JSON
+/// Schemas (`docs/schemas/`) as the request bodies of their `PUT` routes (`id` optional there: the path has it).
 pub fn document() -> String {
-    Document::openapi().to_pretty_json().unwrap_or_default()
+    let mut document = serde_json::to_value(Document::openapi()).unwrap_or_default();
+    for (name, _, text) in DEFINITION_SCHEMAS {
+        let Ok(mut schema) = serde_json::from_str::<serde_json::Value>(text) else { continue };
+        if let Some(object) = schema.as_object_mut() {
+            object.remove("$schema");
+            object.remove("$id");
+            if let Some(required) = object.get_mut("required").and_then(|r| r.as_array_mut()) {
+                required.retain(|field| field != "id");
+            }
+        }
+        // References within a schema and between them point into the components.
+        let mut text = schema.to_string().replace("\"#/$defs/", &format!("\"#/components/schemas/{name}/$defs/"));
+        for (other, file, _) in DEFINITION_SCHEMAS {
+            text = text.replace(&format!("\"{file}#/$defs/"), &format!("\"#/components/schemas/{other}/$defs/"));
+        }
+        if let (Ok(schema), Some(schemas)) =
+            (serde_json::from_str(&text), document.pointer_mut("/components/schemas").and_then(|s| s.as_object_mut()))
+        {
+            schemas.insert(name.to_string(), schema);
+        }
+    }
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 }
 
 pub(crate) async fn serve() -> Response {

@@ -19,23 +19,32 @@ use crate::Error;
 use crate::storage::ObjectStore;
 
 /// A source to create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NewSource {
+pub(crate) struct NewSource {
     /// `[a-z0-9][a-z0-9_-]{0,63}`; derived from the name when absent.
     id: Option<String>,
+    /// Display name, 1 to 200 characters.
     name: String,
+    /// Browser origins allowed to send (`https://shop.example`, `https://*.shop.example`, `*`); default any.
     allowed_origins: Option<Vec<String>>,
+    /// `{"collectIp": bool, "anonymizeIp": bool, "defaultCallingCode": "49"}`.
+    #[schema(value_type = Option<Object>)]
     settings: Option<SourceSettings>,
 }
 
 /// Changes to a source; absent fields stay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SourcePatch {
+pub(crate) struct SourcePatch {
+    /// Display name, 1 to 200 characters.
     name: Option<String>,
+    /// Browser origins allowed to send.
     allowed_origins: Option<Vec<String>>,
+    /// `{"collectIp": bool, "anonymizeIp": bool, "defaultCallingCode": "49"}`.
+    #[schema(value_type = Option<Object>)]
     settings: Option<SourceSettings>,
+    /// A disabled source's key is refused.
     enabled: Option<bool>,
 }
 
