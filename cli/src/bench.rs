@@ -119,6 +119,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         users: usize,
     },
+    /// Profile lookups by identifier through the API's router in process (a warm function on the folder
+    /// store): p50/p90/p99; optionally beside DuckDB answering the same lookups from a keyed table.
+    Api {
+        /// People in the state (each with a user id, an anonymous id and an email).
+        #[arg(long, default_value_t = 1_000_000)]
+        people: u64,
+        /// Lookups to time.
+        #[arg(long, default_value_t = 10_000)]
+        lookups: usize,
+        /// Also run DuckDB on the same lookups.
+        #[arg(long)]
+        duckdb: bool,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -144,6 +157,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
             crate::bench_activation::deliveries(items, batch, profiles)
         }
         BenchCommand::Activation { rate, seconds, users } => crate::bench_activation::activation(rate, seconds, users),
+        BenchCommand::Api { people, lookups, duckdb } => crate::bench_api::run(people, lookups, duckdb),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }

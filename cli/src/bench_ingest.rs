@@ -10,7 +10,7 @@ use functions::storage::{FsStore, ObjectStore, PutOptions};
 use shared::event::{CanonicalEvent, Enrichment, EventType, Identifier};
 use shared::time::UtcTime;
 
-fn event(n: u64, person: u64, kind: EventType, at: UtcTime, with_user: bool) -> CanonicalEvent {
+pub(crate) fn event(n: u64, person: u64, kind: EventType, at: UtcTime, with_user: bool) -> CanonicalEvent {
     let id = |kind: &str, value: String| Identifier { kind: kind.into(), value, sha256: None };
     let anonymous = format!("anon-{person}");
     let user = format!("user-{person}");
@@ -55,6 +55,26 @@ fn human(bytes: usize) -> String {
 /// People per base-building commit (bounds memory while building).
 const BUILD_CHUNK: u64 = 500_000;
 
+/// The instant synthetic events are stamped from (second `sec` after it).
+pub(crate) fn at(sec: u64) -> UtcTime {
+    UtcTime::from_unix_millis(1_764_331_200_000 + sec as i64 * 1000).unwrap_or_else(|| unreachable!())
+}
+
+/// A fully compacted state of `people` people, each identified once with a user id, an anonymous id and an
+/// email (`person{p}@example.com`); messageIds `bench-1` to `bench-{people}`.
+pub(crate) async fn build_base(store: &FsStore, people: u64) -> anyhow::Result<()> {
+    let build = IngestConfig { compaction: Compaction::always(), ..IngestConfig::default() };
+    let mut first = 0u64;
+    while first < people {
+        let last = (first + BUILD_CHUNK).min(people);
+        let events: Vec<CanonicalEvent> =
+            (first..last).map(|p| event(p + 1, p, EventType::Identify, at(p % 3600), true)).collect();
+        ingest_events(store, events, &build, at(7200)).await?;
+        first = last;
+    }
+    Ok(())
+}
+
 pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
     if identifiers < 3 || batch == 0 {
         bail!("need --identifiers ≥ 3 and --batch ≥ 1");
@@ -63,25 +83,11 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = FsStore::open(dir.path())?;
     let people = identifiers / 3; // a user id, an anonymous id and an email each
-    let at =
-        |sec: u64| UtcTime::from_unix_millis(1_764_331_200_000 + sec as i64 * 1000).unwrap_or_else(|| unreachable!());
     runtime.block_on(async {
         // The base: every person identified once, committed as whole shards (a fully compacted state).
         let start = Instant::now();
-        let build = IngestConfig { compaction: Compaction::always(), ..IngestConfig::default() };
-        let mut n = 0u64;
-        let mut first = 0u64;
-        while first < people {
-            let last = (first + BUILD_CHUNK).min(people);
-            let events: Vec<CanonicalEvent> = (first..last)
-                .map(|p| {
-                    n += 1;
-                    event(n, p, EventType::Identify, at(p % 3600), true)
-                })
-                .collect();
-            ingest_events(&store, events, &build, at(7200)).await?;
-            first = last;
-        }
+        build_base(&store, people).await?;
+        let mut n = people;
         let base = store.get(MANIFEST_KEY).await?.map(|o| o.body).unwrap_or_default();
         let manifest: Manifest = serde_json::from_slice(&base)?;
         let state_bytes = manifest.base_bytes();
