@@ -74,10 +74,12 @@ struct View {
 }
 
 /// How a shard kind's entries are decoded into the [`View`].
-trait Entries: Shard {
-    type Value: Send + 'static;
+trait Entries: Shard + Sync {
+    type Value: Send + Clone + Default + 'static;
     fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error>;
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value>;
+    /// The entry's value after `delta`, if `delta` changed it in shard `n`.
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value>;
 }
 
 fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serde_json::Error> {
@@ -92,6 +94,9 @@ impl Entries for IdsShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.ids
     }
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
+        delta.ids.get(&n)?.get(key).cloned()
+    }
 }
 
 impl Entries for ProfilesShard {
@@ -105,6 +110,9 @@ impl Entries for ProfilesShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.profiles
     }
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
+        delta.profiles.get(&n)?.get(key).cloned()
+    }
 }
 
 impl Entries for DedupShard {
@@ -115,6 +123,67 @@ impl Entries for DedupShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.dedup
     }
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
+        delta.dedup.get(&n)?.get(key).cloned()
+    }
+}
+
+/// Decoded base objects (shards and base tables) kept between transactions in this process (a warm function,
+/// `cdp up`): they are immutable and named by their content, so a kept copy is never stale. Bounded by the
+/// decoded JSON's size (`CDP_STATE_CACHE_MB`, default 256), oldest first out.
+struct BaseCache {
+    entries: std::collections::HashMap<String, (Arc<dyn std::any::Any + Send + Sync>, usize)>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+    budget: usize,
+}
+
+fn base_cache<T>(f: impl FnOnce(&mut BaseCache) -> T) -> T {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<BaseCache>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        let mb = std::env::var("CDP_STATE_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(256);
+        std::sync::Mutex::new(BaseCache {
+            entries: Default::default(),
+            order: Default::default(),
+            bytes: 0,
+            budget: mb << 20,
+        })
+    });
+    f(&mut cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// The base object `key`, decoded, from the cache or the store.
+async fn cached_base<S: ObjectStore, T: DeserializeOwned + Send + Sync + 'static>(
+    store: &S,
+    key: &str,
+) -> Result<Arc<T>, Error> {
+    if let Some(hit) = base_cache(|cache| cache.entries.get(key).map(|(value, _)| value.clone()))
+        && let Ok(hit) = hit.downcast::<T>()
+    {
+        return Ok(hit);
+    }
+    let object = store
+        .get(key)
+        .await?
+        .ok_or_else(|| Error::Corrupt(format!("the manifest names {key}, which does not exist")))?;
+    let json = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
+    let value: Arc<T> = Arc::new(serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?);
+    let cost = json.len();
+    base_cache(|cache| {
+        if cost > cache.budget || cache.entries.contains_key(key) {
+            return;
+        }
+        while cache.bytes + cost > cache.budget {
+            let Some(oldest) = cache.order.pop_front() else { break };
+            if let Some((_, size)) = cache.entries.remove(&oldest) {
+                cache.bytes -= size;
+            }
+        }
+        cache.entries.insert(key.to_string(), (value.clone(), cost));
+        cache.order.push_back(key.to_string());
+        cache.bytes += cost;
+    });
+    Ok(value)
 }
 
 /// Decoded delta objects by key (see [`Transaction::begin`]); bounded by the outstanding deltas of the last
@@ -215,8 +284,8 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             None => (Manifest { shards: counts, ..Manifest::default() }, None),
         };
         let base = match &manifest.base {
-            Some(base) => read_json::<S, BaseTable>(store, &base.key).await?,
-            None => BaseTable::default(),
+            Some(base) => cached_base::<S, BaseTable>(store, &base.key).await?,
+            None => Arc::new(BaseTable::default()),
         };
         // Delta objects are immutable and named by their content: decoded ones are kept for the next
         // transaction in this process (a warm function, `cdp up`), so each is read once, not once per batch.
@@ -245,7 +314,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             etag,
             compaction: Compaction::default(),
             deltas: Arc::new(deltas.into_iter().flatten().collect()),
-            objects: base.objects,
+            objects: base.objects.clone(),
             manifest,
             view: View::default(),
             changed: BTreeSet::new(),
@@ -290,10 +359,25 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
-                let shard: T = read_shard(&store, base, &deltas, n).await?;
+                // An entry is its value in the newest delta that changed it, else in the base object.
+                let since = base.as_ref().map_or(0, |b| b.version);
+                let newer: Vec<&Arc<Delta>> =
+                    deltas.iter().rev().take_while(|(version, _)| *version > since).map(|(_, d)| d).collect();
+                let mut shard: Option<Arc<T>> = None;
                 let mut out = Vec::with_capacity(keys.len());
                 for key in keys {
-                    let value = shard.extract(&key).map_err(corrupt(&key))?;
+                    let value = match newer.iter().find_map(|delta| T::in_delta(delta, n, &key)) {
+                        Some(value) => value,
+                        None => match &base {
+                            None => T::Value::default(),
+                            Some(base) => {
+                                if shard.is_none() {
+                                    shard = Some(cached_base::<S, T>(&store, &base.key).await?);
+                                }
+                                shard.as_ref().map(|s| s.extract(&key)).transpose().map_err(corrupt(&key))?.unwrap_or_default()
+                            }
+                        },
+                    };
                     out.push((key, value));
                 }
                 Ok::<_, Error>(out)
