@@ -14,6 +14,7 @@ mod openapi;
 mod privacy;
 mod profiles;
 mod sources;
+mod timeline;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,6 +193,7 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/profiles/{identifier}", get(profiles::get::<S>))
         .route("/v1/profiles/{identifier}/history", get(profiles::history::<S>))
+        .route("/v1/profiles/{identifier}/events", get(timeline::events::<S>))
         .route("/v1/profiles/{identifier}/unlink", post(profiles::unlink::<S>))
         .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
         .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))

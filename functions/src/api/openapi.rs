@@ -5,7 +5,7 @@ use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, keys, privacy, profiles, sources};
+use super::{audit, error, keys, privacy, profiles, sources, timeline};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use super::{audit, error, keys, privacy, profiles, sources};
     paths(
         profiles::get,
         profiles::history,
+        timeline::events,
         profiles::unlink,
         keys::list,
         keys::create,

@@ -117,7 +117,7 @@ pub(crate) struct UnlinkResult {
 
 /// The stored profile behind `identifier`, or the answer to give instead (400, 404, or 308 to the survivor
 /// for an absorbed profile id, keeping `suffix`).
-async fn resolve<S: ObjectStore + Clone>(
+pub(crate) async fn resolve<S: ObjectStore + Clone>(
     api: &Api<S>,
     identifier: &str,
     suffix: &str,

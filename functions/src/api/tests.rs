@@ -60,8 +60,10 @@ impl Fixture {
         (status, body)
     }
 
+    /// Collects `events` as one request received `seed` seconds after [`now`], and ingests it.
     async fn ingest(&self, seed: u8, events: Value) {
-        let object = put_batch(&self.store, seed, events, now()).await;
+        let received = UtcTime::from_unix_millis(now().unix_millis() + i64::from(seed) * 1000).unwrap();
+        let object = put_batch(&self.store, seed, events, received).await;
         ingest(&self.store, &[object], &IngestConfig::default(), now()).await.unwrap();
     }
 }
@@ -455,4 +457,48 @@ async fn sources_get_keys_shown_once_that_collectors_accept() {
     let actions: Vec<&str> = log["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["source.delete", "source.rotate_key", "source.update", "source.update", "source.create"]);
     assert!(!log.to_string().contains(new_key), "{log}");
+}
+
+#[tokio::test]
+async fn the_timeline_pages_through_the_profile_s_events_newest_first() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev("page", "t1", 1, json!({"anonymousId": "a1", "name": "Home"})),
+            ev("page", "o1", 2, json!({"anonymousId": "other", "name": "Home"})),
+            ev("identify", "t2", 3, json!({"anonymousId": "a1", "userId": "u1"})),
+        ]),
+    )
+    .await;
+    f.ingest(
+        2,
+        json!([
+            ev("track", "t3", 4, json!({"userId": "u1", "event": "Order Completed"})),
+            ev("track", "t4", 5, json!({"userId": "u1", "event": "Viewed"})),
+        ]),
+    )
+    .await;
+    let reader = key(&f.store, "config", &[Scope::ConfigRead]).await;
+    let ids = |page: &Value| {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["messageId"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (status, first) = f.get("/v1/profiles/user_id:u1/events?limit=3", &f.admin).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(ids(&first), ["t4", "t3", "t2"], "newest received first");
+    let cursor = first["nextCursor"].as_str().unwrap();
+    let (_, second) = f.get(&format!("/v1/profiles/anonymous_id:a1/events?limit=3&cursor={cursor}"), &f.admin).await;
+    assert_eq!(ids(&second), ["t1"], "the other person's event is not in the timeline");
+    assert!(second["nextCursor"].is_null(), "{second}");
+    let (_, all) = f.get("/v1/profiles/user_id:u1/events", &f.admin).await;
+    assert_eq!(ids(&all), ["t4", "t3", "t2", "t1"]);
+    assert_eq!(all["events"][0]["event"], "Viewed");
+    assert_eq!(f.get("/v1/profiles/user_id:u1/events?cursor=nonsense", &f.admin).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/v1/profiles/user_id:u1/events?limit=0", &f.admin).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(f.get("/v1/profiles/user_id:u1/events", &reader).await.0, StatusCode::FORBIDDEN);
 }

@@ -374,7 +374,12 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                                 if shard.is_none() {
                                     shard = Some(cached_base::<S, T>(&store, &base.key).await?);
                                 }
-                                shard.as_ref().map(|s| s.extract(&key)).transpose().map_err(corrupt(&key))?.unwrap_or_default()
+                                shard
+                                    .as_ref()
+                                    .map(|s| s.extract(&key))
+                                    .transpose()
+                                    .map_err(corrupt(&key))?
+                                    .unwrap_or_default()
                             }
                         },
                     };
