@@ -124,6 +124,15 @@ fn managed_configuration_lookup_erasure_suppression_and_audit_through_cdp_up() {
         entered(&partner).iter().any(|i| i["type"] == "audience.entered" && i["profile"]["id"] == jane["id"])
     });
     assert!(holding(data.path(), "user-1042").len() > 1, "Jane is stored before the erasure");
+    // The audience as operators see it: definition, size, history and insight from the full recompute.
+    let mut viewers = Value::Null;
+    wait_for("the audience's insight", Duration::from_secs(60), &up, || {
+        viewers = call(&up, "GET", "/v1/audiences/viewers", &admin, None).json();
+        viewers["insight"]["size"] == 2
+    });
+    assert_eq!(viewers["computed"]["size"], 2, "{viewers}");
+    assert!(viewers["history"]["sizes"].as_array().is_some_and(|s| !s.is_empty()), "{viewers}");
+    assert_eq!(viewers["insight"]["values"], json!([]), "two members reveal no values");
 
     // Erasure by email.
     let eraser = api_key(data.path(), "dpo", &["profiles:delete"]);

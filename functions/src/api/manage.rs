@@ -218,6 +218,10 @@ pub(crate) async fn get_definition<S: ObjectStore + Clone>(
     let mut out = described(api.store(), kind, &definition, report.as_ref()).await?;
     if kind == Kind::Audiences {
         out["history"] = audience_history(api.store(), &id).await?;
+        out["insight"] = match api.store().get(&format!("audiences/v1/{id}/insight.json")).await? {
+            Some(object) => serde_json::from_slice(&object.body).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
     }
     Ok(json_body(&out).into_response())
 }

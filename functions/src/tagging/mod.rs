@@ -10,6 +10,8 @@
 //! - `tags/v1/values.json.gz`: `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`;
 //! - `audiences/v1/<id>/snapshot.json.gz`: the members and the size history ([`Snapshot`]);
 //! - `audiences/v1/<id>/diffs/<computedAt>.json`: `{"computedAt", "entered", "exited"}`, when anything changed;
+//! - `audiences/v1/<id>/insight.json`: the trait and tag values most over-represented among the members against
+//!   every profile (lift, share; personal traits and values fewer than five members hold are left out);
 //! - `products/v1/tags.json.gz`: product tags (category, counts, revenue, popularity; `config/products.json`
 //!   says which properties and events, with defaults);
 //! - `tags/v1/models/<tag id>.json`: each population tag's fitted model (propensity weights with their
@@ -30,6 +32,9 @@ use crate::Error;
 use crate::ingest::read_object;
 use crate::state::scan;
 use crate::storage::{ObjectStore, PutOptions};
+
+/// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
+const INSIGHTS: usize = 10;
 
 /// Where the tag definitions live.
 pub const TAGS_CONFIG: &str = "config/tags.json";
@@ -255,6 +260,17 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         }
         // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
         Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
+    }
+    // What makes each audience distinct (the API serves it with the audience).
+    let no_tags = BTreeMap::new();
+    for (audience, now_members) in &members {
+        let population =
+            profiles.iter().map(|(id, traits)| (id.as_str(), traits, values.get(id.as_str()).unwrap_or(&no_tags)));
+        let ranked = shared::audiences::insight(now_members, population, INSIGHTS);
+        let body = serde_json::json!({"computedAt": now_ms, "size": now_members.len(), "values": ranked});
+        store
+            .put(&format!("audiences/v1/{audience}/insight.json"), body.to_string().into_bytes(), PutOptions::json())
+            .await?;
     }
     for (audience, now_members) in members {
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");

@@ -24,6 +24,9 @@ pub struct Insight {
 
 /// Values rarer than this among members are not reported (noise).
 const MIN_SHARE: f64 = 0.05;
+/// Values fewer members than this hold are not reported: a small audience must not reveal its members'
+/// values.
+const MIN_MEMBERS: u64 = 5;
 
 /// The `top` values with the highest lift among `members` (ties: the larger share), over categorical values
 /// (strings and booleans) of traits and tags. `population` yields each profile's id, traits and tag values.
@@ -44,7 +47,11 @@ pub fn insight<'p>(
             .map(|(k, v)| (format!("trait:{k}"), v))
             .chain(tags.iter().map(|(k, v)| (format!("tag:{k}"), v)));
         for (field, value) in fields {
-            if !(value.is_string() || value.is_boolean()) {
+            // Personal data is never an insight, whatever its share.
+            let personal = field
+                .strip_prefix("trait:")
+                .is_some_and(|name| crate::activation::destination::PII_TRAITS.contains(&name));
+            if personal || !(value.is_string() || value.is_boolean()) {
                 continue;
             }
             let entry = counts.entry((field, value.to_string())).or_insert_with(|| (0, 0, value.clone()));
@@ -60,7 +67,7 @@ pub fn insight<'p>(
         .filter_map(|((field, _), (hits, all, value))| {
             let share = hits as f64 / in_audience as f64;
             let population_share = all as f64 / total as f64;
-            (share >= MIN_SHARE).then(|| Insight {
+            (share >= MIN_SHARE && hits >= MIN_MEMBERS).then(|| Insight {
                 field,
                 value,
                 share,

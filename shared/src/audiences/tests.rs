@@ -294,3 +294,19 @@ fn realtime_audiences_are_those_decided_by_traits_and_tags_alone() {
     let decided = set.realtime_members(traits.as_object().unwrap(), &low);
     assert_eq!(decided, [("high".to_string(), false), ("pro_high".to_string(), false)].into());
 }
+
+#[test]
+fn insight_never_reveals_personal_data_or_a_few_members_values() {
+    let mut profiles = Vec::new();
+    for i in 0..100 {
+        let traits =
+            json!({"email": format!("p{i}@example.com"), "name": "Jane Roe", "vip": if i < 3 { "yes" } else { "no" }});
+        profiles.push((format!("p{i}"), traits.as_object().cloned().unwrap_or_default(), BTreeMap::new()));
+    }
+    // An audience of three: the only values they share are their names (personal) and `vip: yes` (held by
+    // fewer than five members).
+    let members: BTreeSet<String> = ["p0", "p1", "p2"].iter().map(|s| s.to_string()).collect();
+    let population = profiles.iter().map(|(id, traits, tags)| (id.as_str(), traits, tags));
+    let ranked = insight(&members, population, 10);
+    assert!(ranked.is_empty(), "{ranked:?}");
+}
