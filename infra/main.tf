@@ -1,0 +1,150 @@
+# The CDP's AWS side: one bucket (+ its access-log bucket) under a customer-managed KMS key, SQS queues fed by
+# the bucket's notifications, the four Lambda functions with one least-privilege role each, their schedules,
+# the API's function URL, alarms, and the edge worker's credentials. See README.md for the deploy procedure.
+
+data "aws_caller_identity" "current" {}
+data "aws_region" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  account   = data.aws_caller_identity.current.account_id
+  region    = data.aws_region.current.name
+  partition = data.aws_partition.current.partition
+  bucket    = "${var.name}-${local.account}"
+
+  # The storage layout (shared::storage, ARCHITECTURE.md): what the bucket's notifications watch.
+  raw_prefix    = "raw/"
+  outbox_prefix = "deliveries/v1/outbox/"
+
+  # One entry per binary of functions/src/bin. `reserved` is the function's reserved concurrency: 1 where the
+  # design needs a single writer (the tagging recompute; the activation dispatcher owns the delivery lanes).
+  functions = {
+    ingest = {
+      description = "ID-Mapping, profiles, incremental tags and real-time audiences for new raw objects (SQS)"
+      timeout     = 300
+      memory      = 1769
+      reserved    = 10
+      environment = {}
+    }
+    tagging = {
+      description = "Scheduled full recompute of tags and audiences; advances privacy erasures"
+      timeout     = 900
+      memory      = 3008
+      reserved    = 1
+      environment = { CDP_PRIVACY_GRACE_SECONDS = tostring(var.privacy_grace_seconds) }
+    }
+    activation = {
+      description = "Signed webhook deliveries to partners: outbox (SQS) and retries (schedule)"
+      timeout     = 300
+      memory      = 512
+      reserved    = 1
+      environment = {}
+    }
+    api = {
+      description = "The HTTP API: profiles, management, privacy requests, audit (function URL)"
+      timeout     = 30
+      memory      = 1769
+      reserved    = var.api_max_concurrency
+      environment = {}
+    }
+  }
+
+  # What each function may do in the bucket: actions by key prefix (every prefix ends with `/` or names one
+  # object). Derived from the handlers (functions/src); tests/tests/infra.rs keeps the two in agreement.
+  bucket_access = {
+    ingest = {
+      get    = ["raw/", "state/", "config/", "tags/v1/ready.json", "privacy/v1/suppressed.json"]
+      put    = ["state/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/"]
+      delete = ["deliveries/v1/outbox/"]
+      list   = []
+    }
+    tagging = {
+      get    = ["raw/", "failed/", "state/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/"]
+      put    = ["raw/", "failed/", "state/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/"]
+      delete = ["raw/", "failed/", "state/", "deliveries/"]
+      list   = ["raw/", "failed/", "state/", "audiences/", "deliveries/", "privacy/"]
+    }
+    activation = {
+      get    = ["deliveries/", "config/"]
+      put    = ["deliveries/", "raw/"]
+      delete = ["deliveries/"]
+      list   = ["deliveries/"]
+    }
+    api = {
+      get    = ["raw/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/"]
+      put    = ["state/", "config/", "access/", "audit/", "privacy/", "deliveries/v1/replay/"]
+      delete = ["deliveries/v1/status/"]
+      list   = ["raw/", "audit/", "privacy/", "audiences/", "deliveries/"]
+    }
+  }
+
+  sqs_triggered = {
+    ingest     = aws_sqs_queue.work["ingest"].arn
+    activation = aws_sqs_queue.work["activation"].arn
+  }
+
+  schedules = {
+    tagging    = var.tagging_schedule
+    activation = "rate(1 minute)"
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Encryption: one customer-managed key, rotated yearly, for the bucket, the queues, the logs and the
+# functions' environment.
+
+data "aws_iam_policy_document" "key" {
+  #checkov:skip=CKV_AWS_111:a key policy's "*" resource is the key itself; the account keeps administering it (AWS's default key policy)
+  #checkov:skip=CKV_AWS_356:a key policy's "*" resource is the key itself, not every resource
+  #checkov:skip=CKV_AWS_109:a key policy's "*" resource is the key itself; services get only encrypt/decrypt, bound to this account
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"] # in a key policy, "*" is this key
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account}:root"]
+    }
+  }
+  statement {
+    sid       = "S3NotifiesEncryptedQueues"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["s3.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account]
+    }
+  }
+  statement {
+    sid       = "LogsEncrypt"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${local.region}.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${local.partition}:logs:${local.region}:${local.account}:log-group:/aws/lambda/${var.name}-*"]
+    }
+  }
+}
+
+resource "aws_kms_key" "data" {
+  description             = "${var.name}: events, state, queues, logs"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.key.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "data" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.data.key_id
+}

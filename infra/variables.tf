@@ -1,0 +1,105 @@
+variable "name" {
+  description = "Name prefix of every resource (lower case letters, digits and dashes; it also names the bucket, with the account id)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,24}$", var.name))
+    error_message = "name must be 3 to 25 characters: lower case letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "artifacts_dir" {
+  description = "Folder holding the functions' zips as `scripts/build_lambdas.sh` writes them: <dir>/<function>/bootstrap.zip."
+  type        = string
+}
+
+variable "log_retention_days" {
+  description = "How long CloudWatch keeps the functions' logs."
+  type        = number
+  default     = 30
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of the values CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, ...)."
+  }
+}
+
+variable "raw_infrequent_access_after_days" {
+  description = "Raw events move to S3 Standard-IA after this many days."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.raw_infrequent_access_after_days >= 30
+    error_message = "S3 moves objects to Standard-IA after 30 days at the earliest."
+  }
+}
+
+variable "failed_retention_days" {
+  description = "Rejected events (failed/) are deleted after this many days."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.failed_retention_days >= 1
+    error_message = "failed_retention_days must be at least 1."
+  }
+}
+
+variable "lake_retention_days" {
+  description = "Compacted events (lake/) are deleted after this many days."
+  type        = number
+  default     = 730
+  validation {
+    condition     = var.lake_retention_days >= 1
+    error_message = "lake_retention_days must be at least 1."
+  }
+}
+
+variable "noncurrent_version_retention_days" {
+  description = "Older versions of rewritten objects are deleted after this many days. Erasures rewrite objects: this bounds how long an erased person's data survives in old versions."
+  type        = number
+  default     = 7
+  validation {
+    condition     = var.noncurrent_version_retention_days >= 1 && var.noncurrent_version_retention_days <= 30
+    error_message = "noncurrent_version_retention_days must be 1 to 30 (an erasure must finish within a month)."
+  }
+}
+
+variable "tagging_schedule" {
+  description = "How often the tagging function recomputes tags and audiences and advances privacy requests (an EventBridge schedule expression)."
+  type        = string
+  default     = "rate(15 minutes)"
+  validation {
+    condition     = can(regex("^(rate|cron)\\(.+\\)$", var.tagging_schedule))
+    error_message = "tagging_schedule must be an EventBridge rate(...) or cron(...) expression."
+  }
+}
+
+variable "privacy_grace_seconds" {
+  description = "How long state objects that held an erased person stay for readers of the previous state before deletion."
+  type        = number
+  default     = 300
+  validation {
+    condition     = var.privacy_grace_seconds >= 60
+    error_message = "privacy_grace_seconds must be at least 60 (longer than any function's read of the state)."
+  }
+}
+
+variable "api_max_concurrency" {
+  description = "Throttle of the API: at most this many requests are served at once (reserved concurrency); more get 429."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.api_max_concurrency >= 1
+    error_message = "api_max_concurrency must be at least 1."
+  }
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic that receives the alarms (dead-letter queues, errors, queue age); none when empty."
+  type        = string
+  default     = ""
+}
+
+variable "tags" {
+  description = "Tags on every resource."
+  type        = map(string)
+  default     = {}
+}
