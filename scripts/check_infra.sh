@@ -5,10 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="$(pwd)/target/venv-checkov"
-if [ ! -x "$VENV/bin/checkov" ] || ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' scripts/requirements-infra.txt); then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-infra.txt
-fi
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+ensure_venv "$VENV" scripts/requirements-infra.txt
 # Every skip names its reason.
 if grep -rn "checkov:skip=" infra | grep -vE "checkov:skip=[A-Z0-9_]+:.{20,}"; then
   echo "a checkov skip above has no reason" >&2

@@ -64,7 +64,9 @@ fn object(expr: &Expression) -> Vec<(String, &Expression)> {
 
 fn strings(expr: &Expression) -> Vec<String> {
     match expr {
-        Expression::Array(items) => items.iter().filter_map(|e| if let Expression::String(s) = e { Some(s.clone()) } else { None }).collect(),
+        Expression::Array(items) => {
+            items.iter().filter_map(|e| if let Expression::String(s) = e { Some(s.clone()) } else { None }).collect()
+        }
         Expression::String(s) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -196,8 +198,10 @@ fn notifications_watch_the_storage_layout() {
         .expect("aws_s3_bucket_notification");
     let mut watched = BTreeSet::new();
     for queue in blocks(notification.body(), "queue") {
-        let prefix = hcl::format::to_string(attribute(queue.body(), "filter_prefix").expect("filter_prefix")).unwrap_or_default();
-        let target = hcl::format::to_string(attribute(queue.body(), "queue_arn").expect("queue_arn")).unwrap_or_default();
+        let prefix = hcl::format::to_string(attribute(queue.body(), "filter_prefix").expect("filter_prefix"))
+            .unwrap_or_default();
+        let target =
+            hcl::format::to_string(attribute(queue.body(), "queue_arn").expect("queue_arn")).unwrap_or_default();
         watched.insert((prefix.trim().to_string(), target.trim().to_string()));
     }
     let expected: BTreeSet<(String, String)> = [
@@ -207,11 +211,28 @@ fn notifications_watch_the_storage_layout() {
     .into();
     assert_eq!(watched, expected);
     // Every prefix a function may touch is part of the layout.
-    let layout = ["raw/", "failed/", "imports/", "state/", "lake/", "audiences/", "deliveries/", "config/", "access/", "audit/", "privacy/", "tags/", "products/"];
+    let layout = [
+        "raw/",
+        "failed/",
+        "imports/",
+        "state/",
+        "lake/",
+        "audiences/",
+        "deliveries/",
+        "config/",
+        "access/",
+        "audit/",
+        "privacy/",
+        "tags/",
+        "products/",
+    ];
     for (function, access) in object(local(&module, "bucket_access")) {
         for (action, prefixes) in object(access) {
             for prefix in strings(prefixes) {
-                assert!(layout.iter().any(|top| prefix.starts_with(top)), "{function}.{action}: {prefix} is not in the layout");
+                assert!(
+                    layout.iter().any(|top| prefix.starts_with(top)),
+                    "{function}.{action}: {prefix} is not in the layout"
+                );
             }
         }
     }
@@ -239,10 +260,7 @@ fn no_policy_grants_everything_where_less_works() {
                     continue; // Denying everything over plain HTTP is the point of those statements.
                 }
                 for action in &actions {
-                    assert!(
-                        action != "*" && (!action.ends_with(":*") || key_policy),
-                        "{file}: {name} grants {action}"
-                    );
+                    assert!(action != "*" && (!action.ends_with(":*") || key_policy), "{file}: {name} grants {action}");
                 }
                 assert!(
                     !resources.iter().any(|r| r == "*") || key_policy,
@@ -261,5 +279,8 @@ fn providers_are_pinned() {
     assert!(attribute(terraform.body(), "required_version").is_some());
     let providers = blocks(terraform.body(), "required_providers").next().expect("required_providers");
     let aws = object(attribute(providers.body(), "aws").expect("aws"));
-    assert!(aws.iter().any(|(k, v)| k == "version" && matches!(v, Expression::String(s) if s.starts_with("~> 5."))), "{aws:?}");
+    assert!(
+        aws.iter().any(|(k, v)| k == "version" && matches!(v, Expression::String(s) if s.starts_with("~> 5."))),
+        "{aws:?}"
+    );
 }

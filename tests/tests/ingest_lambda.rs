@@ -46,18 +46,9 @@ fn function_command(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &Lo
     command
 }
 
-#[test]
-fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
-    let bin = repo_root().join("target/debug/ingest");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p cdp-functions` first (the test command does)",
-        bin.display()
-    );
-    let s3 = LocalS3::start();
-    let store = s3.store();
-
-    // A raw object, as the collector writes it.
+/// The fixture batch collected as the collector does and stored as one raw object in `s3`: its key, the
+/// source's write key, and when it was received.
+fn store_raw_object(s3: &LocalS3) -> (String, String, UtcTime) {
     let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
     let mut sources = Sources::default();
     sources.add(source).expect("source");
@@ -72,7 +63,23 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
         panic!("rejected")
     };
     let (object_key, bytes) = batch.accepted_object().expect("accepted");
-    s3.block_on(store.put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put raw object");
+    s3.block_on(s3.store().put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put raw object");
+    (object_key, key, now)
+}
+
+#[test]
+fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
+    let bin = repo_root().join("target/debug/ingest");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cdp-functions` first (the test command does)",
+        bin.display()
+    );
+    let s3 = LocalS3::start();
+    let store = s3.store();
+
+    // A raw object, as the collector writes it.
+    let (object_key, _, _) = store_raw_object(&s3);
 
     // The real-shaped SQS event, pointed at that object (S3 URL-encodes keys in notifications).
     let mut event: Value = serde_json::from_str(&fixture("aws-sqs-s3-notification.json")).expect("fixture");
@@ -200,21 +207,7 @@ fn function_url_request(method: &str, path: &str, authorization: &str, body: Opt
 fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
     let s3 = LocalS3::start();
     let store = s3.store();
-    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
-    let mut sources = Sources::default();
-    sources.add(source).expect("source");
-    let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", &key);
-    let now = UtcTime::parse("2026-11-28T12:00:10Z").expect("time");
-    let Collected::Kept(batch) = collect(
-        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
-        &sources,
-        now,
-        &mut Entropy::from_seed([2; 32]),
-    ) else {
-        panic!("rejected")
-    };
-    let (object_key, bytes) = batch.accepted_object().expect("accepted");
-    s3.block_on(store.put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put raw object");
+    let (object_key, key, now) = store_raw_object(&s3);
     let config = functions::ingest::IngestConfig::default();
     s3.block_on(functions::ingest::ingest(&store, &[object_key], &config, now)).expect("ingest");
     let admin = s3

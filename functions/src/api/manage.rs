@@ -81,6 +81,17 @@ impl Definitions {
         })
     }
 
+    /// These definitions with `kind`'s file as `bytes` (as read for a compare-and-swap; none when absent).
+    fn with(&self, kind: Kind, bytes: Option<&[u8]>) -> Result<Self, Error> {
+        let mut all = self.clone();
+        *all.of(kind) = match bytes {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| Error::Config(shared::Error::Config(format!("{}: {e}", kind.file()))))?,
+            None => Vec::new(),
+        };
+        Ok(all)
+    }
+
     fn of(&mut self, kind: Kind) -> &mut Vec<Value> {
         match kind {
             Kind::Tags => &mut self.tags,
@@ -275,12 +286,7 @@ pub(crate) async fn put_definition<S: ObjectStore + Clone>(
     let others = Definitions::load(api.store()).await?;
     let loopback = api.loopback;
     let (before, after) = crate::config::update(api.store(), kind.file(), "application/json", |bytes| {
-        let mut all = others.clone();
-        *all.of(kind) = match bytes {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|e| Error::Config(shared::Error::Config(format!("{}: {e}", kind.file()))))?,
-            None => Vec::new(),
-        };
+        let mut all = others.with(kind, bytes)?;
         let list = all.of(kind);
         let position = list.iter().position(|d| id_of(d) == Some(id.as_str()));
         let before = position.map(|i| list[i].clone());
@@ -367,12 +373,7 @@ pub(crate) async fn delete_definition<S: ObjectStore + Clone>(
     let others = Definitions::load(api.store()).await?;
     let loopback = api.loopback;
     let before = crate::config::update(api.store(), kind.file(), "application/json", |bytes| {
-        let mut all = others.clone();
-        *all.of(kind) = match bytes {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|e| Error::Config(shared::Error::Config(format!("{}: {e}", kind.file()))))?,
-            None => Vec::new(),
-        };
+        let mut all = others.with(kind, bytes)?;
         let list = all.of(kind);
         let Some(position) = list.iter().position(|d| id_of(d) == Some(id.as_str())) else {
             return Err(ApiError::not_found(format!("no {} {id:?}", kind.noun())));

@@ -1,0 +1,9 @@
+# Sourced by the scripts that need Python tools: `ensure_venv DIR REQUIREMENTS` makes DIR a virtual environment
+# holding exactly the pinned packages of the requirements file (reinstalled when a pin changes).
+ensure_venv() {
+  local venv=$1 requirements=$2
+  if [ ! -x "$venv/bin/pip" ] || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' "$requirements"); then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  fi
+}
