@@ -129,7 +129,7 @@ pub async fn record<S: ObjectStore>(
     let at = crate::config::now()?;
     let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
     for _ in 0..3 {
-        let id = entropy.ulid(at).to_string();
+        let id = next_record_id(entropy.ulid(at)).to_string();
         let entry = AuditRecord {
             id: id.clone(),
             at,
@@ -155,6 +155,16 @@ pub async fn record<S: ObjectStore>(
         }
     }
     Err(Error::Corrupt("could not name a new audit record".into()))
+}
+
+/// `candidate`, or the next id after the last one this process gave if that is not later: records made in
+/// the same millisecond keep their order in the log.
+fn next_record_id(candidate: ulid::Ulid) -> ulid::Ulid {
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let id = u128::from(candidate).max(last.saturating_add(1));
+    *last = id;
+    ulid::Ulid::from(id)
 }
 
 /// The API keys file, or no keys.
