@@ -63,7 +63,7 @@ pub(crate) struct AppState {
 /// The whole local app: the API's routes (the same router as the API Lambda), and every other path through
 /// the collector core's router, as in the edge worker.
 pub(crate) fn app(state: Arc<AppState>) -> Router {
-    let api = functions::api::Api::with_loopback(state.store.clone(), state.loopback);
+    let api = functions::api::Api::local(state.store.clone(), state.loopback, state.ingest.clone());
     functions::api::routes(api).fallback_service(Router::new().fallback(serve).with_state(state))
 }
 
@@ -159,9 +159,6 @@ async fn serve(
     let origin = header_str(headers, header::ORIGIN);
     if parts.uri.path() == "/demo" && parts.method == axum::http::Method::GET {
         return demo(parts.uri.query().unwrap_or(""));
-    }
-    if let Some(destination) = parts.uri.path().strip_prefix("/v1/feedback/") {
-        return feedback(&state, destination, &parts, body).await;
     }
     if parts.uri.path() == "/demo/partner"
         && let Some(partner) = &state.demo
@@ -310,46 +307,6 @@ async fn demo_partner(
 }
 
 /// `POST /v1/feedback/DESTINATION`: a partner's results, signed with the destination's secret.
-async fn feedback(state: &AppState, destination: &str, parts: &axum::http::request::Parts, body: Body) -> Response {
-    if parts.method != axum::http::Method::POST {
-        return to_response(Answer::method_not_allowed());
-    }
-    let limit = functions::activation::feedback::MAX_BODY_BYTES;
-    let Ok(bytes) = axum::body::to_bytes(body, limit + 1).await else {
-        return to_response(Answer::error(413, "too_large", &format!("the body is over {limit} bytes")));
-    };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let signed = functions::activation::feedback::Signed {
-        id: header("webhook-id"),
-        timestamp: header("webhook-timestamp"),
-        signature: header("webhook-signature"),
-    };
-    match functions::activation::feedback::receive(
-        &state.store,
-        destination,
-        signed,
-        &bytes,
-        crate::now(),
-        crate::seed(),
-    )
-    .await
-    {
-        Ok(answer) => {
-            if let Some(key) = answer.raw_key {
-                let _ = state.ingest.send(key);
-            }
-            let mut response = Response::new(Body::from(answer.body.to_string()));
-            *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
-        Err(error) => {
-            tracing::error!(%error, "feedback not stored");
-            to_response(Answer::error(503, "unavailable", "storage unavailable; retry"))
-        }
-    }
-}
-
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod error;
+mod feedback;
 mod keys;
 mod manage;
 mod openapi;
@@ -46,6 +47,9 @@ pub struct Api<S> {
     keys: RwLock<Option<(Instant, Arc<ApiKeys>)>>,
     /// Whether destinations may point at loopback addresses (local development only).
     loopback: bool,
+    /// Where to announce raw objects this API writes (partners' feedback), for `cdp up`'s ingest; in the cloud
+    /// the objects' notifications do it.
+    ingest: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl<S: ObjectStore + Clone> Api<S> {
@@ -57,7 +61,12 @@ impl<S: ObjectStore + Clone> Api<S> {
     /// The API over `store`, accepting destinations on loopback addresses when `loopback` (`cdp up
     /// --webhooks-loopback`, `CDP_WEBHOOKS_LOOPBACK` for a function).
     pub fn with_loopback(store: S, loopback: bool) -> Arc<Self> {
-        Arc::new(Self { store, keys: RwLock::new(None), loopback })
+        Arc::new(Self { store, keys: RwLock::new(None), loopback, ingest: None })
+    }
+
+    /// The API as `cdp up` serves it: [`Api::with_loopback`], announcing the raw objects it writes to `ingest`.
+    pub fn local(store: S, loopback: bool, ingest: tokio::sync::mpsc::UnboundedSender<String>) -> Arc<Self> {
+        Arc::new(Self { store, keys: RwLock::new(None), loopback, ingest: Some(ingest) })
     }
 
     /// The store it serves.
@@ -208,6 +217,7 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
         .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))
         .route("/v1/audit", get(audit::list::<S>))
+        .route("/v1/feedback/{destination}", post(feedback::feedback::<S>))
         .route("/v1/privacy/requests", post(privacy::create::<S>))
         .route("/v1/privacy/requests/{id}", get(privacy::status::<S>))
         .route("/v1/privacy/suppressions", get(privacy::suppressions::<S>))

@@ -5,7 +5,7 @@ use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, keys, privacy, profiles, sources, timeline};
+use super::{audit, error, feedback, keys, privacy, profiles, sources, timeline};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use super::{audit, error, keys, privacy, profiles, sources, timeline};
         privacy::create,
         privacy::status,
         privacy::suppressions,
+        feedback::feedback,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, sources::NewSource, sources::SourcePatch)),
     modifiers(&BearerKey),
@@ -34,6 +35,7 @@ use super::{audit, error, keys, privacy, profiles, sources, timeline};
         (name = "config", description = "Tag, audience and destination definitions; deliveries"),
         (name = "sources", description = "Sources and their write keys"),
         (name = "privacy", description = "Deletion and suppression requests (GDPR, CCPA)"),
+        (name = "deliveries", description = "Partners' feedback on deliveries (signed like webhooks)"),
     )
 )]
 struct Document;
