@@ -16,10 +16,12 @@ use crate::activation::dispatch::{DESTINATIONS_CONFIG, FORGET, Forget, OUTBOX, f
 use crate::state::{Compaction, ShardCounts, Transaction, collect_garbage, lookup};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
-/// Advances every open erasure as far as it can go now; returns how many requests changed. `grace_ms` is how
+/// Advances every open erasure as far as it can go now; returns how many requests changed (an error when
+/// none could and one failed). `grace_ms` is how
 /// long state objects that held an erased person stay for readers of the previous state before deletion.
 pub async fn process<S: ObjectStore + Clone>(store: &S, grace_ms: i64, now: UtcTime) -> Result<usize, Error> {
     let mut changed = 0;
+    let mut failed = None;
     for meta in store.list(REQUESTS).await? {
         let Some(object) = store.get(&meta.key).await? else { continue };
         let mut request: PrivacyRequest = match serde_json::from_slice(&object.body) {
@@ -33,10 +35,17 @@ pub async fn process<S: ObjectStore + Clone>(store: &S, grace_ms: i64, now: UtcT
             continue;
         }
         let before = request.clone();
-        match request.status {
-            Status::Pending => erase(store, &mut request, now).await?,
-            Status::Erasing => finish(store, &mut request, grace_ms, now).await?,
+        let step = match request.status {
+            Status::Pending => erase(store, &mut request, now).await,
+            Status::Erasing => finish(store, &mut request, grace_ms, now).await,
             Status::Completed => continue,
+        };
+        // One request that cannot advance now (storage trouble, a corrupt object) does not hold up the others;
+        // it is tried again on the next pass, and every step is safe to repeat.
+        if let Err(error) = step {
+            tracing::error!(request = %request.id, %error, "privacy request not advanced; retried on the next pass");
+            failed = Some(error);
+            continue;
         }
         if request != before {
             request.updated_at = now;
@@ -44,7 +53,10 @@ pub async fn process<S: ObjectStore + Clone>(store: &S, grace_ms: i64, now: UtcT
             changed += 1;
         }
     }
-    Ok(changed)
+    match failed {
+        Some(error) if changed == 0 => Err(error),
+        _ => Ok(changed),
+    }
 }
 
 /// Step one: find the person, hold their events at ingest, erase events, state and derived data, and tell
