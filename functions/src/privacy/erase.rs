@@ -1,7 +1,6 @@
 //! Carrying out erasures: see the module documentation of [`super`].
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 
 use serde_json::Value;
 use shared::access::{Actor, hashed_identifier};
@@ -300,12 +299,9 @@ async fn scrub_events<S: ObjectStore>(
             if kept.is_empty() {
                 store.delete(&meta.key).await?;
             } else {
-                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                for line in kept {
-                    let _ = encoder.write_all(line.as_bytes());
-                    let _ = encoder.write_all(b"\n");
-                }
-                let body = encoder.finish().map_err(|e| Error::Corrupt(e.to_string()))?;
+                let mut ndjson = kept.join("\n");
+                ndjson.push('\n');
+                let body = shared::storage::gzip(ndjson.as_bytes());
                 let options = PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() };
                 store.put(&meta.key, body, options).await?;
             }

@@ -202,8 +202,8 @@ pub struct Transaction<'s, S: ObjectStore + Clone> {
     manifest: Manifest,
     etag: Option<String>,
     compaction: Compaction,
-    /// Each shard's base object.
-    objects: BTreeMap<String, ShardRef>,
+    /// Each shard's base object (the table shared with the process's cache until a fold changes it).
+    base: Arc<BaseTable>,
     /// The outstanding deltas (version, content), oldest first.
     deltas: Arc<Vec<(u64, Arc<Delta>)>>,
     view: View,
@@ -314,7 +314,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             etag,
             compaction: Compaction::default(),
             deltas: Arc::new(deltas.into_iter().flatten().collect()),
-            objects: base.objects.clone(),
+            base,
             manifest,
             view: View::default(),
             changed: BTreeSet::new(),
@@ -355,7 +355,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         let permits = Arc::new(Semaphore::new(PARALLEL_IO));
         let mut tasks = JoinSet::new();
         for (n, keys) in by_shard {
-            let base = self.objects.get(&shard_name(T::KIND.name(), n)).cloned();
+            let base = self.base.objects.get(&shard_name(T::KIND.name(), n)).cloned();
             let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -637,7 +637,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         let mut tasks = JoinSet::new();
         for (kind, n) in fold {
             let name = shard_name(kind.name(), n);
-            let base = self.objects.get(&name).cloned();
+            let base = self.base.objects.get(&name).cloned();
             let (store, all, permits, horizon) = (self.store.clone(), all.clone(), permits.clone(), self.horizon);
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -662,9 +662,9 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             let (name, written) = joined.map_err(task_failed)??;
             stats.shards_written += 1;
             stats.bytes_written += written.bytes as usize;
-            self.objects.insert(name, written);
+            Arc::make_mut(&mut self.base).objects.insert(name, written);
         }
-        let table = BaseTable { objects: std::mem::take(&mut self.objects) };
+        let table = std::mem::take(Arc::make_mut(&mut self.base));
         let (key, body) = state_object("base", version, &to_json(&table)?);
         stats.bytes_written += body.len();
         let bytes = table.objects.values().map(|o| o.bytes).sum();
@@ -681,7 +681,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
 /// wait a grace period after `up_to_version` was current). Returns the number deleted.
 pub async fn collect_garbage<S: ObjectStore + Clone>(store: &S, up_to_version: u64) -> Result<usize, Error> {
     let txn = Transaction::begin(store, ShardCounts::default()).await?;
-    let mut referenced: std::collections::HashSet<&str> = txn.objects.values().map(|o| o.key.as_str()).collect();
+    let mut referenced: std::collections::HashSet<&str> = txn.base.objects.values().map(|o| o.key.as_str()).collect();
     referenced.extend(txn.manifest.deltas.iter().map(|d| d.key.as_str()));
     if let Some(base) = &txn.manifest.base {
         referenced.insert(base.key.as_str());
@@ -766,7 +766,7 @@ pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
     let permits = Arc::new(Semaphore::new(PARALLEL_IO));
     let mut ids = JoinSet::new();
     for n in 0..txn.count(Kind::Ids) {
-        let base = txn.objects.get(&shard_name(Kind::Ids.name(), n)).cloned();
+        let base = txn.base.objects.get(&shard_name(Kind::Ids.name(), n)).cloned();
         let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
         ids.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -784,7 +784,7 @@ pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
     }
     let mut profiles = JoinSet::new();
     for n in 0..txn.count(Kind::Profiles) {
-        let base = txn.objects.get(&shard_name(Kind::Profiles.name(), n)).cloned();
+        let base = txn.base.objects.get(&shard_name(Kind::Profiles.name(), n)).cloned();
         let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
         profiles.spawn(async move {
             let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
