@@ -27,7 +27,7 @@ locals {
       environment = {}
     }
     tagging = {
-      description = "Scheduled full recompute of tags and audiences; advances privacy erasures"
+      description = "Scheduled full recompute of tags and audiences; compacts raw events into the lake; advances privacy erasures"
       timeout     = 900
       memory      = 3008
       reserved    = 1
@@ -59,10 +59,10 @@ locals {
       list   = []
     }
     tagging = {
-      get    = ["raw/", "failed/", "state/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/"]
-      put    = ["raw/", "failed/", "state/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/"]
-      delete = ["raw/", "failed/", "state/", "deliveries/"]
-      list   = ["raw/", "failed/", "state/", "audiences/", "deliveries/", "privacy/"]
+      get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/"]
+      put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/"]
+      delete = ["raw/", "failed/", "state/", "lake/", "deliveries/"]
+      list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/"]
     }
     activation = {
       get    = ["deliveries/", "config/"]
@@ -71,10 +71,10 @@ locals {
       list   = ["deliveries/"]
     }
     api = {
-      get    = ["raw/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/"]
+      get    = ["raw/", "lake/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/"]
       put    = ["state/", "config/", "access/", "audit/", "privacy/", "deliveries/v1/replay/"]
       delete = ["deliveries/v1/status/"]
-      list   = ["raw/", "audit/", "privacy/", "audiences/", "deliveries/"]
+      list   = ["raw/", "lake/", "audit/", "privacy/", "audiences/", "deliveries/"]
     }
   }
 

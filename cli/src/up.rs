@@ -100,7 +100,7 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let ingested = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(ingest_loop(store.clone(), queue, ingested.clone()));
         tokio::spawn(tagging_loop(store.clone(), ingested, Duration::from_secs(args.tag_interval.max(1))));
-        tokio::spawn(privacy_loop(store.clone()));
+        tokio::spawn(upkeep_loop(store.clone()));
         let site =
             args.site.map(|dir| std::fs::canonicalize(&dir).with_context(|| format!("--site {}", dir.display())));
         let site = site.transpose()?;
@@ -445,15 +445,26 @@ fn to_response(answer: Answer) -> Response {
 
 /// Recomputes tags and audiences (when any are defined): after ingest (at most every 2 s), when
 /// `config/tags.json` or `config/audiences.json` changes, and every `interval`.
-/// Advances privacy requests every second (in the cloud, the tagging function's schedule does). Locally the
-/// state's readers are this process's own, so two seconds of grace are plenty.
-async fn privacy_loop(store: FsStore) {
+/// Advances privacy requests every second (in the cloud, the tagging function's schedule does); locally the
+/// state's readers are this process's own, so two seconds of grace are plenty. Every ten seconds, compacts
+/// raw objects into the lake (here the collector is in this process, so a two-second settle is plenty).
+/// One loop, so a compaction and an erasure never run at once.
+async fn upkeep_loop(store: FsStore) {
+    let mut tick = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         match functions::privacy::process(&store, 2_000, crate::now()).await {
             Ok(0) => {}
             Ok(advanced) => tracing::info!(requests = advanced, "privacy requests advanced"),
             Err(error) => tracing::error!(%error, "privacy requests not advanced"),
+        }
+        tick += 1;
+        if tick.is_multiple_of(10) {
+            match functions::lake::compact_all(&store, 2_000, crate::now(), 100).await {
+                Ok(0) => {}
+                Ok(events) => tracing::info!(events, "raw events compacted into the lake"),
+                Err(error) => tracing::error!(%error, "raw events not compacted"),
+            }
         }
     }
 }

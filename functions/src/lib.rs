@@ -9,6 +9,7 @@ pub mod columnar;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod lake;
 pub mod predict;
 pub mod privacy;
 pub mod state;

@@ -1,8 +1,8 @@
 //! `GET /v1/profiles/{identifier}/events`: a profile's events, newest first, from the event store.
 //!
-//! The event store is `raw/` (one object per accepted request, named by receipt time): objects are read newest
-//! first and each event whose identifiers belong to the profile is returned, so a page costs what lies between
-//! now and its events. A page reads at most [`MAX_OBJECTS`] objects; when it stops there it answers the events
+//! The event store is the lake (Parquet parts by day, [`crate::lake`]) and the raw objects not compacted into
+//! it yet. Newest first: the raw objects, then the parts; a part's bloom filters rule most people out without
+//! reading its rows. A page reads at most [`MAX_OBJECTS`] objects; when it stops there it answers the events
 //! found so far with a `nextCursor` to continue from.
 
 use std::collections::BTreeSet;
@@ -53,7 +53,8 @@ pub(crate) struct TimelinePage {
 fn parse_cursor(cursor: &str) -> Option<(String, usize)> {
     let (key, skip) = cursor.rsplit_once('~')?;
     let skip = skip.parse().ok()?;
-    (key.starts_with("raw/") && !key.contains("..")).then(|| (key.to_string(), skip))
+    ((key.starts_with("raw/") || key.starts_with(crate::lake::EVENTS)) && !key.contains(".."))
+        .then(|| (key.to_string(), skip))
 }
 
 /// A profile's events, newest first.
@@ -93,33 +94,48 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
         Err(redirect) => return Ok(redirect),
     };
     let keys: BTreeSet<String> = stored.node.identities.iter().cloned().collect();
-    let mut objects: Vec<String> = api.store().list("raw/").await?.into_iter().map(|m| m.key).collect();
-    objects.sort_unstable_by(|a, b| b.cmp(a));
+    // Newest first: the raw objects not compacted yet, then the lake's parts.
+    let (manifest, _) = crate::lake::manifest(api.store()).await?;
+    let mut objects = crate::lake::raw_tail(api.store(), &manifest).await?;
+    objects.reverse();
+    let tail = objects.len();
+    objects.extend(crate::lake::parts(api.store()).await?.into_iter().rev());
     let first = match &start {
-        Some((key, _)) => objects.iter().position(|k| k <= key).unwrap_or(objects.len()),
         None => 0,
+        Some((key, _)) => match objects.iter().position(|k| k == key) {
+            Some(at) => at,
+            // The object went: a raw one into the lake (go on with the parts), a part rewritten by an erasure.
+            None if key.starts_with("raw/") => tail,
+            None => objects.iter().skip(tail).position(|k| k < key).map_or(objects.len(), |at| tail + at),
+        },
     };
     let mut events = Vec::new();
+    let mut seen = BTreeSet::new();
     let mut next_cursor = None;
     for (read, key) in objects.iter().enumerate().skip(first) {
         if read - first >= MAX_OBJECTS {
             next_cursor = Some(format!("{key}~0"));
             break;
         }
-        let Some(object) = read_object(api.store(), key).await? else { continue };
+        let theirs: Vec<shared::event::CanonicalEvent> = if key.starts_with(crate::lake::EVENTS) {
+            let Some(object) = api.store().get(key).await? else { continue };
+            crate::lake::decode(object.body.into(), Some(&keys))?.into_iter().map(|(event, _)| event).collect()
+        } else {
+            let Some(object) = read_object(api.store(), key).await? else { continue };
+            object.events.into_iter().filter(|e| crate::privacy::event_keys(e).any(|k| keys.contains(&k))).collect()
+        };
         let skip = match &start {
             Some((at, skip)) if at == key => *skip,
             _ => 0,
         };
-        for (i, event) in object.events.iter().rev().enumerate().skip(skip) {
-            if !crate::privacy::event_keys(event).any(|k| keys.contains(&k)) {
-                continue;
-            }
+        for (i, event) in theirs.iter().rev().enumerate().skip(skip) {
             if events.len() == limit {
                 next_cursor = Some(format!("{key}~{i}"));
                 break;
             }
-            events.push(serde_json::to_value(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?);
+            if seen.insert(event.message_id.clone()) {
+                events.push(serde_json::to_value(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?);
+            }
         }
         if next_cursor.is_some() {
             break;

@@ -2,7 +2,8 @@
 //! invokes it, e.g. every 15 minutes, for windowed tags whose values change as time passes).
 //!
 //! Payload: an EventBridge `Scheduled Event` (its `time` is the computation's "now"), or `{}` (the clock).
-//! Each run first advances open privacy erasures ([`functions::privacy::process`]). Answers the report
+//! Each run first advances open privacy erasures ([`functions::privacy::process`]), then compacts the raw
+//! objects named more than ten minutes ago into the event lake ([`functions::lake::compact`]). Answers the report
 //! (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`, `AWS_REGION`,
 //! credentials, optionally `AWS_ENDPOINT_URL_S3`; `CDP_PRIVACY_GRACE_SECONDS` (default 300): how long state
 //! objects that held an erased person stay for readers of the previous state. Reserved concurrency 1: one
@@ -32,6 +33,9 @@ async fn main() -> Result<(), Error> {
         if advanced > 0 {
             tracing::info!(requests = advanced, "privacy requests advanced");
         }
+        // Raw objects into the lake, which the recompute reads (with the few not compacted yet).
+        let compacted = functions::lake::compact_all(store, functions::lake::SETTLE_MS, now, 50).await?;
+        tracing::info!(events = compacted, "raw events compacted into the lake");
         let report = full_recompute(store, now).await?;
         tracing::info!(profiles = report.profiles, events = report.events, "tags and audiences computed");
         serde_json::to_value(&report).map_err(Error::from)

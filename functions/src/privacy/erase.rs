@@ -254,7 +254,8 @@ fn names(text: &str, needle: &str) -> bool {
     false
 }
 
-/// Removes the person's events from `raw/` (and ingest's quarantine) and their lines from `failed/`.
+/// Removes the person's events from `raw/` (and ingest's quarantine) and the lake, and their lines from
+/// `failed/`.
 async fn scrub_events<S: ObjectStore>(
     store: &S,
     erasure: &Erasure,
@@ -304,6 +305,19 @@ async fn scrub_events<S: ObjectStore>(
                 let body = shared::storage::gzip(ndjson.as_bytes());
                 let options = PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() };
                 store.put(&meta.key, body, options).await?;
+            }
+        }
+    }
+    // The lake: parts whose bloom filters rule the person out are not read past their footer.
+    for part in crate::lake::parts(store).await? {
+        let Some(object) = store.get(&part).await? else { continue };
+        let Some(scrubbed) = crate::lake::without(object.body.into(), &erasure.keys)? else { continue };
+        outcome.events += scrubbed.removed;
+        outcome.objects += 1;
+        match scrubbed.rest {
+            None => store.delete(&part).await?,
+            Some(bytes) => {
+                store.put(&part, bytes, crate::lake::part_options()).await?;
             }
         }
     }

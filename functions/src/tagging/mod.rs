@@ -131,7 +131,9 @@ pub fn check(
 }
 
 /// Every stored event once, grouped by the profile its identifiers resolve to in `state`; with the number of
-/// distinct events and of those that resolve to no profile (not ingested yet).
+/// distinct events and of those that resolve to no profile (not ingested yet). Reads the lake (the columns
+/// tags and audiences use; an event resolves by the identity keys stored with it) and the raw objects not
+/// compacted yet.
 pub(crate) async fn gather<'s, S: ObjectStore>(
     store: &S,
     identity: &shared::identity::IdentityRules,
@@ -140,17 +142,30 @@ pub(crate) async fn gather<'s, S: ObjectStore>(
     let mut seen = HashSet::new();
     let mut by_profile: BTreeMap<&str, Vec<shared::event::CanonicalEvent>> = BTreeMap::new();
     let (mut events, mut unresolved) = (0, 0);
-    for object in store.list("raw/").await? {
-        let Some(read) = read_object(store, &object.key).await? else { continue };
+    let mut add = |event: shared::event::CanonicalEvent, keys: &[String]| {
+        if !seen.insert(event.message_id.clone()) {
+            return;
+        }
+        events += 1;
+        match keys.iter().find_map(|key| state.resolve(key)) {
+            Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
+            None => unresolved += 1,
+        }
+    };
+    // The manifest first: a compaction finishing meanwhile moves events from the tail into parts read after.
+    let (manifest, _) = crate::lake::manifest(store).await?;
+    let tail = crate::lake::raw_tail(store, &manifest).await?;
+    for part in crate::lake::parts(store).await? {
+        let Some(object) = store.get(&part).await? else { continue };
+        for (event, keys) in crate::lake::decode_for_tags(object.body.into())? {
+            add(event, &keys);
+        }
+    }
+    for key in tail {
+        let Some(read) = read_object(store, &key).await? else { continue };
         for event in read.events {
-            if !seen.insert(event.message_id.clone()) {
-                continue;
-            }
-            events += 1;
-            match identity.keys(&event).iter().find_map(|key| state.resolve(key)) {
-                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
-                None => unresolved += 1,
-            }
+            let keys = identity.keys(&event);
+            add(event, &keys);
         }
     }
     Ok((by_profile, events, unresolved))
