@@ -12,6 +12,7 @@ mod bench_ingest;
 mod bench_recompute;
 mod bench_tags;
 mod deliveries;
+mod lake;
 mod profile;
 mod source;
 mod tags;
@@ -53,6 +54,9 @@ enum Command {
     /// Deliveries to partners: status and dead letters, replay, re-enable.
     #[command(subcommand)]
     Deliveries(deliveries::DeliveriesCommand),
+    /// The event lake (Parquet by day under lake/events/): compact raw objects into it, show its progress.
+    #[command(subcommand)]
+    Lake(lake::LakeCommand),
     /// API keys: create (shown once), list, revoke.
     #[command(subcommand, name = "api-key")]
     ApiKey(access::ApiKeyCommand),
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         Command::ApiKey(command) => access::run(command),
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
+        Command::Lake(command) => lake::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Destination(command) => deliveries::destination(command),
         Command::Deliveries(command) => deliveries::deliveries(command),
