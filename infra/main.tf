@@ -29,7 +29,7 @@ locals {
     tagging = {
       description = "Scheduled full recompute of tags and audiences; compacts raw events into the lake; advances privacy erasures"
       timeout     = 900
-      memory      = 3008
+      memory      = var.tagging_memory_mb
       reserved    = 1
       environment = { CDP_PRIVACY_GRACE_SECONDS = tostring(var.privacy_grace_seconds) }
     }

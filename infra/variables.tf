@@ -72,6 +72,16 @@ variable "tagging_schedule" {
   }
 }
 
+variable "tagging_memory_mb" {
+  description = "Memory of the tagging function, which holds every profile and event during a full recompute: about 45 KB per profile (100 KB on the recompute that backfills new tag versions) at ten events per profile, measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves about 100,000 profiles."
+  type        = number
+  default     = 10240
+  validation {
+    condition     = var.tagging_memory_mb >= 1024 && var.tagging_memory_mb <= 10240
+    error_message = "tagging_memory_mb must be 1024 to 10240 (Lambda's limit)."
+  }
+}
+
 variable "privacy_grace_seconds" {
   description = "How long state objects that held an erased person stay for readers of the previous state before deletion."
   type        = number

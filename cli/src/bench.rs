@@ -74,6 +74,25 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         events: usize,
     },
+    /// The tagging function's whole full recompute on the folder store (20 tags, two audiences), reading its
+    /// events from the lake, beside the same recompute reading them from raw objects; tag values compared.
+    Tagging {
+        /// People (each with a profile).
+        #[arg(long, default_value_t = 100_000)]
+        people: u64,
+        /// Events per person (spread over two years).
+        #[arg(long, default_value_t = 10)]
+        events: usize,
+        /// Keep the generated data here and reuse it (default: a temporary folder).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Only write the data set into this folder (the benchmark runs this in a process of its own).
+        #[arg(long, hide = true)]
+        generate: Option<std::path::PathBuf>,
+        /// Only run one recompute of this folder and print what it took (in a process of its own).
+        #[arg(long, hide = true)]
+        measure: Option<std::path::PathBuf>,
+    },
     /// The columnar full recompute of 20 tags for every profile from Parquet, optionally side by side with
     /// DuckDB computing the same definitions in SQL from the same files (`pip install duckdb`); compares the
     /// results value by value.
@@ -150,6 +169,11 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Ingest { identifiers, batch } => crate::bench_ingest::run(identifiers, batch),
         BenchCommand::Tags { profiles, events } => crate::bench_tags::run(profiles, events),
+        BenchCommand::Tagging { people, events, data, generate, measure } => match (generate, measure) {
+            (Some(dir), _) => crate::bench_tagging::generate(&dir, people, events),
+            (None, Some(dir)) => crate::bench_tagging::measure(&dir),
+            (None, None) => crate::bench_tagging::run(people, events, data),
+        },
         BenchCommand::Recompute { profiles, events_per_profile, chunk, data, duckdb } => {
             crate::bench_recompute::run(profiles, events_per_profile, chunk, data, duckdb)
         }

@@ -49,9 +49,9 @@ pub(crate) fn twenty_tags() -> anyhow::Result<TagSet> {
 type StoredEvent = (String, Option<String>, i64, String, Map<String, Value>);
 
 /// A profile's synthetic history: (kind, event, time, id, properties).
-type History = Vec<(&'static str, Option<&'static str>, i64, String, Map<String, Value>)>;
+pub(crate) type History = Vec<(&'static str, Option<&'static str>, i64, String, Map<String, Value>)>;
 
-fn history(profile: u64, events: usize, now: i64, rng: &mut crate::bench::Xorshift) -> History {
+pub(crate) fn history(profile: u64, events: usize, now: i64, rng: &mut crate::bench::Xorshift) -> History {
     let mut next = |n: u64| rng.below(n);
     let categories = ["shoes", "shirts", "hats", "bags", "socks"];
     (0..events)

@@ -10,6 +10,7 @@ mod bench_api;
 mod bench_identity;
 mod bench_ingest;
 mod bench_recompute;
+mod bench_tagging;
 mod bench_tags;
 mod deliveries;
 mod lake;
