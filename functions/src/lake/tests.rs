@@ -140,9 +140,13 @@ fn the_tags_read_has_what_tags_use() {
     assert_eq!(light.len(), 3);
     for ((full, keys), (read, read_keys)) in rows.iter().zip(&light) {
         assert_eq!(keys, read_keys);
+        assert_eq!(read, &TagEvent::of(full), "as taken from the event itself");
+        let properties = read.properties().unwrap();
+        assert_eq!(Some(&properties), full.properties.as_ref());
+        let (view, expected) = (read.view(&properties), EventView::of(full, &properties));
         assert_eq!(
-            (&read.message_id, read.kind, &read.event, read.timestamp, read.received_at, &read.properties),
-            (&full.message_id, full.kind, &full.event, full.timestamp, full.received_at, &full.properties)
+            (view.kind, view.event, view.at, view.id),
+            (expected.kind, expected.event, expected.at, expected.id)
         );
     }
     assert!(matches!(decode(bytes::Bytes::from_static(b"not parquet"), None), Err(Error::Corrupt(_))));

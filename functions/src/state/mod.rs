@@ -18,4 +18,4 @@ mod txn;
 
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub use txn::{CommitStats, Compaction, Transaction};
-pub use txn::{Scan, collect_garbage, lookup, scan};
+pub use txn::{Scan, ScanOf, collect_garbage, lookup, scan, scan_as};

@@ -731,17 +731,27 @@ pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Opt
 
 /// The whole state, decoded: every identifier's profile, every stored profile, every redirect. For full
 /// recomputes (tags, audiences) and exports; memory grows with the state.
-#[derive(Debug, Default)]
-pub struct Scan {
+pub type Scan = ScanOf<StoredProfile>;
+
+/// The whole state with each profile decoded as `P`: a type naming only some of [`StoredProfile`]'s fields
+/// decodes only those (the rest is skipped without being kept).
+#[derive(Debug)]
+pub struct ScanOf<P> {
     /// Identifier → profile id.
     pub ids: std::collections::HashMap<IdKey, ProfileId>,
     /// Profile id → profile.
-    pub profiles: BTreeMap<ProfileId, StoredProfile>,
+    pub profiles: BTreeMap<ProfileId, P>,
     /// Absorbed profile id → the profile it merged into.
     pub redirects: std::collections::HashMap<ProfileId, ProfileId>,
 }
 
-impl Scan {
+impl<P> Default for ScanOf<P> {
+    fn default() -> Self {
+        Self { ids: Default::default(), profiles: BTreeMap::new(), redirects: Default::default() }
+    }
+}
+
+impl<P> ScanOf<P> {
     /// The live profile id for an identifier or a (possibly absorbed) profile id.
     pub fn resolve(&self, what: &str) -> Option<&ProfileId> {
         let mut id = if what.starts_with("prof_") { self.profiles.get_key_value(what).map(|(k, _)| k) } else { None };
@@ -761,8 +771,17 @@ impl Scan {
 
 /// Reads and decodes every shard of the current state (32 at a time).
 pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
+    scan_as(store).await
+}
+
+/// [`scan`] with each profile decoded as `P`.
+pub async fn scan_as<S, P>(store: &S) -> Result<ScanOf<P>, Error>
+where
+    S: ObjectStore + Clone,
+    P: serde::de::DeserializeOwned + Send + 'static,
+{
     let txn = Transaction::begin(store, ShardCounts::default()).await?;
-    let mut out = Scan::default();
+    let mut out = ScanOf::default();
     let permits = Arc::new(Semaphore::new(PARALLEL_IO));
     let mut ids = JoinSet::new();
     for n in 0..txn.count(Kind::Ids) {
@@ -791,7 +810,7 @@ pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
             let shard: ProfilesShard = read_shard(&store, base, &deltas, n).await?;
             let mut stored = Vec::with_capacity(shard.profiles.len());
             for (id, raw) in shard.profiles {
-                let profile: StoredProfile = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+                let profile: P = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
                 stored.push((id, profile));
             }
             let mut redirects = Vec::with_capacity(shard.redirects.len());

@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use shared::tags::{Catalog, EventView, ProfileTagState, TagKind, TagSet};
+use shared::tags::{Catalog, ProfileTagState, TagKind, TagSet};
 use shared::time::UtcTime;
 
 use crate::Error;
 use crate::ingest::IngestConfig;
-use crate::state::{Transaction, scan};
+use crate::state::{Transaction, scan_as};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Which version of each statistical tag has complete incremental state.
@@ -34,7 +34,7 @@ pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, E
 pub async fn backfill<S: ObjectStore + Clone>(
     store: &S,
     tags: &TagSet,
-    values: &BTreeMap<&str, BTreeMap<String, Value>>,
+    values: &BTreeMap<String, BTreeMap<String, Value>>,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
     let mut ready = ready(store).await?;
@@ -52,20 +52,20 @@ pub async fn backfill<S: ObjectStore + Clone>(
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
-    let empty = serde_json::Map::new();
     for attempt in 1..=config.max_attempts {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
-        let state = scan(store).await?;
+        let state: super::RecomputeScan = scan_as(store).await?;
         let (by_profile, _, _) = super::gather(store, &config.identity, &state).await?;
-        let ids: Vec<String> = by_profile.values().flatten().map(|e| e.message_id.clone()).collect();
+        let ids: Vec<String> = by_profile.values().flatten().map(|e| e.message_id.to_string()).collect();
         let applied = txn.applied_messages(ids.iter()).await?;
         let forgotten_before = now_ms - config.dedup_window_ms;
         let mut states: BTreeMap<String, ProfileTagState> = BTreeMap::new();
         for id in state.profiles.keys() {
             let mut tag_state = ProfileTagState::default();
             for event in by_profile.get(id.as_str()).into_iter().flatten() {
-                if applied.contains(&event.message_id) || event.received_at.unix_millis() < forgotten_before {
-                    rebuilt.observe(&mut tag_state, &EventView::of(event, &empty), now_ms);
+                if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
+                    let properties = event.properties()?;
+                    rebuilt.observe(&mut tag_state, &event.view(&properties), now_ms);
                 }
             }
             states.insert(id.clone(), tag_state);

@@ -15,7 +15,7 @@ use shared::time::UtcTime;
 
 use crate::Error;
 use crate::ingest::{Activation, IngestConfig};
-use crate::state::{Scan, Transaction};
+use crate::state::Transaction;
 use crate::storage::{ObjectStore, StoreError};
 
 /// Records `members` (audience → profile ids, for every computed audience) on the profiles of `state` whose
@@ -24,7 +24,7 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
     store: &S,
     audiences: &AudienceSet,
     members: &BTreeMap<String, BTreeSet<String>>,
-    state: &Scan,
+    state: &super::RecomputeScan,
     activation: Option<&Activation>,
     now: UtcTime,
 ) -> Result<usize, Error> {

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use crate::lake::TagEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
@@ -30,7 +31,7 @@ pub use backfill::{READY_KEY, backfill, ready};
 
 use crate::Error;
 use crate::ingest::read_object;
-use crate::state::scan;
+use crate::state::scan_as;
 use crate::storage::{ObjectStore, PutOptions};
 
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
@@ -130,19 +131,38 @@ pub fn check(
     Ok((tag_set, audience_set))
 }
 
+/// What the recompute reads of a stored profile; the rest (the identity graph's links and audit trail, counters,
+/// incremental tag state) is skipped while decoding, not kept.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Scanned {
+    pub(crate) profile: ScannedFields,
+}
+
+/// The fields of [`Scanned`].
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ScannedFields {
+    #[serde(default)]
+    pub(crate) traits: BTreeMap<String, shared::profile::TraitValue>,
+    #[serde(default)]
+    pub(crate) memberships: BTreeMap<String, shared::profile::Membership>,
+}
+
+/// The state as the recompute reads it.
+pub(crate) type RecomputeScan = crate::state::ScanOf<Scanned>;
+
 /// Every stored event once, grouped by the profile its identifiers resolve to in `state`; with the number of
 /// distinct events and of those that resolve to no profile (not ingested yet). Reads the lake (the columns
 /// tags and audiences use; an event resolves by the identity keys stored with it) and the raw objects not
 /// compacted yet.
-pub(crate) async fn gather<'s, S: ObjectStore>(
+pub(crate) async fn gather<'s, S: ObjectStore, P>(
     store: &S,
     identity: &shared::identity::IdentityRules,
-    state: &'s crate::state::Scan,
-) -> Result<(BTreeMap<&'s str, Vec<shared::event::CanonicalEvent>>, usize, usize), Error> {
+    state: &'s crate::state::ScanOf<P>,
+) -> Result<(BTreeMap<&'s str, Vec<TagEvent>>, usize, usize), Error> {
     let mut seen = HashSet::new();
-    let mut by_profile: BTreeMap<&str, Vec<shared::event::CanonicalEvent>> = BTreeMap::new();
+    let mut by_profile: BTreeMap<&str, Vec<TagEvent>> = BTreeMap::new();
     let (mut events, mut unresolved) = (0, 0);
-    let mut add = |event: shared::event::CanonicalEvent, keys: &[String]| {
+    let mut add = |event: TagEvent, keys: &[String]| {
         if !seen.insert(event.message_id.clone()) {
             return;
         }
@@ -164,8 +184,7 @@ pub(crate) async fn gather<'s, S: ObjectStore>(
     for key in tail {
         let Some(read) = read_object(store, &key).await? else { continue };
         for event in read.events {
-            let keys = identity.keys(&event);
-            add(event, &keys);
+            add(TagEvent::of(&event), &identity.keys(&event));
         }
     }
     Ok((by_profile, events, unresolved))
@@ -177,7 +196,7 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
     let identity: shared::identity::IdentityRules =
         crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
-    let state = scan(store).await?;
+    let state: RecomputeScan = scan_as(store).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };
 
@@ -185,7 +204,6 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     (report.events, report.unresolved_events) = (events, unresolved);
 
     // Tags by the columnar engine, a chunk of profiles at a time; audiences per profile from the values.
-    let empty = Map::new();
     let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
     let trait_names = tags.traits();
     let mut properties = tags.properties();
@@ -195,7 +213,7 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
             properties.push(p.clone());
         }
     }
-    let mut values: BTreeMap<&str, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut values: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     let mut members: BTreeMap<String, BTreeSet<String>> =
         audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
     let profiles: Vec<(&String, Map<String, Value>)> = state
@@ -203,19 +221,23 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         .iter()
         .map(|(id, stored)| (id, stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()))
         .collect();
+    // A profile's events; a chunk's properties decoded (kept only while the chunk is worked on).
+    let events_of = |id: &str| by_profile.get(id).map(Vec::as_slice).unwrap_or_default();
+    let decode = |chunk: &[(&String, Map<String, Value>)]| -> Result<Vec<Vec<Map<String, Value>>>, Error> {
+        chunk.iter().map(|(id, _)| events_of(id).iter().map(TagEvent::properties).collect()).collect()
+    };
     // Each chunk's tables (profiles numbered from 0 across chunks), built once for both passes.
-    let views: Vec<Vec<EventView<'_>>> = profiles
-        .iter()
-        .map(|(id, _)| {
-            let events = by_profile.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
-            events.iter().map(|e| EventView::of(e, &empty)).collect()
-        })
-        .collect();
     let mut chunks = Vec::new();
     for (c, chunk) in profiles.chunks(RECOMPUTE_CHUNK).enumerate() {
         let first = (c * RECOMPUTE_CHUNK) as u32;
-        let rows: Vec<(u32, EventView<'_>)> = (0..chunk.len())
-            .flat_map(|i| views[first as usize + i].iter().map(move |e| (first + i as u32, *e)))
+        let decoded = decode(chunk)?;
+        let rows: Vec<(u32, EventView<'_>)> = chunk
+            .iter()
+            .zip(&decoded)
+            .enumerate()
+            .flat_map(|(i, ((id, _), properties))| {
+                events_of(id).iter().zip(properties).map(move |(e, p)| (first + i as u32, e.view(p)))
+            })
             .collect();
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
         chunks.push((first, profile_table(first, &traits, &trait_names), event_table(rows, &properties)));
@@ -245,17 +267,22 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         let columns = tags
             .evaluate_columns_with(traits_table, *first, events, now_ms, &population)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        for i in 0..traits_table.num_rows() {
-            let (id, traits) = &profiles[*first as usize + i];
+        let chunk = &profiles[*first as usize..*first as usize + traits_table.num_rows()];
+        let decoded = if audiences.audiences().is_empty() { Vec::new() } else { decode(chunk)? };
+        for (i, (id, traits)) in chunk.iter().enumerate() {
             let tag_values = columns.row(i);
-            for audience in audiences.members(traits, &tag_values, &views[*first as usize + i], now_ms) {
+            let views: Vec<EventView<'_>> = match decoded.get(i) {
+                Some(properties) => events_of(id).iter().zip(properties).map(|(e, p)| e.view(p)).collect(),
+                None => Vec::new(),
+            };
+            for audience in audiences.members(traits, &tag_values, &views, now_ms) {
                 members.entry(audience).or_default().insert((*id).clone());
             }
             for tag in tag_values.keys() {
                 report.tags.entry(tag.clone()).or_default().with_value += 1;
             }
             if !tag_values.is_empty() {
-                values.insert(id.as_str(), tag_values);
+                values.insert((*id).clone(), tag_values);
             }
         }
     }
@@ -265,9 +292,10 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         entry.coverage = entry.with_value as f64 / report.profiles.max(1) as f64;
     }
 
-    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
+    let gzipped = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
+        .map(|json| shared::storage::gzip(&json))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put("tags/v1/values.json.gz", shared::storage::gzip(&body), gz()).await?;
+    store.put("tags/v1/values.json.gz", gzipped, gz()).await?;
     match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
         Ok(activation) => {
             report.membership_changes =
@@ -287,6 +315,11 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
             .put(&format!("audiences/v1/{audience}/insight.json"), body.to_string().into_bytes(), PutOptions::json())
             .await?;
     }
+    // The profiles and events are done with: free them before the backfill reads its own.
+    drop(chunks);
+    drop(profiles);
+    drop(by_profile);
+    drop(state);
     for (audience, now_members) in members {
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");
         let previous: Snapshot = match store.get(&key).await? {
