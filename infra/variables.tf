@@ -73,7 +73,7 @@ variable "tagging_schedule" {
 }
 
 variable "tagging_memory_mb" {
-  description = "Memory of the tagging function, which holds every profile and event during a full recompute: about 45 KB per profile (100 KB on the recompute that backfills new tag versions) at ten events per profile, measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves about 100,000 profiles."
+  description = "Memory of the tagging function, which holds every profile and event during a full recompute: about 13 KB per profile (51 KB on a recompute that backfills new tag versions) at ten events per profile, measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves about 700,000 profiles (200,000 when backfilling)."
   type        = number
   default     = 10240
   validation {
