@@ -408,6 +408,7 @@ async fn apply<S: ObjectStore + Clone>(
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut before: Before = BTreeMap::new();
     let mut triggered: Vec<(String, &CanonicalEvent)> = Vec::new();
+    let mut merged_exits: Vec<Message> = Vec::new();
     for event in events {
         let linked = graph.link_event(&config.identity, event);
         refusals += linked.refused;
@@ -419,6 +420,9 @@ async fn apply<S: ObjectStore + Clone>(
         for absorbed in &linked.merged {
             merges += 1;
             if let Some(gone) = data.remove(absorbed) {
+                if let Some(activation) = &config.activation {
+                    merged_exits.extend(exits_of_absorbed(activation, &gone, now));
+                }
                 let survivor = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
                 survivor.absorb(gone, &config.profiles);
             }
@@ -456,16 +460,35 @@ async fn apply<S: ObjectStore + Clone>(
             }
         }
     }
-    let messages = match &config.activation {
-        Some(activation) => deliveries(activation, &mut data, &before, &triggered, now),
-        None => Vec::new(),
-    };
+    let mut messages = merged_exits;
+    if let Some(activation) = &config.activation {
+        messages.extend(deliveries(activation, &mut data, &before, &triggered, now));
+    }
     txn.put_back(graph, data).await?;
     Ok((applied, merges, refusals, messages))
 }
 
 fn traits_of(profile: &Profile) -> Map<String, Value> {
     profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()
+}
+
+/// A profile merged into another leaves every audience it was in: partners that received its entry get its
+/// exit (the survivor's own memberships are decided as for any touched profile, so it enters where it
+/// qualifies). The item's id names the profile and the change's number, so a retried batch sends it once.
+fn exits_of_absorbed(activation: &Activation, gone: &Profile, now: UtcTime) -> Vec<Message> {
+    let changes: Vec<(String, bool, u32)> = gone
+        .memberships
+        .iter()
+        .filter(|(_, m)| m.member)
+        .map(|(audience, m)| (audience.clone(), false, m.changes + 1))
+        .collect();
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let traits = traits_of(gone);
+    let keys: Vec<String> = gone.identities.iter().cloned().collect();
+    let view = ProfileNow { id: &gone.id, keys: &keys, traits: &traits, tags: &gone.tags };
+    activation.destinations.audience_messages(&view, &changes, &activation.names, now)
 }
 
 /// The batch's deliveries: each touched profile's real-time audience entries and exits (recorded on the

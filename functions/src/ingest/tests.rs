@@ -454,3 +454,59 @@ async fn ingest_puts_audience_entries_triggers_and_changes_in_the_outbox_once() 
     assert!(!stored.profile.memberships.contains_key("recent_buyers"), "decided by the full recompute");
     assert_eq!(messages.len(), 4, "entered + the second trigger: {messages:#?}");
 }
+
+#[tokio::test]
+async fn a_profile_merged_away_leaves_its_audiences_at_partners() {
+    let order = |msg: &str, sec: u32, ids: Value, revenue: u32| {
+        ev("track", msg, sec, ids, json!({"event": "Order Completed", "properties": {"revenue": revenue}}))
+    };
+    let mut exits = 0;
+    // Two people as far as anyone knows, one a big spender (either the first seen or the second, so that
+    // either side of the merge is the member), then one login joins them.
+    for big_first in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        activation_config(&store).await;
+        let config =
+            IngestConfig { ready: [("spend".to_string(), 1)].into(), ..IngestConfig::load(&store).await.unwrap() };
+        let (visitor, user) = if big_first { (120, 10) } else { (10, 120) };
+        for (seed, batch) in [
+            (1, json!([order("m1", 1, json!({"anonymousId": "a1"}), visitor)])),
+            (2, json!([order("m2", 2, json!({"userId": "u9"}), user)])),
+            (3, json!([ev("identify", "m3", 3, json!({"anonymousId": "a1", "userId": "u9"}), json!({}))])),
+        ] {
+            let key = put_batch(&store, seed, batch).await;
+            ingest(&store, &[key], &config, now()).await.unwrap();
+        }
+        let survivor = lookup(&store, "user_id:u9").await.unwrap().unwrap();
+        assert_eq!(survivor.profile.merged_ids.len(), 1, "one profile absorbed");
+        assert!(survivor.profile.memberships["big_spenders"].member, "130 spent: the person is a big spender");
+        // What partners were told, replayed: every profile they hold as a member is a live one, and the person
+        // is held exactly once, by the surviving id.
+        let mut held: BTreeMap<String, i32> = BTreeMap::new();
+        for message in outbox(&store).await {
+            let step = match message.item.detail {
+                shared::activation::Detail::AudienceEntered { .. } => 1,
+                shared::activation::Detail::AudienceExited { .. } => {
+                    exits += 1;
+                    -1
+                }
+                _ => continue,
+            };
+            *held.entry(message.item.profile.id.clone()).or_default() += step;
+        }
+        held.retain(|_, n| *n != 0);
+        assert_eq!(held, BTreeMap::from([(survivor.node.id.clone(), 1)]), "partners hold the survivor only");
+        // The same event again (a client's retry) sends nothing more.
+        let before = outbox(&store).await.len();
+        let again = put_batch(
+            &store,
+            4,
+            json!([ev("identify", "m3", 3, json!({"anonymousId": "a1", "userId": "u9"}), json!({}))]),
+        )
+        .await;
+        ingest(&store, &[again], &config, now()).await.unwrap();
+        assert_eq!(outbox(&store).await.len(), before);
+    }
+    assert_eq!(exits, 1, "the member was absorbed in one of the two orders");
+}
