@@ -444,7 +444,7 @@ fn to_response(answer: Answer) -> Response {
 }
 
 /// Recomputes tags and audiences (when any are defined): after ingest (at most every 2 s), when
-/// `config/tags.json` or `config/audiences.json` changes, and every `interval`.
+/// `config/tags.json`, `config/audiences.json` or `config/destinations.json` changes, and every `interval`.
 /// Advances privacy requests every second (in the cloud, the tagging function's schedule does); locally the
 /// state's readers are this process's own, so two seconds of grace are plenty. Every ten seconds, compacts
 /// raw objects into the lake (here the collector is in this process, so a two-second settle is plenty).
@@ -471,7 +471,7 @@ async fn upkeep_loop(store: FsStore) {
 
 async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interval: Duration) {
     use functions::storage::ObjectStore as _;
-    let mut last_definitions: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut last_definitions: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
     let mut last_run = tokio::time::Instant::now();
     let mut dirty = false;
     loop {
@@ -483,8 +483,12 @@ async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interv
             let store = store.clone();
             async move { store.get(key).await.ok().flatten().map(|o| o.body).unwrap_or_default() }
         };
-        let definitions =
-            (read(functions::tagging::TAGS_CONFIG).await, read(functions::tagging::AUDIENCES_CONFIG).await);
+        // A destination's subscriptions count too: one newly subscribed to an audience gets its members.
+        let definitions = (
+            read(functions::tagging::TAGS_CONFIG).await,
+            read(functions::tagging::AUDIENCES_CONFIG).await,
+            read(functions::activation::dispatch::DESTINATIONS_CONFIG).await,
+        );
         if definitions.0.is_empty() && definitions.1.is_empty() {
             continue;
         }

@@ -16,7 +16,8 @@
 //!   says which properties and events, with defaults);
 //! - `tags/v1/models/<tag id>.json`: each population tag's fitted model (propensity weights with their
 //!   evaluation, RFM thresholds);
-//! - `tags/v1/report.json`: [`Report`].
+//! - `tags/v1/report.json`: [`Report`];
+//! - `deliveries/v1/synced.json`: which audiences each destination has been sent in full ([`sync`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -28,6 +29,7 @@ use shared::tags::{Catalog, EventView, ProductConfig, ProductTags, TagDefinition
 use shared::time::UtcTime;
 
 pub use backfill::{READY_KEY, backfill, ready};
+pub use sync::SYNCED;
 
 use crate::Error;
 use crate::ingest::read_object;
@@ -81,6 +83,9 @@ pub struct Report {
     /// destinations).
     #[serde(default)]
     pub membership_changes: usize,
+    /// Audience entries sent to destinations newly subscribed to an audience (its current members).
+    #[serde(default)]
+    pub initial_sync: usize,
 }
 
 /// One tag's outcome.
@@ -298,6 +303,9 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     store.put("tags/v1/values.json.gz", gzipped, gz()).await?;
     match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
         Ok(activation) => {
+            if let Some(activation) = &activation {
+                report.initial_sync = sync::initial(store, activation, &state, now).await?;
+            }
             report.membership_changes =
                 memberships::record(store, &audiences, &members, &state, activation.as_ref(), now).await?;
         }
@@ -370,5 +378,6 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 
 mod backfill;
 mod memberships;
+mod sync;
 #[cfg(test)]
 mod tests;

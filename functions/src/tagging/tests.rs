@@ -414,3 +414,69 @@ async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_u
     assert_eq!(report.membership_changes, 1);
     assert_eq!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").len(), 1);
 }
+
+#[tokio::test]
+async fn a_destination_subscribed_later_receives_the_current_members_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let key = store_events(
+        &store,
+        1,
+        json!([
+            {"type": "track", "event": "Order Completed", "userId": "ann", "messageId": "o1", "timestamp": stamp(1)},
+            {"type": "track", "event": "Order Completed", "userId": "bob", "messageId": "o2", "timestamp": stamp(2)},
+            {"type": "page", "userId": "cy", "messageId": "p1", "timestamp": stamp(1)}
+        ]),
+    )
+    .await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let put = |key: &'static str, value: Value| {
+        let store = store.clone();
+        async move { store.put(key, value.to_string().into_bytes(), PutOptions::json()).await.expect("put") }
+    };
+    put(
+        AUDIENCES_CONFIG,
+        json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]),
+    )
+    .await;
+    let destination = |id: &str, audiences: Value| {
+        json!({"id": id, "url": format!("https://hooks.{id}.example/cdp"), "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+               "send": {"audiences": audiences}})
+    };
+    let entries = |store: FsStore| async move {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for meta in store.list(crate::activation::dispatch::OUTBOX).await.expect("list") {
+            let body = store.get(&meta.key).await.expect("get").expect("object").body;
+            for message in
+                shared::storage::decode_ndjson_gz::<shared::activation::lane::Message>(&body).expect("outbox")
+            {
+                if matches!(message.item.detail, shared::activation::Detail::AudienceEntered { .. }) {
+                    out.push((message.destination, message.item.profile.id));
+                }
+            }
+            store.delete(&meta.key).await.expect("delete");
+        }
+        out.sort();
+        out
+    };
+    let (ann, bob) = (profile_of(&store, "user_id:ann").await, profile_of(&store, "user_id:bob").await);
+    // The first partner, there from the start: the entries as they are recorded (nothing synced twice).
+    put(crate::activation::dispatch::DESTINATIONS_CONFIG, json!([destination("crm", json!(["buyers"]))])).await;
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!((report.membership_changes, report.initial_sync), (2, 0));
+    assert_eq!(entries(store.clone()).await, [("crm".to_string(), ann.clone()), ("crm".to_string(), bob.clone())]);
+    // A second partner connected later: the current members, to it alone.
+    put(
+        crate::activation::dispatch::DESTINATIONS_CONFIG,
+        json!([destination("crm", json!(["buyers"])), destination("ads", json!(["buyers"]))]),
+    )
+    .await;
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!((report.membership_changes, report.initial_sync), (0, 2));
+    assert_eq!(entries(store.clone()).await, [("ads".to_string(), ann), ("ads".to_string(), bob)]);
+    // Once.
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.initial_sync, 0);
+    assert!(entries(store.clone()).await.is_empty());
+    assert_eq!(read_json(&store, SYNCED).await, json!({"ads": ["buyers"], "crm": ["buyers"]}));
+}

@@ -1,0 +1,81 @@
+//! Initial sync: a destination newly subscribed to an audience (a destination added, or an audience added to
+//! its `send.audiences`) receives `audience.entered` for every current member, not only the changes after it
+//! subscribed. `deliveries/v1/synced.json` records, per enabled destination, the audiences it has been sent in
+//! full; the full recompute compares it with the subscriptions before recording its own membership changes
+//! (which then reach every subscribed destination alike). A destination that is disabled (or removed) leaves
+//! the record, so it is synced again when it comes back.
+//!
+//! The items are the members' own entries (the audience, the profile and the number of the change that made
+//! it a member), so an entry a destination already received (sent in real time just before the sync, or
+//! synced again after a failed run) has the same id and partners deduplicate it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shared::activation::ProfileNow;
+use shared::activation::lane::Message;
+use shared::time::UtcTime;
+
+use crate::Error;
+use crate::ingest::{Activation, IngestConfig};
+use crate::state::Transaction;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Per destination, the audiences whose members it has been sent.
+pub const SYNCED: &str = "deliveries/v1/synced.json";
+
+/// Sends every member of each newly subscribed audience, as recorded on the profiles (`state` says whom to
+/// read), to the destinations that subscribed; returns the items staged. Runs before the recompute records its
+/// own changes, which then reach every subscribed destination alike.
+pub(crate) async fn initial<S: ObjectStore + Clone>(
+    store: &S,
+    activation: &Activation,
+    state: &super::RecomputeScan,
+    now: UtcTime,
+) -> Result<usize, Error> {
+    let audiences: BTreeSet<&String> = activation.audiences.audiences().iter().map(|a| &a.id).collect();
+    let synced: BTreeMap<String, BTreeSet<String>> = crate::config::read(store, SYNCED).await?.unwrap_or_default();
+    let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Audience → the destinations it is new to.
+    let mut due: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for destination in activation.destinations.destinations().iter().filter(|d| d.enabled) {
+        let subscribed: Vec<&String> =
+            audiences.iter().copied().filter(|a| destination.send.audiences.contains(a)).collect();
+        let done = synced.get(&destination.id);
+        for audience in &subscribed {
+            if done.is_none_or(|done| !done.contains(*audience)) {
+                due.entry(audience.as_str()).or_default().insert(destination.id.as_str());
+            }
+        }
+        next.insert(destination.id.clone(), subscribed.into_iter().cloned().collect());
+    }
+    let mut messages: Vec<Message> = Vec::new();
+    if !due.is_empty() {
+        let profiles: BTreeSet<String> = state
+            .profiles
+            .iter()
+            .filter(|(_, p)| due.keys().any(|a| p.profile.memberships.get(*a).is_some_and(|m| m.member)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let config = IngestConfig::load(store).await?;
+        // A read: the closure changes nothing, so nothing is committed.
+        let mut txn = Transaction::begin(store, config.shards).await?;
+        txn.update_profiles(&profiles, |id, profile| {
+            let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+            let keys: Vec<String> = profile.identities.iter().cloned().collect();
+            let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+            for (audience, destinations) in &due {
+                let Some(membership) = profile.memberships.get(*audience).filter(|m| m.member) else { continue };
+                let changes = [(audience.to_string(), true, membership.changes)];
+                let produced = activation.destinations.audience_messages(&view, &changes, &activation.names, now);
+                messages.extend(produced.into_iter().filter(|m| destinations.contains(m.destination.as_str())));
+            }
+        })
+        .await?;
+        crate::activation::dispatch::stage(store, &messages, now).await?;
+    }
+    if next != synced {
+        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
+        store.put(SYNCED, body, PutOptions::json()).await?;
+    }
+    Ok(messages.len())
+}
