@@ -48,8 +48,10 @@ pub const ROW_GROUP: usize = 64 * 1024;
 /// How old a raw object must be (by its name) before compaction takes it, by default: a collector names an
 /// object when it starts writing it, so one named earlier than this before now is written or never will be.
 pub const SETTLE_MS: i64 = 10 * 60 * 1000;
-/// Raw objects one compaction run takes at most (bounded memory; the next run goes on).
+/// Raw objects one compaction run takes at most (the next run goes on).
 const MAX_OBJECTS: usize = 20_000;
+/// Events one compaction run holds at most (bounded memory: it stops after the object that reaches this).
+const MAX_EVENTS: usize = 500_000;
 /// The leaf columns with bloom filters.
 const BLOOM: [&str; 4] = ["message_id", "user_id", "anonymous_id", "identity_keys.list.item"];
 
@@ -152,13 +154,27 @@ pub fn identity_keys(rules: &IdentityRules, event: &CanonicalEvent) -> Vec<Strin
 /// Compacts raw objects named at least `settle_ms` before `now` into the lake; at most one bounded batch per
 /// call (`more` says whether another would find work).
 pub async fn compact<S: ObjectStore>(store: &S, settle_ms: i64, now: UtcTime) -> Result<Compacted, Error> {
+    compact_within(store, settle_ms, now, MAX_EVENTS).await
+}
+
+/// [`compact`], stopping after the raw object that brings the run to `max_events`.
+async fn compact_within<S: ObjectStore>(
+    store: &S,
+    settle_ms: i64,
+    now: UtcTime,
+    max_events: usize,
+) -> Result<Compacted, Error> {
     let (mut manifest, etag) = manifest(store).await?;
     let settled = now.unix_millis() - settle_ms;
     let mut keys: Vec<String> =
         raw_tail(store, &manifest).await?.into_iter().filter(|k| named_at(k).is_some_and(|t| t <= settled)).collect();
     let mut out = Compacted { more: keys.len() > MAX_OBJECTS, ..Compacted::default() };
     keys.truncate(MAX_OBJECTS);
-    let Some(last) = keys.last().cloned() else { return Ok(out) };
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let mut last = String::new();
+    let mut kept = 0;
     let rules: IdentityRules = crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
     let suppression = crate::privacy::Suppression::load(store).await?;
     let held: BTreeSet<&String> = suppression.erasing.values().flatten().collect();
@@ -166,6 +182,11 @@ pub async fn compact<S: ObjectStore>(store: &S, settle_ms: i64, now: UtcTime) ->
     let mut days: BTreeMap<String, (String, Vec<Row>)> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     for key in &keys {
+        if kept >= max_events {
+            out.more = true;
+            break;
+        }
+        last.clone_from(key);
         let Some((day, name)) = day_and_name(key) else {
             tracing::warn!(%key, "not a raw object name; left out of the lake");
             continue;
@@ -181,6 +202,7 @@ pub async fn compact<S: ObjectStore>(store: &S, settle_ms: i64, now: UtcTime) ->
                 continue;
             }
             days.entry(day.to_string()).or_insert_with(|| (name.to_string(), Vec::new())).1.push((event, keys));
+            kept += 1;
         }
         out.objects += 1;
     }

@@ -77,6 +77,28 @@ async fn a_repeated_run_rewrites_the_same_part() {
     assert_eq!(part(&store, &again.parts[0]).await.len(), 2);
 }
 
+#[tokio::test]
+async fn a_run_holds_a_bounded_number_of_events_and_the_next_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let t0 = at("2026-11-29T10:00:00Z");
+    put_batch(&store, 1, json!([page("m1", "u1"), page("m2", "u2")]), t0).await;
+    put_batch(&store, 2, json!([page("m3", "u3")]), at("2026-11-29T10:01:00Z")).await;
+    put_batch(&store, 3, json!([page("m4", "u4")]), at("2026-11-29T10:02:00Z")).await;
+    let now = at("2026-11-29T11:00:00Z");
+    // Stops after the object that reaches two events: the first.
+    let first = compact_within(&store, SETTLE_MS, now, 2).await.unwrap();
+    assert_eq!((first.objects, first.events, first.more), (1, 2, true), "{first:?}");
+    let second = compact_within(&store, SETTLE_MS, now, 2).await.unwrap();
+    assert_eq!((second.objects, second.events, second.more), (2, 2, false), "{second:?}");
+    assert!(raw_tail(&store, &manifest(&store).await.unwrap().0).await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for key in parts(&store).await.unwrap() {
+        ids.extend(part(&store, &key).await.into_iter().map(|(e, _)| e.message_id));
+    }
+    assert_eq!(ids, ["m1", "m2", "m3", "m4"], "every event once, in receipt order");
+}
+
 fn rows_for(users: std::ops::Range<usize>) -> Vec<Row> {
     let t = at("2026-11-29T10:00:00Z");
     users
