@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::lake::TagEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
@@ -33,6 +32,7 @@ pub use sync::SYNCED;
 
 use crate::Error;
 use crate::ingest::read_object;
+use crate::lake::TagEvent;
 use crate::state::scan_as;
 use crate::storage::{ObjectStore, PutOptions};
 
