@@ -1,8 +1,8 @@
 //! `GET /v1/profiles/{identifier}/events`: a profile's events, newest first, from the event store.
 //!
 //! The event store is the lake (Parquet parts by day, [`crate::lake`]) and the raw objects not compacted into
-//! it yet. Newest first: the raw objects, then the parts; a part's bloom filters rule most people out without
-//! reading its rows. A page reads at most [`MAX_OBJECTS`] objects; when it stops there it answers the events
+//! it yet. Newest first: the raw objects, then the parts; a part is read by range, its footer and bloom filters
+//! first, so one that does not hold the person costs those and not its rows. A page reads at most [`MAX_OBJECTS`] objects; when it stops there it answers the events
 //! found so far with a `nextCursor` to continue from.
 
 use std::collections::BTreeSet;
@@ -99,7 +99,10 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
     let mut objects = crate::lake::raw_tail(api.store(), &manifest).await?;
     objects.reverse();
     let tail = objects.len();
-    objects.extend(crate::lake::parts(api.store()).await?.into_iter().rev());
+    let parts = crate::lake::parts(api.store()).await?;
+    objects.extend(parts.iter().rev().map(|part| part.key.clone()));
+    let parts: std::collections::BTreeMap<&str, &crate::storage::ObjectMeta> =
+        parts.iter().map(|part| (part.key.as_str(), part)).collect();
     let first = match &start {
         None => 0,
         Some((key, _)) => match objects.iter().position(|k| k == key) {
@@ -118,8 +121,8 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
             break;
         }
         let theirs: Vec<shared::event::CanonicalEvent> = if key.starts_with(crate::lake::EVENTS) {
-            let Some(object) = api.store().get(key).await? else { continue };
-            crate::lake::decode(object.body.into(), Some(&keys))?.into_iter().map(|(event, _)| event).collect()
+            let Some(part) = parts.get(key.as_str()) else { continue };
+            crate::lake::find(api.store(), part, &keys).await?.into_iter().map(|(event, _)| event).collect()
         } else {
             let Some(object) = read_object(api.store(), key).await? else { continue };
             object.events.into_iter().filter(|e| crate::privacy::event_keys(e).any(|k| keys.contains(&k))).collect()

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::*;
 use crate::ingest::{IngestConfig, ingest};
 use crate::storage::FsStore;
@@ -93,8 +95,8 @@ async fn a_run_holds_a_bounded_number_of_events_and_the_next_goes_on() {
     assert_eq!((second.objects, second.events, second.more), (2, 2, false), "{second:?}");
     assert!(raw_tail(&store, &manifest(&store).await.unwrap().0).await.unwrap().is_empty());
     let mut ids = Vec::new();
-    for key in parts(&store).await.unwrap() {
-        ids.extend(part(&store, &key).await.into_iter().map(|(e, _)| e.message_id));
+    for listed in parts(&store).await.unwrap() {
+        ids.extend(part(&store, &listed.key).await.into_iter().map(|(e, _)| e.message_id));
     }
     assert_eq!(ids, ["m1", "m2", "m3", "m4"], "every event once, in receipt order");
 }
@@ -139,6 +141,63 @@ fn bloom_filters_rule_out_row_groups_without_the_person() {
     let nobody: BTreeSet<String> = ["user_id:nobody".to_string()].into();
     assert!(groups_for(&builder, &nobody).unwrap().is_empty());
     assert!(decode(bytes, Some(&nobody)).unwrap().is_empty());
+}
+
+/// A store that counts the bytes read from it.
+#[derive(Clone)]
+struct Counting {
+    inner: FsStore,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ObjectStore for Counting {
+    async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, StoreError> {
+        self.inner.put(key, body, options).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<crate::storage::Object>, StoreError> {
+        let object = self.inner.get(key).await?;
+        let size = object.as_ref().map_or(0, |o| o.body.len() as u64);
+        self.read.fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+        Ok(object)
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let bytes = self.inner.get_range(key, start, len).await?;
+        self.read.fetch_add(bytes.as_ref().map_or(0, |b| b.len() as u64), std::sync::atomic::Ordering::SeqCst);
+        Ok(bytes)
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn finding_a_person_reads_the_footer_and_filters_and_only_their_row_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Counting { inner: FsStore::open(dir.path()).unwrap(), read: Default::default() };
+    let rows = rows_for(0..3 * ROW_GROUP);
+    let bytes = encode(&rows).unwrap();
+    let size = bytes.len() as u64;
+    store.put("lake/events/dt=2026-11-29/part-a.parquet", bytes, part_options()).await.unwrap();
+    let listed = parts(&store).await.unwrap().remove(0);
+    assert_eq!(listed.size, size);
+    let read = |store: &Counting| store.read.swap(0, std::sync::atomic::Ordering::SeqCst);
+
+    let wanted: BTreeSet<String> = [format!("user_id:u{}", 2 * ROW_GROUP + 3)].into();
+    let found = find(&store, &listed, &wanted).await.unwrap();
+    assert_eq!(found, vec![rows[2 * ROW_GROUP + 3].clone()]);
+    let cost = read(&store);
+    assert!(cost < size / 2, "one row group of three, and the footer: {cost} of {size} bytes");
+
+    let nobody: BTreeSet<String> = ["user_id:nobody".to_string()].into();
+    assert!(find(&store, &listed, &nobody).await.unwrap().is_empty());
+    let cost = read(&store);
+    assert!(cost < size / 20, "the footer and filters only: {cost} of {size} bytes");
+
+    let gone = ObjectMeta { key: "lake/events/dt=2026-11-29/part-gone.parquet".into(), size };
+    assert!(find(&store, &gone, &wanted).await.unwrap().is_empty(), "a part erased meanwhile holds nothing");
 }
 
 #[test]

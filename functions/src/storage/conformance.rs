@@ -74,6 +74,14 @@ pub async fn check<S: ObjectStore>(store: &S, prefix: &str) {
     let read = store.get(&counter).await.expect("get").expect("counter exists");
     assert_eq!(read.body, (4 * INCREMENTS).to_string().as_bytes(), "no increment lost ({} fenced)", a + b + c + d);
 
+    // Ranges: a slice, one cut short by the end, one past the end, a missing object.
+    let ranged = format!("{prefix}/lake/part");
+    store.put(&ranged, b"abcdefghij".to_vec(), PutOptions::json()).await.expect("put");
+    assert_eq!(store.get_range(&ranged, 2, 3).await.expect("range").as_deref(), Some(&b"cde"[..]));
+    assert_eq!(store.get_range(&ranged, 8, 10).await.expect("range").as_deref(), Some(&b"ij"[..]));
+    assert_eq!(store.get_range(&ranged, 20, 4).await.expect("range").as_deref(), Some(&b""[..]));
+    assert_eq!(store.get_range(&format!("{prefix}/lake/none"), 0, 4).await.expect("range"), None);
+
     // Unconditional writes replace; listing is by prefix, sorted; deletes are idempotent.
     store.put(&format!("{prefix}/raw/b"), b"b".to_vec(), PutOptions::json()).await.expect("put b");
     store.put(&format!("{prefix}/raw/a"), b"a".to_vec(), PutOptions::json()).await.expect("put a");

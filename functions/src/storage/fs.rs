@@ -166,6 +166,24 @@ impl ObjectStore for FsStore {
         .map_err(join_error)?
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        use std::io::{Read as _, Seek as _};
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(unavailable(&path, e)),
+            };
+            let mut body = Vec::new();
+            file.seek(std::io::SeekFrom::Start(start)).map_err(|e| unavailable(&path, e))?;
+            file.take(len).read_to_end(&mut body).map_err(|e| unavailable(&path, e))?;
+            Ok(Some(body))
+        })
+        .await
+        .map_err(join_error)?
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let store = self.clone();
         let prefix = prefix.to_string();

@@ -88,6 +88,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
     /// Reads `key`, or `None` if it does not exist.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
+    /// Reads `len` bytes of `key` from `start` (fewer where the object ends first), or `None` if it does not
+    /// exist: the footer and filters of a Parquet part without the rest of it.
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     /// Lists keys starting with `prefix`, in lexicographic order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, StoreError>> + Send;
     /// Deletes `key`; deleting a missing key is not an error.

@@ -163,6 +163,30 @@ impl ObjectStore for S3Store {
         Ok(Some(Object { body, etag }))
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(self.get(key).await?.map(|_| Vec::new()));
+        }
+        let range = format!("bytes={start}-{}", start + len - 1);
+        let output = match self.client.get_object().bucket(&self.bucket).key(key).range(range).send().await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => return Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(None),
+            // A range that starts past the end: nothing there.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(store_error(e)),
+        };
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(body))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let mut out = Vec::new();
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();

@@ -181,7 +181,7 @@ pub(crate) async fn gather<'s, S: ObjectStore, P>(
     let (manifest, _) = crate::lake::manifest(store).await?;
     let tail = crate::lake::raw_tail(store, &manifest).await?;
     for part in crate::lake::parts(store).await? {
-        let Some(object) = store.get(&part).await? else { continue };
+        let Some(object) = store.get(&part.key).await? else { continue };
         for (event, keys) in crate::lake::decode_for_tags(object.body.into())? {
             add(event, &keys);
         }
