@@ -67,6 +67,30 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The object (or the `range` of it) and its ETag; `None` when it does not exist. A range that starts
+    /// past the end reads as empty.
+    async fn read(&self, key: &str, range: Option<String>) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        check_key(key)?;
+        let output = match self.client.get_object().bucket(&self.bucket).key(key).set_range(range).send().await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => return Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                return Ok(Some((Vec::new(), String::new())));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let etag = output.e_tag().unwrap_or_default().to_string();
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some((body, etag)))
+    }
+
     /// A store for `settings`. Custom endpoints use path-style addressing (most S3-compatible servers need it).
     pub fn new(settings: S3Settings) -> Self {
         let credentials = Credentials::new(
@@ -145,46 +169,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        check_key(key)?;
-        let output = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(output) => output,
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => return Ok(None),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(None),
-            Err(e) => return Err(store_error(e)),
-        };
-        let etag = output.e_tag().unwrap_or_default().to_string();
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?
-            .into_bytes()
-            .to_vec();
-        Ok(Some(Object { body, etag }))
+        Ok(self.read(key, None).await?.map(|(body, etag)| Object { body, etag }))
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        check_key(key)?;
         if len == 0 {
             return Ok(self.get(key).await?.map(|_| Vec::new()));
         }
-        let range = format!("bytes={start}-{}", start + len - 1);
-        let output = match self.client.get_object().bucket(&self.bucket).key(key).range(range).send().await {
-            Ok(output) => output,
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => return Ok(None),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(None),
-            // A range that starts past the end: nothing there.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => return Ok(Some(Vec::new())),
-            Err(e) => return Err(store_error(e)),
-        };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?
-            .into_bytes()
-            .to_vec();
-        Ok(Some(body))
+        Ok(self.read(key, Some(format!("bytes={start}-{}", start + len - 1))).await?.map(|(body, _)| body))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {

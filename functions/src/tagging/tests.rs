@@ -377,28 +377,29 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
     assert_eq!(values["profiles"][&ann.node.id]["orders"], json!(3));
 }
 
+/// `events` stored and ingested, and one audience: `buyers`, who did `Order Completed`.
+async fn buyers(store: &FsStore, events: Value) {
+    let key = store_events(store, 1, events).await;
+    ingest(store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let audiences = json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]);
+    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("put");
+}
+
 #[tokio::test]
 async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_undelivered() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let key = store_events(
+    buyers(
         &store,
-        1,
         json!([
             {"type": "track", "event": "Order Completed", "userId": "ann", "messageId": "o1", "timestamp": stamp(1)}
         ]),
     )
     .await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
     let put = |key: &'static str, value: Value| {
         let store = store.clone();
         async move { store.put(key, value.to_string().into_bytes(), PutOptions::json()).await.expect("put") }
     };
-    put(
-        AUDIENCES_CONFIG,
-        json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]),
-    )
-    .await;
     let destination = |audience: &str| {
         json!([{"id": "crm", "url": "https://hooks.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 "send": {"audiences": [audience]}}])
@@ -419,9 +420,8 @@ async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_u
 async fn a_destination_subscribed_later_receives_the_current_members_once() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let key = store_events(
+    buyers(
         &store,
-        1,
         json!([
             {"type": "track", "event": "Order Completed", "userId": "ann", "messageId": "o1", "timestamp": stamp(1)},
             {"type": "track", "event": "Order Completed", "userId": "bob", "messageId": "o2", "timestamp": stamp(2)},
@@ -429,16 +429,10 @@ async fn a_destination_subscribed_later_receives_the_current_members_once() {
         ]),
     )
     .await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
     let put = |key: &'static str, value: Value| {
         let store = store.clone();
         async move { store.put(key, value.to_string().into_bytes(), PutOptions::json()).await.expect("put") }
     };
-    put(
-        AUDIENCES_CONFIG,
-        json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]),
-    )
-    .await;
     let destination = |id: &str, audiences: Value| {
         json!({"id": id, "url": format!("https://hooks.{id}.example/cdp"), "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                "send": {"audiences": audiences}})
