@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use shared::tags::{Catalog, ProfileTagState, TagKind, TagSet};
+use shared::tags::{Catalog, ProfileTagState, TagDefinition, TagKind, TagSet};
 use shared::time::UtcTime;
 
 use crate::Error;
@@ -29,6 +29,16 @@ pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, E
     Ok(crate::config::read(store, READY_KEY).await?.unwrap_or_default())
 }
 
+/// The statistical tags of `tags` whose version is not ready: what [`backfill`] will rebuild.
+pub(crate) async fn pending<S: ObjectStore>(store: &S, tags: &TagSet) -> Result<Vec<TagDefinition>, Error> {
+    Ok(pending_in(tags, &ready(store).await?))
+}
+
+fn pending_in(tags: &TagSet, ready: &BTreeMap<String, u32>) -> Vec<TagDefinition> {
+    let statistical = |t: &&TagDefinition| matches!(t.kind, TagKind::Statistical { .. });
+    tags.tags().iter().filter(statistical).filter(|t| ready.get(&t.id) != Some(&t.version)).cloned().collect()
+}
+
 /// Rebuilds the state of every statistical tag of `tags` whose version is not ready, for every profile, and
 /// stores `values` (the full recompute's, by profile id) on the profiles; returns the tag ids backfilled.
 pub async fn backfill<S: ObjectStore + Clone>(
@@ -38,12 +48,7 @@ pub async fn backfill<S: ObjectStore + Clone>(
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
     let mut ready = ready(store).await?;
-    let pending: Vec<_> = tags
-        .tags()
-        .iter()
-        .filter(|t| matches!(t.kind, TagKind::Statistical { .. }) && ready.get(&t.id) != Some(&t.version))
-        .cloned()
-        .collect();
+    let pending = pending_in(tags, &ready);
     if pending.is_empty() {
         return Ok(Vec::new());
     }

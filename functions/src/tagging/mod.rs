@@ -20,10 +20,11 @@
 //! - `deliveries/v1/synced.json`: which audiences each destination has been sent in full ([`sync`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shared::audiences::{AudienceDefinition, AudienceSet, Snapshot};
+use shared::audiences::{AudienceDefinition, AudienceSet, InsightCounts, Snapshot};
 use shared::tags::{Catalog, EventView, ProductConfig, ProductTags, TagDefinition, TagSet, event_table, profile_table};
 use shared::time::UtcTime;
 
@@ -35,6 +36,7 @@ use crate::ingest::read_object;
 use crate::lake::TagEvent;
 use crate::state::scan_as;
 use crate::storage::{ObjectStore, PutOptions};
+use spill::Spill;
 
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
 const INSIGHTS: usize = 10;
@@ -155,10 +157,34 @@ pub(crate) struct ScannedFields {
 /// The state as the recompute reads it.
 pub(crate) type RecomputeScan = crate::state::ScanOf<Scanned>;
 
+/// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;
+/// an event resolves by the identity keys stored with it), then the raw objects not compacted yet. An event
+/// can come twice (a compaction finishing meanwhile, or retried): callers keep each messageId once.
+async fn read_events<S: ObjectStore>(
+    store: &S,
+    identity: &shared::identity::IdentityRules,
+    mut each: impl FnMut(TagEvent, &[String]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // The manifest first: a compaction finishing meanwhile moves events from the tail into parts read after.
+    let (manifest, _) = crate::lake::manifest(store).await?;
+    let tail = crate::lake::raw_tail(store, &manifest).await?;
+    for part in crate::lake::parts(store).await? {
+        let Some(object) = store.get(&part.key).await? else { continue };
+        for (event, keys) in crate::lake::decode_for_tags(object.body.into())? {
+            each(event, &keys)?;
+        }
+    }
+    for key in tail {
+        let Some(read) = read_object(store, &key).await? else { continue };
+        for event in read.events {
+            each(TagEvent::of(&event), &identity.keys(&event))?;
+        }
+    }
+    Ok(())
+}
+
 /// Every stored event once, grouped by the profile its identifiers resolve to in `state`; with the number of
-/// distinct events and of those that resolve to no profile (not ingested yet). Reads the lake (the columns
-/// tags and audiences use; an event resolves by the identity keys stored with it) and the raw objects not
-/// compacted yet.
+/// distinct events and of those that resolve to no profile (not ingested yet).
 pub(crate) async fn gather<'s, S: ObjectStore, P>(
     store: &S,
     identity: &shared::identity::IdentityRules,
@@ -167,36 +193,84 @@ pub(crate) async fn gather<'s, S: ObjectStore, P>(
     let mut seen = HashSet::new();
     let mut by_profile: BTreeMap<&str, Vec<TagEvent>> = BTreeMap::new();
     let (mut events, mut unresolved) = (0, 0);
-    let mut add = |event: TagEvent, keys: &[String]| {
-        if !seen.insert(event.message_id.clone()) {
-            return;
+    read_events(store, identity, |event, keys| {
+        if seen.insert(event.message_id.clone()) {
+            events += 1;
+            match keys.iter().find_map(|key| state.resolve(key)) {
+                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
+                None => unresolved += 1,
+            }
         }
-        events += 1;
-        match keys.iter().find_map(|key| state.resolve(key)) {
-            Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
-            None => unresolved += 1,
-        }
-    };
-    // The manifest first: a compaction finishing meanwhile moves events from the tail into parts read after.
-    let (manifest, _) = crate::lake::manifest(store).await?;
-    let tail = crate::lake::raw_tail(store, &manifest).await?;
-    for part in crate::lake::parts(store).await? {
-        let Some(object) = store.get(&part.key).await? else { continue };
-        for (event, keys) in crate::lake::decode_for_tags(object.body.into())? {
-            add(event, &keys);
-        }
-    }
-    for key in tail {
-        let Some(read) = read_object(store, &key).await? else { continue };
-        for event in read.events {
-            add(TagEvent::of(&event), &identity.keys(&event));
-        }
-    }
+        Ok(())
+    })
+    .await?;
     Ok((by_profile, events, unresolved))
 }
 
+/// A chunk's events with their properties decoded (what the evaluators' views borrow).
+struct ChunkEvents {
+    rows: Vec<(u32, TagEvent)>,
+    properties: Vec<Map<String, Value>>,
+}
+
+impl ChunkEvents {
+    fn read(spill: &Spill, chunk: usize) -> Result<Self, Error> {
+        let rows = spill.read(chunk)?;
+        let properties = rows.iter().map(|(_, e)| e.properties()).collect::<Result<_, _>>()?;
+        Ok(Self { rows, properties })
+    }
+
+    /// Views in profile order, with their profile numbers.
+    fn views(&self) -> Vec<(u32, EventView<'_>)> {
+        self.rows.iter().zip(&self.properties).map(|((n, e), p)| (*n, e.view(p))).collect()
+    }
+}
+
+/// The tag values of every profile, written as they are computed:
+/// `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`, gzipped, profiles in id order.
+struct ValuesWriter {
+    out: flate2::write::GzEncoder<Vec<u8>>,
+    first: bool,
+}
+
+impl ValuesWriter {
+    fn new(now_ms: i64) -> Result<Self, Error> {
+        let mut out = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        write!(out, r#"{{"computedAt":{now_ms},"profiles":{{"#).map_err(write_error)?;
+        Ok(Self { out, first: true })
+    }
+
+    fn add(&mut self, id: &str, values: &BTreeMap<String, Value>) -> Result<(), Error> {
+        if !std::mem::take(&mut self.first) {
+            self.out.write_all(b",").map_err(write_error)?;
+        }
+        serde_json::to_writer(&mut self.out, id).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.out.write_all(b":").map_err(write_error)?;
+        serde_json::to_writer(&mut self.out, values).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    fn finish(mut self) -> Result<Vec<u8>, Error> {
+        self.out.write_all(b"}}").map_err(write_error)?;
+        self.out.finish().map_err(write_error)
+    }
+}
+
+fn write_error(e: std::io::Error) -> Error {
+    Error::Corrupt(format!("writing the tag values: {e}"))
+}
+
 /// Computes every tag and audience for every profile at `now` and writes the results.
+///
+/// The events are read once and spilled by chunk of profiles ([`Spill`]); then a chunk at a time: its event
+/// and profile tables, the columnar evaluation, audiences per profile, and the outputs that add up as they go
+/// (tag values, members, insight counts, product tags). Memory holds the identity state, one chunk, the
+/// members, and the values written so far (compressed; decoded only when a tag version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
+    recompute_by(store, now, RECOMPUTE_CHUNK).await
+}
+
+/// [`full_recompute`] with `per_chunk` profiles per chunk (the results do not depend on it).
+async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk: usize) -> Result<Report, Error> {
     let (tag_defs, audience_defs) = load_definitions(store).await?;
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
     let identity: shared::identity::IdentityRules =
@@ -205,10 +279,23 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };
 
-    let (by_profile, events, unresolved) = gather(store, &identity, &state).await?;
-    (report.events, report.unresolved_events) = (events, unresolved);
+    // Profiles are numbered by their place in id order; events go to their profile's chunk.
+    let ids: Vec<&String> = state.profiles.keys().collect();
+    let number = |id: &str| ids.binary_search_by(|p| p.as_str().cmp(id)).ok().and_then(|n| u32::try_from(n).ok());
+    let mut spill = Spill::new(ids.len(), per_chunk)?;
+    let mut unresolved = HashSet::new();
+    read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| state.resolve(key)) {
+        Some(id) => spill.push(number(id).ok_or_else(|| Error::Corrupt(format!("{id} is not numbered")))?, &event),
+        None => {
+            unresolved.insert(event.message_id);
+            Ok(())
+        }
+    })
+    .await?;
+    spill.seal()?;
+    report.unresolved_events = unresolved.len();
+    drop(unresolved);
 
-    // Tags by the columnar engine, a chunk of profiles at a time; audiences per profile from the values.
     let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
     let trait_names = tags.traits();
     let mut properties = tags.properties();
@@ -218,89 +305,96 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
             properties.push(p.clone());
         }
     }
-    let mut values: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    let mut members: BTreeMap<String, BTreeSet<String>> =
-        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
-    let profiles: Vec<(&String, Map<String, Value>)> = state
-        .profiles
-        .iter()
-        .map(|(id, stored)| (id, stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()))
-        .collect();
-    // A profile's events; a chunk's properties decoded (kept only while the chunk is worked on).
-    let events_of = |id: &str| by_profile.get(id).map(Vec::as_slice).unwrap_or_default();
-    let decode = |chunk: &[(&String, Map<String, Value>)]| -> Result<Vec<Vec<Map<String, Value>>>, Error> {
-        chunk.iter().map(|(id, _)| events_of(id).iter().map(TagEvent::properties).collect()).collect()
-    };
-    // Each chunk's tables (profiles numbered from 0 across chunks), built once for both passes.
-    let mut chunks = Vec::new();
-    for (c, chunk) in profiles.chunks(RECOMPUTE_CHUNK).enumerate() {
-        let first = (c * RECOMPUTE_CHUNK) as u32;
-        let decoded = decode(chunk)?;
-        let rows: Vec<(u32, EventView<'_>)> = chunk
+    // A chunk's profiles with their traits as the evaluators read them.
+    let chunk_profiles = |c: usize| -> Vec<(&String, Map<String, Value>)> {
+        let (start, end) = (c * per_chunk, ((c + 1) * per_chunk).min(ids.len()));
+        ids[start..end]
             .iter()
-            .zip(&decoded)
-            .enumerate()
-            .flat_map(|(i, ((id, _), properties))| {
-                events_of(id).iter().zip(properties).map(move |(e, p)| (first + i as u32, e.view(p)))
+            .map(|id| {
+                let traits = state.profiles.get(*id).map(|s| &s.profile.traits);
+                (*id, traits.into_iter().flatten().map(|(k, t)| (k.clone(), t.value.clone())).collect())
             })
-            .collect();
+            .collect()
+    };
+    let profile_table_of = |c: usize, chunk: &[(&String, Map<String, Value>)]| {
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
-        chunks.push((first, profile_table(first, &traits, &trait_names), event_table(rows, &properties)));
-    }
-    // First pass: product tags, and the population models (propensity, RFM, affinity) if any tag needs one.
+        profile_table((c * per_chunk) as u32, &traits, &trait_names)
+    };
+
+    // First pass, only for population tags (propensity, RFM, affinity): fit their models.
     let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
-    let mut products = ProductTags::new(products_config);
-    for (first, traits, events) in &chunks {
-        products.observe(*first, traits.num_rows(), events).map_err(|e| Error::Corrupt(e.to_string()))?;
-        if trainer.needed() {
-            trainer.observe(*first, traits.num_rows(), events)?;
+    if trainer.needed() {
+        for c in 0..spill.chunks() {
+            let chunk = chunk_profiles(c);
+            let events = ChunkEvents::read(&spill, c)?;
+            let table = event_table(events.views(), &properties);
+            trainer.observe((c * per_chunk) as u32, chunk.len(), &table)?;
         }
     }
-    let products = products.finish();
-    report.products = products.len();
-    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put(PRODUCTS_KEY, shared::storage::gzip(&body), gz()).await?;
     let (population, fitted) = trainer.finish();
     for (id, model) in &population.models {
         let body = serde_json::to_vec_pretty(model).map_err(|e| Error::Corrupt(e.to_string()))?;
         store.put(&format!("tags/v1/models/{id}.json"), body, PutOptions::json()).await?;
     }
     report.models = fitted;
-    // Second pass: every tag, then audiences per profile.
-    for (first, traits_table, events) in &chunks {
+
+    // Second pass: every tag, product tags, then audiences and insight per profile.
+    let mut kept: Option<BTreeMap<String, BTreeMap<String, Value>>> =
+        (!backfill::pending(store, &tags).await?.is_empty()).then(BTreeMap::new);
+    let mut values = ValuesWriter::new(now_ms)?;
+    let mut members: BTreeMap<String, BTreeSet<String>> =
+        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
+    let mut insight = InsightCounts::default();
+    let mut products = ProductTags::new(products_config);
+    for c in 0..spill.chunks() {
+        let first = (c * per_chunk) as u32;
+        let chunk = chunk_profiles(c);
+        let events = ChunkEvents::read(&spill, c)?;
+        report.events += events.rows.len();
+        let views = events.views();
+        let traits_table = profile_table_of(c, &chunk);
+        let events_table = event_table(views.clone(), &properties);
+        products.observe(first, chunk.len(), &events_table).map_err(|e| Error::Corrupt(e.to_string()))?;
         let columns = tags
-            .evaluate_columns_with(traits_table, *first, events, now_ms, &population)
+            .evaluate_columns_with(&traits_table, first, &events_table, now_ms, &population)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let chunk = &profiles[*first as usize..*first as usize + traits_table.num_rows()];
-        let decoded = if audiences.audiences().is_empty() { Vec::new() } else { decode(chunk)? };
+        drop(events_table);
+        let mut next = 0;
         for (i, (id, traits)) in chunk.iter().enumerate() {
-            let tag_values = columns.row(i);
-            let views: Vec<EventView<'_>> = match decoded.get(i) {
-                Some(properties) => events_of(id).iter().zip(properties).map(|(e, p)| e.view(p)).collect(),
-                None => Vec::new(),
-            };
-            for audience in audiences.members(traits, &tag_values, &views, now_ms) {
-                members.entry(audience).or_default().insert((*id).clone());
+            let start = next;
+            while next < views.len() && views[next].0 == first + i as u32 {
+                next += 1;
             }
+            let own: Vec<EventView<'_>> = views[start..next].iter().map(|(_, view)| *view).collect();
+            let tag_values = columns.row(i);
+            let member_of = audiences.members(traits, &tag_values, &own, now_ms);
+            for audience in &member_of {
+                members.entry(audience.clone()).or_default().insert((*id).clone());
+            }
+            insight.observe(traits, &tag_values, member_of.iter().map(String::as_str));
             for tag in tag_values.keys() {
                 report.tags.entry(tag.clone()).or_default().with_value += 1;
             }
             if !tag_values.is_empty() {
-                values.insert((*id).clone(), tag_values);
+                values.add(id, &tag_values)?;
+                if let Some(kept) = kept.as_mut() {
+                    kept.insert((*id).clone(), tag_values);
+                }
             }
         }
     }
+    drop(spill);
     for tag in tags.tags() {
         let entry = report.tags.entry(tag.id.clone()).or_default();
         entry.version = tag.version;
         entry.coverage = entry.with_value as f64 / report.profiles.max(1) as f64;
     }
-
-    let gzipped = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "profiles": values}))
-        .map(|json| shared::storage::gzip(&json))
+    let products = products.finish();
+    report.products = products.len();
+    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put("tags/v1/values.json.gz", gzipped, gz()).await?;
+    store.put(PRODUCTS_KEY, shared::storage::gzip(&body), gz()).await?;
+    store.put("tags/v1/values.json.gz", values.finish()?, gz()).await?;
     match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
         Ok(activation) => {
             if let Some(activation) = &activation {
@@ -313,20 +407,15 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
     }
     // What makes each audience distinct (the API serves it with the audience).
-    let no_tags = BTreeMap::new();
     for (audience, now_members) in &members {
-        let population =
-            profiles.iter().map(|(id, traits)| (id.as_str(), traits, values.get(id.as_str()).unwrap_or(&no_tags)));
-        let ranked = shared::audiences::insight(now_members, population, INSIGHTS);
+        let ranked = insight.top(audience, INSIGHTS);
         let body = serde_json::json!({"computedAt": now_ms, "size": now_members.len(), "values": ranked});
         store
             .put(&format!("audiences/v1/{audience}/insight.json"), body.to_string().into_bytes(), PutOptions::json())
             .await?;
     }
-    // The profiles and events are done with: free them before the backfill reads its own.
-    drop(chunks);
-    drop(profiles);
-    drop(by_profile);
+    // The profiles are done with: free them before the backfill reads its own.
+    drop(ids);
     drop(state);
     for (audience, now_members) in members {
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");
@@ -356,7 +445,9 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
         store.put(&key, shared::storage::gzip(&body), gz()).await?;
     }
     // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
-    report.backfilled = backfill(store, &tags, &values, now).await?;
+    if let Some(kept) = kept {
+        report.backfilled = backfill(store, &tags, &kept, now).await?;
+    }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;
     Ok(report)
@@ -378,6 +469,7 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 
 mod backfill;
 mod memberships;
+mod spill;
 mod sync;
 #[cfg(test)]
 mod tests;

@@ -474,3 +474,129 @@ async fn a_destination_subscribed_later_receives_the_current_members_once() {
     assert!(entries(store.clone()).await.is_empty());
     assert_eq!(read_json(&store, SYNCED).await, json!({"ads": ["buyers"], "crm": ["buyers"]}));
 }
+
+#[tokio::test]
+async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
+    // 50 people over a few batches: orders with products and categories, page views, traits, and anonymous
+    // visitors who log in later (merged profiles); tags of every kind and behaviour audiences.
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut keys = Vec::new();
+    for batch in 0..4u8 {
+        let mut events = Vec::new();
+        for person in 0..50u64 {
+            let who = if batch < 2 && person % 5 == 0 {
+                json!({"anonymousId": format!("anon-{person}")})
+            } else {
+                json!({"userId": format!("user-{person}")})
+            };
+            for n in 0..next(4) {
+                let product = next(6);
+                let category = ["shoes", "hats", "shirts"][(product % 3) as usize];
+                let name = if next(3) == 0 { "Order Completed" } else { "Product Viewed" };
+                let mut event = json!({"type": "track", "event": name, "messageId": format!("e{batch}-{person}-{n}"),
+                    "timestamp": stamp(next(60) as i64), "properties": {"product_id": format!("p{product}"),
+                    "category": category, "revenue": (next(100) + 1) as f64}});
+                for (k, v) in who.as_object().expect("ids") {
+                    event[k] = v.clone();
+                }
+                events.push(event);
+            }
+            if batch == 2 && person % 5 == 0 {
+                let plan = ["free", "pro"][(person % 2) as usize];
+                events.push(json!({"type": "identify", "anonymousId": format!("anon-{person}"),
+                    "userId": format!("user-{person}"), "messageId": format!("login-{person}"), "timestamp": stamp(0),
+                    "traits": {"plan": plan}}));
+            }
+        }
+        keys.push(store_events(&store, 40 + batch, Value::Array(events)).await);
+    }
+    ingest(&store, &keys, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let tags = json!([
+        {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+         "aggregate": {"op": "count"}},
+        {"id": "spend_30d", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+         "aggregate": {"op": "sum", "property": "revenue"}, "window": {"lastDays": 30}},
+        {"id": "top_category", "status": "active", "kind": "statistical",
+         "aggregate": {"op": "most_frequent", "property": "category"}},
+        {"id": "tier", "status": "active", "kind": "buckets", "of": "tag:spend_30d",
+         "buckets": [{"label": "high", "min": 100}, {"label": "mid", "min": 30}], "otherwise": "low"},
+        {"id": "is_pro", "status": "active", "kind": "rule", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
+        {"id": "rfm", "status": "active", "kind": "rfm", "purchase": {"events": ["Order Completed"]}, "revenue": "revenue"},
+        {"id": "buy", "status": "active", "kind": "propensity", "purchase": {"events": ["Order Completed"]}},
+        {"id": "fav", "status": "active", "kind": "affinity", "weights": {"Product Viewed": 1, "Order Completed": 5}}
+    ]);
+    let audiences = json!([
+        {"id": "high", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
+        {"id": "browsers", "status": "active", "when": {"did": {"events": ["Product Viewed"], "atLeast": 2,
+         "window": {"lastDays": 30}}}}
+    ]);
+    store.put(TAGS_CONFIG, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    // The same store twice: one cut into chunks of 7 profiles, one in a single chunk.
+    let other = tempfile::tempdir().expect("dir");
+    copy_dir(dir.path(), other.path());
+    let other_store = FsStore::open(other.path()).expect("store");
+    let cut = recompute_by(&store, at(t0()), 7).await.expect("recompute");
+    let whole = recompute_by(&other_store, at(t0()), 10_000).await.expect("recompute");
+    assert!(cut.profiles > 14, "several chunks: {}", cut.profiles);
+    assert_eq!(cut, whole);
+    assert!(cut.audiences.values().all(|a| a.size > 0), "{:?}", cut.audiences);
+    let outputs = |root: &std::path::Path| {
+        let mut files = BTreeMap::new();
+        for prefix in ["tags", "audiences", "products"] {
+            collect_files(&root.join(prefix), root, &mut files);
+        }
+        files
+    };
+    let (a, b) = (outputs(dir.path()), outputs(other.path()));
+    assert!(
+        a.keys().any(|k| k.ends_with("insight.json")) && a.contains_key("tags/v1/values.json.gz"),
+        "{:?}",
+        a.keys()
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (key, bytes) in &a {
+        let (x, y) = if key.ends_with(".gz") {
+            (shared::storage::gunzip(bytes).expect("gzip"), shared::storage::gunzip(&b[key]).expect("gzip"))
+        } else {
+            (bytes.clone(), b[key].clone())
+        };
+        assert!(x == y, "{key} differs");
+    }
+    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    assert_eq!(values["profiles"].as_object().expect("profiles").len(), cut.profiles);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+fn collect_files(dir: &std::path::Path, root: &std::path::Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            collect_files(&path, root, out);
+        } else {
+            let key = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+            out.insert(key, std::fs::read(&path).expect("read"));
+        }
+    }
+}

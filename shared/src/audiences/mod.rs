@@ -21,7 +21,7 @@ use crate::tags::{
     Window,
 };
 
-pub use insight::{Insight, insight};
+pub use insight::{Insight, InsightCounts, insight};
 
 /// Records decided memberships on a profile's membership map at `at` (ms) and returns the changes: audience,
 /// entered (`true`) or exited, and the change's number for that profile and audience (1 for the first entry).

@@ -232,6 +232,40 @@ fn insight_ranks_a_planted_distinguishing_trait_first() {
 }
 
 #[test]
+fn insight_counted_once_for_every_audience_matches_each_audience_alone() {
+    // 60 profiles; audience "even" holds even numbers, "small" the first 20, overlapping.
+    let mut profiles = Vec::new();
+    for i in 0..60u32 {
+        let plan = ["free", "pro", "team"][(i % 3) as usize];
+        let traits = json!({"plan": plan, "vip": i % 2 == 0,
+            "email": format!("p{i}@example.com"), "visits": i});
+        let tags = BTreeMap::from([("tier".to_string(), json!(if i < 20 { "high" } else { "low" }))]);
+        profiles.push((format!("p{i}"), traits.as_object().cloned().unwrap_or_default(), tags));
+    }
+    let even: BTreeSet<String> = (0..60).step_by(2).map(|i| format!("p{i}")).collect();
+    let small: BTreeSet<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let mut counts = InsightCounts::default();
+    for (id, traits, tags) in &profiles {
+        let member_of = [("even", &even), ("small", &small)].into_iter().filter(|(_, m)| m.contains(id));
+        counts.observe(traits, tags, member_of.map(|(a, _)| a));
+    }
+    for (name, members) in [("even", &even), ("small", &small)] {
+        let alone = insight(members, profiles.iter().map(|(id, t, g)| (id.as_str(), t, g)), 10);
+        assert_eq!(counts.top(name, 10), alone, "{name}");
+        assert!(!alone.is_empty());
+        assert!(alone.iter().all(|i| i.field != "trait:email" && i.field != "trait:visits"), "{alone:?}");
+    }
+    let even_top = counts.top("even", 10);
+    assert_eq!((even_top[0].field.as_str(), &even_top[0].value, even_top[0].lift), ("trait:vip", &json!(true), 2.0));
+    let small_top = counts.top("small", 10);
+    assert_eq!(
+        (small_top[0].field.as_str(), &small_top[0].value, small_top[0].lift),
+        ("tag:tier", &json!("high"), 3.0)
+    );
+    assert!(counts.top("nobody", 10).is_empty());
+}
+
+#[test]
 fn the_published_schema_lists_every_operator_and_field() {
     let schema: Value = serde_json::from_str(include_str!("../../../docs/schemas/audience-definition.schema.json"))
         .expect("schema is JSON");

@@ -1,0 +1,239 @@
+//! The full recompute's events, grouped by chunk of profiles in temporary files: the events of every profile
+//! never need to be in memory at once, only one chunk's (`RECOMPUTE_CHUNK` profiles).
+//!
+//! Events are appended to their chunk's buffer as they are read (the lake's parts, then the raw objects not
+//! compacted yet), in a compact binary row; a buffer past its share of [`BUFFERED`] is appended to the chunk's
+//! file under the temporary directory (`/tmp` in Lambda: its ephemeral storage is sized for it). The directory
+//! is removed when the spill is dropped, whatever happened.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shared::event::EventType;
+
+use crate::Error;
+use crate::lake::TagEvent;
+
+/// Bytes kept in memory over all chunks' buffers before they go to their files.
+const BUFFERED: usize = 64 << 20;
+
+/// Events by chunk of profiles ([`Spill::push`], then [`Spill::seal`] and [`Spill::read`]).
+#[derive(Debug)]
+pub(crate) struct Spill {
+    dir: PathBuf,
+    chunk: u32,
+    buffers: Vec<Vec<u8>>,
+    flush_at: usize,
+    /// Bytes written to files.
+    pub(crate) spilled: u64,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Corrupt(format!("the recompute's temporary files: {what}: {e}"))
+}
+
+impl Spill {
+    /// A spill for `profiles` profiles numbered from 0, cut into chunks of `chunk`, in a new directory under
+    /// the system's temporary directory.
+    pub(crate) fn new(profiles: usize, chunk: usize) -> Result<Self, Error> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let chunk = u32::try_from(chunk.max(1)).map_err(|_| Error::Corrupt("a chunk past 2^32 profiles".into()))?;
+        let buckets = profiles.div_ceil(chunk as usize);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "cdp-recompute-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
+        Ok(Self {
+            dir,
+            chunk,
+            buffers: vec![Vec::new(); buckets],
+            flush_at: (BUFFERED / buckets.max(1)).clamp(4 << 10, 1 << 20),
+            spilled: 0,
+        })
+    }
+
+    /// Chunks.
+    pub(crate) fn chunks(&self) -> usize {
+        self.buffers.len()
+    }
+
+    /// Adds an event of profile number `profile`.
+    pub(crate) fn push(&mut self, profile: u32, event: &TagEvent) -> Result<(), Error> {
+        let bucket = (profile / self.chunk) as usize;
+        let Some(buffer) = self.buffers.get_mut(bucket) else {
+            return Err(Error::Corrupt(format!("profile number {profile} is past the spill's profiles")));
+        };
+        encode(buffer, profile, event);
+        if buffer.len() >= self.flush_at {
+            self.flush(bucket)?;
+        }
+        Ok(())
+    }
+
+    fn path(&self, bucket: usize) -> PathBuf {
+        self.dir.join(format!("{bucket:08}.rows"))
+    }
+
+    fn flush(&mut self, bucket: usize) -> Result<(), Error> {
+        if self.buffers[bucket].is_empty() {
+            return Ok(());
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(bucket))
+            .map_err(io("opening a chunk's file"))?;
+        file.write_all(&self.buffers[bucket]).map_err(io("writing a chunk's file"))?;
+        self.spilled += self.buffers[bucket].len() as u64;
+        self.buffers[bucket] = Vec::new();
+        Ok(())
+    }
+
+    /// Writes what is buffered to the files and frees the buffers; [`Spill::read`] reads the files.
+    pub(crate) fn seal(&mut self) -> Result<(), Error> {
+        for bucket in 0..self.buffers.len() {
+            self.flush(bucket)?;
+        }
+        Ok(())
+    }
+
+    /// Chunk `bucket`'s events with their profile numbers, sorted by profile, time and messageId, each
+    /// messageId once per profile (a compaction retried, or finishing while the events were read, can leave
+    /// an event in two places). Reads what [`Spill::seal`] wrote.
+    pub(crate) fn read(&self, bucket: usize) -> Result<Vec<(u32, TagEvent)>, Error> {
+        let bytes = match std::fs::read(self.path(bucket)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("reading a chunk's file")(e)),
+        };
+        let mut rows = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            rows.push(decode(&bytes, &mut at).ok_or_else(|| Error::Corrupt("a chunk's file is cut short".into()))?);
+        }
+        rows.sort_by(|(p, a), (q, b)| (p, a.at, &a.message_id).cmp(&(q, b.at, &b.message_id)));
+        rows.dedup_by(|(p, a), (q, b)| p == q && a.message_id == b.message_id);
+        Ok(rows)
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "the recompute's temporary files stay");
+        }
+    }
+}
+
+/// A text field: its length (`u32::MAX` for none), then its bytes.
+fn put_text(buffer: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => buffer.extend_from_slice(&u32::MAX.to_le_bytes()),
+        Some(text) => {
+            buffer.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+/// profile (u32), at, received_at (i64), type (index in [`EventType::ALL`]), messageId, event, properties.
+fn encode(buffer: &mut Vec<u8>, profile: u32, event: &TagEvent) {
+    buffer.extend_from_slice(&profile.to_le_bytes());
+    buffer.extend_from_slice(&event.at.to_le_bytes());
+    buffer.extend_from_slice(&event.received_at.to_le_bytes());
+    buffer.push(EventType::ALL.iter().position(|k| *k == event.kind).unwrap_or_default() as u8);
+    put_text(buffer, Some(&event.message_id));
+    put_text(buffer, event.event.as_deref());
+    put_text(buffer, event.properties.as_deref());
+}
+
+fn take<'b>(bytes: &'b [u8], at: &mut usize, n: usize) -> Option<&'b [u8]> {
+    let slice = bytes.get(*at..at.checked_add(n)?)?;
+    *at += n;
+    Some(slice)
+}
+
+fn take_text(bytes: &[u8], at: &mut usize) -> Option<Option<Box<str>>> {
+    let len = u32::from_le_bytes(take(bytes, at, 4)?.try_into().ok()?);
+    if len == u32::MAX {
+        return Some(None);
+    }
+    let text = std::str::from_utf8(take(bytes, at, len as usize)?).ok()?;
+    Some(Some(text.into()))
+}
+
+fn decode(bytes: &[u8], at: &mut usize) -> Option<(u32, TagEvent)> {
+    let profile = u32::from_le_bytes(take(bytes, at, 4)?.try_into().ok()?);
+    let time = i64::from_le_bytes(take(bytes, at, 8)?.try_into().ok()?);
+    let received_at = i64::from_le_bytes(take(bytes, at, 8)?.try_into().ok()?);
+    let kind = *EventType::ALL.get(usize::from(take(bytes, at, 1)?[0]))?;
+    let message_id = take_text(bytes, at)??;
+    let event = take_text(bytes, at)?;
+    let properties = take_text(bytes, at)?;
+    Some((profile, TagEvent { message_id, kind, event, at: time, received_at, properties }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, at: i64, properties: Option<&str>) -> TagEvent {
+        TagEvent {
+            message_id: id.into(),
+            kind: EventType::Track,
+            event: Some("Order Completed".into()),
+            at,
+            received_at: at + 1,
+            properties: properties.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn events_come_back_by_chunk_sorted_once_each_and_the_files_go_with_the_spill() {
+        let mut spill = Spill::new(25, 10).unwrap();
+        assert_eq!(spill.chunks(), 3);
+        // A small flush threshold: most rows go through the files, the rest through seal.
+        spill.flush_at = 64;
+        let page = TagEvent { kind: EventType::Page, event: None, ..event("m4", 5, None) };
+        spill.push(12, &event("m2", 20, Some(r#"{"total":12.5,"sku":"é"}"#))).unwrap();
+        spill.push(3, &event("m1", 10, None)).unwrap();
+        spill.push(12, &event("m3", 15, Some("{}"))).unwrap();
+        spill.push(11, &page).unwrap();
+        // The same event again (a compaction seen twice): kept once.
+        spill.push(12, &event("m2", 20, Some(r#"{"total":12.5,"sku":"é"}"#))).unwrap();
+        spill.push(24, &event("m5", 1, None)).unwrap();
+        assert!(spill.push(30, &event("m6", 1, None)).is_err(), "a profile past the spill is refused");
+        spill.seal().unwrap();
+        assert!(spill.spilled > 0);
+
+        assert_eq!(spill.read(0).unwrap(), vec![(3, event("m1", 10, None))]);
+        let second = spill.read(1).unwrap();
+        let order: Vec<(u32, &str)> = second.iter().map(|(p, e)| (*p, &*e.message_id)).collect();
+        assert_eq!(order, vec![(11, "m4"), (12, "m3"), (12, "m2")]);
+        assert_eq!(second[0].1, page);
+        assert_eq!(second[2].1, event("m2", 20, Some(r#"{"total":12.5,"sku":"é"}"#)));
+        assert_eq!(spill.read(2).unwrap(), vec![(24, event("m5", 1, None))]);
+        // Read twice (the recompute's two passes): the same.
+        assert_eq!(spill.read(1).unwrap(), second);
+
+        let dir = spill.dir.clone();
+        assert!(dir.exists());
+        drop(spill);
+        assert!(!dir.exists(), "the temporary files are removed with the spill");
+    }
+
+    #[test]
+    fn a_cut_file_is_an_error_not_a_panic() {
+        let mut spill = Spill::new(1, 10).unwrap();
+        spill.push(0, &event("m1", 1, Some("{}"))).unwrap();
+        spill.seal().unwrap();
+        let path = spill.path(0);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(spill.read(0).unwrap_err().to_string().contains("cut short"));
+    }
+}
