@@ -352,6 +352,15 @@ fn read<R: ChunkReader + 'static>(
     groups: Option<Vec<usize>>,
     columns: &[&str],
 ) -> Result<Vec<RecordBatch>, Error> {
+    batches(builder, groups, columns)?.collect::<Result<Vec<_>, _>>().map_err(arrow_error("part"))
+}
+
+/// [`read`], a row group at a time.
+fn batches<R: ChunkReader + 'static>(
+    builder: ParquetRecordBatchReaderBuilder<R>,
+    groups: Option<Vec<usize>>,
+    columns: &[&str],
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, Error> {
     let mut roots = Vec::new();
     for column in columns {
         roots.push(
@@ -363,8 +372,7 @@ fn read<R: ChunkReader + 'static>(
     if let Some(groups) = groups {
         builder = builder.with_row_groups(groups);
     }
-    let reader = builder.build().map_err(parquet_error("part"))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(arrow_error("part"))
+    builder.build().map_err(parquet_error("part"))
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, Error> {
@@ -622,11 +630,15 @@ impl TagEvent {
     }
 }
 
-/// A part's events as tags read them ([`TagEvent`]), with their identity keys: only those columns are read.
-pub fn decode_for_tags(bytes: bytes::Bytes) -> Result<Vec<(TagEvent, Vec<String>)>, Error> {
+/// A part's events as tags read them ([`TagEvent`]), with their identity keys, to `each`, a row group at a time
+/// (only those columns are read; one row group is decoded at once).
+pub fn for_tags(
+    bytes: bytes::Bytes,
+    mut each: impl FnMut(TagEvent, &[String]) -> Result<(), Error>,
+) -> Result<(), Error> {
     let columns = ["message_id", "type", "event", "timestamp", "received_at", "identity_keys", "properties"];
-    let mut rows = Vec::new();
-    for batch in read(open(bytes)?, None, &columns)? {
+    for batch in batches(open(bytes)?, None, &columns)? {
+        let batch = batch.map_err(arrow_error("part"))?;
         let (ids, kinds, names, properties) = (
             strings(&batch, "message_id")?,
             strings(&batch, "type")?,
@@ -647,10 +659,10 @@ pub fn decode_for_tags(bytes: bytes::Bytes) -> Result<Vec<(TagEvent, Vec<String>
                 received_at: received.value(i),
                 properties: (!properties.is_null(i)).then(|| properties.value(i).into()),
             };
-            rows.push((event, keys));
+            each(event, &keys)?;
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// What is left of a part after an erasure.

@@ -148,10 +148,20 @@ pub(crate) struct Scanned {
 /// The fields of [`Scanned`].
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ScannedFields {
-    #[serde(default)]
-    pub(crate) traits: BTreeMap<String, shared::profile::TraitValue>,
+    /// Each trait's value (where it came from is skipped).
+    #[serde(default, deserialize_with = "trait_values")]
+    pub(crate) traits: Map<String, Value>,
     #[serde(default)]
     pub(crate) memberships: BTreeMap<String, shared::profile::Membership>,
+}
+
+fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<String, Value>, D::Error> {
+    #[derive(Deserialize)]
+    struct Only {
+        value: Value,
+    }
+    let traits: BTreeMap<String, Only> = Deserialize::deserialize(traits)?;
+    Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
 }
 
 /// The state as the recompute reads it.
@@ -170,9 +180,7 @@ async fn read_events<S: ObjectStore>(
     let tail = crate::lake::raw_tail(store, &manifest).await?;
     for part in crate::lake::parts(store).await? {
         let Some(object) = store.get(&part.key).await? else { continue };
-        for (event, keys) in crate::lake::decode_for_tags(object.body.into())? {
-            each(event, &keys)?;
-        }
+        crate::lake::for_tags(object.body.into(), &mut each)?;
     }
     for key in tail {
         let Some(read) = read_object(store, &key).await? else { continue };
@@ -226,16 +234,73 @@ impl ChunkEvents {
     }
 }
 
+/// A chunk evaluated: its events, its event table (for product tags), and per profile its tag values and the
+/// audiences it is a member of.
+struct Evaluated {
+    events: usize,
+    table: arrow_array::RecordBatch,
+    profiles: Vec<(BTreeMap<String, Value>, BTreeSet<String>)>,
+}
+
+/// Runs `work` on chunks `0..chunks` on `threads` threads of their own (thread `t` takes chunks `t`, `t +
+/// threads`, …), and hands each result to `then` on this thread, in chunk order, while the threads go on. A
+/// thread keeps at most one result waiting; an error stops every thread.
+fn in_order<T: Send>(
+    chunks: usize,
+    threads: usize,
+    work: impl Fn(usize) -> Result<T, Error> + Sync,
+    mut then: impl FnMut(usize, T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let threads = threads.clamp(1, chunks.max(1));
+    let work = &work;
+    std::thread::scope(|scope| {
+        let (mut results, mut handles) = (Vec::with_capacity(threads), Vec::with_capacity(threads));
+        for t in 0..threads {
+            let (send, receive) = std::sync::mpsc::sync_channel(1);
+            results.push(receive);
+            handles.push(scope.spawn(move || {
+                for c in (t..chunks).step_by(threads) {
+                    let result = work(c);
+                    let failed = result.is_err();
+                    // Sending fails once this thread's results are no longer wanted (an error elsewhere).
+                    if send.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            }));
+        }
+        let mut handed = || -> Result<(), Error> {
+            for c in 0..chunks {
+                let result = results[c % threads]
+                    .recv()
+                    .unwrap_or_else(|_| Err(Error::Corrupt("a recompute thread stopped".into())));
+                then(c, result?)?;
+            }
+            Ok(())
+        };
+        let outcome = handed();
+        // The receivers go before the threads are joined, so that none waits to send.
+        drop(results);
+        let panicked = handles.into_iter().map(|h| h.join()).filter(Result::is_err).count();
+        match (outcome, panicked) {
+            (_, 1..) => Err(Error::Corrupt(format!("{panicked} recompute thread(s) panicked"))),
+            (outcome, _) => outcome,
+        }
+    })
+}
+
 /// The tag values of every profile, written as they are computed:
 /// `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`, gzipped, profiles in id order.
 struct ValuesWriter {
-    out: flate2::write::GzEncoder<Vec<u8>>,
+    /// Buffered: the encoder works per write, and values come in small pieces.
+    out: std::io::BufWriter<flate2::write::GzEncoder<Vec<u8>>>,
     first: bool,
 }
 
 impl ValuesWriter {
     fn new(now_ms: i64) -> Result<Self, Error> {
-        let mut out = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, encoder);
         write!(out, r#"{{"computedAt":{now_ms},"profiles":{{"#).map_err(write_error)?;
         Ok(Self { out, first: true })
     }
@@ -251,7 +316,7 @@ impl ValuesWriter {
 
     fn finish(mut self) -> Result<Vec<u8>, Error> {
         self.out.write_all(b"}}").map_err(write_error)?;
-        self.out.finish().map_err(write_error)
+        self.out.into_inner().map_err(|e| write_error(e.into_error()))?.finish().map_err(write_error)
     }
 }
 
@@ -306,30 +371,25 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
         }
     }
     // A chunk's profiles with their traits as the evaluators read them.
-    let chunk_profiles = |c: usize| -> Vec<(&String, Map<String, Value>)> {
+    let no_traits = Map::new();
+    let chunk_profiles = |c: usize| -> Vec<(&String, &Map<String, Value>)> {
         let (start, end) = (c * per_chunk, ((c + 1) * per_chunk).min(ids.len()));
-        ids[start..end]
-            .iter()
-            .map(|id| {
-                let traits = state.profiles.get(*id).map(|s| &s.profile.traits);
-                (*id, traits.into_iter().flatten().map(|(k, t)| (k.clone(), t.value.clone())).collect())
-            })
-            .collect()
+        let traits = |id: &String| state.profiles.get(id).map_or(&no_traits, |s| &s.profile.traits);
+        ids[start..end].iter().map(|id| (*id, traits(id))).collect()
     };
-    let profile_table_of = |c: usize, chunk: &[(&String, Map<String, Value>)]| {
-        let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| t).collect();
+    let profile_table_of = |c: usize, chunk: &[(&String, &Map<String, Value>)]| {
+        let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| *t).collect();
         profile_table((c * per_chunk) as u32, &traits, &trait_names)
     };
 
     // First pass, only for population tags (propensity, RFM, affinity): fit their models.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
     if trainer.needed() {
-        for c in 0..spill.chunks() {
-            let chunk = chunk_profiles(c);
-            let events = ChunkEvents::read(&spill, c)?;
-            let table = event_table(events.views(), &properties);
-            trainer.observe((c * per_chunk) as u32, chunk.len(), &table)?;
-        }
+        let table = |c: usize| Ok(event_table(ChunkEvents::read(&spill, c)?.views(), &properties));
+        in_order(spill.chunks(), threads, table, |c, table| {
+            trainer.observe((c * per_chunk) as u32, chunk_profiles(c).len(), &table)
+        })?;
     }
     let (population, fitted) = trainer.finish();
     for (id, model) in &population.models {
@@ -338,29 +398,20 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
     }
     report.models = fitted;
 
-    // Second pass: every tag, product tags, then audiences and insight per profile.
-    let mut kept: Option<BTreeMap<String, BTreeMap<String, Value>>> =
-        (!backfill::pending(store, &tags).await?.is_empty()).then(BTreeMap::new);
-    let mut values = ValuesWriter::new(now_ms)?;
-    let mut members: BTreeMap<String, BTreeSet<String>> =
-        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
-    let mut insight = InsightCounts::default();
-    let mut products = ProductTags::new(products_config);
-    for c in 0..spill.chunks() {
+    // Second pass: every tag and audience of a chunk's profiles (chunks on every core), then in profile order
+    // what adds up: product tags, values, members, insight.
+    let evaluate = |c: usize| -> Result<Evaluated, Error> {
         let first = (c * per_chunk) as u32;
         let chunk = chunk_profiles(c);
         let events = ChunkEvents::read(&spill, c)?;
-        report.events += events.rows.len();
         let views = events.views();
-        let traits_table = profile_table_of(c, &chunk);
-        let events_table = event_table(views.clone(), &properties);
-        products.observe(first, chunk.len(), &events_table).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let table = event_table(views.clone(), &properties);
         let columns = tags
-            .evaluate_columns_with(&traits_table, first, &events_table, now_ms, &population)
+            .evaluate_columns_with(&profile_table_of(c, &chunk), first, &table, now_ms, &population)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        drop(events_table);
+        let mut profiles = Vec::with_capacity(chunk.len());
         let mut next = 0;
-        for (i, (id, traits)) in chunk.iter().enumerate() {
+        for (i, (_, traits)) in chunk.iter().enumerate() {
             let start = next;
             while next < views.len() && views[next].0 == first + i as u32 {
                 next += 1;
@@ -368,8 +419,26 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
             let own: Vec<EventView<'_>> = views[start..next].iter().map(|(_, view)| *view).collect();
             let tag_values = columns.row(i);
             let member_of = audiences.members(traits, &tag_values, &own, now_ms);
+            profiles.push((tag_values, member_of));
+        }
+        Ok(Evaluated { events: events.rows.len(), table, profiles })
+    };
+    let mut kept: Option<BTreeMap<String, BTreeMap<String, Value>>> =
+        (!backfill::pending(store, &tags).await?.is_empty()).then(BTreeMap::new);
+    let mut values = ValuesWriter::new(now_ms)?;
+    let mut members: BTreeMap<String, BTreeSet<String>> =
+        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
+    let mut insight = InsightCounts::default();
+    let mut products = ProductTags::new(products_config);
+    in_order(spill.chunks(), threads, evaluate, |c, evaluated| {
+        let chunk = chunk_profiles(c);
+        report.events += evaluated.events;
+        products
+            .observe((c * per_chunk) as u32, chunk.len(), &evaluated.table)
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        for ((id, traits), (tag_values, member_of)) in chunk.into_iter().zip(evaluated.profiles) {
             for audience in &member_of {
-                members.entry(audience.clone()).or_default().insert((*id).clone());
+                members.entry(audience.clone()).or_default().insert(id.clone());
             }
             insight.observe(traits, &tag_values, member_of.iter().map(String::as_str));
             for tag in tag_values.keys() {
@@ -378,11 +447,12 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
             if !tag_values.is_empty() {
                 values.add(id, &tag_values)?;
                 if let Some(kept) = kept.as_mut() {
-                    kept.insert((*id).clone(), tag_values);
+                    kept.insert(id.clone(), tag_values);
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     drop(spill);
     for tag in tags.tags() {
         let entry = report.tags.entry(tag.id.clone()).or_default();

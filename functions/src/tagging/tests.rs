@@ -600,3 +600,39 @@ fn collect_files(dir: &std::path::Path, root: &std::path::Path, out: &mut BTreeM
         }
     }
 }
+
+#[test]
+fn chunks_are_handed_on_in_order_and_an_error_or_a_panic_stops_every_thread() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut seen = Vec::new();
+    let slow_first = |c: usize| {
+        std::thread::sleep(std::time::Duration::from_millis(10 - c as u64));
+        Ok(c * 2)
+    };
+    in_order(10, 3, slow_first, |c, v| {
+        seen.push((c, v));
+        Ok(())
+    })
+    .expect("runs");
+    assert_eq!(seen, (0..10).map(|c| (c, c * 2)).collect::<Vec<_>>());
+
+    let started = AtomicUsize::new(0);
+    let failing = |c: usize| {
+        started.fetch_add(1, Ordering::Relaxed);
+        if c == 5 { Err(Error::Corrupt("chunk 5 is broken".into())) } else { Ok(c) }
+    };
+    let error = in_order(1000, 2, failing, |_, _| Ok(())).expect_err("fails");
+    assert!(error.to_string().contains("chunk 5 is broken"), "{error}");
+    assert!(started.load(Ordering::Relaxed) < 20, "the threads stopped: {}", started.load(Ordering::Relaxed));
+
+    let started = AtomicUsize::new(0);
+    let count = |c: usize| Ok(started.fetch_add(1, Ordering::Relaxed) + c);
+    let stop = |c: usize, _| if c == 3 { Err(Error::Corrupt("cannot take chunk 3".into())) } else { Ok(()) };
+    let error = in_order(1000, 2, count, stop).expect_err("fails");
+    assert!(error.to_string().contains("chunk 3"), "{error}");
+    assert!(started.load(Ordering::Relaxed) < 20, "the threads stopped: {}", started.load(Ordering::Relaxed));
+
+    let panicking = |c: usize| if c == 1 { panic!("a bug in chunk 1") } else { Ok(c) };
+    let error = in_order(4, 2, panicking, |_, _| Ok(())).expect_err("fails");
+    assert!(error.to_string().contains("panicked"), "{error}");
+}
