@@ -118,6 +118,10 @@ resource "aws_lambda_function" "function" {
   reserved_concurrent_executions = each.value.reserved
   kms_key_arn                    = aws_kms_key.data.arn
 
+  ephemeral_storage {
+    size = each.value.ephemeral
+  }
+
   environment {
     variables = merge({ CDP_BUCKET = aws_s3_bucket.data.id, RUST_LOG = "info" }, each.value.environment)
   }

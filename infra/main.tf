@@ -23,6 +23,7 @@ locals {
       description = "ID-Mapping, profiles, incremental tags and real-time audiences for new raw objects (SQS)"
       timeout     = 300
       memory      = 1769
+      ephemeral   = 512
       reserved    = 10
       environment = {}
     }
@@ -30,6 +31,7 @@ locals {
       description = "Scheduled full recompute of tags and audiences; compacts raw events into the lake; advances privacy erasures"
       timeout     = 900
       memory      = var.tagging_memory_mb
+      ephemeral   = var.tagging_ephemeral_mb
       reserved    = 1
       environment = { CDP_PRIVACY_GRACE_SECONDS = tostring(var.privacy_grace_seconds) }
     }
@@ -37,6 +39,7 @@ locals {
       description = "Signed webhook deliveries to partners: outbox (SQS) and retries (schedule)"
       timeout     = 300
       memory      = 512
+      ephemeral   = 512
       reserved    = 1
       environment = {}
     }
@@ -44,6 +47,7 @@ locals {
       description = "The HTTP API: profiles, management, privacy requests, audit (function URL)"
       timeout     = 30
       memory      = 1769
+      ephemeral   = 512
       reserved    = var.api_max_concurrency
       environment = {}
     }

@@ -73,12 +73,22 @@ variable "tagging_schedule" {
 }
 
 variable "tagging_memory_mb" {
-  description = "Memory of the tagging function, which holds every profile and event during a full recompute: about 13 KB per profile (51 KB on a recompute that backfills new tag versions) at ten events per profile, measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves about 700,000 profiles (200,000 when backfilling)."
+  description = "Memory of the tagging function. A full recompute holds the identity state (about 1.6 KB per profile), one chunk of profiles per core (about 350 MB in all) and its outputs as they add up; `cdp bench tagging` measured 0.6 GB at 100,000 profiles with ten events each (docs/benchmarks.md). A recompute that backfills new tag versions rewrites every profile's state in one transaction and needs more (about 50 KB per profile)."
   type        = number
   default     = 10240
   validation {
     condition     = var.tagging_memory_mb >= 1024 && var.tagging_memory_mb <= 10240
     error_message = "tagging_memory_mb must be 1024 to 10240 (Lambda's limit)."
+  }
+}
+
+variable "tagging_ephemeral_mb" {
+  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 100 bytes per event in `cdp bench tagging`)."
+  type        = number
+  default     = 10240
+  validation {
+    condition     = var.tagging_ephemeral_mb >= 512 && var.tagging_ephemeral_mb <= 10240
+    error_message = "tagging_ephemeral_mb must be 512 to 10240 (Lambda's limits)."
   }
 }
 

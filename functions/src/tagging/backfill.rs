@@ -2,13 +2,18 @@
 //! a new tag or a new version starts with no history, so its incremental values would be wrong until every
 //! profile's state is rebuilt from all of its events. Until then the previous values keep serving
 //! ([`TagSet::waiting`]): ingest writes the new state but not the new values. The full recompute then
-//! backfills: in one state transaction it rebuilds the pending versions' state for every profile from the
-//! events ingest has applied, drops older versions' state, and stores the recompute's values on each profile;
-//! when that commits, the versions are recorded as ready (`tags/v1/ready.json`) and ingest serves them.
+//! backfills, in batches of whole profile shards (about [`BATCH`] profiles each, so that a transaction holds
+//! only its batch's profiles): one state transaction per batch rebuilds the pending versions' state of its
+//! profiles from the events ingest has applied, drops older versions' state, and stores the recompute's values
+//! on them. When every batch has committed, the versions are recorded as ready (`tags/v1/ready.json`) and
+//! ingest serves them; a backfill stopped halfway starts over at the next recompute (rebuilding is
+//! idempotent), and until then nothing of the new versions is served.
 //!
-//! Racing ingest is safe: the transaction begins before the events are read, so any ingest commit in between
-//! fences it and the backfill starts over; events not yet applied (not remembered for dedup, received within
-//! the dedup window) are left out, and ingest adds them to the new state when it applies them.
+//! Racing ingest is safe: the events and the profiles they resolve to are read after a batch's transaction
+//! began, and kept only while no other writer commits: the batch's commit then moves the state on by this
+//! batch alone. Any other commit in between fences the batch, and it runs again on the new state with the
+//! events read again. Events not yet applied (not remembered for dedup, received within the dedup window) are
+//! left out, and ingest adds them to the new state when it applies them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,8 +23,15 @@ use shared::time::UtcTime;
 
 use crate::Error;
 use crate::ingest::IngestConfig;
-use crate::state::{Transaction, scan_as};
+use crate::lake::TagEvent;
+use crate::state::{Transaction, scan_as, shard_of};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
+
+/// Profiles per backfill transaction, about (whole profile shards are taken together).
+pub(crate) const BATCH: usize = 25_000;
+
+/// Each profile's events.
+type EventsByProfile = BTreeMap<String, Vec<TagEvent>>;
 
 /// Which version of each statistical tag has complete incremental state.
 pub const READY_KEY: &str = "tags/v1/ready.json";
@@ -47,6 +59,17 @@ pub async fn backfill<S: ObjectStore + Clone>(
     values: &BTreeMap<String, BTreeMap<String, Value>>,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
+    backfill_by(store, tags, values, now, BATCH).await
+}
+
+/// [`backfill`] with batches of about `batch` profiles.
+pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
+    store: &S,
+    tags: &TagSet,
+    values: &BTreeMap<String, BTreeMap<String, Value>>,
+    now: UtcTime,
+    batch_profiles: usize,
+) -> Result<Vec<String>, Error> {
     let mut ready = ready(store).await?;
     let pending = pending_in(tags, &ready);
     if pending.is_empty() {
@@ -57,17 +80,38 @@ pub async fn backfill<S: ObjectStore + Clone>(
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
-    for attempt in 1..=config.max_attempts {
+    // The events and profiles as of a state version (read again when another writer has committed since).
+    let mut read: Option<(u64, Vec<String>, EventsByProfile)> = None;
+    let (mut batch, mut shards_per_batch, mut attempt) = (0u32, 0u32, 0u32);
+    loop {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
-        let state: super::RecomputeScan = scan_as(store).await?;
-        let (by_profile, _, _) = super::gather(store, &config.identity, &state).await?;
-        let ids: Vec<String> = by_profile.values().flatten().map(|e| e.message_id.to_string()).collect();
+        let (version, count) = (txn.manifest().version, txn.manifest().shards.profiles.max(1));
+        if read.as_ref().is_none_or(|(v, _, _)| *v != version) {
+            drop(read.take());
+            let state: super::RecomputeScan = scan_as(store).await?;
+            let (by_profile, _, _) = super::gather(store, &config.identity, &state).await?;
+            let by_profile = by_profile.into_iter().map(|(id, events)| (id.to_string(), events)).collect();
+            if shards_per_batch == 0 {
+                let per_shard = state.profiles.len().div_ceil(count as usize).max(1);
+                shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
+            }
+            read = Some((version, state.profiles.into_keys().collect(), by_profile));
+        }
+        if batch >= count.div_ceil(shards_per_batch) {
+            break;
+        }
+        let (_, profiles, by_profile) = read.as_ref().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
+        let shards = batch * shards_per_batch..(batch + 1) * shards_per_batch;
+        let group: BTreeSet<String> =
+            profiles.iter().filter(|id| shards.contains(&shard_of(id, count))).cloned().collect();
+        let events = |id: &String| by_profile.get(id).into_iter().flatten();
+        let ids: Vec<String> = group.iter().flat_map(events).map(|e| e.message_id.to_string()).collect();
         let applied = txn.applied_messages(ids.iter()).await?;
         let forgotten_before = now_ms - config.dedup_window_ms;
         let mut states: BTreeMap<String, ProfileTagState> = BTreeMap::new();
-        for id in state.profiles.keys() {
+        for id in &group {
             let mut tag_state = ProfileTagState::default();
-            for event in by_profile.get(id.as_str()).into_iter().flatten() {
+            for event in events(id) {
                 if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
                     let properties = event.properties()?;
                     rebuilt.observe(&mut tag_state, &event.view(&properties), now_ms);
@@ -75,8 +119,7 @@ pub async fn backfill<S: ObjectStore + Clone>(
             }
             states.insert(id.clone(), tag_state);
         }
-        let profiles: BTreeSet<String> = states.keys().cloned().collect();
-        txn.update_profiles(&profiles, |id, profile| {
+        txn.update_profiles(&group, |id, profile| {
             profile
                 .tag_state
                 .tags
@@ -88,20 +131,35 @@ pub async fn backfill<S: ObjectStore + Clone>(
             profile.tags_at = Some(now);
         })
         .await?;
+        if !txn.is_dirty() {
+            batch += 1;
+            continue;
+        }
         match txn.commit().await {
-            Ok(_) => {
-                for tag in &pending {
-                    ready.insert(tag.id.clone(), tag.version);
+            Ok(stats) => {
+                // Only this batch's tag state and values changed: the events and identities read still hold.
+                if let Some(read) = read.as_mut() {
+                    read.0 = stats.version;
                 }
-                let body = serde_json::to_vec_pretty(&ready).map_err(|e| Error::Corrupt(e.to_string()))?;
-                store.put(READY_KEY, body, PutOptions::json()).await?;
-                return Ok(pending.iter().map(|t| t.id.clone()).collect());
+                (batch, attempt) = (batch + 1, 0);
+            }
+            Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {
+                attempt += 1;
+                tracing::info!(batch, attempt, "another writer committed first; re-running the batch on its state");
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
-                tracing::info!(attempt, "another writer committed first; re-running the backfill");
+                return Err(Error::Store(StoreError::Unavailable(format!(
+                    "state kept changing for {} attempts",
+                    config.max_attempts
+                ))));
             }
             Err(e) => return Err(e),
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
+    for tag in &pending {
+        ready.insert(tag.id.clone(), tag.version);
+    }
+    let body = serde_json::to_vec_pretty(&ready).map_err(|e| Error::Corrupt(e.to_string()))?;
+    store.put(READY_KEY, body, PutOptions::json()).await?;
+    Ok(pending.iter().map(|t| t.id.clone()).collect())
 }

@@ -88,6 +88,10 @@ pub struct Report {
     /// Audience entries sent to destinations newly subscribed to an audience (its current members).
     #[serde(default)]
     pub initial_sync: usize,
+    /// Bytes of events the computation kept in temporary files, by chunk of profiles (what the tagging
+    /// function's ephemeral storage must hold).
+    #[serde(default)]
+    pub spilled_bytes: u64,
 }
 
 /// One tag's outcome.
@@ -326,16 +330,23 @@ fn write_error(e: std::io::Error) -> Error {
 
 /// Computes every tag and audience for every profile at `now` and writes the results.
 ///
-/// The events are read once and spilled by chunk of profiles ([`Spill`]); then a chunk at a time: its event
-/// and profile tables, the columnar evaluation, audiences per profile, and the outputs that add up as they go
-/// (tag values, members, insight counts, product tags). Memory holds the identity state, one chunk, the
-/// members, and the values written so far (compressed; decoded only when a tag version is to be backfilled).
+/// The events are read once and spilled by chunk of profiles ([`Spill`]); then chunks, one per core: their
+/// event and profile tables, the columnar evaluation and audiences per profile; in profile order, the outputs
+/// add up as they go (tag values, members, insight counts, product tags). Memory holds the identity state, a
+/// chunk per core, the members, and the values written so far (compressed; decoded as well only when a tag
+/// version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
-    recompute_by(store, now, RECOMPUTE_CHUNK).await
+    recompute_by(store, now, RECOMPUTE_CHUNK, backfill::BATCH).await
 }
 
-/// [`full_recompute`] with `per_chunk` profiles per chunk (the results do not depend on it).
-async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk: usize) -> Result<Report, Error> {
+/// [`full_recompute`] with `per_chunk` profiles per chunk and backfills in batches of about `backfill_batch`
+/// profiles (the results depend on neither).
+async fn recompute_by<S: ObjectStore + Clone>(
+    store: &S,
+    now: UtcTime,
+    per_chunk: usize,
+    backfill_batch: usize,
+) -> Result<Report, Error> {
     let (tag_defs, audience_defs) = load_definitions(store).await?;
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
     let identity: shared::identity::IdentityRules =
@@ -358,6 +369,7 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
     })
     .await?;
     spill.seal()?;
+    report.spilled_bytes = spill.spilled;
     report.unresolved_events = unresolved.len();
     drop(unresolved);
 
@@ -516,7 +528,7 @@ async fn recompute_by<S: ObjectStore + Clone>(store: &S, now: UtcTime, per_chunk
     }
     // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
     if let Some(kept) = kept {
-        report.backfilled = backfill(store, &tags, &kept, now).await?;
+        report.backfilled = backfill::backfill_by(store, &tags, &kept, now, backfill_batch).await?;
     }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;

@@ -46,6 +46,7 @@ impl Spill {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        clear_stale(&std::env::temp_dir());
         std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
         Ok(Self {
             dir,
@@ -118,6 +119,33 @@ impl Spill {
         rows.sort_by(|(p, a), (q, b)| (p, a.at, &a.message_id).cmp(&(q, b.at, &b.message_id)));
         rows.dedup_by(|(p, a), (q, b)| p == q && a.message_id == b.message_id);
         Ok(rows)
+    }
+}
+
+/// Removes the directories of spills whose process is gone (a function stopped by its timeout or its memory
+/// limit leaves them behind, and `/tmp` outlives it in a warm Lambda environment). Only where `/proc` says
+/// which processes run.
+fn clear_stale(temp: &std::path::Path) {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cdp-recompute-")?.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id()) && !proc.join(pid).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed an earlier recompute's temporary files")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "an earlier recompute's temporary files stay")
+                }
+            }
+        }
     }
 }
 
@@ -224,6 +252,22 @@ mod tests {
         assert!(dir.exists());
         drop(spill);
         assert!(!dir.exists(), "the temporary files are removed with the spill");
+    }
+
+    #[test]
+    fn files_left_by_a_process_that_is_gone_are_removed() {
+        // No process has this id (Linux's largest is 2^22); one of this process stays.
+        let gone = std::env::temp_dir().join("cdp-recompute-999999999-1-1");
+        let ours = std::env::temp_dir().join(format!("cdp-recompute-{}-1-1", std::process::id()));
+        for dir in [&gone, &ours] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("00000000.rows"), b"rows").unwrap();
+        }
+        let spill = Spill::new(1, 10).unwrap();
+        assert!(!gone.exists(), "a gone process's files are removed");
+        assert!(ours.exists(), "a running process's files stay");
+        std::fs::remove_dir_all(&ours).unwrap();
+        drop(spill);
     }
 
     #[test]

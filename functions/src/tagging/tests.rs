@@ -544,8 +544,8 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
     let other = tempfile::tempdir().expect("dir");
     copy_dir(dir.path(), other.path());
     let other_store = FsStore::open(other.path()).expect("store");
-    let cut = recompute_by(&store, at(t0()), 7).await.expect("recompute");
-    let whole = recompute_by(&other_store, at(t0()), 10_000).await.expect("recompute");
+    let cut = recompute_by(&store, at(t0()), 7, 3).await.expect("recompute");
+    let whole = recompute_by(&other_store, at(t0()), 10_000, 25_000).await.expect("recompute");
     assert!(cut.profiles > 14, "several chunks: {}", cut.profiles);
     assert_eq!(cut, whole);
     assert!(cut.audiences.values().all(|a| a.size > 0), "{:?}", cut.audiences);
@@ -573,6 +573,24 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
     }
     let values = read_json(&store, "tags/v1/values.json.gz").await;
     assert_eq!(values["profiles"].as_object().expect("profiles").len(), cut.profiles);
+    // The backfill in batches of about 3 profiles (many transactions) left every profile as one batch did.
+    assert_eq!(cut.backfilled, ["orders", "spend_30d", "top_category"]);
+    let (a, b) =
+        (crate::state::scan(&store).await.expect("scan"), crate::state::scan(&other_store).await.expect("scan"));
+    assert_eq!(a.profiles.len(), cut.profiles);
+    for (id, stored) in &a.profiles {
+        let other = &b.profiles[id].profile;
+        assert_eq!((&stored.profile.tags, &stored.profile.tag_state), (&other.tags, &other.tag_state), "{id}");
+        assert_eq!(serde_json::to_value(&stored.profile.tags).expect("json"), values["profiles"][id], "{id}");
+        assert!(stored.profile.tag_state.tags.keys().any(|slot| slot.starts_with("orders@")), "{id}");
+    }
+    let manifests = |root: &std::path::Path| {
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(root.join(crate::state::MANIFEST_KEY)).expect("manifest"))
+                .expect("JSON");
+        manifest["version"].as_u64().expect("version")
+    };
+    assert!(manifests(dir.path()) > manifests(other.path()) + 5, "the batches were transactions of their own");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
