@@ -21,17 +21,57 @@ use serde_json::Value;
 use shared::tags::{Catalog, ProfileTagState, TagDefinition, TagKind, TagSet};
 use shared::time::UtcTime;
 
+use super::spill::Spill;
 use crate::Error;
 use crate::ingest::IngestConfig;
-use crate::lake::TagEvent;
 use crate::state::{Transaction, scan_as, shard_of};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Profiles per backfill transaction, about (whole profile shards are taken together).
 pub(crate) const BATCH: usize = 25_000;
 
-/// Each profile's events.
-type EventsByProfile = BTreeMap<String, Vec<TagEvent>>;
+/// The profiles and their events as the backfill reads them at one state version.
+struct Read {
+    version: u64,
+    /// Profile ids by shard, then id: a batch of whole shards is a run of them.
+    profiles: Vec<String>,
+    /// Where each batch starts in `profiles`.
+    starts: Vec<u32>,
+    /// The events by batch, with the profile's place in `profiles`.
+    spill: Spill,
+}
+
+impl Read {
+    /// Reads every event and files it under its profile's batch (`shards_per_batch` shards of `count` each).
+    async fn new<S: ObjectStore>(
+        store: &S,
+        identity: &shared::identity::IdentityRules,
+        state: &super::RecomputeScan,
+        version: u64,
+        count: u32,
+        shards_per_batch: u32,
+    ) -> Result<Self, Error> {
+        let mut profiles: Vec<(u32, &String)> = state.profiles.keys().map(|id| (shard_of(id, count), id)).collect();
+        profiles.sort_unstable();
+        let starts: Vec<u32> = (0..count.div_ceil(shards_per_batch))
+            .map(|b| profiles.partition_point(|(shard, _)| *shard < b * shards_per_batch) as u32)
+            .collect();
+        let mut spill = Spill::cut(starts.clone(), profiles.len())?;
+        let number = |id: &str| {
+            let key = (shard_of(id, count), id);
+            profiles.binary_search_by(|(shard, p)| (*shard, p.as_str()).cmp(&key)).ok()
+        };
+        super::read_events(store, identity, |event, keys| {
+            match keys.iter().find_map(|key| state.resolve(key)).and_then(|id| number(id)) {
+                Some(n) => spill.push(n as u32, &event),
+                None => Ok(()),
+            }
+        })
+        .await?;
+        spill.seal()?;
+        Ok(Self { version, profiles: profiles.into_iter().map(|(_, id)| id.clone()).collect(), starts, spill })
+    }
+}
 
 /// Which version of each statistical tag has complete incremental state.
 pub const READY_KEY: &str = "tags/v1/ready.json";
@@ -80,44 +120,42 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
-    // The events and profiles as of a state version (read again when another writer has committed since).
-    let mut read: Option<(u64, Vec<String>, EventsByProfile)> = None;
-    let (mut batch, mut shards_per_batch, mut attempt) = (0u32, 0u32, 0u32);
+    // The profiles and their events as of a state version (read again when another writer has committed since).
+    let mut read: Option<Read> = None;
+    let (mut batch, mut shards_per_batch, mut attempt) = (0usize, 0u32, 0u32);
     loop {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let (version, count) = (txn.manifest().version, txn.manifest().shards.profiles.max(1));
-        if read.as_ref().is_none_or(|(v, _, _)| *v != version) {
+        if read.as_ref().is_none_or(|r| r.version != version) {
             drop(read.take());
             let state: super::RecomputeScan = scan_as(store).await?;
-            let (by_profile, _, _) = super::gather(store, &config.identity, &state).await?;
-            let by_profile = by_profile.into_iter().map(|(id, events)| (id.to_string(), events)).collect();
             if shards_per_batch == 0 {
                 let per_shard = state.profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
-            read = Some((version, state.profiles.into_keys().collect(), by_profile));
+            read = Some(Read::new(store, &config.identity, &state, version, count, shards_per_batch).await?);
         }
-        if batch >= count.div_ceil(shards_per_batch) {
+        let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
+        if batch >= read.spill.chunks() {
             break;
         }
-        let (_, profiles, by_profile) = read.as_ref().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
-        let shards = batch * shards_per_batch..(batch + 1) * shards_per_batch;
-        let group: BTreeSet<String> =
-            profiles.iter().filter(|id| shards.contains(&shard_of(id, count))).cloned().collect();
-        let events = |id: &String| by_profile.get(id).into_iter().flatten();
-        let ids: Vec<String> = group.iter().flat_map(events).map(|e| e.message_id.to_string()).collect();
+        let group_of =
+            read.starts[batch] as usize..read.starts.get(batch + 1).map_or(read.profiles.len(), |s| *s as usize);
+        let group: BTreeSet<String> = read.profiles[group_of].iter().cloned().collect();
+        let rows = read.spill.read(batch)?;
+        let ids: Vec<String> = rows.iter().map(|(_, e)| e.message_id.to_string()).collect();
         let applied = txn.applied_messages(ids.iter()).await?;
         let forgotten_before = now_ms - config.dedup_window_ms;
-        let mut states: BTreeMap<String, ProfileTagState> = BTreeMap::new();
-        for id in &group {
-            let mut tag_state = ProfileTagState::default();
-            for event in events(id) {
-                if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
-                    let properties = event.properties()?;
-                    rebuilt.observe(&mut tag_state, &event.view(&properties), now_ms);
-                }
+        let mut states: BTreeMap<String, ProfileTagState> =
+            group.iter().map(|id| (id.clone(), ProfileTagState::default())).collect();
+        for (number, event) in &rows {
+            let Some(tag_state) = read.profiles.get(*number as usize).and_then(|id| states.get_mut(id)) else {
+                continue;
+            };
+            if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
+                let properties = event.properties()?;
+                rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }
-            states.insert(id.clone(), tag_state);
         }
         txn.update_profiles(&group, |id, profile| {
             profile
@@ -138,9 +176,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         match txn.commit().await {
             Ok(stats) => {
                 // Only this batch's tag state and values changed: the events and identities read still hold.
-                if let Some(read) = read.as_mut() {
-                    read.0 = stats.version;
-                }
+                read.version = stats.version;
                 (batch, attempt) = (batch + 1, 0);
             }
             Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {

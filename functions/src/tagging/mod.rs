@@ -195,30 +195,6 @@ async fn read_events<S: ObjectStore>(
     Ok(())
 }
 
-/// Every stored event once, grouped by the profile its identifiers resolve to in `state`; with the number of
-/// distinct events and of those that resolve to no profile (not ingested yet).
-pub(crate) async fn gather<'s, S: ObjectStore, P>(
-    store: &S,
-    identity: &shared::identity::IdentityRules,
-    state: &'s crate::state::ScanOf<P>,
-) -> Result<(BTreeMap<&'s str, Vec<TagEvent>>, usize, usize), Error> {
-    let mut seen = HashSet::new();
-    let mut by_profile: BTreeMap<&str, Vec<TagEvent>> = BTreeMap::new();
-    let (mut events, mut unresolved) = (0, 0);
-    read_events(store, identity, |event, keys| {
-        if seen.insert(event.message_id.clone()) {
-            events += 1;
-            match keys.iter().find_map(|key| state.resolve(key)) {
-                Some(id) => by_profile.entry(id.as_str()).or_default().push(event),
-                None => unresolved += 1,
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    Ok((by_profile, events, unresolved))
-}
-
 /// A chunk's events with their properties decoded (what the evaluators' views borrow).
 struct ChunkEvents {
     rows: Vec<(u32, TagEvent)>,

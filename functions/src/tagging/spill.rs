@@ -1,5 +1,5 @@
-//! The full recompute's events, grouped by chunk of profiles in temporary files: the events of every profile
-//! never need to be in memory at once, only one chunk's (`RECOMPUTE_CHUNK` profiles).
+//! Events grouped by chunk of profiles in temporary files: the full recompute and the backfill never hold the
+//! events of every profile at once, only one chunk's (`RECOMPUTE_CHUNK` profiles; a backfill batch).
 //!
 //! Events are appended to their chunk's buffer as they are read (the lake's parts, then the raw objects not
 //! compacted yet), in a compact binary row; a buffer past its share of [`BUFFERED`] is appended to the chunk's
@@ -22,7 +22,9 @@ const BUFFERED: usize = 64 << 20;
 #[derive(Debug)]
 pub(crate) struct Spill {
     dir: PathBuf,
-    chunk: u32,
+    /// The first profile number of each chunk, ascending; the last chunk ends at `end`.
+    starts: Vec<u32>,
+    end: u32,
     buffers: Vec<Vec<u8>>,
     flush_at: usize,
     /// Bytes written to files.
@@ -37,9 +39,19 @@ impl Spill {
     /// A spill for `profiles` profiles numbered from 0, cut into chunks of `chunk`, in a new directory under
     /// the system's temporary directory.
     pub(crate) fn new(profiles: usize, chunk: usize) -> Result<Self, Error> {
+        let starts = (0..profiles).step_by(chunk.max(1)).map(|n| n as u32).collect();
+        Self::cut(starts, profiles)
+    }
+
+    /// A spill for `profiles` profiles numbered from 0, in chunks starting at `starts` (ascending, from 0; a
+    /// chunk may be empty).
+    pub(crate) fn cut(starts: Vec<u32>, profiles: usize) -> Result<Self, Error> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let chunk = u32::try_from(chunk.max(1)).map_err(|_| Error::Corrupt("a chunk past 2^32 profiles".into()))?;
-        let buckets = profiles.div_ceil(chunk as usize);
+        let end = u32::try_from(profiles).map_err(|_| Error::Corrupt("more than 2^32 profiles".into()))?;
+        if starts.first().is_some_and(|s| *s != 0) || starts.windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::Corrupt("chunks must start at 0 and ascend".into()));
+        }
+        let buckets = starts.len();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let dir = std::env::temp_dir().join(format!(
             "cdp-recompute-{}-{nanos}-{}",
@@ -50,7 +62,8 @@ impl Spill {
         std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
         Ok(Self {
             dir,
-            chunk,
+            starts,
+            end,
             buffers: vec![Vec::new(); buckets],
             flush_at: (BUFFERED / buckets.max(1)).clamp(4 << 10, 1 << 20),
             spilled: 0,
@@ -64,8 +77,8 @@ impl Spill {
 
     /// Adds an event of profile number `profile`.
     pub(crate) fn push(&mut self, profile: u32, event: &TagEvent) -> Result<(), Error> {
-        let bucket = (profile / self.chunk) as usize;
-        let Some(buffer) = self.buffers.get_mut(bucket) else {
+        let bucket = self.starts.partition_point(|start| *start <= profile).wrapping_sub(1);
+        let Some(buffer) = self.buffers.get_mut(bucket).filter(|_| profile < self.end) else {
             return Err(Error::Corrupt(format!("profile number {profile} is past the spill's profiles")));
         };
         encode(buffer, profile, event);
@@ -268,6 +281,21 @@ mod tests {
         assert!(ours.exists(), "a running process's files stay");
         std::fs::remove_dir_all(&ours).unwrap();
         drop(spill);
+    }
+
+    #[test]
+    fn chunks_of_any_size_even_empty() {
+        // Chunks [0, 2), [2, 2) (empty), [2, 7).
+        let mut spill = Spill::cut(vec![0, 2, 2], 7).unwrap();
+        assert_eq!(spill.chunks(), 3);
+        for (profile, id) in [(6, "m6"), (0, "m0"), (1, "m1"), (2, "m2")] {
+            spill.push(profile, &event(id, 1, None)).unwrap();
+        }
+        assert!(spill.push(7, &event("m7", 1, None)).is_err(), "past the last profile");
+        spill.seal().unwrap();
+        let numbers = |chunk| spill.read(chunk).unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!((numbers(0), numbers(1), numbers(2)), (vec![0, 1], vec![], vec![2, 6]));
+        assert!(Spill::cut(vec![1, 2], 3).is_err() && Spill::cut(vec![0, 2, 1], 3).is_err(), "bad cuts");
     }
 
     #[test]
