@@ -654,3 +654,73 @@ fn chunks_are_handed_on_in_order_and_an_error_or_a_panic_stops_every_thread() {
     let error = in_order(4, 2, panicking, |_, _| Ok(())).expect_err("fails");
     assert!(error.to_string().contains("panicked"), "{error}");
 }
+
+/// A folder store that stores and ingests `pending` events (straight into the folder) right after the first
+/// state manifest written through it: events arriving, and an ingest committing, between two batches of a
+/// backfill.
+#[derive(Clone)]
+struct Racing {
+    inner: FsStore,
+    pending: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+}
+
+impl ObjectStore for Racing {
+    async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, crate::storage::StoreError> {
+        let etag = self.inner.put(key, body, options).await?;
+        let pending = if key == crate::state::MANIFEST_KEY { self.pending.lock().expect("lock").take() } else { None };
+        if let Some(events) = pending {
+            let key = store_events(&self.inner, 52, events).await;
+            let config = IngestConfig::load(&self.inner).await.expect("config");
+            ingest(&self.inner, &[key], &config, at(t0())).await.expect("ingest");
+        }
+        Ok(etag)
+    }
+    async fn get(&self, key: &str) -> Result<Option<crate::storage::Object>, crate::storage::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, crate::storage::StoreError> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectMeta>, crate::storage::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), crate::storage::StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
+                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
+    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    let users: Vec<String> = (0..30).map(|u| format!("u{u}")).collect();
+    let orders = |n: usize| {
+        let events = users.iter().map(|u| {
+            json!({"type": "track", "event": "Order Completed", "userId": u, "messageId": format!("o-{u}-{n}"),
+                   "timestamp": stamp(1)})
+        });
+        Value::Array(events.collect())
+    };
+    let first = vec![store_events(&store, 50, orders(1)).await, store_events(&store, 51, orders(2)).await];
+    ingest(&store, &first, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    // A third order each, arriving and ingested once the backfill's first batch has committed.
+    let racing = Racing { inner: store.clone(), pending: std::sync::Arc::new(std::sync::Mutex::new(Some(orders(3)))) };
+    let tags: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
+    let tags = TagSet::check(&tags, &Catalog::default()).expect("check");
+    let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 3).await.expect("backfill");
+    assert_eq!(backfilled, ["orders"]);
+    assert!(racing.pending.lock().expect("lock").is_none(), "the racing ingest ran");
+    // The tag is served now: one more event each makes ingest write every user's value from its state.
+    let pages = users
+        .iter()
+        .map(|u| json!({"type": "page", "userId": u, "messageId": format!("p-{u}"), "timestamp": stamp(0)}));
+    let key = store_events(&store, 53, Value::Array(pages.collect())).await;
+    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
+    for user in &users {
+        let stored = crate::state::lookup(&store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
+        assert_eq!(stored.profile.tags.get("orders"), Some(&json!(3)), "{user}: three orders, each counted once");
+    }
+}
