@@ -61,6 +61,7 @@ impl Read {
             let key = (shard_of(id, count), id);
             profiles.binary_search_by(|(shard, p)| (*shard, p.as_str()).cmp(&key)).ok()
         };
+
         super::read_events(store, identity, |event, keys| {
             match keys.iter().find_map(|key| state.resolve(key)).and_then(|id| number(id)) {
                 Some(n) => spill.push(n as u32, &event),
@@ -70,6 +71,13 @@ impl Read {
         .await?;
         spill.seal()?;
         Ok(Self { version, profiles: profiles.into_iter().map(|(_, id)| id.clone()).collect(), starts, spill })
+    }
+
+    /// A profile's place in `profiles` (`count` profile shards).
+    fn number(&self, id: &str, count: u32) -> Option<u32> {
+        let key = (shard_of(id, count), id);
+        let found = self.profiles.binary_search_by(|p| (shard_of(p, count), p.as_str()).cmp(&key)).ok()?;
+        u32::try_from(found).ok()
     }
 }
 
@@ -123,26 +131,48 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     // The profiles and their events as of a state version (read again when another writer has committed since).
     let mut read: Option<Read> = None;
     let (mut batch, mut shards_per_batch, mut attempt) = (0usize, 0u32, 0u32);
+    // Profiles of batches already committed that absorbed a profile since: rebuilt again with the next batch.
+    let mut redo: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let (version, count) = (txn.manifest().version, txn.manifest().shards.profiles.max(1));
         if read.as_ref().is_none_or(|r| r.version != version) {
-            drop(read.take());
+            let before = read.take().map(|r| r.profiles);
             let state: super::RecomputeScan = scan_as(store).await?;
             if shards_per_batch == 0 {
                 let per_shard = state.profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
+            // A merge since the last read into a profile already rebuilt gave it the absorbed profile's state,
+            // which was not rebuilt yet.
+            let done = |id: &str| (shard_of(id, count) as usize) < batch * shards_per_batch as usize;
+            if let Some(before) = before {
+                let was_live = |id: &str| {
+                    let key = (shard_of(id, count), id);
+                    before.binary_search_by(|p| (shard_of(p, count), p.as_str()).cmp(&key)).is_ok()
+                };
+                for absorbed in state.redirects.keys().filter(|id| was_live(id)) {
+                    redo.extend(state.resolve(absorbed).filter(|survivor| done(survivor)).cloned());
+                }
+            }
             read = Some(Read::new(store, &config.identity, &state, version, count, shards_per_batch).await?);
         }
         let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
-        if batch >= read.spill.chunks() {
+        if batch >= read.spill.chunks() && redo.is_empty() {
             break;
         }
-        let group_of =
-            read.starts[batch] as usize..read.starts.get(batch + 1).map_or(read.profiles.len(), |s| *s as usize);
-        let group: BTreeSet<String> = read.profiles[group_of].iter().cloned().collect();
-        let rows = read.spill.read(batch)?;
+        let (mut group, mut rows) = (BTreeSet::new(), Vec::new());
+        if let Some(start) = read.starts.get(batch) {
+            let end = read.starts.get(batch + 1).map_or(read.profiles.len(), |s| *s as usize);
+            group.extend(read.profiles[*start as usize..end].iter().cloned());
+            rows = read.spill.read(batch)?;
+        }
+        for id in &redo {
+            let Some(number) = read.number(id, count) else { continue };
+            let chunk = read.starts.partition_point(|start| *start <= number).saturating_sub(1);
+            rows.extend(read.spill.read(chunk)?.into_iter().filter(|(n, _)| *n == number));
+            group.insert(id.clone());
+        }
         let ids: Vec<String> = rows.iter().map(|(_, e)| e.message_id.to_string()).collect();
         let applied = txn.applied_messages(ids.iter()).await?;
         let forgotten_before = now_ms - config.dedup_window_ms;
@@ -170,14 +200,14 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         })
         .await?;
         if !txn.is_dirty() {
-            batch += 1;
+            (batch, redo) = (batch + 1, BTreeSet::new());
             continue;
         }
         match txn.commit().await {
             Ok(stats) => {
                 // Only this batch's tag state and values changed: the events and identities read still hold.
                 read.version = stats.version;
-                (batch, attempt) = (batch + 1, 0);
+                (batch, attempt, redo) = (batch + 1, 0, BTreeSet::new());
             }
             Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {
                 attempt += 1;

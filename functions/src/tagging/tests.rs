@@ -655,19 +655,30 @@ fn chunks_are_handed_on_in_order_and_an_error_or_a_panic_stops_every_thread() {
     assert!(error.to_string().contains("panicked"), "{error}");
 }
 
-/// A folder store that stores and ingests `pending` events (straight into the folder) right after the first
-/// state manifest written through it: events arriving, and an ingest committing, between two batches of a
-/// backfill.
+/// A folder store that stores and ingests `pending` events (straight into the folder) right after the
+/// `after`-th state manifest written through it: events arriving, and an ingest committing, between two
+/// batches of a backfill.
 #[derive(Clone)]
 struct Racing {
     inner: FsStore,
     pending: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+    /// Manifests to let through before.
+    after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Racing {
+    fn new(inner: &FsStore, events: Value, after: usize) -> Self {
+        let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(events)));
+        Self { inner: inner.clone(), pending, after: std::sync::Arc::new(after.into()) }
+    }
 }
 
 impl ObjectStore for Racing {
     async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, crate::storage::StoreError> {
         let etag = self.inner.put(key, body, options).await?;
-        let pending = if key == crate::state::MANIFEST_KEY { self.pending.lock().expect("lock").take() } else { None };
+        let manifest = key == crate::state::MANIFEST_KEY;
+        let due = manifest && self.after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1;
+        let pending = if due { self.pending.lock().expect("lock").take() } else { None };
         if let Some(events) = pending {
             let key = store_events(&self.inner, 52, events).await;
             let config = IngestConfig::load(&self.inner).await.expect("config");
@@ -707,7 +718,7 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     let first = vec![store_events(&store, 50, orders(1)).await, store_events(&store, 51, orders(2)).await];
     ingest(&store, &first, &IngestConfig::default(), at(t0())).await.expect("ingest");
     // A third order each, arriving and ingested once the backfill's first batch has committed.
-    let racing = Racing { inner: store.clone(), pending: std::sync::Arc::new(std::sync::Mutex::new(Some(orders(3)))) };
+    let racing = Racing::new(&store, orders(3), 1);
     let tags: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
     let tags = TagSet::check(&tags, &Catalog::default()).expect("check");
     let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 3).await.expect("backfill");
@@ -722,5 +733,46 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     for user in &users {
         let stored = crate::state::lookup(&store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
         assert_eq!(stored.profile.tags.get("orders"), Some(&json!(3)), "{user}: three orders, each counted once");
+    }
+}
+
+#[tokio::test]
+async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebuilt_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
+                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
+    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    // 30 people, each with two orders as a known user and one as an anonymous visitor: 60 profiles.
+    let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-1")));
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-2")));
+        events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
+    }
+    let key = store_events(&store, 60, Value::Array(events)).await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 60);
+    // Halfway through the backfill, each visitor logs in: 30 merges, some into profiles already rebuilt.
+    let logins = (0..30).map(|i| {
+        json!({"type": "identify", "anonymousId": format!("a{i}"), "userId": format!("u{i}"),
+               "messageId": format!("login-{i}"), "timestamp": stamp(0)})
+    });
+    let racing = Racing::new(&store, Value::Array(logins.collect()), 8);
+    let tags: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
+    let tags = TagSet::check(&tags, &Catalog::default()).expect("check");
+    let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 2).await.expect("backfill");
+    assert_eq!(backfilled, ["orders"]);
+    assert!(racing.pending.lock().expect("lock").is_none(), "the logins came during the backfill");
+    assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
+    let pages = (0..30).map(
+        |i| json!({"type": "page", "userId": format!("u{i}"), "messageId": format!("p-{i}"), "timestamp": stamp(0)}),
+    );
+    let key = store_events(&store, 61, Value::Array(pages.collect())).await;
+    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
+    for i in 0..30 {
+        let stored = crate::state::lookup(&store, &format!("user_id:u{i}")).await.expect("lookup").expect("user");
+        assert_eq!(stored.profile.tags.get("orders"), Some(&json!(3)), "u{i}: both profiles' orders, once each");
     }
 }
