@@ -24,7 +24,7 @@ use shared::time::UtcTime;
 use super::spill::Spill;
 use crate::Error;
 use crate::ingest::IngestConfig;
-use crate::state::{Transaction, scan_as, shard_of};
+use crate::state::{Compaction, Transaction, scan_as, shard_of};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Profiles per backfill transaction, about (whole profile shards are taken together).
@@ -134,7 +134,9 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     // Profiles of batches already committed that absorbed a profile since: rebuilt again with the next batch.
     let mut redo: BTreeSet<String> = BTreeSet::new();
     loop {
-        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
+        // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
+        // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
+        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
         let (version, count) = (txn.manifest().version, txn.manifest().shards.profiles.max(1));
         if read.as_ref().is_none_or(|r| r.version != version) {
             let before = read.take().map(|r| r.profiles);
