@@ -73,7 +73,7 @@ variable "tagging_schedule" {
 }
 
 variable "tagging_memory_mb" {
-  description = "Memory of the tagging function. A full recompute holds the identity state (about 1.6 KB per profile), one chunk of profiles per core (about 350 MB in all) and its outputs as they add up; `cdp bench tagging` measured 0.6 GB at 100,000 profiles with ten events each (docs/benchmarks.md). A recompute that backfills new tag versions rewrites every profile's state in one transaction and needs more (about 50 KB per profile)."
+  description = "Memory of the tagging function. A full recompute needs about 400 MB (a chunk of profiles per core) plus 1.75 KB per profile (the identity state as it reads it, the members and values as they add up), 5.8 KB per profile on a recompute that backfills new tag versions, measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves about 5.5 million profiles (1.6 million when backfilling)."
   type        = number
   default     = 10240
   validation {
@@ -83,7 +83,7 @@ variable "tagging_memory_mb" {
 }
 
 variable "tagging_ephemeral_mb" {
-  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 100 bytes per event in `cdp bench tagging`)."
+  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 80 bytes per event in `cdp bench tagging`): the default holds about 120 million events."
   type        = number
   default     = 10240
   validation {

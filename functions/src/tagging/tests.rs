@@ -481,13 +481,8 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
     // visitors who log in later (merged profiles); tags of every kind and behaviour audiences.
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut entropy = Entropy::from_seed([7; 32]);
+    let mut next = move |n: u64| u64::from_le_bytes(entropy.next_16()[..8].try_into().expect("8 bytes")) % n;
     let mut keys = Vec::new();
     for batch in 0..4u8 {
         let mut events = Vec::new();
@@ -704,9 +699,7 @@ impl ObjectStore for Racing {
 async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
-                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
-    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    let tags = define_orders(&store).await;
     let users: Vec<String> = (0..30).map(|u| format!("u{u}")).collect();
     let orders = |n: usize| {
         let events = users.iter().map(|u| {
@@ -719,30 +712,18 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     ingest(&store, &first, &IngestConfig::default(), at(t0())).await.expect("ingest");
     // A third order each, arriving and ingested once the backfill's first batch has committed.
     let racing = Racing::new(&store, orders(3), 1);
-    let tags: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
-    let tags = TagSet::check(&tags, &Catalog::default()).expect("check");
     let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 3).await.expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the racing ingest ran");
     // The tag is served now: one more event each makes ingest write every user's value from its state.
-    let pages = users
-        .iter()
-        .map(|u| json!({"type": "page", "userId": u, "messageId": format!("p-{u}"), "timestamp": stamp(0)}));
-    let key = store_events(&store, 53, Value::Array(pages.collect())).await;
-    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
-    for user in &users {
-        let stored = crate::state::lookup(&store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
-        assert_eq!(stored.profile.tags.get("orders"), Some(&json!(3)), "{user}: three orders, each counted once");
-    }
+    assert_orders(&store, &users, 3).await;
 }
 
 #[tokio::test]
 async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebuilt_again() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
-                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
-    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    let tags = define_orders(&store).await;
     // 30 people, each with two orders as a known user and one as an anonymous visitor: 60 profiles.
     let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
     let mut events = Vec::new();
@@ -760,19 +741,31 @@ async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebu
                "messageId": format!("login-{i}"), "timestamp": stamp(0)})
     });
     let racing = Racing::new(&store, Value::Array(logins.collect()), 8);
-    let tags: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
-    let tags = TagSet::check(&tags, &Catalog::default()).expect("check");
     let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 2).await.expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the logins came during the backfill");
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
-    let pages = (0..30).map(
-        |i| json!({"type": "page", "userId": format!("u{i}"), "messageId": format!("p-{i}"), "timestamp": stamp(0)}),
-    );
-    let key = store_events(&store, 61, Value::Array(pages.collect())).await;
-    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
-    for i in 0..30 {
-        let stored = crate::state::lookup(&store, &format!("user_id:u{i}")).await.expect("lookup").expect("user");
-        assert_eq!(stored.profile.tags.get("orders"), Some(&json!(3)), "u{i}: both profiles' orders, once each");
+    let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+    assert_orders(&store, &users, 3).await;
+}
+
+/// Defines an `orders` tag (count of `Order Completed`) in `store`; returns it checked.
+async fn define_orders(store: &FsStore) -> TagSet {
+    let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
+                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
+    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    let defs: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
+    TagSet::check(&defs, &Catalog::default()).expect("check")
+}
+
+/// Checks that each of `users` has `orders` orders once the tag is served: a page view each makes ingest write
+/// their values from their state.
+async fn assert_orders(store: &FsStore, users: &[String], orders: i64) {
+    let page = |u: &String| json!({"type": "page", "userId": u, "messageId": format!("p-{u}"), "timestamp": stamp(0)});
+    let key = store_events(store, 99, Value::Array(users.iter().map(page).collect())).await;
+    ingest(store, &[key], &IngestConfig::load(store).await.expect("config"), at(t0())).await.expect("ingest");
+    for user in users {
+        let stored = crate::state::lookup(store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
+        assert_eq!(stored.profile.tags.get("orders"), Some(&json!(orders)), "{user}: every order, once");
     }
 }
