@@ -754,16 +754,23 @@ impl<P> Default for ScanOf<P> {
 impl<P> ScanOf<P> {
     /// The live profile id for an identifier or a (possibly absorbed) profile id.
     pub fn resolve(&self, what: &str) -> Option<&ProfileId> {
-        let mut id = if what.starts_with("prof_") { self.profiles.get_key_value(what).map(|(k, _)| k) } else { None };
-        if id.is_none() {
-            id = self.ids.get(what).or_else(|| self.redirects.get(what));
+        self.resolve_by(what, |id| self.profiles.get_key_value(id).map(|(k, _)| k))
+    }
+
+    /// [`ScanOf::resolve`] with `live` saying whether a profile id is a stored profile (and what to answer for
+    /// it): a caller with its own index of the profiles avoids searching the profile map.
+    pub fn resolve_by<T>(&self, what: &str, live: impl Fn(&str) -> Option<T>) -> Option<T> {
+        if what.starts_with("prof_")
+            && let Some(found) = live(what)
+        {
+            return Some(found);
         }
+        let mut id = self.ids.get(what).or_else(|| self.redirects.get(what))?;
         for _ in 0..64 {
-            let current = id?;
-            if self.profiles.contains_key(current) {
-                return Some(current);
+            if let Some(found) = live(id) {
+                return Some(found);
             }
-            id = self.redirects.get(current);
+            id = self.redirects.get(id)?;
         }
         None
     }

@@ -279,7 +279,8 @@ struct ValuesWriter {
 
 impl ValuesWriter {
     fn new(now_ms: i64) -> Result<Self, Error> {
-        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        // The fastest level: values of every profile are many megabytes, and this is on the recompute's path.
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut out = std::io::BufWriter::with_capacity(1 << 16, encoder);
         write!(out, r#"{{"computedAt":{now_ms},"profiles":{{"#).map_err(write_error)?;
         Ok(Self { out, first: true })
@@ -333,17 +334,20 @@ async fn recompute_by<S: ObjectStore + Clone>(
 
     // Profiles are numbered by their place in id order; events go to their profile's chunk.
     let ids: Vec<&String> = state.profiles.keys().collect();
-    let number = |id: &str| ids.binary_search_by(|p| p.as_str().cmp(id)).ok().and_then(|n| u32::try_from(n).ok());
+    let traits: Vec<&Map<String, Value>> = state.profiles.values().map(|s| &s.profile.traits).collect();
+    let numbers: std::collections::HashMap<&str, u32> = ids.iter().zip(0..).map(|(id, n)| (id.as_str(), n)).collect();
     let mut spill = Spill::new(ids.len(), per_chunk)?;
     let mut unresolved = HashSet::new();
-    read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| state.resolve(key)) {
-        Some(id) => spill.push(number(id).ok_or_else(|| Error::Corrupt(format!("{id} is not numbered")))?, &event),
+    let number = |key: &String| state.resolve_by(key, |id| numbers.get(id).copied());
+    read_events(store, &identity, |event, keys| match keys.iter().find_map(number) {
+        Some(n) => spill.push(n, &event),
         None => {
             unresolved.insert(event.message_id);
             Ok(())
         }
     })
     .await?;
+    drop(numbers);
     spill.seal()?;
     report.spilled_bytes = spill.spilled;
     report.unresolved_events = unresolved.len();
@@ -359,11 +363,9 @@ async fn recompute_by<S: ObjectStore + Clone>(
         }
     }
     // A chunk's profiles with their traits as the evaluators read them.
-    let no_traits = Map::new();
     let chunk_profiles = |c: usize| -> Vec<(&String, &Map<String, Value>)> {
         let (start, end) = (c * per_chunk, ((c + 1) * per_chunk).min(ids.len()));
-        let traits = |id: &String| state.profiles.get(id).map_or(&no_traits, |s| &s.profile.traits);
-        ids[start..end].iter().map(|id| (*id, traits(id))).collect()
+        ids[start..end].iter().copied().zip(traits[start..end].iter().copied()).collect()
     };
     let profile_table_of = |c: usize, chunk: &[(&String, &Map<String, Value>)]| {
         let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| *t).collect();
