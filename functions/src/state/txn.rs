@@ -333,6 +333,43 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         &self.manifest
     }
 
+    /// Every shard of `T`'s kind as this transaction began, each decoded by `decode` (shard number, shard) on
+    /// the runtime's threads, up to 32 at a time, and handed to `each` in shard order: for readers that keep a
+    /// compact form of their own rather than a [`Scan`] (the full recompute's profiles).
+    pub(crate) async fn each_shard<T, R>(
+        &self,
+        decode: impl Fn(u32, T) -> Result<R, Error> + Clone + Send + 'static,
+        mut each: impl FnMut(u32, R) -> Result<(), Error>,
+    ) -> Result<(), Error>
+    where
+        T: Shard,
+        R: Send + 'static,
+    {
+        let count = self.count(T::KIND);
+        let mut flight = std::collections::VecDeque::with_capacity(PARALLEL_IO);
+        let mut next = 0;
+        let outcome = loop {
+            while flight.len() < PARALLEL_IO && next < count {
+                let base = self.base.objects.get(&shard_name(T::KIND.name(), next)).cloned();
+                let (store, deltas, decode, n) = (self.store.clone(), self.deltas.clone(), decode.clone(), next);
+                flight.push_back(tokio::spawn(async move {
+                    let shard = read_shard::<S, T>(&store, base, &deltas, n).await?;
+                    decode(n, shard)
+                }));
+                next += 1;
+            }
+            let Some(task) = flight.pop_front() else { break Ok(()) };
+            let n = next - flight.len() as u32 - 1;
+            if let Err(e) = task.await.map_err(task_failed).and_then(|r| r).and_then(|r| each(n, r)) {
+                break Err(e);
+            }
+        };
+        for task in flight {
+            task.abort();
+        }
+        outcome
+    }
+
     fn count(&self, kind: Kind) -> u32 {
         match kind {
             Kind::Ids => self.manifest.shards.ids,

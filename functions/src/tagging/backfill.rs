@@ -21,10 +21,11 @@ use serde_json::Value;
 use shared::tags::{Catalog, ProfileTagState, TagDefinition, TagKind, TagSet};
 use shared::time::UtcTime;
 
+use super::profiles::Profiles;
 use super::spill::Spill;
 use crate::Error;
 use crate::ingest::IngestConfig;
-use crate::state::{Compaction, Transaction, scan_as, shard_of};
+use crate::state::{Compaction, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Profiles per backfill transaction, about (whole profile shards are taken together).
@@ -33,51 +34,33 @@ pub(crate) const BATCH: usize = 25_000;
 /// The profiles and their events as the backfill reads them at one state version.
 struct Read {
     version: u64,
-    /// Profile ids by shard, then id: a batch of whole shards is a run of them.
-    profiles: Vec<String>,
-    /// Where each batch starts in `profiles`.
+    /// Numbered by shard, then id: a batch of whole shards is a run of numbers.
+    profiles: Profiles,
+    /// Where each batch starts.
     starts: Vec<u32>,
-    /// The events by batch, with the profile's place in `profiles`.
+    /// The events by batch, with their profile's number.
     spill: Spill,
 }
 
 impl Read {
-    /// Reads every event and files it under its profile's batch (`shards_per_batch` shards of `count` each).
+    /// Reads every event and files it under its profile's batch (`shards_per_batch` profile shards each).
     async fn new<S: ObjectStore>(
         store: &S,
         identity: &shared::identity::IdentityRules,
-        state: &super::RecomputeScan,
-        version: u64,
-        count: u32,
+        profiles: Profiles,
         shards_per_batch: u32,
     ) -> Result<Self, Error> {
-        let mut profiles: Vec<(u32, &String)> = state.profiles.keys().map(|id| (shard_of(id, count), id)).collect();
-        profiles.sort_unstable();
-        let starts: Vec<u32> = (0..count.div_ceil(shards_per_batch))
-            .map(|b| profiles.partition_point(|(shard, _)| *shard < b * shards_per_batch) as u32)
+        let starts: Vec<u32> = (0..profiles.shards().div_ceil(shards_per_batch))
+            .map(|b| profiles.shard_start(b * shards_per_batch))
             .collect();
         let mut spill = Spill::cut(starts.clone(), profiles.len())?;
-        let number = |id: &str| {
-            let key = (shard_of(id, count), id);
-            profiles.binary_search_by(|(shard, p)| (*shard, p.as_str()).cmp(&key)).ok()
-        };
-
-        super::read_events(store, identity, |event, keys| {
-            match keys.iter().find_map(|key| state.resolve(key)).and_then(|id| number(id)) {
-                Some(n) => spill.push(n as u32, &event),
-                None => Ok(()),
-            }
+        super::read_events(store, identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
+            Some(n) => spill.push(n, &event),
+            None => Ok(()),
         })
         .await?;
         spill.seal()?;
-        Ok(Self { version, profiles: profiles.into_iter().map(|(_, id)| id.clone()).collect(), starts, spill })
-    }
-
-    /// A profile's place in `profiles` (`count` profile shards).
-    fn number(&self, id: &str, count: u32) -> Option<u32> {
-        let key = (shard_of(id, count), id);
-        let found = self.profiles.binary_search_by(|p| (shard_of(p, count), p.as_str()).cmp(&key)).ok()?;
-        u32::try_from(found).ok()
+        Ok(Self { version: profiles.version, profiles, starts, spill })
     }
 }
 
@@ -107,14 +90,17 @@ pub async fn backfill<S: ObjectStore + Clone>(
     values: &BTreeMap<String, BTreeMap<String, Value>>,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
-    backfill_by(store, tags, values, now, BATCH).await
+    backfill_by(store, tags, &|id| Ok(values.get(id).cloned().unwrap_or_default()), now, BATCH).await
 }
 
-/// [`backfill`] with batches of about `batch` profiles.
+/// A profile's tag values by its id.
+pub(crate) type ValuesOf<'v> = dyn Fn(&str) -> Result<BTreeMap<String, Value>, Error> + Sync + 'v;
+
+/// [`backfill`] with `values` looked up by profile id and batches of about `batch` profiles.
 pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     store: &S,
     tags: &TagSet,
-    values: &BTreeMap<String, BTreeMap<String, Value>>,
+    values: &ValuesOf<'_>,
     now: UtcTime,
     batch_profiles: usize,
 ) -> Result<Vec<String>, Error> {
@@ -137,27 +123,25 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
         // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
-        let (version, count) = (txn.manifest().version, txn.manifest().shards.profiles.max(1));
+        let version = txn.manifest().version;
         if read.as_ref().is_none_or(|r| r.version != version) {
             let before = read.take().map(|r| r.profiles);
-            let state: super::RecomputeScan = scan_as(store).await?;
+            let profiles = Profiles::read(store, &[]).await?;
             if shards_per_batch == 0 {
-                let per_shard = state.profiles.len().div_ceil(count as usize).max(1);
+                let count = profiles.shards().max(1);
+                let per_shard = profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
             // A merge since the last read into a profile already rebuilt gave it the absorbed profile's state,
             // which was not rebuilt yet.
-            let done = |id: &str| (shard_of(id, count) as usize) < batch * shards_per_batch as usize;
             if let Some(before) = before {
-                let was_live = |id: &str| {
-                    let key = (shard_of(id, count), id);
-                    before.binary_search_by(|p| (shard_of(p, count), p.as_str()).cmp(&key)).is_ok()
-                };
-                for absorbed in state.redirects.keys().filter(|id| was_live(id)) {
-                    redo.extend(state.resolve(absorbed).filter(|survivor| done(survivor)).cloned());
+                let done =
+                    profiles.shard_start(u32::try_from(batch).unwrap_or(u32::MAX).saturating_mul(shards_per_batch));
+                for absorbed in profiles.absorbed().filter(|id| before.number(id).is_some()) {
+                    redo.extend(profiles.resolve(absorbed).filter(|n| *n < done).map(|n| profiles.id(n).to_string()));
                 }
             }
-            read = Some(Read::new(store, &config.identity, &state, version, count, shards_per_batch).await?);
+            read = Some(Read::new(store, &config.identity, profiles, shards_per_batch).await?);
         }
         let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
         if batch >= read.spill.chunks() && redo.is_empty() {
@@ -165,12 +149,12 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         let (mut group, mut rows) = (BTreeSet::new(), Vec::new());
         if let Some(start) = read.starts.get(batch) {
-            let end = read.starts.get(batch + 1).map_or(read.profiles.len(), |s| *s as usize);
-            group.extend(read.profiles[*start as usize..end].iter().cloned());
+            let end = read.starts.get(batch + 1).map_or(read.profiles.len() as u32, |s| *s);
+            group.extend((*start..end).map(|n| read.profiles.id(n).to_string()));
             rows = read.spill.read(batch)?;
         }
         for id in &redo {
-            let Some(number) = read.number(id, count) else { continue };
+            let Some(number) = read.profiles.number(id) else { continue };
             let chunk = read.starts.partition_point(|start| *start <= number).saturating_sub(1);
             rows.extend(read.spill.read(chunk)?.into_iter().filter(|(n, _)| *n == number));
             group.insert(id.clone());
@@ -181,14 +165,14 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         let mut states: BTreeMap<String, ProfileTagState> =
             group.iter().map(|id| (id.clone(), ProfileTagState::default())).collect();
         for (number, event) in &rows {
-            let Some(tag_state) = read.profiles.get(*number as usize).and_then(|id| states.get_mut(id)) else {
-                continue;
-            };
+            let Some(tag_state) = states.get_mut(read.profiles.id(*number)) else { continue };
             if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
                 let properties = event.properties()?;
                 rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }
         }
+        let mut group_values: BTreeMap<String, BTreeMap<String, Value>> =
+            group.iter().map(|id| Ok((id.clone(), values(id)?))).collect::<Result<_, Error>>()?;
         txn.update_profiles(&group, |id, profile| {
             profile
                 .tag_state
@@ -197,7 +181,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             if let Some(rebuilt) = states.remove(id) {
                 profile.tag_state.tags.extend(rebuilt.tags);
             }
-            profile.tags = values.get(id.as_str()).cloned().unwrap_or_default();
+            profile.tags = group_values.remove(id).unwrap_or_default();
             profile.tags_at = Some(now);
         })
         .await?;

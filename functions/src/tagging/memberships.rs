@@ -13,45 +13,49 @@ use shared::activation::lane::Message;
 use shared::audiences::AudienceSet;
 use shared::time::UtcTime;
 
+use super::profiles::Profiles;
 use crate::Error;
 use crate::ingest::{Activation, IngestConfig};
 use crate::state::Transaction;
 use crate::storage::{ObjectStore, StoreError};
 
-/// Records `members` (audience → profile ids, for every computed audience) on the profiles of `state` whose
-/// membership differs, and puts the entries and exits in the delivery outbox. Returns the changes recorded.
+/// Records `members` (each audience's members by profile number, ascending, in the order of `audiences`) on
+/// the profiles whose recorded membership differs, and puts the entries and exits in the delivery outbox.
+/// Returns the changes recorded.
 pub(crate) async fn record<S: ObjectStore + Clone>(
     store: &S,
     audiences: &AudienceSet,
-    members: &BTreeMap<String, BTreeSet<String>>,
-    state: &super::RecomputeScan,
+    members: &[Vec<u32>],
+    profiles: &Profiles,
     activation: Option<&Activation>,
     now: UtcTime,
 ) -> Result<usize, Error> {
     let ids: Vec<&str> = audiences.audiences().iter().map(|a| a.id.as_str()).collect();
     let mut decided: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
-    for (profile, stored) in &state.profiles {
-        let wanted: BTreeMap<String, bool> =
-            ids.iter().map(|a| (a.to_string(), members.get(*a).is_some_and(|m| m.contains(profile)))).collect();
-        let differs = wanted
-            .iter()
-            .any(|(a, member)| stored.profile.memberships.get(a).map(|m| m.member).unwrap_or(false) != *member);
-        if differs {
-            decided.insert(profile.clone(), wanted);
+    // Where each audience's member list is at (profiles are visited in number order).
+    let mut at = vec![0usize; ids.len()];
+    let mut wanted = vec![false; ids.len()];
+    for n in 0..profiles.len() as u32 {
+        for (a, list) in members.iter().enumerate().take(ids.len()) {
+            wanted[a] = list.get(at[a]) == Some(&n);
+            at[a] += usize::from(wanted[a]);
+        }
+        if (0..ids.len()).any(|a| profiles.recorded(n, a) != wanted[a]) {
+            let wanted = ids.iter().zip(&wanted).map(|(a, member)| (a.to_string(), *member)).collect();
+            decided.insert(profiles.id(n).to_string(), wanted);
         }
     }
     if decided.is_empty() {
         return Ok(0);
     }
     let config = IngestConfig::load(store).await?;
-    let profiles: BTreeSet<String> = decided.keys().cloned().collect();
+    let changing: BTreeSet<String> = decided.keys().cloned().collect();
     for attempt in 1..=config.max_attempts.max(1) {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let mut messages: Vec<Message> = Vec::new();
         let mut recorded = 0;
-        txn.update_profiles(&profiles, |id, profile| {
-            let scanned = state.profiles.get(id).map(|s| &s.profile.memberships);
-            if scanned != Some(&profile.memberships) {
+        txn.update_profiles(&changing, |id, profile| {
+            if !profiles.number(id).is_some_and(|n| profiles.unchanged(n, &profile.memberships)) {
                 return; // ingest changed it since: fresher than this recompute
             }
             let Some(wanted) = decided.get(id) else { return };

@@ -34,8 +34,8 @@ pub use sync::SYNCED;
 use crate::Error;
 use crate::ingest::read_object;
 use crate::lake::TagEvent;
-use crate::state::scan_as;
 use crate::storage::{ObjectStore, PutOptions};
+use profiles::{Profiles, Texts};
 use spill::Spill;
 
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
@@ -168,9 +168,6 @@ fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<Strin
     Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
 }
 
-/// The state as the recompute reads it.
-pub(crate) type RecomputeScan = crate::state::ScanOf<Scanned>;
-
 /// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;
 /// an event resolves by the identity keys stored with it), then the raw objects not compacted yet. An event
 /// can come twice (a compaction finishing meanwhile, or retried): callers keep each messageId once.
@@ -214,12 +211,19 @@ impl ChunkEvents {
     }
 }
 
-/// A chunk evaluated: its events, its event table (for product tags), and per profile its tag values and the
-/// audiences it is a member of.
+/// A chunk evaluated: its events, its event table (for product tags), and per profile its traits, its tag
+/// values and the audiences it is a member of.
 struct Evaluated {
     events: usize,
     table: arrow_array::RecordBatch,
-    profiles: Vec<(BTreeMap<String, Value>, BTreeSet<String>)>,
+    profiles: Vec<EvaluatedProfile>,
+}
+
+/// One profile of an [`Evaluated`] chunk.
+struct EvaluatedProfile {
+    traits: Map<String, Value>,
+    tags: BTreeMap<String, Value>,
+    member_of: BTreeSet<String>,
 }
 
 /// Runs `work` on chunks `0..chunks` on `threads` threads of their own (thread `t` takes chunks `t`, `t +
@@ -328,18 +332,15 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
     let identity: shared::identity::IdentityRules =
         crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
-    let state: RecomputeScan = scan_as(store).await?;
+    let audience_ids: Vec<String> = audiences.audiences().iter().map(|a| a.id.clone()).collect();
+    let profiles = Profiles::read(store, &audience_ids).await?;
     let now_ms = now.unix_millis();
-    let mut report = Report { computed_at: now_ms, profiles: state.profiles.len(), ..Report::default() };
+    let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
 
-    // Profiles are numbered by their place in id order; events go to their profile's chunk.
-    let ids: Vec<&String> = state.profiles.keys().collect();
-    let traits: Vec<&Map<String, Value>> = state.profiles.values().map(|s| &s.profile.traits).collect();
-    let numbers: std::collections::HashMap<&str, u32> = ids.iter().zip(0..).map(|(id, n)| (id.as_str(), n)).collect();
-    let mut spill = Spill::new(ids.len(), per_chunk)?;
+    // Events go to their profile's chunk.
+    let mut spill = Spill::new(profiles.len(), per_chunk)?;
     let mut unresolved = HashSet::new();
-    let number = |key: &String| state.resolve_by(key, |id| numbers.get(id).copied());
-    read_events(store, &identity, |event, keys| match keys.iter().find_map(number) {
+    read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
         Some(n) => spill.push(n, &event),
         None => {
             unresolved.insert(event.message_id);
@@ -347,7 +348,6 @@ async fn recompute_by<S: ObjectStore + Clone>(
         }
     })
     .await?;
-    drop(numbers);
     spill.seal()?;
     report.spilled_bytes = spill.spilled;
     report.unresolved_events = unresolved.len();
@@ -362,15 +362,8 @@ async fn recompute_by<S: ObjectStore + Clone>(
             properties.push(p.clone());
         }
     }
-    // A chunk's profiles with their traits as the evaluators read them.
-    let chunk_profiles = |c: usize| -> Vec<(&String, &Map<String, Value>)> {
-        let (start, end) = (c * per_chunk, ((c + 1) * per_chunk).min(ids.len()));
-        ids[start..end].iter().copied().zip(traits[start..end].iter().copied()).collect()
-    };
-    let profile_table_of = |c: usize, chunk: &[(&String, &Map<String, Value>)]| {
-        let traits: Vec<&Map<String, Value>> = chunk.iter().map(|(_, t)| *t).collect();
-        profile_table((c * per_chunk) as u32, &traits, &trait_names)
-    };
+    // A chunk's profile numbers.
+    let chunk_profiles = |c: usize| (c * per_chunk) as u32..((c + 1) * per_chunk).min(profiles.len()) as u32;
 
     // First pass, only for population tags (propensity, RFM, affinity): fit their models.
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -392,53 +385,55 @@ async fn recompute_by<S: ObjectStore + Clone>(
     // what adds up: product tags, values, members, insight.
     let evaluate = |c: usize| -> Result<Evaluated, Error> {
         let first = (c * per_chunk) as u32;
-        let chunk = chunk_profiles(c);
+        let traits: Vec<Map<String, Value>> =
+            chunk_profiles(c).map(|n| profiles.traits(n)).collect::<Result<_, _>>()?;
         let events = ChunkEvents::read(&spill, c)?;
         let views = events.views();
         let table = event_table(views.clone(), &properties);
+        let profile_table = profile_table(first, &traits.iter().collect::<Vec<_>>(), &trait_names);
         let columns = tags
-            .evaluate_columns_with(&profile_table_of(c, &chunk), first, &table, now_ms, &population)
+            .evaluate_columns_with(&profile_table, first, &table, now_ms, &population)
             .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let mut profiles = Vec::with_capacity(chunk.len());
+        let mut evaluated = Vec::with_capacity(traits.len());
         let mut next = 0;
-        for (i, (_, traits)) in chunk.iter().enumerate() {
+        for (i, traits) in traits.into_iter().enumerate() {
             let start = next;
             while next < views.len() && views[next].0 == first + i as u32 {
                 next += 1;
             }
             let own: Vec<EventView<'_>> = views[start..next].iter().map(|(_, view)| *view).collect();
             let tag_values = columns.row(i);
-            let member_of = audiences.members(traits, &tag_values, &own, now_ms);
-            profiles.push((tag_values, member_of));
+            let member_of = audiences.members(&traits, &tag_values, &own, now_ms);
+            evaluated.push(EvaluatedProfile { traits, tags: tag_values, member_of });
         }
-        Ok(Evaluated { events: events.rows.len(), table, profiles })
+        Ok(Evaluated { events: events.rows.len(), table, profiles: evaluated })
     };
-    let mut kept: Option<BTreeMap<String, BTreeMap<String, Value>>> =
-        (!backfill::pending(store, &tags).await?.is_empty()).then(BTreeMap::new);
+    // With tag versions to backfill, each profile's values are kept (compact JSON) for it.
+    let mut kept: Option<Texts> = (!backfill::pending(store, &tags).await?.is_empty()).then(Texts::default);
     let mut values = ValuesWriter::new(now_ms)?;
-    let mut members: BTreeMap<String, BTreeSet<String>> =
-        audiences.audiences().iter().map(|a| (a.id.clone(), BTreeSet::new())).collect();
+    // Each audience's members, by profile number (ascending).
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); audience_ids.len()];
     let mut insight = InsightCounts::default();
     let mut products = ProductTags::new(products_config);
     in_order(spill.chunks(), threads, evaluate, |c, evaluated| {
         let chunk = chunk_profiles(c);
         report.events += evaluated.events;
-        products
-            .observe((c * per_chunk) as u32, chunk.len(), &evaluated.table)
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-        for ((id, traits), (tag_values, member_of)) in chunk.into_iter().zip(evaluated.profiles) {
+        products.observe(chunk.start, chunk.len(), &evaluated.table).map_err(|e| Error::Corrupt(e.to_string()))?;
+        for (n, EvaluatedProfile { traits, tags: tag_values, member_of }) in chunk.zip(evaluated.profiles) {
             for audience in &member_of {
-                members.entry(audience.clone()).or_default().insert(id.clone());
+                if let Some(a) = audience_ids.iter().position(|id| id == audience) {
+                    members[a].push(n);
+                }
             }
-            insight.observe(traits, &tag_values, member_of.iter().map(String::as_str));
+            insight.observe(&traits, &tag_values, member_of.iter().map(String::as_str));
             for tag in tag_values.keys() {
                 report.tags.entry(tag.clone()).or_default().with_value += 1;
             }
             if !tag_values.is_empty() {
-                values.add(id, &tag_values)?;
-                if let Some(kept) = kept.as_mut() {
-                    kept.insert(id.clone(), tag_values);
-                }
+                values.add(profiles.id(n), &tag_values)?;
+            }
+            if let Some(kept) = kept.as_mut() {
+                kept.push(&serde_json::to_string(&tag_values).map_err(|e| Error::Corrupt(e.to_string()))?);
             }
         }
         Ok(())
@@ -458,26 +453,24 @@ async fn recompute_by<S: ObjectStore + Clone>(
     match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
         Ok(activation) => {
             if let Some(activation) = &activation {
-                report.initial_sync = sync::initial(store, activation, &state, now).await?;
+                report.initial_sync = sync::initial(store, activation, &profiles, now).await?;
             }
             report.membership_changes =
-                memberships::record(store, &audiences, &members, &state, activation.as_ref(), now).await?;
+                memberships::record(store, &audiences, &members, &profiles, activation.as_ref(), now).await?;
         }
         // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
         Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
     }
     // What makes each audience distinct (the API serves it with the audience).
-    for (audience, now_members) in &members {
+    for (audience, now_members) in audience_ids.iter().zip(&members) {
         let ranked = insight.top(audience, INSIGHTS);
         let body = serde_json::json!({"computedAt": now_ms, "size": now_members.len(), "values": ranked});
         store
             .put(&format!("audiences/v1/{audience}/insight.json"), body.to_string().into_bytes(), PutOptions::json())
             .await?;
     }
-    // The profiles are done with: free them before the backfill reads its own.
-    drop(ids);
-    drop(state);
-    for (audience, now_members) in members {
+    for (audience, now_members) in audience_ids.iter().zip(members) {
+        let now_members: BTreeSet<String> = now_members.into_iter().map(|n| profiles.id(n).to_string()).collect();
         let key = format!("audiences/v1/{audience}/snapshot.json.gz");
         let previous: Snapshot = match store.get(&key).await? {
             Some(object) => shared::storage::gunzip(&object.body)
@@ -506,7 +499,12 @@ async fn recompute_by<S: ObjectStore + Clone>(
     }
     // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
     if let Some(kept) = kept {
-        report.backfilled = backfill::backfill_by(store, &tags, &kept, now, backfill_batch).await?;
+        // The values by profile id (a profile created since has none yet: ingest gives it its own).
+        let values = |id: &str| match profiles.number(id).map(|n| kept.get(n as usize)) {
+            Some(json) if !json.is_empty() => serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string())),
+            _ => Ok(BTreeMap::new()),
+        };
+        report.backfilled = backfill::backfill_by(store, &tags, &values, now, backfill_batch).await?;
     }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;
@@ -529,6 +527,7 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 
 mod backfill;
 mod memberships;
+mod profiles;
 mod spill;
 mod sync;
 #[cfg(test)]

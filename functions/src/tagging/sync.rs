@@ -15,6 +15,7 @@ use shared::activation::ProfileNow;
 use shared::activation::lane::Message;
 use shared::time::UtcTime;
 
+use super::profiles::Profiles;
 use crate::Error;
 use crate::ingest::{Activation, IngestConfig};
 use crate::state::Transaction;
@@ -23,13 +24,13 @@ use crate::storage::{ObjectStore, PutOptions};
 /// Per destination, the audiences whose members it has been sent.
 pub const SYNCED: &str = "deliveries/v1/synced.json";
 
-/// Sends every member of each newly subscribed audience, as recorded on the profiles (`state` says whom to
+/// Sends every member of each newly subscribed audience, as recorded on the profiles (`profiles` says whom to
 /// read), to the destinations that subscribed; returns the items staged. Runs before the recompute records its
 /// own changes, which then reach every subscribed destination alike.
 pub(crate) async fn initial<S: ObjectStore + Clone>(
     store: &S,
     activation: &Activation,
-    state: &super::RecomputeScan,
+    profiles: &Profiles,
     now: UtcTime,
 ) -> Result<usize, Error> {
     let audiences: BTreeSet<&String> = activation.audiences.audiences().iter().map(|a| &a.id).collect();
@@ -50,16 +51,15 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
     }
     let mut messages: Vec<Message> = Vec::new();
     if !due.is_empty() {
-        let profiles: BTreeSet<String> = state
-            .profiles
-            .iter()
-            .filter(|(_, p)| due.keys().any(|a| p.profile.memberships.get(*a).is_some_and(|m| m.member)))
-            .map(|(id, _)| id.clone())
+        let due_at: Vec<usize> = due.keys().filter_map(|a| profiles.audience(a)).collect();
+        let members: BTreeSet<String> = (0..profiles.len() as u32)
+            .filter(|n| due_at.iter().any(|a| profiles.recorded(*n, *a)))
+            .map(|n| profiles.id(n).to_string())
             .collect();
         let config = IngestConfig::load(store).await?;
         // A read: the closure changes nothing, so nothing is committed.
         let mut txn = Transaction::begin(store, config.shards).await?;
-        txn.update_profiles(&profiles, |id, profile| {
+        txn.update_profiles(&members, |id, profile| {
             let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
             let keys: Vec<String> = profile.identities.iter().cloned().collect();
             let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };

@@ -712,7 +712,8 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     ingest(&store, &first, &IngestConfig::default(), at(t0())).await.expect("ingest");
     // A third order each, arriving and ingested once the backfill's first batch has committed.
     let racing = Racing::new(&store, orders(3), 1);
-    let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 3).await.expect("backfill");
+    let backfilled =
+        backfill::backfill_by(&racing, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 3).await.expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the racing ingest ran");
     // The tag is served now: one more event each makes ingest write every user's value from its state.
@@ -741,7 +742,8 @@ async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebu
                "messageId": format!("login-{i}"), "timestamp": stamp(0)})
     });
     let racing = Racing::new(&store, Value::Array(logins.collect()), 8);
-    let backfilled = backfill::backfill_by(&racing, &tags, &BTreeMap::new(), at(t0()), 2).await.expect("backfill");
+    let backfilled =
+        backfill::backfill_by(&racing, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the logins came during the backfill");
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
@@ -768,4 +770,83 @@ async fn assert_orders(store: &FsStore, users: &[String], orders: i64) {
         let stored = crate::state::lookup(store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
         assert_eq!(stored.profile.tags.get("orders"), Some(&json!(orders)), "{user}: every order, once");
     }
+}
+
+#[tokio::test]
+async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    // 40 people: orders as users or as visitors (every fourth, also seen as a user: two profiles); all log in
+    // later with an email (10 merges).
+    let mut first = Vec::new();
+    let mut later = Vec::new();
+    for p in 0..40 {
+        let who = if p % 4 == 0 { ("anonymousId", format!("a{p}")) } else { ("userId", format!("u{p}")) };
+        first.push(json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": format!("o{p}"),
+                          "timestamp": stamp(p % 7), "properties": {"revenue": p}}));
+        if p % 4 == 0 {
+            first.push(json!({"type": "page", "userId": format!("u{p}"), "messageId": format!("v{p}"),
+                              "timestamp": stamp(1)}));
+        }
+        let plan = ["free", "pro"][p as usize % 2];
+        later.push(json!({"type": "identify", "anonymousId": format!("a{p}"), "userId": format!("u{p}"),
+                          "messageId": format!("i{p}"), "timestamp": stamp(0),
+                          "traits": {"plan": plan, "email": format!("P{p}@Example.com"), "age": p}}));
+    }
+    let keys =
+        [store_events(&store, 70, Value::Array(first)).await, store_events(&store, 71, Value::Array(later)).await];
+    let tags = json!([{"id": "orders", "status": "active", "kind": "statistical",
+                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
+    let audiences = json!([
+        {"id": "pro", "status": "active", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
+        {"id": "buyers", "status": "active", "when": {"field": "tag:orders", "op": "gte", "value": 1}}
+    ]);
+    store.put(TAGS_CONFIG, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    ingest(&store, &keys[..1], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    full_recompute(&store, at(t0())).await.expect("recompute");
+    ingest(&store, &keys[1..], &IngestConfig::default(), at(t0())).await.expect("ingest");
+
+    let scan = crate::state::scan(&store).await.expect("scan");
+    let wanted = ["pro".to_string(), "buyers".to_string(), "gone".to_string()];
+    let profiles = Profiles::read(&store, &wanted).await.expect("profiles");
+    assert_eq!(profiles.len(), scan.profiles.len());
+    assert_eq!(scan.redirects.len(), 10, "the visitors who logged in were merged");
+    assert!(scan.ids.keys().any(|k| k.starts_with("email:")), "emails are identifiers");
+    // Every identifier, live profile id and absorbed profile id stands for the same profile.
+    for what in scan.ids.keys().chain(scan.profiles.keys()).chain(scan.redirects.keys()) {
+        assert_eq!(profiles.resolve(what).map(|n| profiles.id(n)), scan.resolve(what).map(String::as_str), "{what}");
+    }
+    assert_eq!(profiles.resolve("user_id:nobody"), None);
+    let absorbed: BTreeSet<&str> = profiles.absorbed().collect();
+    assert_eq!(absorbed, scan.redirects.keys().map(String::as_str).collect());
+    assert!(absorbed.iter().all(|id| profiles.number(id).is_none()), "absorbed profiles are not live");
+    // Numbered by profile shard, then id; each shard a run.
+    let count = profiles.shards();
+    let order: Vec<(u32, &str)> =
+        (0..profiles.len() as u32).map(|n| (crate::state::shard_of(profiles.id(n), count), profiles.id(n))).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in shard, then id order");
+    for (n, (shard, _)) in order.iter().enumerate() {
+        assert!((profiles.shard_start(*shard)..profiles.shard_start(shard + 1)).contains(&(n as u32)));
+    }
+    // Traits and recorded memberships as stored.
+    let mut members = 0;
+    for (id, stored) in &scan.profiles {
+        let n = profiles.number(id).expect("live");
+        assert_eq!(profiles.id(n), id);
+        let traits: Map<String, Value> =
+            stored.profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+        assert_eq!(profiles.traits(n).expect("traits"), traits, "{id}");
+        for (a, audience) in wanted.iter().enumerate() {
+            let recorded = stored.profile.memberships.get(audience).is_some_and(|m| m.member);
+            assert_eq!(profiles.recorded(n, a), recorded, "{id} in {audience}");
+            members += usize::from(recorded);
+        }
+        assert!(profiles.unchanged(n, &stored.profile.memberships));
+        let mut changed = stored.profile.memberships.clone();
+        changed.insert("pro".into(), shared::profile::Membership { member: true, since: 1, changes: 9 });
+        assert!(!profiles.unchanged(n, &changed), "a membership changed since is seen");
+    }
+    assert!(members >= 30, "memberships were recorded: {members}");
+    assert_eq!(profiles.audience("buyers"), Some(1));
 }

@@ -1,0 +1,341 @@
+//! The profiles as the full recompute and the backfill hold them: compact columns instead of a decoded
+//! [`crate::state::Scan`], so that memory grows by a few hundred bytes per profile rather than by kilobytes.
+//!
+//! Profiles are numbered by profile shard, then id (the order the state's shards hold them in, so a backfill
+//! batch of whole shards is a run of numbers). Per profile: its id, its trait values as compact JSON (decoded
+//! again a chunk at a time), a fingerprint of its recorded audience memberships and whether it is recorded
+//! as a member of each computed audience. Identifiers, live profile ids and absorbed profile ids resolve to a
+//! live profile's number through tables keyed by a 128-bit keyed hash of the string (two SipHash-1-3 keyed at
+//! random per process): 16 bytes a key instead of the string, and a false match among even billions of keys
+//! is about as likely as a random 128-bit collision (below 10⁻¹⁹).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use shared::profile::Membership;
+
+use super::Scanned;
+use crate::Error;
+use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction};
+use crate::storage::ObjectStore;
+
+/// Strings one after another: string `n` is `text[ends[n - 1]..ends[n]]`.
+#[derive(Debug, Default)]
+pub(super) struct Texts {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Texts {
+    pub(super) fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    pub(super) fn get(&self, n: usize) -> &str {
+        let start = if n == 0 { 0 } else { self.ends[n - 1] };
+        &self.text[start..self.ends[n]]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn append(&mut self, other: &Texts) {
+        let base = self.text.len();
+        self.text.push_str(&other.text);
+        self.ends.extend(other.ends.iter().map(|end| base + end));
+    }
+}
+
+/// A string's 128-bit keyed hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key(u64, u64);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0 ^ self.1);
+    }
+}
+
+/// Passes a [`Key`]'s bits on as the table's hash (they are a keyed hash already).
+#[derive(Debug, Default, Clone, Copy)]
+struct Folded(u64);
+
+impl Hasher for Folded {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_ne_bytes(word);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type Table = HashMap<Key, u32, std::hash::BuildHasherDefault<Folded>>;
+
+/// What the identifiers shards are resolved against: the live profiles' ids and numbers, absorbed ids with
+/// their survivor's number.
+#[derive(Debug)]
+struct Live {
+    hashers: (RandomState, RandomState),
+    ids: Texts,
+    /// Live and absorbed profile ids → the live profile's number.
+    numbers: Table,
+}
+
+impl Live {
+    fn key(&self, s: &str) -> Key {
+        Key(self.hashers.0.hash_one(s), self.hashers.1.hash_one(s))
+    }
+
+    /// The number of the live profile `id`.
+    fn number(&self, id: &str) -> Option<u32> {
+        self.numbers.get(&self.key(id)).copied().filter(|n| self.ids.get(*n as usize) == id)
+    }
+
+    /// The number of the live profile a live or absorbed profile id stands for.
+    fn resolve(&self, id: &str) -> Option<u32> {
+        self.numbers.get(&self.key(id)).copied()
+    }
+}
+
+/// One profile shard decoded.
+#[derive(Debug, Default)]
+struct Part {
+    ids: Texts,
+    traits: Texts,
+    fingerprints: Vec<u64>,
+    members: Vec<u64>,
+    redirects: Vec<(String, String)>,
+}
+
+/// The profiles of one state version (see the module's documentation).
+#[derive(Debug)]
+pub(crate) struct Profiles {
+    /// The state version read.
+    pub(crate) version: u64,
+    live: Arc<Live>,
+    /// Identifier key → live profile number.
+    identifiers: Table,
+    /// Where each profile shard's profiles start; one more entry, the count of profiles.
+    shard_starts: Vec<u32>,
+    /// Absorbed profile ids.
+    absorbed: Texts,
+    /// Trait values (`{name: value}`), compact JSON.
+    traits: Texts,
+    fingerprints: Vec<u64>,
+    /// The audiences whose recorded membership is kept, in `members` bit order.
+    audiences: Vec<String>,
+    /// Per profile, `words` words of bits: recorded a member of audience `a` (bit `a`).
+    members: Vec<u64>,
+    words: usize,
+}
+
+/// A recorded membership map's fingerprint (0 when empty).
+fn fingerprint(hasher: &RandomState, memberships: &BTreeMap<String, Membership>) -> u64 {
+    if memberships.is_empty() {
+        return 0;
+    }
+    let mut state = hasher.build_hasher();
+    for (audience, m) in memberships {
+        (audience, m.member, m.since, m.changes).hash(&mut state);
+    }
+    state.finish() | 1
+}
+
+impl Profiles {
+    /// Reads the current state: profile shards first (numbering the profiles), then identifiers shards.
+    /// Recorded memberships are kept for `audiences`.
+    pub(crate) async fn read<S: ObjectStore + Clone>(store: &S, audiences: &[String]) -> Result<Self, Error> {
+        let txn = Transaction::begin(store, ShardCounts::default()).await?;
+        let version = txn.manifest().version;
+        let hashers = (RandomState::new(), RandomState::new());
+        let words = audiences.len().div_ceil(64);
+        let wanted: Arc<Vec<String>> = Arc::new(audiences.to_vec());
+        let membership_hasher = hashers.0.clone();
+        let decode = move |_: u32, shard: ProfilesShard| -> Result<Part, Error> {
+            let mut part = Part::default();
+            for (id, raw) in shard.profiles {
+                let scanned: Scanned =
+                    serde_json::from_str(raw.get()).map_err(|e| Error::Corrupt(format!("profile {id}: {e}")))?;
+                let profile = scanned.profile;
+                part.ids.push(&id);
+                part.traits.push(&serde_json::to_string(&profile.traits).map_err(|e| Error::Corrupt(e.to_string()))?);
+                part.fingerprints.push(fingerprint(&membership_hasher, &profile.memberships));
+                let mut bits = vec![0u64; words];
+                for (a, audience) in wanted.iter().enumerate() {
+                    if profile.memberships.get(audience).is_some_and(|m| m.member) {
+                        bits[a / 64] |= 1 << (a % 64);
+                    }
+                }
+                part.members.extend(bits);
+            }
+            for (id, raw) in shard.redirects {
+                let to: String =
+                    serde_json::from_str(raw.get()).map_err(|e| Error::Corrupt(format!("redirect {id}: {e}")))?;
+                part.redirects.push((id, to));
+            }
+            Ok(part)
+        };
+        let (mut ids, mut traits, mut fingerprints, mut members) = (Texts::default(), Texts::default(), vec![], vec![]);
+        let (mut shard_starts, mut redirects) = (Vec::new(), HashMap::new());
+        txn.each_shard(decode, |_, part: Part| {
+            shard_starts.push(number(ids.len())?);
+            ids.append(&part.ids);
+            traits.append(&part.traits);
+            fingerprints.extend(part.fingerprints);
+            members.extend(part.members);
+            redirects.extend(part.redirects);
+            Ok(())
+        })
+        .await?;
+        shard_starts.push(number(ids.len())?);
+
+        let mut live = Live { hashers, ids, numbers: Table::default() };
+        live.numbers.reserve(live.ids.len() + redirects.len());
+        for n in 0..live.ids.len() {
+            let key = live.key(live.ids.get(n));
+            live.numbers.insert(key, number(n)?);
+        }
+        // Absorbed ids: to the live profile at the end of their chain of redirects.
+        let mut absorbed = Texts::default();
+        for (id, to) in &redirects {
+            let mut at = to;
+            let survivor = (0..64).find_map(|_| match live.number(at) {
+                Some(n) => Some(Some(n)),
+                None => match redirects.get(at) {
+                    Some(next) => {
+                        at = next;
+                        None
+                    }
+                    None => Some(None),
+                },
+            });
+            if let Some(Some(n)) = survivor {
+                absorbed.push(id);
+                let key = live.key(id);
+                live.numbers.entry(key).or_insert(n);
+            }
+        }
+        drop(redirects);
+
+        let live = Arc::new(live);
+        let resolving = live.clone();
+        let decode = move |_: u32, shard: IdsShard| -> Result<Vec<(Key, u32)>, Error> {
+            let mut out = Vec::with_capacity(shard.index.len());
+            for (key, raw) in shard.index {
+                // Borrowed unless escaped.
+                let id = match serde_json::from_str::<&str>(raw.get()) {
+                    Ok(id) => std::borrow::Cow::Borrowed(id),
+                    Err(_) => std::borrow::Cow::Owned(
+                        serde_json::from_str::<String>(raw.get())
+                            .map_err(|e| Error::Corrupt(format!("identifier {key}: {e}")))?,
+                    ),
+                };
+                if let Some(n) = resolving.resolve(&id) {
+                    out.push((resolving.key(&key), n));
+                }
+            }
+            Ok(out)
+        };
+        let mut identifiers = Table::default();
+        txn.each_shard(decode, |_, resolved| {
+            identifiers.extend(resolved);
+            Ok(())
+        })
+        .await?;
+        identifiers.shrink_to_fit();
+        Ok(Self {
+            version,
+            live,
+            identifiers,
+            shard_starts,
+            absorbed,
+            traits,
+            fingerprints,
+            audiences: audiences.to_vec(),
+            members,
+            words,
+        })
+    }
+
+    /// How many profiles.
+    pub(crate) fn len(&self) -> usize {
+        self.live.ids.len()
+    }
+
+    /// Profile `n`'s id.
+    pub(crate) fn id(&self, n: u32) -> &str {
+        self.live.ids.get(n as usize)
+    }
+
+    /// The number of the live profile `id` (not an absorbed one).
+    pub(crate) fn number(&self, id: &str) -> Option<u32> {
+        self.live.number(id)
+    }
+
+    /// The live profile an identifier key, a profile id or an absorbed profile id stands for (as
+    /// [`crate::state::ScanOf::resolve`]).
+    pub(crate) fn resolve(&self, what: &str) -> Option<u32> {
+        let key = self.live.key(what);
+        let (profile, identifier) = (self.live.numbers.get(&key), self.identifiers.get(&key));
+        match what.starts_with("prof_") {
+            true => profile.or(identifier),
+            false => identifier.or(profile),
+        }
+        .copied()
+    }
+
+    /// Profile `n`'s trait values.
+    pub(crate) fn traits(&self, n: u32) -> Result<Map<String, Value>, Error> {
+        serde_json::from_str(self.traits.get(n as usize)).map_err(|e| Error::Corrupt(format!("traits: {e}")))
+    }
+
+    /// The place of `audience` among those the profiles were read for.
+    pub(crate) fn audience(&self, audience: &str) -> Option<usize> {
+        self.audiences.iter().position(|a| a == audience)
+    }
+
+    /// Whether profile `n` is recorded as a member of the audience at place `a` among those the profiles were
+    /// read for.
+    pub(crate) fn recorded(&self, n: u32, a: usize) -> bool {
+        a < self.audiences.len() && self.members[n as usize * self.words + a / 64] & (1 << (a % 64)) != 0
+    }
+
+    /// Whether `memberships` are those recorded on profile `n` when the profiles were read.
+    pub(crate) fn unchanged(&self, n: u32, memberships: &BTreeMap<String, Membership>) -> bool {
+        self.fingerprints[n as usize] == fingerprint(&self.live.hashers.0, memberships)
+    }
+
+    /// The first profile number of profile shard `shard` (the count of profiles past the last shard).
+    pub(crate) fn shard_start(&self, shard: u32) -> u32 {
+        let last = self.shard_starts.len() - 1;
+        self.shard_starts[(shard as usize).min(last)]
+    }
+
+    /// How many profile shards.
+    pub(crate) fn shards(&self) -> u32 {
+        (self.shard_starts.len() - 1) as u32
+    }
+
+    /// The absorbed profile ids.
+    pub(crate) fn absorbed(&self) -> impl Iterator<Item = &str> {
+        (0..self.absorbed.len()).map(|n| self.absorbed.get(n))
+    }
+}
+
+/// `n` as a profile number.
+fn number(n: usize) -> Result<u32, Error> {
+    u32::try_from(n).map_err(|_| Error::Corrupt("more than 2³² profiles".into()))
+}
