@@ -29,7 +29,7 @@ use crate::state::{Compaction, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Profiles per backfill transaction, about (whole profile shards are taken together).
-pub(crate) const BATCH: usize = 25_000;
+pub(crate) const BATCH: usize = 10_000;
 
 /// The profiles and their events as the backfill reads them at one state version.
 struct Read {
@@ -159,14 +159,19 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             rows.extend(read.spill.read(chunk)?.into_iter().filter(|(n, _)| *n == number));
             group.insert(id.clone());
         }
-        let ids: Vec<String> = rows.iter().map(|(_, e)| e.message_id.to_string()).collect();
-        let applied = txn.applied_messages(ids.iter()).await?;
+        // Events older than the dedup window were applied; the others, if ingest remembers them.
         let forgotten_before = now_ms - config.dedup_window_ms;
-        let mut states: BTreeMap<String, ProfileTagState> =
-            group.iter().map(|id| (id.clone(), ProfileTagState::default())).collect();
+        let recent: Vec<String> = rows
+            .iter()
+            .filter(|(_, e)| e.received_at >= forgotten_before)
+            .map(|(_, e)| e.message_id.to_string())
+            .collect();
+        let applied = txn.applied_messages(recent.iter()).await?;
+        let mut states: std::collections::HashMap<u32, ProfileTagState> =
+            group.iter().filter_map(|id| read.profiles.number(id)).map(|n| (n, ProfileTagState::default())).collect();
         for (number, event) in &rows {
-            let Some(tag_state) = states.get_mut(read.profiles.id(*number)) else { continue };
-            if applied.contains(&*event.message_id) || event.received_at < forgotten_before {
+            let Some(tag_state) = states.get_mut(number) else { continue };
+            if event.received_at < forgotten_before || applied.contains(&*event.message_id) {
                 let properties = event.properties()?;
                 rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }
@@ -178,7 +183,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 .tag_state
                 .tags
                 .retain(|slot, _| slot.rsplit_once('@').is_none_or(|(tag, _)| !pending_ids.contains(tag)));
-            if let Some(rebuilt) = states.remove(id) {
+            if let Some(rebuilt) = read.profiles.number(id).and_then(|n| states.remove(&n)) {
                 profile.tag_state.tags.extend(rebuilt.tags);
             }
             profile.tags = group_values.remove(id).unwrap_or_default();
