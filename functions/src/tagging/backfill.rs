@@ -6,13 +6,18 @@
 //! only its batch's profiles): one state transaction per batch rebuilds the pending versions' state of its
 //! profiles from the events ingest has applied, drops older versions' state, and stores the recompute's values
 //! on them. When every batch has committed, the versions are recorded as ready (`tags/v1/ready.json`) and
-//! ingest serves them; a backfill stopped halfway starts over at the next recompute (rebuilding is
-//! idempotent), and until then nothing of the new versions is served.
+//! ingest serves them; until then nothing of the new versions is served.
+//!
+//! A backfill stopped halfway (a Lambda's timeout) resumes at the next recompute: each rebuilt profile is
+//! marked with the backfill's name (a digest of the versions it rebuilds; [`ProfileTagState::rebuilt`]), and
+//! the next run passes over the profiles marked. A merge keeps the mark only if both profiles had it, so a
+//! rebuilt profile that absorbs one not rebuilt yet is rebuilt again.
 //!
 //! Racing ingest is safe: the events and the profiles they resolve to are read after a batch's transaction
 //! began, and kept only while no other writer commits: the batch's commit then moves the state on by this
 //! batch alone. Any other commit in between fences the batch, and it runs again on the new state with the
-//! events read again. Events not yet applied (not remembered for dedup, received within the dedup window) are
+//! events read again; profiles of batches already passed that lost their mark meanwhile (a merge) or were
+//! created since are rebuilt with the next batch. Events not yet applied (not remembered for dedup, received within the dedup window) are
 //! left out, and ingest adds them to the new state when it applies them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +69,14 @@ impl Read {
     }
 }
 
+/// Names a backfill by the tag versions it rebuilds (a digest of their slots, `id@version`): the mark it leaves
+/// on the profiles it rebuilt.
+fn job(pending: &[TagDefinition]) -> String {
+    let slots: BTreeSet<String> = pending.iter().map(|t| format!("{}@{}", t.id, t.version)).collect();
+    let joined: Vec<String> = slots.into_iter().collect();
+    shared::ids::sha256_hex(&joined.join("\n"))[..16].to_string()
+}
+
 /// Which version of each statistical tag has complete incremental state.
 pub const READY_KEY: &str = "tags/v1/ready.json";
 
@@ -112,12 +125,13 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     let rebuilt = TagSet::check(&pending, &Catalog::default())
         .map_err(|e| Error::Corrupt(format!("pending tags do not check: {e:?}")))?;
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
+    let job = job(&pending);
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
     // The profiles and their events as of a state version (read again when another writer has committed since).
     let mut read: Option<Read> = None;
     let (mut batch, mut shards_per_batch, mut attempt) = (0usize, 0u32, 0u32);
-    // Profiles of batches already committed that absorbed a profile since: rebuilt again with the next batch.
+    // Profiles of batches already passed whose state is not (or no longer) rebuilt: with the next batch.
     let mut redo: BTreeSet<String> = BTreeSet::new();
     loop {
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
@@ -125,21 +139,19 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
         let version = txn.manifest().version;
         if read.as_ref().is_none_or(|r| r.version != version) {
-            let before = read.take().map(|r| r.profiles);
-            let profiles = Profiles::read(store, &[]).await?;
+            let again = read.take().is_some();
+            let profiles = Profiles::read(store, &[], Some(&job)).await?;
             if shards_per_batch == 0 {
                 let count = profiles.shards().max(1);
                 let per_shard = profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
-            // A merge since the last read into a profile already rebuilt gave it the absorbed profile's state,
-            // which was not rebuilt yet.
-            if let Some(before) = before {
-                let done =
+            // Read again after another writer: a profile of a batch already passed that absorbed one not rebuilt
+            // lost its mark (and one created since has none).
+            if again {
+                let passed =
                     profiles.shard_start(u32::try_from(batch).unwrap_or(u32::MAX).saturating_mul(shards_per_batch));
-                for absorbed in profiles.absorbed().filter(|id| before.number(id).is_some()) {
-                    redo.extend(profiles.resolve(absorbed).filter(|n| *n < done).map(|n| profiles.id(n).to_string()));
-                }
+                redo.extend((0..passed).filter(|n| !profiles.rebuilt(*n)).map(|n| profiles.id(n).to_string()));
             }
             read = Some(Read::new(store, &config.identity, profiles, shards_per_batch).await?);
         }
@@ -150,8 +162,11 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         let (mut group, mut rows) = (BTreeSet::new(), Vec::new());
         if let Some(start) = read.starts.get(batch) {
             let end = read.starts.get(batch + 1).map_or(read.profiles.len() as u32, |s| *s);
-            group.extend((*start..end).map(|n| read.profiles.id(n).to_string()));
-            rows = read.spill.read(batch)?;
+            // Profiles this backfill rebuilt in an earlier run are passed over.
+            group.extend((*start..end).filter(|n| !read.profiles.rebuilt(*n)).map(|n| read.profiles.id(n).to_string()));
+            if !group.is_empty() {
+                rows = read.spill.read(batch)?;
+            }
         }
         for id in &redo {
             let Some(number) = read.profiles.number(id) else { continue };
@@ -186,6 +201,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             if let Some(rebuilt) = read.profiles.number(id).and_then(|n| states.remove(&n)) {
                 profile.tag_state.tags.extend(rebuilt.tags);
             }
+            profile.tag_state.rebuilt = Some(job.clone());
             profile.tags = group_values.remove(id).unwrap_or_default();
             profile.tags_at = Some(now);
         })

@@ -157,6 +157,16 @@ pub(crate) struct ScannedFields {
     pub(crate) traits: Map<String, Value>,
     #[serde(default)]
     pub(crate) memberships: BTreeMap<String, shared::profile::Membership>,
+    /// Only which backfill rebuilt the tag state (the states themselves are skipped).
+    #[serde(default, rename = "tagState")]
+    pub(crate) tag_state: ScannedTagState,
+}
+
+/// What [`ScannedFields`] reads of the tag state.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ScannedTagState {
+    #[serde(default)]
+    pub(crate) rebuilt: Option<String>,
 }
 
 fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<String, Value>, D::Error> {
@@ -333,7 +343,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let identity: shared::identity::IdentityRules =
         crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
     let audience_ids: Vec<String> = audiences.audiences().iter().map(|a| a.id.clone()).collect();
-    let profiles = Profiles::read(store, &audience_ids).await?;
+    let profiles = Profiles::read(store, &audience_ids, None).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
 

@@ -117,6 +117,7 @@ struct Part {
     traits: Texts,
     fingerprints: Vec<u64>,
     members: Vec<u64>,
+    rebuilt: Vec<bool>,
     redirects: Vec<(String, String)>,
 }
 
@@ -130,8 +131,6 @@ pub(crate) struct Profiles {
     identifiers: Table,
     /// Where each profile shard's profiles start; one more entry, the count of profiles.
     shard_starts: Vec<u32>,
-    /// Absorbed profile ids.
-    absorbed: Texts,
     /// Trait values (`{name: value}`), compact JSON.
     traits: Texts,
     fingerprints: Vec<u64>,
@@ -140,6 +139,8 @@ pub(crate) struct Profiles {
     /// Per profile, `words` words of bits: recorded a member of audience `a` (bit `a`).
     members: Vec<u64>,
     words: usize,
+    /// Per profile: its tag state was rebuilt by the backfill the profiles were read for.
+    rebuilt: Vec<bool>,
 }
 
 /// A recorded membership map's fingerprint (0 when empty).
@@ -156,14 +157,19 @@ fn fingerprint(hasher: &RandomState, memberships: &BTreeMap<String, Membership>)
 
 impl Profiles {
     /// Reads the current state: profile shards first (numbering the profiles), then identifiers shards.
-    /// Recorded memberships are kept for `audiences`.
-    pub(crate) async fn read<S: ObjectStore + Clone>(store: &S, audiences: &[String]) -> Result<Self, Error> {
+    /// Recorded memberships are kept for `audiences`, and which profiles the backfill `backfill` rebuilt.
+    pub(crate) async fn read<S: ObjectStore + Clone>(
+        store: &S,
+        audiences: &[String],
+        backfill: Option<&str>,
+    ) -> Result<Self, Error> {
         let txn = Transaction::begin(store, ShardCounts::default()).await?;
         let version = txn.manifest().version;
         let hashers = (RandomState::new(), RandomState::new());
         let words = audiences.len().div_ceil(64);
         let wanted: Arc<Vec<String>> = Arc::new(audiences.to_vec());
         let membership_hasher = hashers.0.clone();
+        let backfill: Option<Arc<str>> = backfill.map(Arc::from);
         let decode = move |_: u32, shard: ProfilesShard| -> Result<Part, Error> {
             let mut part = Part::default();
             for (id, raw) in shard.profiles {
@@ -180,6 +186,7 @@ impl Profiles {
                     }
                 }
                 part.members.extend(bits);
+                part.rebuilt.push(backfill.is_some() && profile.tag_state.rebuilt.as_deref() == backfill.as_deref());
             }
             for (id, raw) in shard.redirects {
                 let to: String =
@@ -189,13 +196,14 @@ impl Profiles {
             Ok(part)
         };
         let (mut ids, mut traits, mut fingerprints, mut members) = (Texts::default(), Texts::default(), vec![], vec![]);
-        let (mut shard_starts, mut redirects) = (Vec::new(), HashMap::new());
+        let (mut shard_starts, mut redirects, mut rebuilt) = (Vec::new(), HashMap::new(), Vec::new());
         txn.each_shard(decode, |_, part: Part| {
             shard_starts.push(number(ids.len())?);
             ids.append(&part.ids);
             traits.append(&part.traits);
             fingerprints.extend(part.fingerprints);
             members.extend(part.members);
+            rebuilt.extend(part.rebuilt);
             redirects.extend(part.redirects);
             Ok(())
         })
@@ -209,7 +217,6 @@ impl Profiles {
             live.numbers.insert(key, number(n)?);
         }
         // Absorbed ids: to the live profile at the end of their chain of redirects.
-        let mut absorbed = Texts::default();
         for (id, to) in &redirects {
             let mut at = to;
             let survivor = (0..64).find_map(|_| match live.number(at) {
@@ -223,7 +230,6 @@ impl Profiles {
                 },
             });
             if let Some(Some(n)) = survivor {
-                absorbed.push(id);
                 let key = live.key(id);
                 live.numbers.entry(key).or_insert(n);
             }
@@ -261,12 +267,12 @@ impl Profiles {
             live,
             identifiers,
             shard_starts,
-            absorbed,
             traits,
             fingerprints,
             audiences: audiences.to_vec(),
             members,
             words,
+            rebuilt,
         })
     }
 
@@ -318,6 +324,11 @@ impl Profiles {
         self.fingerprints[n as usize] == fingerprint(&self.live.hashers.0, memberships)
     }
 
+    /// Whether profile `n`'s tag state was rebuilt by the backfill the profiles were read for.
+    pub(crate) fn rebuilt(&self, n: u32) -> bool {
+        self.rebuilt[n as usize]
+    }
+
     /// The first profile number of profile shard `shard` (the count of profiles past the last shard).
     pub(crate) fn shard_start(&self, shard: u32) -> u32 {
         let last = self.shard_starts.len() - 1;
@@ -327,11 +338,6 @@ impl Profiles {
     /// How many profile shards.
     pub(crate) fn shards(&self) -> u32 {
         (self.shard_starts.len() - 1) as u32
-    }
-
-    /// The absorbed profile ids.
-    pub(crate) fn absorbed(&self) -> impl Iterator<Item = &str> {
-        (0..self.absorbed.len()).map(|n| self.absorbed.get(n))
     }
 }
 

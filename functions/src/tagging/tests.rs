@@ -29,9 +29,8 @@ async fn store_events(store: &FsStore, seed: u8, events: Value) -> String {
     sources.add(source).expect("source");
     let body = json!({"batch": events, "writeKey": key}).to_string();
     let request = CollectRequest::new(Endpoint::Batch, body.as_bytes());
-    let Collected::Kept(batch) = collect(&request, &sources, at(t0()), &mut Entropy::from_seed([seed; 32])) else {
-        panic!("rejected")
-    };
+    let collected = collect(&request, &sources, at(t0()), &mut Entropy::from_seed([seed; 32]));
+    let Collected::Kept(batch) = collected else { panic!("rejected: {collected:?}") };
     let (object_key, bytes) = batch.accepted_object().expect("accepted");
     store.put(&object_key, bytes, PutOptions::ndjson_gz()).await.expect("put");
     object_key
@@ -652,26 +651,36 @@ fn chunks_are_handed_on_in_order_and_an_error_or_a_panic_stops_every_thread() {
 
 /// A folder store that stores and ingests `pending` events (straight into the folder) right after the
 /// `after`-th state manifest written through it: events arriving, and an ingest committing, between two
-/// batches of a backfill.
+/// batches of a backfill. Or, stopping, that refuses every manifest after the `after`-th: a run stopped there.
 #[derive(Clone)]
 struct Racing {
     inner: FsStore,
     pending: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
     /// Manifests to let through before.
     after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: bool,
 }
 
 impl Racing {
     fn new(inner: &FsStore, events: Value, after: usize) -> Self {
         let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(events)));
-        Self { inner: inner.clone(), pending, after: std::sync::Arc::new(after.into()) }
+        Self { inner: inner.clone(), pending, after: std::sync::Arc::new(after.into()), stop: false }
+    }
+
+    fn stopping(inner: &FsStore, after: usize) -> Self {
+        let racing = Self { stop: true, ..Self::new(inner, Value::Null, after) };
+        racing.pending.lock().expect("lock").take();
+        racing
     }
 }
 
 impl ObjectStore for Racing {
     async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, crate::storage::StoreError> {
-        let etag = self.inner.put(key, body, options).await?;
         let manifest = key == crate::state::MANIFEST_KEY;
+        if manifest && self.stop && self.after.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Err(crate::storage::StoreError::Unavailable("the run was stopped".into()));
+        }
+        let etag = self.inner.put(key, body, options).await?;
         let due = manifest && self.after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1;
         let pending = if due { self.pending.lock().expect("lock").take() } else { None };
         if let Some(events) = pending {
@@ -717,7 +726,7 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the racing ingest ran");
     // The tag is served now: one more event each makes ingest write every user's value from its state.
-    assert_orders(&store, &users, 3).await;
+    assert_orders(&store, &users, 3, 99).await;
 }
 
 #[tokio::test]
@@ -748,7 +757,7 @@ async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebu
     assert!(racing.pending.lock().expect("lock").is_none(), "the logins came during the backfill");
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
     let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
-    assert_orders(&store, &users, 3).await;
+    assert_orders(&store, &users, 3, 99).await;
 }
 
 /// Defines an `orders` tag (count of `Order Completed`) in `store`; returns it checked.
@@ -760,11 +769,11 @@ async fn define_orders(store: &FsStore) -> TagSet {
     TagSet::check(&defs, &Catalog::default()).expect("check")
 }
 
-/// Checks that each of `users` has `orders` orders once the tag is served: a page view each makes ingest write
-/// their values from their state.
-async fn assert_orders(store: &FsStore, users: &[String], orders: i64) {
+/// Checks that each of `users` has `orders` orders once the tag is served: a page view each (a request
+/// collected with entropy `seed`) makes ingest write their values from their state.
+async fn assert_orders(store: &FsStore, users: &[String], orders: i64, seed: u8) {
     let page = |u: &String| json!({"type": "page", "userId": u, "messageId": format!("p-{u}"), "timestamp": stamp(0)});
-    let key = store_events(store, 99, Value::Array(users.iter().map(page).collect())).await;
+    let key = store_events(store, seed, Value::Array(users.iter().map(page).collect())).await;
     ingest(store, &[key], &IngestConfig::load(store).await.expect("config"), at(t0())).await.expect("ingest");
     for user in users {
         let stored = crate::state::lookup(store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
@@ -809,7 +818,7 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
 
     let scan = crate::state::scan(&store).await.expect("scan");
     let wanted = ["pro".to_string(), "buyers".to_string(), "gone".to_string()];
-    let profiles = Profiles::read(&store, &wanted).await.expect("profiles");
+    let profiles = Profiles::read(&store, &wanted, None).await.expect("profiles");
     assert_eq!(profiles.len(), scan.profiles.len());
     assert_eq!(scan.redirects.len(), 10, "the visitors who logged in were merged");
     assert!(scan.ids.keys().any(|k| k.starts_with("email:")), "emails are identifiers");
@@ -818,9 +827,7 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
         assert_eq!(profiles.resolve(what).map(|n| profiles.id(n)), scan.resolve(what).map(String::as_str), "{what}");
     }
     assert_eq!(profiles.resolve("user_id:nobody"), None);
-    let absorbed: BTreeSet<&str> = profiles.absorbed().collect();
-    assert_eq!(absorbed, scan.redirects.keys().map(String::as_str).collect());
-    assert!(absorbed.iter().all(|id| profiles.number(id).is_none()), "absorbed profiles are not live");
+    assert!(scan.redirects.keys().all(|id| profiles.number(id).is_none()), "absorbed profiles are not live");
     // Numbered by profile shard, then id; each shard a run.
     let count = profiles.shards();
     let order: Vec<(u32, &str)> =
@@ -849,4 +856,61 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
     }
     assert!(members >= 30, "memberships were recorded: {members}");
     assert_eq!(profiles.audience("buyers"), Some(1));
+}
+
+#[tokio::test]
+async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_absorbed_one_not_rebuilt() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let tags = define_orders(&store).await;
+    // 30 people, each with two orders as a known user and one as an anonymous visitor: 60 profiles.
+    let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-1")));
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-2")));
+        events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
+    }
+    let key = store_events(&store, 60, Value::Array(events)).await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let run = |n: i64| move |_: &str| Ok(BTreeMap::from([("run".to_string(), json!(n))]));
+
+    // The first run stops after six batches have committed.
+    let stopping = Racing::stopping(&store, 6);
+    assert!(backfill::backfill_by(&stopping, &tags, &run(1), at(t0()), 2).await.is_err(), "stopped");
+    assert!(backfill::ready(&store).await.expect("ready").is_empty(), "nothing is served yet");
+    let marked = |scan: &crate::state::Scan| -> BTreeSet<String> {
+        scan.profiles.iter().filter(|(_, p)| p.profile.tag_state.rebuilt.is_some()).map(|(id, _)| id.clone()).collect()
+    };
+    let first = marked(&crate::state::scan(&store).await.expect("scan"));
+    assert!(!first.is_empty() && first.len() < 60, "stopped halfway: {} of 60 rebuilt", first.len());
+
+    // Meanwhile half the visitors log in: some merges bring a profile not rebuilt into one rebuilt.
+    let logins = (0..15).map(|i| {
+        json!({"type": "identify", "anonymousId": format!("a{i}"), "userId": format!("u{i}"),
+               "messageId": format!("login-{i}"), "timestamp": stamp(0)})
+    });
+    let key = store_events(&store, 61, Value::Array(logins.collect())).await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+
+    // The next run passes over the profiles the first rebuilt (they keep its values) and finishes.
+    let backfilled = backfill::backfill_by(&store, &tags, &run(2), at(t0()), 2).await.expect("backfill");
+    assert_eq!(backfilled, ["orders"]);
+    let scan = crate::state::scan(&store).await.expect("scan");
+    assert_eq!(scan.profiles.len(), 45, "merged");
+    assert_eq!(marked(&scan).len(), 45, "every profile rebuilt");
+    let mut runs = BTreeSet::new();
+    for i in 15..30 {
+        for key in [format!("user_id:u{i}"), format!("anonymous_id:a{i}")] {
+            let id = scan.resolve(&key).expect("profile");
+            let expected = if first.contains(id) { 1 } else { 2 };
+            assert_eq!(scan.profiles[id].profile.tags.get("run"), Some(&json!(expected)), "{key}");
+            runs.insert(expected);
+        }
+    }
+    assert_eq!(runs, BTreeSet::from([1, 2]), "some profiles passed over, some rebuilt by the second run");
+    let merged: Vec<String> = (0..15).map(|i| format!("u{i}")).collect();
+    assert_orders(&store, &merged, 3, 98).await;
+    let others: Vec<String> = (15..30).map(|i| format!("u{i}")).collect();
+    assert_orders(&store, &others, 2, 99).await;
 }

@@ -248,16 +248,25 @@ pub enum StatState {
 pub struct ProfileTagState {
     /// `id@version` → state.
     pub tags: BTreeMap<String, StatState>,
+    /// The backfill (named by a digest of the tag versions it rebuilds) that rebuilt these states from the
+    /// profile's whole history, kept while nothing but applied events changed them: a backfill that resumes
+    /// passes over the profiles it already did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilt: Option<String>,
 }
 
 impl ProfileTagState {
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty()
+        self.tags.is_empty() && self.rebuilt.is_none()
     }
 
-    /// Merges `other` (an absorbed profile's states) into this one.
+    /// Merges `other` (an absorbed profile's states) into this one. The result counts as rebuilt by a
+    /// backfill only if both were.
     pub fn absorb(&mut self, other: ProfileTagState) {
+        if self.rebuilt != other.rebuilt {
+            self.rebuilt = None;
+        }
         for (slot, theirs) in other.tags {
             match (self.tags.get_mut(&slot), theirs) {
                 (Some(StatState::Total(ours)), StatState::Total(theirs)) => ours.combine(*theirs),
