@@ -551,6 +551,24 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
+    /// [`update_profiles`](Self::update_profiles) for a change that rewrites every one of `ids` that is a
+    /// stored profile: each is written without comparing it with a copy from before.
+    pub async fn rewrite_profiles(
+        &mut self,
+        ids: &BTreeSet<ProfileId>,
+        mut change: impl FnMut(&ProfileId, &mut Profile),
+    ) -> Result<(), Error> {
+        self.load::<ProfilesShard>(ids).await?;
+        for id in ids {
+            let Some(stored) = self.view.profiles.get_mut(id).and_then(|entry| entry.profile.as_mut()) else {
+                continue;
+            };
+            change(id, &mut stored.profile);
+            self.changed.insert((Kind::Profiles, id.clone()));
+        }
+        Ok(())
+    }
+
     /// Removes an identifier from the index (after the graph unlinked it).
     pub async fn remove_identifier(&mut self, key: &str) -> Result<(), Error> {
         let key = key.to_string();
@@ -588,18 +606,19 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     }
 
     /// The changed entries with their values now, by shard.
-    fn delta(&self) -> Delta {
+    /// Moves the changed entries out of the view (the commit that calls it consumes the transaction).
+    fn take_delta(&mut self) -> Delta {
         let mut delta = Delta::default();
         for (kind, key) in &self.changed {
             let n = shard_of(key, self.count(*kind));
             let key = key.clone();
             match kind {
                 Kind::Ids => {
-                    let value = self.view.ids.get(&key).cloned().flatten();
+                    let value = self.view.ids.remove(&key).flatten();
                     delta.ids.entry(n).or_default().insert(key, value);
                 }
                 Kind::Profiles => {
-                    let value = self.view.profiles.get(&key).cloned().unwrap_or_default();
+                    let value = self.view.profiles.remove(&key).unwrap_or_default();
                     delta.profiles.entry(n).or_default().insert(key, value);
                 }
                 Kind::Dedup => {
@@ -618,7 +637,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     pub async fn commit(mut self) -> Result<CommitStats, Error> {
         let version = self.manifest.version + 1;
         let mut stats = CommitStats { version, ..CommitStats::default() };
-        let delta = self.delta();
+        let delta = self.take_delta();
         let mut compact = self.manifest.deltas.len() + 1 > self.compaction.max_deltas;
         if !compact {
             let (key, body) = state_object("deltas", version, &to_json(&delta)?);

@@ -193,7 +193,8 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         let mut group_values: BTreeMap<String, BTreeMap<String, Value>> =
             group.iter().map(|id| Ok((id.clone(), values(id)?))).collect::<Result<_, Error>>()?;
-        txn.update_profiles(&group, |id, profile| {
+        // Every profile of the group changes (its mark, at least).
+        txn.rewrite_profiles(&group, |id, profile| {
             profile
                 .tag_state
                 .tags
