@@ -618,6 +618,17 @@ impl TagEvent {
         }
     }
 
+    /// Only the properties named in `wanted` (sorted), decoded; the others are skipped without being kept.
+    pub fn properties_of(&self, wanted: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        use serde::de::DeserializeSeed as _;
+        let Some(text) = &self.properties else { return Ok(serde_json::Map::new()) };
+        let mut reader = serde_json::Deserializer::from_str(text);
+        Picked(wanted)
+            .deserialize(&mut reader)
+            .and_then(|picked| reader.end().map(|()| picked))
+            .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.message_id)))
+    }
+
     /// The evaluators' view, with the properties decoded by [`TagEvent::properties`].
     pub fn view<'a>(&'a self, properties: &'a serde_json::Map<String, serde_json::Value>) -> EventView<'a> {
         EventView {
@@ -687,3 +698,59 @@ pub fn without(bytes: bytes::Bytes, keys: &BTreeSet<String>) -> Result<Option<Sc
 
 #[cfg(test)]
 mod tests;
+
+/// Decodes a JSON object keeping only the members named in a sorted list.
+struct Picked<'w>(&'w [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Picked<'_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Picked<'_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of properties")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(PropertyName(name)) = map.next_key()? {
+            if self.0.binary_search_by(|w| w.as_str().cmp(&name)).is_ok() {
+                out.insert(name.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A member's name, borrowed from the text unless escaped.
+struct PropertyName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for PropertyName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> serde::de::Visitor<'de> for Name {
+            type Value = PropertyName<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a property name")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(PropertyName(std::borrow::Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(PropertyName(std::borrow::Cow::Owned(name.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}

@@ -287,3 +287,26 @@ async fn the_full_recompute_reads_the_lake_with_the_same_results() {
     assert_eq!(from_lake.audiences["regulars"].size, 2, "{:?}", from_lake.audiences);
     assert_eq!(raw_values["profiles"].as_object().unwrap().len(), 2);
 }
+
+#[test]
+fn only_the_properties_asked_for_are_decoded() {
+    let with = |text: &str| TagEvent {
+        message_id: "m1".into(),
+        kind: shared::event::EventType::Track,
+        event: Some("Order Completed".into()),
+        at: 0,
+        received_at: 0,
+        properties: Some(text.into()),
+    };
+    let wanted = ["b\"c".to_string(), "e".to_string(), "z".to_string()];
+    let event = with(r#"{"a": 1, "b\"c": 2, "d": {"x": [1, "\u00e9"]}, "e": "s", "f": null}"#);
+    let picked = event.properties_of(&wanted).expect("decodes");
+    assert_eq!(serde_json::Value::Object(picked), serde_json::json!({"b\"c": 2, "e": "s"}));
+    assert_eq!(event.properties_of(&[]).expect("decodes").len(), 0);
+    for bad in [r#"{"a": 1"#, r#"{"a": 1} x"#, r#"[1, 2]"#] {
+        let error = with(bad).properties_of(&wanted).expect_err(bad).to_string();
+        assert!(error.contains("the properties of m1 do not decode"), "{error}");
+    }
+    let none = TagEvent { properties: None, ..with("{}") };
+    assert!(none.properties_of(&wanted).expect("none").is_empty());
+}

@@ -126,6 +126,8 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         .map_err(|e| Error::Corrupt(format!("pending tags do not check: {e:?}")))?;
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let job = job(&pending);
+    // What the rebuilt tags read of an event's properties.
+    let wanted = rebuilt.properties();
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
     // The profiles and their events as of a state version (read again when another writer has committed since).
@@ -187,7 +189,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         for (number, event) in &rows {
             let Some(tag_state) = states.get_mut(number) else { continue };
             if event.received_at < forgotten_before || applied.contains(&*event.message_id) {
-                let properties = event.properties()?;
+                let properties = event.properties_of(&wanted)?;
                 rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }
         }

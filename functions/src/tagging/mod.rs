@@ -209,9 +209,11 @@ struct ChunkEvents {
 }
 
 impl ChunkEvents {
-    fn read(spill: &Spill, chunk: usize) -> Result<Self, Error> {
+    /// Chunk `chunk`'s events with the properties `wanted` (sorted) decoded: what tags, audiences and product
+    /// tags read.
+    fn read(spill: &Spill, chunk: usize, wanted: &[String]) -> Result<Self, Error> {
         let rows = spill.read(chunk)?;
-        let properties = rows.iter().map(|(_, e)| e.properties()).collect::<Result<_, _>>()?;
+        let properties = rows.iter().map(|(_, e)| e.properties_of(wanted)).collect::<Result<_, _>>()?;
         Ok(Self { rows, properties })
     }
 
@@ -372,6 +374,11 @@ async fn recompute_by<S: ObjectStore + Clone>(
             properties.push(p.clone());
         }
     }
+    // What the events' properties are decoded for: the tables' columns and the audiences' behaviour conditions.
+    let mut wanted = properties.clone();
+    wanted.extend(audiences.properties());
+    wanted.sort();
+    wanted.dedup();
     // A chunk's profile numbers.
     let chunk_profiles = |c: usize| (c * per_chunk) as u32..((c + 1) * per_chunk).min(profiles.len()) as u32;
 
@@ -379,7 +386,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
     if trainer.needed() {
-        let table = |c: usize| Ok(event_table(ChunkEvents::read(&spill, c)?.views(), &properties));
+        let table = |c: usize| Ok(event_table(ChunkEvents::read(&spill, c, &wanted)?.views(), &properties));
         in_order(spill.chunks(), threads, table, |c, table| {
             trainer.observe((c * per_chunk) as u32, chunk_profiles(c).len(), &table)
         })?;
@@ -397,7 +404,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
         let first = (c * per_chunk) as u32;
         let traits: Vec<Map<String, Value>> =
             chunk_profiles(c).map(|n| profiles.traits(n)).collect::<Result<_, _>>()?;
-        let events = ChunkEvents::read(&spill, c)?;
+        let events = ChunkEvents::read(&spill, c, &wanted)?;
         let views = events.views();
         let table = event_table(views.clone(), &properties);
         let profile_table = profile_table(first, &traits.iter().collect::<Vec<_>>(), &trait_names);

@@ -914,3 +914,32 @@ async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_ab
     let others: Vec<String> = (15..30).map(|i| format!("u{i}")).collect();
     assert_orders(&store, &others, 2, 99).await;
 }
+
+#[tokio::test]
+async fn a_behaviour_condition_reads_a_property_no_tag_reads() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let order = |user: &str, id: &str, properties: Value| {
+        json!({"type": "track", "event": "Order Completed", "userId": user, "messageId": id, "timestamp": stamp(1),
+               "properties": properties})
+    };
+    let key = store_events(
+        &store,
+        80,
+        json!([
+            order("ann", "o1", json!({"revenue": 10, "note": "a \"quoted\" name", "coupon": "SPRING"})),
+            order("bob", "o2", json!({"revenue": 20})),
+            order("cyd", "o3", json!({"co\"upon": "X", "revenue": 30})),
+        ]),
+    )
+    .await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    define_orders(&store).await;
+    let audiences = json!([{"id": "couponers", "status": "active", "when": {"did": {"events": ["Order Completed"],
+        "properties": [{"field": "coupon", "op": "exists"}]}}}]);
+    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    let report = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(report.audiences["couponers"].size, 1, "only ann ordered with a coupon");
+    let snapshot = read_json(&store, "audiences/v1/couponers/snapshot.json.gz").await;
+    assert_eq!(snapshot["members"], json!([profile_of(&store, "user_id:ann").await]));
+}

@@ -198,6 +198,25 @@ impl AudienceSet {
         &self.audiences
     }
 
+    /// The event properties that behaviour conditions read (sorted, once each).
+    pub fn properties(&self) -> Vec<String> {
+        fn walk(expr: &AudienceExpr, names: &mut std::collections::BTreeSet<String>) {
+            match expr {
+                AudienceExpr::And(all) | AudienceExpr::Or(all) => all.iter().for_each(|e| walk(e, names)),
+                AudienceExpr::Not(inner) => walk(inner, names),
+                AudienceExpr::Did(b) | AudienceExpr::DidNot(b) => {
+                    names.extend(b.properties.iter().map(|c| c.field.clone()));
+                }
+                AudienceExpr::InAudience(_) | AudienceExpr::Condition(_) => {}
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for audience in &self.audiences {
+            walk(&audience.when, &mut names);
+        }
+        names.into_iter().collect()
+    }
+
     /// Whether an audience can be decided from traits and tags alone (no `did`/`did_not`, directly or through
     /// `in_audience`): ingest keeps those up to date as events arrive; the others change on the full recompute.
     pub fn is_realtime(&self, id: &str) -> bool {
