@@ -217,24 +217,21 @@ impl Profiles {
             live.numbers.insert(key, number(n)?);
         }
         // Absorbed ids: to the live profile at the end of their chain of redirects.
-        for (id, to) in &redirects {
-            let mut at = to;
-            let survivor = (0..64).find_map(|_| match live.number(at) {
-                Some(n) => Some(Some(n)),
-                None => match redirects.get(at) {
-                    Some(next) => {
-                        at = next;
-                        None
-                    }
-                    None => Some(None),
-                },
-            });
-            if let Some(Some(n)) = survivor {
-                let key = live.key(id);
-                live.numbers.entry(key).or_insert(n);
+        fn survivor<'r>(live: &Live, redirects: &'r HashMap<String, String>, mut at: &'r String) -> Option<u32> {
+            for _ in 0..64 {
+                if let Some(n) = live.number(at) {
+                    return Some(n);
+                }
+                at = redirects.get(at)?;
             }
+            None
         }
+        let absorbed: Vec<(Key, u32)> =
+            redirects.iter().filter_map(|(id, to)| Some((live.key(id), survivor(&live, &redirects, to)?))).collect();
         drop(redirects);
+        for (key, n) in absorbed {
+            live.numbers.entry(key).or_insert(n);
+        }
 
         let live = Arc::new(live);
         let resolving = live.clone();
@@ -261,7 +258,6 @@ impl Profiles {
             Ok(())
         })
         .await?;
-        identifiers.shrink_to_fit();
         Ok(Self {
             version,
             live,
