@@ -551,20 +551,21 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
-    /// [`update_profiles`](Self::update_profiles) for a change that rewrites every one of `ids` that is a
-    /// stored profile: each is written without comparing it with a copy from before.
+    /// [`update_profiles`](Self::update_profiles) for a change that says itself whether it changed the profile
+    /// (`true`: written, without comparing it with a copy from before).
     pub async fn rewrite_profiles(
         &mut self,
         ids: &BTreeSet<ProfileId>,
-        mut change: impl FnMut(&ProfileId, &mut Profile),
+        mut change: impl FnMut(&ProfileId, &mut Profile) -> bool,
     ) -> Result<(), Error> {
         self.load::<ProfilesShard>(ids).await?;
         for id in ids {
             let Some(stored) = self.view.profiles.get_mut(id).and_then(|entry| entry.profile.as_mut()) else {
                 continue;
             };
-            change(id, &mut stored.profile);
-            self.changed.insert((Kind::Profiles, id.clone()));
+            if change(id, &mut stored.profile) {
+                self.changed.insert((Kind::Profiles, id.clone()));
+            }
         }
         Ok(())
     }

@@ -13,12 +13,17 @@
 //! the next run passes over the profiles marked. A merge keeps the mark only if both profiles had it, so a
 //! rebuilt profile that absorbs one not rebuilt yet is rebuilt again.
 //!
-//! Racing ingest is safe: the events and the profiles they resolve to are read after a batch's transaction
-//! began, and kept only while no other writer commits: the batch's commit then moves the state on by this
-//! batch alone. Any other commit in between fences the batch, and it runs again on the new state with the
-//! events read again; profiles of batches already passed that lost their mark meanwhile (a merge) or were
-//! created since are rebuilt with the next batch. Events not yet applied (not remembered for dedup, received within the dedup window) are
-//! left out, and ingest adds them to the new state when it applies them.
+//! Racing ingest is safe without reading every event again at each of its commits. The profiles (with how many
+//! events had been applied to each: the sum of its counters by event name) and then the events are read once;
+//! a batch rebuilds a profile only if that count has not moved when the batch's transaction writes it, so its
+//! state is rebuilt from exactly the events it had. A profile that more events reached since (ingest, or a
+//! merge) is passed over. At the end, if anything else committed since the read, the profiles and events are
+//! read again and the profiles of the first read that are not marked now (passed over, or merged with one not
+//! rebuilt) are rebuilt — at most [`FINAL_PASSES`] times, after which the next recompute goes on. Profiles
+//! created since the read need nothing: ingest built their state from their first event. A batch fenced by
+//! another commit runs again on the new state with the same read. Events not yet applied (not remembered for
+//! dedup, received within the dedup window) are left out, and ingest adds them to the new state when it
+//! applies them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +40,9 @@ use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Profiles per backfill transaction, about (whole profile shards are taken together).
 pub(crate) const BATCH: usize = 10_000;
+
+/// Reads again at the end of a backfill, at most, before it leaves the rest to the next recompute.
+const FINAL_PASSES: u32 = 3;
 
 /// The profiles and their events as the backfill reads them at one state version.
 struct Read {
@@ -130,37 +138,52 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     let wanted = rebuilt.properties();
     let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
-    // The profiles and their events as of a state version (read again when another writer has committed since).
+    // The profiles and their events as of a state version.
     let mut read: Option<Read> = None;
-    let (mut batch, mut shards_per_batch, mut attempt) = (0usize, 0u32, 0u32);
-    // Profiles of batches already passed whose state is not (or no longer) rebuilt: with the next batch.
+    let (mut batch, mut shards_per_batch, mut attempt, mut passes) = (0usize, 0u32, 0u32, 0u32);
+    // Profiles to rebuild with the next batch (after a read again at the end).
     let mut redo: BTreeSet<String> = BTreeSet::new();
+    // Profiles of batches committed that were passed over: events were applied to them since the read.
+    let mut skipped = 0usize;
     loop {
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
         // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
         let version = txn.manifest().version;
-        if read.as_ref().is_none_or(|r| r.version != version) {
-            let again = read.take().is_some();
+        let at_end = read.as_ref().is_some_and(|r| batch >= r.spill.chunks()) && redo.is_empty();
+        if read.is_none() || at_end {
+            // At the end, unless nothing happened since the read: read again, and rebuild the profiles read before
+            // that are not marked now (passed over, or merged with one not rebuilt).
+            if read.as_ref().is_some_and(|r| r.version == version) && skipped == 0 {
+                break;
+            }
+            if read.is_some() {
+                passes += 1;
+                if passes > FINAL_PASSES {
+                    tracing::warn!(passes, "profiles kept changing: the backfill goes on at the next recompute");
+                    return Ok(Vec::new());
+                }
+            }
+            let before = read.take().map(|r| r.profiles);
             let profiles = Profiles::read(store, &[], Some(&job)).await?;
             if shards_per_batch == 0 {
                 let count = profiles.shards().max(1);
                 let per_shard = profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
-            // Read again after another writer: a profile of a batch already passed that absorbed one not rebuilt
-            // lost its mark (and one created since has none).
-            if again {
-                let passed =
-                    profiles.shard_start(u32::try_from(batch).unwrap_or(u32::MAX).saturating_mul(shards_per_batch));
-                redo.extend((0..passed).filter(|n| !profiles.rebuilt(*n)).map(|n| profiles.id(n).to_string()));
+            if let Some(before) = &before {
+                let unmarked = (0..profiles.len() as u32).filter(|n| !profiles.rebuilt(*n));
+                redo.extend(
+                    unmarked.map(|n| profiles.id(n)).filter(|id| before.number(id).is_some()).map(String::from),
+                );
             }
+            skipped = 0;
             read = Some(Read::new(store, &config.identity, profiles, shards_per_batch).await?);
+            if before.is_some() && redo.is_empty() {
+                break;
+            }
         }
         let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
-        if batch >= read.spill.chunks() && redo.is_empty() {
-            break;
-        }
         let (mut group, mut rows) = (BTreeSet::new(), Vec::new());
         if let Some(start) = read.starts.get(batch) {
             let end = read.starts.get(batch + 1).map_or(read.profiles.len() as u32, |s| *s);
@@ -195,33 +218,44 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         let mut group_values: BTreeMap<String, BTreeMap<String, Value>> =
             group.iter().map(|id| Ok((id.clone(), values(id)?))).collect::<Result<_, Error>>()?;
-        // Every profile of the group changes (its mark, at least).
+        let mut passed_over = 0;
         txn.rewrite_profiles(&group, |id, profile| {
+            // A profile is rebuilt only from the events it had when they were read: one that more events reached
+            // since (ingest, or a merge) is passed over, and rebuilt after a read again at the end.
+            let total: u64 = profile.events.values().map(|e| e.count).sum();
+            let Some(n) = read.profiles.number(id).filter(|n| read.profiles.applied(*n) == total) else {
+                passed_over += 1;
+                return false;
+            };
             profile
                 .tag_state
                 .tags
                 .retain(|slot, _| slot.rsplit_once('@').is_none_or(|(tag, _)| !pending_ids.contains(tag)));
-            if let Some(rebuilt) = read.profiles.number(id).and_then(|n| states.remove(&n)) {
+            if let Some(rebuilt) = states.remove(&n) {
                 profile.tag_state.tags.extend(rebuilt.tags);
             }
             profile.tag_state.rebuilt = Some(job.clone());
             profile.tags = group_values.remove(id).unwrap_or_default();
             profile.tags_at = Some(now);
+            true
         })
         .await?;
         if !txn.is_dirty() {
-            (batch, redo) = (batch + 1, BTreeSet::new());
+            (batch, redo, skipped) = (batch + 1, BTreeSet::new(), skipped + passed_over);
             continue;
         }
         match txn.commit().await {
             Ok(stats) => {
-                // Only this batch's tag state and values changed: the events and identities read still hold.
-                read.version = stats.version;
-                (batch, attempt, redo) = (batch + 1, 0, BTreeSet::new());
+                // Only this batch's profiles changed: when no other writer committed since the read, the read
+                // holds for the version after this commit.
+                if read.version == version {
+                    read.version = stats.version;
+                }
+                (batch, attempt, redo, skipped) = (batch + 1, 0, BTreeSet::new(), skipped + passed_over);
             }
             Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {
                 attempt += 1;
-                tracing::info!(batch, attempt, "another writer committed first; re-running the batch on its state");
+                tracing::info!(batch, attempt, "another writer committed first; running the batch again");
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
                 return Err(Error::Store(StoreError::Unavailable(format!(

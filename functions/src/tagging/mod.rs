@@ -157,6 +157,9 @@ pub(crate) struct ScannedFields {
     pub(crate) traits: Map<String, Value>,
     #[serde(default)]
     pub(crate) memberships: BTreeMap<String, shared::profile::Membership>,
+    /// How many events were applied to the profile (the sum of its counters by event name).
+    #[serde(default, deserialize_with = "event_total")]
+    pub(crate) events: u64,
     /// Only which backfill rebuilt the tag state (the states themselves are skipped).
     #[serde(default, rename = "tagState")]
     pub(crate) tag_state: ScannedTagState,
@@ -176,6 +179,31 @@ fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<Strin
     }
     let traits: BTreeMap<String, Only> = Deserialize::deserialize(traits)?;
     Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
+}
+
+fn event_total<'de, D: serde::Deserializer<'de>>(events: D) -> Result<u64, D::Error> {
+    struct Total;
+    impl<'de> serde::de::Visitor<'de> for Total {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("event counters by name")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            #[derive(Deserialize)]
+            struct Counted {
+                #[serde(default)]
+                count: u64,
+            }
+            let mut total = 0u64;
+            while let Some((serde::de::IgnoredAny, Counted { count })) = map.next_entry()? {
+                total = total.saturating_add(count);
+            }
+            Ok(total)
+        }
+    }
+    events.deserialize_map(Total)
 }
 
 /// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;

@@ -118,6 +118,7 @@ struct Part {
     fingerprints: Vec<u64>,
     members: Vec<u64>,
     rebuilt: Vec<bool>,
+    applied: Vec<u64>,
     redirects: Vec<(String, String)>,
 }
 
@@ -141,6 +142,8 @@ pub(crate) struct Profiles {
     words: usize,
     /// Per profile: its tag state was rebuilt by the backfill the profiles were read for.
     rebuilt: Vec<bool>,
+    /// Per profile: how many events were applied to it.
+    applied: Vec<u64>,
 }
 
 /// A recorded membership map's fingerprint (0 when empty).
@@ -187,6 +190,7 @@ impl Profiles {
                 }
                 part.members.extend(bits);
                 part.rebuilt.push(backfill.is_some() && profile.tag_state.rebuilt.as_deref() == backfill.as_deref());
+                part.applied.push(profile.events);
             }
             for (id, raw) in shard.redirects {
                 let to: String =
@@ -196,7 +200,8 @@ impl Profiles {
             Ok(part)
         };
         let (mut ids, mut traits, mut fingerprints, mut members) = (Texts::default(), Texts::default(), vec![], vec![]);
-        let (mut shard_starts, mut redirects, mut rebuilt) = (Vec::new(), HashMap::new(), Vec::new());
+        let (mut shard_starts, mut redirects, mut rebuilt, mut applied) =
+            (Vec::new(), HashMap::new(), Vec::new(), Vec::new());
         txn.each_shard(decode, |_, part: Part| {
             shard_starts.push(number(ids.len())?);
             ids.append(&part.ids);
@@ -204,6 +209,7 @@ impl Profiles {
             fingerprints.extend(part.fingerprints);
             members.extend(part.members);
             rebuilt.extend(part.rebuilt);
+            applied.extend(part.applied);
             redirects.extend(part.redirects);
             Ok(())
         })
@@ -269,6 +275,7 @@ impl Profiles {
             members,
             words,
             rebuilt,
+            applied,
         })
     }
 
@@ -323,6 +330,11 @@ impl Profiles {
     /// Whether profile `n`'s tag state was rebuilt by the backfill the profiles were read for.
     pub(crate) fn rebuilt(&self, n: u32) -> bool {
         self.rebuilt[n as usize]
+    }
+
+    /// How many events had been applied to profile `n` (the sum of its counters by event name).
+    pub(crate) fn applied(&self, n: u32) -> u64 {
+        self.applied[n as usize]
     }
 
     /// The first profile number of profile shard `shard` (the count of profiles past the last shard).

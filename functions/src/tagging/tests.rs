@@ -652,6 +652,8 @@ fn chunks_are_handed_on_in_order_and_an_error_or_a_panic_stops_every_thread() {
 /// A folder store that stores and ingests `pending` events (straight into the folder) right after the
 /// `after`-th state manifest written through it: events arriving, and an ingest committing, between two
 /// batches of a backfill. Or, stopping, that refuses every manifest after the `after`-th: a run stopped there.
+/// Or, busy, that ingests a new visitor's page view after every manifest. It counts the listings of raw
+/// objects (one per read of every event).
 #[derive(Clone)]
 struct Racing {
     inner: FsStore,
@@ -659,12 +661,23 @@ struct Racing {
     /// Manifests to let through before.
     after: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: bool,
+    busy: bool,
+    visits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    raw_listings: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Racing {
     fn new(inner: &FsStore, events: Value, after: usize) -> Self {
         let pending = std::sync::Arc::new(std::sync::Mutex::new(Some(events)));
-        Self { inner: inner.clone(), pending, after: std::sync::Arc::new(after.into()), stop: false }
+        let after = std::sync::Arc::new(after.into());
+        let (visits, raw_listings) = Default::default();
+        Self { inner: inner.clone(), pending, after, stop: false, busy: false, visits, raw_listings }
+    }
+
+    fn busy(inner: &FsStore) -> Self {
+        let racing = Self { busy: true, ..Self::new(inner, Value::Null, 0) };
+        racing.pending.lock().expect("lock").take();
+        racing
     }
 
     fn stopping(inner: &FsStore, after: usize) -> Self {
@@ -682,9 +695,16 @@ impl ObjectStore for Racing {
         }
         let etag = self.inner.put(key, body, options).await?;
         let due = manifest && self.after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1;
-        let pending = if due { self.pending.lock().expect("lock").take() } else { None };
+        let mut pending = if due { self.pending.lock().expect("lock").take() } else { None };
+        let mut seed = 52;
+        if manifest && self.busy {
+            let n = self.visits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            seed = 100 + u8::try_from(n).expect("fewer than 156 visits");
+            pending = Some(json!([{"type": "page", "anonymousId": format!("visitor-{n}"),
+                                   "messageId": format!("visit-{n}"), "timestamp": stamp(0)}]));
+        }
         if let Some(events) = pending {
-            let key = store_events(&self.inner, 52, events).await;
+            let key = store_events(&self.inner, seed, events).await;
             let config = IngestConfig::load(&self.inner).await.expect("config");
             ingest(&self.inner, &[key], &config, at(t0())).await.expect("ingest");
         }
@@ -697,6 +717,9 @@ impl ObjectStore for Racing {
         self.inner.get_range(key, start, len).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectMeta>, crate::storage::StoreError> {
+        if prefix == shared::storage::ObjectKind::Raw.prefix() {
+            self.raw_listings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.inner.list(prefix).await
     }
     async fn delete(&self, key: &str) -> Result<(), crate::storage::StoreError> {
@@ -942,4 +965,30 @@ async fn a_behaviour_condition_reads_a_property_no_tag_reads() {
     assert_eq!(report.audiences["couponers"].size, 1, "only ann ordered with a coupon");
     let snapshot = read_json(&store, "audiences/v1/couponers/snapshot.json.gz").await;
     assert_eq!(snapshot["members"], json!([profile_of(&store, "user_id:ann").await]));
+}
+
+#[tokio::test]
+async fn ingest_committing_after_every_batch_does_not_make_the_backfill_read_every_event_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let tags = define_orders(&store).await;
+    let users: Vec<String> = (0..30).map(|u| format!("u{u}")).collect();
+    let orders = users.iter().flat_map(|u| {
+        (1..=2).map(move |n| {
+            json!({"type": "track", "event": "Order Completed", "userId": u, "messageId": format!("o-{u}-{n}"),
+                   "timestamp": stamp(1)})
+        })
+    });
+    let key = store_events(&store, 53, Value::Array(orders.collect())).await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    // After each of the backfill's commits, ingest commits a new visitor's page view.
+    let busy = Racing::busy(&store);
+    let backfilled =
+        backfill::backfill_by(&busy, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
+    assert_eq!(backfilled, ["orders"]);
+    let visits = busy.visits.load(std::sync::atomic::Ordering::SeqCst);
+    let reads = busy.raw_listings.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(visits >= 10, "ingest committed between the batches: {visits} times");
+    assert_eq!(reads, 2, "every event read once, and once more at the end (not once per batch)");
+    assert_orders(&store, &users, 2, 99).await;
 }
