@@ -756,24 +756,10 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
 async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebuilt_again() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let tags = define_orders(&store).await;
-    // 30 people, each with two orders as a known user and one as an anonymous visitor: 60 profiles.
-    let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
-    let mut events = Vec::new();
-    for i in 0..30 {
-        events.push(order(("userId", format!("u{i}")), format!("o-{i}-1")));
-        events.push(order(("userId", format!("u{i}")), format!("o-{i}-2")));
-        events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
-    }
-    let key = store_events(&store, 60, Value::Array(events)).await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let tags = users_and_visitors(&store).await;
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 60);
     // Halfway through the backfill, each visitor logs in: 30 merges, some into profiles already rebuilt.
-    let logins = (0..30).map(|i| {
-        json!({"type": "identify", "anonymousId": format!("a{i}"), "userId": format!("u{i}"),
-               "messageId": format!("login-{i}"), "timestamp": stamp(0)})
-    });
-    let racing = Racing::new(&store, Value::Array(logins.collect()), 8);
+    let racing = Racing::new(&store, logins(0..30), 8);
     let backfilled =
         backfill::backfill_by(&racing, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
     assert_eq!(backfilled, ["orders"]);
@@ -781,6 +767,31 @@ async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebu
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
     let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
     assert_orders(&store, &users, 3, 99).await;
+}
+
+/// Defines an `orders` tag, then stores and ingests 30 people's orders, each with two orders as a known user
+/// (`u{i}`) and one as an anonymous visitor (`a{i}`): 60 profiles. Returns the tag checked.
+async fn users_and_visitors(store: &FsStore) -> TagSet {
+    let tags = define_orders(store).await;
+    let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-1")));
+        events.push(order(("userId", format!("u{i}")), format!("o-{i}-2")));
+        events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
+    }
+    let key = store_events(store, 60, Value::Array(events)).await;
+    ingest(store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    tags
+}
+
+/// Visitors `a{i}` logging in as users `u{i}`, for `i` in `people`.
+fn logins(people: std::ops::Range<usize>) -> Value {
+    let login = |i| {
+        json!({"type": "identify", "anonymousId": format!("a{i}"), "userId": format!("u{i}"),
+               "messageId": format!("login-{i}"), "timestamp": stamp(0)})
+    };
+    Value::Array(people.map(login).collect())
 }
 
 /// Defines an `orders` tag (count of `Order Completed`) in `store`; returns it checked.
@@ -885,17 +896,7 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
 async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_absorbed_one_not_rebuilt() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
-    let tags = define_orders(&store).await;
-    // 30 people, each with two orders as a known user and one as an anonymous visitor: 60 profiles.
-    let order = |who: (&str, String), id: String| json!({"type": "track", "event": "Order Completed", who.0: who.1, "messageId": id, "timestamp": stamp(1)});
-    let mut events = Vec::new();
-    for i in 0..30 {
-        events.push(order(("userId", format!("u{i}")), format!("o-{i}-1")));
-        events.push(order(("userId", format!("u{i}")), format!("o-{i}-2")));
-        events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
-    }
-    let key = store_events(&store, 60, Value::Array(events)).await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let tags = users_and_visitors(&store).await;
     let run = |n: i64| move |_: &str| Ok(BTreeMap::from([("run".to_string(), json!(n))]));
 
     // The first run stops after six batches have committed.
@@ -909,11 +910,7 @@ async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_ab
     assert!(!first.is_empty() && first.len() < 60, "stopped halfway: {} of 60 rebuilt", first.len());
 
     // Meanwhile half the visitors log in: some merges bring a profile not rebuilt into one rebuilt.
-    let logins = (0..15).map(|i| {
-        json!({"type": "identify", "anonymousId": format!("a{i}"), "userId": format!("u{i}"),
-               "messageId": format!("login-{i}"), "timestamp": stamp(0)})
-    });
-    let key = store_events(&store, 61, Value::Array(logins.collect())).await;
+    let key = store_events(&store, 61, logins(0..15)).await;
     ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
 
     // The next run passes over the profiles the first rebuilt (they keep its values) and finishes.
