@@ -314,7 +314,8 @@ fn in_order<T: Send>(
 }
 
 /// The tag values of every profile, written as they are computed:
-/// `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`, gzipped, profiles in id order.
+/// `{"computedAt": ms, "profiles": {profile id: {tag id: value}}}`, gzipped, profiles in the recompute's
+/// order (profile shard, then id).
 struct ValuesWriter {
     /// Buffered: the encoder works per write, and values come in small pieces.
     out: std::io::BufWriter<flate2::write::GzEncoder<Vec<u8>>>,
@@ -351,11 +352,11 @@ fn write_error(e: std::io::Error) -> Error {
 
 /// Computes every tag and audience for every profile at `now` and writes the results.
 ///
-/// The events are read once and spilled by chunk of profiles ([`Spill`]); then chunks, one per core: their
-/// event and profile tables, the columnar evaluation and audiences per profile; in profile order, the outputs
-/// add up as they go (tag values, members, insight counts, product tags). Memory holds the identity state, a
-/// chunk per core, the members, and the values written so far (compressed; decoded as well only when a tag
-/// version is to be backfilled).
+/// The profiles are read into compact columns (`tagging::profiles`), the events once and spilled by chunk of
+/// profiles ([`Spill`]); then chunks, one per core: their event and profile tables, the columnar evaluation
+/// and audiences per profile; in profile order, the outputs add up as they go (tag values, members, insight
+/// counts, product tags). Memory holds the profiles' columns, a chunk per core, the members (profile numbers),
+/// and the values written so far (compressed; as compact JSON as well when a tag version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
     recompute_by(store, now, RECOMPUTE_CHUNK, backfill::BATCH).await
 }
