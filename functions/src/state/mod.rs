@@ -16,9 +16,7 @@
 mod shards;
 mod txn;
 
-#[cfg(test)]
-pub(crate) use shards::shard_of;
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
-pub(crate) use shards::{IdsShard, ProfilesShard};
+pub(crate) use shards::{IdsShard, ProfilesShard, shard_of};
 pub use txn::{CommitStats, Compaction, Transaction};
 pub use txn::{Scan, ScanOf, collect_garbage, lookup, scan, scan_as};

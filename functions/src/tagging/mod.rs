@@ -35,8 +35,8 @@ use crate::Error;
 use crate::ingest::read_object;
 use crate::lake::TagEvent;
 use crate::storage::{ObjectStore, PutOptions};
-use profiles::{Profiles, Texts};
-use spill::Spill;
+use profiles::{ProfileIds, Profiles};
+use spill::{Scratch, Spill};
 
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
 const INSIGHTS: usize = 10;
@@ -346,6 +346,65 @@ impl ValuesWriter {
     }
 }
 
+/// Each profile's tag values written as they are computed (compact JSON, one after another in a temporary
+/// file), for the backfill to store on the profiles: memory keeps only where each ends.
+struct Keeping {
+    scratch: Scratch,
+    out: std::io::BufWriter<std::fs::File>,
+    ends: Vec<u64>,
+    written: u64,
+}
+
+impl Keeping {
+    fn new() -> Result<Self, Error> {
+        let scratch = Scratch::new()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(scratch.dir.join("values.json"))
+            .map_err(write_error)?;
+        Ok(Self { scratch, out: std::io::BufWriter::with_capacity(1 << 16, file), ends: Vec::new(), written: 0 })
+    }
+
+    /// The next profile's values (profiles in number order).
+    fn push(&mut self, values: &BTreeMap<String, Value>) -> Result<(), Error> {
+        let json = serde_json::to_vec(values).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.out.write_all(&json).map_err(write_error)?;
+        self.written += json.len() as u64;
+        self.ends.push(self.written);
+        Ok(())
+    }
+
+    /// Done writing; `ids` are the profiles' ids, numbered as the values were pushed.
+    fn finish(self, ids: ProfileIds) -> Result<Kept, Error> {
+        let file = self.out.into_inner().map_err(|e| write_error(e.into_error()))?;
+        Ok(Kept { _scratch: self.scratch, file, ends: self.ends, ids })
+    }
+}
+
+/// The values [`Keeping`] wrote, by profile id.
+struct Kept {
+    _scratch: Scratch,
+    file: std::fs::File,
+    ends: Vec<u64>,
+    ids: ProfileIds,
+}
+
+impl Kept {
+    /// A profile's values (none for a profile created since they were computed: ingest gives it its own).
+    fn get(&self, id: &str) -> Result<BTreeMap<String, Value>, Error> {
+        let Some(n) = self.ids.number(id).map(|n| n as usize).filter(|n| *n < self.ends.len()) else {
+            return Ok(BTreeMap::new());
+        };
+        let start = if n == 0 { 0 } else { self.ends[n - 1] };
+        let mut json = vec![0; (self.ends[n] - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut json, start)
+            .map_err(|e| Error::Corrupt(format!("reading the kept tag values: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("kept tag values: {e}")))
+    }
+}
+
 fn write_error(e: std::io::Error) -> Error {
     Error::Corrupt(format!("writing the tag values: {e}"))
 }
@@ -454,8 +513,11 @@ async fn recompute_by<S: ObjectStore + Clone>(
         }
         Ok(Evaluated { events: events.rows.len(), table, profiles: evaluated })
     };
-    // With tag versions to backfill, each profile's values are kept (compact JSON) for it.
-    let mut kept: Option<Texts> = (!backfill::pending(store, &tags).await?.is_empty()).then(Texts::default);
+    // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
+    let mut kept = match backfill::pending(store, &tags).await?.is_empty() {
+        true => None,
+        false => Some(Keeping::new()?),
+    };
     let mut values = ValuesWriter::new(now_ms)?;
     // Each audience's members, by profile number (ascending).
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); audience_ids.len()];
@@ -479,7 +541,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
                 values.add(profiles.id(n), &tag_values)?;
             }
             if let Some(kept) = kept.as_mut() {
-                kept.push(&serde_json::to_string(&tag_values).map_err(|e| Error::Corrupt(e.to_string()))?);
+                kept.push(&tag_values)?;
             }
         }
         Ok(())
@@ -545,12 +607,9 @@ async fn recompute_by<S: ObjectStore + Clone>(
     }
     // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
     if let Some(kept) = kept {
-        // The values by profile id (a profile created since has none yet: ingest gives it its own).
-        let values = |id: &str| match profiles.number(id).map(|n| kept.get(n as usize)) {
-            Some(json) if !json.is_empty() => serde_json::from_str(json).map_err(|e| Error::Corrupt(e.to_string())),
-            _ => Ok(BTreeMap::new()),
-        };
-        report.backfilled = backfill::backfill_by(store, &tags, &values, now, backfill_batch).await?;
+        // Of the profiles, only their ids stay: to find each one's values.
+        let kept = kept.finish(profiles.into_ids())?;
+        report.backfilled = backfill::backfill_by(store, &tags, &|id| kept.get(id), now, backfill_batch).await?;
     }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;

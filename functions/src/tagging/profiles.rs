@@ -18,11 +18,11 @@ use shared::profile::Membership;
 
 use super::Scanned;
 use crate::Error;
-use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction};
+use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction, shard_of};
 use crate::storage::ObjectStore;
 
 /// Strings one after another: string `n` is `text[ends[n - 1]..ends[n]]`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Texts {
     text: String,
     ends: Vec<usize>,
@@ -279,6 +279,13 @@ impl Profiles {
         })
     }
 
+    /// Only the ids (the rest is freed).
+    pub(crate) fn into_ids(self) -> ProfileIds {
+        let shards = self.shards().max(1);
+        let ids = Arc::try_unwrap(self.live).map_or_else(|live| live.ids.clone(), |live| live.ids);
+        ProfileIds { ids, shards }
+    }
+
     /// How many profiles.
     pub(crate) fn len(&self) -> usize {
         self.live.ids.len()
@@ -346,6 +353,32 @@ impl Profiles {
     /// How many profile shards.
     pub(crate) fn shards(&self) -> u32 {
         (self.shard_starts.len() - 1) as u32
+    }
+}
+
+/// The profile ids alone, numbered as in the [`Profiles`] they came from: a profile's number is found by
+/// binary search in (profile shard, id) order. What the backfill keeps of the recompute's profiles.
+#[derive(Debug)]
+pub(crate) struct ProfileIds {
+    ids: Texts,
+    shards: u32,
+}
+
+impl ProfileIds {
+    /// The number of profile `id`, if it was one.
+    pub(crate) fn number(&self, id: &str) -> Option<u32> {
+        let key = (shard_of(id, self.shards), id);
+        let (mut low, mut high) = (0, self.ids.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let at = self.ids.get(middle);
+            match (shard_of(at, self.shards), at).cmp(&key) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return u32::try_from(middle).ok(),
+            }
+        }
+        None
     }
 }
 

@@ -21,7 +21,7 @@ const BUFFERED: usize = 64 << 20;
 /// Events by chunk of profiles ([`Spill::push`], then [`Spill::seal`] and [`Spill::read`]).
 #[derive(Debug)]
 pub(crate) struct Spill {
-    dir: PathBuf,
+    scratch: Scratch,
     /// The first profile number of each chunk, ascending; the last chunk ends at `end`.
     starts: Vec<u32>,
     end: u32,
@@ -46,22 +46,13 @@ impl Spill {
     /// A spill for `profiles` profiles numbered from 0, in chunks starting at `starts` (ascending, from 0; a
     /// chunk may be empty).
     pub(crate) fn cut(starts: Vec<u32>, profiles: usize) -> Result<Self, Error> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         let end = u32::try_from(profiles).map_err(|_| Error::Corrupt("more than 2^32 profiles".into()))?;
         if starts.first().is_some_and(|s| *s != 0) || starts.windows(2).any(|w| w[0] > w[1]) {
             return Err(Error::Corrupt("chunks must start at 0 and ascend".into()));
         }
         let buckets = starts.len();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "cdp-recompute-{}-{nanos}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        clear_stale(&std::env::temp_dir());
-        std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
         Ok(Self {
-            dir,
+            scratch: Scratch::new()?,
             starts,
             end,
             buffers: vec![Vec::new(); buckets],
@@ -89,7 +80,7 @@ impl Spill {
     }
 
     fn path(&self, bucket: usize) -> PathBuf {
-        self.dir.join(format!("{bucket:08}.rows"))
+        self.scratch.dir.join(format!("{bucket:08}.rows"))
     }
 
     fn flush(&mut self, bucket: usize) -> Result<(), Error> {
@@ -162,7 +153,29 @@ fn clear_stale(temp: &std::path::Path) {
     }
 }
 
-impl Drop for Spill {
+/// A directory of the recompute's own under the system's temporary directory (`cdp-recompute-<pid>-…`),
+/// removed when dropped, whatever happened — or, when the process was stopped, by the next one.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    pub(crate) dir: PathBuf,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Result<Self, Error> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "cdp-recompute-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        clear_stale(&std::env::temp_dir());
+        std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "the recompute's temporary files stay");
@@ -261,7 +274,7 @@ mod tests {
         // Read twice (the recompute's two passes): the same.
         assert_eq!(spill.read(1).unwrap(), second);
 
-        let dir = spill.dir.clone();
+        let dir = spill.scratch.dir.clone();
         assert!(dir.exists());
         drop(spill);
         assert!(!dir.exists(), "the temporary files are removed with the spill");
