@@ -73,7 +73,7 @@ variable "tagging_schedule" {
 }
 
 variable "tagging_memory_mb" {
-  description = "Memory of the tagging function. A full recompute needs about 400 MB (a chunk of profiles per core) plus a few hundred bytes per profile (the profiles as compact columns, the members); a recompute that backfills new tag versions about 1 GB (the batch of profiles it rewrites, the state cache) plus 1.2 KB per profile; measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves over 10 million profiles (about 7 million when backfilling)."
+  description = "Memory of the tagging function. A full recompute needs about 400 MB (a chunk of profiles per core) plus a few hundred bytes per profile (the profiles as compact columns, the members); a recompute that backfills new tag versions about 750 MB (the batch of profiles it rewrites, the state cache) plus about 1.1 KB per profile; measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves over 10 million profiles (about 8 million when backfilling)."
   type        = number
   default     = 10240
   validation {
