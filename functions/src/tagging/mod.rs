@@ -415,7 +415,7 @@ fn write_error(e: std::io::Error) -> Error {
 /// profiles ([`Spill`]); then chunks, one per core: their event and profile tables, the columnar evaluation
 /// and audiences per profile; in profile order, the outputs add up as they go (tag values, members, insight
 /// counts, product tags). Memory holds the profiles' columns, a chunk per core, the members (profile numbers),
-/// and the values written so far (compressed; as compact JSON as well when a tag version is to be backfilled).
+/// and the values written so far (compressed; also to a temporary file when a tag version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
     recompute_by(store, now, RECOMPUTE_CHUNK, backfill::BATCH).await
 }
