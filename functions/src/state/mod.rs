@@ -19,4 +19,4 @@ mod txn;
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub(crate) use shards::{IdsShard, ProfilesShard, shard_of};
 pub use txn::{CommitStats, Compaction, Transaction};
-pub use txn::{Scan, ScanOf, collect_garbage, lookup, scan, scan_as};
+pub use txn::{Scan, collect_garbage, lookup, scan};

@@ -606,8 +606,8 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         !self.changed.is_empty()
     }
 
-    /// The changed entries with their values now, by shard.
-    /// Moves the changed entries out of the view (the commit that calls it consumes the transaction).
+    /// The changed entries with their values now, by shard, moved out of the view (the commit that calls it
+    /// consumes the transaction).
     fn take_delta(&mut self) -> Delta {
         let mut delta = Delta::default();
         for (kind, key) in &self.changed {
@@ -786,37 +786,22 @@ pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Opt
     Ok(None)
 }
 
-/// The whole state, decoded: every identifier's profile, every stored profile, every redirect. For full
-/// recomputes (tags, audiences) and exports; memory grows with the state.
-pub type Scan = ScanOf<StoredProfile>;
-
-/// The whole state with each profile decoded as `P`: a type naming only some of [`StoredProfile`]'s fields
-/// decodes only those (the rest is skipped without being kept).
-#[derive(Debug)]
-pub struct ScanOf<P> {
+/// The whole state, decoded: every identifier's profile, every stored profile, every redirect. For exports,
+/// tests and benchmarks; memory grows with the state (the full recompute keeps a compact form of its own).
+#[derive(Debug, Default)]
+pub struct Scan {
     /// Identifier → profile id.
     pub ids: std::collections::HashMap<IdKey, ProfileId>,
     /// Profile id → profile.
-    pub profiles: BTreeMap<ProfileId, P>,
+    pub profiles: BTreeMap<ProfileId, StoredProfile>,
     /// Absorbed profile id → the profile it merged into.
     pub redirects: std::collections::HashMap<ProfileId, ProfileId>,
 }
 
-impl<P> Default for ScanOf<P> {
-    fn default() -> Self {
-        Self { ids: Default::default(), profiles: BTreeMap::new(), redirects: Default::default() }
-    }
-}
-
-impl<P> ScanOf<P> {
+impl Scan {
     /// The live profile id for an identifier or a (possibly absorbed) profile id.
     pub fn resolve(&self, what: &str) -> Option<&ProfileId> {
-        self.resolve_by(what, |id| self.profiles.get_key_value(id).map(|(k, _)| k))
-    }
-
-    /// [`ScanOf::resolve`] with `live` saying whether a profile id is a stored profile (and what to answer for
-    /// it): a caller with its own index of the profiles avoids searching the profile map.
-    pub fn resolve_by<T>(&self, what: &str, live: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let live = |id: &str| self.profiles.get_key_value(id).map(|(k, _)| k);
         if what.starts_with("prof_")
             && let Some(found) = live(what)
         {
@@ -835,60 +820,40 @@ impl<P> ScanOf<P> {
 
 /// Reads and decodes every shard of the current state (32 at a time).
 pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
-    scan_as(store).await
-}
-
-/// [`scan`] with each profile decoded as `P`.
-pub async fn scan_as<S, P>(store: &S) -> Result<ScanOf<P>, Error>
-where
-    S: ObjectStore + Clone,
-    P: serde::de::DeserializeOwned + Send + 'static,
-{
     let txn = Transaction::begin(store, ShardCounts::default()).await?;
-    let mut out = ScanOf::default();
-    let permits = Arc::new(Semaphore::new(PARALLEL_IO));
-    let mut ids = JoinSet::new();
-    for n in 0..txn.count(Kind::Ids) {
-        let base = txn.base.objects.get(&shard_name(Kind::Ids.name(), n)).cloned();
-        let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
-        ids.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
-            let shard: IdsShard = read_shard(&store, base, &deltas, n).await?;
-            let mut out = Vec::with_capacity(shard.index.len());
-            for (key, raw) in shard.index {
-                let id: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&key))?;
-                out.push((key, id));
-            }
-            Ok::<_, Error>(out)
-        });
-    }
-    while let Some(joined) = ids.join_next().await {
-        out.ids.extend(joined.map_err(task_failed)??);
-    }
-    let mut profiles = JoinSet::new();
-    for n in 0..txn.count(Kind::Profiles) {
-        let base = txn.base.objects.get(&shard_name(Kind::Profiles.name(), n)).cloned();
-        let (store, deltas, permits) = (store.clone(), txn.deltas.clone(), permits.clone());
-        profiles.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
-            let shard: ProfilesShard = read_shard(&store, base, &deltas, n).await?;
-            let mut stored = Vec::with_capacity(shard.profiles.len());
-            for (id, raw) in shard.profiles {
-                let profile: P = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
-                stored.push((id, profile));
-            }
-            let mut redirects = Vec::with_capacity(shard.redirects.len());
-            for (id, raw) in shard.redirects {
-                let to: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
-                redirects.push((id, to));
-            }
-            Ok::<_, Error>((stored, redirects))
-        });
-    }
-    while let Some(joined) = profiles.join_next().await {
-        let (stored, redirects) = joined.map_err(task_failed)??;
+    let mut out = Scan::default();
+    let decode = |_: u32, shard: IdsShard| -> Result<Vec<(IdKey, ProfileId)>, Error> {
+        let mut out = Vec::with_capacity(shard.index.len());
+        for (key, raw) in shard.index {
+            let id: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&key))?;
+            out.push((key, id));
+        }
+        Ok(out)
+    };
+    txn.each_shard(decode, |_, ids| {
+        out.ids.extend(ids);
+        Ok(())
+    })
+    .await?;
+    type Decoded = (Vec<(ProfileId, StoredProfile)>, Vec<(ProfileId, ProfileId)>);
+    let decode = |_: u32, shard: ProfilesShard| -> Result<Decoded, Error> {
+        let mut stored = Vec::with_capacity(shard.profiles.len());
+        for (id, raw) in shard.profiles {
+            let profile: StoredProfile = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+            stored.push((id, profile));
+        }
+        let mut redirects = Vec::with_capacity(shard.redirects.len());
+        for (id, raw) in shard.redirects {
+            let to: ProfileId = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+            redirects.push((id, to));
+        }
+        Ok((stored, redirects))
+    };
+    txn.each_shard(decode, |_, (stored, redirects)| {
         out.profiles.extend(stored);
         out.redirects.extend(redirects);
-    }
+        Ok(())
+    })
+    .await?;
     Ok(out)
 }
