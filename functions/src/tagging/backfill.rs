@@ -17,10 +17,12 @@
 //! events had been applied to each: the sum of its counters by event name) and then the events are read once;
 //! a batch rebuilds a profile only if that count has not moved when the batch's transaction writes it, so its
 //! state is rebuilt from exactly the events it had. A profile that more events reached since (ingest, or a
-//! merge) is passed over. At the end, if anything else committed since the read, the profiles and events are
-//! read again and the profiles of the first read that are not marked now (passed over, or merged with one not
-//! rebuilt) are rebuilt — at most [`FINAL_PASSES`] times, after which the next recompute goes on. Profiles
-//! created since the read need nothing: ingest built their state from their first event. A batch fenced by
+//! merge) is passed over. At the end, if anything else committed since the read, the profiles are read again,
+//! and the profiles of the first read that are not marked now (passed over, or merged with one not rebuilt)
+//! are rebuilt from their events read again — at most [`FINAL_PASSES`] times, after which the next recompute
+//! goes on. Profiles created since the read before need nothing: ingest built their state from their first
+//! event. Only the events of profiles to rebuild are kept, and none is read when no profile is to be rebuilt
+//! (a run resumed after the last batch, or a read again that finds every profile marked). A batch fenced by
 //! another commit runs again on the new state with the same read. Events not yet applied (not remembered for
 //! dedup, received within the dedup window) are left out, and ingest adds them to the new state when it
 //! applies them.
@@ -31,7 +33,7 @@ use serde_json::Value;
 use shared::tags::{Catalog, ProfileTagState, TagDefinition, TagKind, TagSet};
 use shared::time::UtcTime;
 
-use super::profiles::Profiles;
+use super::profiles::{Profiles, Reading};
 use super::spill::Spill;
 use crate::Error;
 use crate::ingest::IngestConfig;
@@ -49,31 +51,52 @@ struct Read {
     version: u64,
     /// Numbered by shard, then id: a batch of whole shards is a run of numbers.
     profiles: Profiles,
+    /// Per profile: whether to rebuild it.
+    todo: Vec<bool>,
     /// Where each batch starts.
     starts: Vec<u32>,
-    /// The events by batch, with their profile's number.
+    /// The events of the profiles to rebuild, by batch, with their profile's number.
     spill: Spill,
 }
 
 impl Read {
-    /// Reads every event and files it under its profile's batch (`shards_per_batch` profile shards each).
+    /// Files the events of the profiles `todo` says to rebuild under their profile's batch
+    /// (`shards_per_batch` profile shards each).
     async fn new<S: ObjectStore>(
         store: &S,
         identity: &shared::identity::IdentityRules,
         profiles: Profiles,
+        todo: Vec<bool>,
         shards_per_batch: u32,
     ) -> Result<Self, Error> {
         let starts: Vec<u32> = (0..profiles.shards().div_ceil(shards_per_batch))
             .map(|b| profiles.shard_start(b * shards_per_batch))
             .collect();
         let mut spill = Spill::cut(starts.clone(), profiles.len())?;
-        super::read_events(store, identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
-            Some(n) => spill.push(n, &event),
-            None => Ok(()),
+        let wanted = |n: &u32| todo[*n as usize];
+        super::read_events(store, identity, |event, keys| {
+            match keys.iter().find_map(|key| profiles.resolve(key)).filter(wanted) {
+                Some(n) => spill.push(n, &event),
+                None => Ok(()),
+            }
         })
         .await?;
         spill.seal()?;
-        Ok(Self { version: profiles.version, profiles, starts, spill })
+        Ok(Self { version: profiles.version, profiles, todo, starts, spill })
+    }
+
+    /// The profile numbers of `batch`.
+    fn batch(&self, batch: usize) -> std::ops::Range<u32> {
+        let end = self.starts.get(batch + 1).map_or(self.profiles.len() as u32, |s| *s);
+        self.starts.get(batch).map_or(end, |s| *s)..end
+    }
+
+    /// The first batch from `batch` on with a profile to rebuild (past the last one if none).
+    fn next(&self, mut batch: usize) -> usize {
+        while batch < self.starts.len() && !self.batch(batch).any(|n| self.todo[n as usize]) {
+            batch += 1;
+        }
+        batch
     }
 }
 
@@ -141,17 +164,17 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     // The profiles and their events as of a state version.
     let mut read: Option<Read> = None;
     let (mut batch, mut shards_per_batch, mut attempt, mut passes) = (0usize, 0u32, 0u32, 0u32);
-    // Profiles to rebuild with the next batch (after a read again at the end).
-    let mut redo: BTreeSet<String> = BTreeSet::new();
     // Profiles of batches committed that were passed over: events were applied to them since the read.
     let mut skipped = 0usize;
     loop {
+        if let Some(read) = &read {
+            batch = read.next(batch);
+        }
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
         // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
         let version = txn.manifest().version;
-        let at_end = read.as_ref().is_some_and(|r| batch >= r.spill.chunks()) && redo.is_empty();
-        if read.is_none() || at_end {
+        if read.as_ref().is_none_or(|r| batch >= r.spill.chunks()) {
             // At the end, unless nothing happened since the read: read again, and rebuild the profiles read before
             // that are not marked now (passed over, or merged with one not rebuilt).
             if read.as_ref().is_some_and(|r| r.version == version) && skipped == 0 {
@@ -165,40 +188,28 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 }
             }
             let before = read.take().map(|r| r.profiles);
-            let profiles = Profiles::read(store, &[], Some(&job)).await?;
+            let profiles = Profiles::read(store, Reading::Backfill(&job)).await?;
             if shards_per_batch == 0 {
                 let count = profiles.shards().max(1);
                 let per_shard = profiles.len().div_ceil(count as usize).max(1);
                 shards_per_batch = u32::try_from(batch_profiles / per_shard).unwrap_or(u32::MAX).clamp(1, count);
             }
-            if let Some(before) = &before {
-                let unmarked = (0..profiles.len() as u32).filter(|n| !profiles.rebuilt(*n));
-                redo.extend(
-                    unmarked.map(|n| profiles.id(n)).filter(|id| before.number(id).is_some()).map(String::from),
-                );
-            }
-            skipped = 0;
-            read = Some(Read::new(store, &config.identity, profiles, shards_per_batch).await?);
-            if before.is_some() && redo.is_empty() {
+            // Profiles created since the read before need nothing: ingest built their state from their first event.
+            let todo: Vec<bool> = (0..profiles.len() as u32)
+                .map(|n| !profiles.rebuilt(n) && before.as_ref().is_none_or(|b| b.number(profiles.id(n)).is_some()))
+                .collect();
+            if !todo.contains(&true) {
                 break;
             }
+            let next = Read::new(store, &config.identity, profiles, todo, shards_per_batch).await?;
+            (batch, skipped) = (next.next(0), 0);
+            read = Some(next);
         }
         let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
-        let (mut group, mut rows) = (BTreeSet::new(), Vec::new());
-        if let Some(start) = read.starts.get(batch) {
-            let end = read.starts.get(batch + 1).map_or(read.profiles.len() as u32, |s| *s);
-            // Profiles this backfill rebuilt in an earlier run are passed over.
-            group.extend((*start..end).filter(|n| !read.profiles.rebuilt(*n)).map(|n| read.profiles.id(n).to_string()));
-            if !group.is_empty() {
-                rows = read.spill.read(batch)?;
-            }
-        }
-        for id in &redo {
-            let Some(number) = read.profiles.number(id) else { continue };
-            let chunk = read.starts.partition_point(|start| *start <= number).saturating_sub(1);
-            rows.extend(read.spill.read(chunk)?.into_iter().filter(|(n, _)| *n == number));
-            group.insert(id.clone());
-        }
+        // Profiles this backfill rebuilt in an earlier run (or that need nothing) are passed over.
+        let group: BTreeSet<String> =
+            read.batch(batch).filter(|n| read.todo[*n as usize]).map(|n| read.profiles.id(n).to_string()).collect();
+        let rows = read.spill.read(batch)?;
         // Events older than the dedup window were applied; the others, if ingest remembers them.
         let forgotten_before = now_ms - config.dedup_window_ms;
         let recent: Vec<String> = rows
@@ -241,7 +252,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         })
         .await?;
         if !txn.is_dirty() {
-            (batch, redo, skipped) = (batch + 1, BTreeSet::new(), skipped + passed_over);
+            (batch, skipped) = (batch + 1, skipped + passed_over);
             continue;
         }
         match txn.commit().await {
@@ -251,7 +262,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 if read.version == version {
                     read.version = stats.version;
                 }
-                (batch, attempt, redo, skipped) = (batch + 1, 0, BTreeSet::new(), skipped + passed_over);
+                (batch, attempt, skipped) = (batch + 1, 0, skipped + passed_over);
             }
             Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {
                 attempt += 1;

@@ -35,7 +35,7 @@ use crate::Error;
 use crate::ingest::read_object;
 use crate::lake::TagEvent;
 use crate::storage::{ObjectStore, PutOptions};
-use profiles::{ProfileIds, Profiles};
+use profiles::{ProfileIds, Profiles, Reading};
 use spill::{Scratch, Spill};
 
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
@@ -140,70 +140,6 @@ pub fn check(
     let tag_set = TagSet::check(tags, catalog).map_err(|e| problems(e, TAGS_CONFIG))?;
     let audience_set = AudienceSet::check(audiences, &tag_set, catalog).map_err(|e| problems(e, AUDIENCES_CONFIG))?;
     Ok((tag_set, audience_set))
-}
-
-/// What the recompute reads of a stored profile; the rest (the identity graph's links and audit trail, counters,
-/// incremental tag state) is skipped while decoding, not kept.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Scanned {
-    pub(crate) profile: ScannedFields,
-}
-
-/// The fields of [`Scanned`].
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ScannedFields {
-    /// Each trait's value (where it came from is skipped).
-    #[serde(default, deserialize_with = "trait_values")]
-    pub(crate) traits: Map<String, Value>,
-    #[serde(default)]
-    pub(crate) memberships: BTreeMap<String, shared::profile::Membership>,
-    /// How many events were applied to the profile (the sum of its counters by event name).
-    #[serde(default, deserialize_with = "event_total")]
-    pub(crate) events: u64,
-    /// Only which backfill rebuilt the tag state (the states themselves are skipped).
-    #[serde(default, rename = "tagState")]
-    pub(crate) tag_state: ScannedTagState,
-}
-
-/// What [`ScannedFields`] reads of the tag state.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ScannedTagState {
-    #[serde(default)]
-    pub(crate) rebuilt: Option<String>,
-}
-
-fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<String, Value>, D::Error> {
-    #[derive(Deserialize)]
-    struct Only {
-        value: Value,
-    }
-    let traits: BTreeMap<String, Only> = Deserialize::deserialize(traits)?;
-    Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
-}
-
-fn event_total<'de, D: serde::Deserializer<'de>>(events: D) -> Result<u64, D::Error> {
-    struct Total;
-    impl<'de> serde::de::Visitor<'de> for Total {
-        type Value = u64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("event counters by name")
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-            #[derive(Deserialize)]
-            struct Counted {
-                #[serde(default)]
-                count: u64,
-            }
-            let mut total = 0u64;
-            while let Some((serde::de::IgnoredAny, Counted { count })) = map.next_entry()? {
-                total = total.saturating_add(count);
-            }
-            Ok(total)
-        }
-    }
-    events.deserialize_map(Total)
 }
 
 /// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;
@@ -433,7 +369,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let identity: shared::identity::IdentityRules =
         crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
     let audience_ids: Vec<String> = audiences.audiences().iter().map(|a| a.id.clone()).collect();
-    let profiles = Profiles::read(store, &audience_ids, None).await?;
+    let profiles = Profiles::read(store, Reading::Recompute(&audience_ids)).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
 

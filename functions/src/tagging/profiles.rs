@@ -2,21 +2,24 @@
 //! [`crate::state::Scan`], so that memory grows by a few hundred bytes per profile rather than by kilobytes.
 //!
 //! Profiles are numbered by profile shard, then id (the order the state's shards hold them in, so a backfill
-//! batch of whole shards is a run of numbers). Per profile: its id, its trait values as compact JSON (decoded
-//! again a chunk at a time), a fingerprint of its recorded audience memberships and whether it is recorded
-//! as a member of each computed audience. Identifiers, live profile ids and absorbed profile ids resolve to a
-//! live profile's number through tables keyed by a 128-bit keyed hash of the string (two SipHash-1-3 keyed at
-//! random per process): 16 bytes a key instead of the string, and a false match among even billions of keys
-//! is about as likely as a random 128-bit collision (below 10⁻¹⁹).
+//! batch of whole shards is a run of numbers). Per profile: its id, and what the profiles are read for needs
+//! ([`Reading`]). The recompute: the trait values as compact JSON (decoded again a chunk at a time), a
+//! fingerprint of the recorded audience memberships and whether it is recorded as a member of each computed
+//! audience. The backfill: whether it rebuilt the profile already, and how many events were applied to it.
+//!
+//! Identifiers, live profile ids and absorbed profile ids resolve to a live profile's number through tables
+//! keyed by a 128-bit keyed hash of the string (two SipHash-1-3 keyed at random per process): 16 bytes a key
+//! instead of the string, and a false match among even billions of keys is about as likely as a random 128-bit
+//! collision (below 10⁻¹⁹).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use shared::profile::Membership;
 
-use super::Scanned;
 use crate::Error;
 use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction, shard_of};
 use crate::storage::ObjectStore;
@@ -110,6 +113,87 @@ impl Live {
     }
 }
 
+/// What [`Profiles`] are read for, and so which of their columns are kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reading<'a> {
+    /// The full recompute: trait values, and the recorded memberships of these audiences.
+    Recompute(&'a [String]),
+    /// The backfill of this name: whether it rebuilt each profile, and how many events were applied to each.
+    Backfill(&'a str),
+}
+
+/// What the recompute reads of a stored profile; the rest (the identity graph's links and audit trail, counters,
+/// incremental tag state) is skipped while decoding, not kept.
+#[derive(Debug, Deserialize)]
+struct ForRecompute {
+    profile: RecomputeFields,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecomputeFields {
+    /// Each trait's value (where it came from is skipped).
+    #[serde(default, deserialize_with = "trait_values")]
+    traits: Map<String, Value>,
+    #[serde(default)]
+    memberships: BTreeMap<String, Membership>,
+}
+
+/// What the backfill reads of a stored profile.
+#[derive(Debug, Deserialize)]
+struct ForBackfill {
+    profile: BackfillFields,
+}
+
+#[derive(Debug, Deserialize)]
+struct BackfillFields {
+    /// How many events were applied to the profile (the sum of its counters by event name).
+    #[serde(default, deserialize_with = "event_total")]
+    events: u64,
+    /// Only which backfill rebuilt the tag state (the states themselves are skipped).
+    #[serde(default, rename = "tagState")]
+    tag_state: RebuiltBy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RebuiltBy {
+    #[serde(default)]
+    rebuilt: Option<String>,
+}
+
+fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<String, Value>, D::Error> {
+    #[derive(Deserialize)]
+    struct Only {
+        value: Value,
+    }
+    let traits: BTreeMap<String, Only> = Deserialize::deserialize(traits)?;
+    Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
+}
+
+fn event_total<'de, D: serde::Deserializer<'de>>(events: D) -> Result<u64, D::Error> {
+    struct Total;
+    impl<'de> serde::de::Visitor<'de> for Total {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("event counters by name")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            #[derive(Deserialize)]
+            struct Counted {
+                #[serde(default)]
+                count: u64,
+            }
+            let mut total = 0u64;
+            while let Some((serde::de::IgnoredAny, Counted { count })) = map.next_entry()? {
+                total = total.saturating_add(count);
+            }
+            Ok(total)
+        }
+    }
+    events.deserialize_map(Total)
+}
+
 /// One profile shard decoded.
 #[derive(Debug, Default)]
 struct Part {
@@ -159,27 +243,35 @@ fn fingerprint(hasher: &RandomState, memberships: &BTreeMap<String, Membership>)
 }
 
 impl Profiles {
-    /// Reads the current state: profile shards first (numbering the profiles), then identifiers shards.
-    /// Recorded memberships are kept for `audiences`, and which profiles the backfill `backfill` rebuilt.
-    pub(crate) async fn read<S: ObjectStore + Clone>(
-        store: &S,
-        audiences: &[String],
-        backfill: Option<&str>,
-    ) -> Result<Self, Error> {
+    /// Reads the current state: profile shards first (numbering the profiles), then identifiers shards; keeps
+    /// the columns `reading` needs (the others stay empty, and their accessors are not to be called).
+    pub(crate) async fn read<S: ObjectStore + Clone>(store: &S, reading: Reading<'_>) -> Result<Self, Error> {
         let txn = Transaction::begin(store, ShardCounts::default()).await?;
         let version = txn.manifest().version;
         let hashers = (RandomState::new(), RandomState::new());
+        let audiences = match reading {
+            Reading::Recompute(audiences) => audiences,
+            Reading::Backfill(_) => &[],
+        };
         let words = audiences.len().div_ceil(64);
         let wanted: Arc<Vec<String>> = Arc::new(audiences.to_vec());
         let membership_hasher = hashers.0.clone();
-        let backfill: Option<Arc<str>> = backfill.map(Arc::from);
+        let backfill: Option<Arc<str>> = match reading {
+            Reading::Recompute(_) => None,
+            Reading::Backfill(job) => Some(Arc::from(job)),
+        };
         let decode = move |_: u32, shard: ProfilesShard| -> Result<Part, Error> {
             let mut part = Part::default();
             for (id, raw) in shard.profiles {
-                let scanned: Scanned =
-                    serde_json::from_str(raw.get()).map_err(|e| Error::Corrupt(format!("profile {id}: {e}")))?;
-                let profile = scanned.profile;
+                let corrupt = |e: serde_json::Error| Error::Corrupt(format!("profile {id}: {e}"));
                 part.ids.push(&id);
+                if let Some(job) = &backfill {
+                    let profile = serde_json::from_str::<ForBackfill>(raw.get()).map_err(corrupt)?.profile;
+                    part.rebuilt.push(profile.tag_state.rebuilt.as_deref() == Some(&**job));
+                    part.applied.push(profile.events);
+                    continue;
+                }
+                let profile = serde_json::from_str::<ForRecompute>(raw.get()).map_err(corrupt)?.profile;
                 part.traits.push(&serde_json::to_string(&profile.traits).map_err(|e| Error::Corrupt(e.to_string()))?);
                 part.fingerprints.push(fingerprint(&membership_hasher, &profile.memberships));
                 let mut bits = vec![0u64; words];
@@ -189,8 +281,6 @@ impl Profiles {
                     }
                 }
                 part.members.extend(bits);
-                part.rebuilt.push(backfill.is_some() && profile.tag_state.rebuilt.as_deref() == backfill.as_deref());
-                part.applied.push(profile.events);
             }
             for (id, raw) in shard.redirects {
                 let to: String =
@@ -302,7 +392,7 @@ impl Profiles {
     }
 
     /// The live profile an identifier key, a profile id or an absorbed profile id stands for (as
-    /// [`crate::state::ScanOf::resolve`]).
+    /// [`crate::state::Scan::resolve`]).
     pub(crate) fn resolve(&self, what: &str) -> Option<u32> {
         let key = self.live.key(what);
         let (profile, identifier) = (self.live.numbers.get(&key), self.identifiers.get(&key));

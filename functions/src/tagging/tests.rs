@@ -680,6 +680,11 @@ impl Racing {
         racing
     }
 
+    /// Only counts.
+    fn watching(inner: &FsStore) -> Self {
+        Self::stopping(inner, usize::MAX)
+    }
+
     fn stopping(inner: &FsStore, after: usize) -> Self {
         let racing = Self { stop: true, ..Self::new(inner, Value::Null, after) };
         racing.pending.lock().expect("lock").take();
@@ -852,7 +857,7 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
 
     let scan = crate::state::scan(&store).await.expect("scan");
     let wanted = ["pro".to_string(), "buyers".to_string(), "gone".to_string()];
-    let profiles = Profiles::read(&store, &wanted, None).await.expect("profiles");
+    let profiles = Profiles::read(&store, Reading::Recompute(&wanted)).await.expect("profiles");
     assert_eq!(profiles.len(), scan.profiles.len());
     assert_eq!(scan.redirects.len(), 10, "the visitors who logged in were merged");
     assert!(scan.ids.keys().any(|k| k.starts_with("email:")), "emails are identifiers");
@@ -986,6 +991,28 @@ async fn ingest_committing_after_every_batch_does_not_make_the_backfill_read_eve
     let visits = busy.visits.load(std::sync::atomic::Ordering::SeqCst);
     let reads = busy.raw_listings.load(std::sync::atomic::Ordering::SeqCst);
     assert!(visits >= 10, "ingest committed between the batches: {visits} times");
-    assert_eq!(reads, 2, "every event read once, and once more at the end (not once per batch)");
+    // Read again at the end, the profiles are the new visitors and those rebuilt: no event is read again.
+    assert_eq!(reads, 1, "every event read once (not once per batch)");
+    assert_orders(&store, &users, 2, 99).await;
+}
+
+#[tokio::test]
+async fn a_backfill_resumed_with_every_profile_rebuilt_reads_no_event_and_records_the_versions_ready() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let tags = users_and_visitors(&store).await;
+    let run = |n: i64| move |_: &str| Ok(BTreeMap::from([("run".to_string(), json!(n))]));
+    backfill::backfill_by(&store, &tags, &run(1), at(t0()), 2).await.expect("backfill");
+    // As if the run had stopped after its last batch, before recording the versions ready.
+    store.delete(backfill::READY_KEY).await.expect("delete");
+
+    let watching = Racing::watching(&store);
+    let backfilled = backfill::backfill_by(&watching, &tags, &run(2), at(t0()), 2).await.expect("backfill");
+    assert_eq!(backfilled, ["orders"]);
+    assert_eq!(watching.raw_listings.load(std::sync::atomic::Ordering::SeqCst), 0, "no event is read");
+    assert_eq!(backfill::ready(&store).await.expect("ready").get("orders"), Some(&1));
+    let scan = crate::state::scan(&store).await.expect("scan");
+    assert!(scan.profiles.values().all(|p| p.profile.tags.get("run") == Some(&json!(1))), "no profile rewritten");
+    let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
     assert_orders(&store, &users, 2, 99).await;
 }
