@@ -140,23 +140,46 @@ impl Kind {
 }
 
 /// The entries one commit changed, each with its value after the commit (`None`: removed).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Delta {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) ids: BTreeMap<u32, BTreeMap<IdKey, Option<ProfileId>>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) profiles: BTreeMap<u32, BTreeMap<ProfileId, ProfileEntry>>,
+    pub(crate) profiles: BTreeMap<u32, BTreeMap<ProfileId, RawEntry>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) dedup: BTreeMap<u32, BTreeMap<String, Option<i64>>>,
 }
 
 /// A profile id's whole entry in its shard after a commit: a stored profile, a redirect, or neither.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ProfileEntry {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) profile: Option<StoredProfile>,
+    pub(crate) redirect: Option<ProfileId>,
+}
+
+/// A [`ProfileEntry`] as a delta holds it: the stored profile stays raw JSON, decoded only when a transaction
+/// reads that entry (a delta is held by every transaction until it is folded; decoded, its profiles would take
+/// several times the memory) and copied as it is into the shards it is applied to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct RawEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) profile: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) redirect: Option<ProfileId>,
+}
+
+impl RawEntry {
+    /// `entry` with its profile encoded.
+    pub(crate) fn encode(entry: ProfileEntry) -> Result<Self, serde_json::Error> {
+        let profile = entry.profile.map(|p| serde_json::value::to_raw_value(&p)).transpose()?;
+        Ok(Self { profile, redirect: entry.redirect })
+    }
+
+    /// The entry with its profile decoded.
+    pub(crate) fn decode(&self) -> Result<ProfileEntry, serde_json::Error> {
+        let profile = self.profile.as_ref().map(|raw| serde_json::from_str(raw.get())).transpose()?;
+        Ok(ProfileEntry { profile, redirect: self.redirect.clone() })
+    }
 }
 
 /// Sets (`Some`) or removes (`None`) an entry of a raw map.
@@ -195,7 +218,10 @@ impl Shard for ProfilesShard {
     const KIND: Kind = Kind::Profiles;
     fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error> {
         for (id, entry) in delta.profiles.get(&n).into_iter().flatten() {
-            set(&mut self.profiles, id, entry.profile.as_ref())?;
+            match &entry.profile {
+                Some(raw) => self.profiles.insert(id.clone(), raw.clone()),
+                None => self.profiles.remove(id),
+            };
             set(&mut self.redirects, id, entry.redirect.as_ref())?;
         }
         Ok(())
@@ -277,5 +303,19 @@ mod tests {
             (0..2000).map(|i| shard_of(&format!("anonymous_id:{i}"), 64)).collect();
         assert_eq!(used.len(), 64, "2000 keys reach every one of 64 shards");
         assert_eq!(shard_name("ids", 42), "ids/0042");
+    }
+
+    #[test]
+    fn a_delta_keeps_its_profiles_raw_until_one_is_read() {
+        let json = r#"{"profiles":{"3":{"prof_a":{"profile":{"not":"a profile"}},"prof_b":{"redirect":"prof_c"}}}}"#;
+        let delta: Delta = serde_json::from_str(json).expect("a delta decodes without decoding its profiles");
+        assert_eq!(serde_json::to_string(&delta).expect("encoded"), json, "written back as it was");
+        let mut shard = ProfilesShard::default();
+        shard.apply(&delta, 3).expect("applied");
+        assert_eq!(shard.profiles["prof_a"].get(), r#"{"not":"a profile"}"#, "copied into the shard as it is");
+        assert_eq!(shard.redirects["prof_b"].get(), r#""prof_c""#);
+        assert!(delta.profiles[&3]["prof_a"].decode().is_err(), "decoded only when read");
+        let redirect = delta.profiles[&3]["prof_b"].decode().expect("a redirect");
+        assert_eq!((redirect.profile, redirect.redirect.as_deref()), (None, Some("prof_c")));
     }
 }

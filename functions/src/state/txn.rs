@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::shards::{
     BaseRef, BaseTable, DedupShard, Delta, DeltaRef, IdsShard, Kind, MANIFEST_KEY, Manifest, ProfileEntry,
-    ProfilesShard, Shard, ShardCounts, ShardRef, StoredProfile, shard_name, shard_of,
+    ProfilesShard, RawEntry, Shard, ShardCounts, ShardRef, StoredProfile, shard_name, shard_of,
 };
 use crate::Error;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
@@ -79,7 +79,7 @@ trait Entries: Shard + Sync {
     fn extract(&self, key: &str) -> Result<Self::Value, serde_json::Error>;
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value>;
     /// The entry's value after `delta`, if `delta` changed it in shard `n`.
-    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value>;
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error>;
 }
 
 fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serde_json::Error> {
@@ -94,8 +94,8 @@ impl Entries for IdsShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.ids
     }
-    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
-        delta.ids.get(&n)?.get(key).cloned()
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error> {
+        Ok(delta.ids.get(&n).and_then(|entries| entries.get(key)).cloned())
     }
 }
 
@@ -110,8 +110,8 @@ impl Entries for ProfilesShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.profiles
     }
-    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
-        delta.profiles.get(&n)?.get(key).cloned()
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error> {
+        delta.profiles.get(&n).and_then(|entries| entries.get(key)).map(RawEntry::decode).transpose()
     }
 }
 
@@ -123,8 +123,8 @@ impl Entries for DedupShard {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value> {
         &mut view.dedup
     }
-    fn in_delta(delta: &Delta, n: u32, key: &str) -> Option<Self::Value> {
-        delta.dedup.get(&n)?.get(key).cloned()
+    fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error> {
+        Ok(delta.dedup.get(&n).and_then(|entries| entries.get(key)).cloned())
     }
 }
 
@@ -403,7 +403,14 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                 let mut shard: Option<Arc<T>> = None;
                 let mut out = Vec::with_capacity(keys.len());
                 for key in keys {
-                    let value = match newer.iter().find_map(|delta| T::in_delta(delta, n, &key)) {
+                    let mut changed = None;
+                    for delta in &newer {
+                        changed = T::in_delta(delta, n, &key).map_err(corrupt(&key))?;
+                        if changed.is_some() {
+                            break;
+                        }
+                    }
+                    let value = match changed {
                         Some(value) => value,
                         None => match &base {
                             None => T::Value::default(),
@@ -608,7 +615,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
 
     /// The changed entries with their values now, by shard, moved out of the view (the commit that calls it
     /// consumes the transaction).
-    fn take_delta(&mut self) -> Delta {
+    fn take_delta(&mut self) -> Result<Delta, Error> {
         let mut delta = Delta::default();
         for (kind, key) in &self.changed {
             let n = shard_of(key, self.count(*kind));
@@ -619,7 +626,8 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                     delta.ids.entry(n).or_default().insert(key, value);
                 }
                 Kind::Profiles => {
-                    let value = self.view.profiles.remove(&key).unwrap_or_default();
+                    let value = RawEntry::encode(self.view.profiles.remove(&key).unwrap_or_default())
+                        .map_err(|e| Error::Corrupt(format!("serializing state: {e}")))?;
                     delta.profiles.entry(n).or_default().insert(key, value);
                 }
                 Kind::Dedup => {
@@ -628,7 +636,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                 }
             }
         }
-        delta
+        Ok(delta)
     }
 
     /// Writes this commit's changes — as one delta object, or, when the compaction policy says so, by folding
@@ -638,7 +646,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     pub async fn commit(mut self) -> Result<CommitStats, Error> {
         let version = self.manifest.version + 1;
         let mut stats = CommitStats { version, ..CommitStats::default() };
-        let delta = self.take_delta();
+        let delta = self.take_delta()?;
         let mut compact = self.manifest.deltas.len() + 1 > self.compaction.max_deltas;
         if !compact {
             let (key, body) = state_object("deltas", version, &to_json(&delta)?);
