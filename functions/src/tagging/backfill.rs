@@ -2,7 +2,7 @@
 //! a new tag or a new version starts with no history, so its incremental values would be wrong until every
 //! profile's state is rebuilt from all of its events. Until then the previous values keep serving
 //! ([`TagSet::waiting`]): ingest writes the new state but not the new values. The full recompute then
-//! backfills, in batches of whole profile shards (about [`BATCH`] profiles each, so that a transaction holds
+//! backfills, in batches of whole profile shards (about [`super::BATCH`] profiles each, so that a transaction holds
 //! only its batch's profiles): one state transaction per batch rebuilds the pending versions' state of its
 //! profiles from the events ingest has applied, drops older versions' state, and stores the recompute's values
 //! on them. When every batch has committed, the versions are recorded as ready (`tags/v1/ready.json`) and
@@ -39,9 +39,6 @@ use crate::Error;
 use crate::ingest::IngestConfig;
 use crate::state::{Compaction, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
-
-/// Profiles per backfill transaction, about (whole profile shards are taken together).
-pub(crate) const BATCH: usize = 10_000;
 
 /// Reads again at the end of a backfill, at most, before it leaves the rest to the next recompute.
 const FINAL_PASSES: u32 = 3;
@@ -134,7 +131,7 @@ pub async fn backfill<S: ObjectStore + Clone>(
     values: &BTreeMap<String, BTreeMap<String, Value>>,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
-    backfill_by(store, tags, &|id| Ok(values.get(id).cloned().unwrap_or_default()), now, BATCH).await
+    backfill_by(store, tags, &|id| Ok(values.get(id).cloned().unwrap_or_default()), now, super::BATCH).await
 }
 
 /// A profile's tag values by its id.

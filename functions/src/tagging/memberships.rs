@@ -20,8 +20,9 @@ use crate::state::Transaction;
 use crate::storage::{ObjectStore, StoreError};
 
 /// Records `members` (each audience's members by profile number, ascending, in the order of `audiences`) on
-/// the profiles whose recorded membership differs, and puts the entries and exits in the delivery outbox.
-/// Returns the changes recorded.
+/// the profiles whose recorded membership differs, and puts the entries and exits in the delivery outbox; in
+/// transactions of at most `batch` profiles (in number order, so each reads few shards; a transaction holds
+/// its profiles whole, and their messages), each committed with its own messages staged. Returns the changes recorded.
 pub(crate) async fn record<S: ObjectStore + Clone>(
     store: &S,
     audiences: &AudienceSet,
@@ -29,9 +30,11 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
     profiles: &Profiles,
     activation: Option<&Activation>,
     now: UtcTime,
+    batch: usize,
 ) -> Result<usize, Error> {
     let ids: Vec<&str> = audiences.audiences().iter().map(|a| a.id.as_str()).collect();
-    let mut decided: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+    // The profiles to record, with whether each is to be a member of each audience.
+    let mut decided: Vec<(u32, Vec<bool>)> = Vec::new();
     // Where each audience's member list is at (profiles are visited in number order).
     let mut at = vec![0usize; ids.len()];
     let mut wanted = vec![false; ids.len()];
@@ -41,14 +44,36 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
             at[a] += usize::from(wanted[a]);
         }
         if (0..ids.len()).any(|a| profiles.recorded(n, a) != wanted[a]) {
-            let wanted = ids.iter().zip(&wanted).map(|(a, member)| (a.to_string(), *member)).collect();
-            decided.insert(profiles.id(n).to_string(), wanted);
+            decided.push((n, wanted.clone()));
         }
     }
     if decided.is_empty() {
         return Ok(0);
     }
     let config = IngestConfig::load(store).await?;
+    let mut recorded = 0;
+    for batch in decided.chunks(batch.max(1)) {
+        let batch: BTreeMap<String, BTreeMap<String, bool>> = batch
+            .iter()
+            .map(|(n, wanted)| {
+                let wanted = ids.iter().zip(wanted).map(|(a, member)| (a.to_string(), *member)).collect();
+                (profiles.id(*n).to_string(), wanted)
+            })
+            .collect();
+        recorded += record_batch(store, &config, &batch, profiles, activation, now).await?;
+    }
+    Ok(recorded)
+}
+
+/// Records `decided` (profile id → audience → member) in one transaction with its messages.
+async fn record_batch<S: ObjectStore + Clone>(
+    store: &S,
+    config: &IngestConfig,
+    decided: &BTreeMap<String, BTreeMap<String, bool>>,
+    profiles: &Profiles,
+    activation: Option<&Activation>,
+    now: UtcTime,
+) -> Result<usize, Error> {
     let changing: BTreeSet<String> = decided.keys().cloned().collect();
     for attempt in 1..=config.max_attempts.max(1) {
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);

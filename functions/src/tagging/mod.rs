@@ -353,16 +353,20 @@ fn write_error(e: std::io::Error) -> Error {
 /// counts, product tags). Memory holds the profiles' columns, a chunk per core, the members (profile numbers),
 /// and the values written so far (compressed; also to a temporary file when a tag version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
-    recompute_by(store, now, RECOMPUTE_CHUNK, backfill::BATCH).await
+    recompute_by(store, now, RECOMPUTE_CHUNK, BATCH).await
 }
 
-/// [`full_recompute`] with `per_chunk` profiles per chunk and backfills in batches of about `backfill_batch`
-/// profiles (the results depend on neither).
+/// Profiles per state transaction of the full recompute's writers (the backfill, the memberships recorded,
+/// the initial sync), about: a transaction holds its profiles whole.
+pub(crate) const BATCH: usize = 10_000;
+
+/// [`full_recompute`] with `per_chunk` profiles per chunk and state transactions of about `batch` profiles
+/// (the results depend on neither).
 async fn recompute_by<S: ObjectStore + Clone>(
     store: &S,
     now: UtcTime,
     per_chunk: usize,
-    backfill_batch: usize,
+    batch: usize,
 ) -> Result<Report, Error> {
     let (tag_defs, audience_defs) = load_definitions(store).await?;
     let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
@@ -497,10 +501,10 @@ async fn recompute_by<S: ObjectStore + Clone>(
     match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
         Ok(activation) => {
             if let Some(activation) = &activation {
-                report.initial_sync = sync::initial(store, activation, &profiles, now).await?;
+                report.initial_sync = sync::initial(store, activation, &profiles, now, batch).await?;
             }
             report.membership_changes =
-                memberships::record(store, &audiences, &members, &profiles, activation.as_ref(), now).await?;
+                memberships::record(store, &audiences, &members, &profiles, activation.as_ref(), now, batch).await?;
         }
         // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
         Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
@@ -545,7 +549,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     if let Some(kept) = kept {
         // Of the profiles, only their ids stay: to find each one's values.
         let kept = kept.finish(profiles.into_ids())?;
-        report.backfilled = backfill::backfill_by(store, &tags, &|id| kept.get(id), now, backfill_batch).await?;
+        report.backfilled = backfill::backfill_by(store, &tags, &|id| kept.get(id), now, batch).await?;
     }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(REPORT_KEY, body, PutOptions::json()).await?;

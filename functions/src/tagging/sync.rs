@@ -25,13 +25,14 @@ use crate::storage::{ObjectStore, PutOptions};
 pub const SYNCED: &str = "deliveries/v1/synced.json";
 
 /// Sends every member of each newly subscribed audience, as recorded on the profiles (`profiles` says whom to
-/// read), to the destinations that subscribed; returns the items staged. Runs before the recompute records its
-/// own changes, which then reach every subscribed destination alike.
+/// read), to the destinations that subscribed, `batch` members at a time; returns the items staged. Runs
+/// before the recompute records its own changes, which then reach every subscribed destination alike.
 pub(crate) async fn initial<S: ObjectStore + Clone>(
     store: &S,
     activation: &Activation,
     profiles: &Profiles,
     now: UtcTime,
+    batch: usize,
 ) -> Result<usize, Error> {
     let audiences: BTreeSet<&String> = activation.audiences.audiences().iter().map(|a| &a.id).collect();
     let synced: BTreeMap<String, BTreeSet<String>> = crate::config::read(store, SYNCED).await?.unwrap_or_default();
@@ -49,33 +50,36 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
         }
         next.insert(destination.id.clone(), subscribed.into_iter().cloned().collect());
     }
-    let mut messages: Vec<Message> = Vec::new();
+    let mut staged = 0;
     if !due.is_empty() {
         let due_at: Vec<usize> = due.keys().filter_map(|a| profiles.audience(a)).collect();
-        let members: BTreeSet<String> = (0..profiles.len() as u32)
-            .filter(|n| due_at.iter().any(|a| profiles.recorded(*n, *a)))
-            .map(|n| profiles.id(n).to_string())
-            .collect();
+        let members: Vec<u32> =
+            (0..profiles.len() as u32).filter(|n| due_at.iter().any(|a| profiles.recorded(*n, *a))).collect();
         let config = IngestConfig::load(store).await?;
-        // A read: the closure changes nothing, so nothing is committed.
-        let mut txn = Transaction::begin(store, config.shards).await?;
-        txn.update_profiles(&members, |id, profile| {
-            let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
-            let keys: Vec<String> = profile.identities.iter().cloned().collect();
-            let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
-            for (audience, destinations) in &due {
-                let Some(membership) = profile.memberships.get(*audience).filter(|m| m.member) else { continue };
-                let changes = [(audience.to_string(), true, membership.changes)];
-                let produced = activation.destinations.audience_messages(&view, &changes, &activation.names, now);
-                messages.extend(produced.into_iter().filter(|m| destinations.contains(m.destination.as_str())));
-            }
-        })
-        .await?;
-        crate::activation::dispatch::stage(store, &messages, now).await?;
+        for batch in members.chunks(batch.max(1)) {
+            let batch: BTreeSet<String> = batch.iter().map(|n| profiles.id(*n).to_string()).collect();
+            let mut messages: Vec<Message> = Vec::new();
+            // A read: the closure changes nothing, so nothing is committed.
+            let mut txn = Transaction::begin(store, config.shards).await?;
+            txn.update_profiles(&batch, |id, profile| {
+                let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+                let keys: Vec<String> = profile.identities.iter().cloned().collect();
+                let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+                for (audience, destinations) in &due {
+                    let Some(membership) = profile.memberships.get(*audience).filter(|m| m.member) else { continue };
+                    let changes = [(audience.to_string(), true, membership.changes)];
+                    let produced = activation.destinations.audience_messages(&view, &changes, &activation.names, now);
+                    messages.extend(produced.into_iter().filter(|m| destinations.contains(m.destination.as_str())));
+                }
+            })
+            .await?;
+            crate::activation::dispatch::stage(store, &messages, now).await?;
+            staged += messages.len();
+        }
     }
     if next != synced {
         let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
         store.put(SYNCED, body, PutOptions::json()).await?;
     }
-    Ok(messages.len())
+    Ok(staged)
 }
