@@ -33,7 +33,8 @@ locals {
       memory      = var.tagging_memory_mb
       ephemeral   = var.tagging_ephemeral_mb
       reserved    = 1
-      environment = { CDP_PRIVACY_GRACE_SECONDS = tostring(var.privacy_grace_seconds) }
+      # Two malloc arenas: memory the recompute frees is reused by the backfill (functions::tagging::MALLOC_ARENAS).
+      environment = { CDP_PRIVACY_GRACE_SECONDS = tostring(var.privacy_grace_seconds), MALLOC_ARENA_MAX = "2" }
     }
     activation = {
       description = "Signed webhook deliveries to partners: outbox (SQS) and retries (schedule)"

@@ -107,11 +107,14 @@ pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs this benchmark's command in a child process with `args`; its last line of output, as JSON when asked.
+/// Runs this benchmark's command in a child process with `args`, with the malloc arenas the tagging function
+/// runs with (unless `MALLOC_ARENA_MAX` is set already); its last line of output, as JSON when asked.
 fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| functions::tagging::MALLOC_ARENAS.into());
     let output = std::process::Command::new(std::env::current_exe()?)
         .args(["bench", "tagging"])
         .args(args)
+        .env("MALLOC_ARENA_MAX", arenas)
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !output.status.success() {

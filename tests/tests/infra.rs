@@ -163,11 +163,18 @@ fn the_environment_set_is_the_environment_read() {
     let mut read = BTreeSet::new();
     variables_read(&repo_root().join("functions/src"), &mut read);
     assert!(read.contains("CDP_BUCKET"), "{read:?}");
-    // RUST_LOG is read by the log filter (tracing-subscriber's EnvFilter::try_from_default_env).
-    let unread: Vec<&String> = set.iter().filter(|v| !read.contains(*v) && *v != "RUST_LOG").collect();
+    // RUST_LOG is read by the log filter (tracing-subscriber's EnvFilter::try_from_default_env), MALLOC_ARENA_MAX
+    // by the C library's allocator.
+    let by_others = ["RUST_LOG", "MALLOC_ARENA_MAX"];
+    let unread: Vec<&String> = set.iter().filter(|v| !read.contains(*v) && !by_others.contains(&v.as_str())).collect();
     assert!(unread.is_empty(), "the module sets variables no code reads: {unread:?}");
     assert!(set.contains("CDP_BUCKET"), "every function needs its bucket: {set:?}");
     assert!(set.contains("CDP_PRIVACY_GRACE_SECONDS"), "{set:?}");
+    // The tagging function runs with the malloc arenas its benchmark measured.
+    let tagging = object(local(&module, "functions")).into_iter().find(|(name, _)| name == "tagging").expect("tagging");
+    let environment = object(tagging.1).into_iter().find(|(key, _)| key == "environment").expect("environment").1;
+    let arenas = object(environment).into_iter().find(|(key, _)| key == "MALLOC_ARENA_MAX").map(|(_, v)| v.clone());
+    assert_eq!(arenas, Some(Expression::String(functions::tagging::MALLOC_ARENAS.into())), "MALLOC_ARENA_MAX");
     assert!(!set.contains("CDP_WEBHOOKS_LOOPBACK"), "loopback webhooks are for local tests only");
     // Variables the code reads that the module leaves to their defaults or to the Lambda runtime.
     let left: BTreeSet<&str> = read.iter().map(String::as_str).filter(|v| !set.contains(*v)).collect();

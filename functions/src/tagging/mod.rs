@@ -356,6 +356,12 @@ pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> 
     recompute_by(store, now, RECOMPUTE_CHUNK, BATCH).await
 }
 
+/// The C library's malloc arenas the tagging function runs with (`MALLOC_ARENA_MAX`, set by the Terraform
+/// module; `cdp bench tagging` measures with it). With one arena per thread (glibc's default is eight per
+/// core), memory the recompute frees on one thread is not reused by the backfill's work on others, and the
+/// first recompute with a backfill peaked about a third higher (`cdp bench tagging`, docs/benchmarks.md).
+pub const MALLOC_ARENAS: &str = "2";
+
 /// Profiles per state transaction of the full recompute's writers (the backfill, the memberships recorded,
 /// the initial sync), about: a transaction holds its profiles whole.
 pub(crate) const BATCH: usize = 10_000;
