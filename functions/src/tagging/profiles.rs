@@ -24,22 +24,48 @@ use crate::Error;
 use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction, shard_of};
 use crate::storage::ObjectStore;
 
-/// Strings one after another: string `n` is `text[ends[n - 1]..ends[n]]`.
-#[derive(Debug, Default, Clone)]
+/// Strings one after another, in blocks of [`Texts::BLOCK`] bytes allocated once each (a string longer than a
+/// block has one of its own): growing never copies what is there, nor leaves up to half of one large buffer
+/// unused as doubling would.
+#[derive(Debug, Clone)]
 pub(super) struct Texts {
-    text: String,
-    ends: Vec<usize>,
+    blocks: Vec<String>,
+    /// Per block, the number of its first string.
+    firsts: Vec<u32>,
+    /// Per string, where it ends in its block.
+    ends: Vec<u32>,
+    block: usize,
+}
+
+impl Default for Texts {
+    fn default() -> Self {
+        Self::with_blocks(Self::BLOCK)
+    }
 }
 
 impl Texts {
+    /// Bytes per block.
+    const BLOCK: usize = 1 << 20;
+
+    fn with_blocks(block: usize) -> Self {
+        Self { blocks: Vec::new(), firsts: Vec::new(), ends: Vec::new(), block }
+    }
+
     pub(super) fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-        self.ends.push(self.text.len());
+        if self.blocks.last().is_none_or(|b| b.capacity() - b.len() < s.len()) {
+            self.blocks.push(String::with_capacity(self.block.max(s.len())));
+            self.firsts.push(self.ends.len() as u32);
+        }
+        if let Some(block) = self.blocks.last_mut() {
+            block.push_str(s);
+            self.ends.push(block.len() as u32);
+        }
     }
 
     pub(super) fn get(&self, n: usize) -> &str {
-        let start = if n == 0 { 0 } else { self.ends[n - 1] };
-        &self.text[start..self.ends[n]]
+        let b = self.firsts.partition_point(|first| *first as usize <= n) - 1;
+        let start = if self.firsts[b] as usize == n { 0 } else { self.ends[n - 1] as usize };
+        &self.blocks[b][start..self.ends[n] as usize]
     }
 
     fn len(&self) -> usize {
@@ -47,9 +73,9 @@ impl Texts {
     }
 
     fn append(&mut self, other: &Texts) {
-        let base = self.text.len();
-        self.text.push_str(&other.text);
-        self.ends.extend(other.ends.iter().map(|end| base + end));
+        for n in 0..other.len() {
+            self.push(other.get(n));
+        }
     }
 }
 
@@ -349,7 +375,13 @@ impl Profiles {
             Ok(out)
         };
         let mut identifiers = Table::default();
-        txn.each_shard(decode, |_, resolved| {
+        let shards = txn.manifest().shards.ids as usize;
+        txn.each_shard(decode, |_, resolved: Vec<(Key, u32)>| {
+            // Sized once from the first shard (shards hold about as many keys each): growing by doubling would
+            // hold the old table and the new one together.
+            if identifiers.is_empty() {
+                identifiers.reserve(resolved.len() * shards * 9 / 8);
+            }
             identifiers.extend(resolved);
             Ok(())
         })
@@ -475,4 +507,28 @@ impl ProfileIds {
 /// `n` as a profile number.
 fn number(n: usize) -> Result<u32, Error> {
     u32::try_from(n).map_err(|_| Error::Corrupt("more than 2³² profiles".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Texts;
+
+    #[test]
+    fn texts_hold_strings_across_blocks_without_moving_them() {
+        let strings: Vec<String> = (0..200).map(|n| "é".repeat(n % 13) + &"x".repeat(n % 7)).collect();
+        let mut texts = Texts::with_blocks(16);
+        let mut more = Texts::with_blocks(16);
+        for (n, s) in strings.iter().enumerate() {
+            if n < 120 { texts.push(s) } else { more.push(s) }
+        }
+        let long = "y".repeat(40);
+        more.push(&long);
+        texts.append(&more);
+        assert_eq!(texts.len(), 201);
+        for (n, s) in strings.iter().chain([&long]).enumerate() {
+            assert_eq!(texts.get(n), s, "string {n}");
+        }
+        assert!(texts.blocks.len() > 20, "many blocks: {}", texts.blocks.len());
+        assert!(texts.blocks.iter().all(|b| b.capacity() == 16 || b.capacity() == b.len()), "none grew");
+    }
 }
