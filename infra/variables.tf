@@ -73,7 +73,7 @@ variable "tagging_schedule" {
 }
 
 variable "tagging_memory_mb" {
-  description = "Memory of the tagging function. A full recompute needs about 400 MB (a chunk of profiles per core) plus a few hundred bytes per profile (the profiles as compact columns, the members); a recompute that backfills new tag versions about 750 MB (the batch of profiles it rewrites, the state cache) plus about 1.1 KB per profile; measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves over 10 million profiles (about 8 million when backfilling)."
+  description = "Memory of the tagging function. A full recompute took 1.3 GB at 3 million profiles and grows by about 320 bytes per profile (the profiles as compact columns, the members); a recompute that backfills new tag versions 2.0 GB, growing by about 510 bytes per profile (plus the batch of profiles it rewrites, which does not grow); measured by `cdp bench tagging` (docs/benchmarks.md). The default, the most Lambda allows, serves 10 million profiles with room to spare (about 3.6 GB, 5.6 GB when backfilling)."
   type        = number
   default     = 10240
   validation {
@@ -83,7 +83,7 @@ variable "tagging_memory_mb" {
 }
 
 variable "tagging_ephemeral_mb" {
-  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 80 bytes per event in `cdp bench tagging`): the default holds about 120 million events."
+  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 80 bytes per event in `cdp bench tagging`): the default holds about 120 million events; a recompute that backfills also keeps each profile's values and the events of the profiles it rebuilds there: 2.15 GB at 3 million profiles and 30 million events."
   type        = number
   default     = 10240
   validation {
