@@ -2,8 +2,8 @@
 //! a new tag or a new version starts with no history, so its incremental values would be wrong until every
 //! profile's state is rebuilt from all of its events. Until then the previous values keep serving
 //! ([`TagSet::waiting`]): ingest writes the new state but not the new values. The full recompute then
-//! backfills, in batches of whole profile shards (about [`super::BATCH`] profiles each, so that a transaction holds
-//! only its batch's profiles): one state transaction per batch rebuilds the pending versions' state of its
+//! backfills, in batches of whole profile shards (about [`super::BATCH`] profiles each, so that a transaction
+//! holds only its batch's profiles): one state transaction per batch rebuilds the pending versions' state of its
 //! profiles from the events ingest has applied, drops older versions' state, and stores the recompute's values
 //! on them. When every batch has committed, the versions are recorded as ready (`tags/v1/ready.json`) and
 //! ingest serves them; until then nothing of the new versions is served.
