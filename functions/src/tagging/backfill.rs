@@ -58,18 +58,19 @@ struct Read {
 
 impl Read {
     /// Files the events of the profiles `todo` says to rebuild under their profile's batch
-    /// (`shards_per_batch` profile shards each).
+    /// (`shards_per_batch` profile shards each), with the properties `wanted` (sorted).
     async fn new<S: ObjectStore>(
         store: &S,
         identity: &shared::identity::IdentityRules,
         profiles: Profiles,
         todo: Vec<bool>,
         shards_per_batch: u32,
+        wanted: &[String],
     ) -> Result<Self, Error> {
         let starts: Vec<u32> = (0..profiles.shards().div_ceil(shards_per_batch))
             .map(|b| profiles.shard_start(b * shards_per_batch))
             .collect();
-        let mut spill = Spill::cut(starts.clone(), profiles.len())?;
+        let mut spill = Spill::cut(starts.clone(), profiles.len())?.keeping(wanted.to_vec());
         let wanted = |n: &u32| todo[*n as usize];
         super::read_events(store, identity, |event, keys| {
             match keys.iter().find_map(|key| profiles.resolve(key)).filter(wanted) {
@@ -198,7 +199,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             if !todo.contains(&true) {
                 break;
             }
-            let next = Read::new(store, &config.identity, profiles, todo, shards_per_batch).await?;
+            let next = Read::new(store, &config.identity, profiles, todo, shards_per_batch, &wanted).await?;
             (batch, skipped) = (next.next(0), 0);
             read = Some(next);
         }

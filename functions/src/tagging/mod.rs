@@ -383,8 +383,24 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
 
+    let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
+    let trait_names = tags.traits();
+    let mut properties = tags.properties();
+    for p in [&products_config.product, &products_config.category, &products_config.revenue, &products_config.quantity]
+    {
+        if !properties.contains(p) {
+            properties.push(p.clone());
+        }
+    }
+    // What the events' properties are decoded for: the tables' columns and the audiences' behaviour conditions
+    // (and, of long properties, all the spill keeps).
+    let mut wanted = properties.clone();
+    wanted.extend(audiences.properties());
+    wanted.sort();
+    wanted.dedup();
+
     // Events go to their profile's chunk.
-    let mut spill = Spill::new(profiles.len(), per_chunk)?;
+    let mut spill = Spill::new(profiles.len(), per_chunk)?.keeping(wanted.clone());
     let mut unresolved = HashSet::new();
     read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
         Some(n) => spill.push(n, &event),
@@ -399,20 +415,6 @@ async fn recompute_by<S: ObjectStore + Clone>(
     report.unresolved_events = unresolved.len();
     drop(unresolved);
 
-    let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
-    let trait_names = tags.traits();
-    let mut properties = tags.properties();
-    for p in [&products_config.product, &products_config.category, &products_config.revenue, &products_config.quantity]
-    {
-        if !properties.contains(p) {
-            properties.push(p.clone());
-        }
-    }
-    // What the events' properties are decoded for: the tables' columns and the audiences' behaviour conditions.
-    let mut wanted = properties.clone();
-    wanted.extend(audiences.properties());
-    wanted.sort();
-    wanted.dedup();
     // A chunk's profile numbers.
     let chunk_profiles = |c: usize| (c * per_chunk) as u32..((c + 1) * per_chunk).min(profiles.len()) as u32;
 

@@ -18,6 +18,10 @@ use crate::lake::TagEvent;
 /// Bytes kept in memory over all chunks' buffers before they go to their files.
 const BUFFERED: usize = 64 << 20;
 
+/// Properties longer than this (bytes of JSON) are cut, before they are written, to those the spill's reader
+/// wants ([`Spill::keeping`]); shorter ones are written as they are (picking would cost more than it saves).
+const TRIM_OVER: usize = 256;
+
 /// Events by chunk of profiles ([`Spill::push`], then [`Spill::seal`] and [`Spill::read`]).
 #[derive(Debug)]
 pub(crate) struct Spill {
@@ -27,6 +31,8 @@ pub(crate) struct Spill {
     end: u32,
     buffers: Vec<Vec<u8>>,
     flush_at: usize,
+    /// The properties kept of an event whose properties are long (sorted); all when `None`.
+    wanted: Option<Vec<String>>,
     /// Bytes written to files.
     pub(crate) spilled: u64,
 }
@@ -57,8 +63,16 @@ impl Spill {
             end,
             buffers: vec![Vec::new(); buckets],
             flush_at: (BUFFERED / buckets.max(1)).clamp(4 << 10, 1 << 20),
+            wanted: None,
             spilled: 0,
         })
+    }
+
+    /// Keeps of an event's properties, when they are long, only those named in `wanted` (sorted): the others
+    /// would take room in the files and time to read back for nothing.
+    pub(crate) fn keeping(mut self, wanted: Vec<String>) -> Self {
+        self.wanted = Some(wanted);
+        self
     }
 
     /// Chunks.
@@ -72,7 +86,16 @@ impl Spill {
         let Some(buffer) = self.buffers.get_mut(bucket).filter(|_| profile < self.end) else {
             return Err(Error::Corrupt(format!("profile number {profile} is past the spill's profiles")));
         };
-        encode(buffer, profile, event);
+        let picked;
+        let properties = match (event.properties.as_deref(), &self.wanted) {
+            (Some(text), Some(wanted)) if text.len() > TRIM_OVER => {
+                let kept = event.properties_of(wanted)?;
+                picked = serde_json::to_string(&kept).map_err(|e| Error::Corrupt(e.to_string()))?;
+                Some(picked.as_str())
+            }
+            (properties, _) => properties,
+        };
+        encode(buffer, profile, event, properties);
         if buffer.len() >= self.flush_at {
             self.flush(bucket)?;
         }
@@ -195,14 +218,15 @@ fn put_text(buffer: &mut Vec<u8>, text: Option<&str>) {
 }
 
 /// profile (u32), at, received_at (i64), type (index in [`EventType::ALL`]), messageId, event, properties.
-fn encode(buffer: &mut Vec<u8>, profile: u32, event: &TagEvent) {
+/// Writes `event` with `properties` for its own.
+fn encode(buffer: &mut Vec<u8>, profile: u32, event: &TagEvent, properties: Option<&str>) {
     buffer.extend_from_slice(&profile.to_le_bytes());
     buffer.extend_from_slice(&event.at.to_le_bytes());
     buffer.extend_from_slice(&event.received_at.to_le_bytes());
     buffer.push(EventType::ALL.iter().position(|k| *k == event.kind).unwrap_or_default() as u8);
     put_text(buffer, Some(&event.message_id));
     put_text(buffer, event.event.as_deref());
-    put_text(buffer, event.properties.as_deref());
+    put_text(buffer, properties);
 }
 
 fn take<'b>(bytes: &'b [u8], at: &mut usize, n: usize) -> Option<&'b [u8]> {
@@ -244,6 +268,26 @@ mod tests {
             received_at: at + 1,
             properties: properties.map(Into::into),
         }
+    }
+
+    #[test]
+    fn long_properties_keep_only_those_wanted_short_ones_all() {
+        let wanted = vec!["category".to_string(), "re\"venue".to_string()];
+        let long = format!(r#"{{"category":"shoes","note":"{}","re\"venue":12.5,"skus":[1,2,3]}}"#, "x".repeat(400));
+        let short = r#"{"category":"hats","note":"small"}"#;
+        let mut spill = Spill::new(2, 10).unwrap().keeping(wanted);
+        spill.push(0, &event("long", 1, Some(&long))).unwrap();
+        spill.push(1, &event("short", 2, Some(short))).unwrap();
+        spill.push(1, &event("none", 3, None)).unwrap();
+        spill.seal().unwrap();
+        assert!(spill.spilled < 300, "the long note is not written: {} bytes", spill.spilled);
+        let rows = spill.read(0).unwrap();
+        let properties: Vec<Option<&str>> = rows.iter().map(|(_, e)| e.properties.as_deref()).collect();
+        assert_eq!(properties, [Some(r#"{"category":"shoes","re\"venue":12.5}"#), Some(short), None]);
+        let mut all = Spill::new(1, 10).unwrap();
+        all.push(0, &event("long", 1, Some(&long))).unwrap();
+        all.seal().unwrap();
+        assert_eq!(all.read(0).unwrap()[0].1.properties.as_deref(), Some(long.as_str()), "no wanted list: all kept");
     }
 
     #[test]

@@ -958,7 +958,13 @@ async fn a_behaviour_condition_reads_a_property_no_tag_reads() {
         &store,
         80,
         json!([
-            order("ann", "o1", json!({"revenue": 10, "note": "a \"quoted\" name", "coupon": "SPRING"})),
+            // Long properties: the spill keeps only those read, the audience's among them.
+            order(
+                "ann",
+                "o1",
+                json!({"revenue": 10, "note": "a \"quoted\" name", "coupon": "SPRING",
+                                      "details": "x".repeat(300)})
+            ),
             order("bob", "o2", json!({"revenue": 20})),
             order("cyd", "o3", json!({"co\"upon": "X", "revenue": 30})),
         ]),
@@ -1021,4 +1027,35 @@ async fn a_backfill_resumed_with_every_profile_rebuilt_reads_no_event_and_record
     assert!(scan.profiles.values().all(|p| p.profile.tags.get("run") == Some(&json!(1))), "no profile rewritten");
     let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
     assert_orders(&store, &users, 2, 99).await;
+}
+
+#[tokio::test]
+async fn the_backfill_rebuilds_from_long_properties_the_ones_its_tags_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let order = |u: usize, n: usize| {
+        json!({"type": "track", "event": "Order Completed", "userId": format!("u{u}"),
+               "messageId": format!("o-{u}-{n}"), "timestamp": stamp(1),
+               "properties": {"details": "x".repeat(300), "revenue": 10 + u}})
+    };
+    let orders: Vec<Value> = (0..6).flat_map(|u| [order(u, 1), order(u, 2)]).collect();
+    let key = store_events(&store, 90, Value::Array(orders)).await;
+    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    let defs = json!([{"id": "spend", "status": "active", "kind": "statistical",
+                       "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "sum", "property": "revenue"}}]);
+    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    let defs: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
+    let tags = TagSet::check(&defs, &Catalog::default()).expect("check");
+    backfill::backfill_by(&store, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
+    // Served now: a page view each makes ingest write every user's value from the rebuilt state.
+    let page = |u: usize| {
+        json!({"type": "page", "userId": format!("u{u}"), "messageId": format!("p-{u}"),
+                                 "timestamp": stamp(0)})
+    };
+    let key = store_events(&store, 91, Value::Array((0..6).map(page).collect())).await;
+    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
+    for u in 0..6 {
+        let stored = crate::state::lookup(&store, &format!("user_id:u{u}")).await.expect("lookup").expect("user");
+        assert_eq!(stored.profile.tags.get("spend").and_then(Value::as_f64), Some(2.0 * (10 + u) as f64), "u{u}");
+    }
 }
