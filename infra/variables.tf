@@ -83,7 +83,7 @@ variable "tagging_memory_mb" {
 }
 
 variable "tagging_ephemeral_mb" {
-  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 80 bytes per event in `cdp bench tagging`): the default holds about 120 million events; a recompute that backfills also keeps each profile's values and the events of the profiles it rebuilds there: 2.15 GB at 3 million profiles and 30 million events."
+  description = "Ephemeral storage (/tmp) of the tagging function: a full recompute keeps the events there by chunk of profiles while it works (the report's spilledBytes; about 80 bytes per event in `cdp bench tagging`; of properties longer than 256 bytes only those tags and audiences read are kept): the default holds about 120 million events; a recompute that backfills also keeps each profile's values and the events of the profiles it rebuilds there: 2.15 GB at 3 million profiles and 30 million events."
   type        = number
   default     = 10240
   validation {
