@@ -205,8 +205,8 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
         // Profiles this backfill rebuilt in an earlier run (or that need nothing) are passed over.
-        let group: BTreeSet<String> =
-            read.batch(batch).filter(|n| read.todo[*n as usize]).map(|n| read.profiles.id(n).to_string()).collect();
+        let numbers: Vec<u32> = read.batch(batch).filter(|n| read.todo[*n as usize]).collect();
+        let group: BTreeSet<String> = numbers.iter().map(|n| read.profiles.id(*n).to_string()).collect();
         let rows = read.spill.read(batch)?;
         // Events older than the dedup window were applied; the others, if ingest remembers them.
         let forgotten_before = now_ms - config.dedup_window_ms;
@@ -217,7 +217,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             .collect();
         let applied = txn.applied_messages(recent.iter()).await?;
         let mut states: std::collections::HashMap<u32, ProfileTagState> =
-            group.iter().filter_map(|id| read.profiles.number(id)).map(|n| (n, ProfileTagState::default())).collect();
+            numbers.iter().map(|n| (*n, ProfileTagState::default())).collect();
         for (number, event) in &rows {
             let Some(tag_state) = states.get_mut(number) else { continue };
             if event.received_at < forgotten_before || applied.contains(&*event.message_id) {

@@ -403,9 +403,8 @@ impl Profiles {
 
     /// Only the ids (the rest is freed).
     pub(crate) fn into_ids(self) -> ProfileIds {
-        let shards = self.shards().max(1);
         let ids = Arc::try_unwrap(self.live).map_or_else(|live| live.ids.clone(), |live| live.ids);
-        ProfileIds { ids, shards }
+        ProfileIds { ids, shard_starts: self.shard_starts }
     }
 
     /// How many profiles.
@@ -479,25 +478,25 @@ impl Profiles {
 }
 
 /// The profile ids alone, numbered as in the [`Profiles`] they came from: a profile's number is found by
-/// binary search in (profile shard, id) order. What the backfill keeps of the recompute's profiles.
+/// binary search among its shard's ids (in id order). What the backfill keeps of the recompute's profiles.
 #[derive(Debug)]
 pub(crate) struct ProfileIds {
     ids: Texts,
-    shards: u32,
+    /// As [`Profiles`]' `shard_starts`.
+    shard_starts: Vec<u32>,
 }
 
 impl ProfileIds {
     /// The number of profile `id`, if it was one.
     pub(crate) fn number(&self, id: &str) -> Option<u32> {
-        let key = (shard_of(id, self.shards), id);
-        let (mut low, mut high) = (0, self.ids.len());
+        let shard = shard_of(id, (self.shard_starts.len() - 1) as u32) as usize;
+        let (mut low, mut high) = (*self.shard_starts.get(shard)?, *self.shard_starts.get(shard + 1)?);
         while low < high {
             let middle = low + (high - low) / 2;
-            let at = self.ids.get(middle);
-            match (shard_of(at, self.shards), at).cmp(&key) {
+            match self.ids.get(middle as usize).cmp(id) {
                 std::cmp::Ordering::Less => low = middle + 1,
                 std::cmp::Ordering::Greater => high = middle,
-                std::cmp::Ordering::Equal => return u32::try_from(middle).ok(),
+                std::cmp::Ordering::Equal => return Some(middle),
             }
         }
         None
