@@ -35,7 +35,7 @@ pub struct IngestConfig {
     pub identity: IdentityRules,
     /// Trait policies and aggregated properties (`config/profiles.json`, else defaults).
     pub profiles: ProfileRules,
-    /// How long a messageId is remembered for dedup (default 7 days).
+    /// How long a messageId is remembered for dedup after it was first applied (default 7 days).
     pub dedup_window_ms: i64,
     /// Shard counts for a new state.
     pub shards: ShardCounts,

@@ -120,6 +120,53 @@ async fn the_same_objects_twice_or_duplicated_notifications_change_nothing() {
 }
 
 #[tokio::test]
+async fn an_object_of_old_events_delivered_again_and_after_a_compaction_changes_nothing() {
+    // A redrive after a long outage: the events were received 30 days before the object is processed, far
+    // beyond the 7-day dedup window, which runs from when a messageId is first applied.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let day = 24 * 3600 * 1000;
+    let received = now().add_millis(-30 * day).unwrap();
+    let at = |sec: i64| received.add_millis(-1000 * sec).unwrap().to_string();
+    let key = crate::testing::put_batch(
+        &store,
+        50,
+        json!([
+            {"type": "identify", "messageId": "old-1", "timestamp": at(30), "userId": "u-old", "anonymousId": "a-old",
+             "traits": {"plan": "gold"}},
+            {"type": "track", "messageId": "old-2", "timestamp": at(20), "userId": "u-old", "event": "Order Completed",
+             "properties": {"revenue": 10}},
+            {"type": "page", "messageId": "old-3", "timestamp": at(10), "anonymousId": "a-old"},
+        ]),
+        received,
+    )
+    .await;
+    let keys = std::slice::from_ref(&key);
+    let ids = ["user_id:u-old", "anonymous_id:a-old"];
+    let first = ingest(&store, keys, &small(), now()).await.unwrap();
+    assert_eq!((first.applied, first.duplicates), (3, 0));
+    let state = everything(&store, &ids).await;
+    let applied = manifest(&store).await.unwrap().events_applied;
+    assert_eq!(state[0].1.as_ref().unwrap().profile.events["Order Completed"].count, 1);
+
+    let hour = 3600 * 1000;
+    let again = ingest(&store, keys, &small(), now().add_millis(hour).unwrap()).await.unwrap();
+    assert_eq!((again.applied, again.duplicates, again.commit), (0, 3, None), "the redelivery is dropped whole");
+    assert_eq!(everything(&store, &ids).await, state);
+
+    // A commit that folds every delta into whole shards, forgetting messageIds past the window.
+    let later = now().add_millis(2 * hour).unwrap();
+    let mut fold = Transaction::begin(&store, small().shards).await.unwrap().with_compaction(Compaction::always());
+    fold.fresh(Vec::new(), later, small().dedup_window_ms).await.unwrap();
+    assert!(fold.commit().await.unwrap().compacted, "the state was compacted");
+
+    let after = ingest(&store, keys, &small(), now().add_millis(3 * hour).unwrap()).await.unwrap();
+    assert_eq!((after.applied, after.duplicates, after.commit), (0, 3, None), "still remembered after compaction");
+    assert_eq!(everything(&store, &ids).await, state);
+    assert_eq!(manifest(&store).await.unwrap().events_applied, applied);
+}
+
+#[tokio::test]
 async fn object_order_does_not_change_the_state() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();

@@ -200,7 +200,7 @@ pub(crate) trait Shard: Default + Serialize + serde::de::DeserializeOwned + Send
     const KIND: Kind;
     /// Applies `delta`'s changes to shard `n`.
     fn apply(&mut self, delta: &Delta, n: u32) -> Result<(), serde_json::Error>;
-    /// Forgets what is no longer needed when the shard is rewritten whole (messageIds older than `horizon`).
+    /// Forgets what is no longer needed when the shard is rewritten whole (messageIds first applied before `horizon`).
     fn expire(&mut self, _horizon: i64) {}
 }
 

@@ -209,7 +209,7 @@ pub struct Transaction<'s, S: ObjectStore + Clone> {
     view: View,
     /// The entries changed.
     changed: BTreeSet<(Kind, String)>,
-    /// MessageIds received before this are forgotten when a dedup shard is rewritten whole.
+    /// MessageIds first applied before this are forgotten when a dedup shard is rewritten whole.
     horizon: Option<i64>,
 }
 
@@ -438,8 +438,13 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
-    /// Keeps the events whose messageId was not seen within `window_ms` before `now` (nor earlier in this
-    /// batch), and remembers them. Exact: a real event is never dropped for looking like another.
+    /// Keeps the events whose messageId was not applied within `window_ms` before `now` (nor earlier in this
+    /// batch), and remembers them with `now`, the time they are applied. Exact: a real event is never dropped
+    /// for looking like another.
+    ///
+    /// The window runs from when a messageId was first applied, not from when its event was received: an
+    /// object replayed, redriven or imported long after its events were received is applied once however old
+    /// they are, and any redelivery within the window of that first application changes nothing.
     pub async fn fresh(
         &mut self,
         events: Vec<CanonicalEvent>,
@@ -455,7 +460,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             match seen {
                 Some(at) if *at >= horizon => continue,
                 _ => {
-                    *seen = Some(event.received_at.unix_millis());
+                    *seen = Some(now.unix_millis());
                     self.changed.insert((Kind::Dedup, event.message_id.clone()));
                     out.push(event);
                 }

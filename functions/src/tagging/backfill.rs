@@ -208,7 +208,9 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         let numbers: Vec<u32> = read.batch(batch).filter(|n| read.todo[*n as usize]).collect();
         let group: BTreeSet<String> = numbers.iter().map(|n| read.profiles.id(*n).to_string()).collect();
         let rows = read.spill.read(batch)?;
-        // Events older than the dedup window were applied; the others, if ingest remembers them.
+        // Events received before the dedup window are taken as applied (ingest may have forgotten their
+        // messageIds); the window runs from application, never before receipt, so ingest remembers every
+        // later event it applied.
         let forgotten_before = now_ms - config.dedup_window_ms;
         let recent: Vec<String> = rows
             .iter()
