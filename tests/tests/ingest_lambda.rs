@@ -53,8 +53,8 @@ fn store_raw_object(s3: &LocalS3) -> (String, String, UtcTime) {
     let mut sources = Sources::default();
     sources.add(source).expect("source");
     let body = fixture("segment-analytics-js-batch.json").replace("__WRITE_KEY__", &key);
-    // Received now, by the clock the functions under test read: nothing here depends on today's date.
-    let now = wall_clock();
+    // Received a minute ago by the clock the functions under test read: nothing here depends on today's date.
+    let now = wall_clock().add_millis(-60_000).expect("time");
     let Collected::Kept(batch) = collect(
         &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
         &sources,
@@ -131,8 +131,8 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
         .expect("destinations");
     let api = RuntimeApi::start();
     let function = start_function(&repo_root().join("target/debug/tagging"), "tagging", &api, &s3);
-    // EventBridge's time of the schedule, a few minutes after the events were received.
-    let at = UtcTime::from_unix_millis((wall_clock().unix_millis() / 1000 + 300) * 1000).expect("time");
+    // EventBridge's time of the schedule (whole seconds): now, after the events were received.
+    let at = UtcTime::from_unix_millis(wall_clock().unix_millis() / 1000 * 1000).expect("time");
     let scheduled = json!({"version": "0", "id": "5f1e7b2a-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
                            "source": "aws.events", "account": "123456789012", "time": at.to_string(),
                            "region": "eu-central-1", "resources": ["arn:aws:events:eu-central-1:123456789012:rule/cdp-tagging"],
