@@ -143,7 +143,7 @@ resource "aws_lambda_event_source_mapping" "queue" {
   function_response_types            = ["ReportBatchItemFailures"]
 }
 
-# Schedules: the tagging recompute, and activation's retries that came due.
+# Schedules: the tagging recompute, activation's retries that came due, and ingest's reconciliation.
 resource "aws_cloudwatch_event_rule" "schedule" {
   for_each            = local.schedules
   name                = "${var.name}-${each.key}"

@@ -58,10 +58,11 @@ locals {
   # object). Derived from the handlers (functions/src); tests/tests/infra.rs keeps the two in agreement.
   bucket_access = {
     ingest = {
-      get    = ["raw/", "state/", "config/", "tags/v1/ready.json", "privacy/v1/suppressed.json"]
-      put    = ["state/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/"]
+      # list raw/ and the ingest/ watermark: the scheduled reconciliation finds objects whose notification was lost
+      get    = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json"]
+      put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/"]
       delete = ["deliveries/v1/outbox/"]
-      list   = []
+      list   = ["raw/"]
     }
     tagging = {
       get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/"]
@@ -91,6 +92,8 @@ locals {
   schedules = {
     tagging    = var.tagging_schedule
     activation = "rate(1 minute)"
+    # Reconciliation (functions::ingest::reconcile): raw objects whose notification was lost or dead-lettered.
+    ingest = "rate(5 minutes)"
   }
 }
 

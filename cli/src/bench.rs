@@ -151,6 +151,22 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         duckdb: bool,
     },
+    /// `cdp up` killed (SIGKILL) again and again while clients post: every acknowledged event must end on a
+    /// profile exactly once.
+    Crash {
+        /// Kills.
+        #[arg(long, default_value_t = 9)]
+        kills: usize,
+        /// Mean seconds between kills (each wait is drawn from 0.5× to 1.5× of it).
+        #[arg(long, default_value_t = 3.0)]
+        interval: f64,
+        /// Events per request.
+        #[arg(long, default_value_t = 20)]
+        batch: usize,
+        /// Clients posting at once.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -182,6 +198,9 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Activation { rate, seconds, users } => crate::bench_activation::activation(rate, seconds, users),
         BenchCommand::Api { people, lookups, duckdb } => crate::bench_api::run(people, lookups, duckdb),
+        BenchCommand::Crash { kills, interval, batch, connections } => {
+            crate::bench_crash::run(kills, interval, batch, connections)
+        }
         BenchCommand::Sink { listen } => sink(listen),
     }
 }

@@ -7,6 +7,7 @@ mod access;
 mod bench;
 mod bench_activation;
 mod bench_api;
+mod bench_crash;
 mod bench_identity;
 mod bench_ingest;
 mod bench_recompute;

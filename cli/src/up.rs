@@ -365,19 +365,46 @@ const LOCAL_SHARDS: functions::state::ShardCounts =
 const LOCAL_COMPACTION: functions::state::Compaction =
     functions::state::Compaction { max_deltas: 128, max_delta_ratio: 0.25, min_fold_bytes: 4 << 20 };
 
+/// Reconciliation of `cdp up`: the collector is in this process and writes an object whole before queueing
+/// it, so ten seconds cover any write; at start, nothing is left to a notification (the queue died with the
+/// previous process).
+const LOCAL_RECONCILE: functions::ingest::reconcile::Timing =
+    functions::ingest::reconcile::Timing { grace_ms: 10_000, settle_ms: 10_000 };
+
 /// The single writer of the state: ingests new raw objects in batches, in arrival order. A failed batch is
-/// kept and retried (ingest is idempotent), so an event stored is an event applied.
+/// kept and retried (ingest is idempotent), so an event stored is an event applied. At start, and every half
+/// minute when idle, it reconciles: applies the raw objects stored but never applied (a crash loses the
+/// queue, not the objects).
 async fn ingest_loop(
     store: FsStore,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<String>,
     ingested: Arc<tokio::sync::Notify>,
 ) {
     let mut pending: Vec<String> = Vec::new();
+    let mut timing = functions::ingest::reconcile::Timing { grace_ms: 0, ..LOCAL_RECONCILE };
+    let mut reconciled: Option<tokio::time::Instant> = None;
     loop {
+        if reconciled.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+            match reconcile_once(&store, timing).await {
+                Ok(report) => {
+                    reconciled = Some(tokio::time::Instant::now());
+                    timing = LOCAL_RECONCILE;
+                    if report.missing > 0 {
+                        ingested.notify_one();
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "raw objects not reconciled; retrying in 2 s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        }
         if pending.is_empty() {
-            match queue.recv().await {
-                Some(key) => pending.push(key),
-                None => return,
+            match tokio::time::timeout(Duration::from_secs(30), queue.recv()).await {
+                Ok(Some(key)) => pending.push(key),
+                Ok(None) => return,
+                Err(_) => continue,
             }
         }
         while pending.len() < 256 {
@@ -410,6 +437,24 @@ async fn ingest_loop(
             }
         }
     }
+}
+
+async fn reconcile_once(
+    store: &FsStore,
+    timing: functions::ingest::reconcile::Timing,
+) -> Result<functions::ingest::reconcile::Reconciled, functions::Error> {
+    let config = IngestConfig::load(store).await?;
+    let config = IngestConfig { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..config };
+    let report = functions::ingest::reconcile::reconcile(store, &config, crate::now(), timing).await?;
+    if report.missing > 0 || report.unverifiable > 0 {
+        tracing::warn!(
+            objects = report.missing,
+            events = report.applied,
+            unverifiable = report.unverifiable,
+            "applied raw objects stored but never ingested"
+        );
+    }
+    Ok(report)
 }
 
 fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {

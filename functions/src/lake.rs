@@ -130,12 +130,6 @@ pub async fn parts<S: ObjectStore>(store: &S) -> Result<Vec<ObjectMeta>, Error> 
     Ok(parts)
 }
 
-/// When a raw object was named (ms), from the ULID in its name.
-fn named_at(key: &str) -> Option<i64> {
-    let name = key.rsplit('/').next()?.strip_suffix(".ndjson.gz")?;
-    Some(ulid::Ulid::from_string(name).ok()?.timestamp_ms() as i64)
-}
-
 /// The day partition (`dt=YYYY-MM-DD`) and the ULID of a raw object's key.
 fn day_and_name(key: &str) -> Option<(&str, &str)> {
     let day = key.split('/').find(|segment| segment.starts_with("dt="))?;
@@ -169,8 +163,11 @@ async fn compact_within<S: ObjectStore>(
 ) -> Result<Compacted, Error> {
     let (mut manifest, etag) = manifest(store).await?;
     let settled = now.unix_millis() - settle_ms;
-    let mut keys: Vec<String> =
-        raw_tail(store, &manifest).await?.into_iter().filter(|k| named_at(k).is_some_and(|t| t <= settled)).collect();
+    let mut keys: Vec<String> = raw_tail(store, &manifest)
+        .await?
+        .into_iter()
+        .filter(|k| shared::storage::object_named_at(k).is_some_and(|t| t <= settled))
+        .collect();
     let mut out = Compacted { more: keys.len() > MAX_OBJECTS, ..Compacted::default() };
     keys.truncate(MAX_OBJECTS);
     if keys.is_empty() {
@@ -201,7 +198,7 @@ async fn compact_within<S: ObjectStore>(
                 out.held += 1;
                 continue;
             }
-            if !seen.insert(event.message_id.clone()) {
+            if !seen.insert(event.dedup_key()) {
                 continue;
             }
             days.entry(day.to_string()).or_insert_with(|| (name.to_string(), Vec::new())).1.push((event, keys));
@@ -581,8 +578,8 @@ pub async fn find<S: ObjectStore>(store: &S, part: &ObjectMeta, keys: &BTreeSet<
 /// JSON text until a chunk of profiles needs them (a tenth of the memory of a decoded canonical event).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagEvent {
-    /// The messageId.
-    pub message_id: Box<str>,
+    /// Its source and messageId, as deduplication keys it ([`shared::event::dedup_key`]).
+    pub dedup_key: Box<str>,
     /// Which call.
     pub kind: EventType,
     /// A track's event name.
@@ -599,7 +596,7 @@ impl TagEvent {
     /// The parts of a canonical event tags read.
     pub fn of(event: &CanonicalEvent) -> Self {
         Self {
-            message_id: event.message_id.as_str().into(),
+            dedup_key: event.dedup_key().into(),
             kind: event.kind,
             event: event.event.as_deref().map(Into::into),
             at: event.timestamp.unix_millis(),
@@ -614,7 +611,7 @@ impl TagEvent {
         match &self.properties {
             None => Ok(serde_json::Map::new()),
             Some(text) => serde_json::from_str(text)
-                .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.message_id))),
+                .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.dedup_key))),
         }
     }
 
@@ -626,7 +623,7 @@ impl TagEvent {
         Picked(wanted)
             .deserialize(&mut reader)
             .and_then(|picked| reader.end().map(|()| picked))
-            .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.message_id)))
+            .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.dedup_key)))
     }
 
     /// The evaluators' view, with the properties decoded by [`TagEvent::properties`].
@@ -635,7 +632,7 @@ impl TagEvent {
             kind: self.kind.as_str(),
             event: self.event.as_deref(),
             at: self.at,
-            id: &self.message_id,
+            id: shared::event::message_id_of(&self.dedup_key),
             properties,
         }
     }
@@ -647,11 +644,13 @@ pub fn for_tags(
     bytes: bytes::Bytes,
     mut each: impl FnMut(TagEvent, &[String]) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let columns = ["message_id", "type", "event", "timestamp", "received_at", "identity_keys", "properties"];
+    let columns =
+        ["message_id", "type", "event", "timestamp", "received_at", "source_id", "identity_keys", "properties"];
     for batch in batches(open(bytes)?, None, &columns)? {
         let batch = batch.map_err(arrow_error("part"))?;
-        let (ids, kinds, names, properties) = (
+        let (ids, sources, kinds, names, properties) = (
             strings(&batch, "message_id")?,
+            strings(&batch, "source_id")?,
             strings(&batch, "type")?,
             strings(&batch, "event")?,
             strings(&batch, "properties")?,
@@ -663,7 +662,7 @@ pub fn for_tags(
                 .find(|k| k.as_str() == kinds.value(i))
                 .ok_or_else(|| Error::Corrupt(format!("lake part: unknown type {:?}", kinds.value(i))))?;
             let event = TagEvent {
-                message_id: ids.value(i).into(),
+                dedup_key: shared::event::dedup_key(sources.value(i), ids.value(i)).into(),
                 kind,
                 event: (!names.is_null(i)).then(|| names.value(i).into()),
                 at: at.value(i),

@@ -15,6 +15,19 @@ pub(crate) async fn put_batch<S: ObjectStore>(store: &S, seed: u8, events: Value
     raw.expect("accepted events")
 }
 
+/// [`put_batch`] through the source `source_id` instead of `web`.
+pub(crate) async fn put_batch_from<S: ObjectStore>(
+    store: &S,
+    source_id: &str,
+    seed: u8,
+    events: Value,
+    now: UtcTime,
+) -> String {
+    let (raw, failed) = collect_through(store, source_id, seed, events, now).await;
+    assert!(failed.is_none(), "every event is accepted");
+    raw.expect("accepted events")
+}
+
 /// Runs `events` through the real collect pipeline at `now` and stores what the collector would: the accepted
 /// events and the rejected ones. Returns the raw and the failed object's keys.
 pub(crate) async fn collect_into<S: ObjectStore>(
@@ -23,7 +36,17 @@ pub(crate) async fn collect_into<S: ObjectStore>(
     events: Value,
     now: UtcTime,
 ) -> (Option<String>, Option<String>) {
-    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([1; 32]));
+    collect_through(store, "web", seed, events, now).await
+}
+
+async fn collect_through<S: ObjectStore>(
+    store: &S,
+    source_id: &str,
+    seed: u8,
+    events: Value,
+    now: UtcTime,
+) -> (Option<String>, Option<String>) {
+    let (source, key) = new_source(source_id, source_id, &mut Entropy::from_seed([1; 32]));
     let mut sources = Sources::default();
     sources.add(source).unwrap();
     let body = json!({"batch": events, "writeKey": key}).to_string();

@@ -222,6 +222,7 @@ fn notifications_watch_the_storage_layout() {
         "raw/",
         "failed/",
         "imports/",
+        "ingest/",
         "state/",
         "lake/",
         "audiences/",

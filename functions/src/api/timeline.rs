@@ -136,7 +136,7 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
                 next_cursor = Some(format!("{key}~{i}"));
                 break;
             }
-            if seen.insert(event.message_id.clone()) {
+            if seen.insert(event.dedup_key()) {
                 events.push(serde_json::to_value(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?);
             }
         }

@@ -1,9 +1,11 @@
-//! The ingest Lambda's event handling: SQS batches of S3 notifications (with partial batch failures), or a
-//! direct S3 event.
+//! The ingest Lambda's event handling: SQS batches of S3 notifications (with partial batch failures), a
+//! direct S3 event, or the schedule's event, which reconciles (applies raw objects whose notification was
+//! lost, see [`super::reconcile`]).
 
 use serde_json::Value;
 use shared::time::UtcTime;
 
+use super::reconcile::{Timing, reconcile};
 use super::{BatchItemFailure, SqsBatchResponse};
 use super::{IngestConfig, ingest, keys_of_s3_event, keys_of_sqs_event};
 use crate::Error;
@@ -17,6 +19,17 @@ use crate::storage::ObjectStore;
 /// A direct S3 event: its keys are ingested; a failure is an error, and Lambda retries the event.
 pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, now: UtcTime) -> Result<Value, Error> {
     let config = IngestConfig::load(store).await?;
+    if payload["detail-type"].as_str() == Some("Scheduled Event") {
+        let report = reconcile(store, &config, now, Timing::CLOUD).await?;
+        tracing::info!(
+            listed = report.listed,
+            missing = report.missing,
+            applied = report.applied,
+            unverifiable = report.unverifiable,
+            "ingest reconciled"
+        );
+        return serde_json::to_value(&report).map_err(|e| Error::Corrupt(e.to_string()));
+    }
     let is_sqs = payload["Records"].as_array().and_then(|r| r.first()).and_then(|r| r["eventSource"].as_str())
         == Some("aws:sqs");
     if !is_sqs {

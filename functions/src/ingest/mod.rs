@@ -5,6 +5,7 @@
 pub mod lambda;
 mod notifications;
 mod read;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -262,11 +263,13 @@ pub async fn ingest<S: ObjectStore + Clone>(
 ) -> Result<IngestReport, Error> {
     let mut report = IngestReport::default();
     let mut events: Vec<CanonicalEvent> = Vec::new();
+    let mut records = Vec::new();
     for key in keys {
         let Some(object) = read_object(store, key).await? else {
             tracing::warn!(%key, "object listed in a notification does not exist; skipping");
             continue;
         };
+        records.push(reconcile::object_record(key));
         report.objects += 1;
         report.quarantined += object.quarantined.len();
         if !object.quarantined.is_empty() {
@@ -283,7 +286,9 @@ pub async fn ingest<S: ObjectStore + Clone>(
         }
         events.extend(object.events);
     }
-    let applied = ingest_events(store, events, config, now).await?;
+    records.sort_unstable();
+    records.dedup();
+    let applied = apply_events(store, events, &records, config, now).await?;
     Ok(IngestReport { objects: report.objects, quarantined: report.quarantined, ..applied })
 }
 
@@ -292,7 +297,19 @@ pub async fn ingest<S: ObjectStore + Clone>(
 /// committed first.
 pub async fn ingest_events<S: ObjectStore + Clone>(
     store: &S,
+    events: Vec<CanonicalEvent>,
+    config: &IngestConfig,
+    now: UtcTime,
+) -> Result<IngestReport, Error> {
+    apply_events(store, events, &[], config, now).await
+}
+
+/// [`ingest_events`], recording `records` (the objects the events came from, see [`reconcile`]) as applied in
+/// the same commit.
+async fn apply_events<S: ObjectStore + Clone>(
+    store: &S,
     mut events: Vec<CanonicalEvent>,
+    records: &[String],
     config: &IngestConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
@@ -307,12 +324,13 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
         }
     }
     // One order for the same set of events, whatever order the objects came in.
-    events.sort_by(|a, b| (a.timestamp, &a.message_id).cmp(&(b.timestamp, &b.message_id)));
+    events.sort_by(|a, b| (a.timestamp, &a.message_id, &a.source_id).cmp(&(b.timestamp, &b.message_id, &b.source_id)));
 
     for attempt in 1..=config.max_attempts.max(1) {
         report.attempts = attempt;
         let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
         let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
+        txn.record(records, now, config.dedup_window_ms).await?;
         report.duplicates = events.len() - fresh.len();
         let (applied, merges, refusals, messages) = apply(&mut txn, &fresh, config, now).await?;
         report.applied = applied;

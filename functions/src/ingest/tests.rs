@@ -167,6 +167,155 @@ async fn an_object_of_old_events_delivered_again_and_after_a_compaction_changes_
 }
 
 #[tokio::test]
+async fn one_source_cannot_silence_another_by_reusing_its_message_ids() {
+    // Anyone holding the public browser key sends an event with the messageId of the server's real order.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let browser = crate::testing::put_batch_from(
+        &store,
+        "browser",
+        60,
+        json!([ev("track", "order-1001", 1, json!({"anonymousId": "a-mallory"}), json!({"event": "Order Completed"}))]),
+        now(),
+    )
+    .await;
+    let server = crate::testing::put_batch_from(
+        &store,
+        "server",
+        61,
+        json!([ev(
+            "track",
+            "order-1001",
+            2,
+            json!({"userId": "u-buyer"}),
+            json!({"event": "Order Completed", "properties": {"revenue": 99}})
+        )]),
+        now(),
+    )
+    .await;
+    let first = ingest(&store, std::slice::from_ref(&browser), &small(), now()).await.unwrap();
+    let second = ingest(&store, std::slice::from_ref(&server), &small(), now()).await.unwrap();
+    assert_eq!((first.applied, second.applied, second.duplicates), (1, 1, 0), "each source's event is applied");
+    let buyer = lookup(&store, "user_id:u-buyer").await.unwrap().expect("the buyer's profile");
+    assert_eq!(buyer.profile.events["Order Completed"].properties["revenue"].sum, 99.0);
+    // Within one source the messageId still deduplicates.
+    let again = ingest(&store, &[browser, server], &small(), now()).await.unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 2));
+}
+
+#[tokio::test]
+async fn reconciliation_applies_the_objects_whose_notification_was_lost_once() {
+    use super::reconcile::{Timing, WATERMARK, reconcile};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let config = small();
+    let timing = Timing { grace_ms: 10_000, settle_ms: 20_000 };
+    let minute = 60_000;
+    // The first run, on an empty store, starts the watermark.
+    let first = reconcile(&store, &config, now(), timing).await.unwrap();
+    assert_eq!((first.listed, first.missing, first.watermark.as_deref()), (0, 0, None));
+    assert!(store.get(WATERMARK).await.unwrap().is_some());
+
+    let stored = now().add_millis(-5 * minute).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..3u8 {
+        let events = json!([ev(
+            "track",
+            &format!("lost-{i}"),
+            u32::from(i),
+            json!({"userId": format!("u-lost-{i}")}),
+            json!({"event": "Order Completed"})
+        )]);
+        keys.push(crate::testing::put_batch(&store, 70 + i, events, stored.add_millis(i64::from(i)).unwrap()).await);
+    }
+    // Only the first object's notification arrived; the others died with the process.
+    ingest(&store, &keys[..1], &config, stored).await.unwrap();
+    let run = reconcile(&store, &config, now(), timing).await.unwrap();
+    assert_eq!((run.listed, run.missing, run.applied, run.unverifiable), (3, 2, 2, 0));
+    assert_eq!(run.watermark.as_ref(), keys.last(), "every object named before the settle time is passed");
+    for i in 0..3 {
+        let profile = lookup(&store, &format!("user_id:u-lost-{i}")).await.unwrap().expect("applied");
+        assert_eq!(profile.profile.events["Order Completed"].count, 1, "u-lost-{i} once");
+    }
+    assert_eq!(manifest(&store).await.unwrap().events_applied, 3);
+
+    // A late notification of an object reconciliation applied changes nothing; nor does another run.
+    let late = ingest(&store, &keys[1..], &config, now()).await.unwrap();
+    assert_eq!((late.applied, late.commit), (0, None));
+    let again = reconcile(&store, &config, now().add_millis(minute).unwrap(), timing).await.unwrap();
+    assert_eq!((again.listed, again.missing), (0, 0));
+
+    // An object younger than the grace time is left to its notification, and the watermark waits for it.
+    let fresh = crate::testing::put_batch(
+        &store,
+        80,
+        json!([ev("track", "fresh-1", 9, json!({"userId": "u-fresh"}), json!({"event": "X"}))]),
+        now().add_millis(minute).unwrap(),
+    )
+    .await;
+    let young = reconcile(&store, &config, now().add_millis(minute + 5_000).unwrap(), timing).await.unwrap();
+    assert_eq!((young.listed, young.missing), (1, 0));
+    assert_eq!(young.watermark.as_ref(), keys.last());
+    let due = reconcile(&store, &config, now().add_millis(minute + 60_000).unwrap(), timing).await.unwrap();
+    assert_eq!((due.missing, due.applied, due.watermark), (1, 1, Some(fresh)));
+}
+
+#[tokio::test]
+async fn reconciliation_of_an_older_state_starts_after_what_is_stored_and_never_applies_it_again() {
+    use super::reconcile::{Timing, reconcile};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let keys = person_objects(&store).await;
+    // A state whose objects were applied before reconciliation existed: a manifest, no watermark.
+    ingest(&store, &keys, &small(), now()).await.unwrap();
+    let later = now().add_millis(3_600_000).unwrap();
+    let run = reconcile(&store, &small(), later, Timing { grace_ms: 0, settle_ms: 1_000 }).await.unwrap();
+    assert_eq!((run.missing, run.applied), (0, 0));
+    assert_eq!(run.watermark.as_ref(), keys.iter().max());
+    assert_eq!(manifest(&store).await.unwrap().events_applied, 6);
+}
+
+#[tokio::test]
+async fn an_object_left_by_a_crash_a_month_ago_is_applied_unless_its_record_may_have_been_forgotten() {
+    use super::reconcile::{Timing, reconcile};
+    let timing = Timing { grace_ms: 0, settle_ms: 1_000 };
+    let day = 24 * 3_600_000;
+    let start = now().add_millis(-30 * day).unwrap();
+    let old = |store: FsStore, seed: u8| async move {
+        let events = json!([ev(
+            "track",
+            &format!("old-{seed}"),
+            9,
+            json!({"userId": format!("u-old-{seed}")}),
+            json!({"event": "X"})
+        )]);
+        crate::testing::put_batch(&store, seed, events, start.add_millis(60_000).unwrap()).await
+    };
+    // Stored, then the process died and nothing ran for a month: no record can have been forgotten.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    reconcile(&store, &small(), start, timing).await.unwrap();
+    let key = old(store.clone(), 90).await;
+    let run = reconcile(&store, &small(), now(), timing).await.unwrap();
+    assert_eq!((run.listed, run.missing, run.applied, run.unverifiable), (1, 1, 1, 0));
+    assert_eq!(run.watermark, Some(key));
+
+    // Here a compaction forgot what was applied more than the window ago: the object may be one of those.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    reconcile(&store, &small(), start, timing).await.unwrap();
+    let key = old(store.clone(), 91).await;
+    let other =
+        put_batch(&store, 92, json!([ev("track", "new-1", 1, json!({"userId": "u-new"}), json!({"event": "X"}))]))
+            .await;
+    ingest(&store, &[other], &always_folding(), now()).await.unwrap();
+    let run = reconcile(&store, &small(), now(), timing).await.unwrap();
+    assert_eq!((run.missing, run.unverifiable), (0, 1), "left alone, never applied twice");
+    assert!(lookup(&store, "user_id:u-old-91").await.unwrap().is_none());
+    assert!(run.watermark.is_some_and(|w| w >= key));
+}
+
+#[tokio::test]
 async fn object_order_does_not_change_the_state() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();

@@ -291,7 +291,7 @@ async fn the_full_recompute_reads_the_lake_with_the_same_results() {
 #[test]
 fn only_the_properties_asked_for_are_decoded() {
     let with = |text: &str| TagEvent {
-        message_id: "m1".into(),
+        dedup_key: "web/m1".into(),
         kind: shared::event::EventType::Track,
         event: Some("Order Completed".into()),
         at: 0,
@@ -305,7 +305,7 @@ fn only_the_properties_asked_for_are_decoded() {
     assert_eq!(event.properties_of(&[]).expect("decodes").len(), 0);
     for bad in [r#"{"a": 1"#, r#"{"a": 1} x"#, r#"[1, 2]"#] {
         let error = with(bad).properties_of(&wanted).expect_err(bad).to_string();
-        assert!(error.contains("the properties of m1 do not decode"), "{error}");
+        assert!(error.contains("the properties of web/m1 do not decode"), "{error}");
     }
     let none = TagEvent { properties: None, ..with("{}") };
     assert!(none.properties_of(&wanted).expect("none").is_empty());

@@ -46,6 +46,14 @@ pub struct Manifest {
     pub deltas: Vec<DeltaRef>,
     /// Events applied so far (for operators).
     pub events_applied: u64,
+    /// The latest horizon a compaction forgot dedup entries before (ms since the epoch): an entry recorded at
+    /// or after it is still stored, so a missing one was never recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forgotten_before: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Manifest {

@@ -438,8 +438,9 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
-    /// Keeps the events whose messageId was not applied within `window_ms` before `now` (nor earlier in this
-    /// batch), and remembers them with `now`, the time they are applied. Exact: a real event is never dropped
+    /// Keeps the events whose [dedup key](CanonicalEvent::dedup_key) (source and messageId) was not applied
+    /// within `window_ms` before `now` (nor earlier in this batch), and remembers them with `now`, the time
+    /// they are applied. Exact: a real event is never dropped
     /// for looking like another.
     ///
     /// The window runs from when a messageId was first applied, not from when its event was received: an
@@ -453,15 +454,16 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     ) -> Result<Vec<CanonicalEvent>, Error> {
         let horizon = now.unix_millis() - window_ms;
         self.horizon = Some(horizon);
-        self.load::<DedupShard>(events.iter().map(|e| &e.message_id)).await?;
+        let keys: Vec<String> = events.iter().map(CanonicalEvent::dedup_key).collect();
+        self.load::<DedupShard>(&keys).await?;
         let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let seen = self.view.dedup.entry(event.message_id.clone()).or_default();
+        for (event, key) in events.into_iter().zip(keys) {
+            let seen = self.view.dedup.entry(key.clone()).or_default();
             match seen {
                 Some(at) if *at >= horizon => continue,
                 _ => {
                     *seen = Some(now.unix_millis());
-                    self.changed.insert((Kind::Dedup, event.message_id.clone()));
+                    self.changed.insert((Kind::Dedup, key));
                     out.push(event);
                 }
             }
@@ -534,7 +536,33 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         Ok(())
     }
 
-    /// The messageIds among `ids` that ingest has applied (remembered for dedup).
+    /// Records `entries` (raw objects' records, see `ingest::reconcile`) as applied at `now`, like the events'
+    /// dedup keys in [`fresh`](Self::fresh): in the same commit, forgotten with the same window. Entries recorded
+    /// within the window are left as they are, so a redelivery writes nothing.
+    pub async fn record(&mut self, entries: &[String], now: UtcTime, window_ms: i64) -> Result<(), Error> {
+        let horizon = now.unix_millis() - window_ms;
+        self.horizon = Some(self.horizon.map_or(horizon, |h| h.min(horizon)));
+        self.load::<DedupShard>(entries).await?;
+        for entry in entries {
+            let seen = self.view.dedup.entry(entry.clone()).or_default();
+            if !matches!(seen, Some(at) if *at >= horizon) {
+                *seen = Some(now.unix_millis());
+                self.changed.insert((Kind::Dedup, entry.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries among `entries` that are recorded (see [`record`](Self::record)).
+    pub async fn recorded_objects(
+        &mut self,
+        entries: impl IntoIterator<Item = String>,
+    ) -> Result<BTreeSet<String>, Error> {
+        let entries: Vec<String> = entries.into_iter().collect();
+        self.applied_messages(entries.iter()).await
+    }
+
+    /// The [dedup keys](CanonicalEvent::dedup_key) among `ids` that ingest has applied (and remembers).
     pub async fn applied_messages<'i>(
         &mut self,
         ids: impl IntoIterator<Item = &'i String> + Clone,
@@ -705,6 +733,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
         let all = Arc::new(all);
         let permits = Arc::new(Semaphore::new(PARALLEL_IO));
         let mut tasks = JoinSet::new();
+        let dedup_folded = fold.iter().any(|(kind, _)| *kind == Kind::Dedup);
         for (kind, n) in fold {
             let name = shard_name(kind.name(), n);
             let base = self.base.objects.get(&name).cloned();
@@ -727,6 +756,9 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                 write_once(&store, &key, body).await?;
                 Ok::<_, Error>((name, ShardRef { key, version, bytes }))
             });
+        }
+        if let Some(horizon) = self.horizon.filter(|_| dedup_folded) {
+            self.manifest.forgotten_before = self.manifest.forgotten_before.max(horizon);
         }
         while let Some(joined) = tasks.join_next().await {
             let (name, written) = joined.map_err(task_failed)??;

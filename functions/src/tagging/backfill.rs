@@ -215,14 +215,14 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         let recent: Vec<String> = rows
             .iter()
             .filter(|(_, e)| e.received_at >= forgotten_before)
-            .map(|(_, e)| e.message_id.to_string())
+            .map(|(_, e)| e.dedup_key.to_string())
             .collect();
         let applied = txn.applied_messages(recent.iter()).await?;
         let mut states: std::collections::HashMap<u32, ProfileTagState> =
             numbers.iter().map(|n| (*n, ProfileTagState::default())).collect();
         for (number, event) in &rows {
             let Some(tag_state) = states.get_mut(number) else { continue };
-            if event.received_at < forgotten_before || applied.contains(&*event.message_id) {
+            if event.received_at < forgotten_before || applied.contains(&*event.dedup_key) {
                 let properties = event.properties_of(&wanted)?;
                 rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }

@@ -405,7 +405,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
         Some(n) => spill.push(n, &event),
         None => {
-            unresolved.insert(event.message_id);
+            unresolved.insert(event.dedup_key);
             Ok(())
         }
     })

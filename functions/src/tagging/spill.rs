@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shared::event::EventType;
+use shared::event::{EventType, message_id_of};
 
 use crate::Error;
 use crate::lake::TagEvent;
@@ -130,7 +130,7 @@ impl Spill {
     }
 
     /// Chunk `bucket`'s events with their profile numbers, sorted by profile, time and messageId, each
-    /// messageId once per profile (a compaction retried, or finishing while the events were read, can leave
+    /// event (source and messageId) once per profile (a compaction retried, or finishing while the events were read, can leave
     /// an event in two places). Reads what [`Spill::seal`] wrote.
     pub(crate) fn read(&self, bucket: usize) -> Result<Vec<(u32, TagEvent)>, Error> {
         let bytes = match std::fs::read(self.path(bucket)) {
@@ -143,8 +143,12 @@ impl Spill {
         while at < bytes.len() {
             rows.push(decode(&bytes, &mut at).ok_or_else(|| Error::Corrupt("a chunk's file is cut short".into()))?);
         }
-        rows.sort_by(|(p, a), (q, b)| (p, a.at, &a.message_id).cmp(&(q, b.at, &b.message_id)));
-        rows.dedup_by(|(p, a), (q, b)| p == q && a.message_id == b.message_id);
+        // By messageId before source, the order ingest applies events in.
+        fn order(e: &TagEvent) -> (i64, &str, &str) {
+            (e.at, message_id_of(&e.dedup_key), &e.dedup_key)
+        }
+        rows.sort_by(|(p, a), (q, b)| (p, order(a)).cmp(&(q, order(b))));
+        rows.dedup_by(|(p, a), (q, b)| p == q && a.dedup_key == b.dedup_key);
         Ok(rows)
     }
 }
@@ -217,14 +221,14 @@ fn put_text(buffer: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
-/// profile (u32), at, received_at (i64), type (index in [`EventType::ALL`]), messageId, event, properties.
+/// profile (u32), at, received_at (i64), type (index in [`EventType::ALL`]), dedup key, event, properties.
 /// Writes `event` with `properties` for its own.
 fn encode(buffer: &mut Vec<u8>, profile: u32, event: &TagEvent, properties: Option<&str>) {
     buffer.extend_from_slice(&profile.to_le_bytes());
     buffer.extend_from_slice(&event.at.to_le_bytes());
     buffer.extend_from_slice(&event.received_at.to_le_bytes());
     buffer.push(EventType::ALL.iter().position(|k| *k == event.kind).unwrap_or_default() as u8);
-    put_text(buffer, Some(&event.message_id));
+    put_text(buffer, Some(&event.dedup_key));
     put_text(buffer, event.event.as_deref());
     put_text(buffer, properties);
 }
@@ -249,10 +253,10 @@ fn decode(bytes: &[u8], at: &mut usize) -> Option<(u32, TagEvent)> {
     let time = i64::from_le_bytes(take(bytes, at, 8)?.try_into().ok()?);
     let received_at = i64::from_le_bytes(take(bytes, at, 8)?.try_into().ok()?);
     let kind = *EventType::ALL.get(usize::from(take(bytes, at, 1)?[0]))?;
-    let message_id = take_text(bytes, at)??;
+    let dedup_key = take_text(bytes, at)??;
     let event = take_text(bytes, at)?;
     let properties = take_text(bytes, at)?;
-    Some((profile, TagEvent { message_id, kind, event, at: time, received_at, properties }))
+    Some((profile, TagEvent { dedup_key, kind, event, at: time, received_at, properties }))
 }
 
 #[cfg(test)]
@@ -261,7 +265,7 @@ mod tests {
 
     fn event(id: &str, at: i64, properties: Option<&str>) -> TagEvent {
         TagEvent {
-            message_id: id.into(),
+            dedup_key: id.into(),
             kind: EventType::Track,
             event: Some("Order Completed".into()),
             at,
@@ -310,7 +314,7 @@ mod tests {
 
         assert_eq!(spill.read(0).unwrap(), vec![(3, event("m1", 10, None))]);
         let second = spill.read(1).unwrap();
-        let order: Vec<(u32, &str)> = second.iter().map(|(p, e)| (*p, &*e.message_id)).collect();
+        let order: Vec<(u32, &str)> = second.iter().map(|(p, e)| (*p, &*e.dedup_key)).collect();
         assert_eq!(order, vec![(11, "m4"), (12, "m3"), (12, "m2")]);
         assert_eq!(second[0].1, page);
         assert_eq!(second[2].1, event("m2", 20, Some(r#"{"total":12.5,"sku":"é"}"#)));

@@ -91,7 +91,7 @@ impl DestinationSet {
             if !destination.send.events.iter().any(|f| crate::tags::passes(self.patterns(), f, &view)) {
                 continue;
             }
-            let id = item_id(&[&destination.id, "event", &event.message_id]);
+            let id = item_id(&[&destination.id, "event", &event.source_id, &event.message_id]);
             let detail = Detail::EventTriggered {
                 event: TriggeredEvent {
                     message_id: event.message_id.clone(),

@@ -566,6 +566,11 @@ fn profiles_changes_become_items_for_the_subscribed_destinations_with_stable_ids
     assert_eq!(value["occurredAt"], "2026-11-28T12:00:00.000Z");
     assert!(set.trigger_messages(&profile, &event("Order Completed", 99.0), at(5_000)).is_empty());
     assert!(set.trigger_messages(&profile, &event("Product Viewed", 500.0), at(5_000)).is_empty());
+    // The same messageId from another source is another event: another webhook id, which partners keep.
+    let mut elsewhere = event("Order Completed", 120.0);
+    elsewhere.source_id = format!("{}-other", elsewhere.source_id);
+    let other = set.trigger_messages(&profile, &elsewhere, at(5_000));
+    assert_ne!(other[0].item.id, fired[0].item.id);
 
     // Changes of subscribed traits and tags, with before and after.
     let before = json!({"plan": "free"});

@@ -8,6 +8,24 @@ use serde_json::{Map, Value};
 use super::EventType;
 use crate::time::UtcTime;
 
+/// The key deduplication remembers an event by: its source and its messageId. A messageId is the client's
+/// choice, so it is unique only within its source: an event sent through one source (a public browser key)
+/// must never make another source's event with the same messageId be dropped. Source ids hold no `/`
+/// ([`crate::source`] checks them), so the key is unambiguous; the edge, ingest, the lake, the recompute
+/// and imports all use this one rule.
+pub fn dedup_key(source_id: &str, message_id: &str) -> String {
+    let mut key = String::with_capacity(source_id.len() + 1 + message_id.len());
+    key.push_str(source_id);
+    key.push('/');
+    key.push_str(message_id);
+    key
+}
+
+/// The messageId within a [`dedup_key`].
+pub fn message_id_of(dedup_key: &str) -> &str {
+    dedup_key.split_once('/').map_or(dedup_key, |(_, message_id)| message_id)
+}
+
 /// One normalized, enriched event.
 ///
 /// Field names and meanings follow the Segment spec, so anything that reads Segment data reads this; what we
@@ -15,7 +33,8 @@ use crate::time::UtcTime;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CanonicalEvent {
-    /// Unique id of the message: the client's (trimmed, ≤ 100 chars) or one we generated. Dedup key.
+    /// Id of the message: the client's (trimmed, ≤ 100 chars) or one we generated. Unique within its
+    /// source: deduplication is by [`dedup_key`](Self::dedup_key).
     pub message_id: String,
     /// Which call this is.
     #[serde(rename = "type")]
@@ -74,6 +93,13 @@ pub struct CanonicalEvent {
     /// Top-level fields the spec does not name, kept as sent (nothing is lost).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extras: Map<String, Value>,
+}
+
+impl CanonicalEvent {
+    /// This event's [`dedup_key`].
+    pub fn dedup_key(&self) -> String {
+        dedup_key(&self.source_id, &self.message_id)
+    }
 }
 
 /// One identifier of a person, in the form ID-Mapping keys on.

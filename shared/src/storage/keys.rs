@@ -32,6 +32,19 @@ pub fn object_key(kind: ObjectKind, received_at: UtcTime, request_id: ulid::Ulid
     format!("{}v1/dt={date}/hr={hour}/{request_id}.ndjson.gz", kind.prefix())
 }
 
+/// `raw/v1/dt=YYYY-MM-DD/hr=HH/`: the partition of the raw objects received in `at`'s hour.
+pub fn raw_hour_prefix(at: UtcTime) -> String {
+    let (date, hour) = at.date_and_hour();
+    format!("{}v1/dt={date}/hr={hour}/", ObjectKind::Raw.prefix())
+}
+
+/// When an object of [`object_key`]'s layout was named (ms since the epoch), from the ULID in its name; `None`
+/// for any other name.
+pub fn object_named_at(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?.strip_suffix(".ndjson.gz")?;
+    Some(ulid::Ulid::from_string(name).ok()?.timestamp_ms() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +55,8 @@ mod tests {
         let id = ulid::Ulid::from_parts(t.unix_millis() as u64, 1);
         assert_eq!(object_key(ObjectKind::Raw, t, id), format!("raw/v1/dt=2026-11-28/hr=09/{id}.ndjson.gz"));
         assert_eq!(object_key(ObjectKind::Failed, t, id), format!("failed/v1/dt=2026-11-28/hr=09/{id}.ndjson.gz"));
+        assert_eq!(raw_hour_prefix(t), "raw/v1/dt=2026-11-28/hr=09/");
+        assert_eq!(object_named_at(&object_key(ObjectKind::Raw, t, id)), Some(t.unix_millis()));
+        assert_eq!(object_named_at("raw/v1/dt=2026-11-28/hr=09/BADLINE.ndjson.gz"), None);
     }
 }

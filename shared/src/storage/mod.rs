@@ -4,4 +4,4 @@ mod codec;
 mod keys;
 
 pub use codec::{decode_ndjson_gz, encode_ndjson_gz, gunzip, gzip};
-pub use keys::{CONFIG_SOURCES, ObjectKind, object_key};
+pub use keys::{CONFIG_SOURCES, ObjectKind, object_key, object_named_at, raw_hour_prefix};

@@ -1,0 +1,74 @@
+//! What must hold when things go wrong around the real `cdp up`: a crash loses no acknowledged event, a second
+//! runner on the same folder is refused.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cdp_e2e::procs::{CdpUp, cdp_bin};
+use cdp_e2e::wall_clock;
+use functions::storage::{FsStore, ObjectStore, PutOptions};
+use shared::collect::{CollectRequest, Collected, Endpoint, collect};
+use shared::ids::Entropy;
+use shared::source::{Sources, new_source};
+
+/// Writes a raw object into `data` as the collector does just before a crash takes the process (and with it
+/// the queue that would have told ingest about it).
+fn raw_object_left_by_a_crash(data: &std::path::Path, user: &str) {
+    let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([3; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).expect("source");
+    let body = serde_json::json!({"writeKey": key, "batch": [
+        {"type": "track", "event": "Order Completed", "userId": user, "messageId": format!("{user}-1")}
+    ]})
+    .to_string();
+    let now = wall_clock().add_millis(-5_000).expect("time");
+    let Collected::Kept(batch) = collect(
+        &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+        &sources,
+        now,
+        &mut Entropy::from_seed([4; 32]),
+    ) else {
+        panic!("rejected")
+    };
+    let (object_key, bytes) = batch.accepted_object().expect("accepted");
+    let store = FsStore::open(data).expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(store.put(&object_key, bytes, PutOptions::ndjson_gz())).expect("put");
+}
+
+fn orders(data: &std::path::Path, user: &str) -> Option<u64> {
+    let out = Command::new(cdp_bin())
+        .args(["profile", &format!("user_id:{user}"), "--json", "--data"])
+        .arg(data)
+        .output()
+        .expect("cdp profile");
+    let profile: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    profile["events"]["Order Completed"]["count"].as_u64()
+}
+
+#[test]
+fn events_stored_before_a_crash_are_applied_when_cdp_up_starts_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The first run: started, then killed.
+    drop(CdpUp::start(dir.path()));
+    raw_object_left_by_a_crash(dir.path(), "u-before-crash");
+    let _up = CdpUp::start(dir.path());
+    let start = Instant::now();
+    while orders(dir.path(), "u-before-crash").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stored event never reached its profile");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(orders(dir.path(), "u-before-crash"), Some(1), "applied exactly once");
+}
+
+#[test]
+fn repeated_kills_lose_no_acknowledged_event_and_apply_none_twice() {
+    let out = Command::new(cdp_bin())
+        .args(["bench", "crash", "--kills", "3", "--interval", "1.5", "--batch", "10"])
+        .output()
+        .expect("cdp bench crash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("every acknowledged event is on its profile exactly once"), "{stdout}");
+}
