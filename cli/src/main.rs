@@ -15,6 +15,7 @@ mod bench_tagging;
 mod bench_tags;
 mod deliveries;
 mod lake;
+mod lock;
 mod profile;
 mod source;
 mod tags;

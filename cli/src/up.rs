@@ -72,6 +72,7 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let store = FsStore::open(&args.data.data).context("opening the data folder")?;
         let root = std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+        let _lock = crate::lock::lock(&root)?;
         println!("cdp: data in {}", root.display());
 
         let sources = functions::collect::load_sources(&store).await?;

@@ -28,6 +28,11 @@ impl Proc {
         Self { child, log }
     }
 
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails if the process has exited.
     pub fn alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {

@@ -72,3 +72,18 @@ fn repeated_kills_lose_no_acknowledged_event_and_apply_none_twice() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("every acknowledged event is on its profile exactly once"), "{stdout}");
 }
+
+#[test]
+fn a_second_cdp_up_on_the_same_folder_is_refused_and_names_the_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = CdpUp::start(dir.path());
+    let out = Command::new(cdp_bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .expect("cdp up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second runner must not start");
+    assert!(stderr.contains("is in use by another `cdp up`"), "{stderr}");
+    assert!(stderr.contains(&format!("process {}", first.proc.id())), "{stderr}");
+}
