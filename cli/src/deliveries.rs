@@ -261,10 +261,14 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
                 }
             }
         }
-        if let Some(running) = dispatcher.as_mut()
-            && let Err(error) = running.intake().await
-        {
-            tracing::error!(%error, "taking the delivery outbox");
+        if let Some(running) = dispatcher.as_mut() {
+            if let Err(error) = running.intake().await {
+                tracing::error!(%error, "taking the delivery outbox");
+            }
+            // Messages for a destination added since: read the configuration again now, not in a second.
+            if running.is_stale() {
+                checked = tokio::time::Instant::now() - Duration::from_secs(2);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

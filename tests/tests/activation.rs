@@ -493,3 +493,37 @@ fn an_event_that_makes_a_profile_enter_an_audience_reaches_the_demo_partner_unde
     let p = profile(&|p| p["events"]["Partner Feedback"]["count"] == 1);
     assert_eq!(p["events"]["Partner Feedback"]["count"], 1);
 }
+
+#[test]
+fn messages_for_a_destination_added_after_the_dispatcher_started_wait_for_it_and_are_delivered() {
+    let partner = Partner::start(SECRET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let old = destination("old", &partner.url("/old"), json!({}));
+    let new = destination("new", &partner.url("/new"), json!({}));
+    let config = |list: &[&DestinationDefinition]| {
+        let body = serde_json::to_vec(list).expect("json");
+        rt.block_on(store.put(dispatch::DESTINATIONS_CONFIG, body, functions::storage::PutOptions::json()))
+            .expect("config");
+    };
+    config(&[&old]);
+    let running = Running::start(store.clone(), vec![old.clone()]);
+    // A destination is added, and ingest, which read the new configuration first, puts an item for it in the
+    // outbox before the dispatcher restarts; another item names a destination configured nowhere.
+    config(&[&old, &new]);
+    enqueue(&store, &[message("new", 1, 0)]);
+    enqueue(&store, &[message("ghost", 1, 0)]);
+    wait_for("the ghost's dead letter", Duration::from_secs(10), || {
+        rt.block_on(dispatch::dead_letters(&store, "ghost")).expect("dead letters").len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rt.block_on(dispatch::dead_letters(&store, "new")).expect("dead letters").is_empty(), "not dead-lettered");
+    assert_eq!(rt.block_on(store.list(dispatch::OUTBOX)).expect("outbox").len(), 1, "it waits in the outbox");
+    running.stop();
+    let running = Running::start(store.clone(), vec![old, new]);
+    wait_for("the new destination's item", Duration::from_secs(10), || {
+        partner.received("/new").iter().any(|r| r.answered == 200 && items_of(&r.body) == ["new-p1-000"])
+    });
+    running.stop();
+}

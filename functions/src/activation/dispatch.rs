@@ -278,6 +278,17 @@ pub struct Dispatcher<S: ObjectStore + Clone> {
     logger: Option<tokio::task::JoinHandle<()>>,
     outcome_writer: Option<tokio::task::JoinHandle<()>>,
     drain: Option<i64>,
+    /// Set when the outbox holds messages for a destination configured after this dispatcher started: its
+    /// caller restarts it with the new configuration (the messages wait in the outbox until then).
+    stale: bool,
+}
+
+/// What to do with messages for a destination this dispatcher has no lane for.
+enum Unrouted {
+    /// Configured since the dispatcher started: leave them in the outbox for a dispatcher that knows it.
+    Wait,
+    /// Turned off, or not configured at all: a dead letter naming the reason.
+    DeadLetter,
 }
 
 fn now_ms() -> i64 {
@@ -323,6 +334,7 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             logger: Some(logger),
             outcome_writer: Some(outcome_writer),
             drain: drain_until,
+            stale: false,
         };
         for d in destinations.iter().filter(|d| d.enabled) {
             for lane in 0..shared::activation::LANES {
@@ -339,9 +351,19 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         Ok(dispatcher)
     }
 
+    /// Whether the configuration moved on since this dispatcher started: messages for a destination it does
+    /// not know are waiting in the outbox. Restart it with the configuration as it is now.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
     /// Moves every outbox object's messages and every replay request into the lanes (each lane stores them
-    /// before the outbox object is deleted). Messages for unknown or turned-off destinations become dead
-    /// letters naming the reason. Returns the number of messages taken.
+    /// before the outbox object is deleted). Messages for turned-off destinations, and for destinations that
+    /// the configuration as it is now does not name, become dead letters naming the reason. An object with
+    /// messages for a destination configured after this dispatcher started stays in the outbox, whole, and
+    /// the dispatcher reports itself [stale](Self::is_stale): a producer saw the new configuration first, and
+    /// its messages wait for a dispatcher that knows it instead of being dead-lettered by the race. Returns
+    /// the number of messages taken.
     pub async fn intake(&mut self) -> Result<usize, Error> {
         let store = self.shared.store.clone();
         // A destination re-enabled (`cdp deliveries enable`) resumes; its lanes notice within a second.
@@ -360,6 +382,15 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             let Some(object) = store.get(&meta.key).await? else { continue };
             let messages: Vec<Message> = shared::storage::decode_ndjson_gz(&object.body)
                 .map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
+            let unknown: BTreeSet<&str> = messages
+                .iter()
+                .map(|m| m.destination.as_str())
+                .filter(|d| !self.destinations.contains_key(*d))
+                .collect();
+            if !unknown.is_empty() && matches!(self.unrouted(&unknown).await?, Unrouted::Wait) {
+                self.stale = true;
+                continue;
+            }
             taken += messages.len();
             let mut by_lane: BTreeMap<(String, usize), Vec<Message>> = BTreeMap::new();
             for message in messages {
@@ -413,6 +444,27 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         }
         let running: BTreeSet<(String, usize)> = self.lanes.keys().cloned().collect();
         forget_stored(&self.shared.store, &profiles, &running).await
+    }
+
+    /// For messages to destinations this dispatcher does not know: whether the configuration as stored now
+    /// names one of them (wait for a restart), or names none (dead letters). A configuration that does not
+    /// read is waited out too: nothing is dead-lettered because of a file being edited.
+    async fn unrouted(&self, unknown: &BTreeSet<&str>) -> Result<Unrouted, Error> {
+        match crate::config::read::<_, Vec<DestinationDefinition>>(&self.shared.store, DESTINATIONS_CONFIG).await {
+            Ok(now) => {
+                let configured = now.unwrap_or_default();
+                Ok(if configured.iter().any(|d| unknown.contains(d.id.as_str())) {
+                    Unrouted::Wait
+                } else {
+                    Unrouted::DeadLetter
+                })
+            }
+            Err(Error::Config(problem)) => {
+                tracing::warn!(%problem, "deliveries for new destinations wait until the configuration reads");
+                Ok(Unrouted::Wait)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn unroutable(&self, destination: &str, lane: usize, messages: Vec<Message>) -> Result<(), Error> {
