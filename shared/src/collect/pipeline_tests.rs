@@ -340,3 +340,18 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn user_ids_beyond_two_to_the_53_stay_apart() {
+    let s = setup();
+    let body = format!(
+        r#"{{"writeKey":"{}","batch":[
+            {{"type":"identify","userId":123456789012345678901234567890,"messageId":"big-1"}},
+            {{"type":"identify","userId":123456789012345678901234567891,"messageId":"big-2"}},
+            {{"type":"identify","userId":42,"messageId":"small"}}]}}"#,
+        s.key
+    );
+    let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    let ids: Vec<&str> = batch.accepted.iter().filter_map(|e| e.user_id.as_deref()).collect();
+    assert_eq!(ids, ["123456789012345678901234567890", "123456789012345678901234567891", "42"]);
+}

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Declares the slots, their wire names, and the lookups between them.
@@ -89,7 +90,11 @@ impl<'de> Deserialize<'de> for WireEvent {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireEvent, A::Error> {
                 let mut event = WireEvent::default();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let value: Value = map.next_value()?;
+                    let value: Value = if IDENTIFIERS.contains(&key.as_ref()) {
+                        id_value(map.next_value::<&'de RawValue>()?).map_err(serde::de::Error::custom)?
+                    } else {
+                        map.next_value()?
+                    };
                     event.insert(key, value);
                 }
                 Ok(event)
@@ -97,6 +102,22 @@ impl<'de> Deserialize<'de> for WireEvent {
         }
 
         deserializer.deserialize_map(EventVisitor)
+    }
+}
+
+/// The top-level fields that identify someone: a number there is read by its text, not as a float.
+const IDENTIFIERS: [&str; 4] = ["userId", "anonymousId", "previousId", "groupId"];
+
+/// An identifier's value. A number keeps its exact text (as a string, which is what every id becomes):
+/// parsed as a float, user ids `123456789012345678901234567890` and `…891` would both be
+/// `1.2345678901234568e29`, and two people would merge into one profile.
+fn id_value(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => Ok(Value::String(text.to_string())),
+        // The common case, a string without escapes, without parsing it again.
+        Some(b'"') if text.len() >= 2 && !text.contains('\\') => Ok(Value::String(text[1..text.len() - 1].to_string())),
+        _ => serde_json::from_str(text),
     }
 }
 
@@ -112,8 +133,18 @@ mod tests {
             serde_json::from_str(r#"{"type":"track","userId":5,"x":{"y":1},"type":"page","we\u0069rd":true}"#).unwrap();
         assert_eq!(e.remove("type"), Some(json!("page")), "the last repeated key wins");
         assert_eq!(e.remove("type"), None);
-        assert_eq!(e.remove("userId"), Some(json!(5)));
+        assert_eq!(e.remove("userId"), Some(json!("5")), "an id number by its text");
         assert_eq!(Value::Object(e.extras), json!({"x": {"y": 1}, "weird": true}));
+    }
+
+    #[test]
+    fn numbers_used_as_ids_keep_their_exact_text() {
+        let text = r#"{"userId":123456789012345678901234567890,"anonymousId":"a\u0062c","groupId":-7.50,"previousId":{"x":1}}"#;
+        let mut e: WireEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(e.remove("userId"), Some(json!("123456789012345678901234567890")));
+        assert_eq!(e.remove("anonymousId"), Some(json!("abc")), "escapes decoded");
+        assert_eq!(e.remove("groupId"), Some(json!("-7.50")));
+        assert_eq!(e.remove("previousId"), Some(json!({"x": 1})), "anything else as JSON, for the checks to name");
     }
 
     #[test]
