@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up::run(args),
@@ -101,6 +102,25 @@ fn main() -> anyhow::Result<()> {
         Command::Destination(command) => deliveries::destination(command),
         Command::Deliveries(command) => deliveries::deliveries(command),
     }
+}
+
+/// Output into a pipe whose reader went away (`cdp deliveries list | head`) ends the command quietly, with
+/// the status a shell gives a program stopped by SIGPIPE (128 + 13), instead of a panic: the standard library
+/// ignores SIGPIPE, so `println!` panics on the broken pipe.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// 32 bytes from the operating system's CSPRNG.

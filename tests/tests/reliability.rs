@@ -87,3 +87,22 @@ fn a_second_cdp_up_on_the_same_folder_is_refused_and_names_the_first() {
     assert!(stderr.contains("is in use by another `cdp up`"), "{stderr}");
     assert!(stderr.contains(&format!("process {}", first.proc.id())), "{stderr}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    cdp_e2e::procs::cdp_source_add(dir.path(), "site");
+    // `cdp source list | head -0`: the reader is gone before the command writes.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(cdp_bin())
+        .args(["source", "list", "--data"])
+        .arg(dir.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("cdp source list");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "the status of a program stopped by SIGPIPE; {stderr}");
+}
