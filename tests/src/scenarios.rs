@@ -134,6 +134,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("access-control-allow-origin"), Some("https://www.shop.example"));
+    assert_eq!(reply.header("access-control-allow-credentials"), None, "the collector never takes credentials");
     assert_eq!(reply.json()["accepted"], 3);
 
     // A single call from a server library, key in Basic auth.
@@ -150,6 +151,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 204);
     assert_eq!(reply.header("access-control-allow-origin"), Some("https://www.shop.example"));
+    assert_eq!(reply.header("access-control-allow-credentials"), None);
     assert_eq!(send("GET", &format!("{url}/health"), b"", &[]).map(|r| r.status), Ok(200));
 
     let snapshot = bucket.snapshot();

@@ -55,10 +55,12 @@ impl Answer {
         Self::error(405, "method_not_allowed", "use POST for collect endpoints and GET for /health")
     }
 
-    /// Adds the CORS headers that let a browser at `origin` read this answer.
+    /// Adds the CORS headers that let a browser at `origin` read this answer. Never
+    /// `Access-Control-Allow-Credentials`: the collector authenticates by write key, never by cookies, so a
+    /// page's credentials are neither needed nor accepted (the browser library sends with `credentials:
+    /// 'omit'`; a beacon's answer is not read).
     pub fn with_cors(mut self, origin: &str) -> Self {
         self.headers.push(("access-control-allow-origin", origin.to_string()));
-        self.headers.push(("access-control-allow-credentials", "true".to_string()));
         self.headers.push(("vary", "Origin".to_string()));
         self
     }

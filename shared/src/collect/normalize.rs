@@ -127,7 +127,7 @@ fn build(m: &mut WireEvent, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
     }
 
     let received_at = shared.received_at;
-    let timestamp = event_time(received_at, client_time, sent_at);
+    let (timestamp, note) = event_time(received_at, client_time, sent_at);
 
     let mut context = context.unwrap_or_default();
     if let Some(batch) = shared.batch_context {
@@ -196,23 +196,48 @@ fn build(m: &mut WireEvent, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
         context,
         integrations,
         identifiers: Vec::new(),
-        enrichment: Enrichment::default(),
+        enrichment: Enrichment { notes: note.into_iter().collect(), ..Enrichment::default() },
         extras,
     })
 }
 
+/// How far ahead of receipt a client's time may be (without `sentAt` to correct it) before it is taken as a
+/// wrong clock: a day covers every time zone mistake.
+const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
 /// When the event happened, corrected for the client's clock: `receivedAt − (sentAt − originalTimestamp)`
 /// when both client times are known; the client's time when only it is (historical imports); else receipt.
-/// Never later than receipt: a client clock that says "sent before it happened" cannot move events into the
-/// future.
-pub(crate) fn event_time(received_at: UtcTime, client_time: Option<UtcTime>, sent_at: Option<UtcTime>) -> UtcTime {
-    match (client_time, sent_at) {
+/// Never later than receipt when corrected (a client clock that says "sent before it happened" cannot move
+/// events into the future), never before the epoch, and never more than a day after receipt: a time outside
+/// those bounds (a `sentAt` in year 2999, an `originalTimestamp` in year 0000) is replaced by the time of
+/// receipt, and the note says so (kept in the event's enrichment; the times as sent stay in the event).
+pub(crate) fn event_time(
+    received_at: UtcTime,
+    client_time: Option<UtcTime>,
+    sent_at: Option<UtcTime>,
+) -> (UtcTime, Option<String>) {
+    let (time, what) = match (client_time, sent_at) {
         (Some(original), Some(sent)) => {
             let delay = sent.unix_millis().saturating_sub(original.unix_millis());
-            received_at.add_millis(-delay).unwrap_or(received_at).min(received_at)
+            let corrected = received_at.add_millis(-delay).map(|t| t.min(received_at));
+            (corrected, "receivedAt − (sentAt − originalTimestamp)")
         }
-        (Some(original), None) => original,
-        (None, _) => received_at,
+        (Some(original), None) => (Some(original), "originalTimestamp"),
+        (None, _) => return (received_at, None),
+    };
+    match time {
+        Some(time) if time.unix_millis() >= 0 && time.unix_millis() <= received_at.unix_millis() + MAX_AHEAD_MS => {
+            (time, None)
+        }
+        _ => {
+            let shown = time.map_or_else(|| "out of range".to_string(), |t| t.to_string());
+            (
+                received_at,
+                Some(format!(
+                    "timestamp: {what} is {shown}, before 1970 or more than a day after receipt; the time of receipt is used"
+                )),
+            )
+        }
     }
 }
 
@@ -335,18 +360,40 @@ mod tests {
             Some(t("2026-11-28T13:00:08.000Z")),
             Some(t("2026-11-28T13:00:10.000Z")),
         );
-        assert_eq!(ts, t("2026-11-28T12:00:08.000Z"));
+        assert_eq!(ts, (t("2026-11-28T12:00:08.000Z"), None));
     }
 
     #[test]
     fn event_time_without_sent_at_or_client_time() {
         let received = t("2026-11-28T12:00:10.000Z");
         let historical = t("2020-01-01T00:00:00.000Z");
-        assert_eq!(event_time(received, Some(historical), None), historical);
-        assert_eq!(event_time(received, None, Some(historical)), received);
+        assert_eq!(event_time(received, Some(historical), None), (historical, None));
+        assert_eq!(event_time(received, None, Some(historical)), (received, None));
         // sentAt before originalTimestamp would put the event in the future: clamp to receipt.
         let ts = event_time(received, Some(t("2026-11-28T12:00:20.000Z")), Some(t("2026-11-28T12:00:00.000Z")));
+        assert_eq!(ts, (received, None));
+    }
+
+    #[test]
+    fn client_times_out_of_bounds_give_the_time_of_receipt_with_a_note() {
+        let received = t("2026-11-28T12:00:10.000Z");
+        let year_zero = t("0000-01-01T00:00:00.000Z");
+        // A sentAt in 2999 would correct the event into year 0997.
+        let (ts, note) = event_time(received, Some(t("2026-11-28T12:00:00.000Z")), Some(t("2999-01-01T00:00:00Z")));
         assert_eq!(ts, received);
+        assert!(note.unwrap().contains("before 1970 or more than a day after receipt"));
+        let (ts, note) = event_time(received, Some(year_zero), None);
+        assert_eq!((ts, note.is_some()), (received, true));
+        let (ts, note) = event_time(received, Some(t("2031-01-01T00:00:00.000Z")), None);
+        assert_eq!((ts, note.is_some()), (received, true), "years ahead without sentAt: a wrong clock");
+        // Within bounds nothing changes: a historical import, a client a few hours ahead.
+        let ahead = t("2026-11-28T20:00:00.000Z");
+        assert_eq!(event_time(received, Some(ahead), None), (ahead, None));
+        let epoch = t("1970-01-01T00:00:00.000Z");
+        assert_eq!(event_time(received, Some(epoch), None), (epoch, None));
+        // Both client times from a clock reset to 0000: the delay between them still holds.
+        let (ts, note) = event_time(received, Some(year_zero), Some(t("0000-01-01T00:00:02.000Z")));
+        assert_eq!((ts, note), (t("2026-11-28T12:00:08.000Z"), None));
     }
 
     #[test]

@@ -216,8 +216,16 @@ fn parse(text: &str, endpoint: Endpoint) -> Result<Parsed<'_>, Answer> {
         }
         Endpoint::Batch => {
             let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-                if e.is_data() {
-                    Answer::error(400, "invalid_batch", "request body must be an object with a `batch` array")
+                let detail = e.to_string();
+                if detail.starts_with("duplicate field") {
+                    let field = detail.split('`').nth(1).unwrap_or("a field");
+                    Answer::error(400, "invalid_batch", &format!("request body has `{field}` more than once ({e})"))
+                } else if e.is_data() {
+                    Answer::error(
+                        400,
+                        "invalid_batch",
+                        &format!("request body must be an object with a `batch` array: {e}"),
+                    )
                 } else {
                     invalid(e)
                 }
@@ -307,12 +315,16 @@ fn events(
         let object = match serde_json::from_str::<WireEvent>(text) {
             Ok(object) => object,
             Err(e) => {
-                // Valid JSON (the envelope parse checked it) that is not an object; name what it is.
-                let reason = match serde_json::from_str::<Value>(text) {
-                    Ok(other) => format!("event must be a JSON object, got {}", type_name(&other)),
-                    Err(_) => format!("event is not valid JSON: {e}"),
+                // Not an object (name what it is), or JSON the envelope's parse let through but that does not
+                // decode (a lone surrogate in an escape, a key repeated in a way a slot cannot take).
+                let (code, reason) = match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(_)) => (FailureCode::InvalidJson, format!("event does not decode: {e}")),
+                    Ok(other) => {
+                        (FailureCode::NotAnObject, format!("event must be a JSON object, got {}", type_name(&other)))
+                    }
+                    Err(e) => (FailureCode::InvalidJson, format!("event is not valid JSON: {e}")),
                 };
-                failed.push(fail(Rejection { code: FailureCode::NotAnObject, reason, message_id: None }));
+                failed.push(fail(Rejection { code, reason, message_id: None }));
                 continue;
             }
         };

@@ -88,6 +88,7 @@ fn analytics_js_batch_with_key_in_body() {
     let body: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(body, json!({"success": true, "accepted": 3, "failed": 0}));
     assert!(answer.headers.contains(&("access-control-allow-origin", "https://www.shop.example".to_string())));
+    assert!(!answer.headers.iter().any(|(name, _)| *name == "access-control-allow-credentials"), "no credentials");
 }
 
 #[test]
@@ -225,7 +226,9 @@ fn origins_are_checked_per_source() {
     let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
     req.origin = Some("https://evil.example");
     assert_eq!(rejected(run(&req, &s)).status, 403);
-    assert_eq!(preflight(Some("https://www.shop.example"), &s.sources).status, 204);
+    let allowed = preflight(Some("https://www.shop.example"), &s.sources);
+    assert_eq!(allowed.status, 204);
+    assert!(!allowed.headers.iter().any(|(name, _)| *name == "access-control-allow-credentials"), "no credentials");
     // The second source allows any origin, so a preflight from anywhere passes; the POST is checked per source.
     assert_eq!(preflight(Some("https://evil.example"), &s.sources).status, 204);
     assert_eq!(preflight(None, &s.sources).status, 400);
@@ -354,4 +357,44 @@ fn user_ids_beyond_two_to_the_53_stay_apart() {
     let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
     let ids: Vec<&str> = batch.accepted.iter().filter_map(|e| e.user_id.as_deref()).collect();
     assert_eq!(ids, ["123456789012345678901234567890", "123456789012345678901234567891", "42"]);
+}
+
+#[test]
+fn errors_name_what_is_actually_wrong() {
+    let s = setup();
+    let twice = format!(r#"{{"writeKey":"{}","batch":[],"batch":[]}}"#, s.key);
+    let answer = rejected(run(&CollectRequest::new(Endpoint::Batch, twice.as_bytes()), &s));
+    assert_eq!(answer.status, 400);
+    assert!(answer.body.contains("request body has `batch` more than once"), "{}", answer.body);
+
+    let body = format!(
+        r#"{{"writeKey":"{}","batch":[{{"type":"track","event":"\ud800 lone","userId":"u"}},{{"type":"page","userId":"u"}},7]}}"#,
+        s.key
+    );
+    let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    assert_eq!(batch.accepted.len(), 1, "the good event is kept");
+    let codes: Vec<(FailureCode, &str)> = batch.failed.iter().map(|f| (f.code, f.reason.as_str())).collect();
+    assert_eq!(codes[0].0, FailureCode::InvalidJson, "{codes:?}");
+    assert!(codes[0].1.contains("escape"), "{codes:?}");
+    assert_eq!(codes[1], (FailureCode::NotAnObject, "event must be a JSON object, got a number"));
+}
+
+#[test]
+fn a_client_time_out_of_bounds_is_replaced_by_receipt_with_a_note() {
+    let s = setup();
+    let body = format!(
+        r#"{{"writeKey":"{}","sentAt":"2999-01-01T00:00:00Z","batch":[
+            {{"type":"page","userId":"u","timestamp":"2026-11-28T12:00:00Z","messageId":"far"}},
+            {{"type":"page","userId":"u","originalTimestamp":"0000-01-01T00:00:00Z","sentAt":null,"messageId":"zero"}}]}}"#,
+        s.key
+    );
+    let batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    for event in &batch.accepted {
+        assert_eq!(event.timestamp, now(), "{}", event.message_id);
+        assert_eq!(event.enrichment.notes.len(), 1, "{}", event.message_id);
+    }
+    assert_eq!(
+        batch.accepted[1].original_timestamp.map(|t| t.to_string()).as_deref(),
+        Some("0000-01-01T00:00:00.000Z")
+    );
 }

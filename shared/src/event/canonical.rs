@@ -130,6 +130,10 @@ pub struct Enrichment {
     /// Whether the user agent is a known crawler or bot.
     #[serde(default)]
     pub bot: bool,
+    /// What the collector changed in the event and why (a client time out of bounds replaced by the time of
+    /// receipt, ...); the values as sent stay in the event (`originalTimestamp`, `sentAt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Geolocation of the request, as the edge reports it (Cloudflare's `request.cf`).

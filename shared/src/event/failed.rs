@@ -13,6 +13,8 @@ use crate::time::UtcTime;
 pub enum FailureCode {
     /// The batch element is not a JSON object.
     NotAnObject,
+    /// The batch element is not valid JSON on its own (e.g. a lone UTF-16 surrogate in an escape).
+    InvalidJson,
     /// The event is larger than 32 KB.
     EventTooLarge,
     /// `type` is missing or not one of the six calls.
@@ -38,6 +40,7 @@ impl FailureCode {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCode::NotAnObject => "not_an_object",
+            FailureCode::InvalidJson => "invalid_json",
             FailureCode::EventTooLarge => "event_too_large",
             FailureCode::UnknownType => "unknown_type",
             FailureCode::MissingIdentity => "missing_identity",
