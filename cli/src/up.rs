@@ -197,6 +197,7 @@ async fn serve(
                         user_agent: header_str(headers, header::USER_AGENT),
                         client_ip: client_ip(&state, headers, peer),
                         geo: None,
+                        content_encoding: header_str(headers, header::CONTENT_ENCODING),
                     };
                     let handled = handle(&state.store, &sources, &request, crate::now(), crate::seed()).await;
                     if let Some(key) = handled.raw_key {

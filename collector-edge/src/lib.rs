@@ -67,6 +67,7 @@ async fn collect(
     };
     let authorization = header(req, "authorization");
     let user_agent = header(req, "user-agent");
+    let content_encoding = header(req, "content-encoding");
     let request = CollectRequest {
         endpoint,
         body,
@@ -76,6 +77,7 @@ async fn collect(
         // Cloudflare sets this header itself; clients cannot forge it through the edge.
         client_ip: header(req, "cf-connecting-ip").and_then(|ip| ip.parse().ok()),
         geo: geo(req),
+        content_encoding: content_encoding.as_deref(),
     };
     let now = now();
     let mut seed = [0u8; 32];

@@ -154,8 +154,20 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!(reply.header("access-control-allow-credentials"), None);
     assert_eq!(send("GET", &format!("{url}/health"), b"", &[]).map(|r| r.status), Ok(200));
 
+    // A gzip body (Content-Encoding) is read; an encoding the collector does not read is refused, not misread.
+    let events = json!({"batch": [{"type": "track", "event": "Zipped", "userId": "u-gz", "messageId": "gz-1"}]});
+    let auth = crate::http::basic(key);
+    let zipped = shared::storage::gzip(events.to_string().as_bytes());
+    let headers = [("content-type", "application/json"), ("content-encoding", "gzip"), ("authorization", &auth)];
+    let reply = send("POST", &format!("{url}/v1/batch"), &zipped, &headers).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{}", reply.body);
+    let headers = [("content-type", "application/json"), ("content-encoding", "br"), ("authorization", &auth)];
+    let plain = events.to_string();
+    let reply = send("POST", &format!("{url}/v1/batch"), plain.as_bytes(), &headers).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reply.status, 415, "{}", reply.body);
+
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len()), (3, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len()), (4, 1));
     project(&snapshot)
 }
 

@@ -6,6 +6,7 @@
 
 mod answer;
 mod auth;
+mod encoding;
 mod enrich;
 mod normalize;
 mod pipeline;

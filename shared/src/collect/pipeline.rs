@@ -126,7 +126,8 @@ fn unauthorized() -> Collected {
 
 /// Runs the collect pipeline on one request.
 ///
-/// Order: size limits (400) → a write key in the header, if any (401) → JSON (400) → a write key in the body
+/// Order: size limits (400) → the body's `Content-Encoding` (gzip and deflate inflated within the size limit,
+/// others 415) → a write key in the header, if any (401) → JSON (400) → a write key in the body
 /// (401) → origin (403) → batch length (400) → each event on its own: size, parse, validate, normalize, enrich.
 pub fn collect(req: &CollectRequest<'_>, sources: &Sources, now: UtcTime, entropy: &mut Entropy) -> Collected {
     let limit = match req.endpoint {
@@ -139,6 +140,11 @@ pub fn collect(req: &CollectRequest<'_>, sources: &Sources, now: UtcTime, entrop
             &format!("request body is {} bytes; at most {limit} are allowed on this endpoint", req.body.len()),
         );
     }
+    let decoded = match super::encoding::decode(req.body, req.content_encoding, limit) {
+        Ok(decoded) => decoded,
+        Err(answer) => return Collected::Rejected(answer),
+    };
+    let body = decoded.as_deref().unwrap_or(req.body);
 
     let header_key = req.authorization.and_then(basic_auth_user);
     let header_source = match &header_key {
@@ -149,7 +155,7 @@ pub fn collect(req: &CollectRequest<'_>, sources: &Sources, now: UtcTime, entrop
         None => None,
     };
 
-    let text = match std::str::from_utf8(req.body) {
+    let text = match std::str::from_utf8(body) {
         Ok(text) => text,
         Err(_) => return bad_request("invalid_json", "request body is not UTF-8 JSON"),
     };

@@ -398,3 +398,18 @@ fn a_client_time_out_of_bounds_is_replaced_by_receipt_with_a_note() {
         Some("0000-01-01T00:00:00.000Z")
     );
 }
+
+#[test]
+fn compressed_bodies_are_read_and_unknown_encodings_refused() {
+    let s = setup();
+    let body = format!(r#"{{"writeKey":"{}","batch":[{{"type":"page","userId":"u"}}]}}"#, s.key);
+    let zipped = crate::storage::gzip(body.as_bytes());
+    let mut req = CollectRequest::new(Endpoint::Batch, &zipped);
+    req.content_encoding = Some("gzip");
+    assert_eq!(kept(run(&req, &s)).accepted.len(), 1);
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.content_encoding = Some("br");
+    let answer = rejected(run(&req, &s));
+    assert_eq!(answer.status, 415);
+    assert!(answer.body.contains("unsupported_encoding"), "{}", answer.body);
+}

@@ -30,11 +30,22 @@ pub struct CollectRequest<'a> {
     pub client_ip: Option<IpAddr>,
     /// Geolocation the edge attached to the request, if any.
     pub geo: Option<Geo>,
+    /// The `Content-Encoding` header, if any: gzip and deflate bodies are decoded, others refused (415).
+    pub content_encoding: Option<&'a str>,
 }
 
 impl<'a> CollectRequest<'a> {
     /// A request with only an endpoint and a body; the rest absent.
     pub fn new(endpoint: Endpoint, body: &'a [u8]) -> Self {
-        Self { endpoint, body, authorization: None, origin: None, user_agent: None, client_ip: None, geo: None }
+        Self {
+            endpoint,
+            body,
+            authorization: None,
+            origin: None,
+            user_agent: None,
+            client_ip: None,
+            geo: None,
+            content_encoding: None,
+        }
     }
 }
