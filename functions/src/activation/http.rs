@@ -224,6 +224,19 @@ mod tests {
         assert_eq!(retry_after("soon"), None);
     }
 
+    #[tokio::test]
+    async fn names_are_checked_after_resolution() {
+        use std::str::FromStr as _;
+        use tower_service::Service as _;
+        // `localhost` is refused where a destination is defined too; here the resolver's own check is tested.
+        let name = Name::from_str("localhost").unwrap();
+        let error = CheckedResolver { reach: Reach::Public }.call(name.clone()).await.unwrap_err();
+        assert!(error.to_string().contains("localhost resolves to"), "{error}");
+        let allowed: Vec<SocketAddr> =
+            CheckedResolver { reach: Reach::PublicAndLoopback }.call(name).await.unwrap().collect();
+        assert!(allowed.iter().all(|a| a.ip().is_loopback()) && !allowed.is_empty());
+    }
+
     #[test]
     fn redirect_targets_are_made_absolute() {
         let base = Url::parse("https://p.example/a/b?x").unwrap();

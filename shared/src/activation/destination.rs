@@ -323,30 +323,38 @@ impl DestinationSet {
 }
 
 /// A destination URL: absolute, `https` (or `http` to loopback when allowed), a host, no credentials. Literal
-/// addresses are checked here; names are checked after resolution, at send time.
+/// addresses — in every spelling a resolver accepts ([`super::ssrf::literal_address`]) — and `localhost` names
+/// are checked here; other names are checked after resolution, at send time.
 pub fn check_url(url: &str, loopback: bool) -> Result<(), String> {
     let parsed = Url::parse(url)?;
     let reach = if loopback { super::ssrf::Reach::PublicAndLoopback } else { super::ssrf::Reach::Public };
-    if let Ok(ip) = parsed.host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>()
+    let literal = super::ssrf::literal_address(&parsed.host)?;
+    if let Some(ip) = literal
         && let Some(reason) = super::ssrf::refused(ip, reach)
     {
-        return Err(format!("{} is a {reason}; webhooks go to public addresses", parsed.host));
+        let shown = if ip.to_string() == parsed.host.trim_matches(['[', ']']) {
+            parsed.host.clone()
+        } else {
+            format!("{} ({ip})", parsed.host)
+        };
+        return Err(format!("{shown} is a {reason}; webhooks go to public addresses"));
+    }
+    let local_name = literal.is_none() && is_localhost_name(&parsed.host);
+    if local_name && !loopback {
+        return Err(format!("{} is a loopback name; webhooks go to public addresses", parsed.host));
     }
     match parsed.scheme.as_str() {
         "https" => Ok(()),
-        "http" if loopback && is_loopback_host(&parsed.host) => Ok(()),
+        "http" if loopback && (local_name || literal.is_some_and(|ip| ip.is_loopback())) => Ok(()),
         "http" => Err("use https (http is allowed only for loopback during local development)".into()),
         other => Err(format!("scheme `{other}` is not https")),
     }
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// `localhost` and its subdomains, which resolvers answer with loopback (RFC 6761).
+fn is_localhost_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// The parts of an absolute URL a delivery needs.

@@ -107,12 +107,27 @@ fn private_loopback_link_local_and_metadata_addresses_are_refused() {
         "fe80::1",
         "ff02::1",
         "2001:db8::1",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "64:ff9b:1::a9fe:a9fe",
+        "::ffff:0:7f00:1",
     ];
     for ip in refused_ips {
         let ip: IpAddr = ip.parse().unwrap();
         assert!(refused(ip, Reach::Public).is_some(), "{ip} must be refused");
     }
-    for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "169.255.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+    for ip in [
+        "8.8.8.8",
+        "1.1.1.1",
+        "172.32.0.1",
+        "100.128.0.1",
+        "169.255.0.1",
+        "2606:4700::1111",
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",
+        "64:ff9b::808:808",
+    ] {
         let ip: IpAddr = ip.parse().unwrap();
         assert_eq!(refused(ip, Reach::Public), None, "{ip} is public");
     }
@@ -127,6 +142,62 @@ fn private_loopback_link_local_and_metadata_addresses_are_refused() {
         refused("169.254.169.254".parse().unwrap(), Reach::Public),
         Some("link-local address (cloud metadata services answer here)")
     );
+}
+
+#[test]
+fn every_spelling_of_a_private_address_is_refused_where_the_destination_is_defined() {
+    use super::destination::check_url;
+    use super::ssrf::literal_address;
+    let refused_urls = [
+        "https://2130706433/",
+        "https://0x7f000001/",
+        "https://0X7F000001/",
+        "https://127.1/",
+        "https://127.0.1/",
+        "https://0177.0.0.1/",
+        "https://0x7f.0.0.1/",
+        "https://127.0.0.1./",
+        "https://2852039166/",
+        "https://0xa9fea9fe/",
+        "https://169.254.43518/",
+        "https://0/",
+        "https://10.1/",
+        "https://[fe80::1%25lo]/",
+        "https://[fe80::1%lo]/",
+        "https://[2002:7f00:1::]/",
+        "https://[::ffff:7f00:1]/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://[64:ff9b::7f00:1]/",
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+        "https://localhost/",
+        "https://LocalHost./",
+        "https://api.localhost/",
+        "https://1.2.3.4.5/",
+        "https://256.0.0.1/",
+        "https://4294967296/",
+    ];
+    for url in refused_urls {
+        assert!(check_url(url, false).is_err(), "{url} must be refused");
+    }
+    assert!(check_url("https://2130706433/", false).unwrap_err().contains("(127.0.0.1)"));
+    assert!(check_url("https://[fe80::1%25lo]/", false).unwrap_err().contains("zone identifier"));
+    for url in [
+        "https://hooks.partner.example/in",
+        "https://8.8.8.8/",
+        "https://134744072/",
+        "https://[2606:4700::1111]/",
+        "https://1password.example/",
+        "https://partner.example.com1/",
+    ] {
+        assert_eq!(check_url(url, false), Ok(()), "{url}");
+    }
+    assert_eq!(literal_address("134744072"), Ok(Some("8.8.8.8".parse().unwrap())));
+    assert_eq!(literal_address("1.2.65535"), Ok(Some("1.2.255.255".parse().unwrap())));
+    assert_eq!(literal_address("shop.example"), Ok(None));
+    // Local development opens loopback in every spelling, and nothing else.
+    assert_eq!(check_url("http://127.1:8080/", true), Ok(()));
+    assert_eq!(check_url("http://localhost:8080/", true), Ok(()));
+    assert!(check_url("http://0xa9fea9fe/", true).is_err());
 }
 
 #[test]
