@@ -167,6 +167,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         connections: usize,
     },
+    /// A real `cdp up` with few files while idle connections are held to it: real requests still served,
+    /// idle sockets closed, the runner never out of files.
+    Idle {
+        /// Idle connections to hold (this process needs as many files: raise `ulimit -n`).
+        #[arg(long, default_value_t = 1500)]
+        sockets: usize,
+        /// Requests sent while they are held.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// The runner's open-file limit.
+        #[arg(long, default_value_t = 1024)]
+        files: u64,
+    },
     /// A bare HTTP sink for the benchmark's comparison: reads each body, answers 200, stores nothing.
     #[command(hide = true)]
     Sink {
@@ -201,6 +214,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Crash { kills, interval, batch, connections } => {
             crate::bench_crash::run(kills, interval, batch, connections)
         }
+        BenchCommand::Idle { sockets, requests, files } => crate::bench_idle::run(sockets, requests, files),
         BenchCommand::Sink { listen } => sink(listen),
     }
 }
@@ -238,7 +252,7 @@ pub(crate) fn duckdb_peer(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Re
 }
 
 /// Kills the child on drop.
-pub(crate) struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

@@ -139,12 +139,13 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         println!("cdp: press Ctrl-C to stop");
 
-        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                println!("cdp: stopping");
-            })
-            .await?;
+        let limits = crate::serve::Limits::for_this_process();
+        tracing::debug!(?limits, "serving limits");
+        crate::serve::serve(listener, app(state), limits, async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("cdp: stopping");
+        })
+        .await?;
         println!("cdp: stopped");
         Ok(())
     })

@@ -106,3 +106,17 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "the status of a program stopped by SIGPIPE; {stderr}");
 }
+
+#[test]
+fn idle_connections_cannot_exhaust_the_runner() {
+    // More idle sockets than the runner (limited to 1024 files) may keep; this process raises its own limit.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n \"$(ulimit -Hn)\" && exec \"$0\" bench idle --sockets 1500 --requests 50 --files 1024")
+        .arg(cdp_bin())
+        .output()
+        .expect("cdp bench idle");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| 50 of 50 |"), "every request served: {stdout}");
+}
