@@ -55,6 +55,9 @@ pub const SETTLE_MS: i64 = 10 * 60 * 1000;
 const MAX_OBJECTS: usize = 20_000;
 /// Events one compaction run holds at most (bounded memory: it stops after the object that reaches this).
 const MAX_EVENTS: usize = 500_000;
+/// At most this much event text (inflated JSON) per run: decoded events and their part take a few times as
+/// much, so a run's memory stays bounded however large or compressible the objects are.
+const MAX_TEXT_BYTES: usize = 16 << 20;
 /// The leaf columns with bloom filters.
 const BLOOM: [&str; 4] = ["message_id", "user_id", "anonymous_id", "identity_keys.list.item"];
 
@@ -151,15 +154,17 @@ pub fn identity_keys(rules: &IdentityRules, event: &CanonicalEvent) -> Vec<Strin
 /// Compacts raw objects named at least `settle_ms` before `now` into the lake; at most one bounded batch per
 /// call (`more` says whether another would find work).
 pub async fn compact<S: ObjectStore>(store: &S, settle_ms: i64, now: UtcTime) -> Result<Compacted, Error> {
-    compact_within(store, settle_ms, now, MAX_EVENTS).await
+    compact_within(store, settle_ms, now, MAX_EVENTS, MAX_TEXT_BYTES).await
 }
 
-/// [`compact`], stopping after the raw object that brings the run to `max_events`.
+/// [`compact`], stopping after the raw object that brings the run to `max_events` events or `max_bytes` of
+/// event text.
 async fn compact_within<S: ObjectStore>(
     store: &S,
     settle_ms: i64,
     now: UtcTime,
     max_events: usize,
+    max_bytes: usize,
 ) -> Result<Compacted, Error> {
     let (mut manifest, etag) = manifest(store).await?;
     let settled = now.unix_millis() - settle_ms;
@@ -181,8 +186,9 @@ async fn compact_within<S: ObjectStore>(
     // Per day of receipt: the first raw object's name, and the rows.
     let mut days: BTreeMap<String, (String, Vec<Row>)> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
+    let mut text_bytes = 0;
     for key in &keys {
-        if kept >= max_events {
+        if kept >= max_events || text_bytes >= max_bytes {
             out.more = true;
             break;
         }
@@ -192,6 +198,7 @@ async fn compact_within<S: ObjectStore>(
             continue;
         };
         let Some(object) = read_object(store, key).await? else { continue };
+        text_bytes += object.text_bytes;
         for event in object.events {
             let keys = identity_keys(&rules, &event);
             if !held.is_empty() && keys.iter().any(|k| held.contains(&shared::access::hashed_identifier(k))) {

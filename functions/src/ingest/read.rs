@@ -29,6 +29,8 @@ pub struct ReadObject {
     pub events: Vec<CanonicalEvent>,
     /// What did not.
     pub quarantined: Vec<Quarantined>,
+    /// Bytes of text the object inflated to (what decoding it costs in memory, roughly).
+    pub text_bytes: usize,
 }
 
 /// Reads `key`; `None` if it does not exist.
@@ -55,6 +57,7 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> ReadObject {
             }
         }
     }
+    out.text_bytes = text.len();
     // With damage, the last line may be cut short: it is quarantined like any other bad line.
     for (i, line) in text.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {

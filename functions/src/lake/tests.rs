@@ -89,9 +89,9 @@ async fn a_run_holds_a_bounded_number_of_events_and_the_next_goes_on() {
     put_batch(&store, 3, json!([page("m4", "u4")]), at("2026-11-29T10:02:00Z")).await;
     let now = at("2026-11-29T11:00:00Z");
     // Stops after the object that reaches two events: the first.
-    let first = compact_within(&store, SETTLE_MS, now, 2).await.unwrap();
+    let first = compact_within(&store, SETTLE_MS, now, 2, usize::MAX).await.unwrap();
     assert_eq!((first.objects, first.events, first.more), (1, 2, true), "{first:?}");
-    let second = compact_within(&store, SETTLE_MS, now, 2).await.unwrap();
+    let second = compact_within(&store, SETTLE_MS, now, 2, usize::MAX).await.unwrap();
     assert_eq!((second.objects, second.events, second.more), (2, 2, false), "{second:?}");
     assert!(raw_tail(&store, &manifest(&store).await.unwrap().0).await.unwrap().is_empty());
     let mut ids = Vec::new();
@@ -99,6 +99,30 @@ async fn a_run_holds_a_bounded_number_of_events_and_the_next_goes_on() {
         ids.extend(part(&store, &listed.key).await.into_iter().map(|(e, _)| e.message_id));
     }
     assert_eq!(ids, ["m1", "m2", "m3", "m4"], "every event once, in receipt order");
+}
+
+#[tokio::test]
+async fn a_run_holds_a_bounded_amount_of_event_text_however_well_it_compresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    // Three objects of about 40 KB of text each that gzip to a few hundred bytes.
+    let padding = "x".repeat(2_000);
+    for (seed, minute) in [(1u8, 0), (2, 1), (3, 2)] {
+        let events: Vec<_> = (0..20)
+            .map(|i| {
+                let mut e = page(&format!("b{seed}-{i}"), "u1");
+                e["properties"] = json!({"padding": padding});
+                e
+            })
+            .collect();
+        put_batch(&store, seed, json!(events), at(&format!("2026-11-29T10:0{minute}:00Z"))).await;
+    }
+    let now = at("2026-11-29T11:00:00Z");
+    // A budget of 50 KB of text: the run stops after the object that passes it.
+    let first = compact_within(&store, SETTLE_MS, now, usize::MAX, 50_000).await.unwrap();
+    assert_eq!((first.objects, first.events, first.more), (2, 40, true), "{first:?}");
+    let second = compact_within(&store, SETTLE_MS, now, usize::MAX, 50_000).await.unwrap();
+    assert_eq!((second.objects, second.events, second.more), (1, 20, false), "{second:?}");
 }
 
 fn rows_for(users: std::ops::Range<usize>) -> Vec<Row> {
