@@ -61,7 +61,8 @@ pub(crate) struct ApiKeyList {
 pub(crate) struct CreateKey {
     /// What it is for (1 to 200 characters).
     name: String,
-    /// `profiles:read`, `profiles:write`, `profiles:delete`, `config:read`, `config:write`, `audit:read`, `admin`.
+    /// `profiles:read`, `profiles:write`, `profiles:delete`, `config:read`, `config:write`, `audit:read`, `pii:send`,
+    /// `admin`.
     scopes: Vec<String>,
 }
 

@@ -275,6 +275,10 @@ pub(crate) async fn put_definition<S: ObjectStore + Clone>(
     let Some(object) = definition.as_object_mut() else {
         return Err(ApiError::invalid(format!("a {} definition is a JSON object", kind.noun())));
     };
+    // A destination that receives personal data, pointed anywhere, reads every person's: its own scope.
+    if kind == Kind::Destinations && object.get("allowPii") == Some(&Value::Bool(true)) {
+        api.authorize(&headers, Scope::PiiSend).await?;
+    }
     match object.get("id") {
         None => {
             object.insert("id".into(), Value::String(id.clone()));

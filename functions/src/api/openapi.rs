@@ -119,7 +119,14 @@ fn managed() -> Vec<Route> {
             Put,
             one.clone(),
             "config",
-            format!("Creates or replaces a {noun} definition ({schema}); checked against the whole configuration"),
+            if noun == "destination" {
+                format!(
+                    "Creates or replaces a {noun} definition ({schema}); checked against the whole configuration. \
+                     One with `allowPii` also needs the scope `pii:send`"
+                )
+            } else {
+                format!("Creates or replaces a {noun} definition ({schema}); checked against the whole configuration")
+            },
             "config:write",
             Some((schema, component)),
             (200, "Replaced (201 when created)"),

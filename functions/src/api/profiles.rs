@@ -191,11 +191,34 @@ pub(crate) async fn get<S: ObjectStore + Clone>(
     Path(identifier): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Scope::ProfilesRead).await?;
+    let actor = api.authorize(&headers, Scope::ProfilesRead).await?;
     Ok(match resolve(&api, &identifier, "").await? {
-        Ok(stored) => json_body(&view(stored)).into_response(),
+        Ok(stored) => {
+            audit_read(&api, actor, "profile", &stored.node.id, &identifier).await?;
+            json_body(&view(stored)).into_response()
+        }
         Err(redirect) => redirect,
     })
+}
+
+/// Records a read of a person's data in the audit log (`profile.read`): who, which profile, which view, and
+/// the identifier asked by, hashed. The read is not answered unless its record is stored.
+pub(crate) async fn audit_read<S: ObjectStore + Clone>(
+    api: &Api<S>,
+    actor: shared::access::Actor,
+    view: &str,
+    profile: &str,
+    asked_by: &str,
+) -> Result<(), ApiError> {
+    let by = if asked_by == profile { asked_by.to_string() } else { shared::access::hashed_identifier(asked_by) };
+    let detail = serde_json::json!({"view": view, "by": by});
+    api.audit(
+        actor,
+        "profile.read",
+        &format!("profile:{profile}"),
+        super::Change { detail: Some(detail), ..Default::default() },
+    )
+    .await
 }
 
 /// A profile's identity history: creation, links, merges, refusals, unlinks and splits.
@@ -219,11 +242,12 @@ pub(crate) async fn history<S: ObjectStore + Clone>(
     Path(identifier): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Scope::ProfilesRead).await?;
+    let actor = api.authorize(&headers, Scope::ProfilesRead).await?;
     let stored = match resolve(&api, &identifier, "/history").await? {
         Ok(stored) => stored,
         Err(redirect) => return Ok(redirect),
     };
+    audit_read(&api, actor, "history", &stored.node.id, &identifier).await?;
     let entries = stored
         .node
         .audit

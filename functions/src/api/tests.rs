@@ -517,3 +517,35 @@ fn audit_record_ids_keep_their_order_within_a_millisecond() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert!(next_record_id(ulid::Ulid::from_parts(1_795_953_600_000, 0)) > ids[2], "an earlier candidate comes after");
 }
+
+#[tokio::test]
+async fn personal_data_needs_its_own_scope_to_leave_and_every_read_of_a_profile_is_audited() {
+    let f = Fixture::new().await;
+    let config = key(&f.store, "integrations", &[Scope::ConfigWrite]).await;
+    let trusted = key(&f.store, "privacy officer", &[Scope::ConfigWrite, Scope::PiiSend]).await;
+    let reader = key(&f.store, "support", &[Scope::ProfilesRead]).await;
+    let with_pii = json!({"url": "https://partner.example/hook", "secret": SECRET, "allowPii": true,
+                          "send": {"events": [{"events": ["Order Completed"]}]}, "fields": {"traits": ["email"]}});
+    let (status, _, refused) = f.call("PUT", "/v1/destinations/crm", Some(&config), Some(with_pii.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(refused.to_string().contains("pii:send"), "{refused}");
+    let without = json!({"url": "https://partner.example/hook", "secret": SECRET,
+                         "send": {"events": [{"events": ["Order Completed"]}]}});
+    assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&config), Some(without)).await.0, StatusCode::CREATED);
+    assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&trusted), Some(with_pii)).await.0, StatusCode::OK);
+
+    f.ingest(1, json!([ev("identify", "m1", 1, json!({"userId": "u1", "traits": {"email": "jane@example.com"}}))]))
+        .await;
+    let (status, profile) = f.get("/v1/profiles/email:jane@example.com", &reader).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(f.get("/v1/profiles/user_id:u1/history", &reader).await.0, StatusCode::OK);
+    assert_eq!(f.get("/v1/profiles/user_id:u1/events", &reader).await.0, StatusCode::OK);
+    let (_, log) = f.get("/v1/audit?action=profile.read", &f.admin).await;
+    let records = log["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "{log}");
+    let views: BTreeSet<&str> = records.iter().filter_map(|r| r["detail"]["view"].as_str()).collect();
+    assert_eq!(views, BTreeSet::from(["profile", "history", "events"]));
+    assert!(records.iter().all(|r| r["target"] == format!("profile:{}", profile["id"].as_str().unwrap())));
+    assert!(records.iter().any(|r| r["detail"]["by"] == shared::access::hashed_identifier("email:jane@example.com")));
+    assert!(!log.to_string().contains("jane"), "no identifier in clear: {log}");
+}

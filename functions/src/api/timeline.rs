@@ -79,7 +79,7 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
     headers: HeaderMap,
     query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    api.authorize(&headers, Scope::ProfilesRead).await?;
+    let actor = api.authorize(&headers, Scope::ProfilesRead).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -93,6 +93,7 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
         Ok(stored) => stored,
         Err(redirect) => return Ok(redirect),
     };
+    super::profiles::audit_read(&api, actor, "events", &stored.node.id, &identifier).await?;
     let keys: BTreeSet<String> = stored.node.identities.iter().cloned().collect();
     // Newest first: the raw objects not compacted yet, then the lake's parts.
     let (manifest, _) = crate::lake::manifest(api.store()).await?;

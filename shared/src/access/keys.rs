@@ -38,6 +38,10 @@ pub enum Scope {
     /// Read the audit log.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// Send personal data to partners: create or change a destination with `allowPii` (with `config:write`).
+    /// Apart from `config:write` because such a destination, pointed at any URL, reads every person's data.
+    #[serde(rename = "pii:send")]
+    PiiSend,
     /// Everything, including creating and revoking API keys.
     #[serde(rename = "admin")]
     Admin,
@@ -45,13 +49,14 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::ProfilesRead,
         Scope::ProfilesWrite,
         Scope::ProfilesDelete,
         Scope::ConfigRead,
         Scope::ConfigWrite,
         Scope::AuditRead,
+        Scope::PiiSend,
         Scope::Admin,
     ];
 
@@ -64,6 +69,7 @@ impl Scope {
             Scope::ConfigRead => "config:read",
             Scope::ConfigWrite => "config:write",
             Scope::AuditRead => "audit:read",
+            Scope::PiiSend => "pii:send",
             Scope::Admin => "admin",
         }
     }
