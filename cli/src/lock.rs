@@ -21,10 +21,8 @@ pub(crate) struct FolderLock {
 /// Takes the data folder `root` for this process, or says which process holds it.
 pub(crate) fn lock(root: &Path) -> anyhow::Result<FolderLock> {
     let path = root.join(LOCK_FILE);
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = functions::storage::private_file()
         .read(true)
-        .write(true)
-        .create(true)
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;

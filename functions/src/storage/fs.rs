@@ -9,6 +9,38 @@ use shared::ids::sha256_hex_bytes;
 
 use super::{Condition, Object, ObjectMeta, ObjectStore, PutOptions, StoreError, check_key};
 
+/// Options that create a file only its owner can read and write (`0600`).
+pub fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `dir` and its missing parents, each only its owner may enter (`0700`).
+pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Closes `root` to other users (`0700`) when they may enter it.
+fn private_root(root: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(folder = %root.display(), mode = format!("{:o}", mode & 0o777), "the data folder was open to other users; it is now 0700");
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode & 0o7700))?;
+        }
+    }
+    Ok(())
+}
+
 /// Objects as files under a root folder, keys as relative paths.
 ///
 /// Writes are durable before they return (written to a temporary file, `fsync`ed, then linked or renamed into
@@ -22,10 +54,13 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// A store rooted at `root`, created if missing.
+    /// A store rooted at `root`, created if missing. The data is personal and holds secrets: folders are
+    /// created `0700` and files `0600`, and a root that other users may enter is closed to them (its contents
+    /// then are, whatever older versions created them with).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        std::fs::create_dir_all(root.join(".tmp")).map_err(|e| unavailable(&root, e))?;
+        create_dirs(&root.join(".tmp")).map_err(|e| unavailable(&root, e))?;
+        private_root(&root).map_err(|e| unavailable(&root, e))?;
         Ok(Self { root, counter: Arc::default() })
     }
 
@@ -42,14 +77,14 @@ impl FsStore {
     fn put_blocking(&self, key: &str, body: &[u8], condition: &Condition) -> Result<String, StoreError> {
         let path = self.path(key)?;
         let parent = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(parent).map_err(|e| unavailable(parent, e))?;
+        create_dirs(parent).map_err(|e| unavailable(parent, e))?;
         let tmp = self.root.join(".tmp").join(format!(
             "{}-{}",
             std::process::id(),
             self.counter.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| {
-            let mut file = std::fs::File::create(&tmp).map_err(|e| unavailable(&tmp, e))?;
+            let mut file = private_file().open(&tmp).map_err(|e| unavailable(&tmp, e))?;
             file.write_all(body).map_err(|e| unavailable(&tmp, e))?;
             file.sync_all().map_err(|e| unavailable(&tmp, e))?;
             match condition {
@@ -89,12 +124,7 @@ impl FsStore {
     /// description, so `flock` serializes threads too), released when dropped.
     fn lock_file(&self) -> Result<std::fs::File, StoreError> {
         let path = self.root.join(".tmp").join("swap.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| unavailable(&path, e))?;
+        let file = private_file().truncate(false).open(&path).map_err(|e| unavailable(&path, e))?;
         file.lock().map_err(|e| unavailable(&path, e))?;
         Ok(file)
     }
@@ -205,6 +235,25 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn files_are_the_owner_s_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = FsStore::open(&root).unwrap();
+        store.put("config/destinations.json", b"[]".to_vec(), PutOptions::json()).await.unwrap();
+        store.put("raw/v1/dt=2026-12-07/hr=10/x.ndjson.gz", b"x".to_vec(), PutOptions::ndjson_gz()).await.unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700, "the root is closed to others");
+        assert_eq!(mode(&root.join("config")), 0o700);
+        assert_eq!(mode(&root.join("raw/v1/dt=2026-12-07/hr=10")), 0o700);
+        assert_eq!(mode(&root.join("config/destinations.json")), 0o600);
+        assert_eq!(mode(&root.join("raw/v1/dt=2026-12-07/hr=10/x.ndjson.gz")), 0o600);
+    }
 
     #[tokio::test]
     async fn folder_store_meets_the_contract() {

@@ -8,7 +8,7 @@ mod s3;
 
 use std::future::Future;
 
-pub use fs::FsStore;
+pub use fs::{FsStore, create_dirs, private_file};
 pub use s3::{S3Settings, S3Store};
 
 /// A condition on a write, as S3's conditional requests.

@@ -110,8 +110,8 @@ impl Spill {
         if self.buffers[bucket].is_empty() {
             return Ok(());
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
+        let mut file = crate::storage::private_file()
+            .truncate(false)
             .append(true)
             .open(self.path(bucket))
             .map_err(io("opening a chunk's file"))?;
@@ -197,7 +197,11 @@ impl Scratch {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         clear_stale(&std::env::temp_dir());
-        std::fs::create_dir(&dir).map_err(io("creating the directory"))?;
+        // Personal data in a shared /tmp: the folder is its owner's alone (0700).
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir).map_err(io("creating the directory"))?;
         Ok(Self { dir })
     }
 }
