@@ -20,14 +20,22 @@ resource "aws_iam_group_membership" "edge" {
 
 data "aws_iam_policy_document" "edge" {
   statement {
-    sid       = "WriteEvents"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/failed/*"]
+    sid     = "WriteEvents"
+    actions = ["s3:PutObject"]
+    # raw/ and failed/, and the counts of suppressed people's events it drops (never stored)
+    resources = [
+      "${aws_s3_bucket.data.arn}/raw/*",
+      "${aws_s3_bucket.data.arn}/failed/*",
+      "${aws_s3_bucket.data.arn}/privacy/v1/dropped/*",
+    ]
   }
   statement {
-    sid       = "ReadSources"
-    actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/config/sources.json"]
+    sid     = "ReadSourcesAndSuppressions"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/config/sources.json",
+      "${aws_s3_bucket.data.arn}/privacy/v1/suppressed.json",
+    ]
   }
   statement {
     sid       = "Key"
@@ -44,4 +52,18 @@ resource "aws_iam_group_policy" "edge" {
 
 resource "aws_iam_access_key" "edge" {
   user = aws_iam_user.edge.name
+}
+
+# The suppression list exists from the start: the edge collector reads it for every request, and allowed to read
+# only that object it would get 403 (not 404) while the object is missing, and refuse events. The API and the
+# privacy processing edit it afterwards, so Terraform leaves its content alone.
+resource "aws_s3_object" "suppression_list" {
+  bucket       = aws_s3_bucket.data.id
+  key          = "privacy/v1/suppressed.json"
+  content      = jsonencode({ suppressed = [], erasing = {} })
+  content_type = "application/json"
+  kms_key_id   = aws_kms_key.data.arn
+  lifecycle {
+    ignore_changes = [content, etag, source_hash, content_type, kms_key_id]
+  }
 }

@@ -186,10 +186,16 @@ async fn serve(
             // Read a little past the limit so the core can name the size in its 400.
             let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1024).await {
                 Ok(body) => body,
+                // The body's deadline (serve.rs) passed: the client is too slow, not the body too large.
+                Err(error) if error.to_string().contains("did not arrive") => {
+                    return to_response(Answer::error(408, "request_timeout", &error.to_string()));
+                }
                 Err(_) => Bytes::from(vec![b' '; MAX_REQUEST_BYTES + 1]),
             };
-            match state.sources.get(&state.store).await {
-                Ok(sources) => {
+            // A suppression list that cannot be read keeps nothing: no suppressed person's event slips in.
+            let config = tokio::try_join!(state.sources.get(&state.store), state.sources.suppression(&state.store));
+            match config {
+                Ok((sources, suppression)) => {
                     let request = CollectRequest {
                         endpoint,
                         body: &body,
@@ -200,7 +206,8 @@ async fn serve(
                         geo: None,
                         content_encoding: header_str(headers, header::CONTENT_ENCODING),
                     };
-                    let handled = handle(&state.store, &sources, &request, crate::now(), crate::seed()).await;
+                    let handled =
+                        handle(&state.store, &sources, &suppression, &request, crate::now(), crate::seed()).await;
                     if let Some(key) = handled.raw_key {
                         // The receiver lives as long as the server; a closed channel only happens at shutdown.
                         let _ = state.ingest.send(key);
@@ -208,7 +215,7 @@ async fn serve(
                     handled.answer
                 }
                 Err(error) => {
-                    tracing::error!(%error, "sources unavailable");
+                    tracing::error!(%error, "sources or the suppression list unavailable");
                     Answer::config_unavailable()
                 }
             }

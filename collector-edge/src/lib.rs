@@ -84,10 +84,27 @@ async fn collect(
     if getrandom::fill(&mut seed).is_err() {
         return Answer::error(500, "internal", "no randomness available");
     }
-    let batch = match shared::collect::collect(&request, &sources, now, &mut Entropy::from_seed(seed)) {
+    let mut entropy = Entropy::from_seed(seed);
+    let mut batch = match shared::collect::collect(&request, &sources, now, &mut entropy) {
         shared::collect::Collected::Rejected(answer) => return answer,
         shared::collect::Collected::Kept(batch) => batch,
     };
+    // Suppressed people's events are never stored, only counted. A list that cannot be read keeps nothing.
+    let suppression = match sources::suppression(s3, env).await {
+        Ok(list) => list,
+        Err(error) => {
+            worker::console_error!("suppression list unavailable: {error}");
+            return Answer::config_unavailable();
+        }
+    };
+    let dropped = batch.drop_suppressed(&suppression);
+    if dropped > 0 {
+        let (key, body) = shared::access::dropped_record(dropped, now, entropy.ulid(now));
+        if let Err(error) = s3.put_new(&key, body, now).await {
+            worker::console_error!("could not count suppressed events: {error}");
+            return batch.storage_failed();
+        }
+    }
     let accepted = batch.accepted_object();
     let failed = batch.failed_object();
     let put = |object: Option<(String, Vec<u8>)>| async move {

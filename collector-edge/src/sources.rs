@@ -1,46 +1,69 @@
-//! `config/sources.json`, read from the bucket and cached per isolate for `CONFIG_TTL_SECONDS` (default 30).
+//! `config/sources.json` and the suppression list (`privacy/v1/suppressed.json`), read from the bucket and
+//! cached per isolate for `CONFIG_TTL_SECONDS` (default 30).
 //!
-//! Why the bucket and not a wrangler var: sources and keys change at run time (`cdp source add`, the API),
-//! and the bucket is where every component already reads configuration; a var would need a redeploy per key.
-//! When a re-read fails, the last good copy keeps serving.
+//! Why the bucket and not a wrangler var: sources, keys and suppressions change at run time (`cdp source add`,
+//! the API), and the bucket is where every component already reads configuration; a var would need a redeploy
+//! per key. When a re-read fails, the last good copy keeps serving.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::thread::LocalKey;
 
+use shared::access::{SUPPRESSED_KEY, Suppression};
 use shared::source::Sources;
 use shared::storage::CONFIG_SOURCES;
 use worker::Env;
 
 use crate::s3::S3;
 
+type Slot<T> = RefCell<Option<(i64, Rc<T>)>>;
+
 thread_local! {
-    static CACHE: RefCell<Option<(i64, Rc<Sources>)>> = const { RefCell::new(None) };
+    static SOURCES: Slot<Sources> = const { RefCell::new(None) };
+    static SUPPRESSION: Slot<Suppression> = const { RefCell::new(None) };
 }
 
+/// The sources.
 pub(crate) async fn get(s3: &S3, env: &Env) -> Result<Rc<Sources>, String> {
+    cached(&SOURCES, CONFIG_SOURCES, |bytes| Sources::from_json(bytes).map_err(|e| e.to_string()), s3, env).await
+}
+
+/// The suppression list: the events of people on it are not stored.
+pub(crate) async fn suppression(s3: &S3, env: &Env) -> Result<Rc<Suppression>, String> {
+    cached(&SUPPRESSION, SUPPRESSED_KEY, |bytes| Suppression::from_json(bytes).map_err(|e| e.to_string()), s3, env)
+        .await
+}
+
+async fn cached<T: Default>(
+    slot: &'static LocalKey<Slot<T>>,
+    key: &str,
+    parse: fn(&[u8]) -> Result<T, String>,
+    s3: &S3,
+    env: &Env,
+) -> Result<Rc<T>, String> {
     let ttl_ms =
         env.var("CONFIG_TTL_SECONDS").ok().and_then(|v| v.to_string().parse::<i64>().ok()).unwrap_or(30).max(0) * 1000;
     let now = crate::now();
-    let cached = CACHE.with(|c| c.borrow().clone());
-    if let Some((at, sources)) = &cached
+    let cached = slot.with(|c| c.borrow().clone());
+    if let Some((at, value)) = &cached
         && now.unix_millis() - at < ttl_ms
     {
-        return Ok(sources.clone());
+        return Ok(value.clone());
     }
-    let fresh = match s3.get(CONFIG_SOURCES, now).await {
-        Ok(Some(bytes)) => Sources::from_json(&bytes).map_err(|e| e.to_string()),
-        Ok(None) => Ok(Sources::default()),
+    let fresh = match s3.get(key, now).await {
+        Ok(Some(bytes)) => parse(&bytes),
+        Ok(None) => Ok(T::default()),
         Err(e) => Err(e),
     };
     match fresh {
-        Ok(sources) => {
-            let sources = Rc::new(sources);
-            CACHE.with(|c| *c.borrow_mut() = Some((now.unix_millis(), sources.clone())));
-            Ok(sources)
+        Ok(value) => {
+            let value = Rc::new(value);
+            slot.with(|c| *c.borrow_mut() = Some((now.unix_millis(), value.clone())));
+            Ok(value)
         }
         Err(error) => match cached {
             Some((_, stale)) => {
-                worker::console_warn!("could not re-read sources, serving the last good copy: {error}");
+                worker::console_warn!("could not re-read {key}, serving the last good copy: {error}");
                 Ok(stale)
             }
             None => Err(error),

@@ -181,7 +181,7 @@ async fn compact_within<S: ObjectStore>(
     let mut last = String::new();
     let mut kept = 0;
     let rules: IdentityRules = crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
-    let suppression = crate::privacy::Suppression::load(store).await?;
+    let suppression = crate::privacy::load_suppression(store).await?;
     let held: BTreeSet<&String> = suppression.erasing.values().flatten().collect();
     // Per day of receipt: the first raw object's name, and the rows.
     let mut days: BTreeMap<String, (String, Vec<Row>)> = BTreeMap::new();

@@ -8,13 +8,28 @@ use shared::storage::decode_ndjson_gz;
 use crate::fixture;
 use crate::http::{post, send};
 
-/// Everything a collector stored under `raw/` and `failed/`, decoded.
+/// The person on the suppression list the scenarios expect ([`suppression_list`]): a collector must drop their
+/// events before storing them.
+pub const SUPPRESSED_USER: &str = "u-suppressed";
+
+/// The suppression list a shell under test holds (write it at `shared::access::SUPPRESSED_KEY`).
+pub fn suppression_list() -> Vec<u8> {
+    let list = shared::access::Suppression {
+        suppressed: [shared::access::hashed_identifier(&format!("user_id:{SUPPRESSED_USER}"))].into(),
+        ..Default::default()
+    };
+    serde_json::to_vec(&list).expect("json")
+}
+
+/// Everything a collector stored under `raw/` and `failed/`, decoded, and the suppressed events it counted.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// `(key, events)` per raw object, by key.
     pub raw: Vec<(String, Vec<CanonicalEvent>)>,
     /// `(key, events)` per failed object, by key.
     pub failed: Vec<(String, Vec<FailedEvent>)>,
+    /// Events dropped because their person is suppressed (the counts under `privacy/v1/dropped/`).
+    pub dropped: u64,
 }
 
 impl Snapshot {
@@ -28,6 +43,9 @@ impl Snapshot {
             } else if key.starts_with("failed/") {
                 let events = decode_ndjson_gz(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
                 snapshot.failed.push((key, events));
+            } else if key.starts_with(shared::access::DROPPED_PREFIX) {
+                let record: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
+                snapshot.dropped += record["dropped"].as_u64().expect("a count");
             }
         }
         snapshot
@@ -166,8 +184,19 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     let reply = send("POST", &format!("{url}/v1/batch"), plain.as_bytes(), &headers).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 415, "{}", reply.body);
 
+    // A suppressed person's event is acknowledged, counted, and never stored; the other in the batch is.
+    let events = json!({"batch": [
+        {"type": "track", "event": "Tracked", "userId": SUPPRESSED_USER, "messageId": "sup-1"},
+        {"type": "track", "event": "Tracked", "userId": "u-free", "messageId": "sup-2"}]});
+    let reply = post(&format!("{url}/v1/batch"), &events.to_string(), Some(key));
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(2)), "{}", reply.body);
+
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len()), (4, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (5, 1, 1));
+    assert!(
+        snapshot.raw.iter().flat_map(|(_, e)| e).all(|e| e.user_id.as_deref() != Some(SUPPRESSED_USER)),
+        "nothing of the suppressed person is stored"
+    );
     project(&snapshot)
 }
 

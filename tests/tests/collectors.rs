@@ -19,7 +19,7 @@ struct Folder(PathBuf);
 impl Bucket for Folder {
     fn snapshot(&self) -> Snapshot {
         let mut objects = Vec::new();
-        for prefix in ["raw", "failed"] {
+        for prefix in ["raw", "failed", "privacy/v1/dropped"] {
             collect_files(&self.0, &self.0.join(prefix), &mut objects);
         }
         objects.sort();
@@ -47,7 +47,7 @@ impl Bucket for S3<'_> {
         let store = self.0.store();
         let objects = self.0.block_on(async {
             let mut objects = Vec::new();
-            for prefix in ["raw/", "failed/"] {
+            for prefix in ["raw/", "failed/", "privacy/v1/dropped/"] {
                 for meta in store.list(prefix).await.expect("list") {
                     let object = store.get(&meta.key).await.expect("get").expect("listed object exists");
                     objects.push((meta.key, object.body));
@@ -66,6 +66,9 @@ fn s3_source(s3: &LocalS3) -> String {
     let mut sources = Sources::default();
     sources.add(source).expect("valid source");
     s3.block_on(save_sources(&s3.store(), &sources)).expect("write sources to S3");
+    let list = scenarios::suppression_list();
+    s3.block_on(s3.store().put(shared::access::SUPPRESSED_KEY, list, functions::storage::PutOptions::json()))
+        .expect("write the suppression list to S3");
     key
 }
 
@@ -84,6 +87,9 @@ fn local_collector(dir: &Path) -> (CdpUp, String) {
         serde_json::from_slice(&std::fs::read(&path).expect("sources file")).expect("json");
     file["sources"][0]["allowedOrigins"] = serde_json::json!(["https://*.shop.example"]);
     std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write sources");
+    let list = dir.join(shared::access::SUPPRESSED_KEY);
+    std::fs::create_dir_all(list.parent().expect("folder")).expect("privacy folder");
+    std::fs::write(list, scenarios::suppression_list()).expect("write the suppression list");
     (CdpUp::start(dir), key)
 }
 
@@ -154,7 +160,7 @@ fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (up, local_key) = local_collector(dir.path());
     let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
-    assert_eq!(edge.accepted.len(), 10);
+    assert_eq!(edge.accepted.len(), 11);
     assert_eq!(edge, local, "one core, two shells: the same stored results");
 
     // The browser library from the worker, and a page in headless Chromium sending through it.

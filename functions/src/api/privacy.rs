@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
-use crate::privacy::{PrivacyRequest, RequestError, RequestKind, Status, Suppression, dropped_total, get, submit};
+use crate::privacy::{PrivacyRequest, RequestError, RequestKind, Status, dropped_total, get, submit};
 use crate::storage::ObjectStore;
 
 /// A privacy request to make.
@@ -161,7 +161,7 @@ pub(crate) async fn suppressions<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, Scope::ProfilesDelete).await?;
-    let list = Suppression::load(api.store()).await?;
+    let list = crate::privacy::load_suppression(api.store()).await?;
     let view = SuppressionView {
         suppressed: list.suppressed.len(),
         erasing: list.erasing.values().map(|s| s.len()).sum(),

@@ -3,6 +3,7 @@
 
 mod sources;
 
+use shared::access::Suppression;
 use shared::collect::{Answer, CollectRequest, Collected, collect};
 use shared::ids::Entropy;
 use shared::source::Sources;
@@ -21,7 +22,8 @@ pub struct Handled {
     pub raw_key: Option<String>,
 }
 
-/// Runs the collect pipeline on `request` and stores what it keeps.
+/// Runs the collect pipeline on `request` and stores what it keeps: not the events of people on the
+/// `suppression` list, which are counted (`privacy/v1/dropped/`) and dropped.
 ///
 /// Accepted and failed events are written concurrently, each as one create-only object; the answer is 200
 /// only when both are durable, else 503 so the client retries (a retry may duplicate the half that was
@@ -29,17 +31,28 @@ pub struct Handled {
 pub async fn handle<S: ObjectStore>(
     store: &S,
     sources: &Sources,
+    suppression: &Suppression,
     request: &CollectRequest<'_>,
     now: UtcTime,
     seed: [u8; 32],
 ) -> Handled {
-    let batch = match collect(request, sources, now, &mut Entropy::from_seed(seed)) {
+    let mut entropy = Entropy::from_seed(seed);
+    let mut batch = match collect(request, sources, now, &mut entropy) {
         Collected::Rejected(answer) => {
             tracing::debug!(status = answer.status, "request rejected");
             return Handled { answer, raw_key: None };
         }
         Collected::Kept(batch) => batch,
     };
+    // Suppressed people's events are never stored; their count is (before the answer: nothing is lost).
+    let dropped = batch.drop_suppressed(suppression);
+    if dropped > 0 {
+        let (key, body) = shared::access::dropped_record(dropped, now, entropy.ulid(now));
+        if let Err(error) = store.put(&key, body, PutOptions::json()).await {
+            tracing::error!(%error, "could not count the suppressed events; answering 503");
+            return Handled { answer: batch.storage_failed(), raw_key: None };
+        }
+    }
     let accepted = batch.accepted_object();
     let raw_key = accepted.as_ref().map(|(key, _)| key.clone());
     let write = |object: Option<(String, Vec<u8>)>| async move {
@@ -96,9 +109,16 @@ mod tests {
     async fn stores_accepted_and_failed_before_answering() {
         let (_dir, store, sources, key) = setup();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
-            .await
-            .answer;
+        let answer = handle(
+            &store,
+            &sources,
+            &Suppression::default(),
+            &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+            now(),
+            [1; 32],
+        )
+        .await
+        .answer;
         assert_eq!(answer.status, 200, "{}", answer.body);
         let raw = store.list("raw/v1/dt=2026-11-28/hr=12/").await.unwrap();
         let failed = store.list("failed/v1/dt=2026-11-28/hr=12/").await.unwrap();
@@ -113,9 +133,16 @@ mod tests {
     #[tokio::test]
     async fn a_rejected_request_stores_nothing() {
         let (_dir, store, sources, _key) = setup();
-        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()), now(), [1; 32])
-            .await
-            .answer;
+        let answer = handle(
+            &store,
+            &sources,
+            &Suppression::default(),
+            &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()),
+            now(),
+            [1; 32],
+        )
+        .await
+        .answer;
         assert_eq!(answer.status, 401);
         assert!(store.list("raw/").await.unwrap().is_empty());
         assert!(store.list("failed/").await.unwrap().is_empty());
@@ -126,9 +153,16 @@ mod tests {
         let (dir, store, sources, key) = setup();
         std::fs::write(dir.path().join("raw"), b"a file where the folder should be").unwrap();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer = handle(&store, &sources, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
-            .await
-            .answer;
+        let answer = handle(
+            &store,
+            &sources,
+            &Suppression::default(),
+            &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
+            now(),
+            [1; 32],
+        )
+        .await
+        .answer;
         assert_eq!(answer.status, 503);
         assert!(answer.body.contains("storage_unavailable"));
     }

@@ -1,8 +1,10 @@
 //! Loading and saving `config/sources.json`, and a short-lived cache of it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shared::access::Suppression;
 use shared::source::Sources;
 use shared::storage::CONFIG_SOURCES;
 use tokio::sync::RwLock;
@@ -24,42 +26,69 @@ pub async fn save_sources<S: ObjectStore>(store: &S, sources: &Sources) -> Resul
     Ok(())
 }
 
-/// The sources, re-read at most every `ttl`, so a new source or key takes effect without a restart.
-/// When a re-read fails, the last good copy keeps serving (and the failure is logged).
+/// The sources, and the suppression list, each re-read at most every `ttl`, so a new source or key, or a
+/// person's suppression, takes effect without a restart. When a re-read fails, the last good copy keeps
+/// serving (and the failure is logged).
 #[derive(Debug)]
 pub struct SourcesCache {
-    ttl: Duration,
-    current: RwLock<Option<(Instant, Arc<Sources>)>>,
+    sources: Fresh<Sources>,
+    suppression: Fresh<Suppression>,
 }
 
 impl SourcesCache {
     /// A cache that re-reads after `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, current: RwLock::new(None) }
+        Self { sources: Fresh::new(ttl), suppression: Fresh::new(ttl) }
     }
 
     /// The current sources, reading the store if the copy is older than the TTL.
     pub async fn get<S: ObjectStore>(&self, store: &S) -> Result<Arc<Sources>, Error> {
-        if let Some((at, sources)) = self.current.read().await.as_ref()
+        self.sources.get("sources", || load_sources(store)).await
+    }
+
+    /// The current suppression list, reading the store if the copy is older than the TTL.
+    pub async fn suppression<S: ObjectStore>(&self, store: &S) -> Result<Arc<Suppression>, Error> {
+        self.suppression.get("the suppression list", || crate::privacy::load_suppression(store)).await
+    }
+}
+
+/// One value re-read at most every `ttl`.
+#[derive(Debug)]
+struct Fresh<T> {
+    ttl: Duration,
+    current: RwLock<Option<(Instant, Arc<T>)>>,
+}
+
+impl<T> Fresh<T> {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, current: RwLock::new(None) }
+    }
+
+    async fn get<F: Future<Output = Result<T, Error>>>(
+        &self,
+        what: &str,
+        load: impl FnOnce() -> F,
+    ) -> Result<Arc<T>, Error> {
+        if let Some((at, value)) = self.current.read().await.as_ref()
             && at.elapsed() < self.ttl
         {
-            return Ok(sources.clone());
+            return Ok(value.clone());
         }
         let mut current = self.current.write().await;
-        if let Some((at, sources)) = current.as_ref()
+        if let Some((at, value)) = current.as_ref()
             && at.elapsed() < self.ttl
         {
-            return Ok(sources.clone());
+            return Ok(value.clone());
         }
-        match load_sources(store).await {
-            Ok(sources) => {
-                let sources = Arc::new(sources);
-                *current = Some((Instant::now(), sources.clone()));
-                Ok(sources)
+        match load().await {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *current = Some((Instant::now(), value.clone()));
+                Ok(value)
             }
             Err(error) => match current.as_ref() {
                 Some((_, stale)) => {
-                    tracing::warn!(%error, "could not re-read sources; serving the last good copy");
+                    tracing::warn!(%error, "could not re-read {what}; serving the last good copy");
                     Ok(stale.clone())
                 }
                 None => Err(error),

@@ -198,7 +198,7 @@ impl IngestConfig {
             config.ready = crate::tagging::ready(store).await?;
         }
         config.activation = Activation::load(store, config.tags.as_ref()).await?;
-        config.suppression = crate::privacy::Suppression::load(store).await?;
+        config.suppression = crate::privacy::load_suppression(store).await?;
         Ok(config)
     }
 }

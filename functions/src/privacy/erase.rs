@@ -9,7 +9,7 @@ use shared::activation::{DestinationDefinition, Message};
 use shared::event::CanonicalEvent;
 use shared::time::UtcTime;
 
-use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, Suppression, event_keys, save};
+use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, event_keys, save};
 use crate::Error;
 use crate::activation::dispatch::{DESTINATIONS_CONFIG, FORGET, Forget, OUTBOX, forget_stored, stage};
 use crate::state::{Compaction, ShardCounts, Transaction, collect_garbage, lookup};
@@ -74,7 +74,7 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
     }
     let held: BTreeSet<String> = erasure.keys.iter().map(|k| hashed_identifier(k)).collect();
     let id = request.id.clone();
-    Suppression::update(store, |list| {
+    super::update_suppression(store, |list| {
         list.erasing.insert(id.clone(), held.clone());
     })
     .await?;
@@ -183,7 +183,7 @@ async fn finish<S: ObjectStore + Clone>(
     scrub_events(store, &erasure, &needles, &mut request.outcome).await?;
     scrub_derived(store, &erasure.profiles, &mut request.outcome).await?;
     let id = request.id.clone();
-    Suppression::update(store, |list| {
+    super::update_suppression(store, |list| {
         list.erasing.remove(&id);
     })
     .await?;

@@ -38,9 +38,9 @@ use crate::storage::{ObjectStore, PutOptions};
 /// Where requests are kept.
 pub const REQUESTS: &str = "privacy/v1/requests/";
 /// The suppression list.
-pub const SUPPRESSED: &str = "privacy/v1/suppressed.json";
+pub const SUPPRESSED: &str = shared::access::SUPPRESSED_KEY;
 /// Counts of events dropped at ingest because of suppression, one object per ingest run that dropped any.
-pub const DROPPED: &str = "privacy/v1/dropped/";
+pub const DROPPED: &str = shared::access::DROPPED_PREFIX;
 /// Identifiers one request may name.
 pub const MAX_IDENTIFIERS: usize = 100;
 
@@ -155,62 +155,31 @@ pub struct PrivacyRequest {
     pub waiting_for: Option<String>,
 }
 
-/// The suppression list: hashes of identity keys whose events ingest drops.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Suppression {
-    /// Suppressed by request.
-    #[serde(default)]
-    pub suppressed: BTreeSet<String>,
-    /// Held while an erasure runs, by request id.
-    #[serde(default)]
-    pub erasing: BTreeMap<String, BTreeSet<String>>,
+/// The suppression list (`shared::access::Suppression`): hashes of identity keys whose events are dropped.
+pub use shared::access::Suppression;
+
+/// The current suppression list (empty when there is none).
+pub async fn load_suppression<S: ObjectStore>(store: &S) -> Result<Suppression, Error> {
+    Ok(crate::config::read(store, SUPPRESSED).await?.unwrap_or_default())
 }
 
-impl Suppression {
-    /// The current list (empty when there is none).
-    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
-        Ok(crate::config::read(store, SUPPRESSED).await?.unwrap_or_default())
-    }
-
-    /// Whether nothing is suppressed.
-    pub fn is_empty(&self) -> bool {
-        self.suppressed.is_empty() && self.erasing.values().all(BTreeSet::is_empty)
-    }
-
-    /// Whether an event with these identity keys is to be dropped.
-    pub fn drops<'k>(&self, keys: impl IntoIterator<Item = &'k String>) -> bool {
-        keys.into_iter().any(|key| {
-            let hash = hashed_identifier(key);
-            self.suppressed.contains(&hash) || self.erasing.values().any(|set| set.contains(&hash))
-        })
-    }
-
-    /// Whether `event` carries a suppressed identifier (any identifier it has, linkable or not).
-    pub fn drops_event(&self, event: &shared::event::CanonicalEvent) -> bool {
-        !self.is_empty() && self.drops(event_keys(event).collect::<Vec<_>>().iter())
-    }
-
-    /// Changes the list under compare-and-swap.
-    pub async fn update<S: ObjectStore>(store: &S, change: impl Fn(&mut Suppression)) -> Result<(), Error> {
-        crate::config::update(store, SUPPRESSED, "application/json", |bytes| {
-            let mut list: Suppression = match bytes {
-                Some(bytes) => serde_json::from_slice(bytes)
-                    .map_err(|e| Error::Config(shared::Error::Config(format!("{SUPPRESSED}: {e}"))))?,
-                None => Suppression::default(),
-            };
-            change(&mut list);
-            let body = serde_json::to_vec_pretty(&list).map_err(|e| Error::Corrupt(e.to_string()))?;
-            Ok::<_, Error>((body, ()))
-        })
-        .await
-    }
+/// Changes the suppression list under compare-and-swap.
+pub async fn update_suppression<S: ObjectStore>(store: &S, change: impl Fn(&mut Suppression)) -> Result<(), Error> {
+    crate::config::update(store, SUPPRESSED, "application/json", |bytes| {
+        let mut list: Suppression = match bytes {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| Error::Config(shared::Error::Config(format!("{SUPPRESSED}: {e}"))))?,
+            None => Suppression::default(),
+        };
+        change(&mut list);
+        let body = serde_json::to_vec_pretty(&list).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok::<_, Error>((body, ()))
+    })
+    .await
 }
 
 /// The identity keys an event carries: every identifier it has (linkable or not), as the graph keys them.
-pub(crate) fn event_keys(event: &shared::event::CanonicalEvent) -> impl Iterator<Item = String> + '_ {
-    event.identifiers.iter().map(|id| format!("{}:{}", id.kind, id.sha256.as_deref().unwrap_or(id.value.trim())))
-}
+pub(crate) use shared::access::event_keys;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -269,12 +238,12 @@ pub async fn submit<S: ObjectStore>(
             request.identifiers = identifiers.to_vec();
         }
         RequestKind::Suppress => {
-            Suppression::update(store, |list| list.suppressed.extend(hashed.iter().cloned())).await?;
+            update_suppression(store, |list| list.suppressed.extend(hashed.iter().cloned())).await?;
             request.status = Status::Completed;
             request.completed_at = Some(now);
         }
         RequestKind::Unsuppress => {
-            Suppression::update(store, |list| list.suppressed.retain(|h| !hashed.contains(h))).await?;
+            update_suppression(store, |list| list.suppressed.retain(|h| !hashed.contains(h))).await?;
             request.status = Status::Completed;
             request.completed_at = Some(now);
         }
@@ -305,9 +274,8 @@ pub(crate) async fn save<S: ObjectStore>(store: &S, request: &PrivacyRequest) ->
 /// Records `count` events dropped by suppression at `now`.
 pub async fn count_dropped<S: ObjectStore>(store: &S, count: usize, now: UtcTime) -> Result<(), Error> {
     let id = Entropy::from_seed(crate::config::random_seed()?).ulid(now);
-    let body = serde_json::json!({"at": now, "dropped": count}).to_string().into_bytes();
-    let (date, _) = now.date_and_hour();
-    store.put(&format!("{DROPPED}dt={date}/{id}.json"), body, PutOptions::json()).await?;
+    let (key, body) = shared::access::dropped_record(count, now, id);
+    store.put(&key, body, PutOptions::json()).await?;
     Ok(())
 }
 

@@ -160,7 +160,7 @@ async fn after_an_erasure_no_object_holds_the_person() {
     // The other person is untouched.
     assert_eq!(crate::state::lookup(&store, "user_id:user-2077").await.unwrap().unwrap(), bob);
     assert!(!holding("user-2077").is_empty());
-    assert!(Suppression::load(&store).await.unwrap().is_empty(), "nothing held once done");
+    assert!(load_suppression(&store).await.unwrap().is_empty(), "nothing held once done");
     assert!(crate::tagging::full_recompute(&store, now()).await.is_ok());
 }
 

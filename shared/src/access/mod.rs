@@ -1,4 +1,5 @@
-//! Access to the management and profile API: API keys with scopes, and the audit log's records.
+//! Access to the management and profile API: API keys with scopes, the audit log's records, and the
+//! suppression list of people whose events are not kept.
 //!
 //! An API key is `cdp_sk_<id>_<secret>`: a public 16-hex-digit id that finds the key's record, and 256 bits of
 //! secret. Only the SHA-256 of the whole key is stored; a presented key is hashed and compared with the stored
@@ -7,9 +8,11 @@
 
 mod audit;
 mod keys;
+mod suppression;
 
 pub use audit::{Actor, AuditRecord, audit_key, hashed_identifier};
 pub use keys::{ApiKey, ApiKeys, AuthError, NewKey, Scope, looks_like_write_key};
+pub use suppression::{DROPPED_PREFIX, SUPPRESSED_KEY, Suppression, dropped_record, event_keys};
 
 #[cfg(test)]
 mod tests;

@@ -45,9 +45,25 @@ pub struct Batch {
     pub failed: Vec<FailedEvent>,
     /// The browser origin to allow in the answer, when the request came from an allowed one.
     pub cors_origin: Option<String>,
+    /// Events of suppressed people, dropped before storage ([`Batch::drop_suppressed`]).
+    pub suppressed: usize,
 }
 
 impl Batch {
+    /// Drops the accepted events of people on the suppression list (they were asked not to be tracked): they
+    /// are never stored. Returns how many. The answer still counts them as accepted: the sender did nothing
+    /// wrong, and whether a person is suppressed is not the sender's to learn.
+    pub fn drop_suppressed(&mut self, list: &crate::access::Suppression) -> usize {
+        if list.is_empty() {
+            return 0;
+        }
+        let before = self.accepted.len();
+        self.accepted.retain(|event| !list.drops_event(event));
+        let dropped = before - self.accepted.len();
+        self.suppressed += dropped;
+        dropped
+    }
+
     /// Key and gzip NDJSON body of the accepted events' object, if there are any.
     pub fn accepted_object(&self) -> Option<(String, Vec<u8>)> {
         (!self.accepted.is_empty()).then(|| {
@@ -68,7 +84,8 @@ impl Batch {
     pub fn answer(&self) -> Answer {
         let errors: Vec<Value> =
             self.failed.iter().map(|f| json!({ "index": f.index, "code": f.code, "message": f.reason })).collect();
-        let mut body = json!({ "success": true, "accepted": self.accepted.len(), "failed": self.failed.len() });
+        let accepted = self.accepted.len() + self.suppressed;
+        let mut body = json!({ "success": true, "accepted": accepted, "failed": self.failed.len() });
         if !errors.is_empty() {
             body["errors"] = Value::Array(errors);
         }
@@ -199,6 +216,7 @@ pub fn collect(req: &CollectRequest<'_>, sources: &Sources, now: UtcTime, entrop
         accepted,
         failed,
         cors_origin,
+        suppressed: 0,
     })
 }
 

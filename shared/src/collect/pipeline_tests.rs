@@ -413,3 +413,25 @@ fn compressed_bodies_are_read_and_unknown_encodings_refused() {
     assert_eq!(answer.status, 415);
     assert!(answer.body.contains("unsupported_encoding"), "{}", answer.body);
 }
+
+#[test]
+fn a_suppressed_person_s_events_are_dropped_before_storage_and_counted() {
+    let s = setup();
+    let body = format!(
+        r#"{{"writeKey":"{}","batch":[{{"type":"page","userId":"gone"}},{{"type":"page","userId":"here"}},{{"type":"page"}}]}}"#,
+        s.key
+    );
+    let mut batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
+    let list = crate::access::Suppression {
+        suppressed: [crate::access::hashed_identifier("user_id:gone")].into(),
+        ..Default::default()
+    };
+    assert_eq!(batch.drop_suppressed(&list), 1);
+    assert_eq!(batch.accepted.len(), 1);
+    assert_eq!(batch.accepted[0].user_id.as_deref(), Some("here"));
+    let (_, stored) = batch.accepted_object().unwrap();
+    assert!(!String::from_utf8(crate::storage::gunzip(&stored).unwrap()).unwrap().contains("gone"));
+    let body: Value = serde_json::from_str(&batch.answer().body).unwrap();
+    assert_eq!((body["accepted"].clone(), body["failed"].clone()), (json!(2), json!(1)), "acknowledged, not revealed");
+    assert_eq!(batch.drop_suppressed(&crate::access::Suppression::default()), 0);
+}

@@ -1,0 +1,64 @@
+//! The suppression list: hashes of identity keys whose events the platform does not keep. Read by the
+//! collectors (the edge worker and `cdp up`), which drop a suppressed person's new events before they are
+//! stored, and by ingest and the lake, which drop what arrived before.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::hashed_identifier;
+use crate::event::CanonicalEvent;
+
+/// Where the list is: `privacy/v1/suppressed.json`.
+pub const SUPPRESSED_KEY: &str = "privacy/v1/suppressed.json";
+/// Where counts of dropped events go: `privacy/v1/dropped/dt=YYYY-MM-DD/<ulid>.json`, each `{"at", "dropped"}`.
+pub const DROPPED_PREFIX: &str = "privacy/v1/dropped/";
+
+/// The list as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Suppression {
+    /// Suppressed by request.
+    #[serde(default)]
+    pub suppressed: BTreeSet<String>,
+    /// Held while an erasure runs, by request id.
+    #[serde(default)]
+    pub erasing: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Suppression {
+    /// Reads the stored list.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, crate::Error> {
+        serde_json::from_slice(bytes).map_err(|e| crate::Error::Config(format!("{SUPPRESSED_KEY}: {e}")))
+    }
+
+    /// Whether nothing is suppressed.
+    pub fn is_empty(&self) -> bool {
+        self.suppressed.is_empty() && self.erasing.values().all(BTreeSet::is_empty)
+    }
+
+    /// Whether an event with these identity keys is to be dropped.
+    pub fn drops<'k>(&self, keys: impl IntoIterator<Item = &'k String>) -> bool {
+        keys.into_iter().any(|key| {
+            let hash = hashed_identifier(key);
+            self.suppressed.contains(&hash) || self.erasing.values().any(|set| set.contains(&hash))
+        })
+    }
+
+    /// Whether `event` carries a suppressed identifier (any identifier it has, linkable or not).
+    pub fn drops_event(&self, event: &CanonicalEvent) -> bool {
+        !self.is_empty() && self.drops(event_keys(event).collect::<Vec<_>>().iter())
+    }
+}
+
+/// The identity keys an event carries: every identifier it has (linkable or not), as the graph keys them.
+pub fn event_keys(event: &CanonicalEvent) -> impl Iterator<Item = String> + '_ {
+    event.identifiers.iter().map(|id| format!("{}:{}", id.kind, id.sha256.as_deref().unwrap_or(id.value.trim())))
+}
+
+/// The record of events dropped at one place and time: its key under [`DROPPED_PREFIX`] and its body.
+pub fn dropped_record(count: usize, at: crate::time::UtcTime, id: ulid::Ulid) -> (String, Vec<u8>) {
+    let (date, _) = at.date_and_hour();
+    let body = serde_json::json!({"at": at, "dropped": count}).to_string().into_bytes();
+    (format!("{DROPPED_PREFIX}dt={date}/{id}.json"), body)
+}
