@@ -505,7 +505,7 @@ fn exits_of_absorbed(activation: &Activation, gone: &Profile, now: UtcTime) -> V
     }
     let traits = traits_of(gone);
     let keys: Vec<String> = gone.identities.iter().cloned().collect();
-    let view = ProfileNow { id: &gone.id, keys: &keys, traits: &traits, tags: &gone.tags };
+    let view = ProfileNow { id: &gone.id, keys: &keys, traits: &traits, tags: &gone.tags, consent: &gone.consent };
     activation.destinations.audience_messages(&view, &changes, &activation.names, now)
 }
 
@@ -530,7 +530,7 @@ fn deliveries(
         let decided = activation.audiences.realtime_members(&traits, &profile.tags);
         let changes = shared::audiences::record_memberships(&mut profile.memberships, &decided, now.unix_millis());
         let keys: Vec<String> = profile.identities.iter().cloned().collect();
-        let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+        let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };
         messages.extend(activation.destinations.audience_messages(&view, &changes, &activation.names, now));
         messages.extend(activation.destinations.change_messages(&view, traits_before, tags_before, now));
         for event in events_of.get(id.as_str()).into_iter().flatten() {

@@ -706,3 +706,39 @@ async fn a_profile_merged_away_leaves_its_audiences_at_partners() {
     }
     assert_eq!(exits, 1, "the member was absorbed in one of the two orders");
 }
+
+#[tokio::test]
+async fn an_event_denying_a_purpose_reaches_no_destination_serving_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let destinations = json!([
+        {"id": "ads", "url": "https://ads.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+         "purposes": ["marketing"], "send": {"events": [{"events": ["Order Completed"]}]}},
+        {"id": "ops", "url": "https://ops.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+         "send": {"events": [{"events": ["Order Completed"]}]}}
+    ]);
+    store.put("config/destinations.json", destinations.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    let config = IngestConfig::load(&store).await.unwrap();
+    let order = |msg: &str, sec: u32, marketing: bool| {
+        ev(
+            "track",
+            msg,
+            sec,
+            json!({"userId": "u1"}),
+            json!({"event": "Order Completed",
+            "context": {"consent": {"categoryPreferences": {"marketing": marketing}}}}),
+        )
+    };
+    let denied = put_batch(&store, 1, json!([order("o1", 1, false)])).await;
+    ingest(&store, &[denied], &config, now()).await.unwrap();
+    let to: Vec<String> = outbox(&store).await.into_iter().map(|m| m.destination).collect();
+    assert_eq!(to, ["ops"], "the marketing destination gets nothing of a person who denied marketing");
+    let profile = lookup(&store, "user_id:u1").await.unwrap().unwrap().profile;
+    assert!(profile.denies("marketing"));
+    // A later grant: what comes after reaches both; nothing from before is sent again.
+    let granted = put_batch(&store, 2, json!([order("o2", 2, true)])).await;
+    ingest(&store, &[granted], &config, now()).await.unwrap();
+    let mut to: Vec<String> = outbox(&store).await.into_iter().map(|m| m.destination).collect();
+    to.sort();
+    assert_eq!(to, ["ads", "ops", "ops"]);
+}

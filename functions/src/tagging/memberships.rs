@@ -89,7 +89,8 @@ async fn record_batch<S: ObjectStore + Clone>(
             if let Some(activation) = activation {
                 let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();
-                let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+                let view =
+                    ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };
                 messages.extend(activation.destinations.audience_messages(&view, &changes, &activation.names, now));
             }
         })

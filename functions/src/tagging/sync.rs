@@ -64,7 +64,8 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
             txn.update_profiles(&batch, |id, profile| {
                 let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();
-                let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags };
+                let view =
+                    ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };
                 for (audience, destinations) in &due {
                     let Some(membership) = profile.memberships.get(*audience).filter(|m| m.member) else { continue };
                     let changes = [(audience.to_string(), true, membership.changes)];

@@ -73,6 +73,11 @@ pub struct DestinationDefinition {
     /// Whether personal data (PII traits, raw emails and phone numbers) may be sent; hashed otherwise.
     #[serde(default)]
     pub allow_pii: bool,
+    /// The purposes this destination serves (`marketing`, `advertising`, …, as consent tools name them in
+    /// `context.consent.categoryPreferences`): nothing about a person whose latest choice denies one of them is
+    /// sent. A later grant sends nothing retroactively. Empty: no purpose is checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
     /// How messages are grouped into requests.
     #[serde(default)]
     pub batching: Batching,
@@ -230,6 +235,15 @@ impl DestinationSet {
             }
             for (j, filter) in d.send.events.iter().enumerate() {
                 checker.filter(&format!("{at}.send.events[{j}]"), filter);
+            }
+            for (j, purpose) in d.purposes.iter().enumerate() {
+                let name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+                if purpose.is_empty() || purpose.len() > 64 || !purpose.bytes().all(name) {
+                    checker.error(
+                        &format!("{at}.purposes[{j}]"),
+                        format!("`{purpose}` is not a purpose name (1 to 64 letters, digits, `_` or `-`)"),
+                    );
+                }
             }
             for (field, names) in [("send.tags", &d.send.tags), ("fields.tags", &d.fields.tags)] {
                 for (j, tag) in names.iter().enumerate() {

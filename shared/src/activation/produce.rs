@@ -24,6 +24,15 @@ pub struct ProfileNow<'a> {
     pub traits: &'a Map<String, Value>,
     /// Tags now.
     pub tags: &'a BTreeMap<String, Value>,
+    /// The person's latest consent choices, by purpose.
+    pub consent: &'a BTreeMap<String, crate::profile::ConsentChoice>,
+}
+
+impl ProfileNow<'_> {
+    /// Whether the person's latest choice denies `purpose`.
+    fn denies(&self, purpose: &str) -> bool {
+        self.consent.get(purpose).is_some_and(|choice| !choice.granted)
+    }
 }
 
 fn item_id(parts: &[&str]) -> String {
@@ -52,6 +61,12 @@ impl DestinationSet {
         self.destinations().iter().filter(|d| d.enabled)
     }
 
+    /// The active destinations that may receive something about `profile`: none serving a purpose the person
+    /// denied.
+    fn serving<'s>(&'s self, profile: &'s ProfileNow<'_>) -> impl Iterator<Item = &'s DestinationDefinition> {
+        self.active().filter(move |d| !d.purposes.iter().any(|purpose| profile.denies(purpose)))
+    }
+
     /// Entries and exits (`(audience, entered, change number)`, from
     /// [`crate::audiences::record_memberships`]) for the destinations subscribed to those audiences.
     pub fn audience_messages(
@@ -62,7 +77,7 @@ impl DestinationSet {
         at: UtcTime,
     ) -> Vec<Message> {
         let mut out = Vec::new();
-        for destination in self.active() {
+        for destination in self.serving(profile) {
             for (audience, entered, number) in changes {
                 if !destination.send.audiences.contains(audience) {
                     continue;
@@ -87,7 +102,7 @@ impl DestinationSet {
         let empty = Map::new();
         let view = EventView::of(event, &empty);
         let mut out = Vec::new();
-        for destination in self.active() {
+        for destination in self.serving(profile) {
             if !destination.send.events.iter().any(|f| crate::tags::passes(self.patterns(), f, &view)) {
                 continue;
             }
@@ -120,7 +135,7 @@ impl DestinationSet {
         at: UtcTime,
     ) -> Vec<Message> {
         let mut out = Vec::new();
-        for destination in self.active() {
+        for destination in self.serving(profile) {
             let mut changes = BTreeMap::new();
             for name in &destination.send.traits {
                 let (before, after) = (traits_before.get(name), profile.traits.get(name));

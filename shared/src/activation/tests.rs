@@ -600,7 +600,14 @@ fn profiles_changes_become_items_for_the_subscribed_destinations_with_stable_ids
     let keys = vec!["user_id:u-1".to_string()];
     let traits = json!({"plan": "pro", "email": "kim@example.com"});
     let tags_now: BTreeMap<String, Value> = [("tier".to_string(), json!(true))].into();
-    let profile = ProfileNow { id: "prof_1", keys: &keys, traits: traits.as_object().unwrap(), tags: &tags_now };
+    let no_choice = BTreeMap::new();
+    let profile = ProfileNow {
+        id: "prof_1",
+        keys: &keys,
+        traits: traits.as_object().unwrap(),
+        tags: &tags_now,
+        consent: &no_choice,
+    };
     let names: BTreeMap<String, String> = [("vip".to_string(), "VIPs".to_string())].into();
     let entered = set.audience_messages(&profile, &changes, &names, at(5_000));
     assert_eq!(
@@ -686,7 +693,9 @@ fn outcomes_and_partner_results_become_events_tied_to_the_profile() {
     everything.send.events = vec![serde_json::from_value(json!({})).unwrap()];
     let set = DestinationSet::check(&[everything], &audiences, &tags, &Catalog::default(), false).unwrap();
     let none = BTreeMap::new();
-    let profile = ProfileNow { id: "p1", keys: &keys, traits: &serde_json::Map::new(), tags: &none };
+    let no_choice = BTreeMap::new();
+    let profile =
+        ProfileNow { id: "p1", keys: &keys, traits: &serde_json::Map::new(), tags: &none, consent: &no_choice };
     assert!(set.trigger_messages(&profile, &delivered, at(5_000)).is_empty());
 
     let result = |v: Value| serde_json::from_value::<PartnerResult>(v).unwrap();
@@ -751,4 +760,68 @@ fn an_erased_profile_leaves_the_lane_but_its_deletion_notice_stays() {
     only.next("crm", &batching, at(10));
     assert_eq!(only.forget(&forgotten), 1);
     assert!(only.is_idle());
+}
+
+#[test]
+fn a_person_who_denied_a_purpose_gets_nothing_from_destinations_serving_it() {
+    use crate::event::CanonicalEvent;
+    use crate::profile::{Profile, ProfileRules};
+    let tags = TagSet::check(&[], &Catalog::default()).unwrap();
+    let audiences = AudienceSet::check(&[], &tags, &Catalog::default()).unwrap();
+    let destination = |id: &str, purposes: Value| -> DestinationDefinition {
+        serde_json::from_value(json!({"id": id, "url": "https://p.example/h", "secret": SPEC_SECRET,
+            "send": {"events": [{"events": ["Order Completed"]}]}, "purposes": purposes}))
+        .unwrap()
+    };
+    let set = DestinationSet::check(
+        &[destination("ads", json!(["marketing"])), destination("crm", json!([]))],
+        &audiences,
+        &tags,
+        &Catalog::default(),
+        false,
+    )
+    .unwrap();
+    let event = |msg: &str, second: u32, marketing: Option<bool>| {
+        let mut e: CanonicalEvent = serde_json::from_value(json!({
+            "messageId": msg, "type": "track", "event": "Order Completed", "sourceId": "web", "userId": "u1",
+            "receivedAt": format!("2026-11-28T12:00:{second:02}.000Z"),
+            "timestamp": format!("2026-11-28T12:00:{second:02}.000Z")}))
+        .unwrap();
+        if let Some(granted) = marketing {
+            e.context
+                .insert("consent".into(), json!({"categoryPreferences": {"marketing": granted, "analytics": true}}));
+        }
+        e
+    };
+    let mut profile = Profile::new("prof_1".into());
+    let sent_to = |profile: &Profile, e: &CanonicalEvent| -> Vec<String> {
+        let keys = vec!["user_id:u1".to_string()];
+        let (traits, tags) = (serde_json::Map::new(), BTreeMap::new());
+        let view = ProfileNow { id: &profile.id, keys: &keys, traits: &traits, tags: &tags, consent: &profile.consent };
+        set.trigger_messages(&view, e, at(5_000)).into_iter().map(|m| m.destination).collect()
+    };
+    let rules = ProfileRules::default();
+    // No choice yet: both; marketing denied: only the destination serving no purpose.
+    let first = event("m1", 1, None);
+    profile.apply(&first, &rules);
+    assert_eq!(sent_to(&profile, &first), ["ads", "crm"]);
+    let denied = event("m2", 2, Some(false));
+    profile.apply(&denied, &rules);
+    assert!(profile.denies("marketing") && !profile.denies("analytics"));
+    assert_eq!(sent_to(&profile, &denied), ["crm"]);
+    // An older event's grant does not undo a later denial; a later grant does (for what comes after).
+    profile.apply(&event("m0", 0, Some(true)), &rules);
+    assert!(profile.denies("marketing"));
+    let granted = event("m3", 3, Some(true));
+    profile.apply(&granted, &rules);
+    assert_eq!(sent_to(&profile, &granted), ["ads", "crm"]);
+    // A bad purpose name is refused where the destination is defined.
+    let bad = DestinationSet::check(
+        &[destination("x", json!(["Mark eting"]))],
+        &audiences,
+        &tags,
+        &Catalog::default(),
+        false,
+    );
+    assert!(bad.unwrap_err().iter().any(|e| e.to_string().contains("purposes[0]")));
 }

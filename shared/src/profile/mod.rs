@@ -7,4 +7,4 @@ mod policy;
 mod record;
 
 pub use policy::{ProfileRules, TraitPolicy};
-pub use record::{Aggregate, EventStats, Membership, Profile, TraitValue};
+pub use record::{Aggregate, ConsentChoice, EventStats, Membership, Profile, TraitValue};

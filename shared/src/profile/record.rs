@@ -118,6 +118,23 @@ pub struct Profile {
     /// the real-time audiences, the full recompute all of them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub memberships: BTreeMap<String, Membership>,
+    /// The person's latest consent choice per purpose (`context.consent.categoryPreferences` of their events,
+    /// `{"marketing": false, ...}` as the browser library and Segment's consent tools send it; the latest by
+    /// event time wins). A destination serving a purpose the person denied receives nothing about them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consent: BTreeMap<String, ConsentChoice>,
+}
+
+/// One purpose's choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentChoice {
+    /// Whether the person allows the purpose.
+    pub granted: bool,
+    /// When they chose (the event's time).
+    pub at: UtcTime,
+    /// The event that carried the choice (orders choices made at the same time).
+    pub message_id: String,
 }
 
 /// A profile's standing in one audience.
@@ -148,6 +165,19 @@ impl Profile {
             tags: BTreeMap::new(),
             tags_at: None,
             memberships: BTreeMap::new(),
+            consent: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the person's latest choice denies `purpose` (no choice denies nothing).
+    pub fn denies(&self, purpose: &str) -> bool {
+        self.consent.get(purpose).is_some_and(|choice| !choice.granted)
+    }
+
+    fn offer_consent(&mut self, purpose: &str, choice: ConsentChoice) {
+        let newer = self.consent.get(purpose).is_none_or(|c| (choice.at, &choice.message_id) > (c.at, &c.message_id));
+        if newer {
+            self.consent.insert(purpose.to_string(), choice);
         }
     }
 
@@ -189,6 +219,15 @@ impl Profile {
         {
             self.groups.insert(group.clone());
         }
+        let preferences = event.context.get("consent").and_then(|c| c.get("categoryPreferences"));
+        if let Some(preferences) = preferences.and_then(Value::as_object) {
+            for (purpose, granted) in preferences {
+                if let Some(granted) = granted.as_bool() {
+                    let choice = ConsentChoice { granted, at, message_id: event.message_id.clone() };
+                    self.offer_consent(purpose, choice);
+                }
+            }
+        }
     }
 
     /// Folds another profile (merged into this one by the identity graph) into this one.
@@ -212,6 +251,9 @@ impl Profile {
             }
         }
         self.tag_state.absorb(other.tag_state);
+        for (purpose, choice) in other.consent {
+            self.offer_consent(&purpose, choice);
+        }
     }
 
     fn offer_trait(&mut self, key: &str, candidate: TraitValue, rules: &ProfileRules) {
