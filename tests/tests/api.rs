@@ -162,6 +162,11 @@ fn managed_configuration_lookup_erasure_suppression_and_audit_through_cdp_up() {
         status["status"] == "completed"
     });
     assert_eq!(status["outcome"]["notified"], json!(["crm"]), "{status}");
+    // The deletion notice is followed apart from completion: it reaches the partner, and the request says so.
+    wait_for("the deletion notice to be taken", Duration::from_secs(60), &up, || {
+        status = call(&up, "GET", &format!("/v1/privacy/requests/{id}"), &eraser, None).json();
+        status["outcome"]["noticesSettled"] == 1 && status.get("noticesPending").is_none()
+    });
     let notices: Vec<Value> = entered(&partner).into_iter().filter(|i| i["type"] == "profile.deleted").collect();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(notices[0]["profile"], json!({"id": jane_id}), "the notice names the profile id only");

@@ -202,7 +202,8 @@ pub(crate) async fn get<S: ObjectStore + Clone>(
 }
 
 /// Records a read of a person's data in the audit log (`profile.read`): who, which profile, which view, and
-/// the identifier asked by, hashed. The read is not answered unless its record is stored.
+/// the identifier asked by — the profile id and the identifier hashed, so that the append-only log holds
+/// nothing of a person erased later. The read is not answered unless its record is stored.
 pub(crate) async fn audit_read<S: ObjectStore + Clone>(
     api: &Api<S>,
     actor: shared::access::Actor,
@@ -210,15 +211,10 @@ pub(crate) async fn audit_read<S: ObjectStore + Clone>(
     profile: &str,
     asked_by: &str,
 ) -> Result<(), ApiError> {
-    let by = if asked_by == profile { asked_by.to_string() } else { shared::access::hashed_identifier(asked_by) };
-    let detail = serde_json::json!({"view": view, "by": by});
-    api.audit(
-        actor,
-        "profile.read",
-        &format!("profile:{profile}"),
-        super::Change { detail: Some(detail), ..Default::default() },
-    )
-    .await
+    let hashed = shared::access::hashed_identifier;
+    let detail = serde_json::json!({"view": view, "by": hashed(asked_by)});
+    let change = super::Change { detail: Some(detail), ..Default::default() };
+    api.audit(actor, "profile.read", &format!("profile:{}", hashed(profile)), change).await
 }
 
 /// A profile's identity history: creation, links, merges, refusals, unlinks and splits.

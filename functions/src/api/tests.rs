@@ -545,7 +545,9 @@ async fn personal_data_needs_its_own_scope_to_leave_and_every_read_of_a_profile_
     assert_eq!(records.len(), 3, "{log}");
     let views: BTreeSet<&str> = records.iter().filter_map(|r| r["detail"]["view"].as_str()).collect();
     assert_eq!(views, BTreeSet::from(["profile", "history", "events"]));
-    assert!(records.iter().all(|r| r["target"] == format!("profile:{}", profile["id"].as_str().unwrap())));
+    let target = format!("profile:{}", shared::access::hashed_identifier(profile["id"].as_str().unwrap()));
+    assert!(records.iter().all(|r| r["target"] == target), "{log}");
+    assert!(!log.to_string().contains(profile["id"].as_str().unwrap()), "the profile id only hashed: {log}");
     assert!(records.iter().any(|r| r["detail"]["by"] == shared::access::hashed_identifier("email:jane@example.com")));
     assert!(!log.to_string().contains("jane"), "no identifier in clear: {log}");
 }

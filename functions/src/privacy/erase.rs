@@ -37,6 +37,7 @@ pub async fn process<S: ObjectStore + Clone>(store: &S, grace_ms: i64, now: UtcT
         let step = match request.status {
             Status::Pending => erase(store, &mut request, now).await,
             Status::Erasing => finish(store, &mut request, grace_ms, now).await,
+            Status::Completed if !request.notices_pending.is_empty() => follow_notices(store, &mut request).await,
             Status::Completed => continue,
         };
         // One request that cannot advance now (storage trouble, a corrupt object) does not hold up the others;
@@ -147,19 +148,8 @@ async fn finish<S: ObjectStore + Clone>(
         request.waiting_for = Some("deliveries to forget the person (the activation function's next run)".into());
         return Ok(());
     }
-    let configured: BTreeSet<String> = crate::config::read::<_, Vec<DestinationDefinition>>(store, DESTINATIONS_CONFIG)
-        .await?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
-    for (at, item) in &erasure.notices {
-        let destination = at.split('\n').next().unwrap_or_default();
-        if configured.contains(destination) && !settled(store, destination, item).await? {
-            request.waiting_for = Some(format!("the deletion notice to destination {destination}"));
-            return Ok(());
-        }
-    }
+    // Deletion notices are not waited for: a partner may take days (its retry schedule), while the person's
+    // data must be gone within the grace period. They are followed on their own (`follow_notices`).
     // An ingest that read the person's events before they were held may have committed them since: erase again
     // and wait another grace period.
     let mut again = erasure.clone();
@@ -189,6 +179,7 @@ async fn finish<S: ObjectStore + Clone>(
     .await?;
     request.keys.clear();
     request.identifiers.clear();
+    request.notices_pending = erasure.notices.clone();
     request.erasure = None;
     request.waiting_for = None;
     request.status = Status::Completed;
@@ -203,6 +194,29 @@ async fn finish<S: ObjectStore + Clone>(
         change,
     )
     .await?;
+    Ok(())
+}
+
+/// After completion: drops from `noticesPending` each deletion notice its destination took (delivered or
+/// given up on), and those of destinations no longer configured.
+async fn follow_notices<S: ObjectStore>(store: &S, request: &mut PrivacyRequest) -> Result<(), Error> {
+    let configured: BTreeSet<String> = crate::config::read::<_, Vec<DestinationDefinition>>(store, DESTINATIONS_CONFIG)
+        .await?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    let mut settled_now = Vec::new();
+    for (at, item) in &request.notices_pending {
+        let destination = at.split('\n').next().unwrap_or_default();
+        if !configured.contains(destination) || settled(store, destination, item).await? {
+            settled_now.push(at.clone());
+        }
+    }
+    for at in settled_now {
+        request.notices_pending.remove(&at);
+        request.outcome.notices_settled += 1;
+    }
     Ok(())
 }
 

@@ -73,9 +73,10 @@ impl RequestKind {
 pub enum Status {
     /// Accepted, not started.
     Pending,
-    /// Data erased; waiting for the state grace period, deliveries to forget, and notices to go out.
+    /// Data erased; waiting for the state grace period and for deliveries to forget the person.
     Erasing,
-    /// Done.
+    /// Done: nothing of the person is stored (deletion notices to partners are tracked on their own, in
+    /// `noticesPending`, and never hold up completion).
     Completed,
 }
 
@@ -97,6 +98,9 @@ pub struct Outcome {
     pub state_objects: usize,
     /// Destinations sent a deletion notice.
     pub notified: Vec<String>,
+    /// Deletion notices the destinations took (delivered, or given up on after their retry schedule).
+    #[serde(default)]
+    pub notices_settled: usize,
 }
 
 /// The work state of an erasure: holds the person's identifiers, so it is removed when the request completes.
@@ -147,6 +151,10 @@ pub struct PrivacyRequest {
     /// An erasure's work state, until it completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erasure: Option<Erasure>,
+    /// Deletion notices not yet taken by their destination (`destination\nprofile id` → item id; no personal
+    /// data): followed after completion until each is delivered or given up on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notices_pending: BTreeMap<String, String>,
     /// What it did.
     #[serde(default)]
     pub outcome: Outcome,
@@ -229,6 +237,7 @@ pub async fn submit<S: ObjectStore>(
         keys: Vec::new(),
         identifiers: Vec::new(),
         erasure: None,
+        notices_pending: BTreeMap::new(),
         outcome: Outcome::default(),
         waiting_for: None,
     };

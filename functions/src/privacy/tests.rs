@@ -206,3 +206,46 @@ async fn suppressed_identifiers_are_dropped_at_ingest_and_counted() {
         Err(RequestError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn an_erasure_completes_within_the_grace_period_whatever_partners_do_and_notices_are_followed_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let destinations = json!([{"id": "slow", "url": "https://slow.partner.example/hook",
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "send": {"events": [{"events": ["Order Completed"]}]}}]);
+    store.put("config/destinations.json", destinations.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    let (raw, _) = collect_into(
+        &store,
+        1,
+        json!([ev("identify", "m1", json!({"userId": "user-1042", "traits": {"email": "jane@example.com"}}))]),
+        now(),
+    )
+    .await;
+    ingest_all(&store, &[raw]).await;
+    let request =
+        submit(&store, RequestKind::Delete, &["user_id:user-1042".into()], Actor::cli("test"), now()).await.unwrap();
+    process(&store, 60_000, now()).await.unwrap();
+    // The dispatcher forgot the person (it would, on its next intake); the partner has not taken the notice.
+    for meta in store.list(crate::activation::dispatch::FORGET).await.unwrap() {
+        store.delete(&meta.key).await.unwrap();
+    }
+    let later = now().add_millis(61_000).unwrap();
+    process(&store, 60_000, later).await.unwrap();
+    let done = get(&store, &request.id).await.unwrap().unwrap();
+    assert_eq!(done.status, Status::Completed, "completed after the grace period: {done:?}");
+    assert!(done.keys.is_empty() && done.identifiers.is_empty() && done.erasure.is_none(), "only hashes kept");
+    assert!(!serde_json::to_string(&done).unwrap().contains("user-1042"));
+    assert_eq!(done.notices_pending.len(), 1, "the notice to `slow` is followed apart: {done:?}");
+    assert!(everything(dir.path()).iter().all(|(_, text)| !text.contains("jane@example.com")), "nothing holds Jane");
+
+    // The delivery log shows the notice delivered: it is settled on the next pass.
+    let item = done.notices_pending.values().next().unwrap().clone();
+    let record = json!({"destination": "slow", "webhookId": "msg_1", "itemIds": [item], "attempt": 3, "at": 0,
+                        "outcome": {"status": {"status": 200}}, "result": "delivered", "elapsedMs": 1, "latencyMs": 1});
+    let log = shared::storage::gzip(format!("{record}\n").as_bytes());
+    store.put("deliveries/v1/log/slow/dt=2026-11-29/01.ndjson.gz", log, PutOptions::ndjson_gz()).await.unwrap();
+    process(&store, 60_000, later).await.unwrap();
+    let followed = get(&store, &request.id).await.unwrap().unwrap();
+    assert!(followed.notices_pending.is_empty(), "{followed:?}");
+    assert_eq!(followed.outcome.notices_settled, 1);
+}
