@@ -35,6 +35,8 @@ data "aws_iam_policy_document" "edge" {
     resources = [
       "${aws_s3_bucket.data.arn}/config/sources.json",
       "${aws_s3_bucket.data.arn}/privacy/v1/suppressed.json",
+      # the key the list's hashes are made with (read only while someone is suppressed)
+      "${aws_s3_bucket.data.arn}/keys/v1/identifiers.key",
     ]
   }
   statement {

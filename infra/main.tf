@@ -59,14 +59,14 @@ locals {
   bucket_access = {
     ingest = {
       # list raw/ and the ingest/ watermark: the scheduled reconciliation finds objects whose notification was lost
-      get    = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json"]
-      put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/"]
+      get    = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json", "keys/"]
+      put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/", "keys/"]
       delete = ["deliveries/v1/outbox/"]
       list   = ["raw/"]
     }
     tagging = {
-      get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/"]
-      put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/"]
+      get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "keys/"]
+      put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/", "keys/"]
       delete = ["raw/", "failed/", "state/", "lake/", "deliveries/"]
       list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/"]
     }
@@ -77,8 +77,8 @@ locals {
       list   = ["deliveries/"]
     }
     api = {
-      get    = ["raw/", "lake/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/"]
-      put    = ["state/", "config/", "access/", "audit/", "privacy/", "deliveries/v1/replay/"]
+      get    = ["raw/", "lake/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/", "keys/"]
+      put    = ["state/", "config/", "access/", "audit/", "privacy/", "deliveries/v1/replay/", "keys/"]
       delete = ["deliveries/v1/status/"]
       list   = ["raw/", "lake/", "audit/", "privacy/", "audiences/", "deliveries/"]
     }

@@ -120,8 +120,9 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
         functions::ingest::unlink(&store, &key, &args.request_id, &config, crate::now()).await
     })?;
     if let Some((kept, split)) = parts.split_first() {
+        let hashed = runtime.block_on(functions::privacy::hash_key(&store))?.hash(&key);
         let detail = serde_json::json!({
-            "identifier": shared::access::hashed_identifier(&key),
+            "identifier": hashed,
             "reason": args.request_id,
             "splitOff": split,
         });

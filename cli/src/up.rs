@@ -206,8 +206,15 @@ async fn serve(
                         geo: None,
                         content_encoding: header_str(headers, header::CONTENT_ENCODING),
                     };
-                    let handled =
-                        handle(&state.store, &sources, &suppression, &request, crate::now(), crate::seed()).await;
+                    let handled = handle(
+                        &state.store,
+                        &sources,
+                        suppression.as_ref().as_ref(),
+                        &request,
+                        crate::now(),
+                        crate::seed(),
+                    )
+                    .await;
                     if let Some(key) = handled.raw_key {
                         // The receiver lives as long as the server; a closed channel only happens at shutdown.
                         let _ = state.ingest.send(key);

@@ -97,7 +97,7 @@ async fn collect(
             return Answer::config_unavailable();
         }
     };
-    let dropped = batch.drop_suppressed(&suppression);
+    let dropped = suppression.as_ref().map_or(0, |list| batch.drop_suppressed(list));
     if dropped > 0 {
         let (key, body) = shared::access::dropped_record(dropped, now, entropy.ulid(now));
         if let Err(error) = s3.put_new(&key, body, now).await {

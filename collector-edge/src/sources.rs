@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::thread::LocalKey;
 
-use shared::access::{SUPPRESSED_KEY, Suppression};
+use shared::access::{IDENTIFIER_KEY_OBJECT, IdentifierKey, SUPPRESSED_KEY, Suppression, SuppressionCheck};
 use shared::source::Sources;
 use shared::storage::CONFIG_SOURCES;
 use worker::Env;
@@ -21,6 +21,8 @@ type Slot<T> = RefCell<Option<(i64, Rc<T>)>>;
 thread_local! {
     static SOURCES: Slot<Sources> = const { RefCell::new(None) };
     static SUPPRESSION: Slot<Suppression> = const { RefCell::new(None) };
+    /// The identifier key never changes: read once per isolate.
+    static KEY: RefCell<Option<IdentifierKey>> = const { RefCell::new(None) };
 }
 
 /// The sources.
@@ -28,10 +30,26 @@ pub(crate) async fn get(s3: &S3, env: &Env) -> Result<Rc<Sources>, String> {
     cached(&SOURCES, CONFIG_SOURCES, |bytes| Sources::from_json(bytes).map_err(|e| e.to_string()), s3, env).await
 }
 
-/// The suppression list: the events of people on it are not stored.
-pub(crate) async fn suppression(s3: &S3, env: &Env) -> Result<Rc<Suppression>, String> {
-    cached(&SUPPRESSION, SUPPRESSED_KEY, |bytes| Suppression::from_json(bytes).map_err(|e| e.to_string()), s3, env)
-        .await
+/// The suppression list with the deployment's identifier key its hashes are made with (`None` when nothing is
+/// suppressed; the key is read only then): the events of people on it are not stored.
+pub(crate) async fn suppression(s3: &S3, env: &Env) -> Result<Option<SuppressionCheck>, String> {
+    let list =
+        cached(&SUPPRESSION, SUPPRESSED_KEY, |bytes| Suppression::from_json(bytes).map_err(|e| e.to_string()), s3, env)
+            .await?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let key = match KEY.with(|k| k.borrow().clone()) {
+        Some(key) => key,
+        None => {
+            let stored = s3.get(IDENTIFIER_KEY_OBJECT, crate::now()).await?;
+            let stored = stored.ok_or_else(|| format!("{IDENTIFIER_KEY_OBJECT} is missing"))?;
+            let key = IdentifierKey::from_stored(&stored).map_err(|e| e.to_string())?;
+            KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+            key
+        }
+    };
+    Ok(Some(SuppressionCheck { list: (*list).clone(), key }))
 }
 
 async fn cached<T: Default>(

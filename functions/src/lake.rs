@@ -181,8 +181,13 @@ async fn compact_within<S: ObjectStore>(
     let mut last = String::new();
     let mut kept = 0;
     let rules: IdentityRules = crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
-    let suppression = crate::privacy::load_suppression(store).await?;
-    let held: BTreeSet<&String> = suppression.erasing.values().flatten().collect();
+    // Only the people being erased are held here (suppressed people's events are dropped before storage).
+    let mut held = crate::privacy::load_suppression(store).await?;
+    held.suppressed.clear();
+    let held = match held.is_empty() {
+        true => None,
+        false => Some(crate::privacy::SuppressionCheck { key: crate::privacy::hash_key(store).await?, list: held }),
+    };
     // Per day of receipt: the first raw object's name, and the rows.
     let mut days: BTreeMap<String, (String, Vec<Row>)> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -201,7 +206,7 @@ async fn compact_within<S: ObjectStore>(
         text_bytes += object.text_bytes;
         for event in object.events {
             let keys = identity_keys(&rules, &event);
-            if !held.is_empty() && keys.iter().any(|k| held.contains(&shared::access::hashed_identifier(k))) {
+            if held.as_ref().is_some_and(|h| h.list.drops(&h.key, keys.iter())) {
                 out.held += 1;
                 continue;
             }

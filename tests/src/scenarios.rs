@@ -12,13 +12,18 @@ use crate::http::{post, send};
 /// events before storing them.
 pub const SUPPRESSED_USER: &str = "u-suppressed";
 
-/// The suppression list a shell under test holds (write it at `shared::access::SUPPRESSED_KEY`).
-pub fn suppression_list() -> Vec<u8> {
+/// What a shell under test holds for the suppression scenario: the deployment's identifier key and the
+/// suppression list hashed with it, as `(object key, bytes)` to write into its store.
+pub fn suppression_files() -> [(&'static str, Vec<u8>); 2] {
+    let key = shared::access::IdentifierKey::from_bytes([42; 32]);
     let list = shared::access::Suppression {
-        suppressed: [shared::access::hashed_identifier(&format!("user_id:{SUPPRESSED_USER}"))].into(),
+        suppressed: [key.hash(&format!("user_id:{SUPPRESSED_USER}"))].into(),
         ..Default::default()
     };
-    serde_json::to_vec(&list).expect("json")
+    [
+        (shared::access::IDENTIFIER_KEY_OBJECT, key.to_stored()),
+        (shared::access::SUPPRESSED_KEY, serde_json::to_vec(&list).expect("json")),
+    ]
 }
 
 /// Everything a collector stored under `raw/` and `failed/`, decoded, and the suppressed events it counted.

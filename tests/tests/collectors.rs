@@ -66,9 +66,10 @@ fn s3_source(s3: &LocalS3) -> String {
     let mut sources = Sources::default();
     sources.add(source).expect("valid source");
     s3.block_on(save_sources(&s3.store(), &sources)).expect("write sources to S3");
-    let list = scenarios::suppression_list();
-    s3.block_on(s3.store().put(shared::access::SUPPRESSED_KEY, list, functions::storage::PutOptions::json()))
-        .expect("write the suppression list to S3");
+    for (object, bytes) in scenarios::suppression_files() {
+        s3.block_on(s3.store().put(object, bytes, functions::storage::PutOptions::json()))
+            .expect("write the suppression list and its key to S3");
+    }
     key
 }
 
@@ -87,9 +88,11 @@ fn local_collector(dir: &Path) -> (CdpUp, String) {
         serde_json::from_slice(&std::fs::read(&path).expect("sources file")).expect("json");
     file["sources"][0]["allowedOrigins"] = serde_json::json!(["https://*.shop.example"]);
     std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write sources");
-    let list = dir.join(shared::access::SUPPRESSED_KEY);
-    std::fs::create_dir_all(list.parent().expect("folder")).expect("privacy folder");
-    std::fs::write(list, scenarios::suppression_list()).expect("write the suppression list");
+    for (object, bytes) in scenarios::suppression_files() {
+        let path = dir.join(object);
+        std::fs::create_dir_all(path.parent().expect("folder")).expect("folder");
+        std::fs::write(path, bytes).expect("write the suppression list and its key");
+    }
     (CdpUp::start(dir), key)
 }
 

@@ -223,6 +223,7 @@ fn notifications_watch_the_storage_layout() {
         "failed/",
         "imports/",
         "ingest/",
+        "keys/",
         "state/",
         "lake/",
         "audiences/",

@@ -253,6 +253,13 @@ fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
     assert_eq!(response["statusCode"], 401, "a write key: {response}");
     assert_eq!(response["headers"]["www-authenticate"], "Bearer");
     let audit = s3.block_on(store.list("audit/v1/")).expect("list");
-    assert_eq!(audit.len(), 1, "the key's creation is in the audit log in S3");
+    let actions: Vec<String> = audit
+        .iter()
+        .map(|meta| {
+            let object = s3.block_on(store.get(&meta.key)).expect("get").expect("record");
+            serde_json::from_slice::<Value>(&object.body).expect("JSON")["action"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(actions, ["profile.read", "api_key.create"], "the read and the key's creation, in the audit log in S3");
     drop(function);
 }

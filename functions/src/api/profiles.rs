@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use shared::access::{Scope, hashed_identifier};
+use shared::access::Scope;
 use shared::identity::identifier_key;
 use utoipa::ToSchema;
 
@@ -211,10 +211,10 @@ pub(crate) async fn audit_read<S: ObjectStore + Clone>(
     profile: &str,
     asked_by: &str,
 ) -> Result<(), ApiError> {
-    let hashed = shared::access::hashed_identifier;
-    let detail = serde_json::json!({"view": view, "by": hashed(asked_by)});
+    let key = crate::privacy::hash_key(api.store()).await?;
+    let detail = serde_json::json!({"view": view, "by": key.hash(asked_by)});
     let change = super::Change { detail: Some(detail), ..Default::default() };
-    api.audit(actor, "profile.read", &format!("profile:{}", hashed(profile)), change).await
+    api.audit(actor, "profile.read", &format!("profile:{}", key.hash(profile)), change).await
 }
 
 /// A profile's identity history: creation, links, merges, refusals, unlinks and splits.
@@ -311,7 +311,8 @@ pub(crate) async fn unlink<S: ObjectStore + Clone>(
         return Err(ApiError::not_found(format!("no profile has {:?} any more", request.identifier)));
     };
     let result = UnlinkResult { profile: kept.clone(), split_off: split.to_vec() };
-    let detail = json!({"identifier": hashed_identifier(&key), "reason": reason, "splitOff": result.split_off});
+    let hashed = crate::privacy::hash_key(api.store()).await?.hash(&key);
+    let detail = json!({"identifier": hashed, "reason": reason, "splitOff": result.split_off});
     api.audit(
         actor,
         "profile.unlink",

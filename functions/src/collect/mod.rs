@@ -3,7 +3,7 @@
 
 mod sources;
 
-use shared::access::Suppression;
+use shared::access::SuppressionCheck;
 use shared::collect::{Answer, CollectRequest, Collected, collect};
 use shared::ids::Entropy;
 use shared::source::Sources;
@@ -31,7 +31,7 @@ pub struct Handled {
 pub async fn handle<S: ObjectStore>(
     store: &S,
     sources: &Sources,
-    suppression: &Suppression,
+    suppression: Option<&SuppressionCheck>,
     request: &CollectRequest<'_>,
     now: UtcTime,
     seed: [u8; 32],
@@ -45,7 +45,7 @@ pub async fn handle<S: ObjectStore>(
         Collected::Kept(batch) => batch,
     };
     // Suppressed people's events are never stored; their count is (before the answer: nothing is lost).
-    let dropped = batch.drop_suppressed(suppression);
+    let dropped = suppression.map_or(0, |list| batch.drop_suppressed(list));
     if dropped > 0 {
         let (key, body) = shared::access::dropped_record(dropped, now, entropy.ulid(now));
         if let Err(error) = store.put(&key, body, PutOptions::json()).await {
@@ -109,16 +109,10 @@ mod tests {
     async fn stores_accepted_and_failed_before_answering() {
         let (_dir, store, sources, key) = setup();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer = handle(
-            &store,
-            &sources,
-            &Suppression::default(),
-            &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
-            now(),
-            [1; 32],
-        )
-        .await
-        .answer;
+        let answer =
+            handle(&store, &sources, None, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
+                .await
+                .answer;
         assert_eq!(answer.status, 200, "{}", answer.body);
         let raw = store.list("raw/v1/dt=2026-11-28/hr=12/").await.unwrap();
         let failed = store.list("failed/v1/dt=2026-11-28/hr=12/").await.unwrap();
@@ -133,16 +127,10 @@ mod tests {
     #[tokio::test]
     async fn a_rejected_request_stores_nothing() {
         let (_dir, store, sources, _key) = setup();
-        let answer = handle(
-            &store,
-            &sources,
-            &Suppression::default(),
-            &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()),
-            now(),
-            [1; 32],
-        )
-        .await
-        .answer;
+        let answer =
+            handle(&store, &sources, None, &CollectRequest::new(Endpoint::Batch, MIXED.as_bytes()), now(), [1; 32])
+                .await
+                .answer;
         assert_eq!(answer.status, 401);
         assert!(store.list("raw/").await.unwrap().is_empty());
         assert!(store.list("failed/").await.unwrap().is_empty());
@@ -153,16 +141,10 @@ mod tests {
         let (dir, store, sources, key) = setup();
         std::fs::write(dir.path().join("raw"), b"a file where the folder should be").unwrap();
         let body = MIXED.replacen('{', &format!("{{\"writeKey\":\"{key}\","), 1);
-        let answer = handle(
-            &store,
-            &sources,
-            &Suppression::default(),
-            &CollectRequest::new(Endpoint::Batch, body.as_bytes()),
-            now(),
-            [1; 32],
-        )
-        .await
-        .answer;
+        let answer =
+            handle(&store, &sources, None, &CollectRequest::new(Endpoint::Batch, body.as_bytes()), now(), [1; 32])
+                .await
+                .answer;
         assert_eq!(answer.status, 503);
         assert!(answer.body.contains("storage_unavailable"));
     }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shared::access::Suppression;
+use shared::access::SuppressionCheck;
 use shared::source::Sources;
 use shared::storage::CONFIG_SOURCES;
 use tokio::sync::RwLock;
@@ -32,7 +32,7 @@ pub async fn save_sources<S: ObjectStore>(store: &S, sources: &Sources) -> Resul
 #[derive(Debug)]
 pub struct SourcesCache {
     sources: Fresh<Sources>,
-    suppression: Fresh<Suppression>,
+    suppression: Fresh<Option<SuppressionCheck>>,
 }
 
 impl SourcesCache {
@@ -46,9 +46,10 @@ impl SourcesCache {
         self.sources.get("sources", || load_sources(store)).await
     }
 
-    /// The current suppression list, reading the store if the copy is older than the TTL.
-    pub async fn suppression<S: ObjectStore>(&self, store: &S) -> Result<Arc<Suppression>, Error> {
-        self.suppression.get("the suppression list", || crate::privacy::load_suppression(store)).await
+    /// The current suppression list with the identifier key (`None` when nothing is suppressed), reading the
+    /// store if the copy is older than the TTL.
+    pub async fn suppression<S: ObjectStore>(&self, store: &S) -> Result<Arc<Option<SuppressionCheck>>, Error> {
+        self.suppression.get("the suppression list", || crate::privacy::load_suppression_check(store)).await
     }
 }
 

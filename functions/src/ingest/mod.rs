@@ -54,7 +54,7 @@ pub struct IngestConfig {
     /// subscribed changes in the delivery outbox.
     pub activation: Option<Activation>,
     /// Identifiers whose events are dropped (`privacy/v1/suppressed.json`).
-    pub suppression: crate::privacy::Suppression,
+    pub suppression: Option<crate::privacy::SuppressionCheck>,
 }
 
 /// Audiences and destinations, checked, for ingest and the full recompute.
@@ -165,7 +165,7 @@ impl Default for IngestConfig {
             tags: None,
             ready: BTreeMap::new(),
             activation: None,
-            suppression: crate::privacy::Suppression::default(),
+            suppression: None,
         }
     }
 }
@@ -198,7 +198,7 @@ impl IngestConfig {
             config.ready = crate::tagging::ready(store).await?;
         }
         config.activation = Activation::load(store, config.tags.as_ref()).await?;
-        config.suppression = crate::privacy::load_suppression(store).await?;
+        config.suppression = crate::privacy::load_suppression_check(store).await?;
         Ok(config)
     }
 }
@@ -314,8 +314,8 @@ async fn apply_events<S: ObjectStore + Clone>(
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
     let mut report = IngestReport { events: events.len(), ..IngestReport::default() };
-    if !config.suppression.is_empty() {
-        events.retain(|event| !config.suppression.drops_event(event));
+    if let Some(suppression) = &config.suppression {
+        events.retain(|event| !suppression.drops_event(event));
         report.suppressed = report.events - events.len();
         if report.suppressed > 0
             && let Err(error) = crate::privacy::count_dropped(store, report.suppressed, now).await

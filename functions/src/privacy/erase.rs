@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use shared::access::{Actor, hashed_identifier};
+use shared::access::Actor;
 use shared::activation::payload::{Detail, Item, ProfileBlock};
 use shared::activation::{DestinationDefinition, Message};
 use shared::event::CanonicalEvent;
@@ -73,7 +73,8 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
             erasure.keys.extend(stored.node.identities.iter().cloned());
         }
     }
-    let held: BTreeSet<String> = erasure.keys.iter().map(|k| hashed_identifier(k)).collect();
+    let key = super::hash_key(store).await?;
+    let held: BTreeSet<String> = erasure.keys.iter().map(|k| key.hash(k)).collect();
     let id = request.id.clone();
     super::update_suppression(store, |list| {
         list.erasing.insert(id.clone(), held.clone());

@@ -25,7 +25,7 @@ mod erase;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use shared::access::{Actor, hashed_identifier};
+use shared::access::Actor;
 use shared::identity::identifier_key;
 use shared::ids::Entropy;
 use shared::time::UtcTime;
@@ -140,7 +140,7 @@ pub struct PrivacyRequest {
     /// When it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<UtcTime>,
-    /// The identifiers as [`hashed_identifier`]s: what remains once it completes.
+    /// The identifiers keyed-hashed ([`IdentifierKey::hash`]): what remains once it completes.
     pub hashed_identifiers: Vec<String>,
     /// The identifiers' graph keys, until it completes (erasures need them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -163,12 +163,42 @@ pub struct PrivacyRequest {
     pub waiting_for: Option<String>,
 }
 
+use shared::access::{IDENTIFIER_KEY_OBJECT, IdentifierKey};
 /// The suppression list (`shared::access::Suppression`): hashes of identity keys whose events are dropped.
-pub use shared::access::Suppression;
+pub use shared::access::{Suppression, SuppressionCheck};
 
 /// The current suppression list (empty when there is none).
 pub async fn load_suppression<S: ObjectStore>(store: &S) -> Result<Suppression, Error> {
     Ok(crate::config::read(store, SUPPRESSED).await?.unwrap_or_default())
+}
+
+/// The suppression list with the deployment's identifier key, as the collectors and ingest check events;
+/// `None` when nothing is suppressed (the key is then not needed).
+pub async fn load_suppression_check<S: ObjectStore>(store: &S) -> Result<Option<SuppressionCheck>, Error> {
+    let list = load_suppression(store).await?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SuppressionCheck { list, key: hash_key(store).await? }))
+}
+
+/// The deployment's identifier key (`keys/v1/identifiers.key`), made on first use: 32 bytes of the operating
+/// system's CSPRNG, written create-only, so two processes making it at once end with the same key.
+pub async fn hash_key<S: ObjectStore>(store: &S) -> Result<IdentifierKey, Error> {
+    for _ in 0..3 {
+        if let Some(object) = store.get(IDENTIFIER_KEY_OBJECT).await? {
+            return Ok(IdentifierKey::from_stored(&object.body)?);
+        }
+        let key = IdentifierKey::from_bytes(crate::config::random_seed()?);
+        let options =
+            PutOptions { content_type: Some("text/plain"), condition: crate::storage::Condition::IfNoneMatch };
+        match store.put(IDENTIFIER_KEY_OBJECT, key.to_stored(), options).await {
+            Ok(_) => return Ok(key),
+            Err(crate::storage::StoreError::PreconditionFailed) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(Error::Corrupt(format!("{IDENTIFIER_KEY_OBJECT} could not be read or made")))
 }
 
 /// Changes the suppression list under compare-and-swap.
@@ -223,7 +253,8 @@ pub async fn submit<S: ObjectStore>(
             "identifiers: suppression works on identifiers (type:value), not profile ids".into(),
         ));
     }
-    let hashed: Vec<String> = keys.iter().map(|k| hashed_identifier(k)).collect();
+    let key = hash_key(store).await?;
+    let hashed: Vec<String> = keys.iter().map(|k| key.hash(k)).collect();
     let id = format!("prv_{}", Entropy::from_seed(crate::config::random_seed()?).ulid(now));
     let mut request = PrivacyRequest {
         id,

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::sha256_hex;
 use crate::time::UtcTime;
 
 /// Who did something.
@@ -31,8 +30,8 @@ impl Actor {
     }
 }
 
-/// One recorded operation. Identifiers of people appear only as [`hashed_identifier`]s, so that the log can
-/// stay append-only and still hold nothing of a person who was deleted.
+/// One recorded operation. Identifiers of people appear only keyed-hashed ([`super::IdentifierKey::hash`]),
+/// so that the log can stay append-only and still hold nothing of a person who was deleted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditRecord {
@@ -61,9 +60,4 @@ pub struct AuditRecord {
 pub fn audit_key(at: UtcTime, id: &str) -> String {
     let (date, _) = at.date_and_hour();
     format!("audit/v1/dt={date}/{id}.json")
-}
-
-/// How a person's identifier appears where it must outlive their deletion: `sha256:<hex of the graph key>`.
-pub fn hashed_identifier(key: &str) -> String {
-    format!("sha256:{}", sha256_hex(key))
 }

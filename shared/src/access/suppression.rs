@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::hashed_identifier;
+use super::{IdentifierKey, legacy_hashed_identifier};
 use crate::event::CanonicalEvent;
 
 /// Where the list is: `privacy/v1/suppressed.json`.
@@ -14,7 +14,8 @@ pub const SUPPRESSED_KEY: &str = "privacy/v1/suppressed.json";
 /// Where counts of dropped events go: `privacy/v1/dropped/dt=YYYY-MM-DD/<ulid>.json`, each `{"at", "dropped"}`.
 pub const DROPPED_PREFIX: &str = "privacy/v1/dropped/";
 
-/// The list as stored.
+/// The list as stored: identifiers keyed-hashed with the deployment's [`IdentifierKey`] (`hmac:…`; lists
+/// written before the key hold `sha256:…`, still matched).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Suppression {
@@ -37,17 +38,42 @@ impl Suppression {
         self.suppressed.is_empty() && self.erasing.values().all(BTreeSet::is_empty)
     }
 
+    /// Whether the list holds `hash`.
+    fn holds(&self, hash: &str) -> bool {
+        self.suppressed.contains(hash) || self.erasing.values().any(|set| set.contains(hash))
+    }
+
     /// Whether an event with these identity keys is to be dropped.
-    pub fn drops<'k>(&self, keys: impl IntoIterator<Item = &'k String>) -> bool {
-        keys.into_iter().any(|key| {
-            let hash = hashed_identifier(key);
-            self.suppressed.contains(&hash) || self.erasing.values().any(|set| set.contains(&hash))
-        })
+    pub fn drops<'k>(&self, key: &IdentifierKey, keys: impl IntoIterator<Item = &'k String>) -> bool {
+        let legacy = self.suppressed.iter().chain(self.erasing.values().flatten()).any(|h| h.starts_with("sha256:"));
+        keys.into_iter().any(|k| self.holds(&key.hash(k)) || legacy && self.holds(&legacy_hashed_identifier(k)))
     }
 
     /// Whether `event` carries a suppressed identifier (any identifier it has, linkable or not).
+    pub fn drops_event(&self, key: &IdentifierKey, event: &CanonicalEvent) -> bool {
+        !self.is_empty() && self.drops(key, event_keys(event).collect::<Vec<_>>().iter())
+    }
+}
+
+/// The suppression list with the key its hashes are made with: what the collectors and ingest check events
+/// against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionCheck {
+    /// The list.
+    pub list: Suppression,
+    /// The deployment's identifier key.
+    pub key: IdentifierKey,
+}
+
+impl SuppressionCheck {
+    /// Whether nothing is suppressed.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether `event` carries a suppressed identifier.
     pub fn drops_event(&self, event: &CanonicalEvent) -> bool {
-        !self.is_empty() && self.drops(event_keys(event).collect::<Vec<_>>().iter())
+        self.list.drops_event(&self.key, event)
     }
 }
 

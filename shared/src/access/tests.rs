@@ -89,6 +89,18 @@ fn scopes_round_trip_by_name() {
 #[test]
 fn audit_keys_and_hashed_identifiers() {
     assert_eq!(audit_key(now(), "01J"), "audit/v1/dt=2026-11-29/01J.json");
-    let hashed = hashed_identifier("user_id:u1");
-    assert!(hashed.starts_with("sha256:") && !hashed.contains("u1"), "{hashed}");
+    let hashed = IdentifierKey::from_bytes([3; 32]).hash("user_id:u1");
+    assert!(hashed.starts_with("hmac:") && !hashed.contains("u1"), "{hashed}");
+}
+
+#[test]
+fn suppression_matches_keyed_hashes_and_the_unkeyed_ones_of_older_lists() {
+    let key = IdentifierKey::from_bytes([3; 32]);
+    let u1 = "user_id:u1".to_string();
+    let keyed = Suppression { suppressed: [key.hash(&u1)].into(), ..Default::default() };
+    assert!(keyed.drops(&key, [&u1]));
+    assert!(!keyed.drops(&IdentifierKey::from_bytes([4; 32]), [&u1]), "another key, another hash");
+    let older = Suppression { suppressed: [legacy_hashed_identifier(&u1)].into(), ..Default::default() };
+    assert!(older.drops(&key, [&u1]), "a list written before the key still applies");
+    assert!(!older.drops(&key, [&"user_id:u2".to_string()]));
 }

@@ -507,6 +507,7 @@ fn the_published_schemas_match_the_definitions_and_the_payload() {
     // Every field of a definition (defaults filled in) is in the schema, and nothing else.
     let full = serde_json::to_value(DestinationDefinition {
         previous_secrets: vec![PreviousSecret { secret: Secret::from_bytes(&[1; 24]), until: 1 }],
+        purposes: vec!["marketing".into()],
         ..sample_destination()
     })
     .unwrap();

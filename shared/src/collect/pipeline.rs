@@ -53,7 +53,7 @@ impl Batch {
     /// Drops the accepted events of people on the suppression list (they were asked not to be tracked): they
     /// are never stored. Returns how many. The answer still counts them as accepted: the sender did nothing
     /// wrong, and whether a person is suppressed is not the sender's to learn.
-    pub fn drop_suppressed(&mut self, list: &crate::access::Suppression) -> usize {
+    pub fn drop_suppressed(&mut self, list: &crate::access::SuppressionCheck) -> usize {
         if list.is_empty() {
             return 0;
         }

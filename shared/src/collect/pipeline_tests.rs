@@ -422,16 +422,16 @@ fn a_suppressed_person_s_events_are_dropped_before_storage_and_counted() {
         s.key
     );
     let mut batch = kept(run(&CollectRequest::new(Endpoint::Batch, body.as_bytes()), &s));
-    let list = crate::access::Suppression {
-        suppressed: [crate::access::hashed_identifier("user_id:gone")].into(),
-        ..Default::default()
-    };
-    assert_eq!(batch.drop_suppressed(&list), 1);
+    let key = crate::access::IdentifierKey::from_bytes([9; 32]);
+    let list = crate::access::Suppression { suppressed: [key.hash("user_id:gone")].into(), ..Default::default() };
+    let check = crate::access::SuppressionCheck { list, key: key.clone() };
+    assert_eq!(batch.drop_suppressed(&check), 1);
     assert_eq!(batch.accepted.len(), 1);
     assert_eq!(batch.accepted[0].user_id.as_deref(), Some("here"));
     let (_, stored) = batch.accepted_object().unwrap();
     assert!(!String::from_utf8(crate::storage::gunzip(&stored).unwrap()).unwrap().contains("gone"));
     let body: Value = serde_json::from_str(&batch.answer().body).unwrap();
     assert_eq!((body["accepted"].clone(), body["failed"].clone()), (json!(2), json!(1)), "acknowledged, not revealed");
-    assert_eq!(batch.drop_suppressed(&crate::access::Suppression::default()), 0);
+    let nothing = crate::access::SuppressionCheck { list: crate::access::Suppression::default(), key };
+    assert_eq!(batch.drop_suppressed(&nothing), 0);
 }
