@@ -120,14 +120,16 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
         functions::ingest::unlink(&store, &key, &args.request_id, &config, crate::now()).await
     })?;
     if let Some((kept, split)) = parts.split_first() {
-        let hashed = runtime.block_on(functions::privacy::hash_key(&store))?.hash(&key);
+        // The append-only log keeps only keyed hashes of the person: identifier and profile ids alike.
+        let hash = runtime.block_on(functions::privacy::hash_key(&store))?;
+        let split_off: Vec<String> = split.iter().map(|id| hash.hash(id)).collect();
         let detail = serde_json::json!({
-            "identifier": hashed,
+            "identifier": hash.hash(&key),
             "reason": args.request_id,
-            "splitOff": split,
+            "splitOff": split_off,
         });
         let change = functions::api::Change { detail: Some(detail), ..Default::default() };
-        let target = format!("profile:{kept}");
+        let target = format!("profile:{}", hash.hash(kept));
         runtime.block_on(functions::api::record(
             &store,
             crate::access::operator(),

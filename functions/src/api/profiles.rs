@@ -311,12 +311,14 @@ pub(crate) async fn unlink<S: ObjectStore + Clone>(
         return Err(ApiError::not_found(format!("no profile has {:?} any more", request.identifier)));
     };
     let result = UnlinkResult { profile: kept.clone(), split_off: split.to_vec() };
-    let hashed = crate::privacy::hash_key(api.store()).await?.hash(&key);
-    let detail = json!({"identifier": hashed, "reason": reason, "splitOff": result.split_off});
+    // The append-only log keeps only keyed hashes of the person: identifier and profile ids alike.
+    let hash = crate::privacy::hash_key(api.store()).await?;
+    let split_off: Vec<String> = result.split_off.iter().map(|id| hash.hash(id)).collect();
+    let detail = json!({"identifier": hash.hash(&key), "reason": reason, "splitOff": split_off});
     api.audit(
         actor,
         "profile.unlink",
-        &format!("profile:{kept}"),
+        &format!("profile:{}", hash.hash(kept)),
         Change { detail: Some(detail), ..Change::default() },
     )
     .await?;

@@ -290,9 +290,10 @@ async fn unlink_splits_the_profile_and_is_audited_without_the_identifier() {
 
     let (_, log) = f.get("/v1/audit?action=profile.unlink", &f.admin).await;
     let record = &log["records"][0];
-    assert_eq!(record["target"], format!("profile:{kept}"));
-    assert_eq!(record["detail"]["reason"], "TICKET-7");
     let key = crate::privacy::hash_key(&f.store).await.unwrap();
+    assert_eq!(record["target"], format!("profile:{}", key.hash(kept)));
+    assert!(!log.to_string().contains(kept) && !log.to_string().contains(split), "profile ids only hashed: {log}");
+    assert_eq!(record["detail"]["reason"], "TICKET-7");
     assert_eq!(record["detail"]["identifier"], key.hash("anonymous_id:tablet"));
     assert!(!log.to_string().contains("tablet"), "{log}");
 }
