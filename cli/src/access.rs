@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use functions::api::{ApiError, Change, load_keys, record, update_keys};
+use functions::api::{ApiError, load_keys, update_keys};
+use functions::audit::{Change, record};
 use functions::storage::FsStore;
 use shared::access::{Actor, Scope};
 use shared::ids::Entropy;

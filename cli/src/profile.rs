@@ -128,9 +128,9 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
             "reason": args.request_id,
             "splitOff": split_off,
         });
-        let change = functions::api::Change { detail: Some(detail), ..Default::default() };
+        let change = functions::audit::Change { detail: Some(detail), ..Default::default() };
         let target = format!("profile:{}", hash.hash(kept));
-        runtime.block_on(functions::api::record(
+        runtime.block_on(functions::audit::record(
             &store,
             crate::access::operator(),
             "profile.unlink",

@@ -80,7 +80,8 @@ pub(crate) async fn create(
     sources.add(source.clone())?;
     save_sources(store, &sources).await?;
     let after = serde_json::to_value(&source)?;
-    let change = functions::api::Change { after: Some(after), ..Default::default() };
-    functions::api::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change).await?;
+    let change = functions::audit::Change { after: Some(after), ..Default::default() };
+    functions::audit::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change)
+        .await?;
     Ok((source, key))
 }

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod api;
+pub mod audit;
 pub mod collect;
 pub mod columnar;
 pub mod config;

@@ -24,16 +24,15 @@ use axum::Router;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::routing::{delete, get, post};
-use serde_json::Value;
-use shared::access::{Actor, ApiKeys, AuditRecord, AuthError, Scope, audit_key};
-use shared::ids::Entropy;
+use shared::access::{Actor, ApiKeys, AuthError, Scope};
 use tokio::sync::RwLock;
 
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 
 use crate::Error;
-use crate::storage::{ObjectStore, PutOptions, StoreError};
+use crate::audit::{Change, record};
+use crate::storage::ObjectStore;
 
 /// How long a warm function trusts its copy of the API keys. A revocation through this function applies at
 /// once; one made through another instance within this time.
@@ -114,66 +113,6 @@ impl<S: ObjectStore + Clone> Api<S> {
         record(&self.store, actor, action, target, change).await?;
         Ok(())
     }
-}
-
-/// What a recorded operation changed.
-#[derive(Debug, Default)]
-pub struct Change {
-    /// Configuration before (secrets redacted).
-    pub before: Option<Value>,
-    /// Configuration after (secrets redacted).
-    pub after: Option<Value>,
-    /// Anything else worth keeping (hashed identifiers, counts).
-    pub detail: Option<Value>,
-}
-
-/// Appends one record to the audit log; used by the API and by `cdp` commands that change the platform.
-pub async fn record<S: ObjectStore>(
-    store: &S,
-    actor: Actor,
-    action: &str,
-    target: &str,
-    change: Change,
-) -> Result<AuditRecord, Error> {
-    let at = crate::config::now()?;
-    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
-    for _ in 0..3 {
-        let id = next_record_id(entropy.ulid(at)).to_string();
-        let entry = AuditRecord {
-            id: id.clone(),
-            at,
-            actor: actor.clone(),
-            action: action.to_string(),
-            target: target.to_string(),
-            before: change.before.clone(),
-            after: change.after.clone(),
-            detail: change.detail.clone(),
-        };
-        let body = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt(e.to_string()))?;
-        match store
-            .put(
-                &audit_key(at, &id),
-                body,
-                PutOptions { condition: crate::storage::Condition::IfNoneMatch, ..PutOptions::json() },
-            )
-            .await
-        {
-            Ok(_) => return Ok(entry),
-            Err(StoreError::PreconditionFailed) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Error::Corrupt("could not name a new audit record".into()))
-}
-
-/// `candidate`, or the next id after the last one this process gave if that is not later: records made in
-/// the same millisecond keep their order in the log.
-fn next_record_id(candidate: ulid::Ulid) -> ulid::Ulid {
-    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let id = u128::from(candidate).max(last.saturating_add(1));
-    *last = id;
-    ulid::Ulid::from(id)
 }
 
 /// The API keys file, or no keys.

@@ -512,14 +512,6 @@ async fn the_timeline_pages_through_the_profile_s_events_newest_first() {
     assert_eq!(f.get("/v1/profiles/user_id:u1/events", &reader).await.0, StatusCode::FORBIDDEN);
 }
 
-#[test]
-fn audit_record_ids_keep_their_order_within_a_millisecond() {
-    let candidate = ulid::Ulid::from_parts(1_795_953_600_000, 5);
-    let ids: Vec<ulid::Ulid> = (0..3).map(|_| next_record_id(candidate)).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    assert!(next_record_id(ulid::Ulid::from_parts(1_795_953_600_000, 0)) > ids[2], "an earlier candidate comes after");
-}
-
 #[tokio::test]
 async fn personal_data_needs_its_own_scope_to_leave_and_every_read_of_a_profile_is_audited() {
     let f = Fixture::new().await;

@@ -186,8 +186,8 @@ async fn finish<S: ObjectStore + Clone>(
     request.status = Status::Completed;
     request.completed_at = Some(now);
     let detail = serde_json::json!({"request": request.id, "identifiers": request.hashed_identifiers, "outcome": request.outcome});
-    let change = crate::api::Change { detail: Some(detail), ..crate::api::Change::default() };
-    crate::api::record(
+    let change = crate::audit::Change { detail: Some(detail), ..crate::audit::Change::default() };
+    crate::audit::record(
         store,
         Actor { kind: "system".into(), id: "privacy".into(), name: None },
         "privacy.delete.completed",
