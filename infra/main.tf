@@ -71,14 +71,15 @@ locals {
       list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/"]
     }
     activation = {
-      get    = ["deliveries/", "config/"]
+      # secrets/: the destinations' signing secrets, readable by this function and the API alone
+      get    = ["deliveries/", "config/", "secrets/"]
       put    = ["deliveries/", "raw/"]
       delete = ["deliveries/"]
       list   = ["deliveries/"]
     }
     api = {
-      get    = ["raw/", "lake/", "state/", "config/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/", "keys/"]
-      put    = ["state/", "config/", "access/", "audit/", "privacy/", "deliveries/v1/replay/", "keys/"]
+      get    = ["raw/", "lake/", "state/", "config/", "secrets/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/", "keys/"]
+      put    = ["state/", "config/", "secrets/", "access/", "audit/", "privacy/", "deliveries/v1/replay/", "keys/"]
       delete = ["deliveries/v1/status/"]
       list   = ["raw/", "lake/", "audit/", "privacy/", "audiences/", "deliveries/"]
     }

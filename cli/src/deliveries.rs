@@ -77,8 +77,9 @@ pub(crate) enum DeliveriesCommand {
     },
 }
 
+/// The destinations with their secrets (`functions::activation::secrets`).
 async fn destinations(store: &FsStore) -> anyhow::Result<Vec<DestinationDefinition>> {
-    Ok(functions::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default())
+    Ok(functions::activation::secrets::load_destinations(store).await?)
 }
 
 /// A new signing secret (32 random bytes).
@@ -108,7 +109,8 @@ pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
                 list.push(definition);
                 save(&store, &list).await?;
                 println!(
-                    "added destination {id:?}; its signing secret (shown once here, stored in {DESTINATIONS_CONFIG}):"
+                    "added destination {id:?}; its signing secret (shown once here, stored in {}):",
+                    shared::activation::DESTINATION_SECRETS
                 );
                 println!("{}", secret.expose());
                 Ok(())
@@ -131,8 +133,18 @@ pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
     })
 }
 
+/// Stores `list`: its secrets in `secrets/v1/destinations.json` (first, so no definition is ever without its
+/// secret), the definitions without them in `config/destinations.json`.
 async fn save(store: &FsStore, list: &[DestinationDefinition]) -> anyhow::Result<()> {
-    let body = serde_json::to_vec_pretty(list)?;
+    let mut list = list.to_vec();
+    let mut moved = shared::activation::DestinationSecrets::default();
+    functions::activation::secrets::take_inline(&mut list, &mut moved);
+    functions::activation::secrets::update_secrets(store, |stored| {
+        stored.0.extend(moved.0.clone());
+        Ok::<_, functions::Error>(())
+    })
+    .await?;
+    let body = serde_json::to_vec_pretty(&list)?;
     store.put(DESTINATIONS_CONFIG, body, PutOptions::json()).await?;
     Ok(())
 }
@@ -224,13 +236,18 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
 /// Runs the dispatcher for `cdp up`: takes the outbox every 50 ms, restarts when `config/destinations.json`
 /// changes (checked every second). Lanes are stored after every change, so stopping at any point loses nothing.
 pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio::sync::mpsc::UnboundedSender<String>) {
-    let mut last: Option<Vec<u8>> = None;
+    let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
     let mut dispatcher: Option<Dispatcher<FsStore>> = None;
     let mut checked = tokio::time::Instant::now() - Duration::from_secs(2);
     loop {
         if checked.elapsed() >= Duration::from_secs(1) {
             checked = tokio::time::Instant::now();
-            let config = store.get(DESTINATIONS_CONFIG).await.ok().flatten().map(|o| o.body).unwrap_or_default();
+            // The definitions and their secrets: a rotated secret restarts deliveries too.
+            let read = |key: &'static str| {
+                let store = store.clone();
+                async move { store.get(key).await.ok().flatten().map(|o| o.body).unwrap_or_default() }
+            };
+            let config = (read(DESTINATIONS_CONFIG).await, read(shared::activation::DESTINATION_SECRETS).await);
             if last.as_ref() != Some(&config) {
                 if let Some(running) = dispatcher.take()
                     && let Err(error) = running.stop().await
@@ -238,8 +255,15 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
                     tracing::error!(%error, "stopping deliveries");
                 }
                 last = Some(config.clone());
-                let parsed: Result<Vec<DestinationDefinition>, _> =
-                    if config.is_empty() { Ok(Vec::new()) } else { serde_json::from_slice(&config) };
+                let (definitions, secrets) = config;
+                let parsed = (|| -> Result<Vec<DestinationDefinition>, serde_json::Error> {
+                    let mut list: Vec<DestinationDefinition> =
+                        if definitions.is_empty() { Vec::new() } else { serde_json::from_slice(&definitions)? };
+                    let secrets: shared::activation::DestinationSecrets =
+                        if secrets.is_empty() { Default::default() } else { serde_json::from_slice(&secrets)? };
+                    secrets.apply(&mut list);
+                    Ok(list)
+                })();
                 match parsed {
                     Ok(list) if list.is_empty() => {}
                     Ok(list) => match Dispatcher::start(
@@ -257,7 +281,9 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
                         }
                         Err(error) => tracing::error!(%error, "deliveries not started"),
                     },
-                    Err(error) => tracing::error!(%error, "{DESTINATIONS_CONFIG} is invalid; deliveries wait"),
+                    Err(error) => {
+                        tracing::error!(%error, "{DESTINATIONS_CONFIG} or its secrets are invalid; deliveries wait")
+                    }
                 }
             }
         }
@@ -295,7 +321,7 @@ impl DemoPartner {
             .unwrap_or_default()
             .into_iter()
             .filter(|d| d.id == DEMO_PARTNER)
-            .flat_map(|d| std::iter::once(d.secret).chain(d.previous_secrets.into_iter().map(|p| p.secret)))
+            .flat_map(|d| d.secret.into_iter().chain(d.previous_secrets.into_iter().map(|p| p.secret)))
             .collect();
         let verified = secrets.iter().any(|s| verify(s, &id, &timestamp, &signature, body, now).is_ok());
         let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -322,7 +348,7 @@ pub(crate) async fn ensure_demo_partner(store: &FsStore, url: &str) -> anyhow::R
     let mut list = destinations(store).await?;
     let (_, audiences) = functions::tagging::load_definitions(store).await?;
     let audience_ids: Vec<String> = audiences.iter().map(|a| a.id.clone()).collect();
-    let secret = list.iter().find(|d| d.id == DEMO_PARTNER).map(|d| d.secret.clone()).unwrap_or_else(new_secret);
+    let secret = list.iter().find(|d| d.id == DEMO_PARTNER).and_then(|d| d.secret.clone()).unwrap_or_else(new_secret);
     list.retain(|d| d.id != DEMO_PARTNER);
     let definition: DestinationDefinition = serde_json::from_value(json!({
         "id": DEMO_PARTNER, "name": "Demo partner (cdp up)", "url": url, "secret": secret.expose(),

@@ -458,10 +458,12 @@ fn an_event_that_makes_a_profile_enter_an_audience_reaches_the_demo_partner_unde
     assert!(p["audiences"]["big_spenders"].is_object());
     // … and the partner's results, posted back signed with the destination's secret, are too, and drive an
     // audience.
-    let destinations: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("config/destinations.json")).expect("config"))
-            .expect("json");
-    let secret = destinations[0]["secret"].as_str().expect("the demo partner's secret").to_string();
+    let file = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join(path)).expect("file")).expect("json")
+    };
+    assert!(!file("config/destinations.json").to_string().contains("whsec_"), "no secret in the configuration");
+    let secrets = file("secrets/v1/destinations.json");
+    let secret = secrets["demo_partner"]["secret"].as_str().expect("the demo partner's secret").to_string();
     let body = json!({"results": [
         {"result": "clicked", "profileId": p["id"], "itemId": entries[0]["id"], "properties": {"campaign": "winter"}},
         {"result": "Clicked It!", "profileId": p["id"]},
@@ -527,5 +529,24 @@ fn messages_for_a_destination_added_after_the_dispatcher_started_wait_for_it_and
     wait_for("the new destination's item", Duration::from_secs(10), || {
         partner.received("/new").iter().any(|r| r.answered == 200 && items_of(&r.body) == ["new-p1-000"])
     });
+    running.stop();
+}
+
+#[test]
+fn a_destination_without_its_secret_receives_nothing_unsigned() {
+    let partner = Partner::start(SECRET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let mut bare = destination("bare", &partner.url("/bare"), json!({"retrySchedule": [0]}));
+    bare.secret = None;
+    let running = Running::start(store.clone(), vec![bare]);
+    enqueue(&store, &[message("bare", 1, 0)]);
+    wait_for("the dead letter", Duration::from_secs(10), || {
+        rt.block_on(dispatch::dead_letters(&store, "bare")).expect("dead letters").len() == 1
+    });
+    let dead = rt.block_on(dispatch::dead_letters(&store, "bare")).expect("dead letters");
+    assert!(dead[0].reason.contains("no signing secret"), "{}", dead[0].reason);
+    assert!(partner.received("/bare").is_empty(), "nothing went out unsigned");
     running.stop();
 }

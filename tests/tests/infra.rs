@@ -224,6 +224,7 @@ fn notifications_watch_the_storage_layout() {
         "imports/",
         "ingest/",
         "keys/",
+        "secrets/",
         "state/",
         "lake/",
         "audiences/",

@@ -659,30 +659,41 @@ async fn attempt<S: ObjectStore + Clone>(
     let at = now_ms();
     let timestamp = at / 1000;
     let body = Bytes::from(request.body.clone().into_bytes());
-    let signature = shared::activation::signing::signature_header(
-        destination.signing_secrets(at),
-        &request.webhook_id,
-        timestamp,
-        &body,
-    );
-    let mut headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("user-agent".to_string(), "cdp-webhooks/1".to_string()),
-        ("webhook-id".to_string(), request.webhook_id.clone()),
-        ("webhook-timestamp".to_string(), timestamp.to_string()),
-        ("webhook-signature".to_string(), signature),
-    ];
-    headers.extend(destination.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let Attempt { outcome, elapsed } = shared
-        .sender
-        .post(
-            &destination.url,
-            &headers,
-            body,
-            Duration::from_millis(destination.timeout_ms),
-            destination.follow_redirects,
-        )
-        .await;
+    // Never an unsigned webhook: a destination whose secret is missing gets nothing (a dead letter, replayable
+    // once the secret is stored).
+    let Attempt { outcome, elapsed } = if destination.signing_secrets(at).next().is_none() {
+        let reason = format!(
+            "destination {} has no signing secret ({})",
+            destination.id,
+            shared::activation::DESTINATION_SECRETS
+        );
+        Attempt { outcome: Outcome::Refused { reason }, elapsed: Duration::ZERO }
+    } else {
+        let signature = shared::activation::signing::signature_header(
+            destination.signing_secrets(at),
+            &request.webhook_id,
+            timestamp,
+            &body,
+        );
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("user-agent".to_string(), "cdp-webhooks/1".to_string()),
+            ("webhook-id".to_string(), request.webhook_id.clone()),
+            ("webhook-timestamp".to_string(), timestamp.to_string()),
+            ("webhook-signature".to_string(), signature),
+        ];
+        headers.extend(destination.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        shared
+            .sender
+            .post(
+                &destination.url,
+                &headers,
+                body,
+                Duration::from_millis(destination.timeout_ms),
+                destination.follow_redirects,
+            )
+            .await
+    };
     let verdict = destination.retry_schedule.verdict(request.attempts + 1, &outcome);
     let error = match &verdict {
         Verdict::Delivered => None,

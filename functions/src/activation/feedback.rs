@@ -14,7 +14,6 @@ use shared::ids::Entropy;
 use shared::storage::{ObjectKind, encode_ndjson_gz, object_key};
 use shared::time::UtcTime;
 
-use super::dispatch::DESTINATIONS_CONFIG;
 use crate::Error;
 use crate::storage::{ObjectStore, PutOptions};
 
@@ -59,8 +58,7 @@ pub async fn receive<S: ObjectStore + Clone>(
     if body.len() > MAX_BODY_BYTES {
         return Ok(refuse(413, "too_large", &format!("the body is over {MAX_BODY_BYTES} bytes")));
     }
-    let destinations: Vec<DestinationDefinition> =
-        crate::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default();
+    let destinations: Vec<DestinationDefinition> = super::secrets::load_destinations(store).await?;
     let Some(definition) = destinations.iter().find(|d| d.id == destination) else {
         return Ok(refuse(404, "unknown_destination", "no such destination"));
     };

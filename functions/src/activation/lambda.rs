@@ -7,7 +7,7 @@
 use serde_json::Value;
 use shared::activation::{DestinationDefinition, Reach};
 
-use super::dispatch::{DESTINATIONS_CONFIG, Dispatcher, Settings};
+use super::dispatch::{Dispatcher, Settings};
 use crate::Error;
 use crate::ingest::{BatchItemFailure, SqsBatchResponse};
 use crate::storage::ObjectStore;
@@ -36,8 +36,7 @@ pub async fn handle_payload<S: ObjectStore + Clone>(
     deadline_ms: i64,
     reach: Reach,
 ) -> Result<Value, Error> {
-    let destinations: Vec<DestinationDefinition> =
-        crate::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default();
+    let destinations: Vec<DestinationDefinition> = super::secrets::load_destinations(store).await?;
     let records: Vec<String> = payload["Records"]
         .as_array()
         .map(|records| {

@@ -5,10 +5,12 @@
 //!   Standard Webhooks schedule, dead letters and replay, the delivery log.
 //! - [`feedback`]: the inbound endpoint where partners report results, as events tied to the profile.
 //! - [`lambda`]: the activation Lambda's invocation (SQS notifications of outbox objects, or a schedule).
+//! - [`secrets`]: the destinations' signing secrets, kept apart from their definitions.
 
 pub mod dispatch;
 pub mod feedback;
 pub mod http;
 pub mod lambda;
+pub mod secrets;
 
 pub use dispatch::{AttemptRecord, DeadLetter, Dispatcher, Settings, enqueue};

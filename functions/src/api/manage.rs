@@ -287,6 +287,11 @@ pub(crate) async fn put_definition<S: ObjectStore + Clone>(
         Some(given) => return Err(ApiError::invalid(format!("id: {given} differs from the path's {id:?}"))),
     }
     let now = crate::config::now()?;
+    // A destination's secrets go to their own file, written first: a definition never lacks its secret.
+    let rotated = match kind {
+        Kind::Destinations => store_secrets(api.store(), &id, object, now.unix_millis()).await?,
+        _ => false,
+    };
     let others = Definitions::load(api.store()).await?;
     let loopback = api.loopback;
     let (before, after) = crate::config::update(api.store(), kind.file(), "application/json", |bytes| {
@@ -296,31 +301,110 @@ pub(crate) async fn put_definition<S: ObjectStore + Clone>(
         let before = position.map(|i| list[i].clone());
         let mut next = definition.clone();
         if let Some(before) = &before {
-            carry_over(kind, before, &mut next, now.unix_millis());
+            carry_over(kind, before, &mut next);
         }
         match position {
             Some(i) => list[i] = next.clone(),
             None => list.push(next.clone()),
         }
         all.check(loopback).map_err(ApiError::invalid)?;
+        if kind == Kind::Destinations {
+            // Definitions written before secrets were kept apart lose theirs here (store_secrets moved them).
+            for definition in all.of(kind).iter_mut() {
+                strip_secrets(definition);
+            }
+        }
         let bytes = serde_json::to_vec_pretty(all.of(kind)).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok::<_, ApiError>((bytes, (before, next)))
     })
     .await?;
     let status = if before.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     let action = format!("{}.{}", kind.noun(), if before.is_some() { "update" } else { "create" });
-    let change =
-        Change { before: before.as_ref().map(|b| shown(kind, b)), after: Some(shown(kind, &after)), detail: None };
+    let detail = rotated.then(|| json!({"secretRotated": true}));
+    let change = Change { before: before.as_ref().map(|b| shown(kind, b)), after: Some(shown(kind, &after)), detail };
     api.audit(actor, &action, &format!("{}:{id}", kind.noun()), change).await?;
     let report = latest_report(api.store()).await?;
     let out = described(api.store(), kind, &after, report.as_ref()).await?;
     Ok((status, json_body(&out)).into_response())
 }
 
+/// Takes the secrets out of a destination definition `object` and stores them in
+/// `secrets/v1/destinations.json`, with those other definitions still hold inline (written before secrets were
+/// kept apart). Without a new secret the stored one stays; a new one rotates: the old keeps signing beside it
+/// for a day (unless `previousSecrets` is given). A new destination needs a secret. Returns whether it
+/// rotated.
+async fn store_secrets<S: ObjectStore>(
+    store: &S,
+    id: &str,
+    object: &mut serde_json::Map<String, Value>,
+    now_ms: i64,
+) -> Result<bool, ApiError> {
+    let parse = |field: &str, value: Value| -> Result<Value, ApiError> {
+        match field {
+            "secret" => serde_json::from_value::<shared::activation::Secret>(value.clone()).map(|_| value),
+            _ => serde_json::from_value::<Vec<shared::activation::PreviousSecret>>(value.clone()).map(|_| value),
+        }
+        .map_err(|e| ApiError::invalid(format!("{field}: {e}")))
+    };
+    let secret = object.remove("secret").map(|v| parse("secret", v)).transpose()?;
+    let previous = object.remove("previousSecrets").map(|v| parse("previousSecrets", v)).transpose()?;
+    let inline: Vec<DestinationDefinition> = crate::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default();
+    crate::activation::secrets::update_secrets(store, |stored| {
+        let mut moved = shared::activation::DestinationSecrets::default();
+        crate::activation::secrets::take_inline(&mut inline.clone(), &mut moved);
+        for (other, entry) in moved.0 {
+            stored.0.entry(other).or_insert(entry);
+        }
+        let current = stored.0.get(id).cloned();
+        let (entry, rotated) = match (&secret, current) {
+            (None, None) => {
+                return Err(ApiError::invalid("secret: a new destination needs a signing secret (whsec_…)"));
+            }
+            (None, Some(mut entry)) => {
+                if let Some(previous) = &previous {
+                    entry.previous_secrets = from_json(previous)?;
+                }
+                (entry, false)
+            }
+            (Some(new), current) => {
+                let new: shared::activation::Secret = from_json(new)?;
+                let (previous, rotated) = match (&previous, current) {
+                    (Some(given), _) => (from_json(given)?, false),
+                    (None, Some(old)) if old.secret != new => {
+                        let mut kept: Vec<_> = old.previous_secrets.into_iter().filter(|p| p.until > now_ms).collect();
+                        kept.push(shared::activation::PreviousSecret {
+                            secret: old.secret,
+                            until: now_ms + ROTATION_OVERLAP_MS,
+                        });
+                        (kept, true)
+                    }
+                    (None, Some(old)) => (old.previous_secrets, false),
+                    (None, None) => (Vec::new(), false),
+                };
+                (shared::activation::SecretEntry { secret: new, previous_secrets: previous }, rotated)
+            }
+        };
+        stored.0.insert(id.to_string(), entry);
+        Ok(rotated)
+    })
+    .await
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+    serde_json::from_value(value.clone()).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// A destination definition (JSON) without secrets.
+fn strip_secrets(definition: &mut Value) {
+    if let Some(object) = definition.as_object_mut() {
+        object.remove("secret");
+        object.remove("previousSecrets");
+    }
+}
+
 /// What a new version of a definition keeps from the stored one: a tag whose computation changed gets the next
-/// version (so it is backfilled while the old keeps serving); a destination keeps its secret when none is
-/// sent, and a new secret rotates the old one out over a day.
-fn carry_over(kind: Kind, before: &Value, next: &mut Value, now_ms: i64) {
+/// version (so it is backfilled while the old keeps serving). (A destination's secrets: `store_secrets`.)
+fn carry_over(kind: Kind, before: &Value, next: &mut Value) {
     let Some(next) = next.as_object_mut() else { return };
     match kind {
         Kind::Tags => {
@@ -337,33 +421,8 @@ fn carry_over(kind: Kind, before: &Value, next: &mut Value, now_ms: i64) {
             let version = if changed && new_version <= old_version { old_version + 1 } else { new_version };
             next.insert("version".into(), json!(version));
         }
-        Kind::Destinations => {
-            let old_secret = before.get("secret").cloned();
-            match (next.get("secret").cloned(), old_secret) {
-                (None, Some(old)) => {
-                    next.insert("secret".into(), old);
-                    if !next.contains_key("previousSecrets")
-                        && let Some(previous) = before.get("previousSecrets")
-                    {
-                        next.insert("previousSecrets".into(), previous.clone());
-                    }
-                }
-                (Some(new), Some(old)) if new != old && !next.contains_key("previousSecrets") => {
-                    let mut previous: Vec<Value> = before
-                        .get("previousSecrets")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|p| p.get("until").and_then(Value::as_i64).is_some_and(|until| until > now_ms))
-                        .collect();
-                    previous.push(json!({"secret": old, "until": now_ms + ROTATION_OVERLAP_MS}));
-                    next.insert("previousSecrets".into(), Value::Array(previous));
-                }
-                _ => {}
-            }
-        }
-        Kind::Audiences => {}
+        // A destination's secrets are in their own file (`store_secrets`).
+        Kind::Destinations | Kind::Audiences => {}
     }
 }
 
@@ -388,6 +447,13 @@ pub(crate) async fn delete_definition<S: ObjectStore + Clone>(
         Ok::<_, ApiError>((bytes, before))
     })
     .await?;
+    if kind == Kind::Destinations {
+        crate::activation::secrets::update_secrets(api.store(), |stored| {
+            stored.0.remove(&id);
+            Ok::<_, ApiError>(())
+        })
+        .await?;
+    }
     let change = Change { before: Some(shown(kind, &before)), after: None, detail: None };
     api.audit(actor, &format!("{}.delete", kind.noun()), &format!("{}:{id}", kind.noun()), change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

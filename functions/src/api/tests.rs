@@ -12,7 +12,7 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::ingest::{IngestConfig, ingest};
-use crate::storage::FsStore;
+use crate::storage::{FsStore, PutOptions};
 use crate::testing::put_batch;
 
 fn now() -> UtcTime {
@@ -395,20 +395,20 @@ async fn destination_secrets_are_write_only_and_rotate() {
     // Without a secret: the stored one stays. With a new one: the old signs beside it for a day.
     let renamed = json!({"url": "https://partner.example/v2", "send": {"events": [{"events": ["Order Completed"]}]}});
     assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(renamed)).await.0, StatusCode::OK);
-    let stored = |f: &Fixture| {
+    // Secrets live apart from the definitions: the configuration never holds one.
+    let read = |f: &Fixture, key: &'static str| {
         let store = f.store.clone();
-        async move {
-            serde_json::from_slice::<Value>(&store.get("config/destinations.json").await.unwrap().unwrap().body)
-                .unwrap()
-        }
+        async move { serde_json::from_slice::<Value>(&store.get(key).await.unwrap().unwrap().body).unwrap() }
     };
-    assert_eq!(stored(&f).await[0]["secret"], SECRET);
+    let config = read(&f, "config/destinations.json").await;
+    assert!(!config.to_string().contains("whsec_"), "{config}");
+    assert_eq!(read(&f, "secrets/v1/destinations.json").await["crm"]["secret"], SECRET);
     let rotated = json!({"url": "https://partner.example/v2", "secret": NEW_SECRET, "send": {"events": [{"events": ["Order Completed"]}]}});
     assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(rotated)).await.0, StatusCode::OK);
-    let file = stored(&f).await;
-    assert_eq!(file[0]["secret"], NEW_SECRET);
-    assert_eq!(file[0]["previousSecrets"][0]["secret"], SECRET);
-    let until = file[0]["previousSecrets"][0]["until"].as_i64().unwrap();
+    let file = read(&f, "secrets/v1/destinations.json").await;
+    assert_eq!(file["crm"]["secret"], NEW_SECRET);
+    assert_eq!(file["crm"]["previousSecrets"][0]["secret"], SECRET);
+    let until = file["crm"]["previousSecrets"][0]["until"].as_i64().unwrap();
     let now = crate::config::now().unwrap().unix_millis();
     assert!((now + 23 * 3600 * 1000..=now + 25 * 3600 * 1000).contains(&until), "{until}");
 
@@ -421,6 +421,25 @@ async fn destination_secrets_are_write_only_and_rotate() {
     let (_, log) = f.get("/v1/audit", &f.admin).await;
     assert!(!log.to_string().contains(&SECRET[6..]) && !log.to_string().contains(&NEW_SECRET[6..]), "{log}");
     assert_eq!(log["records"].as_array().unwrap().len(), 3);
+    assert_eq!(log["records"][0]["detail"]["secretRotated"], true, "{log}");
+    // A new destination without a secret is refused; one written before secrets were kept apart (inline)
+    // keeps signing, and loses it from the configuration at the next write.
+    let bare = json!({"url": "https://partner.example/h", "send": {"events": [{"events": ["x"]}]}});
+    let (status, _, refused) = f.call("PUT", "/v1/destinations/nosecret", Some(&f.admin), Some(bare)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.to_string().contains("needs a signing secret"), "{refused}");
+    let mut legacy = read(&f, "config/destinations.json").await;
+    legacy.as_array_mut().unwrap().push(json!({"id": "old", "url": "https://old.partner.example/h",
+        "secret": NEW_SECRET, "send": {"events": [{"events": ["x"]}]}}));
+    f.store.put("config/destinations.json", legacy.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    let signing = crate::activation::secrets::load_destinations(&f.store).await.unwrap();
+    assert!(signing.iter().all(|d| d.secret.is_some()), "inline secrets still sign");
+    let renamed = json!({"url": "https://partner.example/v3", "send": {"events": [{"events": ["Order Completed"]}]}});
+    assert_eq!(f.call("PUT", "/v1/destinations/crm", Some(&f.admin), Some(renamed)).await.0, StatusCode::OK);
+    assert!(!read(&f, "config/destinations.json").await.to_string().contains("whsec_"));
+    assert_eq!(read(&f, "secrets/v1/destinations.json").await["old"]["secret"], NEW_SECRET);
+    let signing = crate::activation::secrets::load_destinations(&f.store).await.unwrap();
+    assert!(signing.iter().all(|d| d.secret.is_some()), "every destination keeps its secret");
     let (status, dead) = f.get("/v1/destinations/crm/dead-letters", &f.admin).await;
     assert_eq!((status, dead["deadLetters"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (status, _, _) = f.call("POST", "/v1/destinations/crm/dead-letters/msg_1/replay", Some(&f.admin), None).await;

@@ -60,10 +60,13 @@ pub struct DestinationDefinition {
     pub enabled: bool,
     /// `https://…` (`http://` only for loopback during local development).
     pub url: String,
-    /// The current signing secret (`whsec_…`).
-    pub secret: Secret,
+    /// The current signing secret (`whsec_…`). Kept apart from the definitions, in [`DESTINATION_SECRETS`]
+    /// ([`DestinationSecrets::apply`] gives it back to the components that sign or verify): a definition read
+    /// from `config/` has none. Definitions written before keep theirs inline, which is still honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
     /// Secrets being rotated out: messages are signed with these too until their time (ms since the epoch).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<PreviousSecret>,
     /// What to send.
     pub send: Subscriptions,
@@ -96,6 +99,38 @@ pub struct DestinationDefinition {
     /// Follow up to 3 redirects (each target checked like the URL); off by default.
     #[serde(default)]
     pub follow_redirects: bool,
+}
+
+/// Where the destinations' signing secrets are kept: `secrets/v1/destinations.json`, apart from the definitions
+/// (`config/destinations.json`), so that what reads configuration — ingest, the recompute, a `config:read`
+/// key, an export — never holds them; in the cloud only the activation and API functions may read it.
+pub const DESTINATION_SECRETS: &str = "secrets/v1/destinations.json";
+
+/// Every destination's secrets, by destination id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DestinationSecrets(pub BTreeMap<String, SecretEntry>);
+
+/// One destination's secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretEntry {
+    /// The current signing secret.
+    pub secret: Secret,
+    /// Secrets being rotated out, each until its time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
+}
+
+impl DestinationSecrets {
+    /// Gives each definition its stored secrets (they win over any a definition still holds inline).
+    pub fn apply(&self, definitions: &mut [DestinationDefinition]) {
+        for definition in definitions {
+            if let Some(entry) = self.0.get(&definition.id) {
+                definition.secret = Some(entry.secret.clone());
+                definition.previous_secrets = entry.previous_secrets.clone();
+            }
+        }
+    }
 }
 
 /// A secret still signing until a time.
@@ -185,8 +220,7 @@ fn default_max_wait() -> u64 {
 impl DestinationDefinition {
     /// The secrets that sign a message at `now` (ms): the current one and the previous ones not yet expired.
     pub fn signing_secrets(&self, now: i64) -> impl Iterator<Item = &Secret> {
-        std::iter::once(&self.secret)
-            .chain(self.previous_secrets.iter().filter(move |p| p.until > now).map(|p| &p.secret))
+        self.secret.iter().chain(self.previous_secrets.iter().filter(move |p| p.until > now).map(|p| &p.secret))
     }
 
     /// Whether a trait may be sent to this destination.

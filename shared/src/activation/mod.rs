@@ -23,7 +23,10 @@ pub mod ssrf;
 #[cfg(test)]
 mod tests;
 
-pub use destination::{Batching, DestinationDefinition, DestinationSet, Fields, PreviousSecret, Subscriptions, Url};
+pub use destination::{
+    Batching, DESTINATION_SECRETS, DestinationDefinition, DestinationSecrets, DestinationSet, Fields, PreviousSecret,
+    SecretEntry, Subscriptions, Url,
+};
 pub use lane::{InFlight, LANES, Lane, Message, Settled, lane_of};
 pub use payload::{Detail, Envelope, Item, ProfileBlock};
 pub use produce::ProfileNow;
