@@ -4,6 +4,7 @@
 use cdp_e2e::local_s3::LocalS3;
 use functions::ingest::{IngestConfig, ingest};
 use functions::state::{MANIFEST_KEY, Manifest, ShardCounts, lookup};
+use functions::storage::conformance::Gated;
 use functions::storage::{ObjectStore, PutOptions, S3Store};
 use serde_json::{Value, json};
 use shared::collect::{CollectRequest, Collected, Endpoint, collect};
@@ -68,20 +69,23 @@ fn ingest_on_s3_links_dedups_and_fences_concurrent_writers() {
         assert_eq!((again.applied, again.duplicates, again.commit), (0, 3, None));
         assert_eq!(manifest(&store).await.version, version);
 
-        // Three writers at once, each with its own people: all commit, some after being fenced.
+        // Three writers at once, each with its own people: all commit, two after being fenced (the gate holds
+        // their commits until all three have read the manifest).
         let mut keys = Vec::new();
         for i in 0..6u8 {
             let events =
                 json!([{"type": "track", "userId": format!("w{i}"), "event": "X", "messageId": format!("w{i}")}]);
             keys.push(put_batch(&store, 10 + i, events).await);
         }
+        let gated = Gated::new(store.clone(), MANIFEST_KEY, 3);
         let (a, b, c) = tokio::join!(
-            ingest(&store, &keys[0..2], &config, now()),
-            ingest(&store, &keys[2..4], &config, now()),
-            ingest(&store, &keys[4..6], &config, now()),
+            ingest(&gated, &keys[0..2], &config, now()),
+            ingest(&gated, &keys[2..4], &config, now()),
+            ingest(&gated, &keys[4..6], &config, now()),
         );
-        let attempts = a.expect("a").attempts + b.expect("b").attempts + c.expect("c").attempts;
-        assert!(attempts > 3, "writers that started together were fenced and re-ran ({attempts} attempts)");
+        let attempts = [a.expect("a").attempts, b.expect("b").attempts, c.expect("c").attempts];
+        assert_eq!(attempts.iter().filter(|&&n| n == 1).count(), 1, "one writer commits first: {attempts:?}");
+        assert!(attempts.iter().sum::<u32>() >= 5, "the other two were fenced and re-ran: {attempts:?}");
         let m = manifest(&store).await;
         assert_eq!(m.events_applied, 9, "no update lost");
         assert_eq!(m.version, version + 3);

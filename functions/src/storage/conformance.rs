@@ -97,3 +97,48 @@ pub async fn check<S: ObjectStore>(store: &S, prefix: &str) {
     store.delete(&format!("{prefix}/raw/a")).await.expect("delete again");
     assert!(store.get(&format!("{prefix}/raw/a")).await.expect("get").is_none());
 }
+
+/// A store that holds writes of one key until a number of writers have all reached them: armed with `n`, the
+/// next `n` writes of `key` wait for each other, then go on in turn. Tests of fencing use it on the manifest, so
+/// that racing writers have all read the same version before any commits, whatever the machine's scheduling.
+#[derive(Clone)]
+pub struct Gated<S> {
+    inner: S,
+    key: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    barrier: std::sync::Arc<tokio::sync::Barrier>,
+}
+
+impl<S: ObjectStore> Gated<S> {
+    /// Holds the next `writers` writes of `key` until all of them have arrived.
+    pub fn new(inner: S, key: &str, writers: usize) -> Self {
+        Self {
+            inner,
+            key: key.to_string(),
+            armed: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(writers)),
+            barrier: std::sync::Arc::new(tokio::sync::Barrier::new(writers)),
+        }
+    }
+}
+
+impl<S: ObjectStore> ObjectStore for Gated<S> {
+    async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if key == self.key && self.armed.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.barrier.wait().await;
+        }
+        self.inner.put(key, body, options).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<super::Object>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<super::ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
