@@ -123,7 +123,12 @@ resource "aws_lambda_function" "function" {
   }
 
   environment {
-    variables = merge({ CDP_BUCKET = aws_s3_bucket.data.id, RUST_LOG = "info" }, each.value.environment)
+    # CDP_KMS_KEY_ID wraps the data key that seals personal traits in the profile state (functions::vault).
+    variables = merge({
+      CDP_BUCKET     = aws_s3_bucket.data.id,
+      CDP_KMS_KEY_ID = aws_kms_key.data.arn,
+      RUST_LOG       = "info"
+    }, each.value.environment)
   }
 
   dead_letter_config {

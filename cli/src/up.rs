@@ -40,6 +40,12 @@ pub(crate) struct UpArgs {
     /// this machine. Private, link-local and metadata addresses stay refused. Never use it in production.
     #[arg(long, env = "CDP_WEBHOOKS_LOOPBACK")]
     webhooks_loopback: bool,
+    /// The master key file that wraps the data key sealing personal traits (email, phone, name, address, …)
+    /// in the profile state; made (0600) on first start. Default: `.cdp-master.key` in the data folder. Keep
+    /// it with the folder (a backup without it cannot read personal traits), or apart from it to hold the two
+    /// separately.
+    #[arg(long, env = "CDP_MASTER_KEY_FILE")]
+    master_key: Option<std::path::PathBuf>,
     /// Serve a demo partner at /demo/partner that verifies each webhook's signature and shows what arrived, and
     /// add it to config/destinations.json (every audience, and orders). Implies --webhooks-loopback.
     #[arg(long)]
@@ -74,6 +80,11 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
         let root = std::fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
         let _lock = crate::lock::lock(&root)?;
         println!("cdp: data in {}", root.display());
+        let master = args.master_key.clone().unwrap_or_else(|| root.join(".cdp-master.key"));
+        functions::vault::ensure(&store, &functions::vault::KeySource::File(master.clone()))
+            .await
+            .context("the key that seals personal traits")?;
+        println!("cdp: personal traits sealed with the master key {}", master.display());
 
         let sources = functions::collect::load_sources(&store).await?;
         if sources.is_empty() {

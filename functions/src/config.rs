@@ -72,3 +72,13 @@ pub fn random_seed() -> Result<[u8; 32], Error> {
     getrandom::fill(&mut seed).map_err(|e| Error::Corrupt(format!("no randomness from the operating system: {e}")))?;
     Ok(seed)
 }
+
+/// The bucket of a deployed function (`S3Settings::from_env`), with the data key that seals personal traits
+/// made or checked (`CDP_KMS_KEY_ID`, else `CDP_MASTER_KEY_FILE`): a function without either does not start,
+/// so nothing is ever stored in clear for want of a setting.
+pub async fn lambda_store() -> Result<crate::storage::S3Store, Box<dyn std::error::Error + Send + Sync>> {
+    let store = crate::storage::S3Store::new(crate::storage::S3Settings::from_env()?);
+    let source = crate::vault::KeySource::required_from_env()?;
+    crate::vault::ensure(&store, &source).await?;
+    Ok(store)
+}

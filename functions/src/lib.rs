@@ -18,5 +18,6 @@ pub mod storage;
 pub mod tagging;
 #[cfg(test)]
 mod testing;
+pub mod vault;
 
 pub use error::Error;

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod lambda_api;
+pub mod local_kms;
 pub mod local_s3;
 pub mod partner;
 pub mod procs;

@@ -170,6 +170,7 @@ fn the_environment_set_is_the_environment_read() {
     assert!(unread.is_empty(), "the module sets variables no code reads: {unread:?}");
     assert!(set.contains("CDP_BUCKET"), "every function needs its bucket: {set:?}");
     assert!(set.contains("CDP_PRIVACY_GRACE_SECONDS"), "{set:?}");
+    assert!(set.contains("CDP_KMS_KEY_ID"), "personal traits are sealed under the deployment's KMS key: {set:?}");
     // The tagging function runs with the malloc arenas its benchmark measured.
     let tagging = object(local(&module, "functions")).into_iter().find(|(name, _)| name == "tagging").expect("tagging");
     let environment = object(tagging.1).into_iter().find(|(key, _)| key == "environment").expect("environment").1;
@@ -186,6 +187,9 @@ fn the_environment_set_is_the_environment_read() {
         "AWS_SESSION_TOKEN",
         // Optional: an S3-compatible endpoint, the state cache's size, loopback webhooks (local tests only).
         "AWS_ENDPOINT_URL_S3",
+        // A KMS-compatible endpoint, a master key file in place of KMS (local tests only).
+        "AWS_ENDPOINT_URL_KMS",
+        "CDP_MASTER_KEY_FILE",
         "CDP_STATE_CACHE_MB",
         "CDP_WEBHOOKS_LOOPBACK",
     ]

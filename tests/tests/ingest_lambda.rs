@@ -3,12 +3,14 @@
 //! server; a message that is not a notification is reported as a partial batch failure. Then the tagging
 //! binary, on a scheduled event, computes tags and audiences from that state, and the activation binary, on the
 //! notification of the outbox object the recompute wrote, delivers the audience entry to a partner receiver.
-//! The API binary (`lambda_http`) serves real-shaped function-URL requests from the same state.
+//! The API binary (`lambda_http`) serves real-shaped function-URL requests from the same state. The functions
+//! seal personal traits under a data key wrapped by a real KMS-compatible server (moto) on 127.0.0.1.
 
 use std::process::Command;
 use std::time::Duration;
 
 use cdp_e2e::lambda_api::RuntimeApi;
+use cdp_e2e::local_kms::LocalKms;
 use cdp_e2e::local_s3::{self, LocalS3};
 use cdp_e2e::partner::Partner;
 use cdp_e2e::procs::Proc;
@@ -24,12 +26,12 @@ use shared::time::UtcTime;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Starts a function binary as Lambda would, against the Runtime API emulator `api` and the S3 server `s3`.
-fn start_function(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3) -> Proc {
-    Proc::spawn(&format!("lambda-{name}"), function_command(bin, name, api, s3))
+fn start_function(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3, kms: &LocalKms) -> Proc {
+    Proc::spawn(&format!("lambda-{name}"), function_command(bin, name, api, s3, kms))
 }
 
 /// The command [`start_function`] runs.
-fn function_command(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3) -> Command {
+fn function_command(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &LocalS3, kms: &LocalKms) -> Command {
     let mut command = Command::new(bin);
     command
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
@@ -42,7 +44,9 @@ fn function_command(bin: &std::path::Path, name: &str, api: &RuntimeApi, s3: &Lo
         .env("AWS_REGION", local_s3::REGION)
         .env("AWS_ACCESS_KEY_ID", local_s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", local_s3::SECRET_KEY)
-        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint);
+        .env("AWS_ENDPOINT_URL_S3", &s3.endpoint)
+        .env("CDP_KMS_KEY_ID", &kms.key_arn)
+        .env("AWS_ENDPOINT_URL_KMS", &kms.endpoint);
     command
 }
 
@@ -91,7 +95,8 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     event["Records"][0]["body"] = json!(notification.to_string());
 
     let api = RuntimeApi::start();
-    let function = start_function(&bin, "ingest", &api, &s3);
+    let kms = LocalKms::start();
+    let function = start_function(&bin, "ingest", &api, &s3, &kms);
 
     let response = api
         .invoke(&event, Duration::from_secs(60))
@@ -103,8 +108,30 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
         json!({"batchItemFailures": [{"itemIdentifier": "9a0c5f1e-1111-4bbb-8ccc-000000000003"}]}),
         "only the message that is not a notification is redelivered"
     );
+    // The function made the data key with KMS; this process unwraps it with the same key to read the state.
+    let stored_key = s3.block_on(store.get(functions::vault::TRAITS_KEY_OBJECT)).expect("get").expect("data key");
+    let stored_key = String::from_utf8(stored_key.body).expect("UTF-8");
+    assert!(stored_key.contains(&kms.key_arn), "wrapped by the KMS key: {stored_key}");
+    s3.block_on(functions::vault::ensure(&store, &functions::vault::KeySource::Kms(kms.settings())))
+        .expect("the data key unwraps with KMS");
     let profile = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile in S3 state");
     assert_eq!(profile.profile.events.len(), 3, "page, Product Added and identify applied");
+    assert_eq!(profile.profile.traits["email"].value, json!("Jane.Doe@Example.com"), "opened for the reader");
+    // At rest, the state holds the email only sealed.
+    let state = s3.block_on(store.list("state/")).expect("list state");
+    assert!(!state.is_empty());
+    for object in state {
+        let body = s3.block_on(store.get(&object.key)).expect("get").expect("object").body;
+        let body = if body.starts_with(&[0x1f, 0x8b]) {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).expect("gunzip");
+            text
+        } else {
+            body
+        };
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("Jane.Doe@Example.com"), "{} holds the email in clear", object.key);
+    }
 
     // The same notification again (SQS delivers at least once): nothing changes, nothing fails.
     let again = api.invoke(&event, Duration::from_secs(60)).expect("invoke").expect("response");
@@ -130,7 +157,7 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     s3.block_on(store.put("config/destinations.json", destinations.to_string().into_bytes(), PutOptions::json()))
         .expect("destinations");
     let api = RuntimeApi::start();
-    let function = start_function(&repo_root().join("target/debug/tagging"), "tagging", &api, &s3);
+    let function = start_function(&repo_root().join("target/debug/tagging"), "tagging", &api, &s3, &kms);
     // EventBridge's time of the schedule (whole seconds): now, after the events were received.
     let at = UtcTime::from_unix_millis(wall_clock().unix_millis() / 1000 * 1000).expect("time");
     let scheduled = json!({"version": "0", "id": "5f1e7b2a-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
@@ -162,7 +189,7 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
     event["Records"][0]["body"] = json!(notification.to_string());
     event["Records"].as_array_mut().expect("records").truncate(1);
     let api = RuntimeApi::start();
-    let mut command = function_command(&repo_root().join("target/debug/activation"), "activation", &api, &s3);
+    let mut command = function_command(&repo_root().join("target/debug/activation"), "activation", &api, &s3, &kms);
     command.env("CDP_WEBHOOKS_LOOPBACK", "true");
     let function = Proc::spawn("lambda-activation", command);
     let response = api
@@ -223,7 +250,8 @@ fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
         .key;
 
     let api = RuntimeApi::start();
-    let function = start_function(&repo_root().join("target/debug/api"), "api", &api, &s3);
+    let kms = LocalKms::start();
+    let function = start_function(&repo_root().join("target/debug/api"), "api", &api, &s3, &kms);
     let call = |request: &Value| -> Value {
         let response = api
             .invoke(request, Duration::from_secs(60))
@@ -237,6 +265,9 @@ fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
     assert_eq!(response["statusCode"], 200, "{response}");
     assert_eq!(response["headers"]["content-type"], "application/json");
     let profile: Value = serde_json::from_str(response["body"].as_str().expect("body")).expect("JSON body");
+    // The function made the data key at its start (the state before it was written in clear, and still reads).
+    s3.block_on(functions::vault::ensure(&store, &functions::vault::KeySource::Kms(kms.settings())))
+        .expect("the data key unwraps with KMS");
     let stored = s3.block_on(lookup(&store, "user_id:user-1042")).expect("lookup").expect("profile");
     assert_eq!(profile["id"], json!(stored.node.id));
     assert_eq!(profile["events"]["Product Added"]["count"], 1);

@@ -7,6 +7,7 @@
 //! 403. Errors are JSON: `{"error": {"code": "…", "message": "…"}}`.
 
 mod audit;
+mod disclosure;
 mod error;
 mod feedback;
 mod keys;
@@ -106,6 +107,14 @@ impl<S: ObjectStore + Clone> Api<S> {
             )));
         }
         Ok(Actor::api_key(&key.id, &key.name))
+    }
+
+    /// Whether the caller, already authorized for its route, also holds `scope` (for what a route shows, not
+    /// whether it answers: `pii:read` unmasks personal traits).
+    async fn also_allows(&self, headers: &HeaderMap, scope: Scope) -> Result<bool, ApiError> {
+        let authorization = headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap_or("?"));
+        let keys = self.keys(KEYS_TTL).await?;
+        Ok(keys.authenticate(authorization).is_ok_and(|key| key.allows(scope)))
     }
 
     /// Appends one record to the audit log (`audit/v1/…`, written create-only: the log is never rewritten).

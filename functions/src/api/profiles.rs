@@ -13,6 +13,7 @@ use shared::access::Scope;
 use shared::identity::identifier_key;
 use utoipa::ToSchema;
 
+use super::disclosure::Disclosure;
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::state::{StoredProfile, lookup};
@@ -28,9 +29,13 @@ pub(crate) struct ProfileView {
     identities: Vec<String>,
     /// Profile ids merged into this one.
     merged_ids: Vec<String>,
-    /// Traits by name.
+    /// Traits by name. Personal ones (email, phone, name, address, those listed in `config/profiles.json`
+    /// `personal`) are masked (`j***@example.com`) unless the key has `pii:read`.
     #[schema(value_type = Object)]
     traits: Map<String, Value>,
+    /// The traits masked in this answer (the key lacks `pii:read`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    masked: Vec<String>,
     /// Tag values by tag id, as of `tagsAt`.
     #[schema(value_type = Object)]
     tags: Map<String, Value>,
@@ -138,14 +143,17 @@ pub(crate) async fn resolve<S: ObjectStore + Clone>(
     Ok(Ok(stored))
 }
 
-fn view(stored: StoredProfile) -> ProfileView {
+fn view(stored: StoredProfile, disclosure: &Disclosure) -> ProfileView {
     let (node, profile) = (stored.node, stored.profile);
     let time = |t: Option<shared::time::UtcTime>| t.map(|t| t.to_string());
+    let mut traits = profile.traits.into_iter().map(|(k, v)| (k, v.value)).collect();
+    let masked = disclosure.values(&mut traits);
     ProfileView {
         id: node.id,
         identities: node.identities.into_iter().collect(),
         merged_ids: profile.merged_ids.into_iter().collect(),
-        traits: profile.traits.into_iter().map(|(k, v)| (k, v.value)).collect(),
+        traits,
+        masked,
         tags: profile.tags.into_iter().collect(),
         tags_at: time(profile.tags_at),
         audiences: profile
@@ -192,10 +200,12 @@ pub(crate) async fn get<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::ProfilesRead).await?;
+    let disclosure = Disclosure::for_caller(&api, &headers).await?;
     Ok(match resolve(&api, &identifier, "").await? {
         Ok(stored) => {
-            audit_read(&api, actor, "profile", &stored.node.id, &identifier).await?;
-            json_body(&view(stored)).into_response()
+            let what = if disclosure.reveals() { "profile+pii" } else { "profile" };
+            audit_read(&api, actor, what, &stored.node.id, &identifier).await?;
+            json_body(&view(stored, &disclosure)).into_response()
         }
         Err(redirect) => redirect,
     })

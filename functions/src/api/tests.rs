@@ -565,3 +565,75 @@ async fn personal_data_needs_its_own_scope_to_leave_and_every_read_of_a_profile_
     assert!(records.iter().any(|r| r["detail"]["by"] == key.hash("email:jane@example.com")));
     assert!(!log.to_string().contains("jane"), "no identifier in clear: {log}");
 }
+
+/// Every file under `dir`, gunzipped where it is gzip, as text.
+fn texts_under(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            texts_under(&path, out);
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
+            text
+        } else {
+            bytes
+        };
+        out.push((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+    }
+}
+
+#[tokio::test]
+async fn personal_traits_are_sealed_at_rest_and_masked_for_readers_without_pii_read() {
+    let f = Fixture::new().await;
+    let keys = tempfile::tempdir().unwrap();
+    crate::vault::ensure(&f.store, &crate::vault::KeySource::File(keys.path().join("master.key"))).await.unwrap();
+    f.store
+        .put("config/profiles.json", json!({"personal": ["nationalId"]}).to_string().into_bytes(), PutOptions::json())
+        .await
+        .unwrap();
+    let traits = json!({"email": "jane@example.com", "nationalId": "X1234567", "plan": "pro"});
+    f.ingest(1, json!([ev("identify", "m1", 1, json!({"userId": "u1", "traits": traits}))])).await;
+    f.ingest(2, json!([ev("track", "m2", 2, json!({"userId": "u1", "event": "Viewed"}))])).await;
+
+    // At rest: the profile state holds neither value in clear.
+    let mut files = Vec::new();
+    texts_under(&f.store.root().join("state"), &mut files);
+    assert!(!files.is_empty());
+    for (path, text) in &files {
+        assert!(!text.contains("jane@example.com") && !text.contains("X1234567"), "{path} holds them in clear");
+    }
+
+    // Keys made before the first request (the API re-reads its keys at most four times a second).
+    let reader = key(&f.store, "support", &[Scope::ProfilesRead]).await;
+    let officer = key(&f.store, "privacy officer", &[Scope::ProfilesRead, Scope::PiiRead]).await;
+    let pii_only = key(&f.store, "nothing else", &[Scope::PiiRead]).await;
+    let (status, masked) = f.get("/v1/profiles/user_id:u1", &reader).await;
+    assert_eq!(status, StatusCode::OK, "{masked}");
+    assert_eq!(masked["traits"], json!({"email": "j***@example.com", "nationalId": "X***", "plan": "pro"}));
+    assert_eq!(masked["masked"], json!(["email", "nationalId"]));
+    let (_, timeline) = f.get("/v1/profiles/user_id:u1/events", &reader).await;
+    assert!(!timeline.to_string().contains("jane@example.com"), "{timeline}");
+    assert!(!timeline.to_string().contains("X1234567"), "{timeline}");
+    assert!(timeline.to_string().contains("j***@example.com"), "{timeline}");
+
+    for key in [&officer, &f.admin] {
+        let (status, clear) = f.get("/v1/profiles/user_id:u1", key).await;
+        assert_eq!(status, StatusCode::OK, "{clear}");
+        assert_eq!(clear["traits"], traits);
+        assert!(clear.get("masked").is_none(), "{clear}");
+        let (_, timeline) = f.get("/v1/profiles/user_id:u1/events", key).await;
+        assert!(timeline.to_string().contains("jane@example.com"), "{timeline}");
+    }
+    // `pii:read` alone reads no profile.
+    assert_eq!(f.get("/v1/profiles/user_id:u1", &pii_only).await.0, StatusCode::FORBIDDEN);
+    // The audit log tells the clear reads apart.
+    let (_, log) = f.get("/v1/audit?action=profile.read", &f.admin).await;
+    let views: Vec<&str> =
+        log["records"].as_array().unwrap().iter().filter_map(|r| r["detail"]["view"].as_str()).collect();
+    assert_eq!(views.iter().filter(|v| v.ends_with("+pii")).count(), 4, "{log}");
+    assert_eq!(views.iter().filter(|v| !v.ends_with("+pii")).count(), 2, "{log}");
+}

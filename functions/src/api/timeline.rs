@@ -42,7 +42,8 @@ pub(crate) struct TimelineQuery {
 pub(crate) struct TimelinePage {
     /// The profile's id.
     id: String,
-    /// Canonical events (as stored), newest received first.
+    /// Canonical events (as stored), newest received first; personal traits, properties and identifiers masked
+    /// unless the key has `pii:read`.
     #[schema(value_type = Vec<Object>)]
     events: Vec<serde_json::Value>,
     /// Pass as `cursor` for older events; absent when there are none.
@@ -93,7 +94,9 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
         Ok(stored) => stored,
         Err(redirect) => return Ok(redirect),
     };
-    super::profiles::audit_read(&api, actor, "events", &stored.node.id, &identifier).await?;
+    let disclosure = super::disclosure::Disclosure::for_caller(&api, &headers).await?;
+    let what = if disclosure.reveals() { "events+pii" } else { "events" };
+    super::profiles::audit_read(&api, actor, what, &stored.node.id, &identifier).await?;
     let keys: BTreeSet<String> = stored.node.identities.iter().cloned().collect();
     // Newest first: the raw objects not compacted yet, then the lake's parts.
     let (manifest, _) = crate::lake::manifest(api.store()).await?;
@@ -138,6 +141,8 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
                 break;
             }
             if seen.insert(event.dedup_key()) {
+                let mut event = event.clone();
+                disclosure.event(&mut event);
                 events.push(serde_json::to_value(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?);
             }
         }

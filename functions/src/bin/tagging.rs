@@ -4,13 +4,12 @@
 //! Payload: an EventBridge `Scheduled Event` (its `time` is the computation's "now"), or `{}` (the clock).
 //! Each run first advances open privacy erasures ([`functions::privacy::process`]), then compacts the raw
 //! objects named more than ten minutes ago into the event lake ([`functions::lake::compact`]). Answers the report
-//! (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`, `AWS_REGION`,
+//! (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`, `CDP_KMS_KEY_ID`, `AWS_REGION`,
 //! credentials, optionally `AWS_ENDPOINT_URL_S3`; `CDP_PRIVACY_GRACE_SECONDS` (default 300): how long state
 //! objects that held an erased person stay for readers of the previous state. Reserved concurrency 1: one
 //! computation at a time.
 
 use functions::config::{init_lambda_logging, now};
-use functions::storage::{S3Settings, S3Store};
 use functions::tagging::full_recompute;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
@@ -19,7 +18,7 @@ use shared::time::UtcTime;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_lambda_logging();
-    let store = S3Store::new(S3Settings::from_env()?);
+    let store = functions::config::lambda_store().await?;
     let store = &store;
     let grace_ms =
         std::env::var("CDP_PRIVACY_GRACE_SECONDS").ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(300) * 1000;

@@ -19,6 +19,7 @@ use super::shards::{
 };
 use crate::Error;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
+use crate::vault::Vault;
 
 /// Object reads and writes in flight at once per transaction.
 const PARALLEL_IO: usize = 32;
@@ -80,6 +81,10 @@ trait Entries: Shard + Sync {
     fn view(view: &mut View) -> &mut BTreeMap<String, Self::Value>;
     /// The entry's value after `delta`, if `delta` changed it in shard `n`.
     fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error>;
+    /// Opens what the entry holds sealed (personal traits), once it is read.
+    fn open(_value: &mut Self::Value, _vault: Option<&Vault>) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serde_json::Error> {
@@ -112,6 +117,12 @@ impl Entries for ProfilesShard {
     }
     fn in_delta(delta: &Delta, n: u32, key: &str) -> Result<Option<Self::Value>, serde_json::Error> {
         delta.profiles.get(&n).and_then(|entries| entries.get(key)).map(RawEntry::decode).transpose()
+    }
+    fn open(value: &mut Self::Value, vault: Option<&Vault>) -> Result<(), Error> {
+        match &mut value.profile {
+            Some(stored) => crate::vault::open_traits(vault, stored.profile.traits.iter_mut()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -211,6 +222,8 @@ pub struct Transaction<'s, S: ObjectStore + Clone> {
     changed: BTreeSet<(Kind, String)>,
     /// MessageIds first applied before this are forgotten when a dedup shard is rewritten whole.
     horizon: Option<i64>,
+    /// Seals personal traits on write and opens them on read; `None` where the deployment has no data key.
+    vault: Option<Arc<Vault>>,
 }
 
 fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> Error + '_ {
@@ -275,7 +288,9 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     /// Starts from the current manifest (a new, empty state with `counts` if there is none) and reads its
     /// outstanding deltas.
     pub async fn begin(store: &'s S, counts: ShardCounts) -> Result<Self, Error> {
-        let (manifest, etag) = match store.get(MANIFEST_KEY).await? {
+        let (manifest, vault) = tokio::join!(store.get(MANIFEST_KEY), crate::vault::for_store(store));
+        let vault = vault?;
+        let (manifest, etag) = match manifest? {
             Some(object) => {
                 let manifest: Manifest =
                     serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{MANIFEST_KEY}: {e}")))?;
@@ -319,6 +334,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             view: View::default(),
             changed: BTreeSet::new(),
             horizon: None,
+            vault,
         })
     }
 
@@ -326,6 +342,11 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     pub fn with_compaction(mut self, policy: Compaction) -> Self {
         self.compaction = policy;
         self
+    }
+
+    /// What opens personal traits read raw from the shards (`None` where the deployment has no data key).
+    pub(crate) fn vault(&self) -> Option<&Arc<Vault>> {
+        self.vault.as_ref()
     }
 
     /// The manifest this transaction started from.
@@ -433,7 +454,11 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            T::view(&mut self.view).extend(joined.map_err(task_failed)??);
+            let mut entries = joined.map_err(task_failed)??;
+            for (_, value) in &mut entries {
+                T::open(value, self.vault.as_deref())?;
+            }
+            T::view(&mut self.view).extend(entries);
         }
         Ok(())
     }
@@ -659,8 +684,12 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
                     delta.ids.entry(n).or_default().insert(key, value);
                 }
                 Kind::Profiles => {
-                    let value = RawEntry::encode(self.view.profiles.remove(&key).unwrap_or_default())
-                        .map_err(|e| Error::Corrupt(format!("serializing state: {e}")))?;
+                    let mut entry = self.view.profiles.remove(&key).unwrap_or_default();
+                    if let (Some(vault), Some(stored)) = (&self.vault, &mut entry.profile) {
+                        vault.seal_traits(stored.profile.traits.iter_mut())?;
+                    }
+                    let value =
+                        RawEntry::encode(entry).map_err(|e| Error::Corrupt(format!("serializing state: {e}")))?;
                     delta.profiles.entry(n).or_default().insert(key, value);
                 }
                 Kind::Dedup => {
@@ -881,10 +910,12 @@ pub async fn scan<S: ObjectStore + Clone>(store: &S) -> Result<Scan, Error> {
     })
     .await?;
     type Decoded = (Vec<(ProfileId, StoredProfile)>, Vec<(ProfileId, ProfileId)>);
-    let decode = |_: u32, shard: ProfilesShard| -> Result<Decoded, Error> {
+    let vault = txn.vault.clone();
+    let decode = move |_: u32, shard: ProfilesShard| -> Result<Decoded, Error> {
         let mut stored = Vec::with_capacity(shard.profiles.len());
         for (id, raw) in shard.profiles {
-            let profile: StoredProfile = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+            let mut profile: StoredProfile = serde_json::from_str(raw.get()).map_err(corrupt(&id))?;
+            crate::vault::open_traits(vault.as_deref(), profile.profile.traits.iter_mut())?;
             stored.push((id, profile));
         }
         let mut redirects = Vec::with_capacity(shard.redirects.len());

@@ -23,6 +23,7 @@ use shared::profile::Membership;
 use crate::Error;
 use crate::state::{IdsShard, ProfilesShard, ShardCounts, Transaction, shard_of};
 use crate::storage::ObjectStore;
+use crate::vault::Vault;
 
 /// Strings one after another, in blocks of [`Texts::BLOCK`] bytes allocated once each (a string longer than a
 /// block has one of its own): growing never copies what is there, nor leaves up to half of one large buffer
@@ -157,9 +158,9 @@ struct ForRecompute {
 
 #[derive(Debug, Deserialize)]
 struct RecomputeFields {
-    /// Each trait's value (where it came from is skipped).
-    #[serde(default, deserialize_with = "trait_values")]
-    traits: Map<String, Value>,
+    /// Each trait's value, or sealed value (where it came from is skipped).
+    #[serde(default)]
+    traits: BTreeMap<String, TraitOnly>,
     #[serde(default)]
     memberships: BTreeMap<String, Membership>,
 }
@@ -186,13 +187,29 @@ struct RebuiltBy {
     rebuilt: Option<String>,
 }
 
-fn trait_values<'de, D: serde::Deserializer<'de>>(traits: D) -> Result<Map<String, Value>, D::Error> {
-    #[derive(Deserialize)]
-    struct Only {
-        value: Value,
+/// A trait's value as stored: in clear, or sealed (a personal trait).
+#[derive(Debug, Deserialize)]
+struct TraitOnly {
+    #[serde(default)]
+    value: Value,
+    #[serde(default)]
+    sealed: Option<String>,
+}
+
+/// The traits' values, sealed ones opened with `vault`.
+fn trait_values(traits: BTreeMap<String, TraitOnly>, vault: Option<&Vault>) -> Result<Map<String, Value>, Error> {
+    let mut out = Map::new();
+    for (name, t) in traits {
+        let value = match (t.sealed, vault) {
+            (None, _) => t.value,
+            (Some(sealed), Some(vault)) => vault.open(&name, &sealed)?,
+            (Some(_), None) => {
+                return Err(Error::Corrupt(format!("trait {name} is sealed but the deployment has no data key")));
+            }
+        };
+        out.insert(name, value);
     }
-    let traits: BTreeMap<String, Only> = Deserialize::deserialize(traits)?;
-    Ok(traits.into_iter().map(|(name, t)| (name, t.value)).collect())
+    Ok(out)
 }
 
 fn event_total<'de, D: serde::Deserializer<'de>>(events: D) -> Result<u64, D::Error> {
@@ -282,6 +299,7 @@ impl Profiles {
         let words = audiences.len().div_ceil(64);
         let wanted: Arc<Vec<String>> = Arc::new(audiences.to_vec());
         let membership_hasher = hashers.0.clone();
+        let vault = txn.vault().cloned();
         let backfill: Option<Arc<str>> = match reading {
             Reading::Recompute(_) => None,
             Reading::Backfill(job) => Some(Arc::from(job)),
@@ -298,7 +316,8 @@ impl Profiles {
                     continue;
                 }
                 let profile = serde_json::from_str::<ForRecompute>(raw.get()).map_err(corrupt)?.profile;
-                part.traits.push(&serde_json::to_string(&profile.traits).map_err(|e| Error::Corrupt(e.to_string()))?);
+                let traits = trait_values(profile.traits, vault.as_deref())?;
+                part.traits.push(&serde_json::to_string(&traits).map_err(|e| Error::Corrupt(e.to_string()))?);
                 part.fingerprints.push(fingerprint(&membership_hasher, &profile.memberships));
                 let mut bits = vec![0u64; words];
                 for (a, audience) in wanted.iter().enumerate() {

@@ -42,6 +42,10 @@ pub enum Scope {
     /// Apart from `config:write` because such a destination, pointed at any URL, reads every person's data.
     #[serde(rename = "pii:send")]
     PiiSend,
+    /// Read personal traits (email, phone, name, address and those the operator marks) in clear; without it
+    /// the API masks them. Apart from `profiles:read` so that most readers never see them.
+    #[serde(rename = "pii:read")]
+    PiiRead,
     /// Everything, including creating and revoking API keys.
     #[serde(rename = "admin")]
     Admin,
@@ -49,7 +53,7 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::ProfilesRead,
         Scope::ProfilesWrite,
         Scope::ProfilesDelete,
@@ -57,6 +61,7 @@ impl Scope {
         Scope::ConfigWrite,
         Scope::AuditRead,
         Scope::PiiSend,
+        Scope::PiiRead,
         Scope::Admin,
     ];
 
@@ -70,6 +75,7 @@ impl Scope {
             Scope::ConfigWrite => "config:write",
             Scope::AuditRead => "audit:read",
             Scope::PiiSend => "pii:send",
+            Scope::PiiRead => "pii:read",
             Scope::Admin => "admin",
         }
     }

@@ -32,6 +32,10 @@ pub struct ProfileRules {
     /// Numeric event properties aggregated per event name (sum, min, max, count, last).
     #[serde(default = "default_aggregated")]
     pub aggregated_properties: Vec<String>,
+    /// Traits that are personal data on top of the built-in ones (email, phone, name, address, …:
+    /// [`crate::activation::destination::PII_TRAITS`]): stored sealed, masked for readers without `pii:read`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal: Vec<String>,
 }
 
 fn last_write() -> TraitPolicy {
@@ -44,11 +48,21 @@ fn default_aggregated() -> Vec<String> {
 
 impl Default for ProfileRules {
     fn default() -> Self {
-        Self { default_policy: last_write(), traits: BTreeMap::new(), aggregated_properties: default_aggregated() }
+        Self {
+            default_policy: last_write(),
+            traits: BTreeMap::new(),
+            aggregated_properties: default_aggregated(),
+            personal: Vec::new(),
+        }
     }
 }
 
 impl ProfileRules {
+    /// Whether the trait `name` is personal data: a built-in one or one the operator marked (either case).
+    pub fn is_personal(&self, name: &str) -> bool {
+        crate::activation::destination::is_pii_trait(name) || self.personal.iter().any(|p| p.eq_ignore_ascii_case(name))
+    }
+
     /// The policy of trait `name`.
     pub fn policy(&self, name: &str) -> &TraitPolicy {
         self.traits.get(name).unwrap_or(&self.default_policy)

@@ -15,8 +15,13 @@ use crate::time::UtcTime;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TraitValue {
-    /// The value.
+    /// The value (`null` while it is sealed).
+    #[serde(default)]
     pub value: Value,
+    /// The value sealed (encrypted) as stored, for personal traits; `None` once opened or if never sealed.
+    /// Sealing and opening are the storage layer's (`functions::vault`); the rules here never look inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     /// Time of the event that set it.
     pub at: UtcTime,
     /// Source of that event.
@@ -207,6 +212,7 @@ impl Profile {
             for (key, value) in traits {
                 let candidate = TraitValue {
                     value: value.clone(),
+                    sealed: None,
                     at,
                     source: event.source_id.clone(),
                     message_id: event.message_id.clone(),
