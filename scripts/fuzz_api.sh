@@ -32,12 +32,14 @@ done
 curl -fsS -u "$WRITE_KEY:" -H 'content-type: application/json' "http://127.0.0.1:$PORT/v1/batch" \
   -d '{"batch": [{"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"email": "fuzz@example.com"}}]}' >/dev/null
 
+# One worker: with two, Hypothesis's caches (not thread-safe) sometimes fail inside schemathesis itself
+# (a KeyError in hypothesis.internal.lambda_sources), which fails the run for no fault of the API.
 set +e
 "$VENV/bin/st" run "http://127.0.0.1:$PORT/openapi.json" \
   --header "Authorization: Bearer $KEY" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --exclude-name 'PUT /v1/destinations/{id}' \
-  --max-examples 50 --workers 2 --no-color
+  --max-examples 50 --workers 1 --no-color
 STATUS=$?
 set -e
 if grep -q "panicked" "$DATA.log"; then
