@@ -6,12 +6,13 @@
 //! `cdp bench activation`: event posted → webhook received, through a real `cdp up` (collector, ingest,
 //! trigger, outbox, dispatcher) at a steady rate, to a receiver in this process; p50/p99 latency.
 
+use shared::storage::keys;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use functions::activation::dispatch::{AttemptRecord, DESTINATIONS_CONFIG, Dispatcher, Settings, enqueue};
+use functions::activation::dispatch::{AttemptRecord, Dispatcher, Settings, enqueue};
 use functions::activation::http::Sender;
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use serde_json::json;
@@ -238,7 +239,11 @@ pub(crate) fn activation(rate: usize, seconds: u64, users: usize) -> anyhow::Res
         "send": {"events": [{"events": ["Order Completed"]}]},
         "batching": {"maxEvents": 500, "maxWaitMs": 20}, "rateLimitPerSecond": 10000
     }]);
-    runtime.block_on(store.put(DESTINATIONS_CONFIG, destinations.to_string().into_bytes(), PutOptions::json()))?;
+    runtime.block_on(store.put(
+        keys::CONFIG_DESTINATIONS,
+        destinations.to_string().into_bytes(),
+        PutOptions::json(),
+    ))?;
     let up_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let data = dir.path().to_string_lossy().to_string();
     let _up = crate::bench::spawn(&["up", "--data", &data, "--listen", &up_addr.to_string(), "--webhooks-loopback"])?;

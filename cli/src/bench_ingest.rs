@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use functions::ingest::{IngestConfig, ingest_events};
+use functions::ingest::ingest_events;
+use functions::snapshot::RunConfig;
 use functions::state::{Compaction, MANIFEST_KEY, Manifest};
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use shared::event::{CanonicalEvent, Enrichment, EventType, Identifier};
@@ -63,7 +64,10 @@ pub(crate) fn at(sec: u64) -> UtcTime {
 /// A fully compacted state of `people` people, each identified once with a user id, an anonymous id and an
 /// email (`person{p}@example.com`); messageIds `bench-1` to `bench-{people}`.
 pub(crate) async fn build_base(store: &FsStore, people: u64) -> anyhow::Result<()> {
-    let build = IngestConfig { compaction: Compaction::always(), ..IngestConfig::default() };
+    let build = RunConfig {
+        state: functions::state::Settings { compaction: Compaction::always(), ..Default::default() },
+        ..RunConfig::default()
+    };
     let mut first = 0u64;
     while first < people {
         let last = (first + BUILD_CHUNK).min(people);
@@ -118,7 +122,10 @@ pub(crate) fn run(identifiers: u64, batch: u64) -> anyhow::Result<()> {
         let variants = [("delta (default policy)", Compaction::default()), ("whole shards", Compaction::always())];
         for (name, compaction) in variants {
             store.put(MANIFEST_KEY, base.clone(), PutOptions::json()).await?;
-            let config = IngestConfig { compaction, ..IngestConfig::default() };
+            let config = RunConfig {
+                state: functions::state::Settings { compaction, ..Default::default() },
+                ..RunConfig::default()
+            };
             let start = Instant::now();
             let report = ingest_events(&store, events.clone(), &config, at(9000)).await?;
             let secs = start.elapsed().as_secs_f64();

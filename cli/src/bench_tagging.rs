@@ -4,6 +4,7 @@
 //! side in the same run with the same recompute reading the same events from raw objects (the store it read
 //! before the lake). The two must write the same tag values.
 
+use shared::storage::keys;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -152,7 +153,7 @@ pub(crate) fn run(people: u64, events: usize, data: Option<PathBuf>) -> anyhow::
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let total = runtime.block_on(functions::lake::manifest(&store))?.0.events as usize;
     let values = || -> anyhow::Result<Value> {
-        let object = runtime.block_on(store.get("tags/v1/values.json.gz"))?.context("no tag values written")?;
+        let object = runtime.block_on(store.get(keys::TAG_VALUES))?.context("no tag values written")?;
         Ok(serde_json::from_slice(&shared::storage::gunzip(&object.body)?)?)
     };
     let measure = |from: &str| -> anyhow::Result<f64> {

@@ -1,15 +1,18 @@
 //! `cdp destination add|list` and `cdp deliveries list|replay|enable`, and what `cdp up` runs for activation:
 //! the dispatcher (restarted when `config/destinations.json` changes) and the demo partner endpoint.
 
+use shared::storage::keys::{self, CONFIG_DESTINATIONS};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use functions::activation::dispatch::{self, DESTINATIONS_CONFIG, Dispatcher, Settings};
-use functions::storage::{FsStore, ObjectStore, PutOptions};
+use functions::activation::dispatch::{self, Dispatcher, Settings};
+use functions::definitions::{Checking, Kind};
+use functions::storage::{FsStore, ObjectStore};
 use serde_json::{Value, json};
+use shared::access::Actor;
 use shared::activation::signing::{Secret, verify};
 use shared::activation::{DestinationDefinition, Lane, Reach};
 
@@ -93,21 +96,12 @@ pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
         match command {
             DestinationCommand::Add { id, url, audiences, events, traits, tags, allow_pii, data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
-                let mut list = destinations(&store).await?;
-                if list.iter().any(|d| d.id == id) {
-                    bail!("destination {id:?} exists; edit {DESTINATIONS_CONFIG} to change it");
-                }
-                let secret = new_secret();
                 let filters: Vec<Value> = events.iter().map(|e| json!({"events": [e]})).collect();
-                let definition: DestinationDefinition = serde_json::from_value(json!({
-                    "id": id, "url": url, "secret": secret.expose(),
-                    "send": {"audiences": audiences, "events": filters},
+                let definition = json!({
+                    "url": url, "send": {"audiences": audiences, "events": filters},
                     "fields": {"traits": traits, "tags": tags}, "allowPii": allow_pii
-                }))?;
-                shared::activation::destination::check_url(&definition.url, false)
-                    .map_err(|problem| anyhow::anyhow!("--url: {problem}"))?;
-                list.push(definition);
-                save(&store, &list).await?;
+                });
+                let secret = add(&store, &id, definition, crate::access::operator()).await?;
                 println!(
                     "added destination {id:?}; its signing secret (shown once here, stored in {}):",
                     shared::activation::DESTINATION_SECRETS
@@ -133,20 +127,22 @@ pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
     })
 }
 
-/// Stores `list`: its secrets in `secrets/v1/destinations.json` (first, so no definition is ever without its
-/// secret), the definitions without them in `config/destinations.json`.
-async fn save(store: &FsStore, list: &[DestinationDefinition]) -> anyhow::Result<()> {
-    let mut list = list.to_vec();
-    let mut moved = shared::activation::DestinationSecrets::default();
-    functions::activation::secrets::take_inline(&mut list, &mut moved);
-    functions::activation::secrets::update_secrets(store, |stored| {
-        stored.0.extend(moved.0.clone());
-        Ok::<_, functions::Error>(())
-    })
-    .await?;
-    let body = serde_json::to_vec_pretty(&list)?;
-    store.put(DESTINATIONS_CONFIG, body, PutOptions::json()).await?;
-    Ok(())
+/// Adds the destination `id` (`definition` without its id and secret) with a new signing secret, as the API
+/// does (`functions::definitions::put`: checked against the whole configuration, under compare-and-swap, in
+/// the audit log as `actor`'s); returns the secret. An existing destination is not replaced.
+async fn add<S: ObjectStore>(store: &S, id: &str, mut definition: Value, actor: Actor) -> anyhow::Result<Secret> {
+    let existing = functions::definitions::read_array(store, CONFIG_DESTINATIONS).await?;
+    if existing.iter().any(|d| functions::definitions::id_of(d) == Some(id)) {
+        bail!("destination {id:?} exists; change it through the API (PUT /v1/destinations/{id})");
+    }
+    if let Some(url) = definition["url"].as_str() {
+        shared::activation::destination::check_url(url, false)
+            .map_err(|problem| anyhow::anyhow!("--url: {problem}"))?;
+    }
+    let secret = new_secret();
+    definition["secret"] = json!(secret.expose());
+    functions::definitions::put(store, Kind::Destinations, id, definition, actor, Checking::default()).await?;
+    Ok(secret)
 }
 
 pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
@@ -247,7 +243,7 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
                 let store = store.clone();
                 async move { store.get(key).await.ok().flatten().map(|o| o.body).unwrap_or_default() }
             };
-            let config = (read(DESTINATIONS_CONFIG).await, read(shared::activation::DESTINATION_SECRETS).await);
+            let config = (read(keys::CONFIG_DESTINATIONS).await, read(shared::activation::DESTINATION_SECRETS).await);
             if last.as_ref() != Some(&config) {
                 if let Some(running) = dispatcher.take()
                     && let Err(error) = running.stop().await
@@ -282,7 +278,7 @@ pub(crate) async fn activation_loop(store: FsStore, reach: Reach, ingest: tokio:
                         Err(error) => tracing::error!(%error, "deliveries not started"),
                     },
                     Err(error) => {
-                        tracing::error!(%error, "{DESTINATIONS_CONFIG} or its secrets are invalid; deliveries wait")
+                        tracing::error!(%error, "{CONFIG_DESTINATIONS} or its secrets are invalid; deliveries wait")
                     }
                 }
             }
@@ -343,19 +339,132 @@ impl DemoPartner {
 }
 
 /// Makes sure `config/destinations.json` holds the demo partner, pointing at `url`, subscribed to every
-/// audience defined and to orders; keeps its secret when it exists.
+/// audience defined and to orders; keeps its secret when it exists. Written as any change is (checked, under
+/// compare-and-swap, audited), and only when it differs.
 pub(crate) async fn ensure_demo_partner(store: &FsStore, url: &str) -> anyhow::Result<()> {
-    let mut list = destinations(store).await?;
-    let (_, audiences) = functions::tagging::load_definitions(store).await?;
+    let (_, audiences) = functions::snapshot::load_definitions(store).await?;
     let audience_ids: Vec<String> = audiences.iter().map(|a| a.id.clone()).collect();
-    let secret = list.iter().find(|d| d.id == DEMO_PARTNER).and_then(|d| d.secret.clone()).unwrap_or_else(new_secret);
-    list.retain(|d| d.id != DEMO_PARTNER);
-    let definition: DestinationDefinition = serde_json::from_value(json!({
-        "id": DEMO_PARTNER, "name": "Demo partner (cdp up)", "url": url, "secret": secret.expose(),
+    let mut definition = json!({
+        "id": DEMO_PARTNER, "name": "Demo partner (cdp up)", "url": url,
         "send": {"audiences": audience_ids, "events": [{"events": ["Order Completed"]}]},
         "fields": {"tags": []}, "batching": {"maxEvents": 100, "maxWaitMs": 50},
         "retrySchedule": [0, 1, 5, 30, 300]
-    }))?;
-    list.push(definition);
-    save(store, &list).await
+    });
+    let current = functions::definitions::read_array(store, CONFIG_DESTINATIONS).await?;
+    let stored = current.iter().find(|d| functions::definitions::id_of(d) == Some(DEMO_PARTNER));
+    let wanted: DestinationDefinition = serde_json::from_value(definition.clone())?;
+    let same = stored.and_then(|d| serde_json::from_value::<DestinationDefinition>(d.clone()).ok()).is_some_and(|d| {
+        (d.url.as_str(), &d.send.audiences, &d.name) == (wanted.url.as_str(), &wanted.send.audiences, &wanted.name)
+    });
+    let has_secret = destinations(store).await?.iter().any(|d| d.id == DEMO_PARTNER && d.secret.is_some());
+    if same && has_secret {
+        return Ok(());
+    }
+    if !has_secret {
+        definition["secret"] = json!(new_secret().expose());
+    }
+    let actor = Actor::cli("cdp up");
+    let checking = Checking { loopback: true };
+    functions::definitions::put(store, Kind::Destinations, DEMO_PARTNER, definition, actor, checking).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use functions::storage::PutOptions;
+    use functions::storage::conformance::Gated;
+    use shared::access::Scope;
+    use shared::ids::Entropy;
+    use tower_service::Service as _;
+
+    use super::*;
+
+    /// `PUT /v1/destinations/<id>` through the API's router, as an operator's console or script sends it.
+    async fn api_put<S: ObjectStore + Clone>(store: S, key: &str, id: &str, body: Value) -> (u16, Value) {
+        let mut router = functions::api::router(functions::api::Api::new(store));
+        let request = axum::http::Request::builder()
+            .method("PUT")
+            .uri(format!("/v1/destinations/{id}"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let response = router.call(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn subscribed_to(audience: &str) -> Value {
+        json!({"url": "https://hooks.partner.example/cdp", "send": {"audiences": [audience]}})
+    }
+
+    #[tokio::test]
+    async fn a_cli_change_racing_an_api_change_of_another_destination_keeps_both_checked_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let audiences = json!([
+            {"id": "buyers", "status": "active", "when": {"field": "trait:plan", "op": "exists"}},
+            {"id": "vips", "status": "active", "when": {"field": "trait:plan", "op": "eq", "value": "vip"}}
+        ]);
+        store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+        let now = functions::config::now().unwrap();
+        let mut entropy = Entropy::from_seed([7; 32]);
+        let admin = functions::api::update_keys(&store, |keys| {
+            keys.create("admin", [Scope::Admin].into(), "test", now, &mut entropy)
+                .map_err(functions::api::ApiError::invalid)
+        })
+        .await
+        .unwrap()
+        .key;
+
+        // Both editors read the file before either writes: the second write is fenced and re-applied.
+        let racing = Gated::new(store.clone(), CONFIG_DESTINATIONS, 2);
+        let mut api_body = subscribed_to("buyers");
+        api_body["secret"] = json!(new_secret().expose());
+        let both = async {
+            tokio::join!(
+                api_put(racing.clone(), &admin, "crm", api_body),
+                add(&racing, "ads", subscribed_to("vips"), Actor::cli("ops"))
+            )
+        };
+        let (api, cli) =
+            tokio::time::timeout(Duration::from_secs(60), both).await.expect("both writers reach the gate");
+        assert_eq!(api.0, 201, "{api:?}");
+        cli.expect("the CLI's change");
+        let stored = functions::definitions::read_array(&store, CONFIG_DESTINATIONS).await.unwrap();
+        let mut ids: Vec<&str> = stored.iter().filter_map(functions::definitions::id_of).collect();
+        ids.sort();
+        assert_eq!(ids, ["ads", "crm"], "both changes survive: {stored:?}");
+        let with_secrets = destinations(&store).await.unwrap();
+        assert!(with_secrets.iter().all(|d| d.secret.is_some()), "each keeps its signing secret");
+        assert!(
+            !String::from_utf8_lossy(&store.get(CONFIG_DESTINATIONS).await.unwrap().unwrap().body).contains("whsec_")
+        );
+
+        // Both are in the audit log, each with its actor.
+        let mut audited = Vec::new();
+        for meta in store.list("audit/v1/").await.unwrap() {
+            let record: Value = serde_json::from_slice(&store.get(&meta.key).await.unwrap().unwrap().body).unwrap();
+            audited.push((record["action"].clone(), record["target"].clone(), record["actor"]["kind"].clone()));
+        }
+        audited.sort_by_key(|r| r.1.to_string());
+        assert_eq!(
+            audited,
+            [
+                (json!("destination.create"), json!("destination:ads"), json!("cli")),
+                (json!("destination.create"), json!("destination:crm"), json!("api_key")),
+            ]
+        );
+
+        // Both are checked against the whole configuration: an audience that does not exist is refused by
+        // either, naming it, and nothing is written.
+        let error = add(&store, "ghosts", subscribed_to("ghosts"), Actor::cli("ops")).await.expect_err("checked");
+        assert!(error.to_string().contains("ghosts"), "{error}");
+        let mut api_body = subscribed_to("ghosts");
+        api_body["secret"] = json!(new_secret().expose());
+        let (status, body) = api_put(store.clone(), &admin, "phantom", api_body).await;
+        assert_eq!(status, 400, "{body}");
+        let stored = functions::definitions::read_array(&store, CONFIG_DESTINATIONS).await.unwrap();
+        assert_eq!(stored.len(), 2, "{stored:?}");
+    }
 }

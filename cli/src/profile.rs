@@ -116,7 +116,7 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
     let store = FsStore::open(&args.data.data).context("opening the data folder")?;
     let key = key_of(&args.identifier)?;
     let parts = runtime.block_on(async {
-        let config = functions::ingest::IngestConfig::load(&store).await?;
+        let config = functions::snapshot::RunConfig::load(&store).await?;
         functions::ingest::unlink(&store, &key, &args.request_id, &config, crate::now()).await
     })?;
     if let Some((kept, split)) = parts.split_first() {

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use functions::collect::{load_sources, save_sources};
+use functions::collect::load_sources;
 use functions::storage::FsStore;
 use shared::ids::Entropy;
 use shared::source::{SourceConfig, new_source, slug};
@@ -69,16 +69,18 @@ pub(crate) async fn create(
     name: &str,
     origins: Vec<String>,
 ) -> anyhow::Result<(SourceConfig, String)> {
-    let mut sources = load_sources(store).await?;
-    if sources.list().iter().any(|s| s.id == id) {
-        bail!("a source with id {id:?} already exists");
-    }
     let (mut source, key) = new_source(id, name, &mut Entropy::from_seed(crate::seed()));
     if !origins.is_empty() {
         source.allowed_origins = origins;
     }
-    sources.add(source.clone())?;
-    save_sources(store, &sources).await?;
+    // Under compare-and-swap: a source added through the API meanwhile is kept.
+    functions::collect::update_sources(store, |sources| {
+        if sources.list().iter().any(|s| s.id == id) {
+            bail!("a source with id {id:?} already exists");
+        }
+        Ok(sources.add(source.clone())?)
+    })
+    .await?;
     let after = serde_json::to_value(&source)?;
     let change = functions::audit::Change { after: Some(after), ..Default::default() };
     functions::audit::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change)

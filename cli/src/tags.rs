@@ -4,8 +4,9 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 use functions::predict::Fitted;
+use functions::snapshot::{check, load_definitions, ready};
 use functions::storage::FsStore;
-use functions::tagging::{check, full_recompute, latest_report, load_definitions};
+use functions::tagging::{full_recompute, latest_report};
 use shared::tags::{Catalog, TagKind};
 
 use crate::DataArgs;
@@ -31,7 +32,7 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                 if tags.is_empty() {
                     println!("no tags: write definitions to {}/config/tags.json", data.data.display());
                 }
-                let ready = functions::tagging::ready(&store).await?;
+                let ready = ready(&store).await?;
                 println!("{:<24} {:<11} {:>7} {:<12} {:>9}  notes", "id", "status", "version", "kind", "coverage");
                 for tag in &tags {
                     let kind = match tag.kind {

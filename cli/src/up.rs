@@ -1,5 +1,6 @@
 //! `cdp up`: the collector on a local folder, through the same core and handler as the cloud.
 
+use shared::storage::keys;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use functions::collect::{SourcesCache, handle};
-use functions::ingest::{IngestConfig, ingest};
+use functions::ingest::ingest;
+use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
 use shared::collect::{Answer, CollectRequest, MAX_REQUEST_BYTES, Route, preflight, route};
 
@@ -393,6 +395,11 @@ const LOCAL_SHARDS: functions::state::ShardCounts =
 const LOCAL_COMPACTION: functions::state::Compaction =
     functions::state::Compaction { max_deltas: 128, max_delta_ratio: 0.25, min_fold_bytes: 4 << 20 };
 
+/// The state settings of `cdp up`: its shard counts and compaction, the rest as in the cloud.
+fn local_state() -> functions::state::Settings {
+    functions::state::Settings { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..Default::default() }
+}
+
 /// Reconciliation of `cdp up`: the collector is in this process and writes an object whole before queueing
 /// it, so ten seconds cover any write; at start, nothing is left to a notification (the queue died with the
 /// previous process).
@@ -441,16 +448,8 @@ async fn ingest_loop(
                 Err(_) => break,
             }
         }
-        let result = match IngestConfig::load(&store).await {
-            Ok(config) => {
-                ingest(
-                    &store,
-                    &pending,
-                    &IngestConfig { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..config },
-                    crate::now(),
-                )
-                .await
-            }
+        let result = match RunConfig::load(&store).await {
+            Ok(config) => ingest(&store, &pending, &RunConfig { state: local_state(), ..config }, crate::now()).await,
             Err(e) => Err(e),
         };
         match result {
@@ -471,8 +470,8 @@ async fn reconcile_once(
     store: &FsStore,
     timing: functions::ingest::reconcile::Timing,
 ) -> Result<functions::ingest::reconcile::Reconciled, functions::Error> {
-    let config = IngestConfig::load(store).await?;
-    let config = IngestConfig { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..config };
+    let config = RunConfig::load(store).await?;
+    let config = RunConfig { state: local_state(), ..config };
     let report = functions::ingest::reconcile::reconcile(store, &config, crate::now(), timing).await?;
     if report.missing > 0 || report.unverifiable > 0 {
         tracing::warn!(
@@ -557,11 +556,8 @@ async fn tagging_loop(store: FsStore, ingested: Arc<tokio::sync::Notify>, interv
             async move { store.get(key).await.ok().flatten().map(|o| o.body).unwrap_or_default() }
         };
         // A destination's subscriptions count too: one newly subscribed to an audience gets its members.
-        let definitions = (
-            read(functions::tagging::TAGS_CONFIG).await,
-            read(functions::tagging::AUDIENCES_CONFIG).await,
-            read(functions::activation::dispatch::DESTINATIONS_CONFIG).await,
-        );
+        let definitions =
+            (read(keys::CONFIG_TAGS).await, read(keys::CONFIG_AUDIENCES).await, read(keys::CONFIG_DESTINATIONS).await);
         if definitions.0.is_empty() && definitions.1.is_empty() {
             continue;
         }

@@ -56,29 +56,9 @@ pub fn now() -> Result<shared::time::UtcTime, Error> {
     shared::time::UtcTime::from_unix_millis(ms).ok_or_else(|| Error::Corrupt("the clock is out of range".into()))
 }
 
-/// Plain log lines, without ANSI colours or timestamps (CloudWatch stamps each line); the level
-/// from `RUST_LOG`, default `info`.
-pub fn init_lambda_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(false)
-        .without_time()
-        .init();
-}
-
 /// 32 bytes from the operating system's CSPRNG (ids must not be predictable).
 pub fn random_seed() -> Result<[u8; 32], Error> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| Error::Corrupt(format!("no randomness from the operating system: {e}")))?;
     Ok(seed)
-}
-
-/// The bucket of a deployed function (`S3Settings::from_env`), with the data key that seals personal traits
-/// made or checked (`CDP_KMS_KEY_ID`, else `CDP_MASTER_KEY_FILE`): a function without either does not start,
-/// so nothing is ever stored in clear for want of a setting.
-pub async fn lambda_store() -> Result<crate::storage::S3Store, Box<dyn std::error::Error + Send + Sync>> {
-    let store = crate::storage::S3Store::new(crate::storage::S3Settings::from_env()?);
-    let source = crate::vault::KeySource::required_from_env()?;
-    crate::vault::ensure(&store, &source).await?;
-    Ok(store)
 }

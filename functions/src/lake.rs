@@ -18,6 +18,7 @@
 //! raw objects after the watermark ([`raw_tail`]); a message id may appear twice only if two compactions ran at
 //! once (the tagging function, the one compactor in the cloud, runs one at a time), and readers keep the first.
 
+use shared::storage::keys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -39,7 +40,7 @@ use shared::tags::EventView;
 use shared::time::UtcTime;
 
 use crate::Error;
-use crate::ingest::read_object;
+use crate::raw::read_object;
 use crate::storage::{Condition, ObjectMeta, ObjectStore, PutOptions, StoreError};
 
 /// Where the parts are.
@@ -180,7 +181,7 @@ async fn compact_within<S: ObjectStore>(
     }
     let mut last = String::new();
     let mut kept = 0;
-    let rules: IdentityRules = crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
+    let rules: IdentityRules = crate::config::read(store, keys::CONFIG_IDENTITY).await?.unwrap_or_default();
     // Only the people being erased are held here (suppressed people's events are dropped before storage).
     let mut held = crate::privacy::load_suppression(store).await?;
     held.suppressed.clear();

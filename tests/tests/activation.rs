@@ -508,8 +508,12 @@ fn messages_for_a_destination_added_after_the_dispatcher_started_wait_for_it_and
     let new = destination("new", &partner.url("/new"), json!({}));
     let config = |list: &[&DestinationDefinition]| {
         let body = serde_json::to_vec(list).expect("json");
-        rt.block_on(store.put(dispatch::DESTINATIONS_CONFIG, body, functions::storage::PutOptions::json()))
-            .expect("config");
+        rt.block_on(store.put(
+            shared::storage::keys::CONFIG_DESTINATIONS,
+            body,
+            functions::storage::PutOptions::json(),
+        ))
+        .expect("config");
     };
     config(&[&old]);
     let running = Running::start(store.clone(), vec![old.clone()]);

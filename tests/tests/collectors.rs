@@ -9,7 +9,7 @@ use cdp_e2e::local_s3::LocalS3;
 use cdp_e2e::procs::{CdpUp, Wrangler, cdp_source_add};
 use cdp_e2e::scenarios::{self, Bucket, Snapshot};
 use cdp_e2e::{fixture, local_s3};
-use functions::collect::save_sources;
+use functions::collect::update_sources;
 use functions::storage::{ObjectStore, conformance};
 use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
@@ -65,7 +65,12 @@ fn s3_source(s3: &LocalS3) -> String {
     source.allowed_origins = vec!["https://*.shop.example".into()];
     let mut sources = Sources::default();
     sources.add(source).expect("valid source");
-    s3.block_on(save_sources(&s3.store(), &sources)).expect("write sources to S3");
+    let store = s3.store();
+    let write = update_sources(&store, |all| {
+        *all = sources.clone();
+        Ok::<_, functions::Error>(())
+    });
+    s3.block_on(write).expect("write sources to S3");
     for (object, bytes) in scenarios::suppression_files() {
         s3.block_on(s3.store().put(object, bytes, functions::storage::PutOptions::json()))
             .expect("write the suppression list and its key to S3");

@@ -1,6 +1,7 @@
 //! ID-Mapping through the real `cdp up`: events posted to the collector form unified profiles, read back with
 //! `cdp profile --json`.
 
+use shared::storage::keys;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -145,7 +146,7 @@ fn tags_and_audiences_follow_events_and_definitions_under_cdp_up() {
     // cdp up recomputes a few seconds after ingest.
     let start = Instant::now();
     let values = loop {
-        let path = dir.path().join("tags/v1/values.json.gz");
+        let path = dir.path().join(keys::TAG_VALUES);
         if let Ok(bytes) = std::fs::read(&path) {
             let values: Value = serde_json::from_slice(&shared::storage::gunzip(&bytes).expect("gzip")).expect("JSON");
             if values["profiles"].as_object().is_some_and(|p| p.values().any(|t| t["spend"] == 20.0)) {

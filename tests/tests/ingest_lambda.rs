@@ -6,6 +6,7 @@
 //! The API binary (`lambda_http`) serves real-shaped function-URL requests from the same state. The functions
 //! seal personal traits under a data key wrapped by a real KMS-compatible server (moto) on 127.0.0.1.
 
+use shared::storage::keys;
 use std::process::Command;
 use std::time::Duration;
 
@@ -109,7 +110,7 @@ fn ingest_lambda_runs_its_runtime_loop_on_an_sqs_batch() {
         "only the message that is not a notification is redelivered"
     );
     // The function made the data key with KMS; this process unwraps it with the same key to read the state.
-    let stored_key = s3.block_on(store.get(functions::vault::TRAITS_KEY_OBJECT)).expect("get").expect("data key");
+    let stored_key = s3.block_on(store.get(keys::TRAITS_DATA_KEY)).expect("get").expect("data key");
     let stored_key = String::from_utf8(stored_key.body).expect("UTF-8");
     assert!(stored_key.contains(&kms.key_arn), "wrapped by the KMS key: {stored_key}");
     s3.block_on(functions::vault::ensure(&store, &functions::vault::KeySource::Kms(kms.settings())))
@@ -238,7 +239,7 @@ fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
     let s3 = LocalS3::start();
     let store = s3.store();
     let (object_key, key, now) = store_raw_object(&s3);
-    let config = functions::ingest::IngestConfig::default();
+    let config = functions::snapshot::RunConfig::default();
     s3.block_on(functions::ingest::ingest(&store, &[object_key], &config, now)).expect("ingest");
     let admin = s3
         .block_on(functions::api::update_keys(&store, |keys| {

@@ -2,7 +2,8 @@
 //! replays change nothing, and writers racing on the manifest are fenced and retry without losing updates.
 
 use cdp_e2e::local_s3::LocalS3;
-use functions::ingest::{IngestConfig, ingest};
+use functions::ingest::ingest;
+use functions::snapshot::RunConfig;
 use functions::state::{MANIFEST_KEY, Manifest, ShardCounts, lookup};
 use functions::storage::conformance::Gated;
 use functions::storage::{ObjectStore, PutOptions, S3Store};
@@ -39,7 +40,9 @@ async fn manifest(store: &S3Store) -> Manifest {
 fn ingest_on_s3_links_dedups_and_fences_concurrent_writers() {
     let s3 = LocalS3::start();
     let store = s3.store();
-    let config = IngestConfig { shards: ShardCounts { ids: 16, profiles: 16, dedup: 8 }, ..IngestConfig::default() };
+    let state =
+        functions::state::Settings { shards: ShardCounts { ids: 16, profiles: 16, dedup: 8 }, ..Default::default() };
+    let config = RunConfig { state, ..RunConfig::default() };
     s3.block_on(async {
         let person = vec![
             put_batch(&store, 1, json!([{"type": "page", "anonymousId": "laptop", "messageId": "p1"}])).await,

@@ -13,6 +13,7 @@
 //! - `deliveries/v1/log/<destination>/dt=YYYY-MM-DD/<ulid>.ndjson.gz` — one record per attempt (ids, status,
 //!   timings; never secrets or payloads).
 
+use shared::storage::keys;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +32,6 @@ use super::http::{Attempt, Sender};
 use crate::error::Error;
 use crate::storage::{ObjectStore, PutOptions};
 
-/// Destination definitions.
-pub const DESTINATIONS_CONFIG: &str = "config/destinations.json";
 /// Messages waiting for the dispatcher.
 pub const OUTBOX: &str = "deliveries/v1/outbox/";
 
@@ -450,7 +449,8 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
     /// names one of them (wait for a restart), or names none (dead letters). A configuration that does not
     /// read is waited out too: nothing is dead-lettered because of a file being edited.
     async fn unrouted(&self, unknown: &BTreeSet<&str>) -> Result<Unrouted, Error> {
-        match crate::config::read::<_, Vec<DestinationDefinition>>(&self.shared.store, DESTINATIONS_CONFIG).await {
+        match crate::config::read::<_, Vec<DestinationDefinition>>(&self.shared.store, keys::CONFIG_DESTINATIONS).await
+        {
             Ok(now) => {
                 let configured = now.unwrap_or_default();
                 Ok(if configured.iter().any(|d| unknown.contains(d.id.as_str())) {

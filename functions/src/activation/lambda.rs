@@ -9,7 +9,7 @@ use shared::activation::{DestinationDefinition, Reach};
 
 use super::dispatch::{Dispatcher, Settings};
 use crate::Error;
-use crate::ingest::{BatchItemFailure, SqsBatchResponse};
+use crate::notifications::{BatchItemFailure, SqsBatchResponse};
 use crate::storage::ObjectStore;
 
 /// Which addresses webhooks may reach: public only, unless `CDP_WEBHOOKS_LOOPBACK=true` (tests of the binary

@@ -4,8 +4,8 @@
 //! API, `cdp destination add`) writes the secrets here and the rest to `config/destinations.json`.
 
 use shared::activation::{DESTINATION_SECRETS, DestinationDefinition, DestinationSecrets, SecretEntry};
+use shared::storage::keys;
 
-use super::dispatch::DESTINATIONS_CONFIG;
 use crate::Error;
 use crate::storage::ObjectStore;
 
@@ -17,7 +17,7 @@ pub async fn load_secrets<S: ObjectStore>(store: &S) -> Result<DestinationSecret
 /// The destinations as configured, each with its secrets: for signing and verifying only.
 pub async fn load_destinations<S: ObjectStore>(store: &S) -> Result<Vec<DestinationDefinition>, Error> {
     let mut destinations: Vec<DestinationDefinition> =
-        crate::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default();
+        crate::config::read(store, keys::CONFIG_DESTINATIONS).await?.unwrap_or_default();
     load_secrets(store).await?.apply(&mut destinations);
     Ok(destinations)
 }

@@ -6,12 +6,10 @@ use serde_json::{Map, Value};
 use shared::access::Scope;
 use shared::event::CanonicalEvent;
 use shared::profile::ProfileRules;
+use shared::storage::keys;
 
 use super::{Api, ApiError};
 use crate::storage::ObjectStore;
-
-/// Where the operator's personal traits are listed.
-const PROFILES_CONFIG: &str = "config/profiles.json";
 
 /// How much of personal data one caller sees.
 pub(crate) struct Disclosure {
@@ -26,7 +24,7 @@ impl Disclosure {
         headers: &HeaderMap,
     ) -> Result<Self, ApiError> {
         let reveal = api.also_allows(headers, Scope::PiiRead).await?;
-        let rules = crate::config::read(api.store(), PROFILES_CONFIG).await?.unwrap_or_default();
+        let rules = crate::config::read(api.store(), keys::CONFIG_PROFILES).await?.unwrap_or_default();
         Ok(Self { reveal, rules })
     }
 

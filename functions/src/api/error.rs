@@ -103,6 +103,18 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<crate::definitions::Refused> for ApiError {
+    fn from(refused: crate::definitions::Refused) -> Self {
+        use crate::definitions::Refused;
+        match refused {
+            Refused::Invalid(problem) => Self::invalid(problem),
+            Refused::NotFound(problem) => Self::not_found(problem),
+            Refused::InUse(_) => Self::conflict(refused.to_string()),
+            Refused::Failed(error) => error.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         Error::Store(error).into()

@@ -315,7 +315,7 @@ pub(crate) async fn unlink<S: ObjectStore + Clone>(
     if reason.len() > 200 {
         return Err(ApiError::invalid("reason: at most 200 characters"));
     }
-    let config = crate::ingest::IngestConfig::load(api.store()).await?;
+    let config = crate::snapshot::RunConfig::load(api.store()).await?;
     let parts = crate::ingest::unlink(api.store(), &key, &reason, &config, crate::config::now()?).await?;
     let Some((kept, split)) = parts.split_first() else {
         return Err(ApiError::not_found(format!("no profile has {:?} any more", request.identifier)));

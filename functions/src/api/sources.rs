@@ -12,10 +12,8 @@ use serde_json::{Value, json};
 use shared::access::Scope;
 use shared::ids::Entropy;
 use shared::source::{SourceConfig, SourceSettings, Sources, new_source, slug};
-use shared::storage::CONFIG_SOURCES;
 
 use super::{Api, ApiError, Change, json_body, parse_body};
-use crate::Error;
 use crate::storage::ObjectStore;
 
 /// A source to create.
@@ -61,17 +59,9 @@ async fn load<S: ObjectStore>(store: &S) -> Result<Sources, ApiError> {
 /// Changes the sources file under compare-and-swap.
 async fn update<S: ObjectStore, R>(
     store: &S,
-    mut change: impl FnMut(&mut Sources) -> Result<R, ApiError>,
+    change: impl FnMut(&mut Sources) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
-    crate::config::update(store, CONFIG_SOURCES, "application/json", |bytes| {
-        let mut sources = match bytes {
-            Some(bytes) => Sources::from_json(bytes).map_err(Error::from)?,
-            None => Sources::default(),
-        };
-        let result = change(&mut sources)?;
-        Ok((sources.to_json(), result))
-    })
-    .await
+    crate::collect::update_sources(store, change).await
 }
 
 async fn list<S: ObjectStore + Clone>(api: Arc<Api<S>>, headers: HeaderMap) -> Result<Response, ApiError> {

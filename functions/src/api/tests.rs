@@ -11,7 +11,8 @@ use shared::time::UtcTime;
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::ingest::{IngestConfig, ingest};
+use crate::ingest::ingest;
+use crate::snapshot::RunConfig;
 use crate::storage::{FsStore, PutOptions};
 use crate::testing::put_batch;
 
@@ -64,7 +65,7 @@ impl Fixture {
     async fn ingest(&self, seed: u8, events: Value) {
         let received = UtcTime::from_unix_millis(now().unix_millis() + i64::from(seed) * 1000).unwrap();
         let object = put_batch(&self.store, seed, events, received).await;
-        ingest(&self.store, &[object], &IngestConfig::default(), now()).await.unwrap();
+        ingest(&self.store, &[object], &RunConfig::default(), now()).await.unwrap();
     }
 }
 

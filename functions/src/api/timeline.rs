@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::{Api, ApiError, json_body};
-use crate::ingest::read_object;
+use crate::raw::read_object;
 use crate::storage::ObjectStore;
 
 /// Objects one page reads at most.

@@ -7,14 +7,14 @@
 //! lanes); the timeout bounds how long one invocation keeps sending (the dispatcher stops 3 s before it).
 
 use functions::activation::lambda::{handle_payload, reach_from_env};
-use functions::config::init_lambda_logging;
+use functions::lambda::init_logging;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_lambda_logging();
-    let store = functions::config::lambda_store().await?;
+    init_logging();
+    let store = functions::lambda::store().await?;
     let store = &store;
     let reach = reach_from_env();
     run(service_fn(move |event: LambdaEvent<Value>| async move {

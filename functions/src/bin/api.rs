@@ -9,8 +9,8 @@ use shared::activation::Reach;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    functions::config::init_lambda_logging();
-    let store = functions::config::lambda_store().await?;
+    functions::lambda::init_logging();
+    let store = functions::lambda::store().await?;
     let loopback = reach_from_env() == Reach::PublicAndLoopback;
     lambda_http::run(router(Api::with_loopback(store, loopback))).await
 }

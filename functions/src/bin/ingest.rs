@@ -5,15 +5,16 @@
 //! `AWS_ENDPOINT_URL_S3` for an S3-compatible store. Reserved concurrency 1 keeps it a single writer; the
 //! manifest's compare-and-swap keeps state safe even if two run.
 
-use functions::config::{init_lambda_logging, now};
+use functions::config::now;
 use functions::ingest::lambda::handle_payload;
+use functions::lambda::init_logging;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_lambda_logging();
-    let store = functions::config::lambda_store().await?;
+    init_logging();
+    let store = functions::lambda::store().await?;
     let store = &store;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_payload(store, &event.payload, now()?).await.map_err(Error::from)

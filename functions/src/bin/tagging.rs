@@ -9,7 +9,8 @@
 //! objects that held an erased person stay for readers of the previous state. Reserved concurrency 1: one
 //! computation at a time.
 
-use functions::config::{init_lambda_logging, now};
+use functions::config::now;
+use functions::lambda::init_logging;
 use functions::tagging::full_recompute;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
@@ -17,8 +18,8 @@ use shared::time::UtcTime;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_lambda_logging();
-    let store = functions::config::lambda_store().await?;
+    init_logging();
+    let store = functions::lambda::store().await?;
     let store = &store;
     let grace_ms =
         std::env::var("CDP_PRIVACY_GRACE_SECONDS").ok().and_then(|s| s.parse::<i64>().ok()).unwrap_or(300) * 1000;

@@ -9,7 +9,7 @@ use shared::ids::Entropy;
 use shared::source::Sources;
 use shared::time::UtcTime;
 
-pub use sources::{SourcesCache, load_sources, save_sources};
+pub use sources::{SourcesCache, load_sources, update_sources};
 
 use crate::storage::{ObjectStore, PutOptions};
 

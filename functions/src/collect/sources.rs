@@ -10,7 +10,7 @@ use shared::storage::CONFIG_SOURCES;
 use tokio::sync::RwLock;
 
 use crate::Error;
-use crate::storage::{ObjectStore, PutOptions};
+use crate::storage::ObjectStore;
 
 /// Reads the sources file; a missing file means no sources yet.
 pub async fn load_sources<S: ObjectStore>(store: &S) -> Result<Sources, Error> {
@@ -20,10 +20,22 @@ pub async fn load_sources<S: ObjectStore>(store: &S) -> Result<Sources, Error> {
     }
 }
 
-/// Writes the sources file.
-pub async fn save_sources<S: ObjectStore>(store: &S, sources: &Sources) -> Result<(), Error> {
-    store.put(CONFIG_SOURCES, sources.to_json(), PutOptions::json()).await?;
-    Ok(())
+/// Changes the sources file under compare-and-swap: `change` sees the current sources (none when absent) and
+/// runs again on the new ones when another writer changed them meanwhile, so the API and `cdp` never lose each
+/// other's changes.
+pub async fn update_sources<S: ObjectStore, R, E: From<Error>>(
+    store: &S,
+    mut change: impl FnMut(&mut Sources) -> Result<R, E>,
+) -> Result<R, E> {
+    crate::config::update(store, CONFIG_SOURCES, "application/json", |bytes| {
+        let mut sources = match bytes {
+            Some(bytes) => Sources::from_json(bytes).map_err(Error::from)?,
+            None => Sources::default(),
+        };
+        let result = change(&mut sources)?;
+        Ok((sources.to_json(), result))
+    })
+    .await
 }
 
 /// The sources, and the suppression list, each re-read at most every `ttl`, so a new source or key, or a
@@ -116,12 +128,17 @@ mod tests {
         let (source, key) = new_source("web", "Web", &mut Entropy::from_seed([4; 32]));
         let mut sources = Sources::default();
         sources.add(source).unwrap();
-        save_sources(&store, &sources).await.unwrap();
+        update_sources(&store, |all| {
+            *all = sources.clone();
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
         assert!(cache.get(&store).await.unwrap().authenticate(&key).is_none(), "cached copy still fresh");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(cache.get(&store).await.unwrap().authenticate(&key).is_some(), "re-read after the TTL");
 
-        store.put(CONFIG_SOURCES, b"{broken".to_vec(), PutOptions::json()).await.unwrap();
+        store.put(CONFIG_SOURCES, b"{broken".to_vec(), crate::storage::PutOptions::json()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(cache.get(&store).await.unwrap().authenticate(&key).is_some(), "last good copy serves");
         assert!(matches!(load_sources(&store).await, Err(Error::Config(_))));

@@ -5,10 +5,12 @@
 use serde_json::Value;
 use shared::time::UtcTime;
 
+use super::ingest;
 use super::reconcile::{Timing, reconcile};
-use super::{BatchItemFailure, SqsBatchResponse};
-use super::{IngestConfig, ingest, keys_of_s3_event, keys_of_sqs_event};
 use crate::Error;
+use crate::notifications::{BatchItemFailure, SqsBatchResponse};
+use crate::notifications::{keys_of_s3_event, keys_of_sqs_event};
+use crate::snapshot::RunConfig;
 use crate::storage::ObjectStore;
 
 /// Handles one invocation's payload.
@@ -18,7 +20,7 @@ use crate::storage::ObjectStore;
 /// `batchItemFailures` so SQS redelivers only those (and, after the redrive limit, parks them in the DLQ).
 /// A direct S3 event: its keys are ingested; a failure is an error, and Lambda retries the event.
 pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, now: UtcTime) -> Result<Value, Error> {
-    let config = IngestConfig::load(store).await?;
+    let config = RunConfig::load(store).await?;
     if payload["detail-type"].as_str() == Some("Scheduled Event") {
         let report = reconcile(store, &config, now, Timing::CLOUD).await?;
         tracing::info!(

@@ -3,205 +3,23 @@
 //! Used by the ingest Lambda (fed by S3 notifications through SQS) and by `cdp up` (fed in-process).
 
 pub mod lambda;
-mod notifications;
-mod read;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
+use shared::activation::ProfileNow;
 use shared::activation::lane::Message;
-use shared::activation::{DestinationDefinition, DestinationSet, ProfileNow};
-use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::event::{CanonicalEvent, EventType};
-use shared::identity::IdentityRules;
-use shared::profile::{Profile, ProfileRules};
-use shared::tags::{EventView, TagSet};
+use shared::profile::Profile;
+use shared::tags::EventView;
 use shared::time::UtcTime;
 
-pub use notifications::{BatchItemFailure, MessageKeys, SqsBatchResponse, keys_of_s3_event, keys_of_sqs_event};
-pub use read::{Quarantined, ReadObject, read_object};
-
 use crate::Error;
-use crate::state::{CommitStats, Compaction, ShardCounts, Transaction};
+use crate::raw::read_object;
+use crate::snapshot::{Activation, RunConfig};
+use crate::state::{CommitStats, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
-
-/// Where the identity rules live.
-pub const IDENTITY_CONFIG: &str = "config/identity.json";
-
-/// Ingest settings.
-#[derive(Debug, Clone)]
-pub struct IngestConfig {
-    /// Identifier types and linking rules (`config/identity.json`, else defaults).
-    pub identity: IdentityRules,
-    /// Trait policies and aggregated properties (`config/profiles.json`, else defaults).
-    pub profiles: ProfileRules,
-    /// How long a messageId is remembered for dedup after it was first applied (default 7 days).
-    pub dedup_window_ms: i64,
-    /// Shard counts for a new state.
-    pub shards: ShardCounts,
-    /// Commit attempts before giving up on conflicts (each re-reads the state).
-    pub max_attempts: u32,
-    /// When a commit folds the state's deltas into whole shards.
-    pub compaction: Compaction,
-    /// Active tags (`config/tags.json`), kept up to date incrementally on the profiles a batch changes.
-    pub tags: Option<TagSet>,
-    /// The tag versions whose incremental state is complete (`tags/v1/ready.json`); the others keep their
-    /// previous values until the full recompute backfills them.
-    pub ready: BTreeMap<String, u32>,
-    /// What partners receive (`config/audiences.json`, `config/destinations.json`): with destinations,
-    /// ingest keeps the real-time audiences' memberships and puts entries, exits, triggered events and
-    /// subscribed changes in the delivery outbox.
-    pub activation: Option<Activation>,
-    /// Identifiers whose events are dropped (`privacy/v1/suppressed.json`).
-    pub suppression: Option<crate::privacy::SuppressionCheck>,
-}
-
-/// Audiences and destinations, checked, for ingest and the full recompute.
-#[derive(Debug, Clone)]
-pub struct Activation {
-    /// The computed audiences.
-    pub audiences: AudienceSet,
-    /// Audience display names, for payloads.
-    pub names: BTreeMap<String, String>,
-    /// The destinations.
-    pub destinations: DestinationSet,
-}
-
-impl Activation {
-    /// Audiences and destinations from `config/`, checked against `tags`; `None` without destinations.
-    /// Invalid files must not stop events from being ingested: they are reported and activation waits.
-    pub async fn load<S: ObjectStore>(store: &S, tags: Option<&TagSet>) -> Result<Option<Self>, Error> {
-        let checked = async {
-            let destinations = match Self::destinations(store).await? {
-                Ok(Some(destinations)) => destinations,
-                Ok(None) => return Ok(Ok(None)),
-                Err(problem) => return Ok(Err(problem)),
-            };
-            let audience_defs: Vec<AudienceDefinition> =
-                match crate::config::read(store, crate::tagging::AUDIENCES_CONFIG).await {
-                    Ok(defs) => defs.unwrap_or_default(),
-                    Err(Error::Config(problem)) => return Ok(Err(problem.to_string())),
-                    Err(error) => return Err(error),
-                };
-            let catalog = shared::tags::Catalog::default();
-            let empty =
-                TagSet::check(&[], &catalog).map_err(|e| Error::Corrupt(format!("no tags do not check: {e:?}")))?;
-            let tags = tags.unwrap_or(&empty);
-            let audiences = match AudienceSet::check(&audience_defs, tags, &catalog) {
-                Ok(set) => set,
-                Err(errors) => return Ok(Err(format!("{}: {}", crate::tagging::AUDIENCES_CONFIG, problems(&errors)))),
-            };
-            Ok(Self::check(&destinations, audiences, &audience_defs, tags).map(Some))
-        };
-        match checked.await? {
-            Ok(activation) => Ok(activation),
-            Err(problem) => {
-                tracing::warn!(%problem, "deliveries wait until the configuration is fixed");
-                Ok(None)
-            }
-        }
-    }
-
-    /// With audiences already checked (the full recompute): `Ok(None)` without destinations, the problem when
-    /// the destinations do not load.
-    pub async fn load_with<S: ObjectStore>(
-        store: &S,
-        audiences: &AudienceSet,
-        audience_defs: &[AudienceDefinition],
-        tags: &TagSet,
-    ) -> Result<Result<Option<Self>, String>, Error> {
-        Ok(match Self::destinations(store).await? {
-            Ok(Some(destinations)) => Self::check(&destinations, audiences.clone(), audience_defs, tags).map(Some),
-            Ok(None) => Ok(None),
-            Err(problem) => Err(problem),
-        })
-    }
-
-    /// `config/destinations.json`: `None` when absent or empty, the problem when it does not parse.
-    async fn destinations<S: ObjectStore>(
-        store: &S,
-    ) -> Result<Result<Option<Vec<DestinationDefinition>>, String>, Error> {
-        match crate::config::read::<_, Vec<DestinationDefinition>>(
-            store,
-            crate::activation::dispatch::DESTINATIONS_CONFIG,
-        )
-        .await
-        {
-            Ok(list) => Ok(Ok(list.filter(|l| !l.is_empty()))),
-            Err(Error::Config(problem)) => Ok(Err(problem.to_string())),
-            Err(error) => Err(error),
-        }
-    }
-
-    fn check(
-        destinations: &[DestinationDefinition],
-        audiences: AudienceSet,
-        audience_defs: &[AudienceDefinition],
-        tags: &TagSet,
-    ) -> Result<Self, String> {
-        // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
-        let catalog = shared::tags::Catalog::default();
-        let destinations = DestinationSet::check(destinations, &audiences, tags, &catalog, true)
-            .map_err(|errors| format!("{}: {}", crate::activation::dispatch::DESTINATIONS_CONFIG, problems(&errors)))?;
-        let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
-        Ok(Self { audiences, names, destinations })
-    }
-}
-
-fn problems(errors: &[shared::tags::DefinitionError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            identity: IdentityRules::default(),
-            profiles: ProfileRules::default(),
-            dedup_window_ms: 7 * 24 * 3600 * 1000,
-            shards: ShardCounts::default(),
-            max_attempts: 8,
-            compaction: Compaction::default(),
-            tags: None,
-            ready: BTreeMap::new(),
-            activation: None,
-            suppression: None,
-        }
-    }
-}
-
-impl IngestConfig {
-    /// Defaults overridden by `config/identity.json` and `config/profiles.json` when present, with the
-    /// active tags of `config/tags.json`.
-    pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
-        let mut config = Self::default();
-        if let Some(identity) = crate::config::read(store, IDENTITY_CONFIG).await? {
-            config.identity = identity;
-        }
-        if let Some(profiles) = crate::config::read(store, "config/profiles.json").await? {
-            config.profiles = profiles;
-        }
-        // Invalid tag definitions must not stop events from being ingested: tags wait until they are fixed.
-        match crate::config::read::<_, Vec<shared::tags::TagDefinition>>(store, crate::tagging::TAGS_CONFIG).await {
-            Ok(None) => {}
-            Ok(Some(tags)) if tags.is_empty() => {}
-            Ok(Some(tags)) => match TagSet::check(&tags, &shared::tags::Catalog::default()) {
-                Ok(set) => config.tags = Some(set),
-                Err(errors) => {
-                    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    tracing::warn!(problems = %errors.join("; "), "config/tags.json is invalid; tags are not updated");
-                }
-            },
-            Err(error) => tracing::warn!(%error, "tags are not updated"),
-        }
-        if config.tags.is_some() {
-            config.ready = crate::tagging::ready(store).await?;
-        }
-        config.activation = Activation::load(store, config.tags.as_ref()).await?;
-        config.suppression = crate::privacy::load_suppression_check(store).await?;
-        Ok(config)
-    }
-}
 
 /// What an ingest run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -258,7 +76,7 @@ impl IngestReport {
 pub async fn ingest<S: ObjectStore + Clone>(
     store: &S,
     keys: &[String],
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
     let mut report = IngestReport::default();
@@ -298,7 +116,7 @@ pub async fn ingest<S: ObjectStore + Clone>(
 pub async fn ingest_events<S: ObjectStore + Clone>(
     store: &S,
     events: Vec<CanonicalEvent>,
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
     apply_events(store, events, &[], config, now).await
@@ -310,11 +128,11 @@ async fn apply_events<S: ObjectStore + Clone>(
     store: &S,
     mut events: Vec<CanonicalEvent>,
     records: &[String],
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
     let mut report = IngestReport { events: events.len(), ..IngestReport::default() };
-    if let Some(suppression) = &config.suppression {
+    if let Some(suppression) = &config.snapshot.suppression {
         events.retain(|event| !suppression.drops_event(event));
         report.suppressed = report.events - events.len();
         if report.suppressed > 0
@@ -326,11 +144,13 @@ async fn apply_events<S: ObjectStore + Clone>(
     // One order for the same set of events, whatever order the objects came in.
     events.sort_by(|a, b| (a.timestamp, &a.message_id, &a.source_id).cmp(&(b.timestamp, &b.message_id, &b.source_id)));
 
-    for attempt in 1..=config.max_attempts.max(1) {
+    for attempt in 1..=config.state.max_attempts.max(1) {
         report.attempts = attempt;
-        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
-        let fresh = txn.fresh(events.clone(), now, config.dedup_window_ms).await?;
-        txn.record(records, now, config.dedup_window_ms).await?;
+        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
+            .await?
+            .with_compaction(config.state.compaction);
+        let fresh = txn.fresh(events.clone(), now, config.state.dedup_window_ms).await?;
+        txn.record(records, now, config.state.dedup_window_ms).await?;
         report.duplicates = events.len() - fresh.len();
         let (applied, merges, refusals, messages) = apply(&mut txn, &fresh, config, now).await?;
         report.applied = applied;
@@ -361,7 +181,7 @@ async fn apply_events<S: ObjectStore + Clone>(
     }
     Err(Error::Store(StoreError::Unavailable(format!(
         "state kept changing under this batch for {} attempts",
-        config.max_attempts
+        config.state.max_attempts
     ))))
 }
 
@@ -373,16 +193,18 @@ pub async fn unlink<S: ObjectStore + Clone>(
     store: &S,
     key: &str,
     request_id: &str,
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
-    for attempt in 1..=config.max_attempts.max(1) {
-        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
+    for attempt in 1..=config.state.max_attempts.max(1) {
+        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
+            .await?
+            .with_compaction(config.state.compaction);
         let (found, _) = txn.graph_for(&BTreeSet::from([key.to_string()])).await?;
         let Some(node) = found.profile_of(key) else { return Ok(Vec::new()) };
         // Every identifier of the profile: the split must move their index entries too.
         let (mut graph, mut data) = txn.graph_for(&node.identities.clone()).await?;
-        let parts = graph.unlink(&config.identity, key, request_id, now);
+        let parts = graph.unlink(&config.snapshot.identity, key, request_id, now);
         for id in &parts {
             if let Some(node) = graph.profile(id) {
                 data.entry(id.clone()).or_insert_with(|| Profile::new(id.clone())).identities = node.identities.clone();
@@ -398,7 +220,10 @@ pub async fn unlink<S: ObjectStore + Clone>(
             Err(e) => return Err(e),
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
+    Err(Error::Store(StoreError::Unavailable(format!(
+        "state kept changing for {} attempts",
+        config.state.max_attempts
+    ))))
 }
 
 /// A touched profile's traits and tags before the batch.
@@ -407,12 +232,12 @@ type Before = BTreeMap<String, (Map<String, Value>, BTreeMap<String, Value>)>;
 async fn apply<S: ObjectStore + Clone>(
     txn: &mut Transaction<'_, S>,
     events: &[CanonicalEvent],
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
 ) -> Result<(usize, usize, usize, Vec<Message>), Error> {
     let mut keys = BTreeSet::new();
     for event in events {
-        keys.extend(config.identity.keys(event));
+        keys.extend(config.snapshot.identity.keys(event));
         if event.kind == EventType::Alias
             && let Some(previous) = &event.previous_id
         {
@@ -428,41 +253,41 @@ async fn apply<S: ObjectStore + Clone>(
     let mut triggered: Vec<(String, &CanonicalEvent)> = Vec::new();
     let mut merged_exits: Vec<Message> = Vec::new();
     for event in events {
-        let linked = graph.link_event(&config.identity, event);
+        let linked = graph.link_event(&config.snapshot.identity, event);
         refusals += linked.refused;
         let Some(target) = linked.profile else { continue };
-        if config.activation.is_some() && !before.contains_key(&target) {
+        if config.snapshot.activation.is_some() && !before.contains_key(&target) {
             let snapshot = data.get(&target).map(|p| (traits_of(p), p.tags.clone())).unwrap_or_default();
             before.insert(target.clone(), snapshot);
         }
         for absorbed in &linked.merged {
             merges += 1;
             if let Some(gone) = data.remove(absorbed) {
-                if let Some(activation) = &config.activation {
+                if let Some(activation) = &config.snapshot.activation {
                     merged_exits.extend(exits_of_absorbed(activation, &gone, now));
                 }
                 let survivor = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
-                survivor.absorb(gone, &config.profiles);
+                survivor.absorb(gone, &config.snapshot.profiles);
             }
         }
         let profile = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
-        profile.apply(event, &config.profiles);
-        if let Some(tags) = &config.tags {
+        profile.apply(event, &config.snapshot.profiles);
+        if let Some(tags) = &config.snapshot.tags {
             tags.observe(&mut profile.tag_state, &EventView::of(event, &empty), now.unix_millis());
             touched.insert(target.clone());
         }
         if let Some(node) = graph.profile(&target) {
             profile.identities = node.identities.clone();
         }
-        if config.activation.is_some() {
+        if config.snapshot.activation.is_some() {
             triggered.push((target.clone(), event));
         }
         applied += 1;
     }
     // The changed profiles' tag values, as of now.
     // Tags waiting for a backfill (or the full recompute) keep their previous values.
-    if let Some(tags) = &config.tags {
-        let waiting = tags.waiting(&config.ready);
+    if let Some(tags) = &config.snapshot.tags {
+        let waiting = tags.waiting(&config.snapshot.ready);
         for id in touched {
             if let Some(profile) = data.get_mut(&id) {
                 let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
@@ -479,7 +304,7 @@ async fn apply<S: ObjectStore + Clone>(
         }
     }
     let mut messages = merged_exits;
-    if let Some(activation) = &config.activation {
+    if let Some(activation) = &config.snapshot.activation {
         messages.extend(deliveries(activation, &mut data, &before, &triggered, now));
     }
     txn.put_back(graph, data).await?;

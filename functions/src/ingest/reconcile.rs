@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use shared::storage::{ObjectKind, object_named_at, raw_hour_prefix};
 use shared::time::UtcTime;
 
-use super::{IngestConfig, ingest};
+use super::ingest;
 use crate::Error;
+use crate::snapshot::RunConfig;
 use crate::state::{MANIFEST_KEY, Transaction};
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
 
@@ -85,7 +86,7 @@ pub struct Reconciled {
 /// `now`), then moves the watermark.
 pub async fn reconcile<S: ObjectStore + Clone>(
     store: &S,
-    config: &IngestConfig,
+    config: &RunConfig,
     now: UtcTime,
     timing: Timing,
 ) -> Result<Reconciled, Error> {
@@ -103,7 +104,7 @@ pub async fn reconcile<S: ObjectStore + Clone>(
     let keys = list_after(store, mark.through.as_deref(), now).await?;
     let mut report = Reconciled { listed: keys.len(), ..Reconciled::default() };
     let (recorded, forgotten_before) = {
-        let mut txn = Transaction::begin(store, config.shards).await?;
+        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone()).await?;
         let forgotten_before = txn.manifest().forgotten_before;
         (txn.recorded_objects(keys.iter().map(|k| object_record(k))).await?, forgotten_before)
     };

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use shared::ids::sha256_hex;
 
 use super::*;
-use crate::state::{Compaction, MANIFEST_KEY, Manifest, lookup};
+use crate::state::{Compaction, MANIFEST_KEY, Manifest, Settings, ShardCounts, lookup};
 use crate::storage::FsStore;
 
 fn now() -> UtcTime {
@@ -12,17 +12,19 @@ fn now() -> UtcTime {
 }
 
 /// Few shards, and commits that write deltas (folded every fourth commit) so that reads go through them.
-fn small() -> IngestConfig {
-    IngestConfig {
+fn small() -> RunConfig {
+    let state = Settings {
         shards: ShardCounts { ids: 8, profiles: 8, dedup: 4 },
         compaction: Compaction { max_deltas: 3, max_delta_ratio: f64::INFINITY, min_fold_bytes: 0 },
-        ..IngestConfig::default()
-    }
+        ..Settings::default()
+    };
+    RunConfig { state, ..RunConfig::default() }
 }
 
 /// [`small`], rewriting the changed shards whole at every commit.
-fn always_folding() -> IngestConfig {
-    IngestConfig { compaction: Compaction::always(), ..small() }
+fn always_folding() -> RunConfig {
+    let small = small();
+    RunConfig { state: Settings { compaction: Compaction::always(), ..small.state }, ..small }
 }
 
 /// Every identifier and profile id of `store`'s state, each with what `lookup` answers for it.
@@ -156,8 +158,9 @@ async fn an_object_of_old_events_delivered_again_and_after_a_compaction_changes_
 
     // A commit that folds every delta into whole shards, forgetting messageIds past the window.
     let later = now().add_millis(2 * hour).unwrap();
-    let mut fold = Transaction::begin(&store, small().shards).await.unwrap().with_compaction(Compaction::always());
-    fold.fresh(Vec::new(), later, small().dedup_window_ms).await.unwrap();
+    let mut fold =
+        Transaction::begin(&store, small().state.shards).await.unwrap().with_compaction(Compaction::always());
+    fold.fresh(Vec::new(), later, small().state.dedup_window_ms).await.unwrap();
     assert!(fold.commit().await.unwrap().compacted, "the state was compacted");
 
     let after = ingest(&store, keys, &small(), now().add_millis(3 * hour).unwrap()).await.unwrap();
@@ -362,11 +365,11 @@ async fn malformed_objects_are_quarantined_and_good_lines_applied() {
     assert_eq!(report.applied, 2, "ok-1 and ok-2 from the object with a bad line");
     assert!(report.quarantined >= 2, "the bad line and the damaged tail");
     let q = store.get(&format!("failed/ingest/{bad_key}")).await.unwrap().expect("quarantine object");
-    let q: Vec<read::Quarantined> = shared::storage::decode_ndjson_gz(&q.body).unwrap();
+    let q: Vec<crate::raw::Quarantined> = shared::storage::decode_ndjson_gz(&q.body).unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].line, 2);
     assert!(q[0].reason.starts_with("not a canonical event"), "{}", q[0].reason);
-    let cut: Vec<read::Quarantined> =
+    let cut: Vec<crate::raw::Quarantined> =
         shared::storage::decode_ndjson_gz(&store.get(&format!("failed/ingest/{cut_key}")).await.unwrap().unwrap().body)
             .unwrap();
     assert!(cut.iter().any(|q| q.line == 0 && q.reason.contains("gzip")), "{cut:?}");
@@ -407,17 +410,17 @@ async fn two_writers_at_once_lose_no_update() {
         assert!(lookup(&store, &format!("user_id:user-{i}")).await.unwrap().is_some(), "user-{i}");
     }
     // Forced conflict: a transaction that started before another commit is fenced.
-    let stale = Transaction::begin(&store, config.shards).await.unwrap();
-    let mut fresh = Transaction::begin(&store, config.shards).await.unwrap();
+    let stale = Transaction::begin(&store, config.state.shards).await.unwrap();
+    let mut fresh = Transaction::begin(&store, config.state.shards).await.unwrap();
     let extra =
         put_batch(&store, 40, json!([ev("track", "late", 1, json!({"userId": "late"}), json!({"event": "X"}))])).await;
     let events = read_object(&store, &extra).await.unwrap().unwrap().events;
-    let events = fresh.fresh(events, now(), config.dedup_window_ms).await.unwrap();
+    let events = fresh.fresh(events, now(), config.state.dedup_window_ms).await.unwrap();
     apply(&mut fresh, &events, &config, now()).await.unwrap();
     fresh.commit().await.unwrap();
     let mut stale = stale;
     let events = read_object(&store, &extra).await.unwrap().unwrap().events;
-    stale.fresh(events, now(), config.dedup_window_ms).await.unwrap();
+    stale.fresh(events, now(), config.state.dedup_window_ms).await.unwrap();
     assert!(matches!(stale.commit().await, Err(Error::Store(StoreError::PreconditionFailed))));
     assert_eq!(attempts.iter().filter(|&&n| n == 1).count(), 1, "one writer commits first: {attempts:?}");
     assert!(attempts.iter().sum::<u32>() >= 5, "the other two were fenced and re-ran: {attempts:?}");
@@ -517,7 +520,9 @@ fn deltas_and_whole_shards_give_the_same_state_for_any_batches() {
         runtime.block_on(async {
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (deltas, whole) = (FsStore::open(a.path()).unwrap(), FsStore::open(b.path()).unwrap());
-            let policy = IngestConfig { compaction: Compaction { max_deltas, max_delta_ratio: f64::INFINITY, min_fold_bytes: 0 }, ..small() };
+            let small = small();
+            let compaction = Compaction { max_deltas, max_delta_ratio: f64::INFINITY, min_fold_bytes: 0 };
+            let policy = RunConfig { state: Settings { compaction, ..small.state }, ..small };
             // Person p browses on device d; some events log in as user p, some carry an email shared by p's pair.
             let events: Vec<Value> = events.iter().enumerate().map(|(i, (p, d, email, login))| {
                 let mut ids = json!({"anonymousId": format!("anon-{p}-{d}")});
@@ -593,8 +598,9 @@ async fn ingest_puts_audience_entries_triggers_and_changes_in_the_outbox_once() 
     let store = FsStore::open(dir.path()).unwrap();
     activation_config(&store).await;
     // As after the first full recompute: the statistical tag's state is complete, so ingest serves it.
-    let config = IngestConfig { ready: [("spend".to_string(), 1)].into(), ..IngestConfig::load(&store).await.unwrap() };
-    assert!(config.activation.is_some());
+    let mut config = RunConfig::load(&store).await.unwrap();
+    config.snapshot.ready = [("spend".to_string(), 1)].into();
+    assert!(config.snapshot.activation.is_some());
     let first = put_batch(
         &store,
         1,
@@ -666,8 +672,8 @@ async fn a_profile_merged_away_leaves_its_audiences_at_partners() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
         activation_config(&store).await;
-        let config =
-            IngestConfig { ready: [("spend".to_string(), 1)].into(), ..IngestConfig::load(&store).await.unwrap() };
+        let mut config = RunConfig::load(&store).await.unwrap();
+        config.snapshot.ready = [("spend".to_string(), 1)].into();
         let (visitor, user) = if big_first { (120, 10) } else { (10, 120) };
         for (seed, batch) in [
             (1, json!([order("m1", 1, json!({"anonymousId": "a1"}), visitor)])),
@@ -721,7 +727,7 @@ async fn an_event_denying_a_purpose_reaches_no_destination_serving_it() {
          "send": {"events": [{"events": ["Order Completed"]}]}}
     ]);
     store.put("config/destinations.json", destinations.to_string().into_bytes(), PutOptions::json()).await.unwrap();
-    let config = IngestConfig::load(&store).await.unwrap();
+    let config = RunConfig::load(&store).await.unwrap();
     let order = |msg: &str, sec: u32, marketing: bool| {
         ev(
             "track",

@@ -2,11 +2,13 @@
 //! erasure's rewrite, and the tagging function reading it with the same results as from raw objects.
 
 use serde_json::{Value, json};
+use shared::storage::keys;
 
 use std::sync::Arc;
 
 use super::*;
-use crate::ingest::{IngestConfig, ingest};
+use crate::ingest::ingest;
+use crate::snapshot::RunConfig;
 use crate::storage::FsStore;
 use crate::testing::put_batch;
 
@@ -289,11 +291,11 @@ async fn the_full_recompute_reads_the_lake_with_the_same_results() {
     {
         keys.push(put_batch(&store, seed as u8 + 1, batch, t0).await);
     }
-    let config = IngestConfig::load(&store).await.unwrap();
+    let config = RunConfig::load(&store).await.unwrap();
     ingest(&store, &keys, &config, t0).await.unwrap();
     let now = at("2026-11-29T12:00:00Z");
     let values = |store: FsStore| async move {
-        let object = store.get("tags/v1/values.json.gz").await.unwrap().unwrap();
+        let object = store.get(keys::TAG_VALUES).await.unwrap().unwrap();
         serde_json::from_slice::<Value>(&shared::storage::gunzip(&object.body).unwrap()).unwrap()
     };
     let from_raw = crate::tagging::full_recompute(&store, now).await.unwrap();

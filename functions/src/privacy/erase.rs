@@ -1,5 +1,6 @@
 //! Carrying out erasures: see the module documentation of [`super`].
 
+use shared::storage::keys;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -11,7 +12,7 @@ use shared::time::UtcTime;
 
 use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, event_keys, save};
 use crate::Error;
-use crate::activation::dispatch::{DESTINATIONS_CONFIG, FORGET, Forget, OUTBOX, forget_stored, stage};
+use crate::activation::dispatch::{FORGET, Forget, OUTBOX, forget_stored, stage};
 use crate::state::{Compaction, ShardCounts, Transaction, collect_garbage, lookup};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
@@ -88,7 +89,7 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
     scrub_outbox(store, &erasure.profiles, &mut request.outcome).await?;
 
     let destinations: Vec<DestinationDefinition> =
-        crate::config::read(store, DESTINATIONS_CONFIG).await?.unwrap_or_default();
+        crate::config::read(store, keys::CONFIG_DESTINATIONS).await?.unwrap_or_default();
     if destinations.is_empty() {
         forget_stored(store, &erasure.profiles, &BTreeSet::new()).await?;
     } else {
@@ -201,12 +202,13 @@ async fn finish<S: ObjectStore + Clone>(
 /// After completion: drops from `noticesPending` each deletion notice its destination took (delivered or
 /// given up on), and those of destinations no longer configured.
 async fn follow_notices<S: ObjectStore>(store: &S, request: &mut PrivacyRequest) -> Result<(), Error> {
-    let configured: BTreeSet<String> = crate::config::read::<_, Vec<DestinationDefinition>>(store, DESTINATIONS_CONFIG)
-        .await?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let configured: BTreeSet<String> =
+        crate::config::read::<_, Vec<DestinationDefinition>>(store, keys::CONFIG_DESTINATIONS)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
     let mut settled_now = Vec::new();
     for (at, item) in &request.notices_pending {
         let destination = at.split('\n').next().unwrap_or_default();
@@ -380,7 +382,7 @@ async fn scrub_derived<S: ObjectStore>(
     outcome: &mut super::Outcome,
 ) -> Result<(), Error> {
     let gz = || PutOptions { content_type: Some("application/gzip"), ..PutOptions::json() };
-    if let Some(object) = store.get("tags/v1/values.json.gz").await?
+    if let Some(object) = store.get(keys::TAG_VALUES).await?
         && let Ok(json) = shared::storage::gunzip(&object.body)
         && let Ok(mut values) = serde_json::from_slice::<Value>(&json)
         && let Some(map) = values.get_mut("profiles").and_then(Value::as_object_mut)
@@ -388,7 +390,7 @@ async fn scrub_derived<S: ObjectStore>(
         let before = map.len();
         map.retain(|id, _| !profiles.contains(id));
         if map.len() != before {
-            store.put("tags/v1/values.json.gz", shared::storage::gzip(values.to_string().as_bytes()), gz()).await?;
+            store.put(keys::TAG_VALUES, shared::storage::gzip(values.to_string().as_bytes()), gz()).await?;
             outcome.objects += 1;
         }
     }

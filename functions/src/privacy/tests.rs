@@ -6,7 +6,8 @@ use shared::ids::sha256_hex;
 use shared::time::UtcTime;
 
 use super::*;
-use crate::ingest::{IngestConfig, ingest};
+use crate::ingest::ingest;
+use crate::snapshot::RunConfig;
 use crate::storage::FsStore;
 use crate::testing::collect_into;
 
@@ -54,7 +55,7 @@ fn everything(dir: &std::path::Path) -> Vec<(String, String)> {
 
 async fn ingest_all(store: &FsStore, keys: &[Option<String>]) {
     let keys: Vec<String> = keys.iter().flatten().cloned().collect();
-    let config = IngestConfig::load(store).await.unwrap();
+    let config = RunConfig::load(store).await.unwrap();
     ingest(store, &keys, &config, now()).await.unwrap();
 }
 
@@ -141,7 +142,7 @@ async fn after_an_erasure_no_object_holds_the_person() {
         now(),
     )
     .await;
-    let config = IngestConfig::load(&store).await.unwrap();
+    let config = RunConfig::load(&store).await.unwrap();
     let report = ingest(&store, &[late.unwrap()], &config, now()).await.unwrap();
     assert_eq!(report.suppressed, 1);
     // and the lake leaves it out.
@@ -186,7 +187,7 @@ async fn suppressed_identifiers_are_dropped_at_ingest_and_counted() {
         now(),
     )
     .await;
-    let config = IngestConfig::load(&store).await.unwrap();
+    let config = RunConfig::load(&store).await.unwrap();
     let report = ingest(&store, &[later.clone().unwrap()], &config, now()).await.unwrap();
     assert_eq!((report.suppressed, report.applied), (1, 1));
     assert_eq!(dropped_total(&store).await.unwrap(), 1);
@@ -196,7 +197,7 @@ async fn suppressed_identifiers_are_dropped_at_ingest_and_counted() {
     submit(&store, RequestKind::Unsuppress, &["user_id:user-2077".into()], Actor::cli("test"), now()).await.unwrap();
     let (again, _) =
         collect_into(&store, 3, json!([ev("page", "m4", json!({"userId": "user-2077", "name": "Back"}))]), now()).await;
-    let config = IngestConfig::load(&store).await.unwrap();
+    let config = RunConfig::load(&store).await.unwrap();
     assert_eq!(ingest(&store, &[again.unwrap()], &config, now()).await.unwrap().applied, 1);
 
     let bad = submit(&store, RequestKind::Suppress, &["nonsense".into()], Actor::cli("test"), now()).await;

@@ -287,10 +287,33 @@ fn state_object(folder: &str, version: u64, json: &[u8]) -> (String, Vec<u8>) {
 impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
     /// Starts from the current manifest (a new, empty state with `counts` if there is none) and reads its
     /// outstanding deltas.
+    /// Reads the deployment's vault first ([`crate::vault::for_store`]); a run that loaded its configuration
+    /// once passes that configuration's vault to [`Transaction::begin_sealed`] instead.
     pub async fn begin(store: &'s S, counts: ShardCounts) -> Result<Self, Error> {
         let (manifest, vault) = tokio::join!(store.get(MANIFEST_KEY), crate::vault::for_store(store));
-        let vault = vault?;
-        let (manifest, etag) = match manifest? {
+        Self::start(store, counts, manifest?, vault?).await
+    }
+
+    /// [`Transaction::begin`] with personal traits sealed and opened by `vault`, the vault of a configuration
+    /// loaded once. Without one (a configuration not loaded from the store, or a store without a data key), the
+    /// store's own is read as [`Transaction::begin`] does, so nothing is ever written in clear beside sealed values.
+    pub async fn begin_sealed(store: &'s S, counts: ShardCounts, vault: Option<Arc<Vault>>) -> Result<Self, Error> {
+        match vault {
+            Some(vault) => {
+                let manifest = store.get(MANIFEST_KEY).await?;
+                Self::start(store, counts, manifest, Some(vault)).await
+            }
+            None => Self::begin(store, counts).await,
+        }
+    }
+
+    async fn start(
+        store: &'s S,
+        counts: ShardCounts,
+        manifest: Option<crate::storage::Object>,
+        vault: Option<Arc<Vault>>,
+    ) -> Result<Self, Error> {
+        let (manifest, etag) = match manifest {
             Some(object) => {
                 let manifest: Manifest =
                     serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{MANIFEST_KEY}: {e}")))?;

@@ -142,3 +142,46 @@ impl<S: ObjectStore> ObjectStore for Gated<S> {
         self.inner.delete(key).await
     }
 }
+
+/// A store that counts the reads of each key (whole and ranged): tests of how often something is read use it.
+#[derive(Clone)]
+pub struct Recording<S> {
+    inner: S,
+    reads: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+impl<S: ObjectStore> Recording<S> {
+    /// Counts the reads made through it of `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner, reads: Default::default() }
+    }
+
+    /// The reads of every key read since the last call (and starts counting afresh).
+    pub fn take(&self) -> std::collections::BTreeMap<String, usize> {
+        std::mem::take(&mut *self.reads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn count(&self, key: &str) {
+        *self.reads.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default() += 1;
+    }
+}
+
+impl<S: ObjectStore> ObjectStore for Recording<S> {
+    async fn put(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<String, StoreError> {
+        self.inner.put(key, body, options).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<super::Object>, StoreError> {
+        self.count(key);
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.count(key);
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<super::ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}

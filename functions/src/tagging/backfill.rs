@@ -27,6 +27,7 @@
 //! dedup, received within the dedup window) are left out, and ingest adds them to the new state when it
 //! applies them.
 
+use shared::storage::keys;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
@@ -36,7 +37,7 @@ use shared::time::UtcTime;
 use super::profiles::{Profiles, Reading};
 use super::spill::Spill;
 use crate::Error;
-use crate::ingest::IngestConfig;
+use crate::snapshot::{RunConfig, ready};
 use crate::state::{Compaction, Transaction};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
@@ -106,14 +107,6 @@ fn job(pending: &[TagDefinition]) -> String {
     shared::ids::sha256_hex(&joined.join("\n"))[..16].to_string()
 }
 
-/// Which version of each statistical tag has complete incremental state.
-pub const READY_KEY: &str = "tags/v1/ready.json";
-
-/// The ready versions by tag id (none before the first backfill).
-pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, Error> {
-    Ok(crate::config::read(store, READY_KEY).await?.unwrap_or_default())
-}
-
 /// The statistical tags of `tags` whose version is not ready: what [`backfill`] will rebuild.
 pub(crate) async fn pending<S: ObjectStore>(store: &S, tags: &TagSet) -> Result<Vec<TagDefinition>, Error> {
     Ok(pending_in(tags, &ready(store).await?))
@@ -132,7 +125,8 @@ pub async fn backfill<S: ObjectStore + Clone>(
     values: &BTreeMap<String, BTreeMap<String, Value>>,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
-    backfill_by(store, tags, &|id| Ok(values.get(id).cloned().unwrap_or_default()), now, super::BATCH).await
+    let config = RunConfig::load(store).await?;
+    backfill_by(store, &config, tags, &|id| Ok(values.get(id).cloned().unwrap_or_default()), now, super::BATCH).await
 }
 
 /// A profile's tag values by its id.
@@ -141,6 +135,7 @@ pub(crate) type ValuesOf<'v> = dyn Fn(&str) -> Result<BTreeMap<String, Value>, E
 /// [`backfill`] with `values` looked up by profile id and batches of about `batch` profiles.
 pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     store: &S,
+    config: &RunConfig,
     tags: &TagSet,
     values: &ValuesOf<'_>,
     now: UtcTime,
@@ -157,7 +152,6 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     let job = job(&pending);
     // What the rebuilt tags read of an event's properties.
     let wanted = rebuilt.properties();
-    let config = IngestConfig::load(store).await?;
     let now_ms = now.unix_millis();
     // The profiles and their events as of a state version.
     let mut read: Option<Read> = None;
@@ -170,7 +164,9 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
         // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
-        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(Compaction::always());
+        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
+            .await?
+            .with_compaction(Compaction::always());
         let version = txn.manifest().version;
         if read.as_ref().is_none_or(|r| batch >= r.spill.chunks()) {
             // At the end, unless nothing happened since the read: read again, and rebuild the profiles read before
@@ -186,7 +182,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 }
             }
             let before = read.take().map(|r| r.profiles);
-            let profiles = Profiles::read(store, Reading::Backfill(&job)).await?;
+            let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Backfill(&job)).await?;
             if shards_per_batch == 0 {
                 let count = profiles.shards().max(1);
                 let per_shard = profiles.len().div_ceil(count as usize).max(1);
@@ -199,7 +195,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             if !todo.contains(&true) {
                 break;
             }
-            let next = Read::new(store, &config.identity, profiles, todo, shards_per_batch, &wanted).await?;
+            let next = Read::new(store, &config.snapshot.identity, profiles, todo, shards_per_batch, &wanted).await?;
             (batch, skipped) = (next.next(0), 0);
             read = Some(next);
         }
@@ -211,7 +207,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         // Events received before the dedup window are taken as applied (ingest may have forgotten their
         // messageIds); the window runs from application, never before receipt, so ingest remembers every
         // later event it applied.
-        let forgotten_before = now_ms - config.dedup_window_ms;
+        let forgotten_before = now_ms - config.state.dedup_window_ms;
         let recent: Vec<String> = rows
             .iter()
             .filter(|(_, e)| e.received_at >= forgotten_before)
@@ -264,14 +260,14 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 }
                 (batch, attempt, skipped) = (batch + 1, 0, skipped + passed_over);
             }
-            Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.max_attempts => {
+            Err(Error::Store(StoreError::PreconditionFailed)) if attempt + 1 < config.state.max_attempts => {
                 attempt += 1;
                 tracing::info!(batch, attempt, "another writer committed first; running the batch again");
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
                 return Err(Error::Store(StoreError::Unavailable(format!(
                     "state kept changing for {} attempts",
-                    config.max_attempts
+                    config.state.max_attempts
                 ))));
             }
             Err(e) => return Err(e),
@@ -281,6 +277,6 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         ready.insert(tag.id.clone(), tag.version);
     }
     let body = serde_json::to_vec_pretty(&ready).map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put(READY_KEY, body, PutOptions::json()).await?;
+    store.put(keys::TAGS_READY, body, PutOptions::json()).await?;
     Ok(pending.iter().map(|t| t.id.clone()).collect())
 }

@@ -13,9 +13,10 @@ use shared::activation::lane::Message;
 use shared::audiences::AudienceSet;
 use shared::time::UtcTime;
 
+use super::Writes;
 use super::profiles::Profiles;
 use crate::Error;
-use crate::ingest::{Activation, IngestConfig};
+use crate::snapshot::{Activation, RunConfig};
 use crate::state::Transaction;
 use crate::storage::{ObjectStore, StoreError};
 
@@ -24,14 +25,13 @@ use crate::storage::{ObjectStore, StoreError};
 /// transactions of at most `batch` profiles (in number order, so each reads few shards; a transaction holds
 /// its profiles whole, and their messages), each committed with its own messages staged. Returns the changes recorded.
 pub(crate) async fn record<S: ObjectStore + Clone>(
-    store: &S,
+    writes: Writes<'_, S>,
     audiences: &AudienceSet,
     members: &[Vec<u32>],
     profiles: &Profiles,
     activation: Option<&Activation>,
-    now: UtcTime,
-    batch: usize,
 ) -> Result<usize, Error> {
+    let Writes { store, config, now, batch } = writes;
     let ids: Vec<&str> = audiences.audiences().iter().map(|a| a.id.as_str()).collect();
     // The profiles to record, with whether each is to be a member of each audience.
     let mut decided: Vec<(u32, Vec<bool>)> = Vec::new();
@@ -50,7 +50,6 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
     if decided.is_empty() {
         return Ok(0);
     }
-    let config = IngestConfig::load(store).await?;
     let mut recorded = 0;
     for batch in decided.chunks(batch.max(1)) {
         let batch: BTreeMap<String, BTreeMap<String, bool>> = batch
@@ -60,7 +59,7 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
                 (profiles.id(*n).to_string(), wanted)
             })
             .collect();
-        recorded += record_batch(store, &config, &batch, profiles, activation, now).await?;
+        recorded += record_batch(store, config, &batch, profiles, activation, now).await?;
     }
     Ok(recorded)
 }
@@ -68,15 +67,17 @@ pub(crate) async fn record<S: ObjectStore + Clone>(
 /// Records `decided` (profile id → audience → member) in one transaction with its messages.
 async fn record_batch<S: ObjectStore + Clone>(
     store: &S,
-    config: &IngestConfig,
+    config: &RunConfig,
     decided: &BTreeMap<String, BTreeMap<String, bool>>,
     profiles: &Profiles,
     activation: Option<&Activation>,
     now: UtcTime,
 ) -> Result<usize, Error> {
     let changing: BTreeSet<String> = decided.keys().cloned().collect();
-    for attempt in 1..=config.max_attempts.max(1) {
-        let mut txn = Transaction::begin(store, config.shards).await?.with_compaction(config.compaction);
+    for attempt in 1..=config.state.max_attempts.max(1) {
+        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
+            .await?
+            .with_compaction(config.state.compaction);
         let mut messages: Vec<Message> = Vec::new();
         let mut recorded = 0;
         txn.update_profiles(&changing, |id, profile| {
@@ -112,5 +113,8 @@ async fn record_batch<S: ObjectStore + Clone>(
             }
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!("state kept changing for {} attempts", config.max_attempts))))
+    Err(Error::Store(StoreError::Unavailable(format!(
+        "state kept changing for {} attempts",
+        config.state.max_attempts
+    ))))
 }

@@ -19,21 +19,23 @@
 //! - `tags/v1/report.json`: [`Report`];
 //! - `deliveries/v1/synced.json`: which audiences each destination has been sent in full ([`sync`]).
 
+use shared::storage::keys::{self, TAGS_REPORT};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shared::audiences::{AudienceDefinition, AudienceSet, InsightCounts, Snapshot};
-use shared::tags::{Catalog, EventView, ProductConfig, ProductTags, TagDefinition, TagSet, event_table, profile_table};
+use shared::audiences::{InsightCounts, Snapshot};
+use shared::tags::{EventView, ProductTags, event_table, profile_table};
 use shared::time::UtcTime;
 
-pub use backfill::{READY_KEY, backfill, ready};
+pub use backfill::backfill;
 pub use sync::SYNCED;
 
 use crate::Error;
-use crate::ingest::read_object;
 use crate::lake::TagEvent;
+use crate::raw::read_object;
+use crate::snapshot::RunConfig;
 use crate::storage::{ObjectStore, PutOptions};
 use profiles::{ProfileIds, Profiles, Reading};
 use spill::{Scratch, Spill};
@@ -41,20 +43,8 @@ use spill::{Scratch, Spill};
 /// Over-represented values kept per audience (`audiences/v1/<id>/insight.json`).
 const INSIGHTS: usize = 10;
 
-/// Where the tag definitions live.
-pub const TAGS_CONFIG: &str = "config/tags.json";
-/// Where the audience definitions live.
-pub const AUDIENCES_CONFIG: &str = "config/audiences.json";
 /// Profiles evaluated together by the columnar engine.
 const RECOMPUTE_CHUNK: usize = 10_000;
-
-/// How product tags are read from events ([`ProductConfig`]; defaults when absent).
-pub const PRODUCTS_CONFIG: &str = "config/products.json";
-/// Product tags: `{"computedAt": ms, "products": {product id: ProductTag}}`.
-pub const PRODUCTS_KEY: &str = "products/v1/tags.json.gz";
-
-/// The latest computation's report.
-pub const REPORT_KEY: &str = "tags/v1/report.json";
 
 /// What a computation found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,30 +106,6 @@ pub struct AudienceReport {
     pub entered: usize,
     /// Profiles that exited.
     pub exited: usize,
-}
-
-/// Reads the definitions (none when a file is absent); a file that does not parse is a configuration error
-/// naming the file and the problem.
-pub async fn load_definitions<S: ObjectStore>(
-    store: &S,
-) -> Result<(Vec<TagDefinition>, Vec<AudienceDefinition>), Error> {
-    let tags = crate::config::read(store, TAGS_CONFIG).await?.unwrap_or_default();
-    Ok((tags, crate::config::read(store, AUDIENCES_CONFIG).await?.unwrap_or_default()))
-}
-
-/// Checks definitions; all problems in one configuration error.
-pub fn check(
-    tags: &[TagDefinition],
-    audiences: &[AudienceDefinition],
-    catalog: &Catalog,
-) -> Result<(TagSet, AudienceSet), Error> {
-    let problems = |errors: Vec<shared::tags::DefinitionError>, file: &str| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        Error::Config(shared::Error::Config(format!("{file}: {}", list.join("; "))))
-    };
-    let tag_set = TagSet::check(tags, catalog).map_err(|e| problems(e, TAGS_CONFIG))?;
-    let audience_set = AudienceSet::check(audiences, &tag_set, catalog).map_err(|e| problems(e, AUDIENCES_CONFIG))?;
-    Ok((tag_set, audience_set))
 }
 
 /// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;
@@ -353,7 +319,16 @@ fn write_error(e: std::io::Error) -> Error {
 /// counts, product tags). Memory holds the profiles' columns, a chunk per core, the members (profile numbers),
 /// and the values written so far (compressed; also to a temporary file when a tag version is to be backfilled).
 pub async fn full_recompute<S: ObjectStore + Clone>(store: &S, now: UtcTime) -> Result<Report, Error> {
-    recompute_by(store, now, RECOMPUTE_CHUNK, BATCH).await
+    full_recompute_with(store, &RunConfig::load(store).await?, now).await
+}
+
+/// [`full_recompute`] with the configuration a run has loaded.
+pub async fn full_recompute_with<S: ObjectStore + Clone>(
+    store: &S,
+    config: &RunConfig,
+    now: UtcTime,
+) -> Result<Report, Error> {
+    recompute_by(store, config, now, RECOMPUTE_CHUNK, BATCH).await
 }
 
 /// The C library's malloc arenas the tagging function runs with (`MALLOC_ARENA_MAX`, set by the Terraform
@@ -366,24 +341,41 @@ pub const MALLOC_ARENAS: &str = "2";
 /// the initial sync), about: a transaction holds its profiles whole.
 pub(crate) const BATCH: usize = 10_000;
 
+/// How the full recompute's writers (the memberships recorded, the initial sync) write to the state: to which
+/// store, with the run's configuration, at what time, and about how many profiles per transaction.
+pub(crate) struct Writes<'a, S> {
+    store: &'a S,
+    config: &'a RunConfig,
+    now: UtcTime,
+    batch: usize,
+}
+
+impl<S> Clone for Writes<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Writes<'_, S> {}
+
 /// [`full_recompute`] with `per_chunk` profiles per chunk and state transactions of about `batch` profiles
 /// (the results depend on neither).
 async fn recompute_by<S: ObjectStore + Clone>(
     store: &S,
+    config: &RunConfig,
     now: UtcTime,
     per_chunk: usize,
     batch: usize,
 ) -> Result<Report, Error> {
-    let (tag_defs, audience_defs) = load_definitions(store).await?;
-    let (tags, audiences) = check(&tag_defs, &audience_defs, &Catalog::default())?;
-    let identity: shared::identity::IdentityRules =
-        crate::config::read(store, crate::ingest::IDENTITY_CONFIG).await?.unwrap_or_default();
+    let checked = config.snapshot.checked()?;
+    let (tags, audiences) = (&checked.tags, &checked.audiences);
+    let identity = &config.snapshot.identity;
     let audience_ids: Vec<String> = audiences.audiences().iter().map(|a| a.id.clone()).collect();
-    let profiles = Profiles::read(store, Reading::Recompute(&audience_ids)).await?;
+    let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&audience_ids)).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
 
-    let products_config: ProductConfig = crate::config::read(store, PRODUCTS_CONFIG).await?.unwrap_or_default();
+    let products_config = checked.products.clone();
     let trait_names = tags.traits();
     let mut properties = tags.properties();
     for p in [&products_config.product, &products_config.category, &products_config.revenue, &products_config.quantity]
@@ -402,7 +394,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     // Events go to their profile's chunk.
     let mut spill = Spill::new(profiles.len(), per_chunk)?.keeping(wanted.clone());
     let mut unresolved = HashSet::new();
-    read_events(store, &identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
+    read_events(store, identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
         Some(n) => spill.push(n, &event),
         None => {
             unresolved.insert(event.dedup_key);
@@ -420,7 +412,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
 
     // First pass, only for population tags (propensity, RFM, affinity): fit their models.
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut trainer = crate::predict::Trainer::new(&tags, now_ms);
+    let mut trainer = crate::predict::Trainer::new(tags, now_ms);
     if trainer.needed() {
         let table = |c: usize| Ok(event_table(ChunkEvents::read(&spill, c, &wanted)?.views(), &properties));
         in_order(spill.chunks(), threads, table, |c, table| {
@@ -430,7 +422,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let (population, fitted) = trainer.finish();
     for (id, model) in &population.models {
         let body = serde_json::to_vec_pretty(model).map_err(|e| Error::Corrupt(e.to_string()))?;
-        store.put(&format!("tags/v1/models/{id}.json"), body, PutOptions::json()).await?;
+        store.put(&keys::tag_model(id), body, PutOptions::json()).await?;
     }
     report.models = fitted;
 
@@ -462,7 +454,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
         Ok(Evaluated { events: events.rows.len(), table, profiles: evaluated })
     };
     // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
-    let mut kept = match backfill::pending(store, &tags).await?.is_empty() {
+    let mut kept = match backfill::pending(store, tags).await?.is_empty() {
         true => None,
         false => Some(Keeping::new()?),
     };
@@ -504,15 +496,16 @@ async fn recompute_by<S: ObjectStore + Clone>(
     report.products = products.len();
     let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put(PRODUCTS_KEY, shared::storage::gzip(&body), gz()).await?;
-    store.put("tags/v1/values.json.gz", values.finish()?, gz()).await?;
-    match crate::ingest::Activation::load_with(store, &audiences, &audience_defs, &tags).await? {
+    store.put(keys::PRODUCT_TAGS, shared::storage::gzip(&body), gz()).await?;
+    store.put(keys::TAG_VALUES, values.finish()?, gz()).await?;
+    let writes = Writes { store, config, now, batch };
+    match config.snapshot.activation_with(&checked) {
         Ok(activation) => {
             if let Some(activation) = &activation {
-                report.initial_sync = sync::initial(store, activation, &profiles, now, batch).await?;
+                report.initial_sync = sync::initial(writes, activation, &profiles).await?;
             }
             report.membership_changes =
-                memberships::record(store, &audiences, &members, &profiles, activation.as_ref(), now, batch).await?;
+                memberships::record(writes, audiences, &members, &profiles, activation.as_ref()).await?;
         }
         // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
         Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
@@ -521,13 +514,11 @@ async fn recompute_by<S: ObjectStore + Clone>(
     for (audience, now_members) in audience_ids.iter().zip(&members) {
         let ranked = insight.top(audience, INSIGHTS);
         let body = serde_json::json!({"computedAt": now_ms, "size": now_members.len(), "values": ranked});
-        store
-            .put(&format!("audiences/v1/{audience}/insight.json"), body.to_string().into_bytes(), PutOptions::json())
-            .await?;
+        store.put(&keys::audience(audience, "insight.json"), body.to_string().into_bytes(), PutOptions::json()).await?;
     }
     for (audience, now_members) in audience_ids.iter().zip(members) {
         let now_members: BTreeSet<String> = now_members.into_iter().map(|n| profiles.id(n).to_string()).collect();
-        let key = format!("audiences/v1/{audience}/snapshot.json.gz");
+        let key = keys::audience(audience, "snapshot.json.gz");
         let previous: Snapshot = match store.get(&key).await? {
             Some(object) => shared::storage::gunzip(&object.body)
                 .ok()
@@ -544,7 +535,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
             let body = serde_json::json!({"computedAt": now_ms, "entered": diff.entered, "exited": diff.exited});
             store
                 .put(
-                    &format!("audiences/v1/{audience}/diffs/{now_ms:013}.json"),
+                    &keys::audience(audience, &format!("diffs/{now_ms:013}.json")),
                     body.to_string().into_bytes(),
                     PutOptions::json(),
                 )
@@ -557,10 +548,10 @@ async fn recompute_by<S: ObjectStore + Clone>(
     if let Some(kept) = kept {
         // Of the profiles, only their ids stay: to find each one's values.
         let kept = kept.finish(profiles.into_ids())?;
-        report.backfilled = backfill::backfill_by(store, &tags, &|id| kept.get(id), now, batch).await?;
+        report.backfilled = backfill::backfill_by(store, config, tags, &|id| kept.get(id), now, batch).await?;
     }
     let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
-    store.put(REPORT_KEY, body, PutOptions::json()).await?;
+    store.put(keys::TAGS_REPORT, body, PutOptions::json()).await?;
     Ok(report)
 }
 
@@ -570,10 +561,10 @@ fn gz() -> PutOptions {
 
 /// The latest report, if any computation ran.
 pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, Error> {
-    match store.get(REPORT_KEY).await? {
+    match store.get(keys::TAGS_REPORT).await? {
         None => Ok(None),
         Some(object) => {
-            serde_json::from_slice(&object.body).map(Some).map_err(|e| Error::Corrupt(format!("{REPORT_KEY}: {e}")))
+            serde_json::from_slice(&object.body).map(Some).map_err(|e| Error::Corrupt(format!("{TAGS_REPORT}: {e}")))
         }
     }
 }

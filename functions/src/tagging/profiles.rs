@@ -288,8 +288,12 @@ fn fingerprint(hasher: &RandomState, memberships: &BTreeMap<String, Membership>)
 impl Profiles {
     /// Reads the current state: profile shards first (numbering the profiles), then identifiers shards; keeps
     /// the columns `reading` needs (the others stay empty, and their accessors are not to be called).
-    pub(crate) async fn read<S: ObjectStore + Clone>(store: &S, reading: Reading<'_>) -> Result<Self, Error> {
-        let txn = Transaction::begin(store, ShardCounts::default()).await?;
+    pub(crate) async fn read<S: ObjectStore + Clone>(
+        store: &S,
+        vault: Option<Arc<crate::vault::Vault>>,
+        reading: Reading<'_>,
+    ) -> Result<Self, Error> {
+        let txn = Transaction::begin_sealed(store, ShardCounts::default(), vault).await?;
         let version = txn.manifest().version;
         let hashers = (RandomState::new(), RandomState::new());
         let audiences = match reading {

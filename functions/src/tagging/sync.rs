@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shared::activation::ProfileNow;
 use shared::activation::lane::Message;
-use shared::time::UtcTime;
 
+use super::Writes;
 use super::profiles::Profiles;
 use crate::Error;
-use crate::ingest::{Activation, IngestConfig};
+use crate::snapshot::Activation;
 use crate::state::Transaction;
 use crate::storage::{ObjectStore, PutOptions};
 
@@ -28,12 +28,11 @@ pub const SYNCED: &str = "deliveries/v1/synced.json";
 /// read), to the destinations that subscribed, `batch` members at a time; returns the items staged. Runs
 /// before the recompute records its own changes, which then reach every subscribed destination alike.
 pub(crate) async fn initial<S: ObjectStore + Clone>(
-    store: &S,
+    writes: Writes<'_, S>,
     activation: &Activation,
     profiles: &Profiles,
-    now: UtcTime,
-    batch: usize,
 ) -> Result<usize, Error> {
+    let Writes { store, config, now, batch } = writes;
     let audiences: BTreeSet<&String> = activation.audiences.audiences().iter().map(|a| &a.id).collect();
     let synced: BTreeMap<String, BTreeSet<String>> = crate::config::read(store, SYNCED).await?.unwrap_or_default();
     let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -55,12 +54,11 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
         let due_at: Vec<usize> = due.keys().filter_map(|a| profiles.audience(a)).collect();
         let members: Vec<u32> =
             (0..profiles.len() as u32).filter(|n| due_at.iter().any(|a| profiles.recorded(*n, *a))).collect();
-        let config = IngestConfig::load(store).await?;
         for batch in members.chunks(batch.max(1)) {
             let batch: BTreeSet<String> = batch.iter().map(|n| profiles.id(*n).to_string()).collect();
             let mut messages: Vec<Message> = Vec::new();
             // A read: the closure changes nothing, so nothing is committed.
-            let mut txn = Transaction::begin(store, config.shards).await?;
+            let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone()).await?;
             txn.update_profiles(&batch, |id, profile| {
                 let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();

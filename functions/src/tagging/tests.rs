@@ -4,10 +4,13 @@ use serde_json::{Value, json};
 use shared::collect::{CollectRequest, Collected, Endpoint, collect};
 use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
+use shared::storage::keys;
 
 use super::*;
-use crate::ingest::{IngestConfig, ingest};
+use crate::ingest::ingest;
+use crate::snapshot::{RunConfig, load_definitions};
 use crate::storage::FsStore;
+use shared::tags::{Catalog, TagDefinition, TagSet};
 
 const DAY: i64 = 86_400_000;
 
@@ -60,9 +63,9 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
         // A duplicate delivery of one order: counted once.
         store_events(&store, 2, json!([order("o3", "ann", 2, 30.0)])).await,
     ];
-    ingest(&store, &keys, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &keys, &RunConfig::default(), at(t0())).await.expect("ingest");
     store
-        .put(TAGS_CONFIG, json!([
+        .put(keys::CONFIG_TAGS, json!([
             {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
              "aggregate": {"op": "count"}},
             {"id": "ltv", "status": "active", "version": 2, "kind": "statistical",
@@ -78,7 +81,7 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
         .expect("tags config");
     store
         .put(
-            AUDIENCES_CONFIG,
+            keys::CONFIG_AUDIENCES,
             json!([
                 {"id": "vips", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}},
                 {"id": "active_week", "status": "active", "when": {"did": {"window": {"lastDays": 7}}}}
@@ -92,7 +95,7 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
 
     store
         .put(
-            crate::activation::dispatch::DESTINATIONS_CONFIG,
+            keys::CONFIG_DESTINATIONS,
             json!([{"id": "crm", "url": "https://hooks.partner.example/cdp", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                     "send": {"audiences": ["active_week"]}}])
             .to_string()
@@ -119,7 +122,7 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
     let items = outbox().await;
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|i| i["type"] == "audience.entered" && i["audience"]["id"] == "active_week"));
-    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let values = read_json(&store, keys::TAG_VALUES).await;
     let ann = profile_of(&store, "user_id:ann").await;
     let bob = profile_of(&store, "user_id:bob").await;
     let cyd = profile_of(&store, "anonymous_id:cyd-browser").await;
@@ -192,7 +195,7 @@ async fn invalid_definitions_are_a_configuration_error_naming_file_and_field() {
     let store = FsStore::open(dir.path()).expect("store");
     store
         .put(
-            TAGS_CONFIG,
+            keys::CONFIG_TAGS,
             br#"[{"id": "x", "status": "active", "kind": "statistical", "aggregate": {"op": "sum"}}]"#.to_vec(),
             PutOptions::json(),
         )
@@ -203,7 +206,7 @@ async fn invalid_definitions_are_a_configuration_error_naming_file_and_field() {
         error.to_string().contains("config/tags.json: tags[0] (x).aggregate.property: sum needs a property"),
         "{error}"
     );
-    store.put(AUDIENCES_CONFIG, b"{not json".to_vec(), PutOptions::json()).await.expect("put");
+    store.put(keys::CONFIG_AUDIENCES, b"{not json".to_vec(), PutOptions::json()).await.expect("put");
     let error = load_definitions(&store).await.expect_err("not JSON");
     assert!(error.to_string().contains("config/audiences.json"), "{error}");
 }
@@ -213,7 +216,7 @@ async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
     let dir = tempfile::tempdir().expect("dir");
     let store = FsStore::open(dir.path()).expect("store");
     store
-        .put(TAGS_CONFIG, json!([
+        .put(keys::CONFIG_TAGS, json!([
             {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
              "aggregate": {"op": "count"}},
             {"id": "spend_30d", "status": "active", "kind": "statistical", "aggregate": {"op": "sum", "property": "revenue"},
@@ -248,8 +251,8 @@ async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
     ];
     for (i, batch) in batches.into_iter().enumerate() {
         let key = store_events(&store, 10 + i as u8, batch).await;
-        let config = IngestConfig::load(&store).await.expect("config");
-        assert!(config.tags.is_some(), "the tags are loaded by ingest");
+        let config = RunConfig::load(&store).await.expect("config");
+        assert!(config.snapshot.tags.is_some(), "the tags are loaded by ingest");
         ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
         if i == 0 {
             // The first recompute backfills the new tags; from then on ingest serves them incrementally.
@@ -259,7 +262,7 @@ async fn tags_kept_up_to_date_by_ingest_equal_the_full_recompute() {
     }
     let last = full_recompute(&store, at(t0())).await.expect("recompute");
     assert!(last.backfilled.is_empty(), "nothing left to backfill, so the profiles' values are ingest's");
-    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let values = read_json(&store, keys::TAG_VALUES).await;
     let mut compared = 0;
     for who in ["user_id:zoe", "user_id:max", "anonymous_id:anon-1"] {
         let stored = crate::state::lookup(&store, who).await.expect("lookup").expect("profile");
@@ -292,9 +295,9 @@ async fn product_tags_and_category_affinity_from_product_events() {
         ]),
     )
     .await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     store
-        .put(TAGS_CONFIG, json!([
+        .put(keys::CONFIG_TAGS, json!([
             {"id": "fav", "status": "active", "kind": "affinity", "weights": {"Product Viewed": 1, "Order Completed": 5}},
             {"id": "shoe_share", "status": "active", "kind": "affinity", "weights": {"Product Viewed": 1, "Order Completed": 5},
              "shareOf": "shoes"},
@@ -305,14 +308,14 @@ async fn product_tags_and_category_affinity_from_product_events() {
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.products, 2);
     assert_eq!(report.models["fav"], crate::predict::Fitted::Affinity { products: 2 });
-    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let values = read_json(&store, keys::TAG_VALUES).await;
     let ann = profile_of(&store, "user_id:ann").await;
     let bob = profile_of(&store, "user_id:bob").await;
     // ann: shoes 1 + 1, hats 5 (the order, by its product's category) → hats; shoes' share 2/7.
     assert_eq!(values["profiles"][&ann], json!({"fav": "hats", "shoe_share": 0.2857, "hat_person": true}));
     assert_eq!(values["profiles"][&bob], json!({"fav": "hats", "shoe_share": 0.0, "hat_person": true}));
 
-    let products = read_json(&store, PRODUCTS_KEY).await;
+    let products = read_json(&store, keys::PRODUCT_TAGS).await;
     assert_eq!(
         products["products"]["p2"],
         json!({"category": "hats", "counts": {"orders": 1, "views": 1}, "units": 2.0, "revenue": 30.0, "rank": 1,
@@ -341,30 +344,30 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
         let store = store.clone();
         async move {
             let key = store_events(&store, seed, events).await;
-            let config = IngestConfig::load(&store).await.expect("config");
+            let config = RunConfig::load(&store).await.expect("config");
             ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
             let ann = crate::state::lookup(&store, "user_id:ann").await.expect("lookup").expect("ann");
             ann.profile
         }
     };
-    store.put(TAGS_CONFIG, define(1, 0.0), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_TAGS, define(1, 0.0), PutOptions::json()).await.expect("tags");
     // Before any backfill, a new tag has no value: its state has no history yet.
     assert!(!run(1, json!([order("o1", 5.0), order("o2", 50.0)])).await.tags.contains_key("orders"));
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.backfilled, ["orders"]);
-    assert_eq!(read_json(&store, READY_KEY).await, json!({"orders": 1}));
+    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 1}));
     assert_eq!(run(2, json!([order("o3", 7.0)])).await.tags["orders"], json!(3), "v1 served incrementally");
 
     // Version 2 counts only orders of 10 or more. Until it is backfilled, v1's value keeps serving, while
     // ingest already keeps v2's state from the new events.
-    store.put(TAGS_CONFIG, define(2, 10.0), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_TAGS, define(2, 10.0), PutOptions::json()).await.expect("tags");
     let profile = run(3, json!([order("o4", 70.0)])).await;
     assert_eq!(profile.tags["orders"], json!(3), "the old value keeps serving");
     assert!(profile.tag_state.tags.contains_key("orders@1") && profile.tag_state.tags.contains_key("orders@2"));
 
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.backfilled, ["orders"]);
-    assert_eq!(read_json(&store, READY_KEY).await, json!({"orders": 2}));
+    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 2}));
     let ann = crate::state::lookup(&store, "user_id:ann").await.expect("lookup").expect("ann");
     assert_eq!(ann.profile.tags["orders"], json!(2), "v2: the orders of 50 and 70, o4 counted once");
     assert!(!ann.profile.tag_state.tags.contains_key("orders@1"), "the old version's state is dropped");
@@ -372,16 +375,16 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
     assert_eq!(run(4, json!([order("o5", 10.0), order("o6", 9.0)])).await.tags["orders"], json!(3));
     let again = full_recompute(&store, at(t0())).await.expect("recompute");
     assert!(again.backfilled.is_empty());
-    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let values = read_json(&store, keys::TAG_VALUES).await;
     assert_eq!(values["profiles"][&ann.node.id]["orders"], json!(3));
 }
 
 /// `events` stored and ingested, and one audience: `buyers`, who did `Order Completed`.
 async fn buyers(store: &FsStore, events: Value) {
     let key = store_events(store, 1, events).await;
-    ingest(store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     let audiences = json!([{"id": "buyers", "status": "active", "when": {"did": {"events": ["Order Completed"]}}}]);
-    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("put");
+    store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("put");
 }
 
 #[tokio::test]
@@ -404,12 +407,12 @@ async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_u
                 "send": {"audiences": [audience]}}])
     };
     // A destination naming an audience that does not exist: the file does not load.
-    put(crate::activation::dispatch::DESTINATIONS_CONFIG, destination("nobody")).await;
+    put(keys::CONFIG_DESTINATIONS, destination("nobody")).await;
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!((report.audiences["buyers"].size, report.membership_changes), (1, 0));
     assert!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").is_empty());
     // Fixed: the entry is recorded and delivered.
-    put(crate::activation::dispatch::DESTINATIONS_CONFIG, destination("buyers")).await;
+    put(keys::CONFIG_DESTINATIONS, destination("buyers")).await;
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.membership_changes, 1);
     assert_eq!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").len(), 1);
@@ -454,15 +457,18 @@ async fn a_destination_subscribed_later_receives_the_current_members_once() {
     };
     let (ann, bob) = (profile_of(&store, "user_id:ann").await, profile_of(&store, "user_id:bob").await);
     // The first partner, there from the start: the entries as they are recorded (nothing synced twice).
-    put(crate::activation::dispatch::DESTINATIONS_CONFIG, json!([destination("crm", json!(["buyers"]))])).await;
+    put(keys::CONFIG_DESTINATIONS, json!([destination("crm", json!(["buyers"]))])).await;
     // One profile per state transaction: each member recorded, and synced, by a transaction of its own.
-    let recompute = || recompute_by(&store, at(t0()), RECOMPUTE_CHUNK, 1);
+    let recompute = || async {
+        let config = RunConfig::load(&store).await.expect("config");
+        recompute_by(&store, &config, at(t0()), RECOMPUTE_CHUNK, 1).await
+    };
     let report = recompute().await.expect("recompute");
     assert_eq!((report.membership_changes, report.initial_sync), (2, 0));
     assert_eq!(entries(store.clone()).await, [("crm".to_string(), ann.clone()), ("crm".to_string(), bob.clone())]);
     // A second partner connected later: the current members, to it alone.
     put(
-        crate::activation::dispatch::DESTINATIONS_CONFIG,
+        keys::CONFIG_DESTINATIONS,
         json!([destination("crm", json!(["buyers"])), destination("ads", json!(["buyers"]))]),
     )
     .await;
@@ -514,7 +520,7 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
         }
         keys.push(store_events(&store, 40 + batch, Value::Array(events)).await);
     }
-    ingest(&store, &keys, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &keys, &RunConfig::default(), at(t0())).await.expect("ingest");
     let tags = json!([
         {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
          "aggregate": {"op": "count"}},
@@ -534,14 +540,18 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
         {"id": "browsers", "status": "active", "when": {"did": {"events": ["Product Viewed"], "atLeast": 2,
          "window": {"lastDays": 30}}}}
     ]);
-    store.put(TAGS_CONFIG, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
-    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    store.put(keys::CONFIG_TAGS, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
     // The same store twice: one cut into chunks of 7 profiles, one in a single chunk.
     let other = tempfile::tempdir().expect("dir");
     copy_dir(dir.path(), other.path());
     let other_store = FsStore::open(other.path()).expect("store");
-    let cut = recompute_by(&store, at(t0()), 7, 3).await.expect("recompute");
-    let whole = recompute_by(&other_store, at(t0()), 10_000, 25_000).await.expect("recompute");
+    let cut =
+        recompute_by(&store, &RunConfig::load(&store).await.expect("config"), at(t0()), 7, 3).await.expect("recompute");
+    let whole =
+        recompute_by(&other_store, &RunConfig::load(&other_store).await.expect("config"), at(t0()), 10_000, 25_000)
+            .await
+            .expect("recompute");
     assert!(cut.profiles > 14, "several chunks: {}", cut.profiles);
     assert_eq!(cut, whole);
     assert!(cut.audiences.values().all(|a| a.size > 0), "{:?}", cut.audiences);
@@ -553,11 +563,7 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
         files
     };
     let (a, b) = (outputs(dir.path()), outputs(other.path()));
-    assert!(
-        a.keys().any(|k| k.ends_with("insight.json")) && a.contains_key("tags/v1/values.json.gz"),
-        "{:?}",
-        a.keys()
-    );
+    assert!(a.keys().any(|k| k.ends_with("insight.json")) && a.contains_key(keys::TAG_VALUES), "{:?}", a.keys());
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (key, bytes) in &a {
         let (x, y) = if key.ends_with(".gz") {
@@ -567,7 +573,7 @@ async fn the_results_do_not_depend_on_how_profiles_are_cut_into_chunks() {
         };
         assert!(x == y, "{key} differs");
     }
-    let values = read_json(&store, "tags/v1/values.json.gz").await;
+    let values = read_json(&store, keys::TAG_VALUES).await;
     assert_eq!(values["profiles"].as_object().expect("profiles").len(), cut.profiles);
     // The backfill in batches of about 3 profiles (many transactions) left every profile as one batch did.
     assert_eq!(cut.backfilled, ["orders", "spend_30d", "top_category"]);
@@ -716,7 +722,7 @@ impl ObjectStore for Racing {
         }
         if let Some(events) = pending {
             let key = store_events(&self.inner, seed, events).await;
-            let config = IngestConfig::load(&self.inner).await.expect("config");
+            let config = RunConfig::load(&self.inner).await.expect("config");
             ingest(&self.inner, &[key], &config, at(t0())).await.expect("ingest");
         }
         Ok(etag)
@@ -752,11 +758,19 @@ async fn an_ingest_committing_between_backfill_batches_is_counted_once() {
         Value::Array(events.collect())
     };
     let first = vec![store_events(&store, 50, orders(1)).await, store_events(&store, 51, orders(2)).await];
-    ingest(&store, &first, &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &first, &RunConfig::default(), at(t0())).await.expect("ingest");
     // A third order each, arriving and ingested once the backfill's first batch has committed.
     let racing = Racing::new(&store, orders(3), 1);
-    let backfilled =
-        backfill::backfill_by(&racing, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 3).await.expect("backfill");
+    let backfilled = backfill::backfill_by(
+        &racing,
+        &RunConfig::load(&racing).await.expect("config"),
+        &tags,
+        &|_| Ok(BTreeMap::new()),
+        at(t0()),
+        3,
+    )
+    .await
+    .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the racing ingest ran");
     // The tag is served now: one more event each makes ingest write every user's value from its state.
@@ -771,8 +785,16 @@ async fn a_merge_between_backfill_batches_into_a_profile_already_rebuilt_is_rebu
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 60);
     // Halfway through the backfill, each visitor logs in: 30 merges, some into profiles already rebuilt.
     let racing = Racing::new(&store, logins(0..30), 8);
-    let backfilled =
-        backfill::backfill_by(&racing, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
+    let backfilled = backfill::backfill_by(
+        &racing,
+        &RunConfig::load(&racing).await.expect("config"),
+        &tags,
+        &|_| Ok(BTreeMap::new()),
+        at(t0()),
+        2,
+    )
+    .await
+    .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert!(racing.pending.lock().expect("lock").is_none(), "the logins came during the backfill");
     assert_eq!(crate::state::scan(&store).await.expect("scan").profiles.len(), 30, "merged");
@@ -792,7 +814,7 @@ async fn users_and_visitors(store: &FsStore) -> TagSet {
         events.push(order(("anonymousId", format!("a{i}")), format!("o-{i}-3")));
     }
     let key = store_events(store, 60, Value::Array(events)).await;
-    ingest(store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     tags
 }
 
@@ -809,7 +831,7 @@ fn logins(people: std::ops::Range<usize>) -> Value {
 async fn define_orders(store: &FsStore) -> TagSet {
     let defs = json!([{"id": "orders", "status": "active", "kind": "statistical",
                        "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "count"}}]);
-    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_TAGS, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
     let defs: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
     TagSet::check(&defs, &Catalog::default()).expect("check")
 }
@@ -819,7 +841,7 @@ async fn define_orders(store: &FsStore) -> TagSet {
 async fn assert_orders(store: &FsStore, users: &[String], orders: i64, seed: u8) {
     let page = |u: &String| json!({"type": "page", "userId": u, "messageId": format!("p-{u}"), "timestamp": stamp(0)});
     let key = store_events(store, seed, Value::Array(users.iter().map(page).collect())).await;
-    ingest(store, &[key], &IngestConfig::load(store).await.expect("config"), at(t0())).await.expect("ingest");
+    ingest(store, &[key], &RunConfig::load(store).await.expect("config"), at(t0())).await.expect("ingest");
     for user in users {
         let stored = crate::state::lookup(store, &format!("user_id:{user}")).await.expect("lookup").expect("user");
         assert_eq!(stored.profile.tags.get("orders"), Some(&json!(orders)), "{user}: every order, once");
@@ -855,15 +877,15 @@ async fn the_compact_profiles_resolve_and_hold_what_the_decoded_state_does() {
         {"id": "pro", "status": "active", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
         {"id": "buyers", "status": "active", "when": {"field": "tag:orders", "op": "gte", "value": 1}}
     ]);
-    store.put(TAGS_CONFIG, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
-    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
-    ingest(&store, &keys[..1], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    store.put(keys::CONFIG_TAGS, tags.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    ingest(&store, &keys[..1], &RunConfig::default(), at(t0())).await.expect("ingest");
     full_recompute(&store, at(t0())).await.expect("recompute");
-    ingest(&store, &keys[1..], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &keys[1..], &RunConfig::default(), at(t0())).await.expect("ingest");
 
     let scan = crate::state::scan(&store).await.expect("scan");
     let wanted = ["pro".to_string(), "buyers".to_string(), "gone".to_string()];
-    let profiles = Profiles::read(&store, Reading::Recompute(&wanted)).await.expect("profiles");
+    let profiles = Profiles::read(&store, None, Reading::Recompute(&wanted)).await.expect("profiles");
     assert_eq!(profiles.len(), scan.profiles.len());
     assert_eq!(scan.redirects.len(), 10, "the visitors who logged in were merged");
     assert!(scan.ids.keys().any(|k| k.starts_with("email:")), "emails are identifiers");
@@ -912,8 +934,20 @@ async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_ab
 
     // The first run stops after six batches have committed.
     let stopping = Racing::stopping(&store, 6);
-    assert!(backfill::backfill_by(&stopping, &tags, &run(1), at(t0()), 2).await.is_err(), "stopped");
-    assert!(backfill::ready(&store).await.expect("ready").is_empty(), "nothing is served yet");
+    assert!(
+        backfill::backfill_by(
+            &stopping,
+            &RunConfig::load(&stopping).await.expect("config"),
+            &tags,
+            &run(1),
+            at(t0()),
+            2
+        )
+        .await
+        .is_err(),
+        "stopped"
+    );
+    assert!(crate::snapshot::ready(&store).await.expect("ready").is_empty(), "nothing is served yet");
     let marked = |scan: &crate::state::Scan| -> BTreeSet<String> {
         scan.profiles.iter().filter(|(_, p)| p.profile.tag_state.rebuilt.is_some()).map(|(id, _)| id.clone()).collect()
     };
@@ -922,10 +956,13 @@ async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_ab
 
     // Meanwhile half the visitors log in: some merges bring a profile not rebuilt into one rebuilt.
     let key = store_events(&store, 61, logins(0..15)).await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
 
     // The next run passes over the profiles the first rebuilt (they keep its values) and finishes.
-    let backfilled = backfill::backfill_by(&store, &tags, &run(2), at(t0()), 2).await.expect("backfill");
+    let backfilled =
+        backfill::backfill_by(&store, &RunConfig::load(&store).await.expect("config"), &tags, &run(2), at(t0()), 2)
+            .await
+            .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     let scan = crate::state::scan(&store).await.expect("scan");
     assert_eq!(scan.profiles.len(), 45, "merged");
@@ -970,11 +1007,11 @@ async fn a_behaviour_condition_reads_a_property_no_tag_reads() {
         ]),
     )
     .await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     define_orders(&store).await;
     let audiences = json!([{"id": "couponers", "status": "active", "when": {"did": {"events": ["Order Completed"],
         "properties": [{"field": "coupon", "op": "exists"}]}}}]);
-    store.put(AUDIENCES_CONFIG, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
+    store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.expect("audiences");
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.audiences["couponers"].size, 1, "only ann ordered with a coupon");
     let snapshot = read_json(&store, "audiences/v1/couponers/snapshot.json.gz").await;
@@ -994,11 +1031,19 @@ async fn ingest_committing_after_every_batch_does_not_make_the_backfill_read_eve
         })
     });
     let key = store_events(&store, 53, Value::Array(orders.collect())).await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     // After each of the backfill's commits, ingest commits a new visitor's page view.
     let busy = Racing::busy(&store);
-    let backfilled =
-        backfill::backfill_by(&busy, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
+    let backfilled = backfill::backfill_by(
+        &busy,
+        &RunConfig::load(&busy).await.expect("config"),
+        &tags,
+        &|_| Ok(BTreeMap::new()),
+        at(t0()),
+        2,
+    )
+    .await
+    .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     let visits = busy.visits.load(std::sync::atomic::Ordering::SeqCst);
     let reads = busy.raw_listings.load(std::sync::atomic::Ordering::SeqCst);
@@ -1014,15 +1059,26 @@ async fn a_backfill_resumed_with_every_profile_rebuilt_reads_no_event_and_record
     let store = FsStore::open(dir.path()).expect("store");
     let tags = users_and_visitors(&store).await;
     let run = |n: i64| move |_: &str| Ok(BTreeMap::from([("run".to_string(), json!(n))]));
-    backfill::backfill_by(&store, &tags, &run(1), at(t0()), 2).await.expect("backfill");
+    backfill::backfill_by(&store, &RunConfig::load(&store).await.expect("config"), &tags, &run(1), at(t0()), 2)
+        .await
+        .expect("backfill");
     // As if the run had stopped after its last batch, before recording the versions ready.
-    store.delete(backfill::READY_KEY).await.expect("delete");
+    store.delete(keys::TAGS_READY).await.expect("delete");
 
     let watching = Racing::watching(&store);
-    let backfilled = backfill::backfill_by(&watching, &tags, &run(2), at(t0()), 2).await.expect("backfill");
+    let backfilled = backfill::backfill_by(
+        &watching,
+        &RunConfig::load(&watching).await.expect("config"),
+        &tags,
+        &run(2),
+        at(t0()),
+        2,
+    )
+    .await
+    .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert_eq!(watching.raw_listings.load(std::sync::atomic::Ordering::SeqCst), 0, "no event is read");
-    assert_eq!(backfill::ready(&store).await.expect("ready").get("orders"), Some(&1));
+    assert_eq!(crate::snapshot::ready(&store).await.expect("ready").get("orders"), Some(&1));
     let scan = crate::state::scan(&store).await.expect("scan");
     assert!(scan.profiles.values().all(|p| p.profile.tags.get("run") == Some(&json!(1))), "no profile rewritten");
     let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
@@ -1040,20 +1096,29 @@ async fn the_backfill_rebuilds_from_long_properties_the_ones_its_tags_read() {
     };
     let orders: Vec<Value> = (0..6).flat_map(|u| [order(u, 1), order(u, 2)]).collect();
     let key = store_events(&store, 90, Value::Array(orders)).await;
-    ingest(&store, &[key], &IngestConfig::default(), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::default(), at(t0())).await.expect("ingest");
     let defs = json!([{"id": "spend", "status": "active", "kind": "statistical",
                        "filter": {"events": ["Order Completed"]}, "aggregate": {"op": "sum", "property": "revenue"}}]);
-    store.put(TAGS_CONFIG, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
+    store.put(keys::CONFIG_TAGS, defs.to_string().into_bytes(), PutOptions::json()).await.expect("tags");
     let defs: Vec<TagDefinition> = serde_json::from_value(defs).expect("defs");
     let tags = TagSet::check(&defs, &Catalog::default()).expect("check");
-    backfill::backfill_by(&store, &tags, &|_| Ok(BTreeMap::new()), at(t0()), 2).await.expect("backfill");
+    backfill::backfill_by(
+        &store,
+        &RunConfig::load(&store).await.expect("config"),
+        &tags,
+        &|_| Ok(BTreeMap::new()),
+        at(t0()),
+        2,
+    )
+    .await
+    .expect("backfill");
     // Served now: a page view each makes ingest write every user's value from the rebuilt state.
     let page = |u: usize| {
         json!({"type": "page", "userId": format!("u{u}"), "messageId": format!("p-{u}"),
                                  "timestamp": stamp(0)})
     };
     let key = store_events(&store, 91, Value::Array((0..6).map(page).collect())).await;
-    ingest(&store, &[key], &IngestConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
+    ingest(&store, &[key], &RunConfig::load(&store).await.expect("config"), at(t0())).await.expect("ingest");
     for u in 0..6 {
         let stored = crate::state::lookup(&store, &format!("user_id:u{u}")).await.expect("lookup").expect("user");
         assert_eq!(stored.profile.tags.get("spend").and_then(Value::as_f64), Some(2.0 * (10 + u) as f64), "u{u}");

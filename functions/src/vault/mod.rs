@@ -13,6 +13,7 @@
 
 mod wrap;
 
+use shared::storage::keys::{self, TRAITS_DATA_KEY};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,12 +29,6 @@ pub use wrap::KmsSettings;
 
 use crate::Error;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
-
-/// Where the wrapped data key lives.
-pub const TRAITS_KEY_OBJECT: &str = "keys/v1/traits.json";
-
-/// Where the operator's personal traits are listed (with the trait policies).
-const PROFILES_CONFIG: &str = "config/profiles.json";
 
 /// Prefix of a sealed value: format version 1 (nonce ‖ ciphertext ‖ tag, base64url).
 const SEALED_PREFIX: &str = "v1.";
@@ -171,7 +166,7 @@ pub fn open_traits<'a>(
         Some(vault) => vault.open_traits(traits),
         None => match traits.into_iter().find(|(_, t)| t.sealed.is_some()) {
             Some((name, _)) => Err(Error::Corrupt(format!(
-                "trait {name} is sealed but {TRAITS_KEY_OBJECT} is missing: the state and its key must be kept together"
+                "trait {name} is sealed but {TRAITS_DATA_KEY} is missing: the state and its key must be kept together"
             ))),
             None => Ok(()),
         },
@@ -183,12 +178,23 @@ pub fn open_traits<'a>(
 /// unwrapped here (a missing master key file or KMS permission), so nothing is ever written in clear beside
 /// sealed values.
 pub async fn for_store<S: ObjectStore>(store: &S) -> Result<Option<Arc<Vault>>, Error> {
-    let Some(object) = store.get(TRAITS_KEY_OBJECT).await? else { return Ok(None) };
+    let Some(object) = store.get(TRAITS_DATA_KEY).await? else { return Ok(None) };
+    let rules: ProfileRules = crate::config::read(store, keys::CONFIG_PROFILES).await?.unwrap_or_default();
+    opened(&object.body, rules).await.map(Some)
+}
+
+/// [`for_store`] with the personal traits of `rules` (from a configuration already loaded): reads only the key.
+pub async fn with_rules<S: ObjectStore>(store: &S, rules: &ProfileRules) -> Result<Option<Arc<Vault>>, Error> {
+    let Some(object) = store.get(TRAITS_DATA_KEY).await? else { return Ok(None) };
+    opened(&object.body, rules.clone()).await.map(Some)
+}
+
+/// The vault of the stored key `body`, for `rules`.
+async fn opened(body: &[u8], rules: ProfileRules) -> Result<Arc<Vault>, Error> {
     let stored: StoredKey =
-        serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{TRAITS_KEY_OBJECT}: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| Error::Corrupt(format!("{TRAITS_DATA_KEY}: {e}")))?;
     let key = data_key(&stored, None).await?;
-    let rules = crate::config::read(store, PROFILES_CONFIG).await?.unwrap_or_default();
-    Ok(Some(Arc::new(Vault::new(&key, rules)?)))
+    Ok(Arc::new(Vault::new(&key, rules)?))
 }
 
 /// The data key of `stored`: unwrapped with `source` when given (which checks that `source` is its wrapping key),
@@ -201,7 +207,7 @@ async fn data_key(stored: &StoredKey, source: Option<&KeySource>) -> Result<[u8;
     }
     let wrapped = B64
         .decode(&stored.wrapped)
-        .map_err(|e| Error::Corrupt(format!("{TRAITS_KEY_OBJECT}: the wrapped key is not base64url: {e}")))?;
+        .map_err(|e| Error::Corrupt(format!("{TRAITS_DATA_KEY}: the wrapped key is not base64url: {e}")))?;
     let key = wrap::unwrap(&stored.wrap, &wrapped, source).await?;
     unwrapped().lock().unwrap_or_else(|e| e.into_inner()).insert(stored.wrapped.clone(), key);
     Ok(key)
@@ -212,15 +218,15 @@ async fn data_key(stored: &StoredKey, source: Option<&KeySource>) -> Result<[u8;
 /// that moved with its folder is recorded at its new path.
 pub async fn ensure<S: ObjectStore>(store: &S, source: &KeySource) -> Result<(), Error> {
     for _ in 0..3 {
-        if let Some(object) = store.get(TRAITS_KEY_OBJECT).await? {
-            let stored: StoredKey = serde_json::from_slice(&object.body)
-                .map_err(|e| Error::Corrupt(format!("{TRAITS_KEY_OBJECT}: {e}")))?;
+        if let Some(object) = store.get(keys::TRAITS_DATA_KEY).await? {
+            let stored: StoredKey =
+                serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{TRAITS_DATA_KEY}: {e}")))?;
             data_key(&stored, Some(source)).await?;
             let Some(moved) = wrap::moved(&stored.wrap, source) else { return Ok(()) };
             let body = serde_json::to_vec_pretty(&StoredKey { wrap: moved, ..stored })
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
             let options = PutOptions { condition: Condition::IfMatch(object.etag), ..PutOptions::json() };
-            match store.put(TRAITS_KEY_OBJECT, body, options).await {
+            match store.put(keys::TRAITS_DATA_KEY, body, options).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::PreconditionFailed) => continue,
                 Err(e) => return Err(e.into()),
@@ -230,7 +236,7 @@ pub async fn ensure<S: ObjectStore>(store: &S, source: &KeySource) -> Result<(),
         let stored = StoredKey { version: 1, wrap, wrapped: B64.encode(wrapped) };
         let body = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Corrupt(e.to_string()))?;
         let options = PutOptions { condition: Condition::IfNoneMatch, ..PutOptions::json() };
-        match store.put(TRAITS_KEY_OBJECT, body, options).await {
+        match store.put(keys::TRAITS_DATA_KEY, body, options).await {
             Ok(_) => {
                 unwrapped().lock().unwrap_or_else(|e| e.into_inner()).insert(stored.wrapped, key);
                 return Ok(());
@@ -239,7 +245,7 @@ pub async fn ensure<S: ObjectStore>(store: &S, source: &KeySource) -> Result<(),
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Corrupt(format!("{TRAITS_KEY_OBJECT} could not be read or made")))
+    Err(Error::Corrupt(format!("{TRAITS_DATA_KEY} could not be read or made")))
 }
 
 /// A personal value as a reader without `pii:read` sees it: its first character and `***` (an email keeps its

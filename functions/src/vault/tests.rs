@@ -1,3 +1,4 @@
+use shared::storage::keys;
 use std::collections::BTreeMap;
 
 use serde_json::json;
@@ -80,13 +81,15 @@ async fn the_data_key_is_stored_wrapped_and_needs_its_master_key() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&master).unwrap().permissions().mode() & 0o777, 0o600);
     }
-    let stored: StoredKey = serde_json::from_slice(&store.get(TRAITS_KEY_OBJECT).await.unwrap().unwrap().body).unwrap();
+    let stored: StoredKey =
+        serde_json::from_slice(&store.get(keys::TRAITS_DATA_KEY).await.unwrap().unwrap().body).unwrap();
     let key = data_key(&stored, None).await.unwrap();
     let wrapped = B64.decode(&stored.wrapped).unwrap();
     assert!(!wrapped.windows(32).any(|w| w == key), "the data key is not stored in clear");
     // Making it again keeps the one key (create-only).
     ensure(&store, &KeySource::File(master.clone())).await.unwrap();
-    let again: StoredKey = serde_json::from_slice(&store.get(TRAITS_KEY_OBJECT).await.unwrap().unwrap().body).unwrap();
+    let again: StoredKey =
+        serde_json::from_slice(&store.get(keys::TRAITS_DATA_KEY).await.unwrap().unwrap().body).unwrap();
     assert_eq!(again.wrapped, stored.wrapped);
 
     // Another master key is refused by name, before anything is written with it.
@@ -116,7 +119,8 @@ async fn the_data_key_is_stored_wrapped_and_needs_its_master_key() {
     let moved = dir.path().join("moved.key");
     std::fs::rename(&master, &moved).unwrap();
     ensure(&store, &KeySource::File(moved.clone())).await.unwrap();
-    let after: StoredKey = serde_json::from_slice(&store.get(TRAITS_KEY_OBJECT).await.unwrap().unwrap().body).unwrap();
+    let after: StoredKey =
+        serde_json::from_slice(&store.get(keys::TRAITS_DATA_KEY).await.unwrap().unwrap().body).unwrap();
     let wrap::Wrap::File { path, .. } = after.wrap else { panic!("file wrap") };
     assert_eq!(path, std::path::absolute(&moved).unwrap().display().to_string());
     unwrapped().lock().unwrap().clear();

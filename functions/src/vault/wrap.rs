@@ -1,5 +1,6 @@
 //! Wrapping the data key: a local master key file, or AWS KMS.
 
+use shared::storage::keys;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ pub(super) async fn unwrap(wrap: &Wrap, wrapped: &[u8], source: Option<&KeySourc
                 return Err(Error::Corrupt(format!(
                     "{}: this master key is not the one that wrapped the data key in {} (fingerprint {expected})",
                     path.display(),
-                    super::TRAITS_KEY_OBJECT
+                    keys::TRAITS_DATA_KEY
                 )));
             }
             open_with(&master, wrapped)
@@ -158,7 +159,7 @@ pub(super) async fn unwrap(wrap: &Wrap, wrapped: &[u8], source: Option<&KeySourc
                 Some(KeySource::File(path)) => {
                     return Err(Error::Corrupt(format!(
                         "the data key in {} is wrapped by KMS key {key_id}, not by the master key file {}",
-                        super::TRAITS_KEY_OBJECT,
+                        keys::TRAITS_DATA_KEY,
                         path.display()
                     )));
                 }
@@ -251,9 +252,8 @@ fn seal_with(master: &[u8; 32], key: &[u8; 32]) -> Result<Vec<u8>, Error> {
 }
 
 fn open_with(master: &[u8; 32], wrapped: &[u8]) -> Result<[u8; 32], Error> {
-    let bad = || {
-        Error::Corrupt(format!("{}: the wrapped data key does not open with the master key", super::TRAITS_KEY_OBJECT))
-    };
+    let bad =
+        || Error::Corrupt(format!("{}: the wrapped data key does not open with the master key", keys::TRAITS_DATA_KEY));
     if wrapped.len() < NONCE_LEN {
         return Err(bad());
     }

@@ -5,6 +5,39 @@ use crate::time::UtcTime;
 
 /// The sources file, read by the collectors.
 pub const CONFIG_SOURCES: &str = "config/sources.json";
+/// Identifier types and linking rules.
+pub const CONFIG_IDENTITY: &str = "config/identity.json";
+/// Trait policies, aggregated properties and the operator's personal traits.
+pub const CONFIG_PROFILES: &str = "config/profiles.json";
+/// Tag definitions (an array).
+pub const CONFIG_TAGS: &str = "config/tags.json";
+/// Audience definitions (an array).
+pub const CONFIG_AUDIENCES: &str = "config/audiences.json";
+/// Destination definitions (an array; their signing secrets are kept apart).
+pub const CONFIG_DESTINATIONS: &str = "config/destinations.json";
+/// How product tags are read from events.
+pub const CONFIG_PRODUCTS: &str = "config/products.json";
+
+/// Every profile's tag values of the latest full recompute: `{"computedAt": ms, "profiles": {id: {tag: value}}}`.
+pub const TAG_VALUES: &str = "tags/v1/values.json.gz";
+/// The tag versions whose incremental state is complete: `{tag id: version}`.
+pub const TAGS_READY: &str = "tags/v1/ready.json";
+/// The latest full recompute's report.
+pub const TAGS_REPORT: &str = "tags/v1/report.json";
+/// Product tags: `{"computedAt": ms, "products": {product id: tag}}`.
+pub const PRODUCT_TAGS: &str = "products/v1/tags.json.gz";
+/// The data key that seals personal traits, wrapped.
+pub const TRAITS_DATA_KEY: &str = "keys/v1/traits.json";
+
+/// `tags/v1/models/<tag id>.json`: a population tag's fitted model.
+pub fn tag_model(tag: &str) -> String {
+    format!("tags/v1/models/{tag}.json")
+}
+
+/// `audiences/v1/<id>/<file>`: an audience's snapshot, insight or diffs.
+pub fn audience(id: &str, file: &str) -> String {
+    format!("audiences/v1/{id}/{file}")
+}
 
 /// The two kinds of objects the collector writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The storage contract between components: object key layout and the gzip NDJSON codec.
 
 mod codec;
-mod keys;
+pub mod keys;
 
 pub use codec::{decode_ndjson_gz, encode_ndjson_gz, gunzip, gzip};
 pub use keys::{CONFIG_SOURCES, ObjectKind, object_key, object_named_at, raw_hour_prefix};

@@ -10,7 +10,7 @@ use super::definition::{
     AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, RfmOutput, TagDefinition,
     TagKind, ValueKind,
 };
-use super::eval::Patterns;
+use super::conditions::Patterns;
 use crate::event::EventType;
 
 /// A checked set of definitions: the computed ones in evaluation order, with their patterns compiled.

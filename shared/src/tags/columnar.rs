@@ -29,9 +29,9 @@ use serde_json::{Map, Value};
 
 use super::check::TagSet;
 use super::definition::{AggregateOp, CompareOp, Condition, EventFilter, Expr, Operand, TagKind, UNIQUE_LIST_MAX};
-use super::eval::{Patterns, compare};
+use super::conditions::{Patterns, compare};
 use super::predict::{Model, Population};
-use super::state::{fsum_add, fsum_value, key};
+use super::summary::{fsum_add, fsum_value, key};
 
 /// Field metadata marking a Utf8 column whose values are JSON text.
 pub const JSON_METADATA: &str = "cdp.json";

@@ -20,6 +20,7 @@ mod check;
 mod columnar;
 #[cfg(all(test, feature = "columnar"))]
 mod columnar_tests;
+mod conditions;
 mod definition;
 mod eval;
 #[cfg(feature = "columnar")]
@@ -29,6 +30,7 @@ mod predict_tests;
 #[cfg(feature = "columnar")]
 mod products;
 mod state;
+mod summary;
 #[cfg(test)]
 mod state_tests;
 #[cfg(test)]
@@ -43,13 +45,15 @@ pub use definition::{
     AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
     Operand, RfmOutput, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
-pub use eval::EventView;
+pub use conditions::EventView;
 #[cfg(feature = "columnar")]
 pub use predict::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel};
 #[cfg(feature = "columnar")]
 pub use products::{ProductConfig, ProductTag, ProductTags};
-pub use state::{ProfileTagState, Seen, Stamp, Stamped, StatState, Summary};
+pub use state::{ProfileTagState, StatState};
+pub use summary::{Seen, Stamp, Stamped, Summary};
 
 pub(crate) use check::{Checker, TagsById};
 pub(crate) use definition::single_key;
-pub(crate) use eval::{Patterns, compare, operand, passes, statistical};
+pub(crate) use conditions::{Patterns, compare, operand, passes};
+pub(crate) use eval::statistical;

@@ -102,7 +102,7 @@ fn url_decode(key: &str) -> String {
 mod tests {
     use super::*;
 
-    const SQS: &str = include_str!("../../../tests/fixtures/aws-sqs-s3-notification.json");
+    const SQS: &str = include_str!("../../tests/fixtures/aws-sqs-s3-notification.json");
 
     #[test]
     fn reads_keys_from_sqs_wrapped_s3_notifications() {
