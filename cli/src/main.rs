@@ -1,19 +1,11 @@
 //! `cdp`: the whole CDP on one machine, on a data folder, with no cloud.
 //!
 //! `cdp up` serves the collector (the same core and handlers as the edge worker and the Lambda functions);
-//! `cdp source` manages sources and their write keys; `cdp bench` measures the collector.
+//! `cdp source` manages sources and their write keys; `cdp bench` runs the benchmarks (each beside a peer; see
+//! docs/benchmarks.md).
 
 mod access;
 mod bench;
-mod bench_activation;
-mod bench_api;
-mod bench_crash;
-mod bench_identity;
-mod bench_idle;
-mod bench_ingest;
-mod bench_recompute;
-mod bench_tagging;
-mod bench_tags;
 mod deliveries;
 mod lake;
 mod lock;
@@ -68,7 +60,8 @@ enum Command {
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
-    /// Measure the collector.
+    /// Benchmarks, each beside a peer in the same run: collect, normalize, identity, ingest, tags, tagging,
+    /// recompute, deliveries, activation, api, crash, idle.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }

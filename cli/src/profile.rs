@@ -121,7 +121,7 @@ pub(crate) fn unlink(args: UnlinkArgs) -> anyhow::Result<()> {
     })?;
     if let Some((kept, split)) = parts.split_first() {
         // The append-only log keeps only keyed hashes of the person: identifier and profile ids alike.
-        let hash = runtime.block_on(functions::privacy::hash_key(&store))?;
+        let hash = runtime.block_on(functions::suppression::hash_key(&store))?;
         let split_off: Vec<String> = split.iter().map(|id| hash.hash(id)).collect();
         let detail = serde_json::json!({
             "identifier": hash.hash(&key),

@@ -144,7 +144,7 @@ fn day_and_name(key: &str) -> Option<(&str, &str)> {
 /// event names (so that finding a person's events does not depend on how the rules stand).
 pub fn identity_keys(rules: &IdentityRules, event: &CanonicalEvent) -> Vec<String> {
     let mut keys = rules.keys(event);
-    for key in crate::privacy::event_keys(event) {
+    for key in crate::suppression::event_keys(event) {
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -183,11 +183,13 @@ async fn compact_within<S: ObjectStore>(
     let mut kept = 0;
     let rules: IdentityRules = crate::config::read(store, keys::CONFIG_IDENTITY).await?.unwrap_or_default();
     // Only the people being erased are held here (suppressed people's events are dropped before storage).
-    let mut held = crate::privacy::load_suppression(store).await?;
+    let mut held = crate::suppression::load_suppression(store).await?;
     held.suppressed.clear();
     let held = match held.is_empty() {
         true => None,
-        false => Some(crate::privacy::SuppressionCheck { key: crate::privacy::hash_key(store).await?, list: held }),
+        false => {
+            Some(crate::suppression::SuppressionCheck { key: crate::suppression::hash_key(store).await?, list: held })
+        }
     };
     // Per day of receipt: the first raw object's name, and the rows.
     let mut days: BTreeMap<String, (String, Vec<Row>)> = BTreeMap::new();

@@ -20,6 +20,7 @@ pub mod raw;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+pub mod suppression;
 pub mod tagging;
 #[cfg(test)]
 mod testing;

@@ -19,9 +19,9 @@ use shared::storage::keys;
 use shared::tags::{Catalog, DefinitionError, ProductConfig, TagDefinition, TagSet};
 
 use crate::Error;
-use crate::privacy::SuppressionCheck;
 use crate::state::Settings;
 use crate::storage::ObjectStore;
+use crate::suppression::SuppressionCheck;
 use crate::vault::Vault;
 
 /// What a run works with: the configuration, loaded once, and the state's settings.
@@ -141,7 +141,7 @@ impl Snapshot {
                 None
             }
         };
-        let suppression = crate::privacy::load_suppression_check(store).await?;
+        let suppression = crate::suppression::load_suppression_check(store).await?;
         let vault = crate::vault::with_rules(store, &profiles).await?;
         Ok(Self { identity, profiles, tags, ready, activation, suppression, vault, definitions })
     }

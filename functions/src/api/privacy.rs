@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
-use crate::privacy::{PrivacyRequest, RequestError, RequestKind, Status, dropped_total, get, submit};
+use crate::privacy::{PrivacyRequest, RequestError, RequestKind, Status, get, submit};
 use crate::storage::ObjectStore;
+use crate::suppression::dropped_total;
 
 /// A privacy request to make.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -161,7 +162,7 @@ pub(crate) async fn suppressions<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     api.authorize(&headers, Scope::ProfilesDelete).await?;
-    let list = crate::privacy::load_suppression(api.store()).await?;
+    let list = crate::suppression::load_suppression(api.store()).await?;
     let view = SuppressionView {
         suppressed: list.suppressed.len(),
         erasing: list.erasing.values().map(|s| s.len()).sum(),

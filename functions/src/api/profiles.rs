@@ -221,7 +221,7 @@ pub(crate) async fn audit_read<S: ObjectStore + Clone>(
     profile: &str,
     asked_by: &str,
 ) -> Result<(), ApiError> {
-    let key = crate::privacy::hash_key(api.store()).await?;
+    let key = crate::suppression::hash_key(api.store()).await?;
     let detail = serde_json::json!({"view": view, "by": key.hash(asked_by)});
     let change = super::Change { detail: Some(detail), ..Default::default() };
     api.audit(actor, "profile.read", &format!("profile:{}", key.hash(profile)), change).await
@@ -322,7 +322,7 @@ pub(crate) async fn unlink<S: ObjectStore + Clone>(
     };
     let result = UnlinkResult { profile: kept.clone(), split_off: split.to_vec() };
     // The append-only log keeps only keyed hashes of the person: identifier and profile ids alike.
-    let hash = crate::privacy::hash_key(api.store()).await?;
+    let hash = crate::suppression::hash_key(api.store()).await?;
     let split_off: Vec<String> = result.split_off.iter().map(|id| hash.hash(id)).collect();
     let detail = json!({"identifier": hash.hash(&key), "reason": reason, "splitOff": split_off});
     api.audit(

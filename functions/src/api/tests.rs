@@ -291,7 +291,7 @@ async fn unlink_splits_the_profile_and_is_audited_without_the_identifier() {
 
     let (_, log) = f.get("/v1/audit?action=profile.unlink", &f.admin).await;
     let record = &log["records"][0];
-    let key = crate::privacy::hash_key(&f.store).await.unwrap();
+    let key = crate::suppression::hash_key(&f.store).await.unwrap();
     assert_eq!(record["target"], format!("profile:{}", key.hash(kept)));
     assert!(!log.to_string().contains(kept) && !log.to_string().contains(split), "profile ids only hashed: {log}");
     assert_eq!(record["detail"]["reason"], "TICKET-7");
@@ -559,7 +559,7 @@ async fn personal_data_needs_its_own_scope_to_leave_and_every_read_of_a_profile_
     assert_eq!(records.len(), 3, "{log}");
     let views: BTreeSet<&str> = records.iter().filter_map(|r| r["detail"]["view"].as_str()).collect();
     assert_eq!(views, BTreeSet::from(["profile", "history", "events"]));
-    let key = crate::privacy::hash_key(&f.store).await.unwrap();
+    let key = crate::suppression::hash_key(&f.store).await.unwrap();
     let target = format!("profile:{}", key.hash(profile["id"].as_str().unwrap()));
     assert!(records.iter().all(|r| r["target"] == target), "{log}");
     assert!(!log.to_string().contains(profile["id"].as_str().unwrap()), "the profile id only hashed: {log}");

@@ -61,7 +61,7 @@ impl SourcesCache {
     /// The current suppression list with the identifier key (`None` when nothing is suppressed), reading the
     /// store if the copy is older than the TTL.
     pub async fn suppression<S: ObjectStore>(&self, store: &S) -> Result<Arc<Option<SuppressionCheck>>, Error> {
-        self.suppression.get("the suppression list", || crate::privacy::load_suppression_check(store)).await
+        self.suppression.get("the suppression list", || crate::suppression::load_suppression_check(store)).await
     }
 }
 

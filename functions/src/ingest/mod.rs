@@ -136,7 +136,7 @@ async fn apply_events<S: ObjectStore + Clone>(
         events.retain(|event| !suppression.drops_event(event));
         report.suppressed = report.events - events.len();
         if report.suppressed > 0
-            && let Err(error) = crate::privacy::count_dropped(store, report.suppressed, now).await
+            && let Err(error) = crate::suppression::count_dropped(store, report.suppressed, now).await
         {
             tracing::error!(%error, dropped = report.suppressed, "could not record the count of suppressed events");
         }

@@ -10,11 +10,12 @@ use shared::activation::{DestinationDefinition, Message};
 use shared::event::CanonicalEvent;
 use shared::time::UtcTime;
 
-use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, event_keys, save};
+use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, save};
 use crate::Error;
 use crate::activation::dispatch::{FORGET, Forget, OUTBOX, forget_stored, stage};
 use crate::state::{Compaction, ShardCounts, Transaction, collect_garbage, lookup};
 use crate::storage::{ObjectStore, PutOptions, StoreError};
+use crate::suppression::event_keys;
 
 /// Advances every open erasure as far as it can go now; returns how many requests changed (an error when
 /// none could and one failed). `grace_ms` is how
@@ -74,10 +75,10 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
             erasure.keys.extend(stored.node.identities.iter().cloned());
         }
     }
-    let key = super::hash_key(store).await?;
+    let key = crate::suppression::hash_key(store).await?;
     let held: BTreeSet<String> = erasure.keys.iter().map(|k| key.hash(k)).collect();
     let id = request.id.clone();
-    super::update_suppression(store, |list| {
+    crate::suppression::update_suppression(store, |list| {
         list.erasing.insert(id.clone(), held.clone());
     })
     .await?;
@@ -175,7 +176,7 @@ async fn finish<S: ObjectStore + Clone>(
     scrub_events(store, &erasure, &needles, &mut request.outcome).await?;
     scrub_derived(store, &erasure.profiles, &mut request.outcome).await?;
     let id = request.id.clone();
-    super::update_suppression(store, |list| {
+    crate::suppression::update_suppression(store, |list| {
         list.erasing.remove(&id);
     })
     .await?;

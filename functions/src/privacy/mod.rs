@@ -34,13 +34,14 @@ pub use erase::process;
 
 use crate::Error;
 use crate::storage::{ObjectStore, PutOptions};
+use crate::suppression::{hash_key, update_suppression};
 
 /// Where requests are kept.
 pub const REQUESTS: &str = "privacy/v1/requests/";
-/// The suppression list.
-pub const SUPPRESSED: &str = shared::access::SUPPRESSED_KEY;
 /// Counts of events dropped at ingest because of suppression, one object per ingest run that dropped any.
-pub const DROPPED: &str = shared::access::DROPPED_PREFIX;
+pub use crate::suppression::DROPPED;
+/// The suppression list.
+pub use crate::suppression::SUPPRESSED;
 /// Identifiers one request may name.
 pub const MAX_IDENTIFIERS: usize = 100;
 
@@ -163,62 +164,6 @@ pub struct PrivacyRequest {
     pub waiting_for: Option<String>,
 }
 
-use shared::access::{IDENTIFIER_KEY_OBJECT, IdentifierKey};
-/// The suppression list (`shared::access::Suppression`): hashes of identity keys whose events are dropped.
-pub use shared::access::{Suppression, SuppressionCheck};
-
-/// The current suppression list (empty when there is none).
-pub async fn load_suppression<S: ObjectStore>(store: &S) -> Result<Suppression, Error> {
-    Ok(crate::config::read(store, SUPPRESSED).await?.unwrap_or_default())
-}
-
-/// The suppression list with the deployment's identifier key, as the collectors and ingest check events;
-/// `None` when nothing is suppressed (the key is then not needed).
-pub async fn load_suppression_check<S: ObjectStore>(store: &S) -> Result<Option<SuppressionCheck>, Error> {
-    let list = load_suppression(store).await?;
-    if list.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(SuppressionCheck { list, key: hash_key(store).await? }))
-}
-
-/// The deployment's identifier key (`keys/v1/identifiers.key`), made on first use: 32 bytes of the operating
-/// system's CSPRNG, written create-only, so two processes making it at once end with the same key.
-pub async fn hash_key<S: ObjectStore>(store: &S) -> Result<IdentifierKey, Error> {
-    for _ in 0..3 {
-        if let Some(object) = store.get(IDENTIFIER_KEY_OBJECT).await? {
-            return Ok(IdentifierKey::from_stored(&object.body)?);
-        }
-        let key = IdentifierKey::from_bytes(crate::config::random_seed()?);
-        let options =
-            PutOptions { content_type: Some("text/plain"), condition: crate::storage::Condition::IfNoneMatch };
-        match store.put(IDENTIFIER_KEY_OBJECT, key.to_stored(), options).await {
-            Ok(_) => return Ok(key),
-            Err(crate::storage::StoreError::PreconditionFailed) => continue,
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Err(Error::Corrupt(format!("{IDENTIFIER_KEY_OBJECT} could not be read or made")))
-}
-
-/// Changes the suppression list under compare-and-swap.
-pub async fn update_suppression<S: ObjectStore>(store: &S, change: impl Fn(&mut Suppression)) -> Result<(), Error> {
-    crate::config::update(store, SUPPRESSED, "application/json", |bytes| {
-        let mut list: Suppression = match bytes {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|e| Error::Config(shared::Error::Config(format!("{SUPPRESSED}: {e}"))))?,
-            None => Suppression::default(),
-        };
-        change(&mut list);
-        let body = serde_json::to_vec_pretty(&list).map_err(|e| Error::Corrupt(e.to_string()))?;
-        Ok::<_, Error>((body, ()))
-    })
-    .await
-}
-
-/// The identity keys an event carries: every identifier it has (linkable or not), as the graph keys them.
-pub(crate) use shared::access::event_keys;
-
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -309,27 +254,6 @@ pub(crate) async fn save<S: ObjectStore>(store: &S, request: &PrivacyRequest) ->
     let body = serde_json::to_vec_pretty(request).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put(&format!("{REQUESTS}{}.json", request.id), body, PutOptions::json()).await?;
     Ok(())
-}
-
-/// Records `count` events dropped by suppression at `now`.
-pub async fn count_dropped<S: ObjectStore>(store: &S, count: usize, now: UtcTime) -> Result<(), Error> {
-    let id = Entropy::from_seed(crate::config::random_seed()?).ulid(now);
-    let (key, body) = shared::access::dropped_record(count, now, id);
-    store.put(&key, body, PutOptions::json()).await?;
-    Ok(())
-}
-
-/// Events dropped by suppression so far.
-pub async fn dropped_total<S: ObjectStore>(store: &S) -> Result<u64, Error> {
-    let mut total = 0;
-    for meta in store.list(DROPPED).await? {
-        if let Some(object) = store.get(&meta.key).await?
-            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&object.body)
-        {
-            total += value["dropped"].as_u64().unwrap_or(0);
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::*;
 use crate::ingest::ingest;
 use crate::snapshot::RunConfig;
 use crate::storage::FsStore;
+use crate::suppression::{dropped_total, load_suppression};
 use crate::testing::collect_into;
 
 fn now() -> UtcTime {

@@ -8,25 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::retry::RetryPolicy;
 use super::signing::Secret;
 use crate::audiences::AudienceSet;
+use crate::profile::is_pii_trait;
 use crate::tags::{Catalog, DefinitionError, EventFilter, TagSet};
-
-/// Traits that are personal data: sent only to destinations with `allowPii`.
-pub const PII_TRAITS: [&str; 14] = [
-    "email",
-    "phone",
-    "name",
-    "firstName",
-    "lastName",
-    "address",
-    "street",
-    "postalCode",
-    "birthday",
-    "birthDate",
-    "ip",
-    "username",
-    "first_name",
-    "last_name",
-];
 
 /// Headers a destination may not set: the ones the delivery itself owns.
 const RESERVED_HEADERS: [&str; 8] = [
@@ -227,11 +210,6 @@ impl DestinationDefinition {
     pub fn may_send_trait(&self, name: &str) -> bool {
         self.allow_pii || !is_pii_trait(name)
     }
-}
-
-/// Whether a trait name is personal data.
-pub fn is_pii_trait(name: &str) -> bool {
-    PII_TRAITS.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
 /// Checked destinations.

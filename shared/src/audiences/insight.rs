@@ -77,7 +77,7 @@ impl InsightCounts {
         let mut held = Vec::new();
         for (name, value) in traits {
             // Personal data is never an insight, whatever its share.
-            if !crate::activation::destination::PII_TRAITS.contains(&name.as_str()) {
+            if !crate::profile::PII_TRAITS.contains(&name.as_str()) {
                 held.extend(slot(&mut self.traits, &mut self.slots, "trait", name, value));
             }
         }

@@ -6,5 +6,5 @@
 mod policy;
 mod record;
 
-pub use policy::{ProfileRules, TraitPolicy};
+pub use policy::{PII_TRAITS, ProfileRules, TraitPolicy, is_pii_trait};
 pub use record::{Aggregate, ConsentChoice, EventStats, Membership, Profile, TraitValue};

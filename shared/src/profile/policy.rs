@@ -33,7 +33,7 @@ pub struct ProfileRules {
     #[serde(default = "default_aggregated")]
     pub aggregated_properties: Vec<String>,
     /// Traits that are personal data on top of the built-in ones (email, phone, name, address, …:
-    /// [`crate::activation::destination::PII_TRAITS`]): stored sealed, masked for readers without `pii:read`.
+    /// [`PII_TRAITS`]): stored sealed, masked for readers without `pii:read`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub personal: Vec<String>,
 }
@@ -60,11 +60,35 @@ impl Default for ProfileRules {
 impl ProfileRules {
     /// Whether the trait `name` is personal data: a built-in one or one the operator marked (either case).
     pub fn is_personal(&self, name: &str) -> bool {
-        crate::activation::destination::is_pii_trait(name) || self.personal.iter().any(|p| p.eq_ignore_ascii_case(name))
+        is_pii_trait(name) || self.personal.iter().any(|p| p.eq_ignore_ascii_case(name))
     }
 
     /// The policy of trait `name`.
     pub fn policy(&self, name: &str) -> &TraitPolicy {
         self.traits.get(name).unwrap_or(&self.default_policy)
     }
+}
+
+/// Traits that are personal data: sealed at rest, masked without `pii:read`, sent only to destinations with
+/// `allowPii`.
+pub const PII_TRAITS: [&str; 14] = [
+    "email",
+    "phone",
+    "name",
+    "firstName",
+    "lastName",
+    "address",
+    "street",
+    "postalCode",
+    "birthday",
+    "birthDate",
+    "ip",
+    "username",
+    "first_name",
+    "last_name",
+];
+
+/// Whether a trait name is personal data.
+pub fn is_pii_trait(name: &str) -> bool {
+    PII_TRAITS.iter().any(|p| p.eq_ignore_ascii_case(name))
 }

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use regex_lite::Regex;
 use serde_json::Value;
 
+use super::conditions::Patterns;
 use super::definition::{
     AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, RfmOutput, TagDefinition,
     TagKind, ValueKind,
 };
-use super::conditions::Patterns;
 use crate::event::EventType;
 
 /// A checked set of definitions: the computed ones in evaluation order, with their patterns compiled.

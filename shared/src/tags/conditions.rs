@@ -109,4 +109,3 @@ fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
         _ => None,
     }
 }
-

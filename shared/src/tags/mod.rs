@@ -30,9 +30,9 @@ mod predict_tests;
 #[cfg(feature = "columnar")]
 mod products;
 mod state;
-mod summary;
 #[cfg(test)]
 mod state_tests;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -41,11 +41,11 @@ pub use check::TagSet;
 pub use columnar::{
     Column, ColumnarError, JSON_METADATA, NO_VALUE, TagColumns, event_table, profile_table, traits_of, value_array,
 };
+pub use conditions::EventView;
 pub use definition::{
     AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
     Operand, RfmOutput, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
-pub use conditions::EventView;
 #[cfg(feature = "columnar")]
 pub use predict::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel};
 #[cfg(feature = "columnar")]
@@ -54,6 +54,6 @@ pub use state::{ProfileTagState, StatState};
 pub use summary::{Seen, Stamp, Stamped, Summary};
 
 pub(crate) use check::{Checker, TagsById};
-pub(crate) use definition::single_key;
 pub(crate) use conditions::{Patterns, compare, operand, passes};
+pub(crate) use definition::single_key;
 pub(crate) use eval::statistical;

@@ -23,9 +23,8 @@ use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::check::TagSet;
-use super::columnar::{ColumnarError, Events, numbers_of};
+use super::columnar::table::{ColumnarError, Events, numbers_of, texts};
 use super::definition::{EventFilter, RfmOutput, TagKind};
-use super::products::texts;
 
 const DAY: i64 = 86_400_000;
 

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::columnar::{Column, ColumnarError, Events, numbers_of};
+use super::columnar::table::{ColumnarError, Events, numbers_of, texts};
 
 /// How product tags are read from events (`config/products.json`; every field has a default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,15 +69,6 @@ pub struct ProductTag {
 pub struct ProductTags {
     config: ProductConfig,
     products: HashMap<String, (ProductTag, BTreeMap<String, u64>)>,
-}
-
-/// A product id as text (numbers as written).
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
 }
 
 impl ProductTags {
@@ -147,22 +137,9 @@ impl ProductTags {
     }
 }
 
-/// A column's values as text, one per row (product ids and categories; numbers as written).
-pub(super) fn texts(events: &mut Events<'_>, name: &str) -> Result<Vec<Option<String>>, ColumnarError> {
-    let rows = events.at.len();
-    let column = events.column(name)?;
-    Ok(match column {
-        Column::Coded { codes, entries } => {
-            let entries: Vec<Option<String>> = entries.iter().map(text).collect();
-            codes.iter().map(|&c| entries.get(c as usize).cloned().flatten()).collect()
-        }
-        Column::Numbers { .. } => (0..rows).map(|row| text(&column.value(row))).collect(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::{Map, json};
+    use serde_json::{Map, Value, json};
 
     use super::*;
     use crate::tags::{EventView, event_table};

@@ -43,9 +43,9 @@ pub(crate) fn run(sockets: usize, requests: usize, files: u64) -> anyhow::Result
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let pid = child.id();
-    let _child = crate::bench::ChildGuard(child);
+    let _child = super::kit::ChildGuard(child);
     let url = format!("http://{addr}");
-    crate::bench::wait_healthy(&url)?;
+    super::kit::wait_healthy(&url)?;
     println!(
         "cdp bench idle: {sockets} idle connections held against cdp up (open files limited to {files}), {requests} requests meanwhile"
     );

@@ -60,8 +60,8 @@ pub(crate) fn deliveries(items: usize, batch: usize, profiles: usize) -> anyhow:
     let dir = tempfile::tempdir()?;
     let store = FsStore::open(dir.path())?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let _receiver = crate::bench::spawn(&["bench", "sink", "--listen", &addr.to_string()])?;
-    crate::bench::wait_healthy(&format!("http://{addr}"))?;
+    let _receiver = super::kit::spawn(&["bench", "sink", "--listen", &addr.to_string()])?;
+    super::kit::wait_healthy(&format!("http://{addr}"))?;
     let url = format!("http://{addr}/v1/batch");
     let destination: DestinationDefinition = serde_json::from_value(json!({
         "id": "bench", "url": url, "secret": SECRET, "send": {"audiences": ["big_spenders"]},
@@ -246,9 +246,9 @@ pub(crate) fn activation(rate: usize, seconds: u64, users: usize) -> anyhow::Res
     ))?;
     let up_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let data = dir.path().to_string_lossy().to_string();
-    let _up = crate::bench::spawn(&["up", "--data", &data, "--listen", &up_addr.to_string(), "--webhooks-loopback"])?;
+    let _up = super::kit::spawn(&["up", "--data", &data, "--listen", &up_addr.to_string(), "--webhooks-loopback"])?;
     let up_url = format!("http://{up_addr}");
-    crate::bench::wait_healthy(&up_url)?;
+    super::kit::wait_healthy(&up_url)?;
     std::thread::sleep(Duration::from_millis(1500)); // the dispatcher reads its configuration
     println!(
         "cdp bench activation: {rate} events/s for {seconds} s through cdp up (collector → ingest → trigger → outbox → dispatcher → webhook), {users} users, batches of 50 every 10 ms"

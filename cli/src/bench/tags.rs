@@ -51,7 +51,7 @@ type StoredEvent = (String, Option<String>, i64, String, Map<String, Value>);
 /// A profile's synthetic history: (kind, event, time, id, properties).
 pub(crate) type History = Vec<(&'static str, Option<&'static str>, i64, String, Map<String, Value>)>;
 
-pub(crate) fn history(profile: u64, events: usize, now: i64, rng: &mut crate::bench::Xorshift) -> History {
+pub(crate) fn history(profile: u64, events: usize, now: i64, rng: &mut super::kit::Xorshift) -> History {
     let mut next = |n: u64| rng.below(n);
     let categories = ["shoes", "shirts", "hats", "bags", "socks"];
     (0..events)
@@ -87,7 +87,7 @@ pub(crate) fn run(profiles: u64, events: usize) -> anyhow::Result<()> {
     }
     let tags = twenty_tags()?;
     let now = 1_795_000_000_000i64;
-    let mut rng = crate::bench::Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = super::kit::Xorshift(0x9e37_79b9_7f4a_7c15);
     let traits = json!({"plan": "pro"}).as_object().cloned().unwrap_or_default();
     let histories: Vec<History> = (0..profiles).map(|p| history(p, events, now, &mut rng)).collect();
     // The stored states, as ingest keeps them (built untimed), serialized as they are stored.

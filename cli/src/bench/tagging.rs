@@ -20,7 +20,7 @@ const PER_PART: usize = 500_000;
 
 /// The moment the recompute runs at (two years after the synthetic history starts).
 fn now() -> anyhow::Result<UtcTime> {
-    UtcTime::from_unix_millis(crate::bench_ingest::at(0).unix_millis() + 730 * 86_400_000).context("time")
+    UtcTime::from_unix_millis(super::ingest::at(0).unix_millis() + 730 * 86_400_000).context("time")
 }
 
 /// Writes the data set into `dir`: the state of `people` people, the definitions, and every event both as raw
@@ -33,9 +33,9 @@ pub(crate) fn generate(dir: &Path, people: u64, events: usize) -> anyhow::Result
     let now_ms = now.unix_millis();
     runtime.block_on(async {
         let start = Instant::now();
-        crate::bench_ingest::build_base(&store, people).await?;
+        super::ingest::build_base(&store, people).await?;
         let tags: Vec<Value> =
-            crate::bench_tags::twenty_tags()?.tags().iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+            super::tags::twenty_tags()?.tags().iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
         let audiences = json!([
             {"id": "buyers", "status": "active", "when": {"field": "tag:active_buyer", "op": "eq", "value": true}},
             {"id": "vip", "status": "active", "when": {"field": "tag:tier", "op": "eq", "value": "high"}}
@@ -45,17 +45,17 @@ pub(crate) fn generate(dir: &Path, people: u64, events: usize) -> anyhow::Result
 
         // The same events twice: as raw objects, and as lake parts with the watermark past every raw object.
         let rules = shared::identity::IdentityRules::default();
-        let mut rng = crate::bench::Xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rng = super::kit::Xorshift(0x2545_f491_4f6c_dd1d);
         let (mut object, mut part, mut last_raw, mut total) = (Vec::new(), Vec::new(), String::new(), 0usize);
         let (mut n, mut objects) = (0u64, 0i64);
         let mut entropy = shared::ids::Entropy::from_seed([7; 32]);
         for person in 0..people {
-            for (kind, name, at, id, properties) in crate::bench_tags::history(person, events, now_ms, &mut rng) {
+            for (kind, name, at, id, properties) in super::tags::history(person, events, now_ms, &mut rng) {
                 n += 1;
                 let kind = if kind == "page" { EventType::Page } else { EventType::Track };
                 let at = UtcTime::from_unix_millis(at).context("time")?;
                 let mut event: CanonicalEvent =
-                    crate::bench_ingest::event(n, person, kind, at, person % 2 == 0 || n % 3 == 0);
+                    super::ingest::event(n, person, kind, at, person % 2 == 0 || n % 3 == 0);
                 (event.message_id, event.event, event.properties) = (id, name.map(String::from), Some(properties));
                 let keys = functions::lake::identity_keys(&rules, &event);
                 object.push(event.clone());
@@ -100,7 +100,7 @@ pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
     let report = runtime.block_on(functions::tagging::full_recompute(&store, now))?;
     let seconds = start.elapsed().as_secs_f64();
-    let peak = crate::bench::peak_rss_bytes().unwrap_or(0);
+    let peak = super::kit::peak_rss_bytes().unwrap_or(0);
     println!(
         "{}",
         json!({"seconds": seconds, "peakBytes": peak, "events": report.events, "profiles": report.profiles})

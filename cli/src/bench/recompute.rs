@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::bench::Xorshift;
+use super::kit::Xorshift;
 use anyhow::{Context as _, bail};
 use arrow_array::types::Int8Type;
 use arrow_array::{
@@ -348,7 +348,7 @@ pub(crate) fn run(
     if profiles == 0 || chunk_profiles == 0 {
         bail!("need --profiles ≥ 1 and --chunk ≥ 1");
     }
-    let tags = crate::bench_tags::twenty_tags()?;
+    let tags = super::tags::twenty_tags()?;
     let scratch = tempfile::tempdir()?;
     let dir = data.unwrap_or_else(|| scratch.path().to_path_buf());
     let (profile_count, event_count) = generate(&dir, profiles, events_per_profile, chunk_profiles)?;
@@ -368,7 +368,7 @@ pub(crate) fn run(
     let (chunks, _): (Vec<Chunk>, _) =
         recompute(&tags, Table::File(profiles_path.clone()), Table::File(events_path.clone()), NOW, 2)?;
     let ours = start.elapsed().as_secs_f64();
-    let peak = crate::bench::peak_rss_bytes().unwrap_or(0);
+    let peak = super::kit::peak_rss_bytes().unwrap_or(0);
     println!("| engine | time (s) | peak memory (MB) | events/s |");
     println!("|---|---:|---:|---:|");
     println!(
@@ -390,7 +390,7 @@ pub(crate) fn run(
         let sql_path = dir.join("tags.sql");
         std::fs::write(&sql_path, duckdb_sql(&tags, &profiles_path, &events_path)?)?;
         let theirs = dir.join("duckdb-results.parquet");
-        let peer = crate::bench::duckdb_peer(
+        let peer = super::kit::duckdb_peer(
             "duckdb_tags.py",
             &[sql_path.as_os_str(), ours_path.as_os_str(), theirs.as_os_str()],
         )?;

@@ -14,7 +14,7 @@ use shared::access::Scope;
 use shared::ids::{Entropy, sha256_hex};
 use tower_service::Service as _;
 
-use crate::bench::Xorshift;
+use super::kit::Xorshift;
 
 /// The identifier a lookup uses: the three kinds in turn, as a caller would type them, and as the graph keys
 /// them (for the peer's table).
@@ -50,7 +50,7 @@ pub(crate) fn run(people: u64, lookups: usize, duckdb: bool) -> anyhow::Result<(
         .collect();
     let latencies = runtime.block_on(async {
         let start = Instant::now();
-        crate::bench_ingest::build_base(&store, people).await?;
+        super::ingest::build_base(&store, people).await?;
         println!(
             "cdp bench api: state of {people} people / {} identifiers built in {:.1} s",
             people * 3,
@@ -129,7 +129,7 @@ pub(crate) fn run(people: u64, lookups: usize, duckdb: bool) -> anyhow::Result<(
         drop(out);
         let keys = dir.path().join("keys.txt");
         std::fs::write(&keys, picks.iter().map(|(_, key, _)| key.as_str()).collect::<Vec<_>>().join("\n"))?;
-        let peer = crate::bench::duckdb_peer("duckdb_lookup.py", &[table.as_os_str(), keys.as_os_str()])?;
+        let peer = super::kit::duckdb_peer("duckdb_lookup.py", &[table.as_os_str(), keys.as_os_str()])?;
         println!(
             "| DuckDB {} (table with primary key, in process) | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
             peer["duckdb"].as_str().unwrap_or("?"),

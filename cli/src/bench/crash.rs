@@ -35,11 +35,11 @@ fn body(key: &str, first: usize, batch: usize) -> String {
 }
 
 /// Starts `cdp up` on `data` at a free port; its URL.
-fn start(data: &str) -> anyhow::Result<(crate::bench::ChildGuard, String)> {
+fn start(data: &str) -> anyhow::Result<(super::kit::ChildGuard, String)> {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let child = crate::bench::spawn(&["up", "--data", data, "--listen", &addr.to_string()])?;
+    let child = super::kit::spawn(&["up", "--data", data, "--listen", &addr.to_string()])?;
     let url = format!("http://{addr}");
-    crate::bench::wait_healthy(&url)?;
+    super::kit::wait_healthy(&url)?;
     Ok((child, url))
 }
 
@@ -96,7 +96,7 @@ pub(crate) fn run(kills: usize, interval: f64, batch: usize, connections: usize)
         })
         .collect();
 
-    let mut rng = crate::bench::Xorshift(0x9E37_79B9_7F4A_7C15 ^ crate::now().unix_millis() as u64);
+    let mut rng = super::kit::Xorshift(0x9E37_79B9_7F4A_7C15 ^ crate::now().unix_millis() as u64);
     for _ in 0..kills {
         let wait = interval * (0.5 + rng.below(1000) as f64 / 1000.0);
         std::thread::sleep(Duration::from_secs_f64(wait));

@@ -119,7 +119,7 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
         data.shared_devices,
         start.elapsed().as_secs_f64()
     );
-    let rss_before = crate::bench::peak_rss_bytes().unwrap_or(0);
+    let rss_before = super::kit::peak_rss_bytes().unwrap_or(0);
 
     let start = Instant::now();
     let plain = resolve(data.identifiers, &data.links, None);
@@ -127,7 +127,7 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
     let start = Instant::now();
     let ruled = resolve(data.identifiers, &data.links, Some(&data.users));
     let ruled_secs = start.elapsed().as_secs_f64();
-    let rss_after = crate::bench::peak_rss_bytes().unwrap_or(0);
+    let rss_after = super::kit::peak_rss_bytes().unwrap_or(0);
     // Working memory of the resolver: parent, size and user per identifier, and the labels it returns; the
     // links are the input.
     let working = 12 * data.identifiers + 4 * data.identifiers;
@@ -161,7 +161,7 @@ pub(crate) fn run(identifiers: usize, links_per_id: f64, duckdb: bool) -> anyhow
         out.flush()?;
         drop(out);
         let identifiers = data.identifiers.to_string();
-        let peer = crate::bench::duckdb_peer("duckdb_stitch.py", &[path.as_os_str(), identifiers.as_ref()])?;
+        let peer = super::kit::duckdb_peer("duckdb_stitch.py", &[path.as_os_str(), identifiers.as_ref()])?;
         let seconds = peer["seconds"].as_f64().unwrap_or(f64::NAN);
         println!(
             "| DuckDB {} label propagation, no rules | {seconds:.3} | {} | – | – ({} iterations; CSV load {:.1} s not counted) |",
