@@ -42,7 +42,7 @@ pub async fn record<S: ObjectStore>(
             after: change.after.clone(),
             detail: change.detail.clone(),
         };
-        let body = serde_json::to_vec(&entry).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec(&entry).map_err(Error::encoding)?;
         match store
             .put(
                 &audit_key(at, &id),
@@ -56,7 +56,7 @@ pub async fn record<S: ObjectStore>(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Corrupt("could not name a new audit record".into()))
+    Err(Error::Internal("could not name a new audit record".into()))
 }
 
 /// `candidate`, or the next id after the last one this process gave if that is not later: records made in

@@ -219,7 +219,7 @@ pub fn recompute(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(Error::Corrupt("a worker panicked".into()))))
+            .map(|w| w.join().unwrap_or_else(|_| Err(Error::Machine("a worker panicked".into()))))
             .collect()
     });
     let mut chunks = Vec::with_capacity(groups);

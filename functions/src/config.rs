@@ -53,12 +53,12 @@ where
 pub fn now() -> Result<shared::time::UtcTime, Error> {
     let ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    shared::time::UtcTime::from_unix_millis(ms).ok_or_else(|| Error::Corrupt("the clock is out of range".into()))
+    shared::time::UtcTime::from_unix_millis(ms).ok_or_else(|| Error::Machine("the clock is out of range".into()))
 }
 
 /// 32 bytes from the operating system's CSPRNG (ids must not be predictable).
 pub fn random_seed() -> Result<[u8; 32], Error> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| Error::Corrupt(format!("no randomness from the operating system: {e}")))?;
+    getrandom::fill(&mut seed).map_err(|e| Error::Machine(format!("no randomness from the operating system: {e}")))?;
     Ok(seed)
 }

@@ -234,7 +234,7 @@ async fn compact_within<S: ObjectStore>(
         Some(etag) => Condition::IfMatch(etag),
         None => Condition::IfNoneMatch,
     };
-    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&manifest).map_err(Error::encoding)?;
     match store.put(MANIFEST, body, PutOptions { condition, ..PutOptions::json() }).await {
         Ok(_) => Ok(out),
         Err(StoreError::PreconditionFailed) => Err(Error::Store(StoreError::Unavailable(

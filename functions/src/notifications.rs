@@ -57,7 +57,7 @@ pub struct SqsBatchResponse {
 }
 
 /// Object keys of `ObjectCreated` records under `raw/`, URL-decoded as S3 encodes them (`+` is a space).
-pub fn keys_of_s3_event(json: &serde_json::Value) -> Result<Vec<String>, String> {
+pub fn keys_of_s3_event(json: &serde_json::Value) -> Result<Vec<String>, shared::Invalid> {
     let event: S3Event = serde_json::from_value(json.clone()).map_err(|e| format!("not an S3 event: {e}"))?;
     Ok(event
         .records
@@ -69,18 +69,18 @@ pub fn keys_of_s3_event(json: &serde_json::Value) -> Result<Vec<String>, String>
 }
 
 /// One SQS message's id and the keys its S3 notification names, or why its body could not be read.
-pub type MessageKeys = (String, Result<Vec<String>, String>);
+pub type MessageKeys = (String, Result<Vec<String>, shared::Invalid>);
 
 /// Per SQS message: its id and the keys its S3 notification names, or why its body could not be read.
 /// S3's `s3:TestEvent` (sent when notifications are configured) yields no keys.
-pub fn keys_of_sqs_event(json: &serde_json::Value) -> Result<Vec<MessageKeys>, String> {
+pub fn keys_of_sqs_event(json: &serde_json::Value) -> Result<Vec<MessageKeys>, shared::Invalid> {
     let event: SqsEvent = serde_json::from_value(json.clone()).map_err(|e| format!("not an SQS event: {e}"))?;
     Ok(event
         .records
         .into_iter()
         .map(|m| {
             let keys = serde_json::from_str::<serde_json::Value>(&m.body)
-                .map_err(|e| format!("message body is not JSON: {e}"))
+                .map_err(|e| shared::Invalid(format!("message body is not JSON: {e}")))
                 .and_then(|body| {
                     if body.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
                         Ok(Vec::new())

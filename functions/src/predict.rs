@@ -138,7 +138,7 @@ impl<'t> Trainer<'t> {
 
     /// Takes in one chunk: profiles `first..first + profiles` and their event table.
     pub fn observe(&mut self, first: u32, profiles: usize, events: &RecordBatch) -> Result<(), Error> {
-        let corrupt = |e: shared::tags::ColumnarError| Error::Corrupt(e.to_string());
+        let corrupt = |e: shared::tags::ColumnarError| Error::Internal(e.to_string());
         for (id, gathered) in &mut self.gathered {
             match gathered {
                 Gathered::Propensity { as_of, sample } => {

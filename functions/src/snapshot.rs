@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use shared::Invalid;
 use shared::activation::{DestinationDefinition, DestinationSet};
 use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::identity::IdentityRules;
@@ -69,13 +70,13 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Definitions {
     /// `config/tags.json` (none when absent).
-    pub tags: Result<Vec<TagDefinition>, String>,
+    pub tags: Result<Vec<TagDefinition>, Invalid>,
     /// `config/audiences.json` (none when absent).
-    pub audiences: Result<Vec<AudienceDefinition>, String>,
+    pub audiences: Result<Vec<AudienceDefinition>, Invalid>,
     /// `config/destinations.json`: `None` when absent or empty.
-    pub destinations: Result<Option<Vec<DestinationDefinition>>, String>,
+    pub destinations: Result<Option<Vec<DestinationDefinition>>, Invalid>,
     /// `config/products.json` (defaults when absent).
-    pub products: Result<ProductConfig, String>,
+    pub products: Result<ProductConfig, Invalid>,
 }
 
 impl Default for Definitions {
@@ -149,7 +150,7 @@ impl Snapshot {
     /// The tag and audience definitions, each checked: the full recompute's view, strict where ingest is
     /// lenient. A file that does not parse or check is a configuration error naming it.
     pub fn checked(&self) -> Result<Checked, Error> {
-        let config = |problem: &String| Error::Config(shared::Error::Config(problem.clone()));
+        let config = |problem: &Invalid| Error::Config(shared::Error::Config(problem.0.clone()));
         let tag_defs = self.definitions.tags.as_ref().map_err(config)?;
         let audience_defs = self.definitions.audiences.as_ref().map_err(config)?;
         let products = self.definitions.products.as_ref().map_err(config)?.clone();
@@ -159,7 +160,7 @@ impl Snapshot {
 
     /// Audiences and destinations for the full recompute, with its checked `audiences`: `Ok(None)` without
     /// destinations, the problem when the destinations do not load or check.
-    pub fn activation_with(&self, checked: &Checked) -> Result<Option<Activation>, String> {
+    pub fn activation_with(&self, checked: &Checked) -> Result<Option<Activation>, Invalid> {
         match &self.definitions.destinations {
             Ok(Some(destinations)) => {
                 Activation::check(destinations, checked.audiences.clone(), &checked.audience_defs, &checked.tags)
@@ -215,7 +216,7 @@ pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, E
 
 impl Activation {
     /// Ingest's view: `Ok(None)` without destinations; the problem when a file does not parse or check.
-    fn lenient(definitions: &Definitions, tags: Option<&TagSet>) -> Result<Option<Self>, String> {
+    fn lenient(definitions: &Definitions, tags: Option<&TagSet>) -> Result<Option<Self>, Invalid> {
         let destinations = match &definitions.destinations {
             Ok(Some(destinations)) => destinations,
             Ok(None) => return Ok(None),
@@ -227,12 +228,12 @@ impl Activation {
         let tags = match tags {
             Some(tags) => tags,
             None => {
-                empty = TagSet::check(&[], &catalog).map_err(|e| format!("no tags do not check: {e:?}"))?;
+                empty = TagSet::check(&[], &catalog).map_err(|e| Invalid(format!("no tags do not check: {e:?}")))?;
                 &empty
             }
         };
         let audiences = AudienceSet::check(audience_defs, tags, &catalog)
-            .map_err(|errors| format!("{}: {}", keys::CONFIG_AUDIENCES, problems(&errors)))?;
+            .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_AUDIENCES, problems(&errors))))?;
         Self::check(destinations, audiences, audience_defs, tags).map(Some)
     }
 
@@ -241,10 +242,10 @@ impl Activation {
         audiences: AudienceSet,
         audience_defs: &[AudienceDefinition],
         tags: &TagSet,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Invalid> {
         // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
         let destinations = DestinationSet::check(destinations, &audiences, tags, &Catalog::default(), true)
-            .map_err(|errors| format!("{}: {}", keys::CONFIG_DESTINATIONS, problems(&errors)))?;
+            .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_DESTINATIONS, problems(&errors))))?;
         let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
         Ok(Self { audiences, names, destinations })
     }
@@ -255,10 +256,10 @@ impl Activation {
 async fn lenient<S: ObjectStore, T: DeserializeOwned>(
     store: &S,
     key: &str,
-) -> Result<Result<Option<T>, String>, Error> {
+) -> Result<Result<Option<T>, Invalid>, Error> {
     match crate::config::read(store, key).await {
         Ok(value) => Ok(Ok(value)),
-        Err(Error::Config(problem)) => Ok(Err(problem.to_string())),
+        Err(Error::Config(problem)) => Ok(Err(Invalid(problem.to_string()))),
         Err(error) => Err(error),
     }
 }

@@ -60,7 +60,7 @@ pub async fn update_suppression<S: ObjectStore>(store: &S, change: impl Fn(&mut 
             None => Suppression::default(),
         };
         change(&mut list);
-        let body = serde_json::to_vec_pretty(&list).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&list).map_err(Error::encoding)?;
         Ok::<_, Error>((body, ()))
     })
     .await

@@ -12,3 +12,29 @@ pub enum Error {
     #[error("cannot decode stored object: {0}")]
     Decode(String),
 }
+
+/// What is wrong with something given — a definition, a URL, an identifier, a setting — in words for whoever
+/// gave it: their fault, and not worth retrying until they change it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(problem: String) -> Self {
+        Self(problem)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(problem: &str) -> Self {
+        Self(problem.to_string())
+    }
+}
+
+impl std::ops::Deref for Invalid {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}

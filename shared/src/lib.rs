@@ -29,4 +29,4 @@ pub mod storage;
 pub mod tags;
 pub mod time;
 
-pub use error::Error;
+pub use error::{Error, Invalid};

@@ -109,7 +109,7 @@ impl Running {
 fn enqueue(store: &FsStore, messages: &[Message]) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     let now = functions::config::now().expect("clock");
-    rt.block_on(dispatch::enqueue(
+    rt.block_on(functions::activation::outbox::enqueue(
         store,
         messages,
         now,
@@ -212,7 +212,7 @@ fn every_delivery_arrives_once_by_id_in_order_per_profile_through_failures_downt
     // Nothing left behind: lanes empty of work, no dead letters, the outbox drained, attempts logged.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     rt.block_on(async {
-        assert!(store.list(dispatch::OUTBOX).await.unwrap().is_empty());
+        assert!(store.list(functions::activation::outbox::OUTBOX).await.unwrap().is_empty());
         assert!(store.list("deliveries/v1/dead/").await.unwrap().is_empty());
         assert!(!store.list("deliveries/v1/log/a/").await.unwrap().is_empty());
         for meta in store.list("deliveries/v1/lanes/a/").await.unwrap() {
@@ -527,7 +527,11 @@ fn messages_for_a_destination_added_after_the_dispatcher_started_wait_for_it_and
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(rt.block_on(dispatch::dead_letters(&store, "new")).expect("dead letters").is_empty(), "not dead-lettered");
-    assert_eq!(rt.block_on(store.list(dispatch::OUTBOX)).expect("outbox").len(), 1, "it waits in the outbox");
+    assert_eq!(
+        rt.block_on(store.list(functions::activation::outbox::OUTBOX)).expect("outbox").len(),
+        1,
+        "it waits in the outbox"
+    );
     running.stop();
     let running = Running::start(store.clone(), vec![old, new]);
     wait_for("the new destination's item", Duration::from_secs(10), || {

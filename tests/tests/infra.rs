@@ -201,7 +201,7 @@ fn the_environment_set_is_the_environment_read() {
 fn notifications_watch_the_storage_layout() {
     let module = module();
     assert_eq!(local(&module, "raw_prefix"), &Expression::String(shared::storage::ObjectKind::Raw.prefix().into()));
-    assert_eq!(local(&module, "outbox_prefix"), &Expression::String(functions::activation::dispatch::OUTBOX.into()));
+    assert_eq!(local(&module, "outbox_prefix"), &Expression::String(functions::activation::outbox::OUTBOX.into()));
     let notification = module
         .iter()
         .flat_map(|(_, b)| blocks(b, "resource"))

@@ -29,11 +29,9 @@ use shared::time::UtcTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::http::{Attempt, Sender};
+use super::outbox::OUTBOX;
 use crate::error::Error;
 use crate::storage::{ObjectStore, PutOptions};
-
-/// Messages waiting for the dispatcher.
-pub const OUTBOX: &str = "deliveries/v1/outbox/";
 
 /// A lane's state object.
 pub fn lane_key(destination: &str, lane: usize) -> String {
@@ -117,43 +115,6 @@ pub struct AttemptRecord {
     pub latency_ms: i64,
 }
 
-/// Writes `messages` to the outbox as one object; the dispatcher picks it up (in the cloud, the object's
-/// notification triggers the activation function). Returns the key, or `None` when there was nothing to write.
-pub async fn enqueue<S: ObjectStore>(
-    store: &S,
-    messages: &[Message],
-    now: UtcTime,
-    entropy: &mut Entropy,
-) -> Result<Option<String>, Error> {
-    if messages.is_empty() {
-        return Ok(None);
-    }
-    let key = format!("{OUTBOX}{}.ndjson.gz", entropy.ulid(now));
-    store.put(&key, shared::storage::encode_ndjson_gz(messages), PutOptions::ndjson_gz()).await?;
-    Ok(Some(key))
-}
-
-/// Stages a producer's messages before its state commit: writes them to the outbox (nothing when there are
-/// none) and returns the key, for [`withdraw`] if the commit does not happen. A crash in between repeats a
-/// delivery (with the same item ids, which partners deduplicate), never loses one.
-pub async fn stage<S: ObjectStore>(store: &S, messages: &[Message], now: UtcTime) -> Result<Option<String>, Error> {
-    if messages.is_empty() {
-        return Ok(None);
-    }
-    let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
-    enqueue(store, messages, now, &mut entropy).await
-}
-
-/// Removes a staged outbox object whose commit did not happen. Left behind (the delete failed), it delivers
-/// items of a batch that did not commit; the re-run makes the same items, so partners see them once by id.
-pub async fn withdraw<S: ObjectStore>(store: &S, staged: Option<&str>) {
-    if let Some(key) = staged
-        && let Err(error) = store.delete(key).await
-    {
-        tracing::warn!(%key, %error, "could not withdraw an outbox object");
-    }
-}
-
 /// A generator seeded by the operating system for a writer task, or `None` (the error logged) if there is no
 /// randomness: the task then drains its channel and writes nothing.
 fn writer_entropy(what: &str) -> Option<Entropy> {
@@ -222,7 +183,7 @@ pub async fn forget_stored<S: ObjectStore>(
             None => store.delete(&meta.key).await?,
             Some(request) if request != dead.request => {
                 dead.request = request;
-                let body = serde_json::to_vec_pretty(&dead).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let body = serde_json::to_vec_pretty(&dead).map_err(Error::encoding)?;
                 store.put(&meta.key, body, PutOptions::json()).await?;
             }
             Some(_) => {}
@@ -401,14 +362,14 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
                     Some(tx) => {
                         let (ack, done) = oneshot::channel();
                         tx.send(Command::Push(messages, ack))
-                            .map_err(|_| Error::Corrupt(format!("the lane task of {destination} stopped")))?;
+                            .map_err(|_| Error::Machine(format!("the lane task of {destination} stopped")))?;
                         acks.push(done);
                     }
                     None => self.unroutable(&destination, lane, messages).await?,
                 }
             }
             for done in acks {
-                done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+                done.await.map_err(|_| Error::Machine("a lane task stopped".into()))??;
             }
             store.delete(&meta.key).await?;
         }
@@ -418,8 +379,8 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             let Some(tx) = self.lanes.get(&(dead.destination.clone(), dead.lane)) else { continue };
             let (ack, done) = oneshot::channel();
             tx.send(Command::Replay(Box::new(dead.request.clone()), ack))
-                .map_err(|_| Error::Corrupt(format!("the lane task of {} stopped", dead.destination)))?;
-            done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+                .map_err(|_| Error::Machine(format!("the lane task of {} stopped", dead.destination)))?;
+            done.await.map_err(|_| Error::Machine("a lane task stopped".into()))??;
             store.delete(&dead_key(&dead.destination, &dead.request.webhook_id)).await?;
             store.delete(&meta.key).await?;
         }
@@ -434,12 +395,12 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
             if lanes.contains(lane) {
                 let (ack, done) = oneshot::channel();
                 tx.send(Command::Forget(profiles.clone(), ack))
-                    .map_err(|_| Error::Corrupt(format!("the lane task of {id} stopped")))?;
+                    .map_err(|_| Error::Machine(format!("the lane task of {id} stopped")))?;
                 acks.push(done);
             }
         }
         for done in acks {
-            done.await.map_err(|_| Error::Corrupt("a lane task stopped".into()))??;
+            done.await.map_err(|_| Error::Machine("a lane task stopped".into()))??;
         }
         let running: BTreeSet<(String, usize)> = self.lanes.keys().cloned().collect();
         forget_stored(&self.shared.store, &profiles, &running).await
@@ -492,7 +453,7 @@ impl<S: ObjectStore + Clone> Dispatcher<S> {
         };
         let dead = DeadLetter { destination: destination.to_string(), lane, reason, dead_at: now, request };
         let key = dead_key(destination, &dead.request.webhook_id);
-        let body = serde_json::to_vec_pretty(&dead).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&dead).map_err(Error::encoding)?;
         self.shared.store.put(&key, body, PutOptions::json()).await?;
         Ok(())
     }
@@ -532,7 +493,7 @@ async fn persist<S: ObjectStore>(store: &S, destination: &str, lane: usize, stat
         store.delete(&key).await?;
         return Ok(());
     }
-    let body = serde_json::to_vec(state).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec(state).map_err(Error::encoding)?;
     store.put(&key, body, PutOptions::json()).await?;
     Ok(())
 }

@@ -82,7 +82,7 @@ pub async fn receive<S: ObjectStore + Clone>(
         let outcome = match serde_json::from_value::<PartnerResult>(raw.clone()) {
             Err(error) => Err(error.to_string()),
             Ok(result) => match result.check() {
-                Err(problem) => Err(problem),
+                Err(problem) => Err(problem.0),
                 Ok(key) => {
                     // Feedback is about profiles we sent: an identifier we do not know creates nothing.
                     let subject = match (key, &result.profile_id) {

@@ -140,11 +140,11 @@ impl Sender {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             if let Err(reason) = check_url(&url, self.reach == Reach::PublicAndLoopback) {
-                return Outcome::Refused { reason };
+                return Outcome::Refused { reason: reason.0 };
             }
             let parsed = match Url::parse(&url) {
                 Ok(parsed) => parsed,
-                Err(reason) => return Outcome::Refused { reason },
+                Err(reason) => return Outcome::Refused { reason: reason.0 },
             };
             let mut request = hyper::Request::post(&url);
             for (name, value) in headers {

@@ -62,14 +62,13 @@ pub async fn handle_payload<S: ObjectStore + Clone>(
             if records.is_empty() {
                 Ok(serde_json::json!({ "taken": taken }))
             } else {
-                serde_json::to_value(SqsBatchResponse::default()).map_err(|e| Error::Corrupt(e.to_string()))
+                serde_json::to_value(SqsBatchResponse::default()).map_err(Error::encoding)
             }
         }
         Err(error) if !records.is_empty() => {
             tracing::error!(%error, messages = records.len(), "deliveries failed; SQS will redeliver");
             let failures = records.into_iter().map(|item_identifier| BatchItemFailure { item_identifier }).collect();
-            serde_json::to_value(SqsBatchResponse { batch_item_failures: failures })
-                .map_err(|e| Error::Corrupt(e.to_string()))
+            serde_json::to_value(SqsBatchResponse { batch_item_failures: failures }).map_err(Error::encoding)
         }
         Err(error) => Err(error),
     }

@@ -1,7 +1,8 @@
 //! Activation: delivering audience changes, triggers and profile changes to partners' webhooks.
 //!
 //! - [`http`]: one signed request to a partner, SSRF-safe (every resolved address checked), with a deadline.
-//! - [`dispatch`]: the outbox, per-destination lanes (order per profile, batching, rate limits), retries on the
+//! - [`outbox`]: where producers put messages, staged before their state commit and withdrawn without it.
+//! - [`dispatch`]: per-destination lanes (order per profile, batching, rate limits), retries on the
 //!   Standard Webhooks schedule, dead letters and replay, the delivery log.
 //! - [`feedback`]: the inbound endpoint where partners report results, as events tied to the profile.
 //! - [`lambda`]: the activation Lambda's invocation (SQS notifications of outbox objects, or a schedule).
@@ -11,6 +12,8 @@ pub mod dispatch;
 pub mod feedback;
 pub mod http;
 pub mod lambda;
+pub mod outbox;
 pub mod secrets;
 
-pub use dispatch::{AttemptRecord, DeadLetter, Dispatcher, Settings, enqueue};
+pub use dispatch::{AttemptRecord, DeadLetter, Dispatcher, Settings};
+pub use outbox::enqueue;

@@ -35,7 +35,7 @@ pub async fn update_secrets<S: ObjectStore, R, E: From<Error>>(
             None => DestinationSecrets::default(),
         };
         let result = change(&mut secrets)?;
-        let body = serde_json::to_vec_pretty(&secrets).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&secrets).map_err(Error::encoding)?;
         Ok((body, result))
     })
     .await

@@ -99,6 +99,15 @@ impl From<Error> for ApiError {
                 tracing::error!(%error, "stored state is corrupt");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored state could not be read")
             }
+            Error::Machine(error) => {
+                tracing::error!(%error, "this instance failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this instance failed; try again")
+            }
+            Error::Invalid(error) => Self::invalid(error),
+            Error::Internal(error) => {
+                tracing::error!(%error, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
         }
     }
 }

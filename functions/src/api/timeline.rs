@@ -143,7 +143,7 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
             if seen.insert(event.dedup_key()) {
                 let mut event = event.clone();
                 disclosure.event(&mut event);
-                events.push(serde_json::to_value(event).map_err(|e| crate::Error::Corrupt(e.to_string()))?);
+                events.push(serde_json::to_value(event).map_err(crate::Error::encoding)?);
             }
         }
         if next_cursor.is_some() {

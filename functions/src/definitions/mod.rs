@@ -114,7 +114,7 @@ pub async fn put<S: ObjectStore>(
                 strip_secrets(definition);
             }
         }
-        let bytes = serde_json::to_vec_pretty(all.of(kind)).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(all.of(kind)).map_err(Error::encoding)?;
         Ok::<_, Refused>((bytes, (before, next)))
     })
     .await?;
@@ -144,7 +144,7 @@ pub async fn delete<S: ObjectStore>(
         };
         let before = list.remove(position);
         all.check(checking.loopback).map_err(Refused::InUse)?;
-        let bytes = serde_json::to_vec_pretty(all.of(kind)).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(all.of(kind)).map_err(Error::encoding)?;
         Ok::<_, Refused>((bytes, before))
     })
     .await?;

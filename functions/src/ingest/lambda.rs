@@ -30,17 +30,17 @@ pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, 
             unverifiable = report.unverifiable,
             "ingest reconciled"
         );
-        return serde_json::to_value(&report).map_err(|e| Error::Corrupt(e.to_string()));
+        return serde_json::to_value(&report).map_err(Error::encoding);
     }
     let is_sqs = payload["Records"].as_array().and_then(|r| r.first()).and_then(|r| r["eventSource"].as_str())
         == Some("aws:sqs");
     if !is_sqs {
-        let keys = keys_of_s3_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
+        let keys = keys_of_s3_event(payload).map_err(|e| Error::Invalid(format!("unexpected payload: {e}")))?;
         let report = ingest(store, &keys, &config, now).await?;
         report.log();
         return Ok(serde_json::json!({ "applied": report.applied, "duplicates": report.duplicates }));
     }
-    let messages = keys_of_sqs_event(payload).map_err(|e| Error::Corrupt(format!("unexpected payload: {e}")))?;
+    let messages = keys_of_sqs_event(payload).map_err(|e| Error::Invalid(format!("unexpected payload: {e}")))?;
     let mut response = SqsBatchResponse::default();
     let mut keys = Vec::new();
     let mut carried = Vec::new();
@@ -65,5 +65,5 @@ pub async fn handle_payload<S: ObjectStore + Clone>(store: &S, payload: &Value, 
                 .extend(carried.into_iter().map(|item_identifier| BatchItemFailure { item_identifier }));
         }
     }
-    serde_json::to_value(&response).map_err(|e| Error::Corrupt(e.to_string()))
+    serde_json::to_value(&response).map_err(Error::encoding)
 }

@@ -19,7 +19,7 @@ use crate::Error;
 use crate::raw::read_object;
 use crate::snapshot::{Activation, RunConfig};
 use crate::state::{CommitStats, Transaction};
-use crate::storage::{ObjectStore, PutOptions, StoreError};
+use crate::storage::{ObjectStore, PutOptions};
 
 /// What an ingest run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,45 +144,30 @@ async fn apply_events<S: ObjectStore + Clone>(
     // One order for the same set of events, whatever order the objects came in.
     events.sort_by(|a, b| (a.timestamp, &a.message_id, &a.source_id).cmp(&(b.timestamp, &b.message_id, &b.source_id)));
 
-    for attempt in 1..=config.state.max_attempts.max(1) {
+    let dedup_window = config.state.dedup_window_ms;
+    let mut attempts = crate::state::Attempts::new(&config.state, "this batch");
+    loop {
+        let attempt = attempts.next().await?;
         report.attempts = attempt;
         let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
             .await?
             .with_compaction(config.state.compaction);
-        let fresh = txn.fresh(events.clone(), now, config.state.dedup_window_ms).await?;
-        txn.record(records, now, config.state.dedup_window_ms).await?;
+        let fresh = txn.fresh(events.clone(), now, dedup_window).await?;
+        txn.record(records, now, dedup_window).await?;
         report.duplicates = events.len() - fresh.len();
         let (applied, merges, refusals, messages) = apply(&mut txn, &fresh, config, now).await?;
-        report.applied = applied;
-        report.merges = merges;
-        report.refusals = refusals;
+        (report.applied, report.merges, report.refusals) = (applied, merges, refusals);
         if !txn.is_dirty() {
             report.commit = None;
             return Ok(report);
         }
         txn.applied(applied);
-        let outbox = crate::activation::dispatch::stage(store, &messages, now).await?;
-        match txn.commit().await {
-            Ok(stats) => {
-                report.commit = Some(stats);
-                report.deliveries = messages.len();
-                return Ok(report);
-            }
-            Err(Error::Store(StoreError::PreconditionFailed)) => {
-                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
-                tracing::info!(attempt, "another writer committed first; re-running the batch on the new state");
-                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
-            }
-            Err(e) => {
-                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
-                return Err(e);
-            }
+        if let Some(stats) = crate::activation::outbox::commit_staged(store, txn, &messages, now).await? {
+            report.commit = Some(stats);
+            report.deliveries = messages.len();
+            return Ok(report);
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!(
-        "state kept changing under this batch for {} attempts",
-        config.state.max_attempts
-    ))))
 }
 
 /// Removes an identifier from the identity graph (an operator undoing a bad link, or an erasure request) and
@@ -196,7 +181,9 @@ pub async fn unlink<S: ObjectStore + Clone>(
     config: &RunConfig,
     now: UtcTime,
 ) -> Result<Vec<String>, Error> {
-    for attempt in 1..=config.state.max_attempts.max(1) {
+    let mut attempts = crate::state::Attempts::new(&config.state, "the unlink");
+    loop {
+        attempts.next().await?;
         let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
             .await?
             .with_compaction(config.state.compaction);
@@ -212,18 +199,10 @@ pub async fn unlink<S: ObjectStore + Clone>(
         }
         txn.put_back(graph, data).await?;
         txn.remove_identifier(key).await?;
-        match txn.commit().await {
-            Ok(_) => return Ok(parts),
-            Err(Error::Store(StoreError::PreconditionFailed)) => {
-                tracing::info!(attempt, "another writer committed first; re-running the unlink");
-            }
-            Err(e) => return Err(e),
+        if crate::state::fenced(txn.commit().await)?.is_some() {
+            return Ok(parts);
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!(
-        "state kept changing for {} attempts",
-        config.state.max_attempts
-    ))))
 }
 
 /// A touched profile's traits and tags before the batch.

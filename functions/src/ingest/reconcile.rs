@@ -165,7 +165,7 @@ async fn write_watermark<S: ObjectStore>(
     now: UtcTime,
 ) -> Result<(), Error> {
     let mark = Watermark { moved_at: now.unix_millis(), ..mark.clone() };
-    let body = serde_json::to_vec(&mark).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec(&mark).map_err(Error::encoding)?;
     let condition = match etag {
         Some(etag) => Condition::IfMatch(etag),
         None => Condition::IfNoneMatch,

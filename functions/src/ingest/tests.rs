@@ -5,7 +5,7 @@ use shared::ids::sha256_hex;
 
 use super::*;
 use crate::state::{Compaction, MANIFEST_KEY, Manifest, Settings, ShardCounts, lookup};
-use crate::storage::FsStore;
+use crate::storage::{FsStore, StoreError};
 
 fn now() -> UtcTime {
     UtcTime::parse("2026-11-28T12:00:00Z").unwrap()
@@ -585,7 +585,7 @@ async fn activation_config(store: &FsStore) {
 
 async fn outbox(store: &FsStore) -> Vec<shared::activation::lane::Message> {
     let mut out = Vec::new();
-    for meta in store.list(crate::activation::dispatch::OUTBOX).await.unwrap() {
+    for meta in store.list(crate::activation::outbox::OUTBOX).await.unwrap() {
         let body = store.get(&meta.key).await.unwrap().unwrap().body;
         out.extend(shared::storage::decode_ndjson_gz::<shared::activation::lane::Message>(&body).unwrap());
     }

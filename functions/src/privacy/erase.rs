@@ -12,9 +12,10 @@ use shared::time::UtcTime;
 
 use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, save};
 use crate::Error;
-use crate::activation::dispatch::{FORGET, Forget, OUTBOX, forget_stored, stage};
-use crate::state::{Compaction, ShardCounts, Transaction, collect_garbage, lookup};
-use crate::storage::{ObjectStore, PutOptions, StoreError};
+use crate::activation::dispatch::{FORGET, Forget, forget_stored};
+use crate::activation::outbox::{OUTBOX, stage};
+use crate::state::{Compaction, Settings, ShardCounts, Transaction, collect_garbage, lookup};
+use crate::storage::{ObjectStore, PutOptions};
 use crate::suppression::event_keys;
 
 /// Advances every open erasure as far as it can go now; returns how many requests changed (an error when
@@ -95,8 +96,7 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
         forget_stored(store, &erasure.profiles, &BTreeSet::new()).await?;
     } else {
         let key = format!("{FORGET}{}.json", request.id);
-        let body = serde_json::to_vec(&Forget { profiles: erasure.profiles.clone() })
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec(&Forget { profiles: erasure.profiles.clone() }).map_err(Error::encoding)?;
         store.put(&key, body, PutOptions::json()).await?;
         erasure.forget = Some(key);
         let mut messages = Vec::new();
@@ -353,7 +353,9 @@ async fn erase_state<S: ObjectStore + Clone>(
     erasure: &Erasure,
     outcome: &mut super::Outcome,
 ) -> Result<u64, Error> {
-    for attempt in 1..=8 {
+    let mut attempts = crate::state::Attempts::new(&Settings::default(), "the erasure");
+    loop {
+        attempts.next().await?;
         let mut txn = Transaction::begin(store, ShardCounts::default()).await?.with_compaction(Compaction::always());
         for key in &erasure.keys {
             txn.remove_identifier(key).await?;
@@ -362,18 +364,11 @@ async fn erase_state<S: ObjectStore + Clone>(
         if !txn.is_dirty() {
             return Ok(txn.manifest().version);
         }
-        match txn.commit().await {
-            Ok(stats) => {
-                outcome.objects += stats.shards_written;
-                return Ok(stats.version);
-            }
-            Err(Error::Store(StoreError::PreconditionFailed)) => {
-                tracing::info!(attempt, "another writer committed first; erasing again on the new state");
-            }
-            Err(e) => return Err(e),
+        if let Some(stats) = crate::state::fenced(txn.commit().await)? {
+            outcome.objects += stats.shards_written;
+            return Ok(stats.version);
         }
     }
-    Err(Error::Store(StoreError::Unavailable("the state kept changing during the erasure".into())))
 }
 
 /// Removes the profile ids from tag values, audience snapshots and audience diffs.

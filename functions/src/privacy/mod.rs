@@ -251,7 +251,7 @@ pub async fn get<S: ObjectStore>(store: &S, id: &str) -> Result<Option<PrivacyRe
 }
 
 pub(crate) async fn save<S: ObjectStore>(store: &S, request: &PrivacyRequest) -> Result<(), Error> {
-    let body = serde_json::to_vec_pretty(request).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(request).map_err(Error::encoding)?;
     store.put(&format!("{REQUESTS}{}.json", request.id), body, PutOptions::json()).await?;
     Ok(())
 }

@@ -13,10 +13,12 @@
 //! - Idempotent: messageIds are remembered for a window (exactly, in dedup shards), so an object processed
 //!   twice — or a notification delivered twice — changes nothing.
 
+mod retry;
 mod settings;
 mod shards;
 mod txn;
 
+pub use retry::{Attempts, fenced, kept_changing};
 pub use settings::Settings;
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub(crate) use shards::{IdsShard, ProfilesShard, shard_of};

@@ -439,7 +439,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             let base = self.base.objects.get(&shard_name(T::KIND.name(), n)).cloned();
             let (store, deltas, permits) = (self.store.clone(), self.deltas.clone(), permits.clone());
             tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+                let _permit = permits.acquire_owned().await.map_err(|e| Error::Machine(e.to_string()))?;
                 // An entry is its value in the newest delta that changed it, else in the base object.
                 let since = base.as_ref().map_or(0, |b| b.version);
                 let newer: Vec<&Arc<Delta>> =
@@ -758,7 +758,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             self.fold(delta, version, &mut stats).await?;
         }
         self.manifest.version = version;
-        let body = serde_json::to_vec(&self.manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec(&self.manifest).map_err(Error::encoding)?;
         stats.bytes_written += body.len();
         let condition = match self.etag {
             Some(etag) => Condition::IfMatch(etag),
@@ -791,7 +791,7 @@ impl<'s, S: ObjectStore + Clone> Transaction<'s, S> {
             let base = self.base.objects.get(&name).cloned();
             let (store, all, permits, horizon) = (self.store.clone(), all.clone(), permits.clone(), self.horizon);
             tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await.map_err(|e| Error::Corrupt(e.to_string()))?;
+                let _permit = permits.acquire_owned().await.map_err(|e| Error::Machine(e.to_string()))?;
                 let json = match kind {
                     Kind::Ids => to_json(&read_shard::<S, IdsShard>(&store, base, &all, n).await?)?,
                     Kind::Profiles => to_json(&read_shard::<S, ProfilesShard>(&store, base, &all, n).await?)?,

@@ -45,7 +45,7 @@ impl std::fmt::Debug for S3Settings {
 impl S3Settings {
     /// From the environment a Lambda function has: `CDP_BUCKET`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, and optionally `AWS_ENDPOINT_URL_S3`.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, shared::Invalid> {
         let need = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
         Ok(Self {
             endpoint: std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|s| !s.is_empty()),

@@ -147,7 +147,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         return Ok(Vec::new());
     }
     let rebuilt = TagSet::check(&pending, &Catalog::default())
-        .map_err(|e| Error::Corrupt(format!("pending tags do not check: {e:?}")))?;
+        .map_err(|e| Error::Internal(format!("pending tags do not check: {e:?}")))?;
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
     let job = job(&pending);
     // What the rebuilt tags read of an event's properties.
@@ -199,7 +199,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
             (batch, skipped) = (next.next(0), 0);
             read = Some(next);
         }
-        let read = read.as_mut().ok_or_else(|| Error::Corrupt("the events are read".into()))?;
+        let read = read.as_mut().ok_or_else(|| Error::Internal("the events are read".into()))?;
         // Profiles this backfill rebuilt in an earlier run (or that need nothing) are passed over.
         let numbers: Vec<u32> = read.batch(batch).filter(|n| read.todo[*n as usize]).collect();
         let group: BTreeSet<String> = numbers.iter().map(|n| read.profiles.id(*n).to_string()).collect();
@@ -265,10 +265,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
                 tracing::info!(batch, attempt, "another writer committed first; running the batch again");
             }
             Err(Error::Store(StoreError::PreconditionFailed)) => {
-                return Err(Error::Store(StoreError::Unavailable(format!(
-                    "state kept changing for {} attempts",
-                    config.state.max_attempts
-                ))));
+                return Err(crate::state::kept_changing("the backfill", config.state.max_attempts));
             }
             Err(e) => return Err(e),
         }
@@ -276,7 +273,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     for tag in &pending {
         ready.insert(tag.id.clone(), tag.version);
     }
-    let body = serde_json::to_vec_pretty(&ready).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&ready).map_err(Error::encoding)?;
     store.put(keys::TAGS_READY, body, PutOptions::json()).await?;
     Ok(pending.iter().map(|t| t.id.clone()).collect())
 }

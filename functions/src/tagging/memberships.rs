@@ -18,7 +18,7 @@ use super::profiles::Profiles;
 use crate::Error;
 use crate::snapshot::{Activation, RunConfig};
 use crate::state::Transaction;
-use crate::storage::{ObjectStore, StoreError};
+use crate::storage::ObjectStore;
 
 /// Records `members` (each audience's members by profile number, ascending, in the order of `audiences`) on
 /// the profiles whose recorded membership differs, and puts the entries and exits in the delivery outbox; in
@@ -74,7 +74,9 @@ async fn record_batch<S: ObjectStore + Clone>(
     now: UtcTime,
 ) -> Result<usize, Error> {
     let changing: BTreeSet<String> = decided.keys().cloned().collect();
-    for attempt in 1..=config.state.max_attempts.max(1) {
+    let mut attempts = crate::state::Attempts::new(&config.state, "the memberships recorded");
+    loop {
+        attempts.next().await?;
         let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
             .await?
             .with_compaction(config.state.compaction);
@@ -99,22 +101,8 @@ async fn record_batch<S: ObjectStore + Clone>(
         if !txn.is_dirty() {
             return Ok(0);
         }
-        let outbox = crate::activation::dispatch::stage(store, &messages, now).await?;
-        match txn.commit().await {
-            Ok(_) => return Ok(recorded),
-            Err(error) => {
-                crate::activation::dispatch::withdraw(store, outbox.as_deref()).await;
-                match error {
-                    Error::Store(StoreError::PreconditionFailed) => {
-                        tracing::info!(attempt, "another writer committed first; recording memberships again");
-                    }
-                    other => return Err(other),
-                }
-            }
+        if crate::activation::outbox::commit_staged(store, txn, &messages, now).await?.is_some() {
+            return Ok(recorded);
         }
     }
-    Err(Error::Store(StoreError::Unavailable(format!(
-        "state kept changing for {} attempts",
-        config.state.max_attempts
-    ))))
 }

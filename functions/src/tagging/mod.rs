@@ -199,7 +199,7 @@ fn in_order<T: Send>(
             for c in 0..chunks {
                 let result = results[c % threads]
                     .recv()
-                    .unwrap_or_else(|_| Err(Error::Corrupt("a recompute thread stopped".into())));
+                    .unwrap_or_else(|_| Err(Error::Machine("a recompute thread stopped".into())));
                 then(c, result?)?;
             }
             Ok(())
@@ -209,7 +209,7 @@ fn in_order<T: Send>(
         drop(results);
         let panicked = handles.into_iter().map(|h| h.join()).filter(Result::is_err).count();
         match (outcome, panicked) {
-            (_, 1..) => Err(Error::Corrupt(format!("{panicked} recompute thread(s) panicked"))),
+            (_, 1..) => Err(Error::Machine(format!("{panicked} recompute thread(s) panicked"))),
             (outcome, _) => outcome,
         }
     })
@@ -237,9 +237,9 @@ impl ValuesWriter {
         if !std::mem::take(&mut self.first) {
             self.out.write_all(b",").map_err(write_error)?;
         }
-        serde_json::to_writer(&mut self.out, id).map_err(|e| Error::Corrupt(e.to_string()))?;
+        serde_json::to_writer(&mut self.out, id).map_err(Error::encoding)?;
         self.out.write_all(b":").map_err(write_error)?;
-        serde_json::to_writer(&mut self.out, values).map_err(|e| Error::Corrupt(e.to_string()))
+        serde_json::to_writer(&mut self.out, values).map_err(Error::encoding)
     }
 
     fn finish(mut self) -> Result<Vec<u8>, Error> {
@@ -271,7 +271,7 @@ impl Keeping {
 
     /// The next profile's values (profiles in number order).
     fn push(&mut self, values: &BTreeMap<String, Value>) -> Result<(), Error> {
-        let json = serde_json::to_vec(values).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let json = serde_json::to_vec(values).map_err(Error::encoding)?;
         self.out.write_all(&json).map_err(write_error)?;
         self.written += json.len() as u64;
         self.ends.push(self.written);
@@ -302,13 +302,13 @@ impl Kept {
         let start = if n == 0 { 0 } else { self.ends[n - 1] };
         let mut json = vec![0; (self.ends[n] - start) as usize];
         std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut json, start)
-            .map_err(|e| Error::Corrupt(format!("reading the kept tag values: {e}")))?;
+            .map_err(|e| Error::Machine(format!("reading the kept tag values: {e}")))?;
         serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("kept tag values: {e}")))
     }
 }
 
 fn write_error(e: std::io::Error) -> Error {
-    Error::Corrupt(format!("writing the tag values: {e}"))
+    Error::Machine(format!("writing the tag values: {e}"))
 }
 
 /// Computes every tag and audience for every profile at `now` and writes the results.
@@ -421,7 +421,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     }
     let (population, fitted) = trainer.finish();
     for (id, model) in &population.models {
-        let body = serde_json::to_vec_pretty(model).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(model).map_err(Error::encoding)?;
         store.put(&keys::tag_model(id), body, PutOptions::json()).await?;
     }
     report.models = fitted;
@@ -438,7 +438,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
         let profile_table = profile_table(first, &traits.iter().collect::<Vec<_>>(), &trait_names);
         let columns = tags
             .evaluate_columns_with(&profile_table, first, &table, now_ms, &population)
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("the chunk's tables: {e}")))?;
         let mut evaluated = Vec::with_capacity(traits.len());
         let mut next = 0;
         for (i, traits) in traits.into_iter().enumerate() {
@@ -466,7 +466,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     in_order(spill.chunks(), threads, evaluate, |c, evaluated| {
         let chunk = chunk_profiles(c);
         report.events += evaluated.events;
-        products.observe(chunk.start, chunk.len(), &evaluated.table).map_err(|e| Error::Corrupt(e.to_string()))?;
+        products.observe(chunk.start, chunk.len(), &evaluated.table).map_err(|e| Error::Internal(e.to_string()))?;
         for (n, EvaluatedProfile { traits, tags: tag_values, member_of }) in chunk.zip(evaluated.profiles) {
             for audience in &member_of {
                 if let Some(a) = audience_ids.iter().position(|id| id == audience) {
@@ -495,7 +495,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let products = products.finish();
     report.products = products.len();
     let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+        .map_err(Error::encoding)?;
     store.put(keys::PRODUCT_TAGS, shared::storage::gzip(&body), gz()).await?;
     store.put(keys::TAG_VALUES, values.finish()?, gz()).await?;
     let writes = Writes { store, config, now, batch };
@@ -541,7 +541,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
                 )
                 .await?;
         }
-        let body = serde_json::to_vec(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec(&next).map_err(Error::encoding)?;
         store.put(&key, shared::storage::gzip(&body), gz()).await?;
     }
     // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
@@ -550,7 +550,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
         let kept = kept.finish(profiles.into_ids())?;
         report.backfilled = backfill::backfill_by(store, config, tags, &|id| kept.get(id), now, batch).await?;
     }
-    let body = serde_json::to_vec_pretty(&report).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&report).map_err(Error::encoding)?;
     store.put(keys::TAGS_REPORT, body, PutOptions::json()).await?;
     Ok(report)
 }

@@ -321,7 +321,7 @@ impl Profiles {
                 }
                 let profile = serde_json::from_str::<ForRecompute>(raw.get()).map_err(corrupt)?.profile;
                 let traits = trait_values(profile.traits, vault.as_deref())?;
-                part.traits.push(&serde_json::to_string(&traits).map_err(|e| Error::Corrupt(e.to_string()))?);
+                part.traits.push(&serde_json::to_string(&traits).map_err(Error::encoding)?);
                 part.fingerprints.push(fingerprint(&membership_hasher, &profile.memberships));
                 let mut bits = vec![0u64; words];
                 for (a, audience) in wanted.iter().enumerate() {
@@ -528,7 +528,7 @@ impl ProfileIds {
 
 /// `n` as a profile number.
 fn number(n: usize) -> Result<u32, Error> {
-    u32::try_from(n).map_err(|_| Error::Corrupt("more than 2³² profiles".into()))
+    u32::try_from(n).map_err(|_| Error::Internal("more than 2³² profiles".into()))
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub(crate) struct Spill {
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Corrupt(format!("the recompute's temporary files: {what}: {e}"))
+    move |e| Error::Machine(format!("the recompute's temporary files: {what}: {e}"))
 }
 
 impl Spill {
@@ -52,9 +52,9 @@ impl Spill {
     /// A spill for `profiles` profiles numbered from 0, in chunks starting at `starts` (ascending, from 0; a
     /// chunk may be empty).
     pub(crate) fn cut(starts: Vec<u32>, profiles: usize) -> Result<Self, Error> {
-        let end = u32::try_from(profiles).map_err(|_| Error::Corrupt("more than 2^32 profiles".into()))?;
+        let end = u32::try_from(profiles).map_err(|_| Error::Internal("more than 2^32 profiles".into()))?;
         if starts.first().is_some_and(|s| *s != 0) || starts.windows(2).any(|w| w[0] > w[1]) {
-            return Err(Error::Corrupt("chunks must start at 0 and ascend".into()));
+            return Err(Error::Internal("chunks must start at 0 and ascend".into()));
         }
         let buckets = starts.len();
         Ok(Self {
@@ -84,13 +84,13 @@ impl Spill {
     pub(crate) fn push(&mut self, profile: u32, event: &TagEvent) -> Result<(), Error> {
         let bucket = self.starts.partition_point(|start| *start <= profile).wrapping_sub(1);
         let Some(buffer) = self.buffers.get_mut(bucket).filter(|_| profile < self.end) else {
-            return Err(Error::Corrupt(format!("profile number {profile} is past the spill's profiles")));
+            return Err(Error::Machine(format!("profile number {profile} is past the spill's profiles")));
         };
         let picked;
         let properties = match (event.properties.as_deref(), &self.wanted) {
             (Some(text), Some(wanted)) if text.len() > TRIM_OVER => {
                 let kept = event.properties_of(wanted)?;
-                picked = serde_json::to_string(&kept).map_err(|e| Error::Corrupt(e.to_string()))?;
+                picked = serde_json::to_string(&kept).map_err(Error::encoding)?;
                 Some(picked.as_str())
             }
             (properties, _) => properties,
@@ -141,7 +141,7 @@ impl Spill {
         let mut rows = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
-            rows.push(decode(&bytes, &mut at).ok_or_else(|| Error::Corrupt("a chunk's file is cut short".into()))?);
+            rows.push(decode(&bytes, &mut at).ok_or_else(|| Error::Machine("a chunk's file is cut short".into()))?);
         }
         // By messageId before source, the order ingest applies events in.
         fn order(e: &TagEvent) -> (i64, &str, &str) {

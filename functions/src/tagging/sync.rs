@@ -72,12 +72,12 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
                 }
             })
             .await?;
-            crate::activation::dispatch::stage(store, &messages, now).await?;
+            crate::activation::outbox::stage(store, &messages, now).await?;
             staged += messages.len();
         }
     }
     if next != synced {
-        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&next).map_err(Error::encoding)?;
         store.put(SYNCED, body, PutOptions::json()).await?;
     }
     Ok(staged)

@@ -106,7 +106,7 @@ async fn tags_and_audiences_are_computed_and_diffs_follow_time() {
         .expect("destinations config");
     let outbox = || async {
         let mut items = Vec::new();
-        for meta in store.list(crate::activation::dispatch::OUTBOX).await.expect("list") {
+        for meta in store.list(crate::activation::outbox::OUTBOX).await.expect("list") {
             let body = store.get(&meta.key).await.expect("get").expect("object").body;
             let messages: Vec<shared::activation::lane::Message> =
                 shared::storage::decode_ndjson_gz(&body).expect("messages");
@@ -410,12 +410,12 @@ async fn memberships_wait_while_the_destinations_do_not_load_so_no_change_goes_u
     put(keys::CONFIG_DESTINATIONS, destination("nobody")).await;
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!((report.audiences["buyers"].size, report.membership_changes), (1, 0));
-    assert!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").is_empty());
+    assert!(store.list(crate::activation::outbox::OUTBOX).await.expect("list").is_empty());
     // Fixed: the entry is recorded and delivered.
     put(keys::CONFIG_DESTINATIONS, destination("buyers")).await;
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.membership_changes, 1);
-    assert_eq!(store.list(crate::activation::dispatch::OUTBOX).await.expect("list").len(), 1);
+    assert_eq!(store.list(crate::activation::outbox::OUTBOX).await.expect("list").len(), 1);
 }
 
 #[tokio::test]
@@ -441,7 +441,7 @@ async fn a_destination_subscribed_later_receives_the_current_members_once() {
     };
     let entries = |store: FsStore| async move {
         let mut out: Vec<(String, String)> = Vec::new();
-        for meta in store.list(crate::activation::dispatch::OUTBOX).await.expect("list") {
+        for meta in store.list(crate::activation::outbox::OUTBOX).await.expect("list") {
             let body = store.get(&meta.key).await.expect("get").expect("object").body;
             for message in
                 shared::storage::decode_ndjson_gz::<shared::activation::lane::Message>(&body).expect("outbox")

@@ -45,7 +45,7 @@ pub enum KeySource {
 impl KeySource {
     /// From the environment: `CDP_KMS_KEY_ID` (with `AWS_REGION`, the role's credentials and optionally
     /// `AWS_ENDPOINT_URL_KMS`), else `CDP_MASTER_KEY_FILE`; `None` when neither is set.
-    pub fn from_env() -> Result<Option<Self>, String> {
+    pub fn from_env() -> Result<Option<Self>, shared::Invalid> {
         if let Some(key_id) = std::env::var("CDP_KMS_KEY_ID").ok().filter(|s| !s.is_empty()) {
             return Ok(Some(Self::Kms(KmsSettings::from_env(key_id)?)));
         }
@@ -53,11 +53,11 @@ impl KeySource {
     }
 
     /// The key source a deployed function must have: personal traits are never stored in clear in the cloud.
-    pub fn required_from_env() -> Result<Self, String> {
+    pub fn required_from_env() -> Result<Self, shared::Invalid> {
         Self::from_env()?.ok_or_else(|| {
             "personal traits are stored sealed: set CDP_KMS_KEY_ID (the Terraform module does) or \
              CDP_MASTER_KEY_FILE"
-                .to_string()
+                .into()
         })
     }
 }
@@ -92,7 +92,7 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     fn new(key: &[u8; 32], rules: ProfileRules) -> Result<Self, Error> {
-        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Corrupt("data key rejected".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Internal("data key rejected".into()))?;
         Ok(Self { key: LessSafeKey::new(key), rules })
     }
 
@@ -104,11 +104,11 @@ impl Vault {
     /// `value` of trait `name`, sealed.
     pub fn seal(&self, name: &str, value: &Value) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| Error::Corrupt(format!("no randomness for a nonce: {e}")))?;
-        let mut data = serde_json::to_vec(value).map_err(|e| Error::Corrupt(e.to_string()))?;
+        getrandom::fill(&mut nonce).map_err(|e| Error::Machine(format!("no randomness for a nonce: {e}")))?;
+        let mut data = serde_json::to_vec(value).map_err(Error::encoding)?;
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut data)
-            .map_err(|_| Error::Corrupt(format!("sealing trait {name}")))?;
+            .map_err(|_| Error::Internal(format!("sealing trait {name}")))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
         Ok(format!("{SEALED_PREFIX}{}", B64.encode(out)))
@@ -223,8 +223,7 @@ pub async fn ensure<S: ObjectStore>(store: &S, source: &KeySource) -> Result<(),
                 serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{TRAITS_DATA_KEY}: {e}")))?;
             data_key(&stored, Some(source)).await?;
             let Some(moved) = wrap::moved(&stored.wrap, source) else { return Ok(()) };
-            let body = serde_json::to_vec_pretty(&StoredKey { wrap: moved, ..stored })
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let body = serde_json::to_vec_pretty(&StoredKey { wrap: moved, ..stored }).map_err(Error::encoding)?;
             let options = PutOptions { condition: Condition::IfMatch(object.etag), ..PutOptions::json() };
             match store.put(keys::TRAITS_DATA_KEY, body, options).await {
                 Ok(_) => return Ok(()),
@@ -234,7 +233,7 @@ pub async fn ensure<S: ObjectStore>(store: &S, source: &KeySource) -> Result<(),
         }
         let (wrap, key, wrapped) = wrap::generate(source).await?;
         let stored = StoredKey { version: 1, wrap, wrapped: B64.encode(wrapped) };
-        let body = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&stored).map_err(Error::encoding)?;
         let options = PutOptions { condition: Condition::IfNoneMatch, ..PutOptions::json() };
         match store.put(keys::TRAITS_DATA_KEY, body, options).await {
             Ok(_) => {

@@ -60,7 +60,7 @@ impl std::fmt::Debug for KmsSettings {
 
 impl KmsSettings {
     /// `key_id` with the region, credentials and optional `AWS_ENDPOINT_URL_KMS` of the environment.
-    pub fn from_env(key_id: String) -> Result<Self, String> {
+    pub fn from_env(key_id: String) -> Result<Self, shared::Invalid> {
         let need = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
         Ok(Self {
             key_id,
@@ -163,7 +163,7 @@ pub(super) async fn unwrap(wrap: &Wrap, wrapped: &[u8], source: Option<&KeySourc
                         path.display()
                     )));
                 }
-                None => KmsSettings::from_env(key_id.clone()).map_err(Error::Corrupt)?,
+                None => KmsSettings::from_env(key_id.clone()).map_err(|e| Error::Config(shared::Error::Config(e.0)))?,
             };
             let output = settings
                 .client()
@@ -229,23 +229,23 @@ fn master_key(path: &Path, create: bool) -> Result<[u8; 32], Error> {
         .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect::<Option<_>>()
         .unwrap_or_default();
-    bytes
-        .try_into()
-        .map_err(|_| Error::Corrupt(format!("master key {}: not 64 hexadecimal characters", path.display())))
+    bytes.try_into().map_err(|_| {
+        Error::Config(shared::Error::Config(format!("master key {}: not 64 hexadecimal characters", path.display())))
+    })
 }
 
 fn cipher(master: &[u8; 32]) -> Result<LessSafeKey, Error> {
-    let key = UnboundKey::new(&AES_256_GCM, master).map_err(|_| Error::Corrupt("master key rejected".into()))?;
+    let key = UnboundKey::new(&AES_256_GCM, master).map_err(|_| Error::Internal("master key rejected".into()))?;
     Ok(LessSafeKey::new(key))
 }
 
 fn seal_with(master: &[u8; 32], key: &[u8; 32]) -> Result<Vec<u8>, Error> {
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|e| Error::Corrupt(format!("no randomness for a nonce: {e}")))?;
+    getrandom::fill(&mut nonce).map_err(|e| Error::Machine(format!("no randomness for a nonce: {e}")))?;
     let mut data = key.to_vec();
     cipher(master)?
         .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(PURPOSE.as_bytes()), &mut data)
-        .map_err(|_| Error::Corrupt("wrapping the data key".into()))?;
+        .map_err(|_| Error::Internal("wrapping the data key".into()))?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&data);
     Ok(out)

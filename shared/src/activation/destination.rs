@@ -238,7 +238,7 @@ impl DestinationSet {
             let at = format!("destinations[{i}] ({})", d.id);
             checker.id(&at, &d.id, &mut seen);
             if let Err(problem) = check_url(&d.url, loopback) {
-                checker.error(&format!("{at}.url"), problem);
+                checker.error(&format!("{at}.url"), problem.0);
             }
             for (j, audience) in d.send.audiences.iter().enumerate() {
                 if !audience_ids.contains(audience.as_str()) {
@@ -351,7 +351,7 @@ impl DestinationSet {
 /// A destination URL: absolute, `https` (or `http` to loopback when allowed), a host, no credentials. Literal
 /// addresses — in every spelling a resolver accepts ([`super::ssrf::literal_address`]) — and `localhost` names
 /// are checked here; other names are checked after resolution, at send time.
-pub fn check_url(url: &str, loopback: bool) -> Result<(), String> {
+pub fn check_url(url: &str, loopback: bool) -> Result<(), crate::Invalid> {
     let parsed = Url::parse(url)?;
     let reach = if loopback { super::ssrf::Reach::PublicAndLoopback } else { super::ssrf::Reach::Public };
     let literal = super::ssrf::literal_address(&parsed.host)?;
@@ -363,17 +363,17 @@ pub fn check_url(url: &str, loopback: bool) -> Result<(), String> {
         } else {
             format!("{} ({ip})", parsed.host)
         };
-        return Err(format!("{shown} is a {reason}; webhooks go to public addresses"));
+        return Err(format!("{shown} is a {reason}; webhooks go to public addresses").into());
     }
     let local_name = literal.is_none() && is_localhost_name(&parsed.host);
     if local_name && !loopback {
-        return Err(format!("{} is a loopback name; webhooks go to public addresses", parsed.host));
+        return Err(format!("{} is a loopback name; webhooks go to public addresses", parsed.host).into());
     }
     match parsed.scheme.as_str() {
         "https" => Ok(()),
         "http" if loopback && (local_name || literal.is_some_and(|ip| ip.is_loopback())) => Ok(()),
         "http" => Err("use https (http is allowed only for loopback during local development)".into()),
-        other => Err(format!("scheme `{other}` is not https")),
+        other => Err(format!("scheme `{other}` is not https").into()),
     }
 }
 
@@ -398,13 +398,13 @@ pub struct Url {
 
 impl Url {
     /// Parses `scheme://host[:port][/path][?query]`, refusing user info and fragments.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, crate::Invalid> {
         let (scheme, rest) = url.split_once("://").ok_or("not an absolute URL")?;
         let scheme = scheme.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "https" => 443,
             "http" => 80,
-            other => return Err(format!("scheme `{other}` is not https")),
+            other => return Err(format!("scheme `{other}` is not https").into()),
         };
         if url.contains('#') {
             return Err("a webhook URL has no fragment".into());

@@ -144,17 +144,17 @@ pub struct FeedbackBody {
 
 impl PartnerResult {
     /// Checks the result; the identity key it names directly (an `identifier`), if any.
-    pub fn check(&self) -> Result<Option<String>, String> {
+    pub fn check(&self) -> Result<Option<String>, crate::Invalid> {
         let word = !self.result.is_empty()
             && self.result.len() <= 32
             && self.result.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         if !word {
-            return Err(format!("result `{}` is not a lower-case word (a-z, _; ≤ 32)", self.result));
+            return Err(format!("result `{}` is not a lower-case word (a-z, _; ≤ 32)", self.result).into());
         }
         if let Some(at) = &self.timestamp
             && UtcTime::parse(at).is_none()
         {
-            return Err(format!("timestamp `{at}` is not ISO-8601"));
+            return Err(format!("timestamp `{at}` is not ISO-8601").into());
         }
         match (&self.profile_id, &self.identifier) {
             (Some(_), Some(_)) => Err("give profileId or identifier, not both".into()),
@@ -169,9 +169,9 @@ impl PartnerResult {
                     }
                     (true, Some(raw), None) => match kind {
                         "email" => crate::ids::sha256_hex(&raw.trim().to_lowercase()),
-                        _ => return Err(format!("send a {kind} as its sha256")),
+                        _ => return Err(format!("send a {kind} as its sha256").into()),
                     },
-                    (true, _, _) => return Err(format!("identifier.sha256 of a {kind} is 64 hex digits")),
+                    (true, _, _) => return Err(format!("identifier.sha256 of a {kind} is 64 hex digits").into()),
                     (false, Some(value), None) if !value.trim().is_empty() => value.trim().to_string(),
                     (false, _, _) => return Err("identifier.value is missing".into()),
                 };

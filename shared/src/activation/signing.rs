@@ -27,13 +27,13 @@ pub struct Secret {
 
 impl Secret {
     /// Parses `whsec_<base64>`, refusing other forms and keys shorter than [`SECRET_MIN_BYTES`].
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, crate::Invalid> {
         let Some(encoded) = text.strip_prefix(SECRET_PREFIX) else {
-            return Err(format!("a signing secret starts with `{SECRET_PREFIX}`"));
+            return Err(format!("a signing secret starts with `{SECRET_PREFIX}`").into());
         };
         let key = STANDARD.decode(encoded).map_err(|_| "the part after `whsec_` is not base64".to_string())?;
         if key.len() < SECRET_MIN_BYTES {
-            return Err(format!("the secret holds {} bytes; at least {SECRET_MIN_BYTES} are needed", key.len()));
+            return Err(format!("the secret holds {} bytes; at least {SECRET_MIN_BYTES} are needed", key.len()).into());
         }
         Ok(Self { text: text.to_string(), key })
     }

@@ -87,16 +87,18 @@ fn refused_v6(ip: Ipv6Addr, reach: Reach) -> Option<&'static str> {
 /// address in any of the forms `inet_aton` and browsers accept — one to four parts, each decimal, octal
 /// (`0177`) or hexadecimal (`0x7f`), the last filling the remaining bytes (`127.1`, `2130706433`), with one
 /// trailing dot. `Ok(None)` for a host name; an error for a host that looks numeric but is no address.
-pub fn literal_address(host: &str) -> Result<Option<IpAddr>, String> {
+pub fn literal_address(host: &str) -> Result<Option<IpAddr>, crate::Invalid> {
     if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or_else(|| format!("{host} is not a valid IPv6 address"))?;
         if inner.contains('%') {
-            return Err(format!("{host} names a network interface (zone identifier); webhooks go to public addresses"));
+            return Err(
+                format!("{host} names a network interface (zone identifier); webhooks go to public addresses").into()
+            );
         }
         return inner
             .parse::<Ipv6Addr>()
             .map(|ip| Some(IpAddr::V6(ip)))
-            .map_err(|_| format!("{host} is not a valid IPv6 address"));
+            .map_err(|_| format!("{host} is not a valid IPv6 address").into());
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     // As URLs are parsed by browsers: a host whose last label is a number is an IPv4 address or nothing.
@@ -112,7 +114,7 @@ pub fn literal_address(host: &str) -> Result<Option<IpAddr>, String> {
     }
     ipv4_like_inet_aton(name)
         .map(|ip| Some(IpAddr::V4(ip)))
-        .ok_or_else(|| format!("{host} is neither a host name nor a valid IPv4 address"))
+        .ok_or_else(|| format!("{host} is neither a host name nor a valid IPv4 address").into())
 }
 
 fn ipv4_like_inet_aton(text: &str) -> Option<Ipv4Addr> {

@@ -353,7 +353,7 @@ fn check_expr(
                 let kind = checker.operand(&format!("{at}.field"), &operand, None, tags, false);
                 checker.condition(at, condition, kind);
             }
-            Err(problem) => checker.error(&format!("{at}.field"), problem),
+            Err(problem) => checker.error(&format!("{at}.field"), problem.0),
         },
     }
 }

@@ -19,7 +19,7 @@ use crate::ids::sha256_hex;
 /// The graph's key for an identifier as a person types it (`email:Jane@Example.com`, `user_id:u1`,
 /// `phone:+49 30 1234567`) or a profile id (`prof_…`): personal data is keyed by the SHA-256 of its normalized
 /// form, as ingest keys it; an email or phone already given as a 64-hex-digit hash is taken as is.
-pub fn identifier_key(identifier: &str) -> Result<String, String> {
+pub fn identifier_key(identifier: &str) -> Result<String, crate::Invalid> {
     let identifier = identifier.trim();
     if identifier.starts_with("prof_") {
         return Ok(identifier.to_string());
@@ -29,17 +29,17 @@ pub fn identifier_key(identifier: &str) -> Result<String, String> {
     };
     let (kind, value) = (kind.trim(), value.trim());
     if kind.is_empty() || value.is_empty() {
-        return Err(format!("{identifier:?}: both the type and the value are needed"));
+        return Err(format!("{identifier:?}: both the type and the value are needed").into());
     }
     let is_hash = value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
     Ok(match kind {
         "email" if !is_hash => match normalize_email(value) {
             Some(email) => format!("email:{}", sha256_hex(&email)),
-            None => return Err(format!("{value:?} is not an email address")),
+            None => return Err(format!("{value:?} is not an email address").into()),
         },
         "phone" if !is_hash => match normalize_phone(value, None) {
             Some(phone) => format!("phone:{}", sha256_hex(&phone)),
-            None => return Err(format!("{value:?} is not a phone number (7 to 15 digits, international form)")),
+            None => return Err(format!("{value:?} is not a phone number (7 to 15 digits, international form)").into()),
         },
         "email" | "phone" => format!("{kind}:{}", value.to_ascii_lowercase()),
         _ => format!("{kind}:{value}"),

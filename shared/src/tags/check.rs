@@ -254,7 +254,7 @@ impl<'c> Checker<'c> {
                     let kind = self.operand(&format!("{at}.field"), &operand, None, tags, computed);
                     self.condition(at, condition, kind);
                 }
-                Err(problem) => self.error(&format!("{at}.field"), problem),
+                Err(problem) => self.error(&format!("{at}.field"), problem.0),
             },
         }
     }

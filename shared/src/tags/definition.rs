@@ -382,11 +382,11 @@ pub enum Operand {
 
 impl Operand {
     /// Parses `trait:NAME` or `tag:ID`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, crate::Invalid> {
         match text.split_once(':') {
             Some(("trait", name)) if !name.is_empty() => Ok(Operand::Trait(name.to_string())),
             Some(("tag", id)) if !id.is_empty() => Ok(Operand::Tag(id.to_string())),
-            _ => Err(format!("`{text}` is not an operand: write `trait:NAME` or `tag:ID`")),
+            _ => Err(format!("`{text}` is not an operand: write `trait:NAME` or `tag:ID`").into()),
         }
     }
 }
