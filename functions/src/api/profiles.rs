@@ -131,7 +131,7 @@ pub(crate) async fn resolve<S: ObjectStore + Clone>(
     let Some(stored) = lookup(api.store(), &key).await? else {
         return Err(ApiError::not_found(format!("no profile has the identifier {identifier:?}")));
     };
-    if key.starts_with("prof_") && stored.node.id != key {
+    if shared::identity::is_profile_id(&key) && stored.node.id != key {
         let location = format!("/v1/profiles/{}{suffix}", stored.node.id);
         let body = json!({"mergedInto": stored.node.id});
         let mut response = (StatusCode::PERMANENT_REDIRECT, json_body(&body)).into_response();

@@ -67,7 +67,7 @@ pub async fn process<S: ObjectStore + Clone>(store: &S, grace_ms: i64, now: UtcT
 async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, now: UtcTime) -> Result<(), Error> {
     let mut erasure = Erasure { erased_at: now.unix_millis(), ..Erasure::default() };
     for key in &request.keys {
-        if !key.starts_with("prof_") {
+        if !shared::identity::is_profile_id(key) {
             erasure.keys.insert(key.clone());
         }
         if let Some(stored) = lookup(store, key).await? {
@@ -87,7 +87,7 @@ async fn erase<S: ObjectStore + Clone>(store: &S, request: &mut PrivacyRequest, 
     let needles = needles(&erasure.keys, &request.identifiers);
     scrub_events(store, &erasure, &needles, &mut request.outcome).await?;
     erasure.state_version = erase_state(store, &erasure, &mut request.outcome).await?;
-    scrub_derived(store, &erasure.profiles, &mut request.outcome).await?;
+    request.outcome.objects += crate::tagging::forget(store, &erasure.profiles).await?;
     scrub_outbox(store, &erasure.profiles, &mut request.outcome).await?;
 
     let destinations: Vec<DestinationDefinition> =
@@ -174,7 +174,7 @@ async fn finish<S: ObjectStore + Clone>(
     // Events that arrived while the erasure ran were dropped at ingest but are stored: sweep again.
     let needles = needles(&erasure.keys, &request.identifiers);
     scrub_events(store, &erasure, &needles, &mut request.outcome).await?;
-    scrub_derived(store, &erasure.profiles, &mut request.outcome).await?;
+    request.outcome.objects += crate::tagging::forget(store, &erasure.profiles).await?;
     let id = request.id.clone();
     crate::suppression::update_suppression(store, |list| {
         list.erasing.remove(&id);
@@ -369,49 +369,6 @@ async fn erase_state<S: ObjectStore + Clone>(
             return Ok(stats.version);
         }
     }
-}
-
-/// Removes the profile ids from tag values, audience snapshots and audience diffs.
-async fn scrub_derived<S: ObjectStore>(
-    store: &S,
-    profiles: &BTreeSet<String>,
-    outcome: &mut super::Outcome,
-) -> Result<(), Error> {
-    let gz = || PutOptions { content_type: Some("application/gzip"), ..PutOptions::json() };
-    if let Some(object) = store.get(keys::TAG_VALUES).await?
-        && let Ok(json) = shared::storage::gunzip(&object.body)
-        && let Ok(mut values) = serde_json::from_slice::<Value>(&json)
-        && let Some(map) = values.get_mut("profiles").and_then(Value::as_object_mut)
-    {
-        let before = map.len();
-        map.retain(|id, _| !profiles.contains(id));
-        if map.len() != before {
-            store.put(keys::TAG_VALUES, shared::storage::gzip(values.to_string().as_bytes()), gz()).await?;
-            outcome.objects += 1;
-        }
-    }
-    for meta in store.list("audiences/v1/").await? {
-        let Some(object) = store.get(&meta.key).await? else { continue };
-        let zipped = meta.key.ends_with(".gz");
-        let json = if zipped { shared::storage::gunzip(&object.body).unwrap_or_default() } else { object.body };
-        let Ok(mut value) = serde_json::from_slice::<Value>(&json) else { continue };
-        let mut removed = false;
-        for field in ["members", "entered", "exited"] {
-            if let Some(list) = value.get_mut(field).and_then(Value::as_array_mut) {
-                let before = list.len();
-                list.retain(|id| !id.as_str().is_some_and(|id| profiles.contains(id)));
-                removed |= list.len() != before;
-            }
-        }
-        if removed {
-            let body = value.to_string().into_bytes();
-            let (body, options) =
-                if zipped { (shared::storage::gzip(&body), gz()) } else { (body, PutOptions::json()) };
-            store.put(&meta.key, body, options).await?;
-            outcome.objects += 1;
-        }
-    }
-    Ok(())
 }
 
 /// Removes messages about the person from the delivery outbox (deletion notices stay).

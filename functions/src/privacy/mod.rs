@@ -193,7 +193,7 @@ pub async fn submit<S: ObjectStore>(
             keys.push(key);
         }
     }
-    if kind != RequestKind::Delete && keys.iter().any(|k| k.starts_with("prof_")) {
+    if kind != RequestKind::Delete && keys.iter().any(|k| shared::identity::is_profile_id(k)) {
         return Err(RequestError::Invalid(
             "identifiers: suppression works on identifiers (type:value), not profile ids".into(),
         ));

@@ -860,7 +860,7 @@ pub async fn collect_garbage<S: ObjectStore + Clone>(store: &S, up_to_version: u
 pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Option<StoredProfile>, Error> {
     let mut txn = Transaction::begin(store, ShardCounts::default()).await?;
     let what = what.to_string();
-    let mut id = if what.starts_with("prof_") {
+    let mut id = if shared::identity::is_profile_id(&what) {
         what
     } else {
         txn.load::<IdsShard>([&what]).await?;
@@ -899,7 +899,7 @@ impl Scan {
     /// The live profile id for an identifier or a (possibly absorbed) profile id.
     pub fn resolve(&self, what: &str) -> Option<&ProfileId> {
         let live = |id: &str| self.profiles.get_key_value(id).map(|(k, _)| k);
-        if what.starts_with("prof_")
+        if shared::identity::is_profile_id(what)
             && let Some(found) = live(what)
         {
             return Some(found);

@@ -30,6 +30,7 @@ use shared::tags::{EventView, ProductTags, event_table, profile_table};
 use shared::time::UtcTime;
 
 pub use backfill::backfill;
+pub use forget::forget;
 pub use sync::SYNCED;
 
 use crate::Error;
@@ -532,14 +533,9 @@ async fn recompute_by<S: ObjectStore + Clone>(
             AudienceReport { size: next.members.len(), entered: diff.entered.len(), exited: diff.exited.len() },
         );
         if !diff.is_empty() {
-            let body = serde_json::json!({"computedAt": now_ms, "entered": diff.entered, "exited": diff.exited});
-            store
-                .put(
-                    &keys::audience(audience, &format!("diffs/{now_ms:013}.json")),
-                    body.to_string().into_bytes(),
-                    PutOptions::json(),
-                )
-                .await?;
+            let body =
+                serde_json::to_vec(&forget::StoredDiff { computed_at: now_ms, diff }).map_err(Error::encoding)?;
+            store.put(&keys::audience(audience, &format!("diffs/{now_ms:013}.json")), body, PutOptions::json()).await?;
         }
         let body = serde_json::to_vec(&next).map_err(Error::encoding)?;
         store.put(&key, shared::storage::gzip(&body), gz()).await?;
@@ -570,6 +566,7 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 }
 
 mod backfill;
+mod forget;
 mod memberships;
 mod profiles;
 mod spill;

@@ -450,7 +450,7 @@ impl Profiles {
     pub(crate) fn resolve(&self, what: &str) -> Option<u32> {
         let key = self.live.key(what);
         let (profile, identifier) = (self.live.numbers.get(&key), self.identifiers.get(&key));
-        match what.starts_with("prof_") {
+        match shared::identity::is_profile_id(what) {
             true => profile.or(identifier),
             false => identifier.or(profile),
         }

@@ -13,6 +13,14 @@ use crate::time::UtcTime;
 /// ids, whatever machine replays it).
 pub type ProfileId = String;
 
+/// What every profile id starts with.
+pub const PROFILE_ID_PREFIX: &str = "prof_";
+
+/// Whether `text` names a profile (a profile id) rather than an identifier (`type:value`).
+pub fn is_profile_id(text: &str) -> bool {
+    text.starts_with(PROFILE_ID_PREFIX)
+}
+
 /// One profile's place in the graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -335,7 +343,7 @@ impl IdentityGraph {
         let mut n = 0u32;
         loop {
             let text = if n == 0 { seed.to_string() } else { format!("{seed}#{n}") };
-            let id = format!("prof_{}", &sha256_hex(&text)[..20]);
+            let id = format!("{PROFILE_ID_PREFIX}{}", &sha256_hex(&text)[..20]);
             if !self.profiles.contains_key(&id) && !self.redirects.contains_key(&id) {
                 return id;
             }

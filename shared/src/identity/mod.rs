@@ -10,7 +10,9 @@ pub mod batch;
 mod graph;
 mod rules;
 
-pub use graph::{AuditEntry, AuditKind, IdentityGraph, Linked, ProfileId, ProfileNode};
+pub use graph::{
+    AuditEntry, AuditKind, IdentityGraph, Linked, PROFILE_ID_PREFIX, ProfileId, ProfileNode, is_profile_id,
+};
 pub use rules::{IdKey, IdentifierType, IdentityRules};
 
 use crate::collect::{normalize_email, normalize_phone};
@@ -21,7 +23,7 @@ use crate::ids::sha256_hex;
 /// form, as ingest keys it; an email or phone already given as a 64-hex-digit hash is taken as is.
 pub fn identifier_key(identifier: &str) -> Result<String, crate::Invalid> {
     let identifier = identifier.trim();
-    if identifier.starts_with("prof_") {
+    if is_profile_id(identifier) {
         return Ok(identifier.to_string());
     }
     let Some((kind, value)) = identifier.split_once(':') else {
