@@ -52,7 +52,7 @@ pub async fn withdraw<S: ObjectStore>(store: &S, staged: Option<&str>) {
 }
 
 /// Stages `messages`, then commits `txn`; the messages are withdrawn when the commit does not happen. `Ok(None)`:
-/// another writer committed first (run again on the new state, [`crate::state::until_committed`]).
+/// another writer committed first (run again on the new state, [`crate::state::Attempts`]).
 pub async fn commit_staged<S: ObjectStore + Clone>(
     store: &S,
     txn: Transaction<'_, S>,

@@ -141,7 +141,7 @@ pub struct PrivacyRequest {
     /// When it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<UtcTime>,
-    /// The identifiers keyed-hashed ([`IdentifierKey::hash`]): what remains once it completes.
+    /// The identifiers keyed-hashed ([`shared::access::IdentifierKey::hash`]): what remains once it completes.
     pub hashed_identifiers: Vec<String>,
     /// The identifiers' graph keys, until it completes (erasures need them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

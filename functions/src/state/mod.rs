@@ -12,15 +12,29 @@
 //!   (profile ids are derived from the events, not drawn at random) and unreferenced shard objects are garbage.
 //! - Idempotent: messageIds are remembered for a window (exactly, in dedup shards), so an object processed
 //!   twice — or a notification delivered twice — changes nothing.
+//!
+//! Files: `txn` (a transaction: begin, read and change entries; `txn/commit.rs`: a delta or a fold, then the
+//! manifest), `entries` (how each shard kind's entries are decoded), `objects` (state objects' names and
+//! I/O), `cache` (decoded objects kept in this process), [`Compaction`], [`Settings`], [`Attempts`]
+//! (retrying against other writers), `read` ([`lookup`], [`scan`]), `gc` ([`collect_garbage`]), `shards`
+//! (the stored shapes).
 
+mod cache;
+mod compaction;
+mod entries;
+mod gc;
+mod objects;
+mod read;
 mod retry;
 mod settings;
 mod shards;
 mod txn;
 
+pub use compaction::Compaction;
+pub use gc::collect_garbage;
+pub use read::{Scan, lookup, scan};
 pub use retry::{Attempts, fenced, kept_changing};
 pub use settings::Settings;
 pub use shards::{BaseRef, DeltaRef, MANIFEST_KEY, Manifest, ShardCounts, ShardRef, StoredProfile};
 pub(crate) use shards::{IdsShard, ProfilesShard, shard_of};
-pub use txn::{CommitStats, Compaction, Transaction};
-pub use txn::{Scan, collect_garbage, lookup, scan};
+pub use txn::{CommitStats, Transaction};

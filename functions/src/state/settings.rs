@@ -1,7 +1,7 @@
 //! How a writer of the state commits: shard counts for a new state, the dedup window, retries and compaction.
 
+use super::compaction::Compaction;
 use super::shards::ShardCounts;
-use super::txn::Compaction;
 
 /// The state's settings, apart from the configuration in `config/` (which [`crate::snapshot`] loads).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,7 @@
 //! report with coverage and sizes.
 //!
 //! Definitions are `config/tags.json` and `config/audiences.json` (arrays; see `docs/schemas/`). Tags are
-//! evaluated by the columnar engine ([`TagSet::evaluate_columns`]) a chunk of profiles at a time, which gives
+//! evaluated by the columnar engine ([`shared::tags::TagSet::evaluate_columns`]) a chunk of profiles at a time, which gives
 //! the reference values; the incremental path on ingest gives the same.
 //!
 //! Objects written:
