@@ -1,7 +1,6 @@
 //! `cdp destination add|list` and `cdp deliveries list|replay|enable`, and what `cdp up` runs for activation:
 //! the dispatcher (restarted when `config/destinations.json` changes) and the demo partner endpoint.
 
-use shared::storage::keys::{self, CONFIG_DESTINATIONS};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 use shared::access::Actor;
 use shared::activation::signing::{Secret, verify};
 use shared::activation::{DestinationDefinition, Lane, Reach};
+use shared::storage::keys::{self, CONFIG_DESTINATIONS};
 
 use crate::DataArgs;
 

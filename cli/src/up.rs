@@ -1,6 +1,5 @@
 //! `cdp up`: the collector on a local folder, through the same core and handler as the cloud.
 
-use shared::storage::keys;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use functions::ingest::ingest;
 use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
 use shared::collect::{Answer, CollectRequest, MAX_REQUEST_BYTES, Route, preflight, route};
+use shared::storage::keys;
 
 use crate::DataArgs;
 

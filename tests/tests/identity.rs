@@ -1,9 +1,10 @@
 //! ID-Mapping through the real `cdp up`: events posted to the collector form unified profiles, read back with
 //! `cdp profile --json`.
 
-use shared::storage::keys;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use shared::storage::keys;
 
 use cdp_e2e::http::post;
 use cdp_e2e::procs::{CdpUp, cdp_bin, cdp_source_add};

@@ -6,7 +6,6 @@
 //! The API binary (`lambda_http`) serves real-shaped function-URL requests from the same state. The functions
 //! seal personal traits under a data key wrapped by a real KMS-compatible server (moto) on 127.0.0.1.
 
-use shared::storage::keys;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use serde_json::{Value, json};
 use shared::collect::{CollectRequest, Collected, Endpoint, collect};
 use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
+use shared::storage::keys;
 use shared::time::UtcTime;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -6,7 +6,6 @@
 //! `cdp bench activation`: event posted → webhook received, through a real `cdp up` (collector, ingest,
 //! trigger, outbox, dispatcher) at a steady rate, to a receiver in this process; p50/p99 latency.
 
-use shared::storage::keys;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use shared::activation::lane::Message;
 use shared::activation::payload::{AudienceRef, body};
 use shared::activation::{DestinationDefinition, Detail, Item, ProfileBlock, Reach};
 use shared::ids::Entropy;
+use shared::storage::keys;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -4,7 +4,6 @@
 //! side in the same run with the same recompute reading the same events from raw objects (the store it read
 //! before the lake). The two must write the same tag values.
 
-use shared::storage::keys;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,6 +11,7 @@ use anyhow::{Context as _, bail};
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use serde_json::{Value, json};
 use shared::event::{CanonicalEvent, EventType};
+use shared::storage::keys;
 use shared::time::UtcTime;
 
 /// Events per raw object (a collector's request) and per lake part.

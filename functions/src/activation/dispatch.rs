@@ -13,7 +13,6 @@
 //! - `deliveries/v1/log/<destination>/dt=YYYY-MM-DD/<ulid>.ndjson.gz` — one record per attempt (ids, status,
 //!   timings; never secrets or payloads).
 
-use shared::storage::keys;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +24,7 @@ use shared::activation::lane::{InFlight, Lane, Message, Settled};
 use shared::activation::{DestinationDefinition, Outcome, Reach, Verdict};
 use shared::event::CanonicalEvent;
 use shared::ids::Entropy;
+use shared::storage::keys;
 use shared::time::UtcTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 

@@ -2,7 +2,6 @@
 //! doing, and changed one at a time through [`crate::definitions`] (checked, compare-and-swap, audited), as
 //! `cdp` changes them too.
 
-use shared::storage::keys;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -12,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shared::access::Scope;
 use shared::audiences::Snapshot;
+use shared::storage::keys;
 
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::Error;

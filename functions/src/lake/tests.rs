@@ -6,10 +6,20 @@ use shared::storage::keys;
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
+use shared::tags::EventView;
+use shared::time::UtcTime;
+
+use super::compact::compact_within;
+use super::format::groups_for;
+use super::format::open;
 use super::*;
 use crate::ingest::ingest;
+use crate::raw::read_object;
 use crate::snapshot::RunConfig;
 use crate::storage::FsStore;
+use crate::storage::StoreError;
 use crate::testing::put_batch;
 
 fn at(time: &str) -> UtcTime {

@@ -1,6 +1,5 @@
 //! Carrying out erasures: see the module documentation of [`super`].
 
-use shared::storage::keys;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -8,6 +7,7 @@ use shared::access::Actor;
 use shared::activation::payload::{Detail, Item, ProfileBlock};
 use shared::activation::{DestinationDefinition, Message};
 use shared::event::CanonicalEvent;
+use shared::storage::keys;
 use shared::time::UtcTime;
 
 use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, save};

@@ -27,10 +27,10 @@
 //! dedup, received within the dedup window) are left out, and ingest adds them to the new state when it
 //! applies them.
 
-use shared::storage::keys;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use shared::storage::keys;
 use shared::tags::{Catalog, ProfileTagState, TagDefinition, TagKind, TagSet};
 use shared::time::UtcTime;
 

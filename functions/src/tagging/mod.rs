@@ -19,13 +19,13 @@
 //! - `tags/v1/report.json`: [`Report`];
 //! - `deliveries/v1/synced.json`: which audiences each destination has been sent in full ([`sync`]).
 
-use shared::storage::keys::{self, TAGS_REPORT};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{InsightCounts, Snapshot};
+use shared::storage::keys::{self, TAGS_REPORT};
 use shared::tags::{EventView, ProductTags, event_table, profile_table};
 use shared::time::UtcTime;
 

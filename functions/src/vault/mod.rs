@@ -13,7 +13,6 @@
 
 mod wrap;
 
-use shared::storage::keys::{self, TRAITS_DATA_KEY};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,6 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::profile::{ProfileRules, TraitValue};
+use shared::storage::keys::{self, TRAITS_DATA_KEY};
 
 pub use wrap::KmsSettings;
 

@@ -1,8 +1,8 @@
-use shared::storage::keys;
 use std::collections::BTreeMap;
 
 use serde_json::json;
 use shared::profile::TraitValue;
+use shared::storage::keys;
 use shared::time::UtcTime;
 
 use super::*;

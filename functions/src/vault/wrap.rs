@@ -1,6 +1,5 @@
 //! Wrapping the data key: a local master key file, or AWS KMS.
 
-use shared::storage::keys;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use aws_sdk_kms::error::DisplayErrorContext;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use serde::{Deserialize, Serialize};
+use shared::storage::keys;
 
 use super::KeySource;
 use crate::Error;
