@@ -36,7 +36,7 @@ pub use sync::SYNCED;
 use crate::Error;
 use crate::lake::TagEvent;
 use crate::raw::read_object;
-use crate::snapshot::RunConfig;
+use crate::snapshot::{Checked, RunConfig};
 use crate::storage::{ObjectStore, PutOptions};
 use profiles::{ProfileIds, Profiles, Reading};
 use spill::{Scratch, Spill};
@@ -369,31 +369,89 @@ async fn recompute_by<S: ObjectStore + Clone>(
     batch: usize,
 ) -> Result<Report, Error> {
     let checked = config.snapshot.checked()?;
-    let (tags, audiences) = (&checked.tags, &checked.audiences);
-    let identity = &config.snapshot.identity;
-    let audience_ids: Vec<String> = audiences.audiences().iter().map(|a| a.id.clone()).collect();
+    let audience_ids: Vec<String> = checked.audiences.audiences().iter().map(|a| a.id.clone()).collect();
     let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&audience_ids)).await?;
     let now_ms = now.unix_millis();
     let mut report = Report { computed_at: now_ms, profiles: profiles.len(), ..Report::default() };
-
-    let products_config = checked.products.clone();
-    let trait_names = tags.traits();
-    let mut properties = tags.properties();
-    for p in [&products_config.product, &products_config.category, &products_config.revenue, &products_config.quantity]
-    {
-        if !properties.contains(p) {
-            properties.push(p.clone());
+    let reads = Reads::of(&checked);
+    let spill = spill_events(store, &config.snapshot.identity, &profiles, &reads, per_chunk, &mut report).await?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunks =
+        Chunks { checked: &checked, profiles: &profiles, spill: &spill, reads: &reads, per_chunk, threads, now_ms };
+    let population = fit_models(store, &chunks, &mut report).await?;
+    // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
+    let keeping = match backfill::pending(store, &checked.tags).await?.is_empty() {
+        true => None,
+        false => Some(Keeping::new()?),
+    };
+    let totals = evaluate_chunks(&chunks, &population, &audience_ids, keeping, &mut report)?;
+    drop(spill);
+    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": totals.products}))
+        .map_err(Error::encoding)?;
+    store.put(keys::PRODUCT_TAGS, shared::storage::gzip(&body), gz()).await?;
+    store.put(keys::TAG_VALUES, totals.values, gz()).await?;
+    let writes = Writes { store, config, now, batch };
+    match config.snapshot.activation_with(&checked) {
+        Ok(activation) => {
+            if let Some(activation) = &activation {
+                report.initial_sync = sync::initial(writes, activation, &profiles).await?;
+            }
+            report.membership_changes =
+                memberships::record(writes, &checked.audiences, &totals.members, &profiles, activation.as_ref())
+                    .await?;
         }
+        // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
+        Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
     }
-    // What the events' properties are decoded for: the tables' columns and the audiences' behaviour conditions
-    // (and, of long properties, all the spill keeps).
-    let mut wanted = properties.clone();
-    wanted.extend(audiences.properties());
-    wanted.sort();
-    wanted.dedup();
+    write_audiences(store, &audience_ids, totals.members, &totals.insight, &profiles, now_ms, &mut report).await?;
+    // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
+    if let Some(kept) = totals.kept {
+        // Of the profiles, only their ids stay: to find each one's values.
+        let kept = kept.finish(profiles.into_ids())?;
+        report.backfilled = backfill::backfill_by(store, config, &checked.tags, &|id| kept.get(id), now, batch).await?;
+    }
+    let body = serde_json::to_vec_pretty(&report).map_err(Error::encoding)?;
+    store.put(keys::TAGS_REPORT, body, PutOptions::json()).await?;
+    Ok(report)
+}
 
-    // Events go to their profile's chunk.
-    let mut spill = Spill::new(profiles.len(), per_chunk)?.keeping(wanted.clone());
+/// What the recompute reads of traits and events: the traits and properties its tables hold, and the
+/// properties decoded for them, for product tags and for the audiences' behaviour conditions (and, of long
+/// properties, all the spill keeps).
+struct Reads {
+    traits: Vec<String>,
+    properties: Vec<String>,
+    wanted: Vec<String>,
+}
+
+impl Reads {
+    fn of(checked: &Checked) -> Self {
+        let products = &checked.products;
+        let mut properties = checked.tags.properties();
+        for p in [&products.product, &products.category, &products.revenue, &products.quantity] {
+            if !properties.contains(p) {
+                properties.push(p.clone());
+            }
+        }
+        let mut wanted = properties.clone();
+        wanted.extend(checked.audiences.properties());
+        wanted.sort();
+        wanted.dedup();
+        Self { traits: checked.tags.traits(), properties, wanted }
+    }
+}
+
+/// Phase 1: every stored event to its profile's chunk of the spill; events whose identifiers resolve to no
+/// profile are counted.
+async fn spill_events<S: ObjectStore>(
+    store: &S,
+    identity: &shared::identity::IdentityRules,
+    profiles: &Profiles,
+    reads: &Reads,
+    per_chunk: usize,
+    report: &mut Report,
+) -> Result<Spill, Error> {
+    let mut spill = Spill::new(profiles.len(), per_chunk)?.keeping(reads.wanted.clone());
     let mut unresolved = HashSet::new();
     read_events(store, identity, |event, keys| match keys.iter().find_map(|key| profiles.resolve(key)) {
         Some(n) => spill.push(n, &event),
@@ -406,18 +464,44 @@ async fn recompute_by<S: ObjectStore + Clone>(
     spill.seal()?;
     report.spilled_bytes = spill.spilled;
     report.unresolved_events = unresolved.len();
-    drop(unresolved);
+    Ok(spill)
+}
 
-    // A chunk's profile numbers.
-    let chunk_profiles = |c: usize| (c * per_chunk) as u32..((c + 1) * per_chunk).min(profiles.len()) as u32;
+/// The chunks of profiles the passes over the spill work on, on `threads` threads.
+struct Chunks<'a> {
+    checked: &'a Checked,
+    profiles: &'a Profiles,
+    spill: &'a Spill,
+    reads: &'a Reads,
+    per_chunk: usize,
+    threads: usize,
+    now_ms: i64,
+}
 
-    // First pass, only for population tags (propensity, RFM, affinity): fit their models.
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut trainer = crate::predict::Trainer::new(tags, now_ms);
+impl Chunks<'_> {
+    /// Chunk `c`'s profile numbers.
+    fn profiles(&self, c: usize) -> std::ops::Range<u32> {
+        (c * self.per_chunk) as u32..((c + 1) * self.per_chunk).min(self.profiles.len()) as u32
+    }
+
+    /// Chunk `c`'s events, with the properties wanted decoded.
+    fn events(&self, c: usize) -> Result<ChunkEvents, Error> {
+        ChunkEvents::read(self.spill, c, &self.reads.wanted)
+    }
+}
+
+/// Phase 2, only for population tags (propensity, RFM, affinity): a pass over every chunk's events fits their
+/// models, which are stored beside the tags.
+async fn fit_models<S: ObjectStore>(
+    store: &S,
+    chunks: &Chunks<'_>,
+    report: &mut Report,
+) -> Result<shared::tags::Population, Error> {
+    let mut trainer = crate::predict::Trainer::new(&chunks.checked.tags, chunks.now_ms);
     if trainer.needed() {
-        let table = |c: usize| Ok(event_table(ChunkEvents::read(&spill, c, &wanted)?.views(), &properties));
-        in_order(spill.chunks(), threads, table, |c, table| {
-            trainer.observe((c * per_chunk) as u32, chunk_profiles(c).len(), &table)
+        let table = |c: usize| Ok(event_table(chunks.events(c)?.views(), &chunks.reads.properties));
+        in_order(chunks.spill.chunks(), chunks.threads, table, |c, table| {
+            trainer.observe(chunks.profiles(c).start, chunks.profiles(c).len(), &table)
         })?;
     }
     let (population, fitted) = trainer.finish();
@@ -426,19 +510,41 @@ async fn recompute_by<S: ObjectStore + Clone>(
         store.put(&keys::tag_model(id), body, PutOptions::json()).await?;
     }
     report.models = fitted;
+    Ok(population)
+}
 
-    // Second pass: every tag and audience of a chunk's profiles (chunks on every core), then in profile order
-    // what adds up: product tags, values, members, insight.
+/// What phase 3 adds up over every profile.
+struct Totals {
+    /// `tags/v1/values.json.gz`, written.
+    values: Vec<u8>,
+    /// Each audience's members, by profile number (ascending).
+    members: Vec<Vec<u32>>,
+    insight: InsightCounts,
+    products: BTreeMap<String, shared::tags::ProductTag>,
+    /// Each profile's values, for the backfill.
+    kept: Option<Keeping>,
+}
+
+/// Phase 3: every tag and audience of a chunk's profiles (chunks on every core), then in profile order what
+/// adds up — product tags, values, members, insight — and each tag's coverage in `report`.
+fn evaluate_chunks(
+    chunks: &Chunks<'_>,
+    population: &shared::tags::Population,
+    audience_ids: &[String],
+    mut kept: Option<Keeping>,
+    report: &mut Report,
+) -> Result<Totals, Error> {
+    let (tags, audiences, now_ms) = (&chunks.checked.tags, &chunks.checked.audiences, chunks.now_ms);
     let evaluate = |c: usize| -> Result<Evaluated, Error> {
-        let first = (c * per_chunk) as u32;
+        let first = chunks.profiles(c).start;
         let traits: Vec<Map<String, Value>> =
-            chunk_profiles(c).map(|n| profiles.traits(n)).collect::<Result<_, _>>()?;
-        let events = ChunkEvents::read(&spill, c, &wanted)?;
+            chunks.profiles(c).map(|n| chunks.profiles.traits(n)).collect::<Result<_, _>>()?;
+        let events = chunks.events(c)?;
         let views = events.views();
-        let table = event_table(views.clone(), &properties);
-        let profile_table = profile_table(first, &traits.iter().collect::<Vec<_>>(), &trait_names);
+        let table = event_table(views.clone(), &chunks.reads.properties);
+        let profile_table = profile_table(first, &traits.iter().collect::<Vec<_>>(), &chunks.reads.traits);
         let columns = tags
-            .evaluate_columns_with(&profile_table, first, &table, now_ms, &population)
+            .evaluate_columns_with(&profile_table, first, &table, now_ms, population)
             .map_err(|e| Error::Internal(format!("the chunk's tables: {e}")))?;
         let mut evaluated = Vec::with_capacity(traits.len());
         let mut next = 0;
@@ -454,18 +560,12 @@ async fn recompute_by<S: ObjectStore + Clone>(
         }
         Ok(Evaluated { events: events.rows.len(), table, profiles: evaluated })
     };
-    // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
-    let mut kept = match backfill::pending(store, tags).await?.is_empty() {
-        true => None,
-        false => Some(Keeping::new()?),
-    };
     let mut values = ValuesWriter::new(now_ms)?;
-    // Each audience's members, by profile number (ascending).
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); audience_ids.len()];
     let mut insight = InsightCounts::default();
-    let mut products = ProductTags::new(products_config);
-    in_order(spill.chunks(), threads, evaluate, |c, evaluated| {
-        let chunk = chunk_profiles(c);
+    let mut products = ProductTags::new(chunks.checked.products.clone());
+    in_order(chunks.spill.chunks(), chunks.threads, evaluate, |c, evaluated| {
+        let chunk = chunks.profiles(c);
         report.events += evaluated.events;
         products.observe(chunk.start, chunk.len(), &evaluated.table).map_err(|e| Error::Internal(e.to_string()))?;
         for (n, EvaluatedProfile { traits, tags: tag_values, member_of }) in chunk.zip(evaluated.profiles) {
@@ -479,7 +579,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
                 report.tags.entry(tag.clone()).or_default().with_value += 1;
             }
             if !tag_values.is_empty() {
-                values.add(profiles.id(n), &tag_values)?;
+                values.add(chunks.profiles.id(n), &tag_values)?;
             }
             if let Some(kept) = kept.as_mut() {
                 kept.push(&tag_values)?;
@@ -487,7 +587,6 @@ async fn recompute_by<S: ObjectStore + Clone>(
         }
         Ok(())
     })?;
-    drop(spill);
     for tag in tags.tags() {
         let entry = report.tags.entry(tag.id.clone()).or_default();
         entry.version = tag.version;
@@ -495,23 +594,20 @@ async fn recompute_by<S: ObjectStore + Clone>(
     }
     let products = products.finish();
     report.products = products.len();
-    let body = serde_json::to_vec(&serde_json::json!({"computedAt": now_ms, "products": products}))
-        .map_err(Error::encoding)?;
-    store.put(keys::PRODUCT_TAGS, shared::storage::gzip(&body), gz()).await?;
-    store.put(keys::TAG_VALUES, values.finish()?, gz()).await?;
-    let writes = Writes { store, config, now, batch };
-    match config.snapshot.activation_with(&checked) {
-        Ok(activation) => {
-            if let Some(activation) = &activation {
-                report.initial_sync = sync::initial(writes, activation, &profiles).await?;
-            }
-            report.membership_changes =
-                memberships::record(writes, audiences, &members, &profiles, activation.as_ref()).await?;
-        }
-        // Recording changes now would leave them undelivered: they are recorded once the file is fixed.
-        Err(problem) => tracing::warn!(%problem, "destinations do not load; audience memberships wait"),
-    }
-    // What makes each audience distinct (the API serves it with the audience).
+    Ok(Totals { values: values.finish()?, members, insight, products, kept })
+}
+
+/// Phase 4: each audience's insight (what makes it distinct; the API serves it with the audience), its
+/// snapshot and, when anything changed, its diff.
+async fn write_audiences<S: ObjectStore>(
+    store: &S,
+    audience_ids: &[String],
+    members: Vec<Vec<u32>>,
+    insight: &InsightCounts,
+    profiles: &Profiles,
+    now_ms: i64,
+    report: &mut Report,
+) -> Result<(), Error> {
     for (audience, now_members) in audience_ids.iter().zip(&members) {
         let ranked = insight.top(audience, INSIGHTS);
         let body = serde_json::json!({"computedAt": now_ms, "size": now_members.len(), "values": ranked});
@@ -540,15 +636,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
         let body = serde_json::to_vec(&next).map_err(Error::encoding)?;
         store.put(&key, shared::storage::gzip(&body), gz()).await?;
     }
-    // New tag versions: rebuild their incremental state on every profile, so ingest can serve them.
-    if let Some(kept) = kept {
-        // Of the profiles, only their ids stay: to find each one's values.
-        let kept = kept.finish(profiles.into_ids())?;
-        report.backfilled = backfill::backfill_by(store, config, tags, &|id| kept.get(id), now, batch).await?;
-    }
-    let body = serde_json::to_vec_pretty(&report).map_err(Error::encoding)?;
-    store.put(keys::TAGS_REPORT, body, PutOptions::json()).await?;
-    Ok(report)
+    Ok(())
 }
 
 fn gz() -> PutOptions {
