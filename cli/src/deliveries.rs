@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use functions::activation::dispatch::{self, Dispatcher, Settings};
+use functions::activation::Settings;
+use functions::activation::dispatch::Dispatcher;
 use functions::definitions::{Checking, Kind};
 use functions::storage::{FsStore, ObjectStore};
 use serde_json::{Value, json};
@@ -152,8 +153,8 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
             DeliveriesCommand::List { data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
                 for d in destinations(&store).await? {
-                    let disabled: Option<dispatch::Disabled> =
-                        functions::config::read(&store, &dispatch::status_key(&d.id)).await?;
+                    let disabled: Option<functions::activation::stored::Disabled> =
+                        functions::config::read(&store, &functions::activation::stored::status_key(&d.id)).await?;
                     let (mut queued, mut retrying) = (0, Vec::new());
                     for meta in store.list(&format!("deliveries/v1/lanes/{}/", d.id)).await? {
                         let Some(object) = store.get(&meta.key).await? else { continue };
@@ -163,7 +164,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
                             retrying.push(current);
                         }
                     }
-                    let dead = dispatch::dead_letters(&store, &d.id).await?;
+                    let dead = functions::activation::stored::dead_letters(&store, &d.id).await?;
                     let state = match (&disabled, d.enabled) {
                         (Some(off), _) => format!("DISABLED ({})", off.reason),
                         (None, false) => "turned off".to_string(),
@@ -203,7 +204,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
                 let ids: Vec<String> = match (webhook_id, all) {
                     (Some(id), false) => vec![id],
-                    (None, true) => dispatch::dead_letters(&store, &destination)
+                    (None, true) => functions::activation::stored::dead_letters(&store, &destination)
                         .await?
                         .into_iter()
                         .map(|d| d.request.webhook_id)
@@ -211,7 +212,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
                     _ => bail!("give one webhook-id, or --all"),
                 };
                 for id in &ids {
-                    dispatch::request_replay(&store, &destination, id).await?;
+                    functions::activation::stored::request_replay(&store, &destination, id).await?;
                     println!("replay requested: {destination} {id}");
                 }
                 if ids.is_empty() {
@@ -221,7 +222,7 @@ pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
             }
             DeliveriesCommand::Enable { destination, data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
-                dispatch::enable(&store, &destination).await?;
+                functions::activation::stored::enable(&store, &destination).await?;
                 println!("{destination} enabled");
                 Ok(())
             }

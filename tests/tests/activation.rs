@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use cdp_e2e::partner::{Partner, Reply};
-use functions::activation::dispatch::{self, AttemptRecord, Dispatcher, Settings};
+use functions::activation::dispatch::Dispatcher;
 use functions::activation::http::Sender;
+use functions::activation::{AttemptRecord, Settings};
 use functions::storage::{FsStore, ObjectStore};
 use serde_json::json;
 use shared::activation::lane::Message;
@@ -273,19 +274,19 @@ fn gone_disables_a_refused_message_is_dead_lettered_at_once_and_replays_once() {
         running.records().iter().filter(|r| r.result == "dead" || r.result == "disabled").count() == 2
     });
     // 410: the destination is disabled and later messages wait instead of going out.
-    let status = rt.block_on(store.get(&dispatch::status_key("gone"))).unwrap();
+    let status = rt.block_on(store.get(&functions::activation::stored::status_key("gone"))).unwrap();
     assert!(status.is_some_and(|s| String::from_utf8_lossy(&s.body).contains("410")));
     enqueue(&store, &[message("gone", 1, 1)]);
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(partner.received("/gone").len(), 1);
     // 400: one attempt, then a dead letter with the reason.
     assert_eq!(partner.received("/bad").len(), 1);
-    let dead = rt.block_on(dispatch::dead_letters(&store, "bad")).unwrap();
+    let dead = rt.block_on(functions::activation::stored::dead_letters(&store, "bad")).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].request.attempts, 1);
     assert!(dead[0].reason.contains("HTTP 400"), "{}", dead[0].reason);
     // Replay: sent again once, same id and bytes, and the dead letter is gone.
-    rt.block_on(dispatch::request_replay(&store, "bad", &dead[0].request.webhook_id)).unwrap();
+    rt.block_on(functions::activation::stored::request_replay(&store, "bad", &dead[0].request.webhook_id)).unwrap();
     wait_for("the replay", Duration::from_secs(10), || partner.received("/bad").len() == 2);
     std::thread::sleep(Duration::from_millis(500));
     let bad = partner.received("/bad");
@@ -293,10 +294,10 @@ fn gone_disables_a_refused_message_is_dead_lettered_at_once_and_replays_once() {
     assert_eq!((bad[1].id.as_str(), bad[1].answered), (dead[0].request.webhook_id.as_str(), 200));
     assert_eq!(bad[0].body, bad[1].body);
     assert!(bad.iter().all(|r| r.verified));
-    assert!(rt.block_on(dispatch::dead_letters(&store, "bad")).unwrap().is_empty());
+    assert!(rt.block_on(functions::activation::stored::dead_letters(&store, "bad")).unwrap().is_empty());
 
     // Re-enabled while running, the waiting message goes out.
-    rt.block_on(dispatch::enable(&store, "gone")).unwrap();
+    rt.block_on(functions::activation::stored::enable(&store, "gone")).unwrap();
     wait_for("the waiting message", Duration::from_secs(10), || {
         partner.received("/gone").iter().any(|r| r.answered == 200 && items_of(&r.body) == ["gone-p1-001"])
     });
@@ -523,10 +524,13 @@ fn messages_for_a_destination_added_after_the_dispatcher_started_wait_for_it_and
     enqueue(&store, &[message("new", 1, 0)]);
     enqueue(&store, &[message("ghost", 1, 0)]);
     wait_for("the ghost's dead letter", Duration::from_secs(10), || {
-        rt.block_on(dispatch::dead_letters(&store, "ghost")).expect("dead letters").len() == 1
+        rt.block_on(functions::activation::stored::dead_letters(&store, "ghost")).expect("dead letters").len() == 1
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(rt.block_on(dispatch::dead_letters(&store, "new")).expect("dead letters").is_empty(), "not dead-lettered");
+    assert!(
+        rt.block_on(functions::activation::stored::dead_letters(&store, "new")).expect("dead letters").is_empty(),
+        "not dead-lettered"
+    );
     assert_eq!(
         rt.block_on(store.list(functions::activation::outbox::OUTBOX)).expect("outbox").len(),
         1,
@@ -551,9 +555,9 @@ fn a_destination_without_its_secret_receives_nothing_unsigned() {
     let running = Running::start(store.clone(), vec![bare]);
     enqueue(&store, &[message("bare", 1, 0)]);
     wait_for("the dead letter", Duration::from_secs(10), || {
-        rt.block_on(dispatch::dead_letters(&store, "bare")).expect("dead letters").len() == 1
+        rt.block_on(functions::activation::stored::dead_letters(&store, "bare")).expect("dead letters").len() == 1
     });
-    let dead = rt.block_on(dispatch::dead_letters(&store, "bare")).expect("dead letters");
+    let dead = rt.block_on(functions::activation::stored::dead_letters(&store, "bare")).expect("dead letters");
     assert!(dead[0].reason.contains("no signing secret"), "{}", dead[0].reason);
     assert!(partner.received("/bare").is_empty(), "nothing went out unsigned");
     running.stop();

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use functions::activation::dispatch::{AttemptRecord, Dispatcher, Settings};
 use functions::activation::http::Sender;
 use functions::activation::outbox::enqueue;
+use functions::activation::{AttemptRecord, Dispatcher, Settings};
 use functions::storage::{FsStore, ObjectStore, PutOptions};
 use serde_json::json;
 use shared::activation::lane::Message;

@@ -7,7 +7,8 @@
 use serde_json::Value;
 use shared::activation::{DestinationDefinition, Reach};
 
-use super::dispatch::{Dispatcher, Settings};
+use super::dispatch::Dispatcher;
+use super::engine::Settings;
 use crate::Error;
 use crate::notifications::{BatchItemFailure, SqsBatchResponse};
 use crate::storage::ObjectStore;

@@ -15,7 +15,7 @@ use shared::storage::keys;
 
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::Error;
-use crate::activation::dispatch::{dead_letters, enable, request_replay, status_key};
+use crate::activation::stored::{dead_letters, enable, request_replay, status_key};
 use crate::definitions::{Checking, Definitions, Kind, id_of, read_array, shown};
 use crate::storage::ObjectStore;
 use crate::tagging::{Report, latest_report};

@@ -12,8 +12,8 @@ use shared::time::UtcTime;
 
 use super::{Erasure, PrivacyRequest, REQUESTS, RequestKind, Status, save};
 use crate::Error;
-use crate::activation::dispatch::{FORGET, Forget, forget_stored};
 use crate::activation::outbox::{OUTBOX, stage};
+use crate::activation::stored::{FORGET, Forget, forget_stored};
 use crate::state::{Compaction, Settings, ShardCounts, Transaction, collect_garbage, lookup};
 use crate::storage::{ObjectStore, PutOptions};
 use crate::suppression::event_keys;

@@ -228,7 +228,7 @@ async fn an_erasure_completes_within_the_grace_period_whatever_partners_do_and_n
         submit(&store, RequestKind::Delete, &["user_id:user-1042".into()], Actor::cli("test"), now()).await.unwrap();
     process(&store, 60_000, now()).await.unwrap();
     // The dispatcher forgot the person (it would, on its next intake); the partner has not taken the notice.
-    for meta in store.list(crate::activation::dispatch::FORGET).await.unwrap() {
+    for meta in store.list(crate::activation::stored::FORGET).await.unwrap() {
         store.delete(&meta.key).await.unwrap();
     }
     let later = now().add_millis(61_000).unwrap();
