@@ -66,9 +66,6 @@ pub async fn update_suppression<S: ObjectStore>(store: &S, change: impl Fn(&mut 
     .await
 }
 
-/// The identity keys an event carries: every identifier it has (linkable or not), as the graph keys them.
-pub(crate) use shared::access::event_keys;
-
 /// Records `count` events dropped by suppression at `now`.
 pub async fn count_dropped<S: ObjectStore>(store: &S, count: usize, now: UtcTime) -> Result<(), Error> {
     let id = Entropy::from_seed(crate::config::random_seed()?).ulid(now);

@@ -57,7 +57,7 @@ pub(crate) fn generate(dir: &Path, people: u64, events: usize) -> anyhow::Result
                 let mut event: CanonicalEvent =
                     super::ingest::event(n, person, kind, at, person % 2 == 0 || n % 3 == 0);
                 (event.message_id, event.event, event.properties) = (id, name.map(String::from), Some(properties));
-                let keys = functions::lake::identity_keys(&rules, &event);
+                let keys = rules.every_key(&event);
                 object.push(event.clone());
                 part.push((event, keys));
                 total += 1;

@@ -129,7 +129,7 @@ pub(crate) async fn events<S: ObjectStore + Clone>(
             crate::lake::find(api.store(), part, &keys).await?.into_iter().map(|(event, _)| event).collect()
         } else {
             let Some(object) = read_object(api.store(), key).await? else { continue };
-            object.events.into_iter().filter(|e| crate::suppression::event_keys(e).any(|k| keys.contains(&k))).collect()
+            object.events.into_iter().filter(|e| e.identifier_keys().any(|k| keys.contains(&k))).collect()
         };
         let skip = match &start {
             Some((at, skip)) if at == key => *skip,

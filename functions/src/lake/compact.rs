@@ -7,8 +7,8 @@ use shared::storage::keys;
 use shared::time::UtcTime;
 
 use super::{
-    Compacted, EVENTS, MANIFEST, MAX_EVENTS, MAX_OBJECTS, MAX_TEXT_BYTES, Row, day_and_name, encode, identity_keys,
-    manifest, part_options, raw_tail,
+    Compacted, EVENTS, MANIFEST, MAX_EVENTS, MAX_OBJECTS, MAX_TEXT_BYTES, Row, day_and_name, encode, manifest,
+    part_options, raw_tail,
 };
 use crate::Error;
 use crate::raw::read_object;
@@ -70,7 +70,7 @@ pub(super) async fn compact_within<S: ObjectStore>(
         let Some(object) = read_object(store, key).await? else { continue };
         text_bytes += object.text_bytes;
         for event in object.events {
-            let keys = identity_keys(&rules, &event);
+            let keys = rules.every_key(&event);
             if held.as_ref().is_some_and(|h| h.list.drops(&h.key, keys.iter())) {
                 out.held += 1;
                 continue;

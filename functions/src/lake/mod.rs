@@ -34,7 +34,6 @@ pub use tags::{TagEvent, for_tags};
 
 use serde::{Deserialize, Serialize};
 use shared::event::CanonicalEvent;
-use shared::identity::IdentityRules;
 
 use crate::Error;
 use crate::storage::{ObjectMeta, ObjectStore, PutOptions};
@@ -134,16 +133,4 @@ pub async fn parts<S: ObjectStore>(store: &S) -> Result<Vec<ObjectMeta>, Error> 
 fn day_and_name(key: &str) -> Option<(&str, &str)> {
     let day = key.split('/').find(|segment| segment.starts_with("dt="))?;
     Some((day, key.rsplit('/').next()?.strip_suffix(".ndjson.gz")?))
-}
-
-/// An event's identity keys: the rules' (those that link, strongest first), then any other identifier the
-/// event names (so that finding a person's events does not depend on how the rules stand).
-pub fn identity_keys(rules: &IdentityRules, event: &CanonicalEvent) -> Vec<String> {
-    let mut keys = rules.keys(event);
-    for key in crate::suppression::event_keys(event) {
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys
 }

@@ -16,7 +16,6 @@ use crate::activation::outbox::{OUTBOX, stage};
 use crate::activation::stored::{FORGET, Forget, forget_stored};
 use crate::state::{Compaction, Settings, ShardCounts, Transaction, collect_garbage, lookup};
 use crate::storage::{ObjectStore, PutOptions};
-use crate::suppression::event_keys;
 
 /// Advances every open erasure as far as it can go now; returns how many requests changed (an error when
 /// none could and one failed). `grace_ms` is how
@@ -292,7 +291,7 @@ async fn scrub_events<S: ObjectStore>(
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let theirs = match serde_json::from_str::<CanonicalEvent>(line) {
                     Ok(event) => {
-                        event_keys(&event).any(|k| erasure.keys.contains(&k))
+                        event.identifier_keys().any(|k| erasure.keys.contains(&k))
                             || event.user_id.as_ref().is_some_and(|u| erasure.keys.contains(&format!("user_id:{u}")))
                     }
                     Err(_) => {

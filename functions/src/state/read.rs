@@ -24,7 +24,8 @@ pub async fn lookup<S: ObjectStore + Clone>(store: &S, what: &str) -> Result<Opt
             _ => return Ok(None),
         }
     };
-    for _ in 0..64 {
+    // Following merges as `shared::identity::follow_redirects` does, reading each profile's shard on the way.
+    for _ in 0..=shared::identity::MAX_REDIRECTS {
         txn.load::<ProfilesShard>([&id]).await?;
         let entry = txn.view.profiles.get(&id).cloned().unwrap_or_default();
         if let Some(stored) = entry.profile {
@@ -59,14 +60,8 @@ impl Scan {
         {
             return Some(found);
         }
-        let mut id = self.ids.get(what).or_else(|| self.redirects.get(what))?;
-        for _ in 0..64 {
-            if let Some(found) = live(id) {
-                return Some(found);
-            }
-            id = self.redirects.get(id)?;
-        }
-        None
+        let id = self.ids.get(what).or_else(|| self.redirects.get(what))?;
+        shared::identity::follow_redirects(id, live, |id| self.redirects.get(id).map(String::as_str))
     }
 }
 

@@ -362,14 +362,8 @@ impl Profiles {
             live.numbers.insert(key, number(n)?);
         }
         // Absorbed ids: to the live profile at the end of their chain of redirects.
-        fn survivor<'r>(live: &Live, redirects: &'r HashMap<String, String>, mut at: &'r String) -> Option<u32> {
-            for _ in 0..64 {
-                if let Some(n) = live.number(at) {
-                    return Some(n);
-                }
-                at = redirects.get(at)?;
-            }
-            None
+        fn survivor(live: &Live, redirects: &HashMap<String, String>, at: &str) -> Option<u32> {
+            shared::identity::follow_redirects(at, |id| live.number(id), |id| redirects.get(id).map(String::as_str))
         }
         let absorbed: Vec<(Key, u32)> =
             redirects.iter().filter_map(|(id, to)| Some((live.key(id), survivor(&live, &redirects, to)?))).collect();

@@ -14,7 +14,7 @@ mod suppression;
 pub use audit::{Actor, AuditRecord, audit_key};
 pub use identifier_key::{IDENTIFIER_KEY_OBJECT, IdentifierKey, legacy_hashed_identifier};
 pub use keys::{ApiKey, ApiKeys, AuthError, NewKey, Scope, looks_like_write_key};
-pub use suppression::{DROPPED_PREFIX, SUPPRESSED_KEY, Suppression, SuppressionCheck, dropped_record, event_keys};
+pub use suppression::{DROPPED_PREFIX, SUPPRESSED_KEY, Suppression, SuppressionCheck, dropped_record};
 
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ impl Suppression {
 
     /// Whether `event` carries a suppressed identifier (any identifier it has, linkable or not).
     pub fn drops_event(&self, key: &IdentifierKey, event: &CanonicalEvent) -> bool {
-        !self.is_empty() && self.drops(key, event_keys(event).collect::<Vec<_>>().iter())
+        !self.is_empty() && self.drops(key, event.identifier_keys().collect::<Vec<_>>().iter())
     }
 }
 
@@ -75,11 +75,6 @@ impl SuppressionCheck {
     pub fn drops_event(&self, event: &CanonicalEvent) -> bool {
         self.list.drops_event(&self.key, event)
     }
-}
-
-/// The identity keys an event carries: every identifier it has (linkable or not), as the graph keys them.
-pub fn event_keys(event: &CanonicalEvent) -> impl Iterator<Item = String> + '_ {
-    event.identifiers.iter().map(|id| format!("{}:{}", id.kind, id.sha256.as_deref().unwrap_or(id.value.trim())))
 }
 
 /// The record of events dropped at one place and time: its key under [`DROPPED_PREFIX`] and its body.

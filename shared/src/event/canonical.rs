@@ -100,6 +100,24 @@ impl CanonicalEvent {
     pub fn dedup_key(&self) -> String {
         dedup_key(&self.source_id, &self.message_id)
     }
+
+    /// The identity keys of every identifier the event names (linkable or not), as the graph keys them.
+    pub fn identifier_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.identifiers.iter().map(Identifier::key)
+    }
+}
+
+impl Identifier {
+    /// Its identity key: `type:value`, with a personal value by its hash (the one form ID-Mapping, suppression
+    /// and the lake key a person by).
+    pub fn key(&self) -> String {
+        key_of(&self.kind, &self.value, self.sha256.as_deref())
+    }
+}
+
+/// The identity key of an identifier of type `kind` with `value` (by `hashed`, its hash, when it is personal).
+pub fn key_of(kind: &str, value: &str, hashed: Option<&str>) -> String {
+    format!("{kind}:{}", hashed.unwrap_or(value.trim()))
 }
 
 /// One identifier of a person, in the form ID-Mapping keys on.

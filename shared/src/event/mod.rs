@@ -4,6 +4,6 @@ mod canonical;
 mod failed;
 mod kind;
 
-pub use canonical::{CanonicalEvent, Enrichment, Geo, Identifier, UserAgentInfo, dedup_key, message_id_of};
+pub use canonical::{CanonicalEvent, Enrichment, Geo, Identifier, UserAgentInfo, dedup_key, key_of, message_id_of};
 pub use failed::{FailedEvent, FailureCode};
 pub use kind::EventType;

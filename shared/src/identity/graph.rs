@@ -16,6 +16,27 @@ pub type ProfileId = String;
 /// What every profile id starts with.
 pub const PROFILE_ID_PREFIX: &str = "prof_";
 
+/// How many redirects a chain may have: redirects only ever point to a younger merge's survivor, so chains end;
+/// the bound guards against a broken state.
+pub const MAX_REDIRECTS: usize = 64;
+
+/// The first id on the chain of redirects from `id` (itself included) that `live` accepts, with what `live`
+/// gave for it; `None` when the chain ends first or runs past [`MAX_REDIRECTS`]. The one way merges are
+/// followed, whatever holds the redirects.
+pub fn follow_redirects<'r, T>(
+    mut id: &'r str,
+    mut live: impl FnMut(&str) -> Option<T>,
+    mut redirect: impl FnMut(&str) -> Option<&'r str>,
+) -> Option<T> {
+    for _ in 0..=MAX_REDIRECTS {
+        if let Some(found) = live(id) {
+            return Some(found);
+        }
+        id = redirect(id)?;
+    }
+    None
+}
+
 /// Whether `text` names a profile (a profile id) rather than an identifier (`type:value`).
 pub fn is_profile_id(text: &str) -> bool {
     text.starts_with(PROFILE_ID_PREFIX)
@@ -140,15 +161,7 @@ impl IdentityGraph {
 
     /// A profile by id; an absorbed id resolves to the survivor (following merges of merges).
     pub fn profile(&self, id: &str) -> Option<&ProfileNode> {
-        let mut id = id;
-        // Redirects only ever point to a younger merge's survivor, so chains end; the bound is a guard.
-        for _ in 0..64 {
-            match self.redirects.get(id) {
-                Some(next) => id = next,
-                None => break,
-            }
-        }
-        self.profiles.get(id)
+        follow_redirects(id, |id| self.profiles.get(id), |id| self.redirects.get(id).map(String::as_str))
     }
 
     /// A graph holding only some of the state: the index entries, profiles and redirects a batch needs.

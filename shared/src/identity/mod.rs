@@ -11,7 +11,8 @@ mod graph;
 mod rules;
 
 pub use graph::{
-    AuditEntry, AuditKind, IdentityGraph, Linked, PROFILE_ID_PREFIX, ProfileId, ProfileNode, is_profile_id,
+    AuditEntry, AuditKind, IdentityGraph, Linked, MAX_REDIRECTS, PROFILE_ID_PREFIX, ProfileId, ProfileNode,
+    follow_redirects, is_profile_id,
 };
 pub use rules::{IdKey, IdentifierType, IdentityRules};
 

@@ -95,6 +95,19 @@ impl IdentityRules {
             || self.kind(kind).is_some_and(|t| t.blocked.iter().any(|b| b.trim().eq_ignore_ascii_case(&v)))
     }
 
+    /// Every identity key of an event: [`IdentityRules::keys`] (those that link, strongest first), then any other
+    /// identifier it names ([`CanonicalEvent::identifier_keys`]), so that finding a person's events does not
+    /// depend on how the rules stand.
+    pub fn every_key(&self, event: &CanonicalEvent) -> Vec<IdKey> {
+        let mut keys = self.keys(event);
+        for key in event.identifier_keys() {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
     /// The keys of an event's identifiers that may link: those the collector extracted (personal data by its
     /// hash), custom types from their paths, and Segment's `context.externalIds`; blocked values and
     /// unconfigured types left out; sorted strongest first, without repeats.
@@ -104,7 +117,7 @@ impl IdentityRules {
             if self.kind(kind).is_none() || self.is_blocked(kind, value) {
                 return;
             }
-            let key = format!("{kind}:{}", hashed.unwrap_or(value.trim()));
+            let key = crate::event::key_of(kind, value, hashed);
             if !keys.contains(&key) {
                 keys.push(key);
             }
