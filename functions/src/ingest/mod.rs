@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 use shared::activation::ProfileNow;
 use shared::activation::lane::Message;
-use shared::event::{CanonicalEvent, EventType};
+use shared::event::CanonicalEvent;
 use shared::profile::Profile;
 use shared::tags::EventView;
 use shared::time::UtcTime;
@@ -216,13 +216,7 @@ async fn apply<S: ObjectStore + Clone>(
 ) -> Result<(usize, usize, usize, Vec<Message>), Error> {
     let mut keys = BTreeSet::new();
     for event in events {
-        keys.extend(config.snapshot.identity.keys(event));
-        if event.kind == EventType::Alias
-            && let Some(previous) = &event.previous_id
-        {
-            keys.insert(format!("user_id:{previous}"));
-            keys.insert(format!("anonymous_id:{previous}"));
-        }
+        keys.extend(shared::identity::keys_to_link(&config.snapshot.identity, event));
     }
     let (mut graph, mut data): (_, BTreeMap<String, Profile>) = txn.graph_for(&keys).await?;
     let (mut applied, mut merges, mut refusals) = (0, 0, 0);

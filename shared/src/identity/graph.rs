@@ -37,6 +37,23 @@ pub fn follow_redirects<'r, T>(
     None
 }
 
+/// An alias's `previousId` with the two keys it may stand for in the graph: as a user id, else as an anonymous id.
+fn alias_of(event: &CanonicalEvent) -> Option<(&str, [IdKey; 2])> {
+    let previous = event.previous_id.as_deref().filter(|_| event.kind == EventType::Alias)?;
+    Some((previous, [format!("user_id:{previous}"), format!("anonymous_id:{previous}")]))
+}
+
+/// The keys linking `event` may read from a stored graph ([`IdentityGraph::link_event`] on a graph holding
+/// only them gives the same result as on the whole): its identifiers' keys, and both keys an alias's
+/// `previousId` may stand for.
+pub fn keys_to_link(rules: &IdentityRules, event: &CanonicalEvent) -> Vec<IdKey> {
+    let mut keys = rules.keys(event);
+    if let Some((_, alias)) = alias_of(event) {
+        keys.extend(alias);
+    }
+    keys
+}
+
 /// Whether `text` names a profile (a profile id) rather than an identifier (`type:value`).
 pub fn is_profile_id(text: &str) -> bool {
     text.starts_with(PROFILE_ID_PREFIX)
@@ -206,11 +223,8 @@ impl IdentityGraph {
     /// is in the graph, else as an anonymous id).
     pub fn link_event(&mut self, rules: &IdentityRules, event: &CanonicalEvent) -> Linked {
         let mut keys = rules.keys(event);
-        if event.kind == EventType::Alias
-            && let Some(previous) = &event.previous_id
-        {
-            let as_user = format!("user_id:{previous}");
-            let key = if self.index.contains_key(&as_user) { as_user } else { format!("anonymous_id:{previous}") };
+        if let Some((previous, [as_user, as_anonymous])) = alias_of(event) {
+            let key = if self.index.contains_key(&as_user) { as_user } else { as_anonymous };
             let kind = rules.kind_of(&key).to_string();
             if !rules.is_blocked(&kind, previous) && !keys.contains(&key) {
                 keys.push(key);

@@ -12,7 +12,7 @@ mod rules;
 
 pub use graph::{
     AuditEntry, AuditKind, IdentityGraph, Linked, MAX_REDIRECTS, PROFILE_ID_PREFIX, ProfileId, ProfileNode,
-    follow_redirects, is_profile_id,
+    follow_redirects, is_profile_id, keys_to_link,
 };
 pub use rules::{IdKey, IdentifierType, IdentityRules};
 
