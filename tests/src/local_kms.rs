@@ -81,11 +81,8 @@ impl LocalKms {
     pub fn settings(&self) -> functions::vault::KmsSettings {
         functions::vault::KmsSettings {
             key_id: self.key_arn.clone(),
-            region: crate::local_s3::REGION.to_string(),
             endpoint: Some(self.endpoint.clone()),
-            access_key_id: crate::local_s3::ACCESS_KEY.to_string(),
-            secret_access_key: crate::local_s3::SECRET_KEY.to_string(),
-            session_token: None,
+            access: crate::local_s3::access(),
         }
     }
 }

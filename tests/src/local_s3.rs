@@ -95,14 +95,7 @@ impl LocalS3 {
 
     /// Settings for the project's S3 adapter pointed at this server.
     pub fn settings(&self) -> S3Settings {
-        S3Settings {
-            endpoint: Some(self.endpoint.clone()),
-            region: REGION.to_string(),
-            bucket: BUCKET.to_string(),
-            access_key_id: ACCESS_KEY.to_string(),
-            secret_access_key: SECRET_KEY.to_string(),
-            session_token: None,
-        }
+        S3Settings { endpoint: Some(self.endpoint.clone()), bucket: BUCKET.to_string(), access: access() }
     }
 
     /// The project's S3 adapter pointed at this server.
@@ -159,5 +152,15 @@ impl Drop for LocalS3 {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// The test region and credentials the local S3 server (and the local KMS) accept.
+pub fn access() -> functions::storage::aws::AwsAccess {
+    functions::storage::aws::AwsAccess {
+        region: REGION.to_string(),
+        access_key_id: ACCESS_KEY.to_string(),
+        secret_access_key: SECRET_KEY.to_string(),
+        session_token: None,
     }
 }

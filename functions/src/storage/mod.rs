@@ -3,6 +3,7 @@
 //! Adapters: [`S3Store`] (AWS S3 or any S3-compatible server) and [`FsStore`] (a local folder, the embedded
 //! default of `cdp up`). Both honour the same conditions, so fencing behaves the same on a laptop and in AWS.
 
+pub mod aws;
 mod fs;
 mod s3;
 

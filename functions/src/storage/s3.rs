@@ -1,59 +1,32 @@
 //! S3 (or any S3-compatible server) through `aws-sdk-s3`.
 
-use std::time::Duration;
-
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    timeout::TimeoutConfig,
-};
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
+use super::aws::{AwsAccess, optional_env, required_env, timeouts};
 use super::{Condition, Object, ObjectMeta, ObjectStore, PutOptions, StoreError, check_key};
 
 /// Where the bucket is and how to sign for it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct S3Settings {
     /// Custom endpoint (`http://127.0.0.1:9000`) for S3-compatible servers; `None` for AWS.
     pub endpoint: Option<String>,
-    /// Region, e.g. `eu-central-1`.
-    pub region: String,
     /// Bucket name.
     pub bucket: String,
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key. Never logged: `Debug` prints it redacted.
-    pub secret_access_key: String,
-    /// Session token of temporary credentials (Lambda's role credentials have one).
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    /// Region and credentials.
+    pub access: AwsAccess,
 }
 
 impl S3Settings {
-    /// From the environment a Lambda function has: `CDP_BUCKET`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, and optionally `AWS_ENDPOINT_URL_S3`.
+    /// From the environment a Lambda function has: `CDP_BUCKET`, optionally `AWS_ENDPOINT_URL_S3`, and
+    /// [`AwsAccess::from_env`].
     pub fn from_env() -> Result<Self, shared::Invalid> {
-        let need = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
         Ok(Self {
-            endpoint: std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|s| !s.is_empty()),
-            region: need("AWS_REGION")?,
-            bucket: need("CDP_BUCKET")?,
-            access_key_id: need("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: need("AWS_SECRET_ACCESS_KEY")?,
-            session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|s| !s.is_empty()),
+            endpoint: optional_env("AWS_ENDPOINT_URL_S3"),
+            bucket: required_env("CDP_BUCKET")?,
+            access: AwsAccess::from_env()?,
         })
     }
 }
@@ -93,29 +66,15 @@ impl S3Store {
 
     /// A store for `settings`. Custom endpoints use path-style addressing (most S3-compatible servers need it).
     pub fn new(settings: S3Settings) -> Self {
-        let credentials = Credentials::new(
-            settings.access_key_id,
-            settings.secret_access_key,
-            settings.session_token,
-            None,
-            "cdp-settings",
-        );
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(settings.region))
-            .credentials_provider(credentials)
+            .region(Region::new(settings.access.region.clone()))
+            .credentials_provider(settings.access.credentials())
             // Checksums only where S3 requires them: the bodies are small and integrity is TLS's job; this keeps
             // requests plain for S3-compatible servers that do not speak aws-chunked trailers.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            // Fail fast: a collector answering 503 quickly lets the client retry; a hung write helps no one.
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(30))
-                    .build(),
-            );
+            .timeout_config(timeouts());
         if let Some(endpoint) = settings.endpoint {
             config = config.endpoint_url(endpoint).force_path_style(true);
         }

@@ -1,10 +1,9 @@
 //! Wrapping the data key: a local master key file, or AWS KMS.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig};
+use aws_sdk_kms::config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::DisplayErrorContext;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
@@ -13,6 +12,7 @@ use shared::storage::keys;
 
 use super::KeySource;
 use crate::Error;
+use crate::storage::aws::{AwsAccess, optional_env, timeouts};
 
 /// Bound into every wrapping (AES-GCM associated data; KMS encryption context), so a wrapped key cannot be
 /// passed off as anything else.
@@ -31,66 +31,28 @@ pub(super) enum Wrap {
 }
 
 /// A KMS key and how to reach it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct KmsSettings {
     /// Key id or ARN.
     pub key_id: String,
-    /// Region, e.g. `eu-central-1`.
-    pub region: String,
     /// Custom endpoint (a KMS-compatible server on 127.0.0.1 in tests); `None` for AWS.
     pub endpoint: Option<String>,
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key. Never logged.
-    pub secret_access_key: String,
-    /// Session token of temporary credentials.
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for KmsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KmsSettings")
-            .field("key_id", &self.key_id)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("secret_access_key", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+    /// Region and credentials.
+    pub access: AwsAccess,
 }
 
 impl KmsSettings {
-    /// `key_id` with the region, credentials and optional `AWS_ENDPOINT_URL_KMS` of the environment.
+    /// `key_id` with the optional `AWS_ENDPOINT_URL_KMS` and [`AwsAccess::from_env`].
     pub fn from_env(key_id: String) -> Result<Self, shared::Invalid> {
-        let need = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
-        Ok(Self {
-            key_id,
-            region: need("AWS_REGION")?,
-            endpoint: std::env::var("AWS_ENDPOINT_URL_KMS").ok().filter(|s| !s.is_empty()),
-            access_key_id: need("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: need("AWS_SECRET_ACCESS_KEY")?,
-            session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|s| !s.is_empty()),
-        })
+        Ok(Self { key_id, endpoint: optional_env("AWS_ENDPOINT_URL_KMS"), access: AwsAccess::from_env()? })
     }
 
     fn client(&self) -> aws_sdk_kms::Client {
-        let credentials = Credentials::new(
-            self.access_key_id.clone(),
-            self.secret_access_key.clone(),
-            self.session_token.clone(),
-            None,
-            "cdp-settings",
-        );
         let mut config = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(self.region.clone()))
-            .credentials_provider(credentials)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(30))
-                    .build(),
-            );
+            .region(Region::new(self.access.region.clone()))
+            .credentials_provider(self.access.credentials())
+            .timeout_config(timeouts());
         if let Some(endpoint) = &self.endpoint {
             config = config.endpoint_url(endpoint);
         }
