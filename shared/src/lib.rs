@@ -9,8 +9,15 @@
 //! - [`identity`]: ID-Mapping — the identity graph and its rules.
 //! - [`profile`]: unified profiles — traits by policy, counters, running aggregates.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
-//! - [`storage`]: the object key layout and the gzip NDJSON codec.
-//! - [`access`]: API keys with scopes (stored hashed) and the audit log's records.
+//! - [`tags`]: tag definitions, their check, and their evaluation — for one profile, incrementally, and by
+//!   columns for many (feature `columnar`), with the predictive and product tags.
+//! - [`audiences`]: audience definitions, membership, snapshots and diffs, insight.
+//! - [`activation`]: destinations, what partners receive, lanes, signing, retries, SSRF rules.
+//! - [`storage`]: the object key layout (every key, in one place) and the gzip NDJSON codec.
+//! - [`access`]: API keys with scopes (stored hashed), the audit log's records, the suppression list.
+//! - [`snippet`]: the browser library and the snippet that loads it.
+//! - [`error`]: the core's errors, and [`Invalid`] for what is wrong with something given.
+//! - [`ids`]: ids, hashes and seeded randomness; [`time`]: instants in UTC.
 //! - [`sample`]: synthetic, realistic traffic for benchmarks and load tests.
 
 pub mod access;
