@@ -230,7 +230,7 @@ async fn apply<S: ObjectStore + Clone>(
         refusals += linked.refused;
         let Some(target) = linked.profile else { continue };
         if config.snapshot.activation.is_some() && !before.contains_key(&target) {
-            let snapshot = data.get(&target).map(|p| (traits_of(p), p.tags.clone())).unwrap_or_default();
+            let snapshot = data.get(&target).map(|p| (p.trait_values(), p.tags.clone())).unwrap_or_default();
             before.insert(target.clone(), snapshot);
         }
         for absorbed in &linked.merged {
@@ -263,7 +263,7 @@ async fn apply<S: ObjectStore + Clone>(
         let waiting = tags.waiting(&config.snapshot.ready);
         for id in touched {
             if let Some(profile) = data.get_mut(&id) {
-                let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+                let traits = profile.trait_values();
                 let mut values = tags.evaluate_state(&profile.tag_state, &traits, now.unix_millis());
                 for tag in &waiting {
                     match profile.tags.get(tag) {
@@ -284,10 +284,6 @@ async fn apply<S: ObjectStore + Clone>(
     Ok((applied, merges, refusals, messages))
 }
 
-fn traits_of(profile: &Profile) -> Map<String, Value> {
-    profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect()
-}
-
 /// A profile merged into another leaves every audience it was in: partners that received its entry get its
 /// exit (the survivor's own memberships are decided as for any touched profile, so it enters where it
 /// qualifies). The item's id names the profile and the change's number, so a retried batch sends it once.
@@ -301,7 +297,7 @@ fn exits_of_absorbed(activation: &Activation, gone: &Profile, now: UtcTime) -> V
     if changes.is_empty() {
         return Vec::new();
     }
-    let traits = traits_of(gone);
+    let traits = gone.trait_values();
     let keys: Vec<String> = gone.identities.iter().cloned().collect();
     let view = ProfileNow { id: &gone.id, keys: &keys, traits: &traits, tags: &gone.tags, consent: &gone.consent };
     activation.destinations.audience_messages(&view, &changes, &activation.names, now)
@@ -324,7 +320,7 @@ fn deliveries(
     for (id, (traits_before, tags_before)) in before {
         // A profile merged away in this batch has no deliveries of its own.
         let Some(profile) = data.get_mut(id) else { continue };
-        let traits = traits_of(profile);
+        let traits = profile.trait_values();
         let decided = activation.audiences.realtime_members(&traits, &profile.tags);
         let changes = shared::audiences::record_memberships(&mut profile.memberships, &decided, now.unix_millis());
         let keys: Vec<String> = profile.identities.iter().cloned().collect();

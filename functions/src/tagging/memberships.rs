@@ -90,7 +90,7 @@ async fn record_batch<S: ObjectStore + Clone>(
             let changes = shared::audiences::record_memberships(&mut profile.memberships, wanted, now.unix_millis());
             recorded += changes.len();
             if let Some(activation) = activation {
-                let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+                let traits = profile.trait_values();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();
                 let view =
                     ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };

@@ -60,7 +60,7 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
             // A read: the closure changes nothing, so nothing is committed.
             let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone()).await?;
             txn.update_profiles(&batch, |id, profile| {
-                let traits = profile.traits.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect();
+                let traits = profile.trait_values();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();
                 let view =
                     ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };

@@ -155,6 +155,11 @@ pub struct Membership {
 }
 
 impl Profile {
+    /// Its traits' values by name: what rules, audiences and payloads read.
+    pub fn trait_values(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.traits.iter().map(|(name, t)| (name.clone(), t.value.clone())).collect()
+    }
+
     /// An empty profile.
     pub fn new(id: ProfileId) -> Self {
         Self {
