@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use shared::Invalid;
+pub use shared::activation::Activation;
 use shared::activation::{DestinationDefinition, DestinationSet};
 use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::identity::IdentityRules;
@@ -90,17 +91,6 @@ impl Default for Definitions {
     }
 }
 
-/// Audiences and destinations, checked, for ingest and the full recompute.
-#[derive(Debug, Clone)]
-pub struct Activation {
-    /// The computed audiences.
-    pub audiences: AudienceSet,
-    /// Audience display names, for payloads.
-    pub names: BTreeMap<String, String>,
-    /// The destinations.
-    pub destinations: DestinationSet,
-}
-
 impl Snapshot {
     /// Reads and checks the configuration in `store`. Identity and profile rules that do not parse are an
     /// error (events cannot be applied without them); tag, audience and destination files that do not parse or
@@ -135,7 +125,7 @@ impl Snapshot {
             Some(_) => ready(store).await?,
             None => BTreeMap::new(),
         };
-        let activation = match Activation::lenient(&definitions, tags.as_ref()) {
+        let activation = match lenient_activation(&definitions, tags.as_ref()) {
             Ok(activation) => activation,
             Err(problem) => {
                 tracing::warn!(%problem, "deliveries wait until the configuration is fixed");
@@ -163,7 +153,7 @@ impl Snapshot {
     pub fn activation_with(&self, checked: &Checked) -> Result<Option<Activation>, Invalid> {
         match &self.definitions.destinations {
             Ok(Some(destinations)) => {
-                Activation::check(destinations, checked.audiences.clone(), &checked.audience_defs, &checked.tags)
+                checked_activation(destinations, checked.audiences.clone(), &checked.audience_defs, &checked.tags)
                     .map(Some)
             }
             Ok(None) => Ok(None),
@@ -214,41 +204,41 @@ pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, E
     Ok(crate::config::read(store, keys::TAGS_READY).await?.unwrap_or_default())
 }
 
-impl Activation {
-    /// Ingest's view: `Ok(None)` without destinations; the problem when a file does not parse or check.
-    fn lenient(definitions: &Definitions, tags: Option<&TagSet>) -> Result<Option<Self>, Invalid> {
-        let destinations = match &definitions.destinations {
-            Ok(Some(destinations)) => destinations,
-            Ok(None) => return Ok(None),
-            Err(problem) => return Err(problem.clone()),
-        };
-        let audience_defs = definitions.audiences.as_ref().map_err(Clone::clone)?;
-        let catalog = Catalog::default();
-        let empty;
-        let tags = match tags {
-            Some(tags) => tags,
-            None => {
-                empty = TagSet::check(&[], &catalog).map_err(|e| Invalid(format!("no tags do not check: {e:?}")))?;
-                &empty
-            }
-        };
-        let audiences = AudienceSet::check(audience_defs, tags, &catalog)
-            .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_AUDIENCES, problems(&errors))))?;
-        Self::check(destinations, audiences, audience_defs, tags).map(Some)
-    }
+/// Ingest's view of the activation: `Ok(None)` without destinations; the problem when a file does not parse or
+/// check.
+fn lenient_activation(definitions: &Definitions, tags: Option<&TagSet>) -> Result<Option<Activation>, Invalid> {
+    let destinations = match &definitions.destinations {
+        Ok(Some(destinations)) => destinations,
+        Ok(None) => return Ok(None),
+        Err(problem) => return Err(problem.clone()),
+    };
+    let audience_defs = definitions.audiences.as_ref().map_err(Clone::clone)?;
+    let catalog = Catalog::default();
+    let empty;
+    let tags = match tags {
+        Some(tags) => tags,
+        None => {
+            empty = TagSet::check(&[], &catalog).map_err(|e| Invalid(format!("no tags do not check: {e:?}")))?;
+            &empty
+        }
+    };
+    let audiences = AudienceSet::check(audience_defs, tags, &catalog)
+        .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_AUDIENCES, problems(&errors))))?;
+    checked_activation(destinations, audiences, audience_defs, tags).map(Some)
+}
 
-    fn check(
-        destinations: &[DestinationDefinition],
-        audiences: AudienceSet,
-        audience_defs: &[AudienceDefinition],
-        tags: &TagSet,
-    ) -> Result<Self, Invalid> {
-        // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
-        let destinations = DestinationSet::check(destinations, &audiences, tags, &Catalog::default(), true)
-            .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_DESTINATIONS, problems(&errors))))?;
-        let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
-        Ok(Self { audiences, names, destinations })
-    }
+/// Audiences and destinations checked together.
+fn checked_activation(
+    destinations: &[DestinationDefinition],
+    audiences: AudienceSet,
+    audience_defs: &[AudienceDefinition],
+    tags: &TagSet,
+) -> Result<Activation, Invalid> {
+    // Producers accept loopback URLs: whether a URL may be reached is decided when sending.
+    let destinations = DestinationSet::check(destinations, &audiences, tags, &Catalog::default(), true)
+        .map_err(|errors| Invalid(format!("{}: {}", keys::CONFIG_DESTINATIONS, problems(&errors))))?;
+    let names = audience_defs.iter().map(|a| (a.id.clone(), a.name.clone())).collect();
+    Ok(Activation { audiences, names, destinations })
 }
 
 /// `key` decoded (`None` when absent), or the problem naming the file when it does not parse; a store failure is

@@ -13,6 +13,7 @@
 //!   columns for many (feature `columnar`), with the predictive and product tags.
 //! - [`audiences`]: audience definitions, membership, snapshots and diffs, insight.
 //! - [`activation`]: destinations, what partners receive, lanes, signing, retries, SSRF rules.
+//! - [`apply`]: a batch of events applied to the graph and profiles it touches, with what partners receive.
 //! - [`storage`]: the object key layout (every key, in one place) and the gzip NDJSON codec.
 //! - [`access`]: API keys with scopes (stored hashed), the audit log's records, the suppression list.
 //! - [`snippet`]: the browser library and the snippet that loads it.
@@ -22,6 +23,7 @@
 
 pub mod access;
 pub mod activation;
+pub mod apply;
 pub mod audiences;
 pub mod collect;
 pub mod error;

@@ -5,19 +5,16 @@
 pub mod lambda;
 pub mod reconcile;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
-use shared::activation::ProfileNow;
-use shared::activation::lane::Message;
+use shared::apply::{Applied, Rules};
 use shared::event::CanonicalEvent;
 use shared::profile::Profile;
-use shared::tags::EventView;
 use shared::time::UtcTime;
 
 use crate::Error;
 use crate::raw::read_object;
-use crate::snapshot::{Activation, RunConfig};
+use crate::snapshot::RunConfig;
 use crate::state::{CommitStats, Transaction};
 use crate::storage::{ObjectStore, PutOptions};
 
@@ -155,7 +152,7 @@ async fn apply_events<S: ObjectStore + Clone>(
         let fresh = txn.fresh(events.clone(), now, dedup_window).await?;
         txn.record(records, now, dedup_window).await?;
         report.duplicates = events.len() - fresh.len();
-        let (applied, merges, refusals, messages) = apply(&mut txn, &fresh, config, now).await?;
+        let Applied { applied, merges, refusals, messages } = apply(&mut txn, &fresh, config, now).await?;
         (report.applied, report.merges, report.refusals) = (applied, merges, refusals);
         if !txn.is_dirty() {
             report.commit = None;
@@ -205,133 +202,25 @@ pub async fn unlink<S: ObjectStore + Clone>(
     }
 }
 
-/// A touched profile's traits and tags before the batch.
-type Before = BTreeMap<String, (Map<String, Value>, BTreeMap<String, Value>)>;
-
 async fn apply<S: ObjectStore + Clone>(
     txn: &mut Transaction<'_, S>,
     events: &[CanonicalEvent],
     config: &RunConfig,
     now: UtcTime,
-) -> Result<(usize, usize, usize, Vec<Message>), Error> {
-    let mut keys = BTreeSet::new();
-    for event in events {
-        keys.extend(shared::identity::keys_to_link(&config.snapshot.identity, event));
-    }
-    let (mut graph, mut data): (_, BTreeMap<String, Profile>) = txn.graph_for(&keys).await?;
-    let (mut applied, mut merges, mut refusals) = (0, 0, 0);
-    let empty = serde_json::Map::new();
-    let mut touched: BTreeSet<String> = BTreeSet::new();
-    let mut before: Before = BTreeMap::new();
-    let mut triggered: Vec<(String, &CanonicalEvent)> = Vec::new();
-    let mut merged_exits: Vec<Message> = Vec::new();
-    for event in events {
-        let linked = graph.link_event(&config.snapshot.identity, event);
-        refusals += linked.refused;
-        let Some(target) = linked.profile else { continue };
-        if config.snapshot.activation.is_some() && !before.contains_key(&target) {
-            let snapshot = data.get(&target).map(|p| (p.trait_values(), p.tags.clone())).unwrap_or_default();
-            before.insert(target.clone(), snapshot);
-        }
-        for absorbed in &linked.merged {
-            merges += 1;
-            if let Some(gone) = data.remove(absorbed) {
-                if let Some(activation) = &config.snapshot.activation {
-                    merged_exits.extend(exits_of_absorbed(activation, &gone, now));
-                }
-                let survivor = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
-                survivor.absorb(gone, &config.snapshot.profiles);
-            }
-        }
-        let profile = data.entry(target.clone()).or_insert_with(|| Profile::new(target.clone()));
-        profile.apply(event, &config.snapshot.profiles);
-        if let Some(tags) = &config.snapshot.tags {
-            tags.observe(&mut profile.tag_state, &EventView::of(event, &empty), now.unix_millis());
-            touched.insert(target.clone());
-        }
-        if let Some(node) = graph.profile(&target) {
-            profile.identities = node.identities.clone();
-        }
-        if config.snapshot.activation.is_some() {
-            triggered.push((target.clone(), event));
-        }
-        applied += 1;
-    }
-    // The changed profiles' tag values, as of now.
-    // Tags waiting for a backfill (or the full recompute) keep their previous values.
-    if let Some(tags) = &config.snapshot.tags {
-        let waiting = tags.waiting(&config.snapshot.ready);
-        for id in touched {
-            if let Some(profile) = data.get_mut(&id) {
-                let traits = profile.trait_values();
-                let mut values = tags.evaluate_state(&profile.tag_state, &traits, now.unix_millis());
-                for tag in &waiting {
-                    match profile.tags.get(tag) {
-                        Some(previous) => values.insert(tag.clone(), previous.clone()),
-                        None => values.remove(tag),
-                    };
-                }
-                profile.tags = values;
-                profile.tags_at = Some(now);
-            }
-        }
-    }
-    let mut messages = merged_exits;
-    if let Some(activation) = &config.snapshot.activation {
-        messages.extend(deliveries(activation, &mut data, &before, &triggered, now));
-    }
+) -> Result<Applied, Error> {
+    let snapshot = &config.snapshot;
+    let keys = shared::apply::keys_to_read(&snapshot.identity, events);
+    let (mut graph, mut data) = txn.graph_for(&keys).await?;
+    let rules = Rules {
+        identity: &snapshot.identity,
+        profiles: &snapshot.profiles,
+        tags: snapshot.tags.as_ref(),
+        ready: &snapshot.ready,
+        activation: snapshot.activation.as_ref(),
+    };
+    let applied = shared::apply::apply(&mut graph, &mut data, events, &rules, now);
     txn.put_back(graph, data).await?;
-    Ok((applied, merges, refusals, messages))
-}
-
-/// A profile merged into another leaves every audience it was in: partners that received its entry get its
-/// exit (the survivor's own memberships are decided as for any touched profile, so it enters where it
-/// qualifies). The item's id names the profile and the change's number, so a retried batch sends it once.
-fn exits_of_absorbed(activation: &Activation, gone: &Profile, now: UtcTime) -> Vec<Message> {
-    let changes: Vec<(String, bool, u32)> = gone
-        .memberships
-        .iter()
-        .filter(|(_, m)| m.member)
-        .map(|(audience, m)| (audience.clone(), false, m.changes + 1))
-        .collect();
-    if changes.is_empty() {
-        return Vec::new();
-    }
-    let traits = gone.trait_values();
-    let keys: Vec<String> = gone.identities.iter().cloned().collect();
-    let view = ProfileNow { id: &gone.id, keys: &keys, traits: &traits, tags: &gone.tags, consent: &gone.consent };
-    activation.destinations.audience_messages(&view, &changes, &activation.names, now)
-}
-
-/// The batch's deliveries: each touched profile's real-time audience entries and exits (recorded on the
-/// profile), its subscribed trait and tag changes, and its events that pass a destination's trigger.
-fn deliveries(
-    activation: &Activation,
-    data: &mut BTreeMap<String, Profile>,
-    before: &Before,
-    triggered: &[(String, &CanonicalEvent)],
-    now: UtcTime,
-) -> Vec<Message> {
-    let mut messages = Vec::new();
-    let mut events_of: BTreeMap<&str, Vec<&CanonicalEvent>> = BTreeMap::new();
-    for (profile, event) in triggered {
-        events_of.entry(profile.as_str()).or_default().push(event);
-    }
-    for (id, (traits_before, tags_before)) in before {
-        // A profile merged away in this batch has no deliveries of its own.
-        let Some(profile) = data.get_mut(id) else { continue };
-        let traits = profile.trait_values();
-        let decided = activation.audiences.realtime_members(&traits, &profile.tags);
-        let changes = shared::audiences::record_memberships(&mut profile.memberships, &decided, now.unix_millis());
-        let keys: Vec<String> = profile.identities.iter().cloned().collect();
-        let view = ProfileNow { id, keys: &keys, traits: &traits, tags: &profile.tags, consent: &profile.consent };
-        messages.extend(activation.destinations.audience_messages(&view, &changes, &activation.names, now));
-        messages.extend(activation.destinations.change_messages(&view, traits_before, tags_before, now));
-        for event in events_of.get(id.as_str()).into_iter().flatten() {
-            messages.extend(activation.destinations.trigger_messages(&view, event, now));
-        }
-    }
-    messages
+    Ok(applied)
 }
 
 #[cfg(test)]

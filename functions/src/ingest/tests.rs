@@ -1,5 +1,7 @@
 //! Ingest on the folder store: scenarios, idempotence, order, quarantine, and two writers at once.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 use shared::ids::sha256_hex;
 

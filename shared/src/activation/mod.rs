@@ -33,3 +33,14 @@ pub use produce::ProfileNow;
 pub use retry::{Outcome, RetryPolicy, Verdict};
 pub use signing::Secret;
 pub use ssrf::{Reach, refused};
+
+/// Audiences and destinations, checked: what ingest and the full recompute produce deliveries with.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// The computed audiences.
+    pub audiences: crate::audiences::AudienceSet,
+    /// Audience display names, for payloads.
+    pub names: std::collections::BTreeMap<String, String>,
+    /// The destinations.
+    pub destinations: DestinationSet,
+}
