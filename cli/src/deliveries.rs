@@ -130,20 +130,23 @@ pub(crate) fn destination(command: DestinationCommand) -> anyhow::Result<()> {
 
 /// Adds the destination `id` (`definition` without its id and secret) with a new signing secret, as the API
 /// does (`functions::definitions::put`: checked against the whole configuration, under compare-and-swap, in
-/// the audit log as `actor`'s); returns the secret. An existing destination is not replaced.
+/// the audit log as `actor`'s); returns the secret. An existing destination is not replaced. The new URL must
+/// be public; destinations already on loopback (`cdp up`'s demo partner) stay as they are.
 async fn add<S: ObjectStore>(store: &S, id: &str, mut definition: Value, actor: Actor) -> anyhow::Result<Secret> {
-    let existing = functions::definitions::read_array(store, CONFIG_DESTINATIONS).await?;
-    if existing.iter().any(|d| functions::definitions::id_of(d) == Some(id)) {
-        bail!("destination {id:?} exists; change it through the API (PUT /v1/destinations/{id})");
-    }
     if let Some(url) = definition["url"].as_str() {
         shared::activation::destination::check_url(url, false)
             .map_err(|problem| anyhow::anyhow!("--url: {problem}"))?;
     }
     let secret = new_secret();
     definition["secret"] = json!(secret.expose());
-    functions::definitions::put(store, Kind::Destinations, id, definition, actor, Checking::default()).await?;
-    Ok(secret)
+    let checking = Checking { loopback: true, create_only: true };
+    match functions::definitions::put(store, Kind::Destinations, id, definition, actor, checking).await {
+        Ok(_) => Ok(secret),
+        Err(functions::definitions::Refused::Exists(_)) => {
+            bail!("destination {id:?} exists; change it through the API (PUT /v1/destinations/{id})")
+        }
+        Err(refused) => Err(refused.into()),
+    }
 }
 
 pub(crate) fn deliveries(command: DeliveriesCommand) -> anyhow::Result<()> {
@@ -352,11 +355,7 @@ pub(crate) async fn ensure_demo_partner(store: &FsStore, url: &str) -> anyhow::R
         "retrySchedule": [0, 1, 5, 30, 300]
     });
     let current = functions::definitions::read_array(store, CONFIG_DESTINATIONS).await?;
-    let stored = current.iter().find(|d| functions::definitions::id_of(d) == Some(DEMO_PARTNER));
-    let wanted: DestinationDefinition = serde_json::from_value(definition.clone())?;
-    let same = stored.and_then(|d| serde_json::from_value::<DestinationDefinition>(d.clone()).ok()).is_some_and(|d| {
-        (d.url.as_str(), &d.send.audiences, &d.name) == (wanted.url.as_str(), &wanted.send.audiences, &wanted.name)
-    });
+    let same = current.contains(&definition);
     let has_secret = destinations(store).await?.iter().any(|d| d.id == DEMO_PARTNER && d.secret.is_some());
     if same && has_secret {
         return Ok(());
@@ -365,7 +364,7 @@ pub(crate) async fn ensure_demo_partner(store: &FsStore, url: &str) -> anyhow::R
         definition["secret"] = json!(new_secret().expose());
     }
     let actor = Actor::cli("cdp up");
-    let checking = Checking { loopback: true };
+    let checking = Checking { loopback: true, create_only: false };
     functions::definitions::put(store, Kind::Destinations, DEMO_PARTNER, definition, actor, checking).await?;
     Ok(())
 }
@@ -467,5 +466,27 @@ mod tests {
         assert_eq!(status, 400, "{body}");
         let stored = functions::definitions::read_array(&store, CONFIG_DESTINATIONS).await.unwrap();
         assert_eq!(stored.len(), 2, "{stored:?}");
+    }
+
+    #[tokio::test]
+    async fn a_destination_added_beside_the_loopback_demo_partner_is_checked_created_once_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let audiences = json!([{"id": "vips", "status": "active", "when": {"field": "trait:plan", "op": "exists"}}]);
+        store.put(keys::CONFIG_AUDIENCES, audiences.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+        let audit = || async { store.list("audit/v1/").await.unwrap().len() };
+        ensure_demo_partner(&store, "http://127.0.0.1:9/demo/partner").await.expect("the demo partner, on loopback");
+        ensure_demo_partner(&store, "http://127.0.0.1:9/demo/partner").await.expect("unchanged");
+        assert_eq!(audit().await, 1, "an unchanged demo partner is not written again");
+
+        add(&store, "ads", subscribed_to("vips"), Actor::cli("ops")).await.expect("beside a loopback destination");
+        let again = add(&store, "ads", subscribed_to("vips"), Actor::cli("ops")).await.expect_err("created once");
+        assert!(again.to_string().contains("exists"), "{again}");
+        let local = json!({"url": "http://127.0.0.1:8080/hook", "send": {"audiences": ["vips"]}});
+        let refused = add(&store, "local", local, Actor::cli("ops")).await.expect_err("a new URL must be public");
+        assert!(refused.to_string().contains("--url"), "{refused}");
+        assert_eq!(audit().await, 2, "one record for the one change made");
+        let ids: Vec<String> = destinations(&store).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, [DEMO_PARTNER, "ads"]);
     }
 }

@@ -39,7 +39,7 @@ pub fn write_table<W: std::io::Write + Send>(
         .build();
     if schema.fields().is_empty() {
         // Parquet keeps no row count without a column.
-        return Err(Error::Corrupt("a table needs at least one column".into()));
+        return Err(Error::Internal("a table needs at least one column".into()));
     }
     let mut writer = ArrowWriter::try_new(out, schema, Some(properties)).map_err(parquet_error("parquet writer"))?;
     for batch in batches {

@@ -1,10 +1,11 @@
 //! The configuration of one run, read once: every file of `config/` that ingest and the full recompute use,
 //! checked, with what goes with it (the ready tag versions, the suppression list, the vault). A run loads one
-//! snapshot and passes it down, so every part of the run sees the same version of the configuration and no file
-//! is read twice.
+//! snapshot and passes it down, so every part of the run sees the same version of the configuration and no
+//! configuration file is read twice. (State the run changes itself, such as `tags/v1/ready.json` during a
+//! backfill, is read where it is used.)
 //!
-//! Ingest is lenient: invalid tag, audience or destination files must not stop events from being ingested, so
-//! they are reported and wait ([`Snapshot::tags`], [`Snapshot::activation`]). The full recompute is strict: it
+//! Ingest is lenient: invalid tag, audience, destination or product files must not stop events from being
+//! ingested, so they are reported and wait (a store that cannot be read fails the run, which is retried) ([`Snapshot::tags`], [`Snapshot::activation`]). The full recompute is strict: it
 //! checks [`Snapshot::definitions`] and fails naming the file.
 
 use std::collections::BTreeMap;

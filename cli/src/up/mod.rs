@@ -133,7 +133,12 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         if args.demo_partner {
-            crate::deliveries::ensure_demo_partner(&store, &format!("http://{addr}/demo/partner")).await?;
+            // A configuration that does not check (an audience naming a missing tag…) must not stop `cdp up`: the
+            // demo partner waits until it is fixed, as deliveries do.
+            let url = format!("http://{addr}/demo/partner");
+            if let Err(error) = crate::deliveries::ensure_demo_partner(&store, &url).await {
+                println!("cdp: the demo partner is not configured until this is fixed: {error:#}");
+            }
         }
         let reach = if args.webhooks_loopback || args.demo_partner {
             shared::activation::Reach::PublicAndLoopback

@@ -118,7 +118,7 @@ impl From<crate::definitions::Refused> for ApiError {
         match refused {
             Refused::Invalid(problem) => Self::invalid(problem),
             Refused::NotFound(problem) => Self::not_found(problem),
-            Refused::InUse(_) => Self::conflict(refused.to_string()),
+            Refused::InUse(_) | Refused::Exists(_) => Self::conflict(refused.to_string()),
             Refused::Failed(error) => error.into(),
         }
     }

@@ -140,7 +140,7 @@ pub(crate) async fn put_definition<S: ObjectStore + Clone>(
     if kind == Kind::Destinations && definition.get("allowPii") == Some(&Value::Bool(true)) {
         api.authorize(&headers, Scope::PiiSend).await?;
     }
-    let checking = Checking { loopback: api.loopback };
+    let checking = Checking { loopback: api.loopback, create_only: false };
     let put = crate::definitions::put(api.store(), kind, &id, definition, actor, checking).await?;
     let status = if put.before.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     let report = latest_report(api.store()).await?;
@@ -155,7 +155,8 @@ pub(crate) async fn delete_definition<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
-    crate::definitions::delete(api.store(), kind, &id, actor, Checking { loopback: api.loopback }).await?;
+    let checking = Checking { loopback: api.loopback, create_only: false };
+    crate::definitions::delete(api.store(), kind, &id, actor, checking).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -29,6 +29,8 @@ pub enum Refused {
     NotFound(String),
     /// Others still use what the change removes.
     InUse(String),
+    /// A create found a definition with the id already.
+    Exists(String),
     /// Storage failed or what is stored does not read: not the change's fault.
     Failed(Error),
 }
@@ -42,7 +44,7 @@ impl From<Error> for Refused {
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Invalid(problem) | Refused::NotFound(problem) => f.write_str(problem),
+            Refused::Invalid(problem) | Refused::NotFound(problem) | Refused::Exists(problem) => f.write_str(problem),
             Refused::InUse(problem) => write!(f, "still in use: {problem}"),
             Refused::Failed(error) => error.fmt(f),
         }
@@ -56,6 +58,8 @@ impl std::error::Error for Refused {}
 pub struct Checking {
     /// Allow `http://127.0.0.1…` destinations.
     pub loopback: bool,
+    /// Refuse to replace a definition with the same id ([`Refused::Exists`]): a create, not an update.
+    pub create_only: bool,
 }
 
 /// A definition written by [`put`].
@@ -88,6 +92,11 @@ pub async fn put<S: ObjectStore>(
         Some(Value::String(given)) if given == id => {}
         Some(given) => return Err(Refused::Invalid(format!("id: {given} differs from the path's {id:?}"))),
     }
+    let exists = |list: &[Value]| list.iter().any(|d| id_of(d) == Some(id));
+    let taken = || Refused::Exists(format!("{} {id:?} exists", kind.noun()));
+    if checking.create_only && exists(&read_array(store, kind.file()).await?) {
+        return Err(taken());
+    }
     let now = crate::config::now()?;
     let rotated = match kind {
         Kind::Destinations => store_secrets(store, id, object, now.unix_millis()).await?,
@@ -98,6 +107,9 @@ pub async fn put<S: ObjectStore>(
         let mut all = others.with(kind, bytes)?;
         let list = all.of(kind);
         let position = list.iter().position(|d| id_of(d) == Some(id));
+        if checking.create_only && position.is_some() {
+            return Err(taken());
+        }
         let before = position.map(|i| list[i].clone());
         let mut next = definition.clone();
         if let Some(before) = &before {

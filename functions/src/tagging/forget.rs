@@ -33,8 +33,9 @@ pub(super) struct StoredDiff {
 /// Removes `profiles` from every tag value, audience snapshot and diff; returns the objects rewritten.
 pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> Result<usize, Error> {
     let mut rewritten = 0;
-    if let Some(object) = store.get(keys::TAG_VALUES).await? {
-        let mut values: Values = decode(keys::TAG_VALUES, &shared::storage::gunzip(&object.body).unwrap_or_default())?;
+    if let Some(object) = store.get(keys::TAG_VALUES).await?
+        && let Some(mut values) = decoded::<Values>(keys::TAG_VALUES, &object.body, true)
+    {
         let before = values.profiles.len();
         values.profiles.retain(|id, _| !profiles.contains(id));
         if values.profiles.len() != before {
@@ -47,7 +48,7 @@ pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> R
         let key = meta.key;
         if key.ends_with("/snapshot.json.gz") {
             let Some(object) = store.get(&key).await? else { continue };
-            let mut snapshot: Snapshot = decode(&key, &shared::storage::gunzip(&object.body).unwrap_or_default())?;
+            let Some(mut snapshot) = decoded::<Snapshot>(&key, &object.body, true) else { continue };
             let before = snapshot.members.len();
             snapshot.members.retain(|id| !profiles.contains(id));
             if snapshot.members.len() != before {
@@ -57,7 +58,7 @@ pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> R
             }
         } else if key.contains("/diffs/") && key.ends_with(".json") {
             let Some(object) = store.get(&key).await? else { continue };
-            let mut stored: StoredDiff = decode(&key, &object.body)?;
+            let Some(mut stored) = decoded::<StoredDiff>(&key, &object.body, false) else { continue };
             let before = stored.diff.entered.len() + stored.diff.exited.len();
             stored.diff.entered.retain(|id| !profiles.contains(id));
             stored.diff.exited.retain(|id| !profiles.contains(id));
@@ -71,6 +72,45 @@ pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> R
     Ok(rewritten)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{key}: {e}")))
+/// `body` (gzipped when `zipped`) decoded; `None`, logged, when it does not decode: an object the recompute
+/// will rewrite must not hold up an erasure (the recompute's next run leaves the erased profiles out anyway).
+fn decoded<T: serde::de::DeserializeOwned>(key: &str, body: &[u8], zipped: bool) -> Option<T> {
+    let json = if zipped { shared::storage::gunzip(body).map_err(|e| e.to_string()) } else { Ok(body.to_vec()) };
+    match json.and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string())) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(%key, %error, "does not decode; the erasure passes over it");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::FsStore;
+
+    #[tokio::test]
+    async fn forgetting_passes_over_an_object_that_does_not_decode_and_clears_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let values = json!({"computedAt": 1, "profiles": {"prof_a": {"spend": 1}, "prof_b": {"spend": 2}}});
+        store.put(keys::TAG_VALUES, shared::storage::gzip(values.to_string().as_bytes()), gz()).await.unwrap();
+        store.put("audiences/v1/vip/snapshot.json.gz", b"not gzip".to_vec(), gz()).await.unwrap();
+        let diff = json!({"computedAt": 1, "entered": ["prof_a", "prof_b"], "exited": []});
+        store
+            .put("audiences/v1/vip/diffs/0000000000001.json", diff.to_string().into_bytes(), PutOptions::json())
+            .await
+            .unwrap();
+
+        let forgotten = BTreeSet::from(["prof_a".to_string()]);
+        assert_eq!(forget(&store, &forgotten).await.unwrap(), 2, "the values and the diff");
+        let values = store.get(keys::TAG_VALUES).await.unwrap().unwrap().body;
+        let values: Value = serde_json::from_slice(&shared::storage::gunzip(&values).unwrap()).unwrap();
+        assert_eq!(values["profiles"], json!({"prof_b": {"spend": 2}}));
+        let diff = store.get("audiences/v1/vip/diffs/0000000000001.json").await.unwrap().unwrap().body;
+        assert_eq!(serde_json::from_slice::<Value>(&diff).unwrap()["entered"], json!(["prof_b"]));
+    }
 }

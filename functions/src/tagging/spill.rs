@@ -84,7 +84,7 @@ impl Spill {
     pub(crate) fn push(&mut self, profile: u32, event: &TagEvent) -> Result<(), Error> {
         let bucket = self.starts.partition_point(|start| *start <= profile).wrapping_sub(1);
         let Some(buffer) = self.buffers.get_mut(bucket).filter(|_| profile < self.end) else {
-            return Err(Error::Machine(format!("profile number {profile} is past the spill's profiles")));
+            return Err(Error::Internal(format!("profile number {profile} is past the spill's profiles")));
         };
         let picked;
         let properties = match (event.properties.as_deref(), &self.wanted) {
