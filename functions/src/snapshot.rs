@@ -22,7 +22,7 @@ use shared::storage::keys;
 use shared::tags::{Catalog, DefinitionError, ProductConfig, TagDefinition, TagSet};
 
 use crate::Error;
-use crate::state::Settings;
+use crate::state::{Settings, Transaction};
 use crate::storage::ObjectStore;
 use crate::suppression::SuppressionCheck;
 use crate::vault::Vault;
@@ -40,6 +40,13 @@ impl RunConfig {
     /// The configuration in `store` with the default state settings.
     pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
         Ok(Self { snapshot: Snapshot::load(store).await?, state: Settings::default() })
+    }
+
+    /// A transaction on `store`'s state with this run's settings and vault.
+    pub async fn begin<'s, S: ObjectStore + Clone>(&self, store: &'s S) -> Result<Transaction<'s, S>, Error> {
+        Ok(Transaction::begin_sealed(store, self.state.shards, self.snapshot.vault.clone())
+            .await?
+            .with_compaction(self.state.compaction))
     }
 }
 

@@ -92,9 +92,10 @@ pub async fn put<S: ObjectStore>(
         Some(Value::String(given)) if given == id => {}
         Some(given) => return Err(Refused::Invalid(format!("id: {given} differs from the path's {id:?}"))),
     }
-    let exists = |list: &[Value]| list.iter().any(|d| id_of(d) == Some(id));
     let taken = || Refused::Exists(format!("{} {id:?} exists", kind.noun()));
-    if checking.create_only && exists(&read_array(store, kind.file()).await?) {
+    let mut others = Definitions::load(store).await?;
+    // Checked again under compare-and-swap below; here, so that a refused create rotates no secret.
+    if checking.create_only && others.of(kind).iter().any(|d| id_of(d) == Some(id)) {
         return Err(taken());
     }
     let now = crate::config::now()?;
@@ -102,7 +103,6 @@ pub async fn put<S: ObjectStore>(
         Kind::Destinations => store_secrets(store, id, object, now.unix_millis()).await?,
         _ => false,
     };
-    let others = Definitions::load(store).await?;
     let (before, after) = crate::config::update(store, kind.file(), "application/json", |bytes| {
         let mut all = others.with(kind, bytes)?;
         let list = all.of(kind);

@@ -146,9 +146,7 @@ async fn apply_events<S: ObjectStore + Clone>(
     loop {
         let attempt = attempts.next().await?;
         report.attempts = attempt;
-        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
-            .await?
-            .with_compaction(config.state.compaction);
+        let mut txn = config.begin(store).await?;
         let fresh = txn.fresh(events.clone(), now, dedup_window).await?;
         txn.record(records, now, dedup_window).await?;
         report.duplicates = events.len() - fresh.len();
@@ -181,9 +179,7 @@ pub async fn unlink<S: ObjectStore + Clone>(
     let mut attempts = crate::state::Attempts::new(&config.state, "the unlink");
     loop {
         attempts.next().await?;
-        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
-            .await?
-            .with_compaction(config.state.compaction);
+        let mut txn = config.begin(store).await?;
         let (found, _) = txn.graph_for(&BTreeSet::from([key.to_string()])).await?;
         let Some(node) = found.profile_of(key) else { return Ok(Vec::new()) };
         // Every identifier of the profile: the split must move their index entries too.

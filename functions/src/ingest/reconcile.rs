@@ -23,7 +23,7 @@ use shared::time::UtcTime;
 use super::ingest;
 use crate::Error;
 use crate::snapshot::RunConfig;
-use crate::state::{MANIFEST_KEY, Transaction};
+use crate::state::MANIFEST_KEY;
 use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
 
 /// The reconciliation's watermark: `ingest/v1/watermark.json`.
@@ -104,7 +104,7 @@ pub async fn reconcile<S: ObjectStore + Clone>(
     let keys = list_after(store, mark.through.as_deref(), now).await?;
     let mut report = Reconciled { listed: keys.len(), ..Reconciled::default() };
     let (recorded, forgotten_before) = {
-        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone()).await?;
+        let mut txn = config.begin(store).await?;
         let forgotten_before = txn.manifest().forgotten_before;
         (txn.recorded_objects(keys.iter().map(|k| object_record(k))).await?, forgotten_before)
     };

@@ -38,7 +38,7 @@ use super::profiles::{Profiles, Reading};
 use super::spill::Spill;
 use crate::Error;
 use crate::snapshot::{RunConfig, ready};
-use crate::state::{Compaction, Transaction};
+use crate::state::Compaction;
 use crate::storage::{ObjectStore, PutOptions, StoreError};
 
 /// Reads again at the end of a backfill, at most, before it leaves the rest to the next recompute.
@@ -164,9 +164,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         }
         // Each batch rewrites its own shards whole (and folds what is outstanding): a backfill changes every
         // profile, which as deltas would be rewritten again by a later fold and held by every reader until then.
-        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
-            .await?
-            .with_compaction(Compaction::always());
+        let mut txn = config.begin(store).await?.with_compaction(Compaction::always());
         let version = txn.manifest().version;
         if read.as_ref().is_none_or(|r| batch >= r.spill.chunks()) {
             // At the end, unless nothing happened since the read: read again, and rebuild the profiles read before

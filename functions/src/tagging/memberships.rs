@@ -17,7 +17,6 @@ use super::Writes;
 use super::profiles::Profiles;
 use crate::Error;
 use crate::snapshot::{Activation, RunConfig};
-use crate::state::Transaction;
 use crate::storage::ObjectStore;
 
 /// Records `members` (each audience's members by profile number, ascending, in the order of `audiences`) on
@@ -77,9 +76,7 @@ async fn record_batch<S: ObjectStore + Clone>(
     let mut attempts = crate::state::Attempts::new(&config.state, "the memberships recorded");
     loop {
         attempts.next().await?;
-        let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone())
-            .await?
-            .with_compaction(config.state.compaction);
+        let mut txn = config.begin(store).await?;
         let mut messages: Vec<Message> = Vec::new();
         let mut recorded = 0;
         txn.update_profiles(&changing, |id, profile| {

@@ -18,7 +18,6 @@ use super::Writes;
 use super::profiles::Profiles;
 use crate::Error;
 use crate::snapshot::Activation;
-use crate::state::Transaction;
 use crate::storage::{ObjectStore, PutOptions};
 
 /// Per destination, the audiences whose members it has been sent.
@@ -58,7 +57,7 @@ pub(crate) async fn initial<S: ObjectStore + Clone>(
             let batch: BTreeSet<String> = batch.iter().map(|n| profiles.id(*n).to_string()).collect();
             let mut messages: Vec<Message> = Vec::new();
             // A read: the closure changes nothing, so nothing is committed.
-            let mut txn = Transaction::begin_sealed(store, config.state.shards, config.snapshot.vault.clone()).await?;
+            let mut txn = config.begin(store).await?;
             txn.update_profiles(&batch, |id, profile| {
                 let traits = profile.trait_values();
                 let keys: Vec<String> = profile.identities.iter().cloned().collect();
