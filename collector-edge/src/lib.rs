@@ -14,7 +14,7 @@
 mod s3;
 mod sources;
 
-use shared::collect::{Answer, CollectRequest, Route, preflight, route};
+use shared::collect::{Answer, CollectRequest, Endpoint, Route, preflight, route};
 use shared::event::Geo;
 use shared::ids::Entropy;
 use shared::time::UtcTime;
@@ -42,9 +42,21 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
         Route::Collect(endpoint) => {
             let body = req.bytes().await.unwrap_or_default();
             match S3::from_env(&env) {
-                Ok(s3) => collect(&s3, &env, &req, endpoint, &body, origin.as_deref()).await,
+                Ok(s3) => collect(&s3, &env, &req, endpoint, &body, origin.as_deref(), false).await,
                 Err(error) => misconfigured(&error),
             }
+        }
+        Route::Pixel(kind) => {
+            let query = req.url().ok().and_then(|url| url.query().map(str::to_string));
+            let answer = match shared::collect::pixel::body_of(query.as_deref()) {
+                Ok(body) => match S3::from_env(&env) {
+                    // The write key is inside the event; the request has no body to decode.
+                    Ok(s3) => collect(&s3, &env, &req, Endpoint::Single(kind), &body, None, true).await,
+                    Err(error) => misconfigured(&error),
+                },
+                Err(problem) => Answer::error(400, "invalid_pixel", &problem),
+            };
+            answer.pixel()
         }
     };
     respond(answer)
@@ -57,6 +69,7 @@ async fn collect(
     endpoint: shared::collect::Endpoint,
     body: &[u8],
     origin: Option<&str>,
+    pixel: bool,
 ) -> Answer {
     let sources = match sources::get(s3, env).await {
         Ok(sources) => sources,
@@ -65,9 +78,10 @@ async fn collect(
             return Answer::config_unavailable();
         }
     };
-    let authorization = header(req, "authorization");
+    // A pixel's event is in its query, its write key inside the event: no header of the request applies.
+    let authorization = header(req, "authorization").filter(|_| !pixel);
     let user_agent = header(req, "user-agent");
-    let content_encoding = header(req, "content-encoding");
+    let content_encoding = header(req, "content-encoding").filter(|_| !pixel);
     let request = CollectRequest {
         endpoint,
         body,
@@ -186,13 +200,13 @@ fn geo(req: &Request) -> Option<Geo> {
 
 fn respond(answer: Answer) -> worker::Result<Response> {
     let headers = Headers::new();
-    if !answer.body.is_empty() && !answer.headers.iter().any(|(name, _)| *name == "content-type") {
+    if answer.is_json() {
         headers.set("content-type", "application/json")?;
     }
     for (name, value) in &answer.headers {
         headers.append(name, value)?;
     }
-    let response =
-        if answer.body.is_empty() { Response::empty()? } else { Response::from_bytes(answer.body.into_bytes())? };
-    Ok(response.with_status(answer.status).with_headers(headers))
+    let status = answer.status;
+    let response = if answer.is_empty() { Response::empty()? } else { Response::from_bytes(answer.into_bytes())? };
+    Ok(response.with_status(status).with_headers(headers))
 }

@@ -37,10 +37,10 @@ pub fn library(if_none_match: Option<&str>) -> Answer {
     let etag = etag();
     let current = if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
     let mut answer = if current {
-        Answer { status: 304, headers: Vec::new(), body: String::new() }
+        Answer::text(304, String::new())
     } else {
         let headers = vec![("content-type", "application/javascript; charset=utf-8".to_string())];
-        Answer { status: 200, headers, body: LIBRARY.to_string() }
+        Answer { headers, ..Answer::text(200, LIBRARY.to_string()) }
     };
     answer.headers.push(("etag", etag.to_string()));
     // Short freshness, then revalidation by ETag: a new library reaches pages within minutes.

@@ -9,8 +9,10 @@ use base64::Engine as _;
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
-    /// Body as text.
+    /// Body as text (invalid UTF-8 replaced).
     pub body: String,
+    /// Body as sent.
+    pub bytes: Vec<u8>,
     /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
 }
@@ -55,8 +57,9 @@ pub fn send(method: &str, url: &str, body: &[u8], headers: &[(&str, &str)]) -> R
         .iter()
         .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
         .collect();
-    let body = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    Ok(Reply { status, body, headers })
+    let bytes = response.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(Reply { status, body, bytes, headers })
 }
 
 /// `POST url` with a JSON body and optional Basic auth.

@@ -1,6 +1,7 @@
 //! The scenarios every collector shell must pass alike, and what they stored, projected so that two shells'
 //! results can be compared (receipt times and request ids differ between runs; nothing else may).
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use shared::event::{CanonicalEvent, FailedEvent};
 use shared::storage::decode_ndjson_gz;
@@ -189,6 +190,26 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     let reply = send("POST", &format!("{url}/v1/batch"), plain.as_bytes(), &headers).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reply.status, 415, "{}", reply.body);
 
+    // The pixel: one event in the query string (base64 JSON, the write key inside), answered with a 1×1 GIF.
+    let pixel = |event: Value| {
+        let data = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+        let data = data.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        send("GET", &format!("{url}/v1/pixel/track?data={data}"), b"", &[]).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let opened = json!({"writeKey": key, "event": "Email Opened", "userId": "u-mail", "messageId": "px-1",
+                        "properties": {"campaign": "nov"}});
+    let reply = pixel(opened.clone());
+    assert_eq!((reply.status, reply.header("content-type")), (200, Some("image/gif")), "{}", reply.body);
+    assert_eq!(reply.bytes, shared::collect::pixel::GIF);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let mut wrong = opened;
+    wrong["writeKey"] = json!("not-a-key");
+    let reply = pixel(wrong);
+    assert_eq!((reply.status, reply.header("x-cdp-error")), (401, Some("unauthorized")));
+    assert_eq!(reply.bytes, shared::collect::pixel::GIF, "a refused pixel is still an image");
+    let reply = send("GET", &format!("{url}/v1/pixel/track?data=***"), b"", &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.header("x-cdp-error")), (400, Some("invalid_pixel")));
+
     // A suppressed person's event is acknowledged, counted, and never stored; the other in the batch is.
     let events = json!({"batch": [
         {"type": "track", "event": "Tracked", "userId": SUPPRESSED_USER, "messageId": "sup-1"},
@@ -197,7 +218,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(2)), "{}", reply.body);
 
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (5, 1, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (6, 1, 1));
     assert!(
         snapshot.raw.iter().flat_map(|(_, e)| e).all(|e| e.user_id.as_deref() != Some(SUPPRESSED_USER)),
         "nothing of the suppressed person is stored"

@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use functions::collect::handle;
-use shared::collect::{Answer, CollectRequest, MAX_REQUEST_BYTES, Route, preflight, route};
+use shared::collect::{Answer, CollectRequest, Endpoint, MAX_REQUEST_BYTES, Route, preflight, route};
 
 use super::AppState;
 
@@ -36,6 +36,18 @@ pub(super) async fn serve(
                 Answer::config_unavailable()
             }
         },
+        Route::Pixel(kind) => match shared::collect::pixel::body_of(parts.uri.query()) {
+            Ok(body) => {
+                // The write key is inside the event; the request has no body to decode.
+                let request = CollectRequest {
+                    user_agent: header_str(headers, header::USER_AGENT),
+                    client_ip: client_ip(&state, headers, peer),
+                    ..CollectRequest::new(Endpoint::Single(kind), &body)
+                };
+                collect(&state, &request).await.pixel()
+            }
+            Err(problem) => Answer::error(400, "invalid_pixel", &problem).pixel(),
+        },
         Route::Collect(endpoint) => {
             // Read a little past the limit so the core can name the size in its 400.
             let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1024).await {
@@ -46,43 +58,42 @@ pub(super) async fn serve(
                 }
                 Err(_) => Bytes::from(vec![b' '; MAX_REQUEST_BYTES + 1]),
             };
-            // A suppression list that cannot be read keeps nothing: no suppressed person's event slips in.
-            let config = tokio::try_join!(state.sources.get(&state.store), state.sources.suppression(&state.store));
-            match config {
-                Ok((sources, suppression)) => {
-                    let request = CollectRequest {
-                        endpoint,
-                        body: &body,
-                        authorization: header_str(headers, header::AUTHORIZATION),
-                        origin,
-                        user_agent: header_str(headers, header::USER_AGENT),
-                        client_ip: client_ip(&state, headers, peer),
-                        geo: None,
-                        content_encoding: header_str(headers, header::CONTENT_ENCODING),
-                    };
-                    let handled = handle(
-                        &state.store,
-                        &sources,
-                        suppression.as_ref().as_ref(),
-                        &request,
-                        crate::now(),
-                        crate::seed(),
-                    )
-                    .await;
-                    if let Some(key) = handled.raw_key {
-                        // The receiver lives as long as the server; a closed channel only happens at shutdown.
-                        let _ = state.ingest.send(key);
-                    }
-                    handled.answer
-                }
-                Err(error) => {
-                    tracing::error!(%error, "sources or the suppression list unavailable");
-                    Answer::config_unavailable()
-                }
-            }
+            let request = CollectRequest {
+                endpoint,
+                body: &body,
+                authorization: header_str(headers, header::AUTHORIZATION),
+                origin,
+                user_agent: header_str(headers, header::USER_AGENT),
+                client_ip: client_ip(&state, headers, peer),
+                geo: None,
+                content_encoding: header_str(headers, header::CONTENT_ENCODING),
+            };
+            collect(&state, &request).await
         }
     };
     to_response(answer)
+}
+
+/// Runs `request` through the collect pipeline, stores what it keeps and hands the raw object to ingest.
+async fn collect(state: &AppState, request: &CollectRequest<'_>) -> Answer {
+    // A suppression list that cannot be read keeps nothing: no suppressed person's event slips in.
+    let config = tokio::try_join!(state.sources.get(&state.store), state.sources.suppression(&state.store));
+    match config {
+        Ok((sources, suppression)) => {
+            let handled =
+                handle(&state.store, &sources, suppression.as_ref().as_ref(), request, crate::now(), crate::seed())
+                    .await;
+            if let Some(key) = handled.raw_key {
+                // The receiver lives as long as the server; a closed channel only happens at shutdown.
+                let _ = state.ingest.send(key);
+            }
+            handled.answer
+        }
+        Err(error) => {
+            tracing::error!(%error, "sources or the suppression list unavailable");
+            Answer::config_unavailable()
+        }
+    }
 }
 
 /// A file of the `--site` folder, or 404. Paths with `..`, hidden names or escaping the folder are refused.
@@ -133,14 +144,16 @@ fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Option<
 }
 
 pub(super) fn to_response(answer: Answer) -> Response {
-    let json = !answer.body.is_empty() && !answer.headers.iter().any(|(name, _)| *name == "content-type");
-    let mut response = Response::new(if answer.body.is_empty() { Body::empty() } else { Body::from(answer.body) });
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let json = answer.is_json();
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let answer_headers = answer.headers.clone();
+    let mut response = Response::new(if answer.is_empty() { Body::empty() } else { Body::from(answer.into_bytes()) });
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     if json {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    for (name, value) in answer.headers {
+    for (name, value) in answer_headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.append(HeaderName::from_static(name), value);
         }

@@ -12,12 +12,50 @@ pub struct Answer {
     pub headers: Vec<(&'static str, String)>,
     /// JSON body.
     pub body: String,
+    /// A binary body in place of `body` (the pixel's GIF), with its own `content-type` header.
+    pub binary: Option<&'static [u8]>,
 }
 
 impl Answer {
     /// A JSON answer.
     pub fn json(status: u16, body: &Value) -> Self {
-        Self { status, headers: Vec::new(), body: body.to_string() }
+        Self { status, headers: Vec::new(), body: body.to_string(), binary: None }
+    }
+
+    /// An answer with a text body (`body`) and no other header.
+    pub fn text(status: u16, body: String) -> Self {
+        Self { status, headers: Vec::new(), body, binary: None }
+    }
+
+    /// Whether the answer has no body.
+    pub fn is_empty(&self) -> bool {
+        self.binary.is_none() && self.body.is_empty()
+    }
+
+    /// Whether the body is JSON (a body, and no `content-type` header of its own).
+    pub fn is_json(&self) -> bool {
+        !self.is_empty() && !self.headers.iter().any(|(name, _)| *name == "content-type")
+    }
+
+    /// The body's bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self.binary {
+            Some(bytes) => bytes.to_vec(),
+            None => self.body.into_bytes(),
+        }
+    }
+
+    /// This answer as the pixel's: the same status, the 1×1 GIF as the body (an email client shows nothing
+    /// either way), never cached; a refusal's code in `x-cdp-error`.
+    pub fn pixel(self) -> Self {
+        let mut headers = vec![("content-type", "image/gif".to_string()), ("cache-control", "no-store".to_string())];
+        if self.status >= 400
+            && let Ok(body) = serde_json::from_str::<Value>(&self.body)
+            && let Some(code) = body["code"].as_str()
+        {
+            headers.push(("x-cdp-error", code.to_string()));
+        }
+        Self { status: self.status, headers, body: String::new(), binary: Some(super::pixel::GIF) }
     }
 
     /// An error answer like Segment's: `{"success":false,"code":..,"message":..}`.

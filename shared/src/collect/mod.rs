@@ -10,6 +10,7 @@ mod encoding;
 mod enrich;
 mod normalize;
 mod pipeline;
+pub mod pixel;
 mod request;
 mod route;
 mod wire;

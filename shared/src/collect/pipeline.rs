@@ -368,7 +368,7 @@ fn events(
 pub fn preflight(origin: Option<&str>, sources: &Sources) -> Answer {
     match origin {
         Some(origin) if sources.any_allows_origin(origin) => {
-            let mut answer = Answer { status: 204, headers: Vec::new(), body: String::new() }.with_cors(origin);
+            let mut answer = Answer::text(204, String::new()).with_cors(origin);
             answer.headers.push(("access-control-allow-methods", "POST, OPTIONS".to_string()));
             answer.headers.push(("access-control-allow-headers", "Authorization, Content-Type".to_string()));
             answer.headers.push(("access-control-max-age", "86400".to_string()));

@@ -8,6 +8,8 @@ use crate::event::EventType;
 pub enum Route {
     /// `POST` to a collect endpoint.
     Collect(Endpoint),
+    /// `GET /v1/pixel/{track,page,identify}?data=…`: one event in the query, answered with a GIF.
+    Pixel(EventType),
     /// `OPTIONS` to a collect endpoint: a CORS preflight.
     Preflight,
     /// `GET /health` (also `HEAD`).
@@ -28,6 +30,13 @@ pub fn route(method: &str, path: &str) -> Route {
             "GET" | "HEAD" if path == "/health" => Route::Health,
             "GET" | "HEAD" => Route::Library,
             _ => Route::MethodNotAllowed,
+        };
+    }
+    if let Some(kind) = path.strip_prefix("/v1/pixel/") {
+        return match (EventType::parse(kind), method) {
+            (Some(kind @ (EventType::Track | EventType::Page | EventType::Identify)), "GET") => Route::Pixel(kind),
+            (Some(EventType::Track | EventType::Page | EventType::Identify), _) => Route::MethodNotAllowed,
+            _ => Route::NotFound,
         };
     }
     let endpoint = match path.strip_prefix("/v1/") {
@@ -74,5 +83,11 @@ mod tests {
         assert_eq!(route("POST", "/health"), Route::MethodNotAllowed);
         assert_eq!(route("POST", "/v1/nope"), Route::NotFound);
         assert_eq!(route("GET", "/"), Route::NotFound);
+        assert_eq!(route("GET", "/v1/pixel/track"), Route::Pixel(EventType::Track));
+        assert_eq!(route("GET", "/v1/pixel/page/"), Route::Pixel(EventType::Page));
+        assert_eq!(route("HEAD", "/v1/pixel/page"), Route::MethodNotAllowed, "a HEAD would collect nothing");
+        assert_eq!(route("GET", "/v1/pixel/identify"), Route::Pixel(EventType::Identify));
+        assert_eq!(route("POST", "/v1/pixel/track"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/v1/pixel/alias"), Route::NotFound);
     }
 }
