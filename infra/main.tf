@@ -60,15 +60,17 @@ locals {
     ingest = {
       # list raw/ and the ingest/ watermark: the scheduled reconciliation finds objects whose notification was lost
       get    = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json", "keys/"]
-      put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/", "keys/"]
+      # catalog/v1/pending/: what each raw object showed of the data, for the data dictionary
+      put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/", "keys/", "catalog/v1/pending/"]
       delete = ["deliveries/v1/outbox/"]
       list   = ["raw/"]
     }
     tagging = {
-      get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "keys/"]
-      put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/", "keys/"]
-      delete = ["raw/", "failed/", "state/", "lake/", "deliveries/"]
-      list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/"]
+      # catalog/: folds the pending parts into the data dictionary
+      get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "keys/", "catalog/"]
+      put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/", "keys/", "catalog/v1/dictionary.json.gz"]
+      delete = ["raw/", "failed/", "state/", "lake/", "deliveries/", "catalog/v1/pending/"]
+      list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/", "catalog/v1/pending/"]
     }
     activation = {
       # secrets/: the destinations' signing secrets, readable by this function and the API alone
@@ -78,10 +80,11 @@ locals {
       list   = ["deliveries/"]
     }
     api = {
-      get    = ["raw/", "lake/", "state/", "config/", "secrets/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/", "keys/"]
+      # catalog/: the data dictionary, read by GET /v1/catalog and when definitions are checked
+      get    = ["raw/", "lake/", "state/", "config/", "secrets/", "access/", "audit/", "privacy/", "deliveries/", "audiences/", "tags/", "keys/", "catalog/"]
       put    = ["state/", "config/", "secrets/", "access/", "audit/", "privacy/", "deliveries/v1/replay/", "keys/"]
       delete = ["deliveries/v1/status/"]
-      list   = ["raw/", "lake/", "audit/", "privacy/", "audiences/", "deliveries/"]
+      list   = ["raw/", "lake/", "audit/", "privacy/", "audiences/", "deliveries/", "catalog/v1/pending/"]
     }
   }
 

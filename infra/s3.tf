@@ -1,5 +1,5 @@
 # The data bucket (raw/, failed/, imports/, state/, lake/, audiences/, deliveries/, config/, access/, audit/,
-# privacy/, tags/, products/) and the bucket its access logs go to.
+# privacy/, tags/, products/, catalog/) and the bucket its access logs go to.
 
 resource "aws_s3_bucket" "data" {
   #checkov:skip=CKV_AWS_144:cross-region replication is a choice of the account's backup and residency policy (personal data may not leave the region); add an aws_s3_bucket_replication_configuration where wanted

@@ -6,6 +6,7 @@
 
 mod access;
 mod bench;
+mod catalog;
 mod deliveries;
 mod lake;
 mod lock;
@@ -45,6 +46,9 @@ enum Command {
     Tags(tags::TagsCommand),
     /// List the audience definitions with their size and last change (entered, exited).
     Audiences(DataArgs),
+    /// The data dictionary: events, properties and traits each source sent, with types, examples, counts and
+    /// data-quality issues (what tag, audience and destination definitions are checked against).
+    Catalog(catalog::CatalogArgs),
     /// Partner webhooks: add, list.
     #[command(subcommand)]
     Destination(deliveries::DestinationCommand),
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::ApiKey(command) => access::run(command),
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
+        Command::Catalog(args) => catalog::run(args),
         Command::Lake(command) => lake::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Destination(command) => deliveries::destination(command),

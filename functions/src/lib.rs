@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod api;
 pub mod audit;
+pub mod catalog;
 pub mod collect;
 pub mod columnar;
 pub mod config;

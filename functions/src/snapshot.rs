@@ -106,6 +106,10 @@ impl Snapshot {
     pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
         let identity = crate::config::read(store, keys::CONFIG_IDENTITY).await?.unwrap_or_default();
         let profiles: ProfileRules = crate::config::read(store, keys::CONFIG_PROFILES).await?.unwrap_or_default();
+        profiles
+            .cleaning
+            .check()
+            .map_err(|problem| Error::Config(shared::Error::Config(format!("{}: {problem}", keys::CONFIG_PROFILES))))?;
         let definitions = Definitions {
             tags: lenient(store, keys::CONFIG_TAGS).await?.map(Option::unwrap_or_default),
             audiences: lenient(store, keys::CONFIG_AUDIENCES).await?.map(Option::unwrap_or_default),

@@ -12,6 +12,8 @@
 //! - [`tags`]: tag definitions, their check, and their evaluation — for one profile, incrementally, and by
 //!   columns for many (feature `columnar`), with the predictive and product tags.
 //! - [`audiences`]: audience definitions, membership, snapshots and diffs, insight.
+//! - [`catalog`]: the data dictionary — events, properties and traits seen, and the catalog definitions are
+//!   checked against.
 //! - [`activation`]: destinations, what partners receive, lanes, signing, retries, SSRF rules.
 //! - [`apply`]: a batch of events applied to the graph and profiles it touches, with what partners receive.
 //! - [`storage`]: the object key layout (every key, in one place) and the gzip NDJSON codec.
@@ -25,6 +27,7 @@ pub mod access;
 pub mod activation;
 pub mod apply;
 pub mod audiences;
+pub mod catalog;
 pub mod collect;
 pub mod error;
 pub mod event;

@@ -229,3 +229,79 @@ fn managed_configuration_lookup_erasure_suppression_and_audit_through_cdp_up() {
     }
     assert!(!log.to_string().contains("user-1042") && !log.to_string().contains(&SECRET[6..]), "{log}");
 }
+
+/// The data dictionary through the real `cdp up`: what arrives is described (`GET /v1/catalog`, `cdp catalog`),
+/// definitions on misspelled names are refused with the closest known one unless expected, and traits are
+/// cleaned on the profile while the raw event keeps them as sent.
+#[test]
+fn data_dictionary_checks_definitions_and_traits_are_cleaned_through_cdp_up() {
+    let data = tempfile::tempdir().expect("dir");
+    let write_key = cdp_source_add(data.path(), "shop");
+    let admin = api_key(data.path(), "ops", &["admin"]);
+    let up = CdpUp::start_with(data.path(), &["--tag-interval", "1"]);
+
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "messageId": "d1", "event": "Order Completed",
+         "properties": {"revenue": "30.50", "currency": "CNY"}},
+        {"type": "identify", "userId": "u1", "messageId": "d2",
+         "traits": {"email": "User1@Example.com ", "plan": " pro ", "age": "thirty", "nickname": ""}},
+    ]});
+    assert_eq!(post(&format!("{}/v1/batch", up.url), &batch.to_string(), Some(&write_key)).status, 200);
+    let mut catalog = Value::Null;
+    wait_for("the data dictionary", Duration::from_secs(30), &up, || {
+        catalog = call(&up, "GET", "/v1/catalog", &admin, None).json();
+        catalog["traits"]["age"]["issues"] == 1
+    });
+    let order = &catalog["sources"]["shop"]["events"]["Order Completed"];
+    assert_eq!(order["count"], 1, "{catalog}");
+    assert_eq!(order["properties"]["revenue"]["types"], json!({"number": 1}), "cleaned to a number: {catalog}");
+    assert_eq!(order["properties"]["currency"]["examples"], json!(["CNY"]), "{catalog}");
+    assert_eq!(catalog["traits"]["age"]["lastIssue"], "`thirty` is not a number", "{catalog}");
+    assert_eq!(catalog["traits"]["email"]["personal"], true, "{catalog}");
+    assert!(!catalog.to_string().to_lowercase().contains("user1@example.com"), "no personal values: {catalog}");
+    let only = call(&up, "GET", "/v1/catalog?event=identify", &admin, None).json();
+    assert_eq!(only["sources"]["shop"]["calls"]["identify"]["count"], 1, "{only}");
+    assert!(only["sources"]["shop"]["events"].as_object().is_some_and(|e| e.is_empty()), "{only}");
+
+    // Definitions on misspelled names are refused with the closest known name.
+    let misspelled = json!({"status": "active", "kind": "statistical", "filter": {"events": ["Order Complete"]},
+                            "aggregate": {"op": "sum", "property": "revenu"}});
+    let refused = call(&up, "PUT", "/v1/tags/spend", &admin, Some(misspelled));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("unknown event `Order Complete`; did you mean `Order Completed`?"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("unknown property `revenu`; did you mean `revenue`?"), "{}", refused.body);
+    let spend = json!({"status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+                       "aggregate": {"op": "sum", "property": "revenue"}});
+    assert_eq!(call(&up, "PUT", "/v1/tags/spend", &admin, Some(spend)).status, 201);
+    let plna = json!({"status": "active", "when": {"field": "trait:plna", "op": "eq", "value": "pro"}});
+    let refused = call(&up, "PUT", "/v1/audiences/pro", &admin, Some(plna));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("unknown trait `plna`; did you mean `plan`?"), "{}", refused.body);
+    // Data still to come: expected by name.
+    let refunds = json!({"status": "active", "kind": "statistical", "expected": ["Order Refunded"],
+                         "filter": {"events": ["Order Refunded"]}, "aggregate": {"op": "count"}});
+    let created = call(&up, "PUT", "/v1/tags/refunds", &admin, Some(refunds));
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    // The profile holds the clean traits; the empty one sets nothing; the raw event keeps what was sent.
+    let profile = call(&up, "GET", "/v1/profiles/user_id:u1", &admin, None).json();
+    assert_eq!(profile["traits"]["email"], "user1@example.com", "{profile}");
+    assert_eq!(profile["traits"]["plan"], "pro", "{profile}");
+    assert_eq!(profile["traits"]["age"], "thirty", "kept as sent: {profile}");
+    assert!(profile["traits"].get("nickname").is_none(), "{profile}");
+    assert_eq!(holding(&data.path().join("raw"), "User1@Example.com ").len(), 1, "the raw event as sent");
+
+    // The same dictionary on the command line.
+    let output = Command::new(cdp_bin())
+        .args(["catalog", "--source", "shop", "--data"])
+        .arg(data.path())
+        .output()
+        .expect("running cdp catalog");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("Order Completed") && text.contains("[1 not cleaned: `thirty` is not a number]"), "{text}");
+}

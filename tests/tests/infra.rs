@@ -239,6 +239,7 @@ fn notifications_watch_the_storage_layout() {
         "privacy/",
         "tags/",
         "products/",
+        "catalog/",
     ];
     for (function, access) in object(local(&module, "bucket_access")) {
         for (action, prefixes) in object(access) {

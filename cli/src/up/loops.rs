@@ -113,7 +113,8 @@ async fn reconcile_once(
 /// `config/tags.json`, `config/audiences.json` or `config/destinations.json` changes, and every `interval`.
 /// Advances privacy requests every second (in the cloud, the tagging function's schedule does); locally the
 /// state's readers are this process's own, so two seconds of grace are plenty. Every ten seconds, compacts
-/// raw objects into the lake (here the collector is in this process, so a two-second settle is plenty).
+/// raw objects into the lake (here the collector is in this process, so a two-second settle is plenty) and
+/// folds the data dictionary.
 /// One loop, so a compaction and an erasure never run at once.
 pub(super) async fn upkeep_loop(store: FsStore) {
     let mut tick = 0u64;
@@ -130,6 +131,11 @@ pub(super) async fn upkeep_loop(store: FsStore) {
                 Ok(0) => {}
                 Ok(events) => tracing::info!(events, "raw events compacted into the lake"),
                 Err(error) => tracing::error!(%error, "raw events not compacted"),
+            }
+            match functions::catalog::fold(&store, crate::now()).await {
+                Ok(folded) if folded.parts > 0 => tracing::info!(parts = folded.parts, "data dictionary folded"),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "data dictionary not folded"),
             }
         }
     }

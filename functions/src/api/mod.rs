@@ -7,6 +7,7 @@
 //! 403. Errors are JSON: `{"error": {"code": "…", "message": "…"}}`.
 
 mod audit;
+mod catalog;
 mod disclosure;
 mod error;
 mod feedback;
@@ -165,6 +166,7 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .route("/v1/api-keys", get(keys::list::<S>).post(keys::create::<S>))
         .route("/v1/api-keys/{id}", delete(keys::revoke::<S>))
         .route("/v1/audit", get(audit::list::<S>))
+        .route("/v1/catalog", get(catalog::get::<S>))
         .route("/v1/feedback/{destination}", post(feedback::feedback::<S>))
         .route("/v1/privacy/requests", post(privacy::create::<S>))
         .route("/v1/privacy/requests/{id}", get(privacy::status::<S>))

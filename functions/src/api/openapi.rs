@@ -5,7 +5,7 @@ use utoipa::openapi::HttpMethod;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, feedback, keys, privacy, profiles, sources, timeline};
+use super::{audit, catalog, error, feedback, keys, privacy, profiles, sources, timeline};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::{audit, error, feedback, keys, privacy, profiles, sources, timeline};
         keys::create,
         keys::revoke,
         audit::list,
+        catalog::get,
         privacy::create,
         privacy::status,
         privacy::suppressions,
@@ -32,7 +33,7 @@ use super::{audit, error, feedback, keys, privacy, profiles, sources, timeline};
     tags(
         (name = "profiles", description = "Unified profiles, their history, unlinking"),
         (name = "access", description = "API keys and the audit log"),
-        (name = "config", description = "Tag, audience and destination definitions; deliveries"),
+        (name = "config", description = "Tag, audience and destination definitions; deliveries; the data dictionary"),
         (name = "sources", description = "Sources and their write keys"),
         (name = "privacy", description = "Deletion and suppression requests (GDPR, CCPA)"),
         (name = "deliveries", description = "Partners' feedback on deliveries (signed like webhooks)"),

@@ -3,7 +3,8 @@
 //!
 //! Payload: an EventBridge `Scheduled Event` (its `time` is the computation's "now"), or `{}` (the clock).
 //! Each run first advances open privacy erasures ([`functions::privacy::process`]), then compacts the raw
-//! objects named more than ten minutes ago into the event lake ([`functions::lake::compact`]). Answers the report
+//! objects named more than ten minutes ago into the event lake ([`functions::lake::compact`]) and folds what
+//! ingest observed into the data dictionary ([`functions::catalog::fold`]). Answers the report
 //! (coverage and audience sizes). Environment as the ingest function's: `CDP_BUCKET`, `CDP_KMS_KEY_ID`, `AWS_REGION`,
 //! credentials, optionally `AWS_ENDPOINT_URL_S3`; `CDP_PRIVACY_GRACE_SECONDS` (default 300): how long state
 //! objects that held an erased person stay for readers of the previous state. Reserved concurrency 1: one
@@ -38,6 +39,12 @@ async fn main() -> Result<(), Error> {
         match functions::lake::compact_all(store, functions::lake::SETTLE_MS, now, 50).await {
             Ok(events) => tracing::info!(events, "raw events compacted into the lake"),
             Err(error) => tracing::error!(%error, "raw events not compacted; the recompute reads them from raw/"),
+        }
+        // What ingest observed into the data dictionary; a fold that fails leaves the parts for the next run
+        // (readers see them meanwhile).
+        match functions::catalog::fold(store, now).await {
+            Ok(folded) => tracing::info!(parts = folded.parts, more = folded.more, "data dictionary folded"),
+            Err(error) => tracing::error!(%error, "data dictionary not folded"),
         }
         let report = full_recompute(store, now).await?;
         tracing::info!(profiles = report.profiles, events = report.events, "tags and audiences computed");

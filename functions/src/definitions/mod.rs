@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shared::access::Actor;
 use shared::activation::{DestinationDefinition, DestinationSet};
-use shared::audiences::AudienceDefinition;
+use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::storage::keys::{self, CONFIG_DESTINATIONS};
-use shared::tags::{Catalog, TagDefinition};
+use shared::tags::{Catalog, DefinitionError, TagDefinition, TagSet};
 
 use crate::Error;
 use crate::audit::Change;
@@ -94,6 +94,9 @@ pub async fn put<S: ObjectStore>(
     }
     let taken = || Refused::Exists(format!("{} {id:?} exists", kind.noun()));
     let mut others = Definitions::load(store).await?;
+    // The names the definition reads are checked against the data dictionary (the others' are not: data that
+    // stopped coming must not block an unrelated change).
+    let catalog = crate::catalog::load(store).await?.catalog();
     // Checked again under compare-and-swap below; here, so that a refused create rotates no secret.
     if checking.create_only && others.of(kind).iter().any(|d| id_of(d) == Some(id)) {
         return Err(taken());
@@ -115,11 +118,18 @@ pub async fn put<S: ObjectStore>(
         if let Some(before) = &before {
             carry_over(kind, before, &mut next);
         }
-        match position {
-            Some(i) => list[i] = next.clone(),
-            None => list.push(next.clone()),
-        }
+        let index = match position {
+            Some(i) => {
+                list[i] = next.clone();
+                i
+            }
+            None => {
+                list.push(next.clone());
+                list.len() - 1
+            }
+        };
         all.check(checking.loopback).map_err(Refused::Invalid)?;
+        all.check_names(kind, index, checking.loopback, &catalog).map_err(Refused::Invalid)?;
         if kind == Kind::Destinations {
             // Definitions written before secrets were kept apart lose theirs here (store_secrets moved them).
             for definition in all.of(kind).iter_mut() {
@@ -270,6 +280,43 @@ impl Definitions {
             format!("{CONFIG_DESTINATIONS}: {}", list.join("; "))
         })?;
         Ok(())
+    }
+}
+
+impl Definitions {
+    /// Checks the names the definition at `index` of `kind` reads (events, properties, traits) against
+    /// `catalog`: an unknown one is refused with the closest known name, unless the definition expects it.
+    /// The configuration must already pass [`Definitions::check`].
+    fn check_names(&self, kind: Kind, index: usize, loopback: bool, catalog: &Catalog) -> Result<(), String> {
+        if catalog.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<TagDefinition> = typed(&self.tags, keys::CONFIG_TAGS)?;
+        let audiences: Vec<AudienceDefinition> = typed(&self.audiences, keys::CONFIG_AUDIENCES)?;
+        let destinations: Vec<DestinationDefinition> = typed(&self.destinations, keys::CONFIG_DESTINATIONS)?;
+        let unchecked =
+            |errors: Vec<DefinitionError>| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let none = Catalog::default();
+        let tag_set = TagSet::check(&tags, &none).map_err(unchecked)?;
+        let audience_set = AudienceSet::check(&audiences, &tag_set, &none).map_err(unchecked)?;
+        let errors = match kind {
+            Kind::Tags => TagSet::check(&tags, catalog).err(),
+            Kind::Audiences => AudienceSet::check(&audiences, &tag_set, catalog).err(),
+            Kind::Destinations => {
+                DestinationSet::check(&destinations, &audience_set, &tag_set, catalog, loopback).err()
+            }
+        };
+        let prefix = format!("{}[{index}] (", kind.plural());
+        let mine: Vec<String> = errors
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.path.starts_with(&prefix))
+            .map(ToString::to_string)
+            .collect();
+        match mine.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{}: {}", kind.file(), mine.join("; "))),
+        }
     }
 }
 

@@ -99,6 +99,12 @@ pub async fn ingest<S: ObjectStore + Clone>(
                 )
                 .await?;
         }
+        // The data dictionary learns what the object holds (suppressed people's events left out).
+        let described: Vec<&CanonicalEvent> = match &config.snapshot.suppression {
+            Some(suppression) => object.events.iter().filter(|e| !suppression.drops_event(e)).collect(),
+            None => object.events.iter().collect(),
+        };
+        crate::catalog::record(store, key, described, &config.snapshot.profiles).await?;
         events.extend(object.events);
     }
     records.sort_unstable();

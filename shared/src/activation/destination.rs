@@ -9,7 +9,7 @@ use super::retry::RetryPolicy;
 use super::signing::Secret;
 use crate::audiences::AudienceSet;
 use crate::profile::is_pii_trait;
-use crate::tags::{Catalog, DefinitionError, EventFilter, TagSet};
+use crate::tags::{Catalog, DefinitionError, EventFilter, Expected, TagSet};
 
 /// Headers a destination may not set: the ones the delivery itself owns.
 const RESERVED_HEADERS: [&str; 8] = [
@@ -29,6 +29,10 @@ const RESERVED_HEADERS: [&str; 8] = [
 pub struct DestinationDefinition {
     /// Stable id (`[a-z0-9_]`, ≤ 64 chars).
     pub id: String,
+    /// Trait and event names it sends that the data has not carried yet (the data dictionary would refuse
+    /// them).
+    #[serde(default, skip_serializing_if = "Expected::is_none")]
+    pub expected: Expected,
     /// Display name.
     #[serde(default)]
     pub name: String,
@@ -236,6 +240,7 @@ impl DestinationSet {
         let mut seen = BTreeSet::new();
         for (i, d) in definitions.iter().enumerate() {
             let at = format!("destinations[{i}] ({})", d.id);
+            checker.expecting(&d.expected);
             checker.id(&at, &d.id, &mut seen);
             if let Err(problem) = check_url(&d.url, loopback) {
                 checker.error(&format!("{at}.url"), problem.0);
@@ -266,11 +271,12 @@ impl DestinationSet {
             }
             for (field, names) in [("send.traits", &d.send.traits), ("fields.traits", &d.fields.traits)] {
                 for (j, name) in names.iter().enumerate() {
-                    if !catalog.is_empty() && !catalog.traits.contains_key(name) {
-                        checker.error(&format!("{at}.{field}[{j}]"), format!("unknown trait `{name}`"));
-                    } else if !d.may_send_trait(name) {
+                    let path = format!("{at}.{field}[{j}]");
+                    let reported = checker.errors.len();
+                    checker.trait_kind(&path, name);
+                    if checker.errors.len() == reported && !d.may_send_trait(name) {
                         checker.error(
-                            &format!("{at}.{field}[{j}]"),
+                            &path,
                             format!("trait `{name}` is personal data; set allowPii to send it to this destination"),
                         );
                     }

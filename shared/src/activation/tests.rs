@@ -508,6 +508,7 @@ fn the_published_schemas_match_the_definitions_and_the_payload() {
     let full = serde_json::to_value(DestinationDefinition {
         previous_secrets: vec![PreviousSecret { secret: Secret::from_bytes(&[1; 24]), until: 1 }],
         purposes: vec!["marketing".into()],
+        expected: crate::tags::Expected::All(true),
         ..sample_destination()
     })
     .unwrap();

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::tags::{
-    AggregateOp, Aggregation, Catalog, Condition, DefinitionError, EventFilter, EventView, Lifecycle, Operand, TagSet,
-    Window,
+    AggregateOp, Aggregation, Catalog, Condition, DefinitionError, EventFilter, EventView, Expected, Lifecycle,
+    Operand, TagSet, Window,
 };
 
 pub use insight::{Insight, InsightCounts, insight};
@@ -68,6 +68,9 @@ pub struct AudienceDefinition {
     /// Lifecycle state; only active and deprecated audiences are computed.
     #[serde(default)]
     pub status: Lifecycle,
+    /// Names it reads that the data has not carried yet (the data dictionary would refuse them).
+    #[serde(default, skip_serializing_if = "Expected::is_none")]
+    pub expected: Expected,
     /// Who belongs.
     pub when: AudienceExpr,
 }
@@ -176,6 +179,7 @@ impl AudienceSet {
         let mut seen = BTreeSet::new();
         for (i, audience) in definitions.iter().enumerate() {
             let at = format!("audiences[{i}] ({})", audience.id);
+            checker.expecting(&audience.expected);
             checker.id(&at, &audience.id, &mut seen);
             let computed = audience.status.computed();
             check_expr(&mut checker, &format!("{at}.when"), &audience.when, &tag_defs, &by_id, computed);

@@ -302,10 +302,11 @@ fn the_published_schema_lists_every_operator_and_field() {
     }
     let top: Vec<String> = schema["properties"].as_object().expect("properties").keys().cloned().collect();
     let example: AudienceDefinition = serde_json::from_value(
-        json!({"id": "x", "name": "", "description": "", "owner": "", "status": "active", "when": {"in_audience": "y"}}),
+        json!({"id": "x", "name": "", "description": "", "owner": "", "status": "active", "expected": ["plan"],
+               "when": {"in_audience": "y"}}),
     )
     .expect("every top-level field parses");
-    assert_eq!(top.len(), 6);
+    assert_eq!(top.len(), 7);
     assert_eq!(example.status, Lifecycle::Active);
 }
 

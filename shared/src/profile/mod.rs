@@ -3,8 +3,10 @@
 //! source priority then event time; sums, minima, maxima, counts), so the result does not depend on the order
 //! events arrive in — only on which events arrived (ingest drops duplicates by messageId).
 
+mod clean;
 mod policy;
 mod record;
 
+pub use clean::{Clean, Cleaned, CleaningRules, e164, iso_date};
 pub use policy::{PII_TRAITS, ProfileRules, TraitPolicy, is_pii_trait};
 pub use record::{Aggregate, ConsentChoice, EventStats, Membership, Profile, TraitValue};

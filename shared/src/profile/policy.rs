@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::clean::CleaningRules;
+
 /// How a trait's competing values are decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "snake_case")]
@@ -36,6 +38,10 @@ pub struct ProfileRules {
     /// [`PII_TRAITS`]): stored sealed, masked for readers without `pii:read`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub personal: Vec<String>,
+    /// How trait values are cleaned before the profile holds them (defaults: trimmed, emails case-folded,
+    /// …: [`CleaningRules::defaults_for`]).
+    #[serde(default)]
+    pub cleaning: CleaningRules,
 }
 
 fn last_write() -> TraitPolicy {
@@ -53,6 +59,7 @@ impl Default for ProfileRules {
             traits: BTreeMap::new(),
             aggregated_properties: default_aggregated(),
             personal: Vec::new(),
+            cleaning: CleaningRules::default(),
         }
     }
 }

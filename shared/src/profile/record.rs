@@ -214,9 +214,11 @@ impl Profile {
         if event.kind == EventType::Identify
             && let Some(traits) = &event.traits
         {
-            for (key, value) in traits {
+            for (key, sent) in traits {
+                // The clean value (or the value as sent, when it cannot be cleaned); an empty one sets nothing.
+                let Some(value) = rules.cleaning.clean(key, sent).value_for(sent) else { continue };
                 let candidate = TraitValue {
-                    value: value.clone(),
+                    value,
                     sealed: None,
                     at,
                     source: event.source_id.clone(),

@@ -29,6 +29,16 @@ pub const PRODUCT_TAGS: &str = "products/v1/tags.json.gz";
 /// The data key that seals personal traits, wrapped.
 pub const TRAITS_DATA_KEY: &str = "keys/v1/traits.json";
 
+/// The data dictionary, folded: `{"dictionary": …, "folded": {pending key: ms}}`, gzipped JSON.
+pub const CATALOG: &str = "catalog/v1/dictionary.json.gz";
+/// What ingest observed of each raw object, until folded into [`CATALOG`].
+pub const CATALOG_PENDING: &str = "catalog/v1/pending/";
+
+/// `catalog/v1/pending/<raw key, / as ~>.json`: what ingest observed of the raw object at `raw_key`.
+pub fn catalog_pending(raw_key: &str) -> String {
+    format!("{CATALOG_PENDING}{}.json", raw_key.replace('/', "~"))
+}
+
 /// `tags/v1/models/<tag id>.json`: a population tag's fitted model.
 pub fn tag_model(tag: &str) -> String {
     format!("tags/v1/models/{tag}.json")

@@ -11,6 +11,7 @@ use super::definition::{
     AggregateOp, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Operand, RfmOutput, TagDefinition,
     TagKind, ValueKind,
 };
+use super::names::{Expected, closest};
 use crate::event::EventType;
 
 /// A checked set of definitions: the computed ones in evaluation order, with their patterns compiled.
@@ -30,6 +31,7 @@ impl TagSet {
         let mut seen = BTreeSet::new();
         for (i, def) in definitions.iter().enumerate() {
             let at = format!("tags[{i}] ({})", def.id);
+            checker.expecting(&def.expected);
             checker.id(&at, &def.id, &mut seen);
             if def.version == 0 {
                 checker.error(&format!("{at}.version"), "versions start at 1".into());
@@ -75,13 +77,63 @@ pub(crate) type TagsById<'d> = BTreeMap<&'d str, (usize, &'d TagDefinition)>;
 /// Collects definition problems and compiles patterns; shared by tag and audience checks.
 pub(crate) struct Checker<'c> {
     catalog: &'c Catalog,
+    /// What the definition being checked expects before the data carries it.
+    expected: Expected,
     pub(crate) errors: Vec<DefinitionError>,
     pub(crate) patterns: Patterns,
 }
 
 impl<'c> Checker<'c> {
     pub(crate) fn new(catalog: &'c Catalog) -> Self {
-        Self { catalog, errors: Vec::new(), patterns: Patterns::new() }
+        Self { catalog, expected: Expected::default(), errors: Vec::new(), patterns: Patterns::new() }
+    }
+
+    /// Checks the next definition's names with what it `expected`.
+    pub(crate) fn expecting(&mut self, expected: &Expected) {
+        self.expected = expected.clone();
+    }
+
+    /// Whether a name unknown to the catalog is an error: the catalog knows something, and the definition
+    /// does not expect the name.
+    fn refuses(&self, name: &str) -> bool {
+        !self.catalog.is_empty() && !self.expected.covers(name)
+    }
+
+    fn unknown<'k>(&mut self, path: &str, what: &str, name: &str, known: impl IntoIterator<Item = &'k String>) {
+        let mut problem = format!("unknown {what} `{name}`");
+        match closest(name, known.into_iter().map(String::as_str)) {
+            Some(close) => problem.push_str(&format!("; did you mean `{close}`?")),
+            None => problem.push_str(" (not in the data dictionary; list it in `expected` if it is still to come)"),
+        }
+        self.error(path, problem);
+    }
+
+    /// Checks that the data has carried the track event `name`.
+    pub(crate) fn event(&mut self, path: &str, name: &str) {
+        if self.refuses(name) && !self.catalog.events.contains(name) {
+            let catalog = self.catalog;
+            self.unknown(path, "event", name, &catalog.events);
+        }
+    }
+
+    /// The kind of the event property `name` where known; an error when the data never carried it.
+    pub(crate) fn property(&mut self, path: &str, name: &str) -> Option<ValueKind> {
+        let kind = self.catalog.properties.get(name).copied();
+        if kind.is_none() && self.refuses(name) {
+            let catalog = self.catalog;
+            self.unknown(path, "property", name, catalog.properties.keys());
+        }
+        kind
+    }
+
+    /// The kind of the trait `name` where known; an error when the data never carried it.
+    pub(crate) fn trait_kind(&mut self, path: &str, name: &str) -> Option<ValueKind> {
+        let kind = self.catalog.traits.get(name).copied();
+        if kind.is_none() && self.refuses(name) {
+            let catalog = self.catalog;
+            self.unknown(path, "trait", name, catalog.traits.keys());
+        }
+        kind
     }
 
     pub(crate) fn error(&mut self, path: &str, problem: String) {
@@ -112,13 +164,11 @@ impl<'c> Checker<'c> {
                     (Some(property), op) => {
                         if property.is_empty() {
                             self.error(&path, "empty property name".into());
-                        } else if let Some(kind) = self.catalog.properties.get(property)
+                        } else if let Some(kind) = self.property(&path, property)
                             && op.numeric()
-                            && *kind != ValueKind::Number
+                            && kind != ValueKind::Number
                         {
                             self.error(&path, format!("`{property}` holds {kind:?} values; {op:?} needs numbers"));
-                        } else if !self.catalog.is_empty() && !self.catalog.properties.contains_key(property) {
-                            self.error(&path, format!("unknown property `{property}`"));
                         }
                     }
                 }
@@ -166,15 +216,15 @@ impl<'c> Checker<'c> {
                     let path = format!("{at}.weights.{name}");
                     if !(weight.is_finite() && *weight > 0.0) {
                         self.error(&path, format!("{weight} is not a positive weight"));
-                    } else if !self.catalog.is_empty() && !self.catalog.events.contains(name) {
-                        self.error(&path, format!("unknown event `{name}`"));
+                    } else {
+                        self.event(&path, name);
                     }
                 }
                 for (field, property) in [("product", product), ("category", category)] {
                     if property.is_empty() {
                         self.error(&format!("{at}.{field}"), "empty property name".into());
-                    } else if !self.catalog.is_empty() && !self.catalog.properties.contains_key(property) {
-                        self.error(&format!("{at}.{field}"), format!("unknown property `{property}`"));
+                    } else {
+                        self.property(&format!("{at}.{field}"), property);
                     }
                 }
                 if *half_life_days == Some(0) {
@@ -191,12 +241,10 @@ impl<'c> Checker<'c> {
     fn numeric_property(&mut self, path: &str, property: &str) {
         if property.is_empty() {
             self.error(path, "empty property name".into());
-        } else if let Some(kind) = self.catalog.properties.get(property)
-            && *kind != ValueKind::Number
+        } else if let Some(kind) = self.property(path, property)
+            && kind != ValueKind::Number
         {
             self.error(path, format!("`{property}` holds {kind:?} values; numbers needed"));
-        } else if !self.catalog.is_empty() && !self.catalog.properties.contains_key(property) {
-            self.error(path, format!("unknown property `{property}`"));
         }
     }
 
@@ -218,9 +266,7 @@ impl<'c> Checker<'c> {
 
     pub(crate) fn filter(&mut self, at: &str, filter: &EventFilter) {
         for (i, name) in filter.events.iter().enumerate() {
-            if !self.catalog.is_empty() && !self.catalog.events.contains(name) {
-                self.error(&format!("{at}.events[{i}]"), format!("unknown event `{name}`"));
-            }
+            self.event(&format!("{at}.events[{i}]"), name);
         }
         for (i, kind) in filter.types.iter().enumerate() {
             if EventType::parse(kind).is_none() {
@@ -229,10 +275,7 @@ impl<'c> Checker<'c> {
         }
         for (i, condition) in filter.properties.iter().enumerate() {
             let path = format!("{at}.properties[{i}]");
-            let kind = self.catalog.properties.get(&condition.field).copied();
-            if !self.catalog.is_empty() && kind.is_none() {
-                self.error(&format!("{path}.field"), format!("unknown property `{}`", condition.field));
-            }
+            let kind = self.property(&format!("{path}.field"), &condition.field);
             self.condition(&path, condition, kind);
         }
     }
@@ -269,13 +312,7 @@ impl<'c> Checker<'c> {
         computed: bool,
     ) -> Option<ValueKind> {
         let kind = match operand {
-            Operand::Trait(name) => {
-                let kind = self.catalog.traits.get(name).copied();
-                if !self.catalog.is_empty() && kind.is_none() {
-                    self.error(at, format!("unknown trait `{name}`"));
-                }
-                kind
-            }
+            Operand::Trait(name) => self.trait_kind(at, name),
             Operand::Tag(id) => match tags.get(id.as_str()) {
                 None => {
                     self.error(at, format!("unknown tag `{id}`"));

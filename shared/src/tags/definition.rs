@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::names::Expected;
+
 /// One tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", try_from = "RawDefinition")]
@@ -27,6 +29,9 @@ pub struct TagDefinition {
     /// Lifecycle state.
     #[serde(default)]
     pub status: Lifecycle,
+    /// Names it reads that the data has not carried yet (the data dictionary would refuse them).
+    #[serde(default, skip_serializing_if = "Expected::is_none")]
+    pub expected: Expected,
     /// How its value is computed.
     #[serde(flatten)]
     pub kind: TagKind,
@@ -51,6 +56,8 @@ struct RawDefinition {
     version: u32,
     #[serde(default)]
     status: Lifecycle,
+    #[serde(default)]
+    expected: Expected,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -60,8 +67,8 @@ impl TryFrom<RawDefinition> for TagDefinition {
 
     fn try_from(raw: RawDefinition) -> Result<Self, String> {
         let kind = serde_json::from_value(Value::Object(raw.rest)).map_err(|e| format!("tag `{}`: {e}", raw.id))?;
-        let RawDefinition { id, name, description, owner, version, status, .. } = raw;
-        Ok(Self { id, name, description, owner, version, status, kind })
+        let RawDefinition { id, name, description, owner, version, status, expected, .. } = raw;
+        Ok(Self { id, name, description, owner, version, status, expected, kind })
     }
 }
 

@@ -23,6 +23,7 @@ mod columnar_tests;
 mod conditions;
 mod definition;
 mod eval;
+mod names;
 #[cfg(feature = "columnar")]
 mod predict;
 #[cfg(all(test, feature = "columnar"))]
@@ -46,6 +47,7 @@ pub use definition::{
     AggregateOp, Aggregation, Bucket, Catalog, CompareOp, Condition, DefinitionError, EventFilter, Expr, Lifecycle,
     Operand, RfmOutput, TagDefinition, TagKind, UNIQUE_LIST_MAX, ValueKind, Window,
 };
+pub use names::{Expected, closest};
 #[cfg(feature = "columnar")]
 pub use predict::{Evaluation, FEATURES, FeatureRow, LogisticModel, Model, Population, RfmModel};
 #[cfg(feature = "columnar")]

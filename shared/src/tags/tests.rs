@@ -380,7 +380,7 @@ fn the_published_schema_lists_every_kind_operator_and_state() {
     assert_eq!(listed("/$defs/filter/properties/types/items/enum"), types);
     // Every top-level field the parser accepts is in the schema, and no other.
     let example = json!({"id": "x", "name": "", "description": "", "owner": "", "version": 1, "status": "active",
-                         "kind": "statistical", "filter": {}, "aggregate": {"op": "count"}, "window": {}});
+                         "expected": true, "kind": "statistical", "filter": {}, "aggregate": {"op": "count"}, "window": {}});
     let parsed: TagDefinition = serde_json::from_value(example.clone()).expect("parses");
     let mut fields: Vec<String> = example.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
     fields.extend(
