@@ -161,6 +161,37 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!(reply.header("access-control-allow-credentials"), None, "the collector never takes credentials");
     assert_eq!(reply.json()["accepted"], 3);
 
+    // Segment's mobile SDKs (analytics-kotlin, analytics-swift): a screen call, the app, device, OS, network and
+    // screen in the context, the device id and the advertising id (unless ad tracking is limited) as identifiers.
+    let body = fixture("segment-mobile-batch.json").replace("__WRITE_KEY__", key);
+    let reply = post(&format!("{url}/v1/batch"), &body, None);
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(3)), "{}", reply.body);
+    let mobile: Vec<CanonicalEvent> = bucket
+        .snapshot()
+        .raw
+        .into_iter()
+        .flat_map(|(_, events)| events)
+        .filter(|e| e.context.get("app").is_some())
+        .collect();
+    let ids = |e: &CanonicalEvent| -> Vec<(String, String)> {
+        e.identifiers.iter().map(|i| (i.kind.clone(), i.value.clone())).collect()
+    };
+    let screen = mobile.iter().find(|e| e.kind == shared::event::EventType::Screen).expect("the screen call");
+    assert_eq!((screen.name.as_deref(), screen.category.as_deref()), (Some("Product Detail"), Some("Catalog")));
+    assert_eq!(screen.context["os"]["name"], "Android");
+    assert_eq!(
+        (screen.context["app"]["build"].clone(), screen.context["network"]["wifi"].clone()),
+        (json!("341"), json!(true))
+    );
+    assert_eq!(screen.context["screen"]["density"], 2.625);
+    let android = ids(screen);
+    assert!(android.contains(&("device_id".into(), "f1d2c3b4a5968778".into())), "{android:?}");
+    assert!(android.contains(&("advertising_id".into(), "38400000-8cf0-11bd-b23e-10b96e40000d".into())), "{android:?}");
+    let ios = mobile.iter().find(|e| e.kind == shared::event::EventType::Identify).expect("the identify call");
+    let ios = ids(ios);
+    assert!(ios.contains(&("device_id".into(), "6F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9".into())), "{ios:?}");
+    assert!(ios.iter().all(|(kind, _)| kind != "advertising_id"), "limited ad tracking: {ios:?}");
+
     // A single call from a server library, key in Basic auth.
     let reply = post(&format!("{url}/v1/track"), &fixture("segment-node-track.json"), Some(key));
     assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{}", reply.body);
@@ -218,7 +249,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(2)), "{}", reply.body);
 
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (6, 1, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (7, 1, 1));
     assert!(
         snapshot.raw.iter().flat_map(|(_, e)| e).all(|e| e.user_id.as_deref() != Some(SUPPRESSED_USER)),
         "nothing of the suppressed person is stored"

@@ -168,7 +168,7 @@ fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (up, local_key) = local_collector(dir.path());
     let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
-    assert_eq!(edge.accepted.len(), 12);
+    assert_eq!(edge.accepted.len(), 15);
     assert_eq!(edge, local, "one core, two shells: the same stored results");
 
     // The browser library from the worker, and a page in headless Chromium sending through it.

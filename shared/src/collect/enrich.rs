@@ -170,10 +170,20 @@ fn identifiers(event: &CanonicalEvent, calling_code: Option<&str>) -> Vec<Identi
     if let Some(id) = &event.anonymous_id {
         out.push(plain("anonymous_id", id));
     }
-    if let Some(id) = event.context.get("device").and_then(|d| d.get("id")).and_then(Value::as_str) {
+    let device = event.context.get("device");
+    if let Some(id) = device.and_then(|d| d.get("id")).and_then(Value::as_str) {
         let id = id.trim();
         if !id.is_empty() {
             out.push(plain("device_id", id));
+        }
+    }
+    // The mobile SDKs' advertising id (IDFA, Android's advertising id), unless the person limited ad tracking
+    // (the SDKs then send zeros), case-folded: iOS writes it upper-case, Android lower-case.
+    let tracking = device.and_then(|d| d.get("adTrackingEnabled")).and_then(Value::as_bool) != Some(false);
+    if let Some(id) = device.and_then(|d| d.get("advertisingId")).and_then(Value::as_str).filter(|_| tracking) {
+        let id = id.trim().to_ascii_lowercase();
+        if id.bytes().any(|b| b.is_ascii_alphanumeric() && b != b'0') {
+            out.push(plain("advertising_id", &id));
         }
     }
     // Traits travel in `traits` (identify) or `context.traits` (every other call, from the SDK's cache).
@@ -361,6 +371,30 @@ mod tests {
         );
         assert_eq!(e.identifiers[3].sha256.as_deref(), Some(sha256_hex("jane@example.com").as_str()));
         assert!(e.identifiers[0].sha256.is_none());
+    }
+
+    #[test]
+    fn advertising_ids_unless_ad_tracking_is_limited() {
+        let settings = SourceSettings::default();
+        let advertising = |device: Value| -> Vec<String> {
+            let mut e = event(json!({ "device": device }), None);
+            Enricher::new(&settings, None, None, None).enrich(&mut e);
+            e.identifiers.into_iter().filter(|i| i.kind == "advertising_id").map(|i| i.value).collect()
+        };
+        assert_eq!(
+            advertising(json!({"advertisingId": "6D92078A-8246-4BA4-AE5B-76104861E7DC"})),
+            ["6d92078a-8246-4ba4-ae5b-76104861e7dc"]
+        );
+        assert_eq!(
+            advertising(json!({"advertisingId": "38400000-8cf0-11bd-b23e-10b96e40000d", "adTrackingEnabled": true})),
+            ["38400000-8cf0-11bd-b23e-10b96e40000d"]
+        );
+        assert!(
+            advertising(json!({"advertisingId": "38400000-8cf0-11bd-b23e-10b96e40000d", "adTrackingEnabled": false}))
+                .is_empty()
+        );
+        assert!(advertising(json!({"advertisingId": "00000000-0000-0000-0000-000000000000"})).is_empty(), "zeros");
+        assert!(advertising(json!({"advertisingId": "  "})).is_empty());
     }
 
     #[test]

@@ -166,7 +166,8 @@ fn build(m: &mut WireEvent, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
     let (event_name, name, category) = match kind {
         EventType::Track => (event_name, keep(&mut extras, "name", name), keep(&mut extras, "category", category)),
         EventType::Page => (keep(&mut extras, "event", event_name), name, category),
-        EventType::Screen => (keep(&mut extras, "event", event_name), name, keep(&mut extras, "category", category)),
+        // Segment's mobile SDKs send a screen's category (analytics-swift's `screen(title:category:)`).
+        EventType::Screen => (keep(&mut extras, "event", event_name), name, category),
         _ => (
             keep(&mut extras, "event", event_name),
             keep(&mut extras, "name", name),

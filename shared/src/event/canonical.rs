@@ -63,7 +63,7 @@ pub struct CanonicalEvent {
     /// Page and screen: the page or screen name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Page: the page category.
+    /// Page and screen: the category.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// Group: the group's id.

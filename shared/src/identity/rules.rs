@@ -47,7 +47,8 @@ fn kind(name: &str, priority: u32, max_per_profile: usize) -> IdentifierType {
 }
 
 impl Default for IdentityRules {
-    /// `user_id` (1 per profile) > `email` > `phone` > `device_id` > `anonymous_id` (5 each), as Segment.
+    /// `user_id` (1 per profile) > `email` > `phone` > `device_id` > `advertising_id` > `anonymous_id` (5 each),
+    /// as Segment.
     fn default() -> Self {
         Self {
             types: vec![
@@ -55,6 +56,7 @@ impl Default for IdentityRules {
                 kind("email", 10, 5),
                 kind("phone", 20, 5),
                 kind("device_id", 30, 5),
+                kind("advertising_id", 35, 5),
                 kind("anonymous_id", 40, 5),
             ],
             blocked: Vec::new(),
