@@ -8,6 +8,7 @@ mod access;
 mod bench;
 mod catalog;
 mod deliveries;
+mod import;
 mod lake;
 mod lock;
 mod profile;
@@ -61,10 +62,12 @@ enum Command {
     /// API keys: create (shown once), list, revoke.
     #[command(subcommand, name = "api-key")]
     ApiKey(access::ApiKeyCommand),
+    /// Import a CSV, NDJSON or Parquet file (also gzipped) as events of a source, row by row through a mapping.
+    Import(import::ImportArgs),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
-    /// Benchmarks, each beside a peer in the same run: collect, normalize, identity, ingest, tags, tagging,
+    /// Benchmarks, each beside a peer in the same run: collect, normalize, identity, ingest, import, tags, tagging,
     /// recompute, deliveries, activation, api, crash, idle.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
         Command::Catalog(args) => catalog::run(args),
+        Command::Import(args) => import::run(args),
         Command::Lake(command) => lake::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Destination(command) => deliveries::destination(command),

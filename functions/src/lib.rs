@@ -11,6 +11,7 @@ pub mod columnar;
 pub mod config;
 pub mod definitions;
 pub mod error;
+pub mod import;
 pub mod ingest;
 pub mod lake;
 pub mod lambda;

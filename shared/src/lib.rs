@@ -7,6 +7,7 @@
 //! - [`event`]: the Segment-compatible wire model and the canonical event every later stage reads.
 //! - [`collect`]: the collect pipeline, from request bytes to accepted and failed events and an HTTP answer.
 //! - [`identity`]: ID-Mapping — the identity graph and its rules.
+//! - [`import`]: file imports — what each row of a CSV, NDJSON or Parquet file becomes.
 //! - [`profile`]: unified profiles — traits by policy, counters, running aggregates.
 //! - [`source`]: sources, their write keys (stored hashed) and settings.
 //! - [`tags`]: tag definitions, their check, and their evaluation — for one profile, incrementally, and by
@@ -33,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod import;
 pub mod profile;
 pub mod sample;
 pub mod snippet;

@@ -92,6 +92,18 @@ pub fn cdp_source_add(data: &Path, name: &str) -> String {
     stdout.lines().last().expect("a write key line").trim().to_string()
 }
 
+/// `cdp api-key create NAME --scope …`: the key (the output's last line).
+pub fn cdp_api_key(data: &Path, name: &str, scopes: &[&str]) -> String {
+    let mut command = Command::new(cdp_bin());
+    command.args(["api-key", "create", name, "--data"]).arg(data);
+    for scope in scopes {
+        command.args(["--scope", scope]);
+    }
+    let output = command.output().expect("running cdp api-key create");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().last().expect("a key").trim().to_string()
+}
+
 /// A running `cdp up`.
 pub struct CdpUp {
     /// The process.

@@ -9,22 +9,10 @@ use std::time::{Duration, Instant};
 
 use cdp_e2e::http::{Reply, post, send};
 use cdp_e2e::partner::Partner;
-use cdp_e2e::procs::{CdpUp, cdp_bin, cdp_source_add};
+use cdp_e2e::procs::{CdpUp, cdp_api_key as api_key, cdp_bin, cdp_source_add};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// `cdp api-key create NAME --scope …`: the key (the output's last line).
-fn api_key(data: &Path, name: &str, scopes: &[&str]) -> String {
-    let mut command = Command::new(cdp_bin());
-    command.args(["api-key", "create", name, "--data"]).arg(data);
-    for scope in scopes {
-        command.args(["--scope", scope]);
-    }
-    let output = command.output().expect("running cdp api-key create");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).lines().last().expect("a key").trim().to_string()
-}
 
 fn call(up: &CdpUp, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
     let auth = format!("Bearer {key}");

@@ -8,6 +8,7 @@ mod collector;
 mod crash;
 mod identity;
 mod idle;
+mod import;
 mod ingest;
 mod kit;
 mod recompute;
@@ -66,6 +67,23 @@ pub(crate) enum BenchCommand {
         /// Events in the measured batch.
         #[arg(long, default_value_t = 10_000)]
         batch: u64,
+    },
+    /// A CSV of CRM contacts through `cdp import` into raw/ (rows/s and peak memory, in a process of its own),
+    /// optionally beside DuckDB's `read_csv` of the same file (`pip install duckdb`).
+    Import {
+        /// Rows (contacts).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Also time DuckDB reading the same file into a table.
+        #[arg(long)]
+        duckdb: bool,
+        /// Keep the file and the data folder here (default: a temporary folder).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Only import this file into `--data` and print what it took (the benchmark runs this in a process
+        /// of its own).
+        #[arg(long, hide = true)]
+        measure: Option<std::path::PathBuf>,
     },
     /// Keeping 20 tags up to date per changed profile (incremental state) beside re-evaluating its history.
     Tags {
@@ -199,6 +217,11 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
             identity::run(identifiers, links_per_identifier, duckdb)
         }
         BenchCommand::Ingest { identifiers, batch } => ingest::run(identifiers, batch),
+        BenchCommand::Import { rows, duckdb, data, measure } => match (measure, data) {
+            (Some(file), Some(data)) => import::measure(&file, &data),
+            (Some(_), None) => anyhow::bail!("--measure needs --data"),
+            (None, data) => import::run(rows, duckdb, data),
+        },
         BenchCommand::Tags { profiles, events } => tags::run(profiles, events),
         BenchCommand::Tagging { people, events, data, generate, measure } => match (generate, measure) {
             (Some(dir), _) => tagging::generate(&dir, people, events),

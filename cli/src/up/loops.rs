@@ -21,7 +21,7 @@ const LOCAL_COMPACTION: functions::state::Compaction =
     functions::state::Compaction { max_deltas: 128, max_delta_ratio: 0.25, min_fold_bytes: 4 << 20 };
 
 /// The state settings of `cdp up`: its shard counts and compaction, the rest as in the cloud.
-fn local_state() -> functions::state::Settings {
+pub(crate) fn local_state() -> functions::state::Settings {
     functions::state::Settings { shards: LOCAL_SHARDS, compaction: LOCAL_COMPACTION, ..Default::default() }
 }
 

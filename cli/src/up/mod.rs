@@ -5,6 +5,8 @@ mod collector;
 mod demo;
 mod loops;
 
+pub(crate) use loops::local_state;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

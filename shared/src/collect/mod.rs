@@ -18,6 +18,8 @@ mod wire;
 pub use answer::Answer;
 pub use auth::basic_auth_user;
 pub use enrich::{anonymize_ip, campaign_from_url, normalize_email, normalize_phone};
-pub use pipeline::{Batch, Collected, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, collect, preflight};
+pub use pipeline::{
+    Batch, Collected, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_REQUEST_BYTES, collect, collect_events, preflight,
+};
 pub use request::{CollectRequest, Endpoint};
 pub use route::{Route, route};

@@ -27,9 +27,22 @@ pub(crate) struct Shared<'a> {
     pub(crate) batch_context: Option<&'a Map<String, Value>>,
     pub(crate) batch_integrations: Option<&'a Map<String, Value>>,
     pub(crate) batch_sent_at: Option<UtcTime>,
+    /// A reader the platform trusts (a file import) may name a person by an email or phone in
+    /// `context.traits` or an external id alone, without a userId or anonymousId.
+    pub(crate) identifiers_suffice: bool,
 }
 
 type Checked<T> = Result<T, (FailureCode, String)>;
+
+/// Whether a context names a person without ids: an email or phone in its traits, or an external id.
+fn names_someone(context: &Option<Map<String, Value>>) -> bool {
+    let Some(context) = context else { return false };
+    let traits = context.get("traits").and_then(Value::as_object);
+    let personal = ["email", "phone"]
+        .iter()
+        .any(|k| traits.and_then(|t| t.get(*k)).and_then(Value::as_str).is_some_and(|v| !v.trim().is_empty()));
+    personal || context.get("externalIds").and_then(Value::as_array).is_some_and(|ids| !ids.is_empty())
+}
 
 /// Validates and normalizes one event object.
 pub(crate) fn normalize(
@@ -114,7 +127,10 @@ fn build(m: &mut WireEvent, shared: &Shared<'_>) -> Checked<CanonicalEvent> {
         EventType::Alias if previous_id.is_none() || user_id.is_none() => {
             return Err((FailureCode::MissingAliasIds, "alias needs both previousId and userId".to_string()));
         }
-        _ if user_id.is_none() && anonymous_id.is_none() => {
+        _ if user_id.is_none()
+            && anonymous_id.is_none()
+            && !(shared.identifiers_suffice && names_someone(&context)) =>
+        {
             return Err((FailureCode::MissingIdentity, "userId or anonymousId is required".to_string()));
         }
         EventType::Track if event_name.is_none() => {
@@ -339,6 +355,7 @@ mod tests {
             received_at: t("2026-11-28T12:00:10.000Z"),
             kind,
             batch_context: None,
+            identifiers_suffice: false,
             batch_integrations: None,
             batch_sent_at: None,
         }
@@ -482,6 +499,7 @@ mod tests {
         let batch_int = json!({"All": false});
         let shared = Shared {
             batch_context: batch_ctx.as_object(),
+            identifiers_suffice: false,
             batch_integrations: batch_int.as_object(),
             batch_sent_at: Some(t("2026-11-28T13:00:10Z")),
             ..shared(None)

@@ -313,12 +313,52 @@ fn events(
         batch_context: parsed.context.as_ref(),
         batch_integrations: parsed.integrations.as_ref(),
         batch_sent_at: parsed.sent_at,
+        identifiers_suffice: false,
     };
     let mut enricher = Enricher::new(&source.settings, req.client_ip, req.user_agent, req.geo.as_ref());
-    let mut accepted = Vec::with_capacity(parsed.events.len());
+    each(parsed.events.iter().map(|raw| raw.get()), &shared, &mut enricher, source, now, entropy)
+}
+
+/// Events from a source authenticated by other means (a file import, a verified webhook): each event's JSON
+/// text through the same checks, normalization and enrichment as a request's, with no request around them (no
+/// client address, user agent, origin or batch-level fields). A person may be named by an email or phone in
+/// `context.traits` or an external id alone (a campaign's results by recipient), without a userId or
+/// anonymousId. A failed event's `index` is its position in `texts`.
+pub fn collect_events(source: &SourceConfig, texts: &[String], now: UtcTime, entropy: &mut Entropy) -> Batch {
+    let shared = Shared {
+        source_id: &source.id,
+        received_at: now,
+        kind: None,
+        batch_context: None,
+        batch_integrations: None,
+        batch_sent_at: None,
+        identifiers_suffice: true,
+    };
+    let mut enricher = Enricher::new(&source.settings, None, None, None);
+    let (accepted, failed) = each(texts.iter().map(String::as_str), &shared, &mut enricher, source, now, entropy);
+    Batch {
+        request_id: entropy.ulid(now),
+        source_id: source.id.clone(),
+        received_at: now,
+        accepted,
+        failed,
+        cors_origin: None,
+        suppressed: 0,
+    }
+}
+
+/// Each event's text on its own: size, parse, validate, normalize, enrich.
+fn each<'t>(
+    texts: impl ExactSizeIterator<Item = &'t str>,
+    shared: &Shared<'_>,
+    enricher: &mut Enricher<'_>,
+    source: &SourceConfig,
+    now: UtcTime,
+    entropy: &mut Entropy,
+) -> (Vec<CanonicalEvent>, Vec<FailedEvent>) {
+    let mut accepted = Vec::with_capacity(texts.len());
     let mut failed = Vec::new();
-    for (index, raw) in parsed.events.iter().enumerate() {
-        let text = raw.get();
+    for (index, text) in texts.enumerate() {
         let fail = |rejection: Rejection| FailedEvent {
             source_id: source.id.clone(),
             received_at: now,
@@ -352,7 +392,7 @@ fn events(
                 continue;
             }
         };
-        match normalize(object, &shared, entropy) {
+        match normalize(object, shared, entropy) {
             Ok(mut event) => {
                 enricher.enrich(&mut event);
                 accepted.push(event);

@@ -1,0 +1,277 @@
+//! File imports (CSV, NDJSON, Parquet, each also gzipped) into `raw/`, through the same collect pipeline as an
+//! HTTP event. The mapping is checked against the file's columns before any row is read; each row's
+//! `messageId` comes from the file's SHA-256 and the row's number, so importing the same file again changes
+//! nothing; rows that cannot be read or do not pass the pipeline go to `failed/imports/` with the file, the
+//! row's number and the reason, and the rest go on; suppressed people's rows are dropped and counted, as at the
+//! collector. Used by `cdp import`.
+
+pub mod read;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use shared::Invalid;
+use shared::access::SuppressionCheck;
+use shared::collect::collect_events;
+use shared::ids::Entropy;
+use shared::import::{Compiled, Mapping, message_id};
+use shared::source::SourceConfig;
+use shared::time::UtcTime;
+
+pub use read::{Format, Rows};
+
+use crate::Error;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Rows per raw object.
+pub const CHUNK: usize = 5000;
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Imported {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows stored as events.
+    pub accepted: u64,
+    /// Rows that failed (`failed/imports/…`).
+    pub failed: u64,
+    /// Rows of suppressed people, dropped.
+    pub suppressed: u64,
+    /// The raw objects written.
+    pub objects: Vec<String>,
+    /// Where the failed rows are (one object per chunk with failures), under this prefix.
+    pub failed_prefix: String,
+    /// The file's SHA-256.
+    pub sha256: String,
+}
+
+/// A row that did not become an event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedRow {
+    /// The file's name.
+    pub file: String,
+    /// The row's number (the line in a CSV or NDJSON file, the row in a Parquet file; from 1).
+    pub row: u64,
+    /// Why.
+    pub reason: String,
+    /// The event the row became, when it got that far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+/// SHA-256 of a file, streamed (lower-case hex).
+pub fn file_sha256(path: &Path) -> Result<String, Invalid> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path).map_err(|e| Invalid(format!("{}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer).map_err(|e| Invalid(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whose the rows are and when they are imported.
+#[derive(Debug, Clone, Copy)]
+pub struct Import<'a> {
+    /// The source the rows are events of.
+    pub source: &'a SourceConfig,
+    /// People whose rows are dropped (and counted), as at the collector.
+    pub suppression: Option<&'a SuppressionCheck>,
+    /// When: each event's receipt, and its timestamp where the mapping gives none.
+    pub now: UtcTime,
+    /// 32 bytes from the OS's CSPRNG (names the raw objects).
+    pub seed: [u8; 32],
+}
+
+/// Imports the rows of `path` as events of `run.source`: reads it in chunks of [`CHUNK`] rows, each through the
+/// mapping and the collect pipeline into one raw object. `progress` hears the rows and the file's bytes read
+/// so far after each chunk. An error before the first row (the file, the mapping) stores nothing; an error
+/// after (storage, a file that stops being readable) leaves what was stored, which the error says.
+pub async fn import_file<S: ObjectStore>(
+    store: &S,
+    path: &Path,
+    mapping: Mapping,
+    run: &Import<'_>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Imported, Error> {
+    let (format, gz) = Format::of(path).map_err(invalid)?;
+    let mut rows = Rows::open(path, format, gz).map_err(invalid)?;
+    let mapping = mapping.check(rows.columns()).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let sha256 = file_sha256(path).map_err(invalid)?;
+    let Import { source, suppression, now, seed } = *run;
+    let mut out = Imported {
+        failed_prefix: format!("failed/imports/{}/{}/", source.id, &sha256[..16]),
+        sha256: sha256.clone(),
+        ..Imported::default()
+    };
+    // A reader thread parses chunks; workers (one per core) map them and run the pipeline; this task stores
+    // what they made. Dropping the receiving end (an error here) stops them all.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 8);
+    let (work, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<read::Row>, u64)>(workers * 2);
+    let queue = Arc::new(Mutex::new(queue));
+    let (finished, mut results) = tokio::sync::mpsc::channel::<Result<Chunk, Invalid>>(workers * 2);
+    let reader_results = finished.clone();
+    std::thread::spawn(move || {
+        for number in 0.. {
+            match rows.next_chunk(CHUNK) {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    if work.send((number, chunk, rows.bytes_read())).is_err() {
+                        break;
+                    }
+                }
+                Err(problem) => {
+                    let _ = reader_results.blocking_send(Err(problem));
+                    break;
+                }
+            }
+        }
+    });
+    let context = Arc::new(Context {
+        mapping,
+        source: source.clone(),
+        suppression: suppression.cloned(),
+        sha256,
+        file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        failed_prefix: out.failed_prefix.clone(),
+        now,
+        seed,
+    });
+    for _ in 0..workers {
+        let (queue, finished, context) = (queue.clone(), finished.clone(), context.clone());
+        std::thread::spawn(move || {
+            loop {
+                let next = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => break,
+                };
+                let Ok((number, chunk, read)) = next else { break };
+                if finished.blocking_send(Ok(context.chunk(number, chunk, read))).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(finished);
+    let mut read = 0;
+    while let Some(result) = results.recv().await {
+        let chunk = match result {
+            Ok(chunk) => chunk,
+            Err(problem) => {
+                return Err(Error::Invalid(format!(
+                    "{}: {problem} (stopped after {} rows: {} stored as events in {} raw objects)",
+                    path.display(),
+                    out.rows,
+                    out.accepted,
+                    out.objects.len()
+                )));
+            }
+        };
+        out.rows += chunk.rows;
+        if let Some((key, body)) = chunk.dropped {
+            store.put(&key, body, PutOptions::json()).await?;
+            out.suppressed += chunk.suppressed;
+        }
+        if let Some((key, body, accepted)) = chunk.raw {
+            store.put(&key, body, PutOptions::ndjson_gz()).await?;
+            out.accepted += accepted;
+            out.objects.push(key);
+        }
+        if let Some((key, body, failed)) = chunk.failed {
+            let options = PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() };
+            store.put(&key, body, options).await?;
+            out.failed += failed;
+        }
+        read = read.max(chunk.read);
+        progress(out.rows, read);
+    }
+    if out.rows == 0 {
+        return Err(Error::Invalid(format!("{}: the file has no rows (only its columns)", path.display())));
+    }
+    out.objects.sort();
+    Ok(out)
+}
+
+/// What a worker needs to turn chunks into objects.
+struct Context {
+    mapping: Compiled,
+    source: SourceConfig,
+    suppression: Option<SuppressionCheck>,
+    sha256: String,
+    file: String,
+    failed_prefix: String,
+    now: UtcTime,
+    seed: [u8; 32],
+}
+
+/// One chunk, made into objects to store: the suppressed count's record, the raw object, the failed rows.
+struct Chunk {
+    rows: u64,
+    read: u64,
+    suppressed: u64,
+    dropped: Option<(String, Vec<u8>)>,
+    raw: Option<(String, Vec<u8>, u64)>,
+    failed: Option<(String, Vec<u8>, u64)>,
+}
+
+impl Context {
+    /// Chunk `number`'s rows through the mapping and the collect pipeline.
+    fn chunk(&self, number: u64, rows: Vec<read::Row>, read: u64) -> Chunk {
+        let mut seed = self.seed;
+        for (byte, n) in seed[24..].iter_mut().zip(number.to_le_bytes()) {
+            *byte ^= n;
+        }
+        let mut entropy = Entropy::from_seed(seed);
+        let (now, first) = (self.now, rows.first().map_or(0, |(row, _)| *row));
+        let mut out = Chunk { rows: rows.len() as u64, read, suppressed: 0, dropped: None, raw: None, failed: None };
+        let mut failed: Vec<FailedRow> = Vec::new();
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut numbers = Vec::with_capacity(rows.len());
+        for (row, cells) in rows {
+            match cells.and_then(|cells| self.mapping.event(&cells, &message_id(&self.sha256, row), now)) {
+                Ok(text) => {
+                    texts.push(text);
+                    numbers.push(row);
+                }
+                Err(reason) => failed.push(FailedRow { file: self.file.clone(), row, reason, event: None }),
+            }
+        }
+        let mut batch = collect_events(&self.source, &texts, now, &mut entropy);
+        for rejected in std::mem::take(&mut batch.failed) {
+            failed.push(FailedRow {
+                file: self.file.clone(),
+                row: numbers.get(rejected.index).copied().unwrap_or_default(),
+                reason: rejected.reason,
+                event: Some(rejected.original),
+            });
+        }
+        let dropped = self.suppression.as_ref().map_or(0, |list| batch.drop_suppressed(list));
+        if dropped > 0 {
+            out.suppressed = dropped as u64;
+            out.dropped = Some(shared::access::dropped_record(dropped, now, entropy.ulid(now)));
+        }
+        out.raw = batch.accepted_object().map(|(key, body)| (key, body, batch.accepted.len() as u64));
+        if !failed.is_empty() {
+            failed.sort_by_key(|f| f.row);
+            // Named by the chunk's first row: importing the file again rewrites the same objects.
+            let key = format!("{}{first:012}.ndjson.gz", self.failed_prefix);
+            out.failed = Some((key, shared::storage::encode_ndjson_gz(&failed), failed.len() as u64));
+        }
+        out
+    }
+}
+
+fn invalid(problem: Invalid) -> Error {
+    Error::Invalid(problem.0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use std::io::Write as _;
+use std::sync::Arc;
+
+use serde_json::Value;
+use shared::event::CanonicalEvent;
+use shared::source::new_source;
+use shared::storage::decode_ndjson_gz;
+
+use super::*;
+use crate::storage::FsStore;
+
+fn now() -> UtcTime {
+    UtcTime::parse("2026-03-01T08:00:00Z").unwrap()
+}
+
+fn source() -> SourceConfig {
+    new_source("crm", "CRM", &mut Entropy::from_seed([1; 32])).0
+}
+
+fn contacts() -> Mapping {
+    Mapping::parse(
+        br#"{"type": "identify", "userId": {"column": "id"},
+             "traits": {"name": {"column": "name"}, "age": {"column": "age", "type": "number"}},
+             "identifiers": {"email": {"column": "email"}}}"#,
+    )
+    .unwrap()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    store: FsStore,
+    /// Each import's seed (as from the OS's generator: two imports never name an object alike).
+    seed: std::sync::atomic::AtomicU8,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path().join("data")).unwrap();
+    Setup { dir, store, seed: std::sync::atomic::AtomicU8::new(7) }
+}
+
+impl Setup {
+    fn file(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    async fn import(&self, path: &Path, mapping: Mapping) -> Result<Imported, Error> {
+        let seed = [self.seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32];
+        let source = source();
+        let run = Import { source: &source, suppression: None, now: now(), seed };
+        import_file(&self.store, path, mapping, &run, &mut |_, _| {}).await
+    }
+
+    async fn events(&self, imported: &Imported) -> Vec<CanonicalEvent> {
+        let mut out = Vec::new();
+        for key in &imported.objects {
+            out.extend(decode_ndjson_gz::<CanonicalEvent>(&self.store.get(key).await.unwrap().unwrap().body).unwrap());
+        }
+        out
+    }
+
+    async fn failures(&self, imported: &Imported) -> Vec<Value> {
+        let mut out = Vec::new();
+        for meta in self.store.list(&imported.failed_prefix).await.unwrap() {
+            out.extend(decode_ndjson_gz::<Value>(&self.store.get(&meta.key).await.unwrap().unwrap().body).unwrap());
+        }
+        out
+    }
+}
+
+const CSV: &str = "id,name,email,age\n\
+                   c-1,Li Lei,li@example.com,31\n\
+                   c-2,\"Han, Meimei\",han@example.com,\n\
+                   c-3,Bad Age,bad@example.com,thirty\n\
+                   ,Nobody,,\n\
+                   c-5,Too,many,fields,here\n";
+
+#[tokio::test]
+async fn a_csv_file_becomes_events_and_bad_rows_are_quarantined_with_their_row() {
+    let s = setup();
+    let path = s.file("contacts.csv", CSV.as_bytes());
+    let mut heard = Vec::new();
+    let source = source();
+    let run = Import { source: &source, suppression: None, now: now(), seed: [1; 32] };
+    let imported =
+        import_file(&s.store, &path, contacts(), &run, &mut |rows, bytes| heard.push((rows, bytes))).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted, imported.failed), (5, 2, 3));
+    assert_eq!(heard, [(5, CSV.len() as u64)]);
+    let events = s.events(&imported).await;
+    let ids: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.message_id.as_str(), e.user_id.as_deref())).collect();
+    let prefix = format!("import-{}", &imported.sha256[..16]);
+    assert_eq!(ids, [(format!("{prefix}-2").as_str(), Some("c-1")), (format!("{prefix}-3").as_str(), Some("c-2"))]);
+    assert_eq!(events[1].traits.as_ref().unwrap()["name"], "Han, Meimei", "quoted commas");
+    assert!(events[0].identifiers.iter().any(|i| i.kind == "email" && i.value == "li@example.com"));
+    assert_eq!(events[0].source_id, "crm");
+
+    let failures = s.failures(&imported).await;
+    let rows: Vec<(u64, &str)> =
+        failures.iter().map(|f| (f["row"].as_u64().unwrap(), f["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        rows,
+        [
+            (4, "traits.age: `thirty` in column `age` is not a number"),
+            (5, "userId or anonymousId is required"),
+            (6, "5 fields; the header has 4"),
+        ]
+    );
+    assert!(failures.iter().all(|f| f["file"] == "contacts.csv"));
+
+    // The same file again: the same message ids (ingest drops them), the same failure objects.
+    let again = s.import(&path, contacts()).await.unwrap();
+    assert_eq!(
+        s.events(&again).await.iter().map(|e| &e.message_id).collect::<Vec<_>>(),
+        events.iter().map(|e| &e.message_id).collect::<Vec<_>>()
+    );
+    assert_eq!(s.store.list(&imported.failed_prefix).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn ndjson_and_gzipped_files() {
+    let s = setup();
+    let lines = "{\"id\": \"n-1\", \"name\": \"A\", \"age\": 40}\n\n{\"id\": \"n-2\", \"email\": \"b@example.com\"}\nnot json\n[1]\n";
+    let imported = s.import(&s.file("people.ndjson", lines.as_bytes()), contacts()).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted, imported.failed), (4, 2, 2));
+    let events = s.events(&imported).await;
+    assert_eq!(events[0].traits.as_ref().unwrap()["age"], 40);
+    let failures = s.failures(&imported).await;
+    assert_eq!(failures[0]["row"], 4, "blank lines count as lines");
+    assert!(failures[0]["reason"].as_str().unwrap().starts_with("not JSON"), "{failures:?}");
+    assert_eq!(failures[1]["reason"], "not a JSON object");
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(CSV.as_bytes()).unwrap();
+    let imported = s.import(&s.file("contacts.csv.gz", &gz.finish().unwrap()), contacts()).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted), (5, 2));
+}
+
+#[tokio::test]
+async fn parquet_files() {
+    use arrow_array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    let s = setup();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("uid", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["u1", "u2"])),
+            Arc::new(StringArray::from(vec!["Email Opened", "Email Clicked"])),
+            Arc::new(Float64Array::from(vec![Some(12.5), None])),
+            Arc::new(TimestampMillisecondArray::from(vec![1_767_225_600_000, 1_767_225_660_000])),
+        ],
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let mapping = Mapping::parse(
+        br#"{"type": "track", "event": {"column": "action"}, "userId": {"column": "uid"},
+             "timestamp": {"column": "at"}, "properties": {"revenue": {"column": "amount"}}}"#,
+    )
+    .unwrap();
+    let imported = s.import(&s.file("results.parquet", &bytes), mapping).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted), (2, 2));
+    let events = s.events(&imported).await;
+    assert_eq!(events[0].event.as_deref(), Some("Email Opened"));
+    assert_eq!(events[0].timestamp.to_string(), "2026-01-01T00:00:00.000Z");
+    assert_eq!(events[0].properties.as_ref().unwrap()["revenue"], 12.5);
+    assert!(events[1].properties.as_ref().is_none_or(|p| p.get("revenue").is_none()), "an empty cell is absent");
+    assert!(events[0].message_id.ends_with("-1"), "Parquet rows count from 1");
+}
+
+#[tokio::test]
+async fn bad_files_say_what_is_wrong_and_store_nothing() {
+    let s = setup();
+    let problem = |result: Result<Imported, Error>| match result {
+        Err(Error::Invalid(problem)) => problem,
+        other => panic!("{other:?}"),
+    };
+    let empty = problem(s.import(&s.file("empty.csv", b""), contacts()).await);
+    assert!(empty.ends_with("empty.csv: the file is empty"), "{empty}");
+    let header = problem(s.import(&s.file("header.csv", b"id,name,email,age\n"), contacts()).await);
+    assert!(header.ends_with("header.csv: the file has no rows (only its columns)"), "{header}");
+    let parquet = problem(s.import(&s.file("zero.parquet", b""), contacts()).await);
+    assert!(parquet.ends_with("zero.parquet: the file is empty"), "{parquet}");
+    let not = problem(s.import(&s.file("fake.parquet", b"id,name\n1,2\n"), contacts()).await);
+    assert!(not.contains("fake.parquet: not a Parquet file"), "{not}");
+    let columns = problem(s.import(&s.file("other.csv", b"user,name\nu1,x\n"), contacts()).await);
+    assert!(
+        columns.contains("userId: the file has no column `id` (it has: `user`, `name`)"),
+        "the missing column and the ones there are: {columns}"
+    );
+    let kind = problem(s.import(&s.file("notes.txt", b"x"), contacts()).await);
+    assert!(kind.contains("not a file imports read"), "{kind}");
+    assert!(s.store.list("raw/").await.unwrap().is_empty(), "nothing stored");
+
+    // Rows that break the file's form are those rows' problems; the others are kept.
+    let utf8 = b"id,name,email,age\nq-1,\xff\xfe,a@example.com,1\nq-2,B,b@example.com,2\n";
+    let imported = s.import(&s.file("latin1.csv", utf8), contacts()).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted), (2, 1));
+    assert_eq!(s.failures(&imported).await[0]["reason"], "field 2 is not UTF-8");
+    let quote = b"id,name,email,age\nq-1,B,b@example.com,2\nq-2,\"unclosed,x@example.com,1\nq-3,C,c@example.com,3\n";
+    let imported = s.import(&s.file("quote.csv", quote), contacts()).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted, imported.failed), (2, 1, 1), "the summary counts what ran together");
+    let failure = &s.failures(&imported).await[0];
+    assert_eq!(failure["row"], 3);
+    assert!(failure["reason"].as_str().unwrap().contains("a quote opened on this line is not closed"), "{failure}");
+}

@@ -1,0 +1,126 @@
+//! Offline sources through the real `cdp up`: a CRM export imported with `cdp import` becomes profiles (cleaned,
+//! bad rows quarantined with their row), importing it again changes nothing, and a marketing platform's
+//! campaign results (回流) land as events on the same people.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cdp_e2e::http::send;
+use cdp_e2e::procs::{CdpUp, cdp_api_key, cdp_bin, cdp_source_add};
+use serde_json::Value;
+
+fn cdp_import(data: &Path, file: &Path, source: &str, mapping: &Path) -> Output {
+    Command::new(cdp_bin())
+        .arg("import")
+        .arg(file)
+        .args(["--source", source, "--mapping"])
+        .arg(mapping)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("running cdp import")
+}
+
+fn profile(up: &CdpUp, key: &str, identifier: &str) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let reply = send("GET", &format!("{}/v1/profiles/{identifier}", up.url), b"", &[("authorization", &auth)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = if reply.status == 200 { reply.json() } else { Value::Null };
+    (reply.status, body)
+}
+
+#[test]
+fn a_crm_export_and_campaign_results_imported_through_cdp_up() {
+    let data = tempfile::tempdir().expect("dir");
+    let files = tempfile::tempdir().expect("dir");
+    cdp_source_add(data.path(), "crm");
+    cdp_source_add(data.path(), "email-platform");
+    let admin = cdp_api_key(data.path(), "ops", &["admin"]);
+    let up = CdpUp::start_with(data.path(), &[]);
+
+    let contacts = files.path().join("contacts.csv");
+    std::fs::write(
+        &contacts,
+        "crm_id,name,email,phone,age\n\
+         C-1,Li Lei, Li.Lei@Example.com ,138 0013 8000,31\n\
+         C-2,\"Han, Meimei\",han@example.com,,\n\
+         C-3,Bad Age,bad@example.com,,thirty\n",
+    )
+    .expect("write");
+    let mapping = files.path().join("contacts.json");
+    std::fs::write(
+        &mapping,
+        r#"{"type": "identify", "userId": {"column": "crm_id"},
+            "traits": {"name": {"column": "name"}, "phone": {"column": "phone"}, "age": {"column": "age", "type": "number"}},
+            "identifiers": {"email": {"column": "email"}}}"#,
+    )
+    .expect("write");
+    let output = cdp_import(data.path(), &contacts, "crm", &mapping);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}{}", stdout, String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("3 rows in") && stdout.contains("2 stored in 1 raw objects, 1 failed"), "{stdout}");
+    assert!(stdout.contains("applied to profiles: 2 events"), "{stdout}");
+
+    let (status, li) = profile(&up, &admin, "user_id:C-1");
+    assert_eq!(status, 200);
+    assert_eq!(li["traits"]["email"], "li.lei@example.com", "cleaned: {li}");
+    assert_eq!(li["traits"]["name"], "Li Lei");
+    assert_eq!(profile(&up, &admin, "email:han@example.com").1["traits"]["name"], "Han, Meimei");
+    assert_eq!(profile(&up, &admin, "user_id:C-3").0, 404, "the bad row is not a profile");
+    let failed: Vec<_> = walk(&data.path().join("failed/imports/crm"));
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let rows = shared::storage::decode_ndjson_gz::<Value>(&std::fs::read(&failed[0]).expect("read")).expect("decode");
+    assert_eq!((rows[0]["file"].as_str(), rows[0]["row"].as_u64()), (Some("contacts.csv"), Some(4)));
+
+    // Again: nothing changes.
+    let again = cdp_import(data.path(), &contacts, "crm", &mapping);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("applied to profiles: 0 events (2 already there"), "{stdout}");
+    assert_eq!(profile(&up, &admin, "user_id:C-1").1["events"]["identify"]["count"], 1);
+
+    // Campaign results from the email platform, per recipient: events on the same people, by email.
+    let results = files.path().join("results.csv");
+    std::fs::write(
+        &results,
+        "campaign,recipient,sent_at,sends,opens,clicks,conversions\n\
+         nov-launch,LI.LEI@example.com,2026-11-20 09:00:00,1,3,1,1\n\
+         nov-launch,han@example.com,2026-11-20 09:00:00,1,0,0,0\n",
+    )
+    .expect("write");
+    let results_mapping = files.path().join("results.json");
+    std::fs::write(
+        &results_mapping,
+        r#"{"type": "track", "event": "Campaign Result", "identifiers": {"email": {"column": "recipient"}},
+            "timestamp": {"column": "sent_at", "format": "%Y-%m-%d %H:%M:%S"},
+            "properties": {"campaign": {"column": "campaign"}, "sends": {"column": "sends", "type": "number"},
+                           "opens": {"column": "opens", "type": "number"}, "clicks": {"column": "clicks", "type": "number"},
+                           "conversions": {"column": "conversions", "type": "number"}}}"#,
+    )
+    .expect("write");
+    let output = cdp_import(data.path(), &results, "email-platform", &results_mapping);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let start = Instant::now();
+    loop {
+        let li = profile(&up, &admin, "user_id:C-1").1;
+        if li["events"]["Campaign Result"]["count"] == 1 {
+            assert_eq!(li["identities"].as_array().map(Vec::len), Some(3), "user id, email, phone: {li}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the campaign result on Li Lei's profile: {li}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
