@@ -104,8 +104,8 @@ fn progress_line(rows: u64, read: u64, size: u64, seconds: f64) -> String {
     let mut line = format!("{} rows  {} rows/s", thousands(rows), thousands(rate as u64));
     if size > 0 && read > 0 {
         let share = (read as f64 / size as f64).min(1.0);
-        let left = if share > 0.0 { seconds * (1.0 - share) / share } else { 0.0 };
-        line.push_str(&format!("  {:>3.0}%  ETA {}:{:02}", share * 100.0, left as u64 / 60, left as u64 % 60));
+        let left = if share > 0.0 { (seconds * (1.0 - share) / share).round() as u64 } else { 0 };
+        line.push_str(&format!("  {:>3.0}%  ETA {}:{:02}", share * 100.0, left / 60, left % 60));
     }
     line
 }

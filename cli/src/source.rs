@@ -24,6 +24,19 @@ pub(crate) enum SourceCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Set a source's tracking plan from a JSON file (docs/data.md), or remove it with --clear; collectors
+    /// enforce it within seconds.
+    Plan {
+        /// The source's id.
+        id: String,
+        /// The plan: `{"events": {…}, "identify": {…}, "unplanned": "…", "violations": "…"}`.
+        file: Option<std::path::PathBuf>,
+        /// Remove the plan.
+        #[arg(long, conflicts_with = "file")]
+        clear: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// List sources (ids, names, origins; never keys).
     List {
         #[command(flatten)]
@@ -42,6 +55,47 @@ pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
                 println!("created source {:?} ({}) in {}", source.id, source.name, data.data.display());
                 println!("write key (shown once; only its hash is stored):");
                 println!("{key}");
+                Ok(())
+            }
+            SourceCommand::Plan { id, file, clear, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let plan: Option<shared::source::TrackingPlan> = match (file, clear) {
+                    (Some(file), false) => {
+                        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                        Some(
+                            serde_json::from_slice(&bytes)
+                                .with_context(|| format!("{} is not a tracking plan", file.display()))?,
+                        )
+                    }
+                    (None, true) => None,
+                    _ => bail!("give the plan's file, or --clear"),
+                };
+                let (before, after) = functions::collect::update_sources(&store, |sources| {
+                    let Some(before) = sources.list().iter().find(|s| s.id == id).cloned() else {
+                        bail!("no source {id:?}");
+                    };
+                    let after = SourceConfig { tracking_plan: plan.clone(), ..before.clone() };
+                    sources.replace(after.clone())?;
+                    Ok((before, after))
+                })
+                .await?;
+                let change = functions::audit::Change {
+                    before: Some(serde_json::json!({"trackingPlan": before.tracking_plan})),
+                    after: Some(serde_json::json!({"trackingPlan": after.tracking_plan})),
+                    ..Default::default()
+                };
+                functions::audit::record(
+                    &store,
+                    crate::access::operator(),
+                    "source.update",
+                    &format!("source:{id}"),
+                    change,
+                )
+                .await?;
+                match &after.tracking_plan {
+                    Some(plan) => println!("source {id}: tracking plan with {} events set", plan.events.len()),
+                    None => println!("source {id}: tracking plan removed"),
+                }
                 Ok(())
             }
             SourceCommand::List { data } => {

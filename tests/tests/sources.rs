@@ -124,3 +124,73 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A tracking plan set with `cdp source plan`, enforced by the real `cdp up`: an event that keeps it is
+/// stored as sent, one that breaks it is refused with the violations (blocked), an unplanned one is stored
+/// with its violations listed (flagged) and counted in the data dictionary.
+#[test]
+fn a_tracking_plan_blocks_and_flags_through_cdp_up() {
+    let data = tempfile::tempdir().expect("dir");
+    let key = cdp_source_add(data.path(), "web");
+    let admin = cdp_api_key(data.path(), "ops", &["admin"]);
+    let plan = data.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"events": {"Signed Up": {"type": "object", "required": ["plan"],
+                                     "properties": {"plan": {"enum": ["free", "pro"]}, "seats": {"type": "integer", "minimum": 1}}}},
+            "unplanned": "flag", "violations": "block"}"#,
+    )
+    .expect("write");
+    let output = Command::new(cdp_bin())
+        .args(["source", "plan", "web"])
+        .arg(&plan)
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .expect("cdp source plan");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let up = CdpUp::start_with(data.path(), &[]);
+
+    let batch = serde_json::json!({"batch": [
+        {"type": "track", "userId": "u1", "messageId": "p1", "event": "Signed Up", "properties": {"plan": "pro", "seats": 2}},
+        {"type": "track", "userId": "u1", "messageId": "p2", "event": "Signed Up", "properties": {"plan": "gold", "seats": 0}},
+        {"type": "track", "userId": "u1", "messageId": "p3", "event": "Video Played"}
+    ]});
+    let reply = cdp_e2e::http::post(&format!("{}/v1/batch", up.url), &batch.to_string(), Some(&key));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!((answer["accepted"].as_u64(), answer["failed"].as_u64()), (Some(2), Some(1)), "{answer}");
+    assert_eq!(answer["errors"][0]["code"], "violates_tracking_plan");
+    let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("/properties/plan: \"gold\" is not one of \"free\", \"pro\"")
+            && message.contains("/properties/seats: 0 is below the minimum 1"),
+        "{message}"
+    );
+
+    // The flagged event carries its violations; the dictionary counts them per event and day.
+    let auth = format!("Bearer {admin}");
+    let start = Instant::now();
+    loop {
+        let catalog =
+            send("GET", &format!("{}/v1/catalog?event=Video%20Played", up.url), b"", &[("authorization", &auth)])
+                .expect("catalog")
+                .json();
+        let days = &catalog["sources"]["web"]["events"]["Video Played"]["days"];
+        if let Some(day) = days.as_object().and_then(|d| d.values().next()) {
+            assert_eq!((day["events"].as_u64(), day["violations"].as_u64()), (Some(1), Some(1)), "{catalog}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the flagged event in the dictionary: {catalog}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let raw: Vec<_> = walk(&data.path().join("raw"));
+    let events: Vec<shared::event::CanonicalEvent> = raw
+        .iter()
+        .flat_map(|path| shared::storage::decode_ndjson_gz(&std::fs::read(path).expect("read")).expect("decode"))
+        .collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["p1", "p3"], "the blocked event is not stored");
+    assert!(events[0].context.get("violations").is_none());
+    assert_eq!(events[1].context["violations"][0]["problem"], "`Video Played` is not in the tracking plan");
+}

@@ -44,12 +44,23 @@ pub(crate) struct SourcePatch {
     settings: Option<SourceSettings>,
     /// A disabled source's key is refused.
     enabled: Option<bool>,
+    /// The tracking plan (docs/data.md): `{"events": {name: JSON Schema of properties}, "identify": JSON
+    /// Schema of traits, "unplanned": "allow"|"flag"|"block", "violations": "allow"|"flag"|"block"}`; `null`
+    /// removes it.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "present")]
+    tracking_plan: Option<Option<shared::source::TrackingPlan>>,
+}
+
+/// A field that may be given as `null` (`Some(None)`), apart from absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A source as shown: without its key's hash.
 fn shown(source: &SourceConfig) -> Value {
     json!({"id": source.id, "name": source.name, "allowedOrigins": source.allowed_origins,
-           "settings": source.settings, "enabled": source.enabled})
+           "settings": source.settings, "enabled": source.enabled, "trackingPlan": source.tracking_plan})
 }
 
 async fn load<S: ObjectStore>(store: &S) -> Result<Sources, ApiError> {
@@ -138,6 +149,9 @@ async fn patch<S: ObjectStore + Clone>(
         }
         if let Some(enabled) = request.enabled {
             after.enabled = enabled;
+        }
+        if let Some(plan) = &request.tracking_plan {
+            after.tracking_plan = plan.clone();
         }
         sources.replace(after.clone()).map_err(ApiError::invalid)?;
         Ok((before, after))

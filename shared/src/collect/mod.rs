@@ -11,6 +11,7 @@ mod enrich;
 mod normalize;
 mod pipeline;
 pub mod pixel;
+pub mod plan;
 mod request;
 mod route;
 mod wire;

@@ -395,6 +395,20 @@ fn each<'t>(
         match normalize(object, shared, entropy) {
             Ok(mut event) => {
                 enricher.enrich(&mut event);
+                match source.tracking_plan.as_ref().map(|plan| super::plan::judge(plan, &event)) {
+                    None | Some(super::plan::Verdict::Keep) => {}
+                    Some(super::plan::Verdict::Flag(violations)) => {
+                        event.context.insert("violations".into(), crate::source::violations_json(&violations));
+                    }
+                    Some(super::plan::Verdict::Block(violations)) => {
+                        failed.push(fail(Rejection {
+                            code: FailureCode::ViolatesTrackingPlan,
+                            reason: crate::source::violations_text(&violations),
+                            message_id: Some(event.message_id),
+                        }));
+                        continue;
+                    }
+                }
                 accepted.push(event);
             }
             Err(rejection) => failed.push(fail(rejection)),

@@ -435,3 +435,44 @@ fn a_suppressed_person_s_events_are_dropped_before_storage_and_counted() {
     let nothing = crate::access::SuppressionCheck { list: crate::access::Suppression::default(), key };
     assert_eq!(batch.drop_suppressed(&nothing), 0);
 }
+
+#[test]
+fn the_sources_tracking_plan_flags_and_blocks() {
+    let (mut web, key) = new_source("web", "Website", &mut Entropy::from_seed([1; 32]));
+    web.tracking_plan = Some(
+        serde_json::from_value(json!({
+            "events": {"Signed Up": {"required": ["plan"], "properties": {"plan": {"enum": ["free", "pro"]}}}},
+            "unplanned": "flag", "violations": "block"
+        }))
+        .unwrap(),
+    );
+    let mut sources = Sources::default();
+    sources.add(web).unwrap();
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "messageId": "a", "event": "Signed Up", "properties": {"plan": "pro"}},
+        {"type": "track", "userId": "u1", "messageId": "b", "event": "Signed Up", "properties": {}},
+        {"type": "track", "userId": "u1", "messageId": "c", "event": "Played"},
+        {"type": "page", "userId": "u1", "messageId": "d"}
+    ]})
+    .to_string();
+    let auth = basic(&key);
+    let mut req = CollectRequest::new(Endpoint::Batch, body.as_bytes());
+    req.authorization = Some(&auth);
+    let batch = kept(collect(&req, &sources, now(), &mut Entropy::from_seed([5; 32])));
+    let ids: Vec<&str> = batch.accepted.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["a", "c", "d"]);
+    assert!(batch.accepted[0].context.get("violations").is_none());
+    assert_eq!(
+        batch.accepted[1].context["violations"],
+        json!([{"path": "/event", "problem": "`Played` is not in the tracking plan"}])
+    );
+    assert_eq!(batch.failed.len(), 1);
+    let blocked = &batch.failed[0];
+    assert_eq!(
+        (blocked.index, blocked.code, blocked.message_id.as_deref()),
+        (1, FailureCode::ViolatesTrackingPlan, Some("b"))
+    );
+    assert_eq!(blocked.reason, "breaks the tracking plan: /properties/plan: required");
+    let answer: Value = serde_json::from_str(&batch.answer().body).unwrap();
+    assert_eq!(answer["errors"][0]["code"], "violates_tracking_plan");
+}

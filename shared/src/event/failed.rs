@@ -33,6 +33,8 @@ pub enum FailureCode {
     InvalidField,
     /// A timestamp field is not an ISO-8601 date-time.
     InvalidTimestamp,
+    /// The event breaks its source's tracking plan, which blocks such events.
+    ViolatesTrackingPlan,
 }
 
 impl FailureCode {
@@ -50,6 +52,7 @@ impl FailureCode {
             FailureCode::MessageIdTooLong => "message_id_too_long",
             FailureCode::InvalidField => "invalid_field",
             FailureCode::InvalidTimestamp => "invalid_timestamp",
+            FailureCode::ViolatesTrackingPlan => "violates_tracking_plan",
         }
     }
 }

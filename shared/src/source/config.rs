@@ -28,6 +28,9 @@ pub struct SourceConfig {
     /// A disabled source's key is refused like an unknown one.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// What its events must look like ([`super::TrackingPlan`]); none: anything goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_plan: Option<super::TrackingPlan>,
 }
 
 /// Per-source treatment of events.
@@ -208,6 +211,7 @@ pub fn new_source(id: &str, name: &str, entropy: &mut Entropy) -> (SourceConfig,
         allowed_origins: any_origin(),
         settings: SourceSettings::default(),
         enabled: true,
+        tracking_plan: None,
     };
     (source, key)
 }

@@ -4,5 +4,7 @@
 //! configuration file cannot be replayed as a key list. The key itself is shown once, when it is made.
 
 mod config;
+mod plan;
 
 pub use config::{SourceConfig, SourceSettings, Sources, new_source, slug};
+pub use plan::{Format, Mode, Schema, TrackingPlan, Type, Types, Violation, violations_json, violations_text};
