@@ -105,11 +105,12 @@ impl Snapshot {
     /// check are reported, and what depends on them waits.
     pub async fn load<S: ObjectStore>(store: &S) -> Result<Self, Error> {
         let identity = crate::config::read(store, keys::CONFIG_IDENTITY).await?.unwrap_or_default();
-        let profiles: ProfileRules = crate::config::read(store, keys::CONFIG_PROFILES).await?.unwrap_or_default();
-        profiles
-            .cleaning
-            .check()
-            .map_err(|problem| Error::Config(shared::Error::Config(format!("{}: {problem}", keys::CONFIG_PROFILES))))?;
+        let mut profiles: ProfileRules = crate::config::read(store, keys::CONFIG_PROFILES).await?.unwrap_or_default();
+        if let Err(problem) = profiles.cleaning.check() {
+            // Phones without a country code then stay as sent (counted as issues); nothing stops.
+            tracing::error!(file = keys::CONFIG_PROFILES, %problem, "the default region is ignored");
+            profiles.cleaning.default_region = None;
+        }
         let definitions = Definitions {
             tags: lenient(store, keys::CONFIG_TAGS).await?.map(Option::unwrap_or_default),
             audiences: lenient(store, keys::CONFIG_AUDIENCES).await?.map(Option::unwrap_or_default),

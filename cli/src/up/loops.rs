@@ -132,9 +132,9 @@ pub(super) async fn upkeep_loop(store: FsStore) {
                 Ok(events) => tracing::info!(events, "raw events compacted into the lake"),
                 Err(error) => tracing::error!(%error, "raw events not compacted"),
             }
-            match functions::catalog::fold(&store, crate::now()).await {
-                Ok(folded) if folded.parts > 0 => tracing::info!(parts = folded.parts, "data dictionary folded"),
-                Ok(_) => {}
+            match functions::catalog::fold_all(&store, crate::now(), 10).await {
+                Ok(0) => {}
+                Ok(parts) => tracing::info!(parts, "data dictionary folded"),
                 Err(error) => tracing::error!(%error, "data dictionary not folded"),
             }
         }

@@ -42,8 +42,8 @@ async fn main() -> Result<(), Error> {
         }
         // What ingest observed into the data dictionary; a fold that fails leaves the parts for the next run
         // (readers see them meanwhile).
-        match functions::catalog::fold(store, now).await {
-            Ok(folded) => tracing::info!(parts = folded.parts, more = folded.more, "data dictionary folded"),
+        match functions::catalog::fold_all(store, now, 20).await {
+            Ok(parts) => tracing::info!(parts, "data dictionary folded"),
             Err(error) => tracing::error!(%error, "data dictionary not folded"),
         }
         let report = full_recompute(store, now).await?;

@@ -20,6 +20,8 @@ use crate::storage::{Condition, ObjectStore, PutOptions, StoreError};
 pub const FOLDED_KEPT_MS: i64 = 6 * 60 * 60 * 1000;
 /// Parts folded per run at most (the rest wait for the next).
 pub const MAX_PARTS: usize = 2000;
+/// Pending parts a reader merges at most (the oldest; a fold takes the rest in soon).
+pub const MAX_READ_PARTS: usize = 500;
 /// Attempts of a fold that another fold raced.
 const ATTEMPTS: usize = 5;
 
@@ -68,7 +70,8 @@ pub async fn record<'e, S: ObjectStore>(
 /// The dictionary with every part not folded yet.
 pub async fn load<S: ObjectStore>(store: &S) -> Result<Dictionary, Error> {
     let (stored, _) = read(store).await?;
-    let keys = pending(store, &stored).await?;
+    let mut keys = pending(store, &stored).await?;
+    keys.truncate(MAX_READ_PARTS);
     let mut dictionary = stored.dictionary;
     for key in keys {
         if let Some(part) = part(store, &key).await? {
@@ -107,6 +110,9 @@ pub async fn fold<S: ObjectStore>(store: &S, now: UtcTime) -> Result<Folded, Err
             stored.folded.insert(key.clone(), at);
         }
         stored.folded.retain(|key, when| at - *when <= FOLDED_KEPT_MS || leftovers.contains(key));
+        if let Some(cutoff) = now.add_millis(-(shared::catalog::DAYS_KEPT as i64) * 86_400_000) {
+            stored.dictionary.forget_before(cutoff);
+        }
         let body = shared::storage::gzip(&serde_json::to_vec(&stored).map_err(Error::encoding)?);
         let condition = match etag {
             Some(etag) => Condition::IfMatch(etag),
@@ -126,6 +132,19 @@ pub async fn fold<S: ObjectStore>(store: &S, now: UtcTime) -> Result<Folded, Err
     Err(Error::Store(StoreError::Unavailable(
         "other folds of the data dictionary kept winning; the next run folds".into(),
     )))
+}
+
+/// Folds until no pending part is left, at most `rounds` runs; the parts folded.
+pub async fn fold_all<S: ObjectStore>(store: &S, now: UtcTime, rounds: usize) -> Result<usize, Error> {
+    let mut parts = 0;
+    for _ in 0..rounds {
+        let run = fold(store, now).await?;
+        parts += run.parts;
+        if !run.more {
+            break;
+        }
+    }
+    Ok(parts)
 }
 
 /// The stored dictionary and its version (none before the first fold).

@@ -96,7 +96,14 @@ pub async fn put<S: ObjectStore>(
     let mut others = Definitions::load(store).await?;
     // The names the definition reads are checked against the data dictionary (the others' are not: data that
     // stopped coming must not block an unrelated change).
-    let catalog = crate::catalog::load(store).await?.catalog();
+    // A dictionary that cannot be read checks nothing rather than stopping every change.
+    let catalog = match crate::catalog::load(store).await {
+        Ok(dictionary) => dictionary.catalog(),
+        Err(error) => {
+            tracing::warn!(%error, "the data dictionary cannot be read; definitions are checked without it");
+            Catalog::default()
+        }
+    };
     // Checked again under compare-and-swap below; here, so that a refused create rotates no secret.
     if checking.create_only && others.of(kind).iter().any(|d| id_of(d) == Some(id)) {
         return Err(taken());

@@ -104,11 +104,14 @@ pub async fn import_file<S: ObjectStore>(
 ) -> Result<Imported, Error> {
     let (format, gz) = Format::of(path).map_err(invalid)?;
     let mut rows = Rows::open(path, format, gz).map_err(invalid)?;
+    let mapping_sha256 = mapping.sha256();
     let mapping = mapping.check(rows.columns()).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    // Columns the mapping does not read are not decoded (nor can their types fail a row).
+    rows.only(mapping.columns());
     let sha256 = file_sha256(path).map_err(invalid)?;
     let Import { source, suppression, now, seed } = *run;
     let mut out = Imported {
-        failed_prefix: format!("failed/imports/{}/{}/", source.id, &sha256[..16]),
+        failed_prefix: format!("failed/imports/{}/{}-{}/", source.id, &sha256[..16], &mapping_sha256[..8]),
         sha256: sha256.clone(),
         ..Imported::default()
     };
@@ -140,6 +143,7 @@ pub async fn import_file<S: ObjectStore>(
         source: source.clone(),
         suppression: suppression.cloned(),
         sha256,
+        mapping_sha256,
         file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         failed_prefix: out.failed_prefix.clone(),
         now,
@@ -206,6 +210,7 @@ struct Context {
     source: SourceConfig,
     suppression: Option<SuppressionCheck>,
     sha256: String,
+    mapping_sha256: String,
     file: String,
     failed_prefix: String,
     now: UtcTime,
@@ -231,12 +236,16 @@ impl Context {
         }
         let mut entropy = Entropy::from_seed(seed);
         let (now, first) = (self.now, rows.first().map_or(0, |(row, _)| *row));
+        // Raw objects are named by when they are stored, not when the import began: lake compaction and
+        // reconciliation take objects in name order and never look behind their watermark.
+        let received = crate::config::now().unwrap_or(now).max(now);
         let mut out = Chunk { rows: rows.len() as u64, read, suppressed: 0, dropped: None, raw: None, failed: None };
         let mut failed: Vec<FailedRow> = Vec::new();
         let mut texts = Vec::with_capacity(rows.len());
         let mut numbers = Vec::with_capacity(rows.len());
         for (row, cells) in rows {
-            match cells.and_then(|cells| self.mapping.event(&cells, &message_id(&self.sha256, row), now)) {
+            let id = message_id(&self.sha256, &self.mapping_sha256, row);
+            match cells.and_then(|cells| self.mapping.event(&cells, &id, now)) {
                 Ok(text) => {
                     texts.push(text);
                     numbers.push(row);
@@ -244,7 +253,7 @@ impl Context {
                 Err(reason) => failed.push(FailedRow { file: self.file.clone(), row, reason, event: None }),
             }
         }
-        let mut batch = collect_events(&self.source, &texts, now, &mut entropy);
+        let mut batch = collect_events(&self.source, &texts, received, &mut entropy);
         for rejected in std::mem::take(&mut batch.failed) {
             failed.push(FailedRow {
                 file: self.file.clone(),
@@ -256,7 +265,7 @@ impl Context {
         let dropped = self.suppression.as_ref().map_or(0, |list| batch.drop_suppressed(list));
         if dropped > 0 {
             out.suppressed = dropped as u64;
-            out.dropped = Some(shared::access::dropped_record(dropped, now, entropy.ulid(now)));
+            out.dropped = Some(shared::access::dropped_record(dropped, received, entropy.ulid(received)));
         }
         out.raw = batch.accepted_object().map(|(key, body)| (key, body, batch.accepted.len() as u64));
         if !failed.is_empty() {

@@ -58,6 +58,8 @@ impl Format {
 /// A file's rows.
 pub struct Rows {
     columns: Vec<String>,
+    /// The columns decoded (by position); the others are left empty.
+    used: Vec<bool>,
     source: Source,
     /// Bytes of the file read so far (compressed bytes for a gzipped file).
     read: Arc<AtomicU64>,
@@ -123,7 +125,12 @@ impl Rows {
         if columns.iter().all(String::is_empty) {
             return Err(Invalid(format!("{}: the first line has no column names", path.display())));
         }
-        Ok(Self { columns, source: Source::Csv { reader, record: csv::ByteRecord::new(), line: 1 }, read })
+        Ok(Self {
+            columns,
+            used: Vec::new(),
+            source: Source::Csv { reader, record: csv::ByteRecord::new(), line: 1 },
+            read,
+        })
     }
 
     fn ndjson(path: &Path, plain: Box<dyn Read + Send>, read: Arc<AtomicU64>) -> Result<Self, Invalid> {
@@ -159,7 +166,7 @@ impl Rows {
                 peeked.len()
             )));
         }
-        Ok(Self { columns, source: Source::Ndjson { lines, peeked, line }, read })
+        Ok(Self { columns, used: Vec::new(), source: Source::Ndjson { lines, peeked, line }, read })
     }
 
     fn parquet(path: &Path, mut plain: Box<dyn Read + Send>, gz: bool, read: Arc<AtomicU64>) -> Result<Self, Invalid> {
@@ -182,7 +189,12 @@ impl Rows {
             let columns = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
             (columns, builder.with_batch_size(8192).build().map_err(not_parquet)?)
         };
-        Ok(Self { columns, source: Source::Parquet { batches, batch: None, at: 0, row: 0 }, read })
+        Ok(Self { columns, used: Vec::new(), source: Source::Parquet { batches, batch: None, at: 0, row: 0 }, read })
+    }
+
+    /// Decodes only the columns at these positions (the ones a mapping reads); the others are left empty.
+    pub fn only(&mut self, positions: Vec<usize>) {
+        self.used = (0..self.columns.len()).map(|i| positions.contains(&i)).collect();
     }
 
     /// The file's columns.
@@ -206,7 +218,7 @@ impl Rows {
                         Ok(false) => break,
                         Ok(true) => {
                             *line = record.position().map_or(*line + 1, |p| p.line());
-                            out.push((*line, csv_row(record, width)));
+                            out.push((*line, csv_row(record, width, &self.used)));
                         }
                         Err(e) => {
                             let at = e.position().map_or(*line + 1, |p| p.line());
@@ -236,7 +248,7 @@ impl Rows {
                             (*line, bytes)
                         }
                     };
-                    out.push((number, ndjson_row(&bytes, &self.columns)));
+                    out.push((number, ndjson_row(&bytes, &self.columns, &self.used)));
                 }
             }
             Source::Parquet { batches, batch, at, row } => {
@@ -254,8 +266,13 @@ impl Rows {
                         },
                     };
                     *row += 1;
-                    let cells: Result<Vec<_>, String> =
-                        (0..current.num_columns()).map(|c| parquet_cell(current.column(c).as_ref(), *at)).collect();
+                    let used = &self.used;
+                    let cells: Result<Vec<_>, String> = (0..current.num_columns())
+                        .map(|c| match used.get(c) {
+                            Some(false) => Ok(None),
+                            _ => parquet_cell(current.column(c).as_ref(), *at),
+                        })
+                        .collect();
                     out.push((*row, cells));
                     *at += 1;
                 }
@@ -265,7 +282,7 @@ impl Rows {
     }
 }
 
-fn csv_row(record: &csv::ByteRecord, width: usize) -> Result<Vec<Option<Value>>, String> {
+fn csv_row(record: &csv::ByteRecord, width: usize, used: &[bool]) -> Result<Vec<Option<Value>>, String> {
     if record.len() < width && record.iter().any(|field| field.contains(&b'\n')) {
         return Err(format!(
             "{} fields; the header has {width}: a quote opened on this line is not closed, so the lines after it \
@@ -280,6 +297,7 @@ fn csv_row(record: &csv::ByteRecord, width: usize) -> Result<Vec<Option<Value>>,
         .iter()
         .enumerate()
         .map(|(i, field)| match std::str::from_utf8(field) {
+            _ if used.get(i) == Some(&false) => Ok(None),
             Ok("") => Ok(None),
             Ok(text) => Ok(Some(Value::String(text.to_string()))),
             Err(_) => Err(format!("field {} is not UTF-8", i + 1)),
@@ -287,13 +305,17 @@ fn csv_row(record: &csv::ByteRecord, width: usize) -> Result<Vec<Option<Value>>,
         .collect()
 }
 
-fn ndjson_row(bytes: &[u8], columns: &[String]) -> Result<Vec<Option<Value>>, String> {
+fn ndjson_row(bytes: &[u8], columns: &[String], used: &[bool]) -> Result<Vec<Option<Value>>, String> {
     let mut object: Map<String, Value> = match serde_json::from_slice(bytes) {
         Ok(Value::Object(object)) => object,
         Ok(_) => return Err("not a JSON object".into()),
         Err(e) => return Err(format!("not JSON: {e}")),
     };
-    Ok(columns.iter().map(|c| object.remove(c)).collect())
+    Ok(columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if used.get(i) == Some(&false) { None } else { object.remove(c) })
+        .collect())
 }
 
 /// One cell of a Parquet column as JSON: text, numbers, booleans, dates and times (ISO 8601), decimals as

@@ -90,7 +90,7 @@ async fn a_csv_file_becomes_events_and_bad_rows_are_quarantined_with_their_row()
     assert_eq!(heard, [(5, CSV.len() as u64)]);
     let events = s.events(&imported).await;
     let ids: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.message_id.as_str(), e.user_id.as_deref())).collect();
-    let prefix = format!("import-{}", &imported.sha256[..16]);
+    let prefix = format!("import-{}-{}", &imported.sha256[..16], &contacts().sha256()[..8]);
     assert_eq!(ids, [(format!("{prefix}-2").as_str(), Some("c-1")), (format!("{prefix}-3").as_str(), Some("c-2"))]);
     assert_eq!(events[1].traits.as_ref().unwrap()["name"], "Han, Meimei", "quoted commas");
     assert!(events[0].identifiers.iter().any(|i| i.kind == "email" && i.value == "li@example.com"));
@@ -116,6 +116,15 @@ async fn a_csv_file_becomes_events_and_bad_rows_are_quarantined_with_their_row()
         events.iter().map(|e| &e.message_id).collect::<Vec<_>>()
     );
     assert_eq!(s.store.list(&imported.failed_prefix).await.unwrap().len(), 1);
+    // A corrected mapping makes new events (the first import's were of the old one).
+    let corrected = Mapping::parse(
+        br#"{"type": "identify", "userId": {"column": "id"}, "traits": {"name": {"column": "name"}, "age": {"column": "age"}}}"#,
+    )
+    .unwrap();
+    let fixed = s.import(&path, corrected).await.unwrap();
+    let ids = s.events(&fixed).await;
+    assert!(ids.iter().all(|e| !events.iter().any(|old| old.message_id == e.message_id)), "new message ids");
+    assert_ne!(fixed.failed_prefix, imported.failed_prefix);
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub const MAX_EVENTS: usize = 1000;
 pub const MAX_FIELDS: usize = 500;
 /// Characters of an example string kept.
 const EXAMPLE_CHARS: usize = 80;
+/// Longest event, property or trait name kept (characters); longer ones count as overflow.
+pub const MAX_NAME_CHARS: usize = 128;
 
 /// The data dictionary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -89,7 +91,8 @@ pub struct DayCount {
 pub struct Field {
     /// Values seen.
     pub count: u64,
-    /// Values seen per JSON type (`string`, `number`, `boolean`, `object`, `array`, `null`), after cleaning.
+    /// Values seen per JSON type (`string`, `number`, `boolean`, `object`, `array`, `null`): a trait's after
+    /// cleaning, a property's as sent.
     #[serde(default)]
     pub types: BTreeMap<String, u64>,
     /// A few distinct example values (none for personal data).
@@ -124,7 +127,7 @@ impl Dictionary {
             (EventType::Track, Some(name)) => (&mut source.events, name.clone()),
             (kind, _) => (&mut source.calls, kind.as_str().to_string()),
         };
-        if !names.contains_key(&name) && names.len() >= MAX_EVENTS {
+        if !names.contains_key(&name) && (names.len() >= MAX_EVENTS || name.chars().count() > MAX_NAME_CHARS) {
             self.overflow += 1;
             return;
         }
@@ -138,14 +141,15 @@ impl Dictionary {
             today.violations += 1;
         }
         let mut overflow = 0;
+        // Properties as sent (ingest cleans traits only); traits as the profile holds them.
         if let Some(properties) = &event.properties {
-            overflow += observe_fields(&mut entry.properties, properties, at, rules);
+            overflow += observe_fields(&mut entry.properties, properties, at, rules, false);
         }
         prune_days(&mut entry.days);
         if event.kind == EventType::Identify
             && let Some(traits) = &event.traits
         {
-            overflow += observe_fields(&mut self.traits, traits, at, rules);
+            overflow += observe_fields(&mut self.traits, traits, at, rules, true);
         }
         self.overflow += overflow;
     }
@@ -196,6 +200,22 @@ impl Dictionary {
         catalog
     }
 
+    /// Forgets what was last seen before `cutoff` (names that stopped coming, and junk a public write key
+    /// sent once).
+    pub fn forget_before(&mut self, cutoff: UtcTime) {
+        let recent = |seen: Option<UtcTime>| seen.is_some_and(|t| t >= cutoff);
+        for source in self.sources.values_mut() {
+            for names in [&mut source.events, &mut source.calls] {
+                names.retain(|_, entry| recent(entry.last_seen));
+                for entry in names.values_mut() {
+                    entry.properties.retain(|_, field| recent(field.last_seen));
+                }
+            }
+        }
+        self.sources.retain(|_, s| !(s.events.is_empty() && s.calls.is_empty()));
+        self.traits.retain(|_, field| recent(field.last_seen));
+    }
+
     /// The track event names of every source.
     pub fn event_names(&self) -> BTreeSet<&str> {
         self.sources.values().flat_map(|s| s.events.keys().map(String::as_str)).collect()
@@ -241,13 +261,14 @@ impl Field {
         }
     }
 
-    /// Keeps `value` as an example: a short scalar not seen yet, never what looks like an email address.
+    /// Keeps `value` as an example: a short scalar not seen yet, never what looks like an email address or a
+    /// phone number.
     fn example(&mut self, value: Value) {
         if self.examples.len() >= EXAMPLES || self.examples.contains(&value) {
             return;
         }
         let kept = match value {
-            Value::String(text) if text.contains('@') => return,
+            Value::String(text) if text.contains('@') || looks_like_phone(&text) => return,
             Value::String(text) => Value::String(text.chars().take(EXAMPLE_CHARS).collect()),
             Value::Number(_) | Value::Bool(_) => value,
             _ => return,
@@ -279,23 +300,38 @@ impl Field {
     }
 }
 
-/// Observes each of `values` (properties or traits); the names not kept for the limit.
+/// Observes each of `values` (properties, as sent, or traits, cleaned); the names not kept for the limits.
 fn observe_fields(
     fields: &mut BTreeMap<String, Field>,
     values: &Map<String, Value>,
     at: UtcTime,
     rules: &ProfileRules,
+    clean: bool,
 ) -> u64 {
     let mut overflow = 0;
     for (name, value) in values {
-        if !fields.contains_key(name) && fields.len() >= MAX_FIELDS {
+        if !fields.contains_key(name) && (fields.len() >= MAX_FIELDS || name.chars().count() > MAX_NAME_CHARS) {
             overflow += 1;
             continue;
         }
-        let cleaned = rules.cleaning.clean(name, value);
-        fields.entry(name.clone()).or_default().observe(value, at, rules.is_personal(name), cleaned);
+        let cleaned = if clean { rules.cleaning.clean(name, value) } else { Cleaned::Kept };
+        fields.entry(name.clone()).or_default().observe(value, at, personal(rules, name), cleaned);
     }
     overflow
+}
+
+/// Whether the values of `name` are personal data here: the profile rules' personal traits, and whatever
+/// cleaning treats as an email address or a phone number.
+fn personal(rules: &ProfileRules, name: &str) -> bool {
+    rules.is_personal(name)
+        || name.to_ascii_lowercase().ends_with("email")
+        || rules.cleaning.steps(name).contains(&crate::profile::Clean::Phone)
+}
+
+/// Seven or more digits and nothing but what phone numbers are written with.
+fn looks_like_phone(text: &str) -> bool {
+    let digits = text.bytes().filter(u8::is_ascii_digit).count();
+    digits >= 7 && text.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c))
 }
 
 fn merge_fields(fields: &mut BTreeMap<String, Field>, other: BTreeMap<String, Field>, overflow: &mut u64) {

@@ -45,10 +45,10 @@ fn events_properties_and_traits_are_described() {
     assert_eq!(order.first_seen.unwrap().to_string(), "2026-03-01T10:00:00.000Z");
     assert_eq!(order.last_seen.unwrap().to_string(), "2026-03-02T09:00:00.000Z");
     assert_eq!(order.days.keys().collect::<Vec<_>>(), ["2026-03-01", "2026-03-02"]);
-    // "30" is cleaned to a number (revenue is numeric by default), so both values are numbers.
+    // Properties as sent (ingest cleans traits, not properties).
     let revenue = &order.properties["revenue"];
-    assert_eq!(revenue.types, BTreeMap::from([("number".to_string(), 2)]));
-    assert_eq!(revenue.examples, [json!(12.5), json!(30)]);
+    assert_eq!(revenue.types, BTreeMap::from([("number".to_string(), 1), ("string".to_string(), 1)]));
+    assert_eq!(revenue.examples, [json!(12.5), json!("30")]);
     assert_eq!(order.properties["coupon"].examples, [json!("X1")], "distinct examples");
     assert_eq!(dictionary.sources["web"].calls["identify"].count, 1);
     assert_eq!(dictionary.sources["app"].calls["page"].count, 1);
@@ -129,6 +129,40 @@ fn merging_adds_counts_and_keeps_limits() {
     let days = &long.sources["web"].events["E"].days;
     assert_eq!(days.len(), DAYS_KEPT);
     assert_eq!(long.sources["web"].events["E"].count, DAYS_KEPT as u64 + 5, "the total still counts every event");
+}
+
+#[test]
+fn personal_values_never_appear_and_junk_is_bounded() {
+    let rules: ProfileRules =
+        serde_json::from_value(json!({"cleaning": {"fields": {"contact": ["trim", "phone"]}}})).unwrap();
+    let mut dictionary = Dictionary::default();
+    let long = "x".repeat(MAX_NAME_CHARS + 1);
+    dictionary.observe(
+        &event(json!({"type": "identify", "traits": {"mobile": "13800138000", "contact": "+86 138 0013 8000",
+                                                      "workEmail": "A@B.CN", "note": "call 138 0013 8000", &long: 1}})),
+        &rules,
+    );
+    dictionary.observe(
+        &event(json!({"type": "track", "event": long.clone(), "properties": {"ref": "+49 30 1234567"}})),
+        &rules,
+    );
+    for name in ["mobile", "contact", "workEmail"] {
+        let field = &dictionary.traits[name];
+        assert!(field.personal && field.examples.is_empty(), "{name}: {field:?}");
+    }
+    assert_eq!(dictionary.traits["note"].examples, [json!("call 138 0013 8000")], "text that holds a number is text");
+    assert!(!dictionary.traits.contains_key(&long), "names over {MAX_NAME_CHARS} characters are not kept");
+    assert!(dictionary.sources["web"].events.is_empty());
+    assert_eq!(dictionary.overflow, 2);
+    let mut phones = Dictionary::default();
+    phones.observe(&event(json!({"type": "track", "event": "E", "properties": {"ref": "+49 30 1234567"}})), &rules);
+    assert!(phones.sources["web"].events["E"].properties["ref"].examples.is_empty(), "what looks like a phone number");
+
+    // Names not seen for a while are forgotten.
+    let mut old = observed();
+    old.forget_before(UtcTime::parse("2026-03-02T00:00:00Z").unwrap());
+    assert_eq!(old.sources["web"].events.keys().collect::<Vec<_>>(), ["Order Completed"], "seen on 03-02");
+    assert!(old.traits.is_empty() && !old.sources.contains_key("app"));
 }
 
 #[test]

@@ -34,13 +34,14 @@ pub(crate) struct Shared<'a> {
 
 type Checked<T> = Result<T, (FailureCode, String)>;
 
-/// Whether a context names a person without ids: an email or phone in its traits, or an external id.
+/// Whether a context names a person without ids: an email address or phone number in its traits (one that
+/// makes an identifier), or an external id.
 fn names_someone(context: &Option<Map<String, Value>>) -> bool {
     let Some(context) = context else { return false };
     let traits = context.get("traits").and_then(Value::as_object);
-    let personal = ["email", "phone"]
-        .iter()
-        .any(|k| traits.and_then(|t| t.get(*k)).and_then(Value::as_str).is_some_and(|v| !v.trim().is_empty()));
+    let text = |key: &str| traits.and_then(|t| t.get(key)).and_then(Value::as_str);
+    let personal = text("email").and_then(super::normalize_email).is_some()
+        || text("phone").and_then(|p| super::normalize_phone(p, None)).is_some();
     personal || context.get("externalIds").and_then(Value::as_array).is_some_and(|ids| !ids.is_empty())
 }
 

@@ -395,6 +395,8 @@ fn each<'t>(
         match normalize(object, shared, entropy) {
             Ok(mut event) => {
                 enricher.enrich(&mut event);
+                // Only the plan below says what an event's violations are.
+                event.context.remove("violations");
                 match source.tracking_plan.as_ref().map(|plan| super::plan::judge(plan, &event)) {
                     None | Some(super::plan::Verdict::Keep) => {}
                     Some(super::plan::Verdict::Flag(violations)) => {

@@ -452,7 +452,7 @@ fn the_sources_tracking_plan_flags_and_blocks() {
         {"type": "track", "userId": "u1", "messageId": "a", "event": "Signed Up", "properties": {"plan": "pro"}},
         {"type": "track", "userId": "u1", "messageId": "b", "event": "Signed Up", "properties": {}},
         {"type": "track", "userId": "u1", "messageId": "c", "event": "Played"},
-        {"type": "page", "userId": "u1", "messageId": "d"}
+        {"type": "page", "userId": "u1", "messageId": "d", "context": {"violations": ["forged by the client"]}}
     ]})
     .to_string();
     let auth = basic(&key);
@@ -462,6 +462,7 @@ fn the_sources_tracking_plan_flags_and_blocks() {
     let ids: Vec<&str> = batch.accepted.iter().map(|e| e.message_id.as_str()).collect();
     assert_eq!(ids, ["a", "c", "d"]);
     assert!(batch.accepted[0].context.get("violations").is_none());
+    assert!(batch.accepted[2].context.get("violations").is_none(), "only the plan says what a violation is");
     assert_eq!(
         batch.accepted[1].context["violations"],
         json!([{"path": "/event", "problem": "`Played` is not in the tracking plan"}])

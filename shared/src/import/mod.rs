@@ -121,6 +121,12 @@ struct Slot {
 }
 
 impl Mapping {
+    /// SHA-256 of the mapping's canonical JSON (its maps are sorted): what it makes of rows, whatever the
+    /// file's spacing.
+    pub fn sha256(&self) -> String {
+        crate::ids::sha256_hex(&serde_json::to_string(self).unwrap_or_default())
+    }
+
     /// Parses a mapping file.
     pub fn parse(json: &[u8]) -> Result<Self, Invalid> {
         serde_json::from_slice(json).map_err(|e| Invalid(format!("the mapping does not parse: {e}")))
@@ -459,9 +465,13 @@ fn short(value: &Value) -> String {
     }
 }
 
-/// A row's `messageId`: `import-` and the first 16 hex digits of the file's SHA-256, then the row's number.
-pub fn message_id(file_sha256: &str, row: u64) -> String {
-    format!("import-{}-{row}", &file_sha256[..file_sha256.len().min(16)])
+/// A row's `messageId`: `import-`, the first 16 hex digits of the file's SHA-256, the first 8 of the
+/// mapping's ([`Mapping::sha256`]), then the row's number. The same file through the same mapping gives the
+/// same ids (ingest drops them); a corrected mapping gives new ones.
+pub fn message_id(file_sha256: &str, mapping_sha256: &str, row: u64) -> String {
+    let file = &file_sha256[..file_sha256.len().min(16)];
+    let mapping = &mapping_sha256[..mapping_sha256.len().min(8)];
+    format!("import-{file}-{mapping}-{row}")
 }
 
 #[cfg(test)]

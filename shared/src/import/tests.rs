@@ -107,14 +107,17 @@ fn the_mapping_is_checked_before_any_row() {
 fn rows_go_through_the_collect_pipeline() {
     let (source, _) = new_source("crm", "CRM", &mut Entropy::from_seed([1; 32]));
     let mapping = contacts();
-    let good =
-        mapping.event(&row(&["C-1", "Li Lei", "li@example.com", "pro", "", "", ""]), &message_id("ab12", 2), now());
-    let nobody = mapping.event(&row(&["", "Nobody", "", "", "", "", ""]), &message_id("ab12", 3), now());
+    let good = mapping.event(
+        &row(&["C-1", "Li Lei", "li@example.com", "pro", "", "", ""]),
+        &message_id("ab12", "cd34ef", 2),
+        now(),
+    );
+    let nobody = mapping.event(&row(&["", "Nobody", "", "", "", "", ""]), &message_id("ab12", "cd34ef", 3), now());
     let texts = vec![good.unwrap(), nobody.unwrap()];
     let batch = collect_events(&source, &texts, now(), &mut Entropy::from_seed([2; 32]));
     assert_eq!(batch.accepted.len(), 1);
     let event = &batch.accepted[0];
-    assert_eq!((event.source_id.as_str(), event.message_id.as_str()), ("crm", "import-ab12-2"));
+    assert_eq!((event.source_id.as_str(), event.message_id.as_str()), ("crm", "import-ab12-cd34ef-2"));
     assert!(event.identifiers.iter().any(|i| i.kind == "email"), "{:?}", event.identifiers);
     assert_eq!(batch.failed.len(), 1);
     assert_eq!((batch.failed[0].index, batch.failed[0].code.to_string()), (1, "missing_identity".to_string()));

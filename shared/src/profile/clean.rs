@@ -1,4 +1,4 @@
-//! Cleaning (数据清洗) of trait and property values at ingest: trimmed, emails case-folded, phone numbers in
+//! Cleaning (数据清洗) of trait values at ingest: trimmed, emails case-folded, phone numbers in
 //! E.164, dates in ISO 8601 UTC, numbers from numeric strings, empty strings absent. The raw event keeps the
 //! value as sent; the profile holds the clean one. A value that cannot be cleaned is kept as sent and reported
 //! as a data-quality issue (the data dictionary counts them per name), never dropped.
@@ -217,6 +217,14 @@ fn calling_code(region: &str) -> Option<(&'static str, bool)> {
 /// cannot place): anything else in the text, or a number without a country, is a reason, not a guess.
 pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
     let trimmed = text.trim();
+    // `+44 (0)20 …`: the national trunk written beside the country code is not part of the number.
+    let without_trunk;
+    let trimmed = if trimmed.starts_with('+') && trimmed.contains("(0)") {
+        without_trunk = trimmed.replacen("(0)", "", 1);
+        without_trunk.as_str()
+    } else {
+        trimmed
+    };
     let mut digits = String::with_capacity(trimmed.len());
     for (i, c) in trimmed.chars().enumerate() {
         match c {
@@ -251,7 +259,9 @@ pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
 /// `YYYY.MM.DD` and `YYYY年M月D日`.
 pub fn iso_date(text: &str) -> Option<String> {
     let text = text.trim();
-    if let Some(time) = UtcTime::parse(text) {
+    // A date alone stays a date (a birthday is no instant): `UtcTime::parse` would read it as midnight.
+    let date_alone = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    if !date_alone && let Some(time) = UtcTime::parse(text) {
         return Some(time.to_string());
     }
     let normalized: String = text.replace(['/', '.', '年', '月'], "-").replace('日', "").trim().to_string();
@@ -311,6 +321,7 @@ mod tests {
         assert_eq!(cleaned(&us, "phone", json!("1-415-555-0100")), Some(json!("+14155550100")));
         let gb = CleaningRules { default_region: Some("GB".into()), ..CleaningRules::default() };
         assert_eq!(cleaned(&gb, "phone", json!("020 7946 0018")), Some(json!("+442079460018")));
+        assert_eq!(cleaned(&gb, "phone", json!("+44 (0)20 7946 0018")), Some(json!("+442079460018")));
         // Not cleanable: kept as sent, with the reason.
         let none = CleaningRules::default();
         assert!(
@@ -326,6 +337,7 @@ mod tests {
     fn dates_become_iso_8601_utc() {
         let rules = CleaningRules::default();
         assert_eq!(cleaned(&rules, "birthday", json!("1990/05/17")), Some(json!("1990-05-17")));
+        assert_eq!(rules.clean("birthday", &json!("1990-05-17")), Cleaned::Kept, "already ISO 8601");
         assert_eq!(cleaned(&rules, "birthday", json!("1990年5月7日")), Some(json!("1990-05-07")));
         assert_eq!(
             cleaned(&rules, "createdAt", json!("2024-03-05T10:00:00+08:00")),
