@@ -28,16 +28,7 @@ pub(crate) fn run(args: CatalogArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let store = FsStore::open(&args.data.data).context("opening the data folder")?;
     let mut dictionary = runtime.block_on(functions::catalog::load(&store))?;
-    if let Some(source) = &args.source {
-        dictionary.sources.retain(|id, _| id == source);
-    }
-    if let Some(event) = &args.event {
-        for source in dictionary.sources.values_mut() {
-            source.events.retain(|name, _| name == event);
-            source.calls.retain(|name, _| name == event);
-        }
-        dictionary.sources.retain(|_, s| !(s.events.is_empty() && s.calls.is_empty()));
-    }
+    dictionary.only(args.source.as_deref(), args.event.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&dictionary)?);
     } else {

@@ -48,6 +48,22 @@ impl UtcTime {
     }
 }
 
+/// The earlier of two optional instants (either when only one is there).
+pub fn earliest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The later of two optional instants (either when only one is there).
+pub fn latest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl fmt::Display for UtcTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Every stored event prints three of these: fill a fixed buffer instead of going through `write!`.

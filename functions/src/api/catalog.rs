@@ -45,15 +45,6 @@ pub(crate) async fn get<S: ObjectStore + Clone>(
     api.authorize(&headers, Scope::ConfigRead).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let mut dictionary = crate::catalog::load(api.store()).await?;
-    if let Some(source) = &query.source {
-        dictionary.sources.retain(|id, _| id == source);
-    }
-    if let Some(event) = &query.event {
-        for source in dictionary.sources.values_mut() {
-            source.events.retain(|name, _| name == event);
-            source.calls.retain(|name, _| name == event);
-        }
-        dictionary.sources.retain(|_, s| !(s.events.is_empty() && s.calls.is_empty()));
-    }
+    dictionary.only(query.source.as_deref(), query.event.as_deref());
     Ok(json_body(&dictionary).into_response())
 }

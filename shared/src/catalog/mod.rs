@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::event::{CanonicalEvent, EventType};
 use crate::profile::{Cleaned, ProfileRules};
 use crate::tags::{Catalog, ValueKind};
-use crate::time::UtcTime;
+use crate::time::{UtcTime, earliest, latest};
 
 /// Days of counts kept per event.
 pub const DAYS_KEPT: usize = 90;
@@ -216,6 +216,20 @@ impl Dictionary {
         self.traits.retain(|_, field| recent(field.last_seen));
     }
 
+    /// Only what `source` sent and only the event (or call type) `event`, where given.
+    pub fn only(&mut self, source: Option<&str>, event: Option<&str>) {
+        if let Some(source) = source {
+            self.sources.retain(|id, _| id == source);
+        }
+        if let Some(event) = event {
+            for source in self.sources.values_mut() {
+                source.events.retain(|name, _| name == event);
+                source.calls.retain(|name, _| name == event);
+            }
+            self.sources.retain(|_, s| !(s.events.is_empty() && s.calls.is_empty()));
+        }
+    }
+
     /// The track event names of every source.
     pub fn event_names(&self) -> BTreeSet<&str> {
         self.sources.values().flat_map(|s| s.events.keys().map(String::as_str)).collect()
@@ -255,7 +269,7 @@ impl Field {
                 None => return,
             },
         };
-        *self.types.entry(json_type(&value).to_string()).or_default() += 1;
+        *self.types.entry(crate::source::json_type(&value).to_string()).or_default() += 1;
         if !self.personal {
             self.example(value);
         }
@@ -350,18 +364,6 @@ fn prune_days(days: &mut BTreeMap<String, DayCount>) {
     }
 }
 
-/// A value's JSON type.
-pub fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// The kind most values have (nulls left out); `Other` for objects and arrays.
 fn dominant(types: &BTreeMap<&str, u64>) -> ValueKind {
     let top = types.iter().filter(|(k, _)| **k != "null").max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)));
@@ -370,20 +372,6 @@ fn dominant(types: &BTreeMap<&str, u64>) -> ValueKind {
         Some("string") => ValueKind::String,
         Some("boolean") => ValueKind::Boolean,
         _ => ValueKind::Other,
-    }
-}
-
-fn earliest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn latest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
     }
 }
 

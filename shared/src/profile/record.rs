@@ -9,7 +9,7 @@ use super::policy::{ProfileRules, TraitPolicy};
 use crate::event::{CanonicalEvent, EventType};
 use crate::identity::{IdKey, ProfileId};
 use crate::tags::ProfileTagState;
-use crate::time::UtcTime;
+use crate::time::{UtcTime, earliest, latest};
 
 /// A trait's value and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,20 +295,6 @@ fn beats(a: &TraitValue, b: &TraitValue, policy: &TraitPolicy) -> bool {
                 std::cmp::Ordering::Equal => later,
             }
         }
-    }
-}
-
-fn earliest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn latest(a: Option<UtcTime>, b: Option<UtcTime>) -> Option<UtcTime> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
     }
 }
 

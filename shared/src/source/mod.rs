@@ -7,4 +7,6 @@ mod config;
 mod plan;
 
 pub use config::{SourceConfig, SourceSettings, Sources, new_source, slug};
-pub use plan::{Format, Mode, Schema, TrackingPlan, Type, Types, Violation, violations_json, violations_text};
+pub use plan::{
+    Format, Mode, Schema, TrackingPlan, Type, Types, Violation, json_type, violations_json, violations_text,
+};

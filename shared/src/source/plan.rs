@@ -192,7 +192,8 @@ impl Type {
     }
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// A value's JSON type (`string`, `number`, `boolean`, `object`, `array`, `null`).
+pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -214,7 +215,7 @@ impl Schema {
             };
             if !types.iter().any(|t| t.admits(value)) {
                 let wanted: Vec<&str> = types.iter().map(|t| t.name()).collect();
-                problem(format!("is {}, the plan says {}", kind_of(value), wanted.join(" or ")));
+                problem(format!("is {}, the plan says {}", json_type(value), wanted.join(" or ")));
                 return;
             }
         }
