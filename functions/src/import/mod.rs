@@ -245,7 +245,7 @@ impl Context {
         let mut numbers = Vec::with_capacity(rows.len());
         for (row, cells) in rows {
             let id = message_id(&self.sha256, &self.mapping_sha256, row);
-            match cells.and_then(|cells| self.mapping.event(&cells, &id, now)) {
+            match cells.and_then(|cells| self.mapping.event(&cells, &id, now).map_err(|reason| reason.0)) {
                 Ok(text) => {
                     texts.push(text);
                     numbers.push(row);

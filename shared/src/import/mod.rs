@@ -234,7 +234,11 @@ impl Compiled {
     /// The JSON of the event a row becomes (`cells` by column position; `None` or `""` is empty), with
     /// `message_id`; `now` is the timestamp when none is mapped. A cell that does not read as its type is the
     /// row's problem. Written as text directly: this runs once per row of files of millions.
-    pub fn event(&self, cells: &[Option<Value>], message_id: &str, now: UtcTime) -> Result<String, String> {
+    pub fn event(&self, cells: &[Option<Value>], message_id: &str, now: UtcTime) -> Result<String, Invalid> {
+        self.write_event(cells, message_id, now).map_err(Invalid)
+    }
+
+    fn write_event(&self, cells: &[Option<Value>], message_id: &str, now: UtcTime) -> Result<String, String> {
         let mut out = Json(Vec::with_capacity(384));
         out.raw(match self.kind {
             CallKind::Identify => r#"{"type":"identify","messageId":"#,

@@ -55,11 +55,11 @@ fn a_row_becomes_an_identify_call() {
 
 #[test]
 fn a_cell_that_does_not_read_as_its_type_is_the_rows_problem() {
-    let bad = contacts().event(&row(&["C-1", "x", "", "", "thirty", "", ""]), "m", now()).unwrap_err();
+    let bad = contacts().event(&row(&["C-1", "x", "", "", "thirty", "", ""]), "m", now()).unwrap_err().0;
     assert_eq!(bad, "traits.age: `thirty` in column `age` is not a number");
-    let bad = contacts().event(&row(&["C-1", "x", "", "", "", "maybe", ""]), "m", now()).unwrap_err();
+    let bad = contacts().event(&row(&["C-1", "x", "", "", "", "maybe", ""]), "m", now()).unwrap_err().0;
     assert_eq!(bad, "traits.vip: `maybe` in column `vip` is not true or false");
-    let bad = contacts().event(&row(&["C-1", "x", "", "", "", "", "2024-05-17"]), "m", now()).unwrap_err();
+    let bad = contacts().event(&row(&["C-1", "x", "", "", "", "", "2024-05-17"]), "m", now()).unwrap_err().0;
     assert_eq!(bad, "`2024-05-17` in column `signup` is not a date in the format `%d/%m/%Y`");
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::collect::normalize_phone;
+use crate::error::Invalid;
 use crate::time::UtcTime;
 
 /// One cleaning step.
@@ -83,12 +84,12 @@ const NUMERIC: [&str; 6] = ["revenue", "total", "value", "price", "quantity", "a
 
 impl CleaningRules {
     /// The checks a configuration must pass: a known default region.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         match &self.default_region {
-            Some(region) if calling_code(region).is_none() => Err(format!(
+            Some(region) if calling_code(region).is_none() => Err(Invalid(format!(
                 "cleaning.defaultRegion: `{region}` is not a region known for phone numbers (known: {})",
                 REGIONS.iter().map(|(r, _, _)| *r).collect::<Vec<_>>().join(", ")
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -158,7 +159,7 @@ impl CleaningRules {
             Clean::EmptyAbsent if text.is_empty() => return Ok(None),
             Clean::EmptyAbsent => value.clone(),
             Clean::Lowercase => Value::String(text.to_lowercase()),
-            Clean::Phone => Value::String(e164(text, self.default_region.as_deref())?),
+            Clean::Phone => Value::String(e164(text, self.default_region.as_deref()).map_err(|reason| reason.0)?),
             Clean::Date => Value::String(iso_date(text).ok_or_else(|| format!("`{}` is not a date", clip(text)))?),
             Clean::Number => {
                 let n = text
@@ -215,7 +216,7 @@ fn calling_code(region: &str) -> Option<(&'static str, bool)> {
 /// or `00` starts an international number; a number without a country code takes `region`'s, its trunk `0`
 /// dropped where the region writes one. Stricter than the identifier's [`normalize_phone`] (which keeps what it
 /// cannot place): anything else in the text, or a number without a country, is a reason, not a guess.
-pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
+pub fn e164(text: &str, region: Option<&str>) -> Result<String, Invalid> {
     let trimmed = text.trim();
     // `+44 (0)20 …`: the national trunk written beside the country code is not part of the number.
     let without_trunk;
@@ -231,7 +232,7 @@ pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
             '0'..='9' => digits.push(c),
             '+' if i == 0 => {}
             ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
-            _ => return Err(format!("`{}` is not a phone number: it holds `{c}`", clip(text))),
+            _ => return Err(Invalid(format!("`{}` is not a phone number: it holds `{c}`", clip(text)))),
         }
     }
     let international = trimmed.starts_with('+') || digits.starts_with("00");
@@ -239,7 +240,7 @@ pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
         trimmed.to_string()
     } else {
         let Some(region) = region else {
-            return Err(format!("`{}` has no country code and no default region is set", clip(text)));
+            return Err(Invalid(format!("`{}` has no country code and no default region is set", clip(text))));
         };
         let (code, trunk) =
             calling_code(region).ok_or_else(|| format!("`{region}` is not a region known for phone numbers"))?;
@@ -251,7 +252,7 @@ pub fn e164(text: &str, region: Option<&str>) -> Result<String, String> {
     };
     normalize_phone(&written, None)
         .filter(|phone| phone.starts_with("+") && !phone.starts_with("+0"))
-        .ok_or_else(|| format!("`{}` is not a phone number: E.164 has 8 to 15 digits", clip(text)))
+        .ok_or_else(|| Invalid(format!("`{}` is not a phone number: E.164 has 8 to 15 digits", clip(text))))
 }
 
 /// A date or date-time as ISO 8601: `YYYY-MM-DD` for a date alone, `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC) for a
