@@ -1,11 +1,11 @@
-//! `cdp source add|list`.
+//! `cdp source add|plan|secret|list`.
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use functions::collect::load_sources;
 use functions::storage::FsStore;
 use shared::ids::Entropy;
-use shared::source::{SourceConfig, new_source, slug};
+use shared::source::{SourceConfig, SourceKind, new_source, slug};
 
 use crate::DataArgs;
 
@@ -21,6 +21,28 @@ pub(crate) enum SourceCommand {
         /// Browser origin allowed to send (repeatable); default: any.
         #[arg(long = "origin")]
         origins: Vec<String>,
+        /// What sends to it: `http` (SDKs, servers, the pixel; a write key is made) or a SaaS system's signed
+        /// webhooks to POST /v1/webhooks/<id>: `shopify`, `stripe`, `webhook` (Standard Webhooks).
+        #[arg(long, default_value = "http")]
+        kind: String,
+        /// A webhook source's signing secret (the sender's: Shopify's app secret, Stripe's `whsec_…`, a
+        /// Standard Webhooks `whsec_…`); default: the CDP_SIGNING_SECRET environment variable.
+        #[arg(long)]
+        signing_secret: Option<String>,
+        /// A `webhook` source's mapping: JSON as a file import's, its columns JSON pointers into the payload.
+        #[arg(long)]
+        mapping: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Set or rotate a webhook source's signing secret (from --signing-secret or CDP_SIGNING_SECRET); the
+    /// collectors verify with it within seconds.
+    Secret {
+        /// The source's id.
+        id: String,
+        /// The new secret.
+        #[arg(long)]
+        signing_secret: Option<String>,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -48,9 +70,40 @@ pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         match command {
-            SourceCommand::Add { name, id, origins, data } => {
+            SourceCommand::Add { name, id, origins, kind, signing_secret, mapping, data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
                 let id = id.unwrap_or_else(|| slug(&name));
+                let kind = SourceKind::parse(&kind)
+                    .with_context(|| format!("--kind {kind:?}: one of {}", SourceKind::NAMES.join(", ")))?;
+                if kind.is_webhook() {
+                    let secret = secret_given(signing_secret)?;
+                    let mapping = match mapping {
+                        Some(file) => {
+                            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                            Some(
+                                shared::import::Mapping::parse(&bytes)
+                                    .with_context(|| format!("{} is not a mapping", file.display()))?,
+                            )
+                        }
+                        None => None,
+                    };
+                    let source = create_webhook(&store, &id, &name, kind, &secret, mapping).await?;
+                    println!(
+                        "created {} source {:?} ({}) in {}",
+                        kind.as_str(),
+                        source.id,
+                        source.name,
+                        data.data.display()
+                    );
+                    println!(
+                        "senders post to /v1/webhooks/{} on the collector (its signing secret is stored apart)",
+                        source.id
+                    );
+                    return Ok(());
+                }
+                if signing_secret.is_some() || mapping.is_some() {
+                    bail!("--signing-secret and --mapping are for webhook sources (--kind shopify|stripe|webhook)");
+                }
                 let (source, key) = create(&store, &id, &name, origins).await?;
                 println!("created source {:?} ({}) in {}", source.id, source.name, data.data.display());
                 println!("write key (shown once; only its hash is stored):");
@@ -98,17 +151,37 @@ pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            SourceCommand::Secret { id, signing_secret, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                let secret = secret_given(signing_secret)?;
+                let sources = load_sources(&store).await?;
+                let source = sources.list().iter().find(|s| s.id == id).with_context(|| format!("no source {id:?}"))?;
+                source.kind.check_secret(&secret).map_err(|problem| anyhow::anyhow!("--signing-secret: {problem}"))?;
+                functions::collect::update_source_secrets(&store, |secrets| {
+                    secrets.set(&id, &secret);
+                    Ok::<_, anyhow::Error>(())
+                })
+                .await?;
+                functions::audit::record(
+                    &store,
+                    crate::access::operator(),
+                    "source.rotate_secret",
+                    &format!("source:{id}"),
+                    functions::audit::Change::default(),
+                )
+                .await?;
+                println!("source {id}: signing secret set");
+                Ok(())
+            }
             SourceCommand::List { data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
                 let sources = load_sources(&store).await?;
                 for s in sources.list() {
-                    println!(
-                        "{}\t{}\t{}\torigins: {}",
-                        s.id,
-                        s.name,
-                        if s.enabled { "enabled" } else { "disabled" },
-                        s.allowed_origins.join(" ")
-                    );
+                    let reach = match s.kind {
+                        SourceKind::Http => format!("origins: {}", s.allowed_origins.join(" ")),
+                        kind => format!("{} webhooks to /v1/webhooks/{}", kind.as_str(), s.id),
+                    };
+                    println!("{}\t{}\t{}\t{reach}", s.id, s.name, if s.enabled { "enabled" } else { "disabled" });
                 }
                 Ok(())
             }
@@ -140,4 +213,47 @@ pub(crate) async fn create(
     functions::audit::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change)
         .await?;
     Ok((source, key))
+}
+
+/// The signing secret from the flag, else from `CDP_SIGNING_SECRET` (kept out of shell history).
+fn secret_given(flag: Option<String>) -> anyhow::Result<String> {
+    flag.or_else(|| std::env::var("CDP_SIGNING_SECRET").ok())
+        .filter(|s| !s.trim().is_empty())
+        .context("a webhook source needs its sender's signing secret: --signing-secret, or CDP_SIGNING_SECRET")
+}
+
+/// Adds a webhook source (its write key made but never shown: webhooks authenticate by signature) and stores
+/// its signing secret apart; both changes under compare-and-swap and audited (the secret never in the record).
+pub(crate) async fn create_webhook(
+    store: &FsStore,
+    id: &str,
+    name: &str,
+    kind: SourceKind,
+    secret: &str,
+    mapping: Option<shared::import::Mapping>,
+) -> anyhow::Result<SourceConfig> {
+    kind.check_secret(secret).map_err(|problem| anyhow::anyhow!("--signing-secret: {problem}"))?;
+    let (mut source, _) = new_source(id, name, &mut Entropy::from_seed(crate::seed()));
+    source.kind = kind;
+    source.mapping = mapping;
+    if load_sources(store).await?.list().iter().any(|s| s.id == id) {
+        bail!("a source with id {id:?} already exists");
+    }
+    // The secret first: a source that exists can verify from its first webhook.
+    functions::collect::update_source_secrets(store, |secrets| {
+        secrets.set(id, secret);
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?;
+    functions::collect::update_sources(store, |sources| {
+        if sources.list().iter().any(|s| s.id == id) {
+            bail!("a source with id {id:?} already exists");
+        }
+        Ok(sources.add(source.clone())?)
+    })
+    .await?;
+    let change = functions::audit::Change { after: Some(serde_json::to_value(&source)?), ..Default::default() };
+    functions::audit::record(store, crate::access::operator(), "source.create", &format!("source:{id}"), change)
+        .await?;
+    Ok(source)
 }

@@ -46,6 +46,13 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
                 Err(error) => misconfigured(&error),
             }
         }
+        Route::Webhook(source_id) => {
+            let body = req.bytes().await.unwrap_or_default();
+            match S3::from_env(&env) {
+                Ok(s3) => webhook(&s3, &env, &req, source_id, &body).await,
+                Err(error) => misconfigured(&error),
+            }
+        }
         Route::Pixel(kind) => {
             let query = req.url().ok().and_then(|url| url.query().map(str::to_string));
             let answer = match shared::collect::pixel::body_of(query.as_deref()) {
@@ -99,10 +106,39 @@ async fn collect(
         return Answer::error(500, "internal", "no randomness available");
     }
     let mut entropy = Entropy::from_seed(seed);
-    let mut batch = match shared::collect::collect(&request, &sources, now, &mut entropy) {
-        shared::collect::Collected::Rejected(answer) => return answer,
-        shared::collect::Collected::Kept(batch) => batch,
+    match shared::collect::collect(&request, &sources, now, &mut entropy) {
+        shared::collect::Collected::Rejected(answer) => answer,
+        shared::collect::Collected::Kept(batch) => store(s3, env, batch, now, &mut entropy).await,
+    }
+}
+
+/// `POST /v1/webhooks/<source id>`: the sender's signature checked with the source's secret, the payload
+/// through its mapping, what is kept stored as a request's events are.
+async fn webhook(s3: &S3, env: &Env, req: &Request, source_id: &str, body: &[u8]) -> Answer {
+    let config = futures_join(sources::get(s3, env), sources::secrets(s3, env)).await;
+    let (sources, secrets) = match config {
+        (Ok(sources), Ok(secrets)) => (sources, secrets),
+        (Err(error), _) | (_, Err(error)) => {
+            worker::console_error!("sources or their secrets unavailable: {error}");
+            return Answer::config_unavailable();
+        }
     };
+    let request = shared::collect::webhook::WebhookRequest::new(source_id, body, |name| header(req, name));
+    let now = now();
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        return Answer::error(500, "internal", "no randomness available");
+    }
+    let mut entropy = Entropy::from_seed(seed);
+    match shared::collect::webhook::receive(&request, &sources, &secrets, now, &mut entropy) {
+        shared::collect::Collected::Rejected(answer) => answer,
+        shared::collect::Collected::Kept(batch) => store(s3, env, batch, now, &mut entropy).await,
+    }
+}
+
+/// Stores a kept batch, then answers: suppressed people's events dropped and counted, the accepted and failed
+/// objects written concurrently; 503 unless all of it is durable.
+async fn store(s3: &S3, env: &Env, mut batch: shared::collect::Batch, now: UtcTime, entropy: &mut Entropy) -> Answer {
     // Suppressed people's events are never stored, only counted. A list that cannot be read keeps nothing.
     let suppression = match sources::suppression(s3, env).await {
         Ok(list) => list,

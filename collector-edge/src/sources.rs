@@ -1,5 +1,6 @@
-//! `config/sources.json` and the suppression list (`privacy/v1/suppressed.json`), read from the bucket and
-//! cached per isolate for `CONFIG_TTL_SECONDS` (default 30).
+//! `config/sources.json`, the webhook sources' signing secrets (`secrets/v1/sources.json`, read only for a
+//! webhook) and the suppression list (`privacy/v1/suppressed.json`), read from the bucket and cached per
+//! isolate for `CONFIG_TTL_SECONDS` (default 30).
 //!
 //! Why the bucket and not a wrangler var: sources, keys and suppressions change at run time (`cdp source add`,
 //! the API), and the bucket is where every component already reads configuration; a var would need a redeploy
@@ -10,8 +11,9 @@ use std::rc::Rc;
 use std::thread::LocalKey;
 
 use shared::access::{IDENTIFIER_KEY_OBJECT, IdentifierKey, SUPPRESSED_KEY, Suppression, SuppressionCheck};
-use shared::source::Sources;
+use shared::source::{SourceSecrets, Sources};
 use shared::storage::CONFIG_SOURCES;
+use shared::storage::keys::SOURCE_SECRETS;
 use worker::Env;
 
 use crate::s3::S3;
@@ -21,6 +23,7 @@ type Slot<T> = RefCell<Option<(i64, Rc<T>)>>;
 thread_local! {
     static SOURCES: Slot<Sources> = const { RefCell::new(None) };
     static SUPPRESSION: Slot<Suppression> = const { RefCell::new(None) };
+    static SECRETS: Slot<SourceSecrets> = const { RefCell::new(None) };
     /// The identifier key never changes: read once per isolate.
     static KEY: RefCell<Option<IdentifierKey>> = const { RefCell::new(None) };
 }
@@ -28,6 +31,11 @@ thread_local! {
 /// The sources.
 pub(crate) async fn get(s3: &S3, env: &Env) -> Result<Rc<Sources>, String> {
     cached(&SOURCES, CONFIG_SOURCES, |bytes| Sources::from_json(bytes).map_err(|e| e.to_string()), s3, env).await
+}
+
+/// The webhook sources' signing secrets.
+pub(crate) async fn secrets(s3: &S3, env: &Env) -> Result<Rc<SourceSecrets>, String> {
+    cached(&SECRETS, SOURCE_SECRETS, |bytes| SourceSecrets::from_json(bytes).map_err(|e| e.to_string()), s3, env).await
 }
 
 /// The suppression list with the deployment's identifier key its hashes are made with (`None` when nothing is

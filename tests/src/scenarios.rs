@@ -27,6 +27,111 @@ pub fn suppression_files() -> [(&'static str, Vec<u8>); 2] {
     ]
 }
 
+/// The webhook sources the scenarios expect: `(id, kind, signing secret, mapping file under tests/fixtures/)`.
+pub const WEBHOOK_SOURCES: [(&str, &str, &str, Option<&str>); 3] = [
+    ("shop", "shopify", "shpss_2f7c1b0e9a8d4c6b", None),
+    ("billing", "stripe", "whsec_test_5Wk0aZ4p7Qm2Lx9Rv3Tb", None),
+    ("crm", "webhook", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", Some("webhooks/standard-webhook-mapping.json")),
+];
+
+/// The webhook sources and their secrets, as a shell's store holds them (for a store written directly).
+pub fn webhook_sources() -> (Vec<shared::source::SourceConfig>, shared::source::SourceSecrets) {
+    let mut sources = Vec::new();
+    let mut secrets = shared::source::SourceSecrets::default();
+    for (i, (id, kind, secret, mapping)) in WEBHOOK_SOURCES.into_iter().enumerate() {
+        let (mut source, _) =
+            shared::source::new_source(id, id, &mut shared::ids::Entropy::from_seed([i as u8 + 60; 32]));
+        source.kind = shared::source::SourceKind::parse(kind).expect("a kind");
+        source.mapping =
+            mapping.map(|file| shared::import::Mapping::parse(fixture(file).as_bytes()).expect("a mapping"));
+        sources.push(source);
+        secrets.set(id, secret);
+    }
+    (sources, secrets)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64
+}
+
+/// Inbound webhooks signed as Shopify, Stripe and Standard Webhooks senders sign, through the shell at `url`.
+fn webhooks(url: &str, bucket: &dyn Bucket) {
+    use shared::collect::webhook::verify::sign;
+    let [(_, _, shopify_secret, _), (_, _, stripe_secret, _), (_, _, standard_secret, _)] = WEBHOOK_SOURCES;
+    let order = fixture("webhooks/shopify-orders-create.json");
+    let shopify = |topic: &str, secret: &str, body: &str| {
+        let signature = sign::shopify(secret, body.as_bytes());
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-shopify-topic", topic),
+            ("x-shopify-hmac-sha256", signature.as_str()),
+            ("x-shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+        ];
+        send("POST", &format!("{url}/v1/webhooks/shop"), body.as_bytes(), &headers).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let before = bucket.snapshot().objects();
+    let reply = shopify("orders/create", "not-the-shop-secret", &order);
+    assert_eq!((reply.status, reply.json()["code"].clone()), (401, json!("invalid_signature")), "{}", reply.body);
+    let reply =
+        send("POST", &format!("{url}/v1/webhooks/shop"), order.as_bytes(), &[("x-shopify-topic", "orders/create")]);
+    assert_eq!(reply.map(|r| r.status), Ok(401), "unsigned");
+    let reply = send("POST", &format!("{url}/v1/webhooks/nowhere"), order.as_bytes(), &[]).map(|r| r.status);
+    assert_eq!(reply, Ok(404));
+    assert_eq!(bucket.snapshot().objects(), before, "a refused webhook stores nothing");
+
+    for topic in ["orders/create", "orders/paid"] {
+        let reply = shopify(topic, shopify_secret, &order);
+        assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{topic}: {}", reply.body);
+    }
+    let reply = shopify("products/update", shopify_secret, r#"{"id": 632910392, "title": "IPod Nano - 8GB"}"#);
+    assert_eq!((reply.status, reply.json()["failed"].clone()), (200, json!(1)), "{}", reply.body);
+    assert_eq!(reply.json()["errors"][0]["code"], "unmapped_payload");
+
+    let session = fixture("webhooks/stripe-checkout-session-completed.json");
+    let stripe = |seconds: i64| {
+        let signature = sign::stripe(stripe_secret, session.as_bytes(), seconds);
+        let headers = [("content-type", "application/json"), ("stripe-signature", signature.as_str())];
+        send("POST", &format!("{url}/v1/webhooks/billing"), session.as_bytes(), &headers)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let stale = stripe(unix_now() - 600);
+    assert_eq!(stale.status, 401, "{}", stale.body);
+    assert!(stale.json()["message"].as_str().is_some_and(|m| m.contains("s old")), "{}", stale.body);
+    let reply = stripe(unix_now());
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{}", reply.body);
+
+    let contact = fixture("webhooks/standard-webhook.json");
+    let at = unix_now().to_string();
+    let signature = sign::standard(standard_secret, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", unix_now(), contact.as_bytes())
+        .expect("a whsec_ secret");
+    let headers = [
+        ("content-type", "application/json"),
+        ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+        ("webhook-timestamp", at.as_str()),
+        ("webhook-signature", signature.as_str()),
+    ];
+    let reply =
+        send("POST", &format!("{url}/v1/webhooks/crm"), contact.as_bytes(), &headers).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(1)), "{}", reply.body);
+
+    let stored: Vec<CanonicalEvent> = bucket.snapshot().raw.into_iter().flat_map(|(_, events)| events).collect();
+    let orders: Vec<&CanonicalEvent> =
+        stored.iter().filter(|e| e.message_id == "shopify-order-820982911946154508").collect();
+    assert_eq!(orders.len(), 2, "both deliveries stored under one messageId, so ingest keeps one");
+    let order = orders[0];
+    assert_eq!((order.event.as_deref(), order.source_id.as_str()), (Some("Order Completed"), "shop"));
+    let properties = order.properties.clone().unwrap_or_default();
+    assert_eq!((properties["revenue"].clone(), properties["currency"].clone()), (json!(388.0), json!("USD")));
+    assert!(order.identifiers.iter().any(|i| i.kind == "email" && i.value == "jon@example.com"));
+    let paid = stored.iter().find(|e| e.source_id == "billing").expect("the Stripe order");
+    assert_eq!(paid.properties.as_ref().map(|p| p["total"].clone()), Some(json!(24.2)));
+    let contact = stored.iter().find(|e| e.source_id == "crm").expect("the Standard Webhooks event");
+    assert_eq!(
+        (contact.event.as_deref(), contact.message_id.as_str()),
+        (Some("contact.created"), "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W")
+    );
+}
+
 /// Everything a collector stored under `raw/` and `failed/`, decoded, and the suppressed events it counted.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -241,6 +346,8 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     let reply = send("GET", &format!("{url}/v1/pixel/track?data=***"), b"", &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((reply.status, reply.header("x-cdp-error")), (400, Some("invalid_pixel")));
 
+    webhooks(url, bucket);
+
     // A suppressed person's event is acknowledged, counted, and never stored; the other in the batch is.
     let events = json!({"batch": [
         {"type": "track", "event": "Tracked", "userId": SUPPRESSED_USER, "messageId": "sup-1"},
@@ -249,7 +356,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(2)), "{}", reply.body);
 
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (7, 1, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (11, 2, 1));
     assert!(
         snapshot.raw.iter().flat_map(|(_, e)| e).all(|e| e.user_id.as_deref() != Some(SUPPRESSED_USER)),
         "nothing of the suppressed person is stored"

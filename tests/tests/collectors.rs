@@ -9,7 +9,7 @@ use cdp_e2e::local_s3::LocalS3;
 use cdp_e2e::procs::{CdpUp, Wrangler, cdp_source_add};
 use cdp_e2e::scenarios::{self, Bucket, Snapshot};
 use cdp_e2e::{fixture, local_s3};
-use functions::collect::update_sources;
+use functions::collect::{update_source_secrets, update_sources};
 use functions::storage::{ObjectStore, conformance};
 use shared::ids::Entropy;
 use shared::source::{Sources, new_source};
@@ -65,12 +65,21 @@ fn s3_source(s3: &LocalS3) -> String {
     source.allowed_origins = vec!["https://*.shop.example".into()];
     let mut sources = Sources::default();
     sources.add(source).expect("valid source");
+    let (webhooks, secrets) = scenarios::webhook_sources();
+    for webhook in webhooks {
+        sources.add(webhook).expect("valid webhook source");
+    }
     let store = s3.store();
     let write = update_sources(&store, |all| {
         *all = sources.clone();
         Ok::<_, functions::Error>(())
     });
     s3.block_on(write).expect("write sources to S3");
+    let write = update_source_secrets(&store, |all| {
+        *all = secrets.clone();
+        Ok::<_, functions::Error>(())
+    });
+    s3.block_on(write).expect("write the webhook sources' secrets to S3");
     for (object, bytes) in scenarios::suppression_files() {
         s3.block_on(s3.store().put(object, bytes, functions::storage::PutOptions::json()))
             .expect("write the suppression list and its key to S3");
@@ -93,6 +102,21 @@ fn local_collector(dir: &Path) -> (CdpUp, String) {
         serde_json::from_slice(&std::fs::read(&path).expect("sources file")).expect("json");
     file["sources"][0]["allowedOrigins"] = serde_json::json!(["https://*.shop.example"]);
     std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write sources");
+    // The webhook sources as an operator makes them, the secret from the environment (kept out of history).
+    for (id, kind, secret, mapping) in scenarios::WEBHOOK_SOURCES {
+        let mut command = std::process::Command::new(cdp_e2e::procs::cdp_bin());
+        command
+            .args(["source", "add", id, "--id", id, "--kind", kind, "--data"])
+            .arg(dir)
+            .env("CDP_SIGNING_SECRET", secret);
+        if let Some(mapping) = mapping {
+            command.arg("--mapping").arg(cdp_e2e::repo_root().join("tests/fixtures").join(mapping));
+        }
+        let output = command.output().expect("running cdp source add --kind");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains(&format!("/v1/webhooks/{id}")) && !stdout.contains(secret), "{stdout}");
+    }
     for (object, bytes) in scenarios::suppression_files() {
         let path = dir.join(object);
         std::fs::create_dir_all(path.parent().expect("folder")).expect("folder");
@@ -168,7 +192,7 @@ fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (up, local_key) = local_collector(dir.path());
     let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
-    assert_eq!(edge.accepted.len(), 15);
+    assert_eq!(edge.accepted.len(), 19);
     assert_eq!(edge, local, "one core, two shells: the same stored results");
 
     // The browser library from the worker, and a page in headless Chromium sending through it.

@@ -8,7 +8,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use functions::collect::handle;
+use functions::collect::{handle, handle_webhook};
+use shared::collect::webhook::WebhookRequest;
 use shared::collect::{Answer, CollectRequest, Endpoint, MAX_REQUEST_BYTES, Route, preflight, route};
 
 use super::AppState;
@@ -48,6 +49,18 @@ pub(super) async fn serve(
             }
             Err(problem) => Answer::error(400, "invalid_pixel", &problem).pixel(),
         },
+        Route::Webhook(source_id) => {
+            let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1024).await {
+                Ok(body) => body,
+                Err(error) if error.to_string().contains("did not arrive") => {
+                    return to_response(Answer::error(408, "request_timeout", &error.to_string()));
+                }
+                Err(_) => Bytes::from(vec![b' '; MAX_REQUEST_BYTES + 1]),
+            };
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let request = WebhookRequest::new(source_id, &body, header);
+            webhook(&state, &request).await
+        }
         Route::Collect(endpoint) => {
             // Read a little past the limit so the core can name the size in its 400.
             let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES + 1024).await {
@@ -91,6 +104,38 @@ async fn collect(state: &AppState, request: &CollectRequest<'_>) -> Answer {
         }
         Err(error) => {
             tracing::error!(%error, "sources or the suppression list unavailable");
+            Answer::config_unavailable()
+        }
+    }
+}
+
+/// Runs an inbound webhook through its source's check and mapping, stores what it keeps and hands the raw
+/// object to ingest.
+async fn webhook(state: &AppState, request: &WebhookRequest<'_>) -> Answer {
+    let config = tokio::try_join!(
+        state.sources.get(&state.store),
+        state.sources.secrets(&state.store),
+        state.sources.suppression(&state.store)
+    );
+    match config {
+        Ok((sources, secrets, suppression)) => {
+            let handled = handle_webhook(
+                &state.store,
+                &sources,
+                &secrets,
+                suppression.as_ref().as_ref(),
+                request,
+                crate::now(),
+                crate::seed(),
+            )
+            .await;
+            if let Some(key) = handled.raw_key {
+                let _ = state.ingest.send(key);
+            }
+            handled.answer
+        }
+        Err(error) => {
+            tracing::error!(%error, "sources, their secrets or the suppression list unavailable");
             Answer::config_unavailable()
         }
     }

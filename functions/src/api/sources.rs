@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::access::Scope;
 use shared::ids::Entropy;
-use shared::source::{SourceConfig, SourceSettings, Sources, new_source, slug};
+use shared::source::{SourceConfig, SourceKind, SourceSettings, Sources, new_source, slug};
 
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::storage::ObjectStore;
@@ -29,6 +29,15 @@ pub(crate) struct NewSource {
     /// `{"collectIp": bool, "anonymizeIp": bool, "defaultCallingCode": "49"}`.
     #[schema(value_type = Option<Object>)]
     settings: Option<SourceSettings>,
+    /// `http` (default: SDKs and servers with a write key), or a SaaS system's signed webhooks to
+    /// `POST /v1/webhooks/<id>`: `shopify`, `stripe`, `webhook` (Standard Webhooks).
+    #[schema(value_type = Option<String>)]
+    kind: Option<SourceKind>,
+    /// A webhook source's signing secret (required for those kinds; stored apart, never shown).
+    signing_secret: Option<String>,
+    /// A `webhook` source's mapping (docs/data.md): a file import's mapping whose columns are JSON pointers.
+    #[schema(value_type = Option<Object>)]
+    mapping: Option<shared::import::Mapping>,
 }
 
 /// Changes to a source; absent fields stay.
@@ -50,6 +59,11 @@ pub(crate) struct SourcePatch {
     #[schema(value_type = Option<Object>)]
     #[serde(default, deserialize_with = "present")]
     tracking_plan: Option<Option<shared::source::TrackingPlan>>,
+    /// A webhook source's new signing secret (rotation: the old one stops verifying within seconds).
+    signing_secret: Option<String>,
+    /// A `webhook` source's new mapping.
+    #[schema(value_type = Option<Object>)]
+    mapping: Option<shared::import::Mapping>,
 }
 
 /// A field that may be given as `null` (`Some(None)`), apart from absent (`None`).
@@ -57,10 +71,26 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resul
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A source as shown: without its key's hash.
+/// A source as shown: without its key's hash (nor, for a webhook source, its secret, which is stored apart).
 fn shown(source: &SourceConfig) -> Value {
-    json!({"id": source.id, "name": source.name, "allowedOrigins": source.allowed_origins,
-           "settings": source.settings, "enabled": source.enabled, "trackingPlan": source.tracking_plan})
+    let mut shown = json!({"id": source.id, "name": source.name, "kind": source.kind,
+           "allowedOrigins": source.allowed_origins, "settings": source.settings, "enabled": source.enabled,
+           "trackingPlan": source.tracking_plan});
+    if source.kind.is_webhook() {
+        shown["webhookPath"] = format!("/v1/webhooks/{}", source.id).into();
+        shown["mapping"] = json!(source.mapping);
+    }
+    shown
+}
+
+/// Stores a webhook source's signing secret after checking it suits the kind.
+async fn set_secret<S: ObjectStore>(store: &S, id: &str, kind: SourceKind, secret: &str) -> Result<(), ApiError> {
+    kind.check_secret(secret).map_err(|problem| ApiError::invalid(format!("signingSecret: {problem}")))?;
+    crate::collect::update_source_secrets(store, |secrets| {
+        secrets.set(id, secret);
+        Ok::<_, ApiError>(())
+    })
+    .await
 }
 
 async fn load<S: ObjectStore>(store: &S) -> Result<Sources, ApiError> {
@@ -101,6 +131,21 @@ async fn create<S: ObjectStore + Clone>(
         return Err(ApiError::invalid("name: 1 to 200 characters"));
     }
     let id = request.id.clone().unwrap_or_else(|| slug(&request.name));
+    let kind = request.kind.unwrap_or_default();
+    match (kind.is_webhook(), &request.signing_secret) {
+        (true, None) => {
+            return Err(ApiError::invalid("signingSecret: a webhook source needs its sender's signing secret"));
+        }
+        (false, Some(_)) => return Err(ApiError::invalid("signingSecret: only webhook sources have one")),
+        _ => {}
+    }
+    if load(api.store()).await?.list().iter().any(|s| s.id == id) {
+        return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
+    }
+    if let Some(secret) = &request.signing_secret {
+        // Before the source: it verifies from its first webhook.
+        set_secret(api.store(), &id, kind, secret).await?;
+    }
     let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
     let (source, key) = update(api.store(), |sources| {
         if sources.list().iter().any(|s| s.id == id) {
@@ -113,13 +158,21 @@ async fn create<S: ObjectStore + Clone>(
         if let Some(settings) = &request.settings {
             source.settings = settings.clone();
         }
+        source.kind = kind;
+        source.mapping = request.mapping.clone();
         sources.add(source.clone()).map_err(ApiError::invalid)?;
         Ok((source, key))
     })
     .await?;
     let change = Change { after: Some(shown(&source)), ..Change::default() };
     api.audit(actor, "source.create", &format!("source:{id}"), change).await?;
-    Ok((StatusCode::CREATED, json_body(&json!({"source": shown(&source), "writeKey": key}))).into_response())
+    // A webhook source authenticates by signature: its write key opens nothing and is not shown.
+    let answer = if kind.is_webhook() {
+        json!({"source": shown(&source)})
+    } else {
+        json!({"source": shown(&source), "writeKey": key})
+    };
+    Ok((StatusCode::CREATED, json_body(&answer)).into_response())
 }
 
 async fn patch<S: ObjectStore + Clone>(
@@ -132,6 +185,13 @@ async fn patch<S: ObjectStore + Clone>(
     let request: SourcePatch = parse_body(&body)?;
     if request.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
         return Err(ApiError::invalid("name: 1 to 200 characters"));
+    }
+    if let Some(secret) = &request.signing_secret {
+        // Checked before anything changes: a secret that does not suit the source changes nothing.
+        let sources = load(api.store()).await?;
+        let source = sources.list().iter().find(|s| s.id == id);
+        let kind = source.ok_or_else(|| ApiError::not_found(format!("no source {id:?}")))?.kind;
+        kind.check_secret(secret).map_err(|problem| ApiError::invalid(format!("signingSecret: {problem}")))?;
     }
     let (before, after) = update(api.store(), |sources| {
         let Some(before) = sources.list().iter().find(|s| s.id == id).cloned() else {
@@ -153,10 +213,17 @@ async fn patch<S: ObjectStore + Clone>(
         if let Some(plan) = &request.tracking_plan {
             after.tracking_plan = plan.clone();
         }
+        if let Some(mapping) = &request.mapping {
+            after.mapping = Some(mapping.clone());
+        }
         sources.replace(after.clone()).map_err(ApiError::invalid)?;
         Ok((before, after))
     })
     .await?;
+    if let Some(secret) = &request.signing_secret {
+        set_secret(api.store(), &id, after.kind, secret).await?;
+        api.audit(actor.clone(), "source.rotate_secret", &format!("source:{id}"), Change::default()).await?;
+    }
     let change = Change { before: Some(shown(&before)), after: Some(shown(&after)), detail: None };
     api.audit(actor, "source.update", &format!("source:{id}"), change).await?;
     Ok(json_body(&shown(&after)).into_response())
@@ -172,6 +239,9 @@ async fn delete<S: ObjectStore + Clone>(
         sources.remove(&id).ok_or_else(|| ApiError::not_found(format!("no source {id:?}")))
     })
     .await?;
+    if before.kind.is_webhook() {
+        crate::collect::update_source_secrets(api.store(), |secrets| Ok::<_, ApiError>(secrets.remove(&id))).await?;
+    }
     let change = Change { before: Some(shown(&before)), ..Change::default() };
     api.audit(actor, "source.delete", &format!("source:{id}"), change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

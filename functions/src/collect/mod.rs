@@ -4,12 +4,13 @@
 mod sources;
 
 use shared::access::SuppressionCheck;
-use shared::collect::{Answer, CollectRequest, Collected, collect};
+use shared::collect::webhook::WebhookRequest;
+use shared::collect::{Answer, Batch, CollectRequest, Collected, collect};
 use shared::ids::Entropy;
-use shared::source::Sources;
+use shared::source::{SourceSecrets, Sources};
 use shared::time::UtcTime;
 
-pub use sources::{SourcesCache, load_sources, update_sources};
+pub use sources::{SourcesCache, load_source_secrets, load_sources, update_source_secrets, update_sources};
 
 use crate::storage::{ObjectStore, PutOptions};
 
@@ -37,13 +38,46 @@ pub async fn handle<S: ObjectStore>(
     seed: [u8; 32],
 ) -> Handled {
     let mut entropy = Entropy::from_seed(seed);
-    let mut batch = match collect(request, sources, now, &mut entropy) {
+    match collect(request, sources, now, &mut entropy) {
         Collected::Rejected(answer) => {
             tracing::debug!(status = answer.status, "request rejected");
-            return Handled { answer, raw_key: None };
+            Handled { answer, raw_key: None }
         }
-        Collected::Kept(batch) => batch,
-    };
+        Collected::Kept(batch) => store_batch(store, batch, suppression, now, &mut entropy).await,
+    }
+}
+
+/// Runs an inbound webhook through its source's signature check and mapping ([`shared::collect::webhook`])
+/// and stores what it keeps, as [`handle`] does.
+pub async fn handle_webhook<S: ObjectStore>(
+    store: &S,
+    sources: &Sources,
+    secrets: &SourceSecrets,
+    suppression: Option<&SuppressionCheck>,
+    request: &WebhookRequest<'_>,
+    now: UtcTime,
+    seed: [u8; 32],
+) -> Handled {
+    let mut entropy = Entropy::from_seed(seed);
+    match shared::collect::webhook::receive(request, sources, secrets, now, &mut entropy) {
+        Collected::Rejected(answer) => {
+            // The reason names the header that failed, never a secret or a signature.
+            tracing::info!(source = request.source_id, status = answer.status, "webhook refused");
+            Handled { answer, raw_key: None }
+        }
+        Collected::Kept(batch) => store_batch(store, batch, suppression, now, &mut entropy).await,
+    }
+}
+
+/// Stores a kept batch: not the events of people on the `suppression` list, which are counted
+/// (`privacy/v1/dropped/`) and dropped; then the accepted and failed objects, concurrently.
+async fn store_batch<S: ObjectStore>(
+    store: &S,
+    mut batch: Batch,
+    suppression: Option<&SuppressionCheck>,
+    now: UtcTime,
+    entropy: &mut Entropy,
+) -> Handled {
     // Suppressed people's events are never stored; their count is (before the answer: nothing is lost).
     let dropped = suppression.map_or(0, |list| batch.drop_suppressed(list));
     if dropped > 0 {

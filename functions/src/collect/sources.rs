@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared::access::SuppressionCheck;
-use shared::source::Sources;
+use shared::source::{SourceSecrets, Sources};
 use shared::storage::CONFIG_SOURCES;
+use shared::storage::keys::SOURCE_SECRETS;
 use tokio::sync::RwLock;
 
 use crate::Error;
@@ -38,24 +39,54 @@ pub async fn update_sources<S: ObjectStore, R, E: From<Error>>(
     .await
 }
 
+/// Reads the webhook sources' signing secrets (none when the file is absent): only to verify webhooks.
+pub async fn load_source_secrets<S: ObjectStore>(store: &S) -> Result<SourceSecrets, Error> {
+    match store.get(SOURCE_SECRETS).await? {
+        Some(object) => Ok(SourceSecrets::from_json(&object.body)?),
+        None => Ok(SourceSecrets::default()),
+    }
+}
+
+/// Changes the signing secrets under compare-and-swap, as [`update_sources`] changes the sources.
+pub async fn update_source_secrets<S: ObjectStore, R, E: From<Error>>(
+    store: &S,
+    mut change: impl FnMut(&mut SourceSecrets) -> Result<R, E>,
+) -> Result<R, E> {
+    crate::config::update(store, SOURCE_SECRETS, "application/json", |bytes| {
+        let mut secrets = match bytes {
+            Some(bytes) => SourceSecrets::from_json(bytes).map_err(Error::from)?,
+            None => SourceSecrets::default(),
+        };
+        let result = change(&mut secrets)?;
+        Ok((secrets.to_json(), result))
+    })
+    .await
+}
+
 /// The sources, and the suppression list, each re-read at most every `ttl`, so a new source or key, or a
 /// person's suppression, takes effect without a restart. When a re-read fails, the last good copy keeps
 /// serving (and the failure is logged).
 #[derive(Debug)]
 pub struct SourcesCache {
     sources: Fresh<Sources>,
+    secrets: Fresh<SourceSecrets>,
     suppression: Fresh<Option<SuppressionCheck>>,
 }
 
 impl SourcesCache {
     /// A cache that re-reads after `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { sources: Fresh::new(ttl), suppression: Fresh::new(ttl) }
+        Self { sources: Fresh::new(ttl), secrets: Fresh::new(ttl), suppression: Fresh::new(ttl) }
     }
 
     /// The current sources, reading the store if the copy is older than the TTL.
     pub async fn get<S: ObjectStore>(&self, store: &S) -> Result<Arc<Sources>, Error> {
         self.sources.get("sources", || load_sources(store)).await
+    }
+
+    /// The webhook sources' signing secrets, reading the store if the copy is older than the TTL.
+    pub async fn secrets<S: ObjectStore>(&self, store: &S) -> Result<Arc<SourceSecrets>, Error> {
+        self.secrets.get("the sources' signing secrets", || load_source_secrets(store)).await
     }
 
     /// The current suppression list with the identifier key (`None` when nothing is suppressed), reading the

@@ -14,6 +14,7 @@ pub mod pixel;
 pub mod plan;
 mod request;
 mod route;
+pub mod webhook;
 mod wire;
 
 pub use answer::Answer;

@@ -5,11 +5,13 @@ use crate::event::EventType;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'a> {
     /// `POST` to a collect endpoint.
     Collect(Endpoint),
     /// `GET /v1/pixel/{track,page,identify}?data=…`: one event in the query, answered with a GIF.
     Pixel(EventType),
+    /// `POST /v1/webhooks/<source id>`: a SaaS system's signed webhook ([`super::webhook`]).
+    Webhook(&'a str),
     /// `OPTIONS` to a collect endpoint: a CORS preflight.
     Preflight,
     /// `GET /health` (also `HEAD`).
@@ -23,7 +25,7 @@ pub enum Route {
 }
 
 /// Routes `method` + `path` (path without query; a trailing slash is tolerated).
-pub fn route(method: &str, path: &str) -> Route {
+pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     if path == "/health" || path == "/cdp.js" {
         return match method {
@@ -37,6 +39,13 @@ pub fn route(method: &str, path: &str) -> Route {
             (Some(kind @ (EventType::Track | EventType::Page | EventType::Identify)), "GET") => Route::Pixel(kind),
             (Some(EventType::Track | EventType::Page | EventType::Identify), _) => Route::MethodNotAllowed,
             _ => Route::NotFound,
+        };
+    }
+    if let Some(id) = path.strip_prefix("/v1/webhooks/") {
+        return match method {
+            _ if id.is_empty() || id.contains('/') => Route::NotFound,
+            "POST" => Route::Webhook(id),
+            _ => Route::MethodNotAllowed,
         };
     }
     let endpoint = match path.strip_prefix("/v1/") {
@@ -89,5 +98,10 @@ mod tests {
         assert_eq!(route("GET", "/v1/pixel/identify"), Route::Pixel(EventType::Identify));
         assert_eq!(route("POST", "/v1/pixel/track"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/v1/pixel/alias"), Route::NotFound);
+        assert_eq!(route("POST", "/v1/webhooks/shop"), Route::Webhook("shop"));
+        assert_eq!(route("POST", "/v1/webhooks/shop/"), Route::Webhook("shop"));
+        assert_eq!(route("GET", "/v1/webhooks/shop"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/v1/webhooks/"), Route::NotFound);
+        assert_eq!(route("POST", "/v1/webhooks/a/b"), Route::NotFound);
     }
 }

@@ -35,6 +35,9 @@ pub enum FailureCode {
     InvalidTimestamp,
     /// The event breaks its source's tracking plan, which blocks such events.
     ViolatesTrackingPlan,
+    /// A verified inbound webhook whose payload no mapping turns into events (a topic or type without a built-in
+    /// mapping, a body that is not JSON): kept here, whole, with what was missing.
+    UnmappedPayload,
 }
 
 impl FailureCode {
@@ -53,6 +56,7 @@ impl FailureCode {
             FailureCode::InvalidField => "invalid_field",
             FailureCode::InvalidTimestamp => "invalid_timestamp",
             FailureCode::ViolatesTrackingPlan => "violates_tracking_plan",
+            FailureCode::UnmappedPayload => "unmapped_payload",
         }
     }
 }

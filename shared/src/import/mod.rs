@@ -133,6 +133,19 @@ impl Mapping {
     }
 
     /// Every field with where it is (`traits.plan`).
+    /// The columns the mapping names, each once, in the order first named.
+    pub fn columns_named(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (_, field) in self.fields() {
+            if let Field::Column(column) = field
+                && !names.contains(&column.column)
+            {
+                names.push(column.column.clone());
+            }
+        }
+        names
+    }
+
     fn fields(&self) -> Vec<(String, &Field)> {
         let mut out = Vec::new();
         let single = [("event", &self.event), ("userId", &self.user_id), ("anonymousId", &self.anonymous_id)];

@@ -31,6 +31,89 @@ pub struct SourceConfig {
     /// What its events must look like ([`super::TrackingPlan`]); none: anything goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_plan: Option<super::TrackingPlan>,
+    /// What sends to it: SDKs and servers with the write key (`http`, the default), or a SaaS system's signed
+    /// webhooks to `POST /v1/webhooks/<id>` (`shopify`, `stripe`, `webhook`).
+    #[serde(default, skip_serializing_if = "SourceKind::is_http")]
+    pub kind: SourceKind,
+    /// The `webhook` kind's mapping: what a payload becomes, its fields JSON pointers into the payload
+    /// (`{"column": "/customer/email"}`), read as a file import's mapping reads columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<crate::import::Mapping>,
+}
+
+/// What sends to a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// SDKs, servers and the pixel, authenticated by the write key.
+    #[default]
+    Http,
+    /// Shopify's webhooks (`X-Shopify-Hmac-Sha256`).
+    Shopify,
+    /// Stripe's webhooks (`Stripe-Signature`).
+    Stripe,
+    /// Any sender signing as Standard Webhooks do (`webhook-id`, `webhook-timestamp`, `webhook-signature`),
+    /// its payloads read through the source's mapping.
+    Webhook,
+}
+
+impl SourceKind {
+    /// Every kind, as written.
+    pub const NAMES: [&str; 4] = ["http", "shopify", "stripe", "webhook"];
+
+    /// The default kind (serde's test for leaving it out).
+    pub fn is_http(&self) -> bool {
+        *self == SourceKind::Http
+    }
+
+    /// A kind that receives signed webhooks.
+    pub fn is_webhook(&self) -> bool {
+        !self.is_http()
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "http" => Some(SourceKind::Http),
+            "shopify" => Some(SourceKind::Shopify),
+            "stripe" => Some(SourceKind::Stripe),
+            "webhook" => Some(SourceKind::Webhook),
+            _ => None,
+        }
+    }
+
+    /// As written.
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether `secret` can be this kind's signing secret (a Shopify app's secret; Stripe's `whsec_…`; Standard
+    /// Webhooks' `whsec_` and base64 of 24 to 64 bytes).
+    pub fn check_secret(self, secret: &str) -> Result<(), crate::error::Invalid> {
+        use base64::Engine as _;
+        let secret = secret.trim();
+        if self.is_http() {
+            return Err("only webhook sources (shopify, stripe, webhook) have a signing secret".into());
+        }
+        if secret.len() < 16 || secret.len() > 256 || secret.chars().any(char::is_whitespace) {
+            return Err("a signing secret is 16 to 256 characters without spaces".into());
+        }
+        match self {
+            SourceKind::Stripe if !secret.starts_with("whsec_") => {
+                Err("a Stripe signing secret starts with `whsec_` (the endpoint's secret in Stripe's dashboard)".into())
+            }
+            SourceKind::Webhook => {
+                let key = secret
+                    .strip_prefix("whsec_")
+                    .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+                match key {
+                    Some(key) if (24..=64).contains(&key.len()) => Ok(()),
+                    _ => Err("a Standard Webhooks secret is `whsec_` and the base64 of 24 to 64 random bytes".into()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Per-source treatment of events.
@@ -169,6 +252,34 @@ impl Sources {
                 )));
             }
         }
+        match (source.kind, &source.mapping) {
+            (SourceKind::Webhook, None) => {
+                return Err(Error::Config(format!(
+                    "source {:?}: a webhook source needs a mapping (what its payloads become)",
+                    source.id
+                )));
+            }
+            (SourceKind::Webhook, Some(mapping)) => {
+                let pointers = mapping.columns_named();
+                if let Some(bad) = pointers.iter().find(|p| !p.starts_with('/')) {
+                    return Err(Error::Config(format!(
+                        "source {:?}: mapping column {bad:?} must be a JSON pointer into the payload (`/customer/email`)",
+                        source.id
+                    )));
+                }
+                mapping
+                    .clone()
+                    .check(&pointers)
+                    .map_err(|problem| Error::Config(format!("source {:?}: mapping: {problem}", source.id)))?;
+            }
+            (_, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "source {:?}: only a source of kind `webhook` takes a mapping (shopify and stripe have theirs built in)",
+                    source.id
+                )));
+            }
+            (_, None) => {}
+        }
         self.by_key_hash.insert(hash, self.list.len());
         self.list.push(source);
         Ok(())
@@ -181,7 +292,12 @@ impl Sources {
             return None;
         }
         let index = *self.by_key_hash.get(&sha256_hex(write_key))?;
-        self.list.get(index).filter(|s| s.enabled)
+        self.list.get(index).filter(|s| s.enabled && s.kind.is_http())
+    }
+
+    /// The enabled webhook source `id` (inbound webhooks name their source in the path).
+    pub fn webhook(&self, id: &str) -> Option<&SourceConfig> {
+        self.list.iter().find(|s| s.id == id && s.enabled && s.kind.is_webhook())
     }
 
     /// Whether any enabled source accepts browsers from `origin` (CORS preflights carry no key).
@@ -212,6 +328,8 @@ pub fn new_source(id: &str, name: &str, entropy: &mut Entropy) -> (SourceConfig,
         settings: SourceSettings::default(),
         enabled: true,
         tracking_plan: None,
+        kind: SourceKind::Http,
+        mapping: None,
     };
     (source, key)
 }

@@ -5,8 +5,10 @@
 
 mod config;
 mod plan;
+mod secrets;
 
-pub use config::{SourceConfig, SourceSettings, Sources, new_source, slug};
+pub use config::{SourceConfig, SourceKind, SourceSettings, Sources, new_source, slug};
 pub use plan::{
     Format, Mode, Schema, TrackingPlan, Type, Types, Violation, json_type, violations_json, violations_text,
 };
+pub use secrets::SourceSecrets;

@@ -5,6 +5,8 @@ use crate::time::UtcTime;
 
 /// The sources file, read by the collectors.
 pub const CONFIG_SOURCES: &str = "config/sources.json";
+/// The webhook sources' signing secrets, kept apart from the sources file.
+pub const SOURCE_SECRETS: &str = "secrets/v1/sources.json";
 /// Identifier types and linking rules.
 pub const CONFIG_IDENTITY: &str = "config/identity.json";
 /// Trait policies, aggregated properties and the operator's personal traits.
