@@ -485,6 +485,59 @@ async fn sources_get_keys_shown_once_that_collectors_accept() {
 }
 
 #[tokio::test]
+async fn webhook_sources_take_a_checked_secret_kept_apart_and_never_shown() {
+    const SECRET: &str = "shpss_2f7c1b0e9a8d4c6b";
+    const ROTATED: &str = "shpss_9e8d7c6b5a4f3e2d";
+    let f = Fixture::new().await;
+    let secrets = || async { crate::collect::load_source_secrets(&f.store).await.unwrap() };
+    let missing = json!({"name": "Shop", "kind": "shopify"});
+    let (status, _, problem) = f.call("POST", "/v1/sources", Some(&f.admin), Some(missing)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let stripe = json!({"name": "Billing", "kind": "stripe", "signingSecret": "not-a-stripe-secret"});
+    let (status, _, problem) = f.call("POST", "/v1/sources", Some(&f.admin), Some(stripe)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem.to_string().contains("whsec_"), "{problem}");
+    let unmapped = json!({"name": "CRM", "kind": "webhook", "signingSecret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"});
+    let (status, _, problem) = f.call("POST", "/v1/sources", Some(&f.admin), Some(unmapped)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem.to_string().contains("needs a mapping"), "{problem}");
+
+    let body = json!({"name": "Shop", "id": "shop", "kind": "shopify", "signingSecret": SECRET});
+    let (status, _, created) = f.call("POST", "/v1/sources", Some(&f.admin), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["source"]["kind"].as_str(), created["source"]["webhookPath"].as_str()),
+        (Some("shopify"), Some("/v1/webhooks/shop"))
+    );
+    assert!(created.get("writeKey").is_none(), "a webhook source authenticates by signature: {created}");
+    assert_eq!(secrets().await.get("shop"), Some(SECRET));
+    let stored = f.store.get("config/sources.json").await.unwrap().unwrap().body;
+    assert!(!String::from_utf8_lossy(&stored).contains(SECRET), "kept apart");
+
+    let http = json!({"name": "Web"});
+    assert_eq!(f.call("POST", "/v1/sources", Some(&f.admin), Some(http)).await.0, StatusCode::CREATED);
+    let (status, _, _) = f
+        .call("PATCH", "/v1/sources/web", Some(&f.admin), Some(json!({"signingSecret": SECRET, "name": "Renamed"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an HTTP source has no secret");
+    assert_eq!(f.get("/v1/sources/web", &f.admin).await.1["name"], "Web", "a refused change changes nothing");
+    let (status, _, _) =
+        f.call("PATCH", "/v1/sources/shop", Some(&f.admin), Some(json!({"signingSecret": ROTATED}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(secrets().await.get("shop"), Some(ROTATED));
+
+    let (_, listed) = f.get("/v1/sources", &f.admin).await;
+    let (_, log) = f.get("/v1/audit?action=source.", &f.admin).await;
+    for text in [listed.to_string(), log.to_string()] {
+        assert!(!text.contains(SECRET) && !text.contains(ROTATED), "{text}");
+    }
+    let actions: Vec<&str> = log["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"source.rotate_secret"), "{actions:?}");
+    assert_eq!(f.call("DELETE", "/v1/sources/shop", Some(&f.admin), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(secrets().await.get("shop"), None, "a deleted source's secret goes with it");
+}
+
+#[tokio::test]
 async fn the_timeline_pages_through_the_profile_s_events_newest_first() {
     let f = Fixture::new().await;
     f.ingest(
