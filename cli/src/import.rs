@@ -86,7 +86,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 /// Applies the import's raw objects to profiles, a few objects per commit; (events applied, duplicates).
-async fn apply(store: &FsStore, imported: &Imported) -> anyhow::Result<(usize, usize)> {
+pub(crate) async fn apply(store: &FsStore, imported: &Imported) -> anyhow::Result<(usize, usize)> {
     let config = RunConfig::load(store).await?;
     let config = RunConfig { state: crate::up::local_state(), ..config };
     let (mut applied, mut duplicates) = (0, 0);
@@ -145,7 +145,7 @@ fn summary(
     out
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

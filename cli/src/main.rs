@@ -14,6 +14,7 @@ mod lock;
 mod profile;
 mod serve;
 mod source;
+mod sync;
 mod tags;
 mod up;
 
@@ -64,6 +65,9 @@ enum Command {
     ApiKey(access::ApiKeyCommand),
     /// Import a CSV, NDJSON or Parquet file (also gzipped) as events of a source, row by row through a mapping.
     Import(import::ImportArgs),
+    /// Sync a database table or query into a source incrementally, by a cursor kept in the data folder.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
     /// Manage sources (who may send events, with which write key).
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audiences(data) => tags::audiences(data),
         Command::Catalog(args) => catalog::run(args),
         Command::Import(args) => import::run(args),
+        Command::Sync(command) => sync::run(command),
         Command::Lake(command) => lake::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Destination(command) => deliveries::destination(command),

@@ -8,6 +8,7 @@ pub mod lambda_api;
 pub mod local_kms;
 pub mod local_s3;
 pub mod partner;
+pub mod postgres;
 pub mod procs;
 pub mod scenarios;
 

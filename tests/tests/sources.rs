@@ -194,3 +194,94 @@ fn a_tracking_plan_blocks_and_flags_through_cdp_up() {
     assert!(events[0].context.get("violations").is_none());
     assert_eq!(events[1].context["violations"][0]["problem"], "`Video Played` is not in the tracking plan");
 }
+
+fn cdp_sync(data: &Path, url: &str, query: &str, cursor: &str, mapping: &Path) -> (bool, String) {
+    let output = Command::new(cdp_bin())
+        .args([
+            "sync", "postgres", "--url", url, "--query", query, "--cursor", cursor, "--source", "crm", "--batch", "1",
+        ])
+        .arg("--mapping")
+        .arg(mapping)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("running cdp sync postgres");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!text.contains("not-a-real-password"), "the password is never printed: {text}");
+    (output.status.success(), text)
+}
+
+fn traits_of(data: &Path, identifier: &str) -> Value {
+    let output = Command::new(cdp_bin())
+        .args(["profile", identifier, "--json", "--data"])
+        .arg(data)
+        .output()
+        .expect("running cdp profile");
+    assert!(output.status.success(), "{identifier}: {}", String::from_utf8_lossy(&output.stderr));
+    let profile: Value = serde_json::from_slice(&output.stdout).expect("a profile as JSON");
+    profile["traits"].clone()
+}
+
+#[test]
+fn a_postgres_table_is_synced_incrementally_by_its_cursor() {
+    let pg = cdp_e2e::postgres::Postgres::start();
+    pg.sql(
+        "create table customers (id serial primary key, email text, full_name text, plan text, score numeric, \
+         vip boolean, tags text[], updated_at timestamptz not null)",
+    );
+    // Two rows share a time: the cursor's tiebreaker (id) keeps either from being skipped, one row per batch.
+    pg.sql(
+        "insert into customers (email, full_name, plan, score, vip, tags, updated_at) values \
+         (' Li.Lei@Example.com ', 'Li Lei', 'gold', 87.5, true, '{a,b}', '2026-01-01T10:00:00Z'), \
+         ('han@example.com', 'Han Meimei', 'silver', 10, false, '{}', '2026-01-01T10:00:00Z'), \
+         ('wei@example.com', 'Wei', 'free', null, false, null, '2026-01-02T09:00:00Z')",
+    );
+    let data = tempfile::tempdir().expect("dir");
+    cdp_source_add(data.path(), "crm");
+    let mapping = data.path().join("customers.json");
+    std::fs::write(
+        &mapping,
+        r#"{"type": "identify", "userId": {"column": "id"},
+            "traits": {"name": {"column": "full_name"}, "plan": {"column": "plan"}, "score": {"column": "score"},
+                       "vip": {"column": "vip"}, "tags": {"column": "tags"}, "updatedAt": {"column": "updated_at", "type": "date"}},
+            "identifiers": {"email": {"column": "email"}}}"#,
+    )
+    .expect("write");
+
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &mapping);
+    assert!(ok, "{text}");
+    assert!(text.contains("3 new rows") && text.contains("3 stored in 3 raw objects, 0 failed"), "{text}");
+    let li = traits_of(data.path(), "email:li.lei@example.com");
+    assert_eq!((li["name"].as_str(), li["plan"].as_str()), (Some("Li Lei"), Some("gold")), "{li}");
+    assert_eq!((li["score"].clone(), li["vip"].clone()), (serde_json::json!(87.5), serde_json::json!(true)), "{li}");
+    assert_eq!(li["tags"], serde_json::json!(["a", "b"]), "arrays as JSON arrays");
+    assert_eq!(traits_of(data.path(), "email:han@example.com")["name"], "Han Meimei", "the row sharing a time");
+
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &mapping);
+    assert!(ok && text.contains("0 new rows"), "nothing new, nothing read: {text}");
+
+    pg.sql("update customers set plan = 'gold', updated_at = '2026-01-03T08:00:00Z' where email = 'han@example.com'");
+    pg.sql("insert into customers (email, full_name, plan, updated_at) values ('zhao@example.com', 'Zhao', 'free', '2026-01-03T09:00:00Z')");
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &mapping);
+    assert!(ok && text.contains("2 new rows") && text.contains("of 5 synced so far"), "{text}");
+    assert_eq!(traits_of(data.path(), "email:han@example.com")["plan"], "gold", "the changed row is a new event");
+    assert_eq!(traits_of(data.path(), "email:zhao@example.com")["name"], "Zhao");
+    let cursors: Vec<_> =
+        std::fs::read_dir(data.path().join("sync/v1/crm")).expect("the cursor's folder").flatten().collect();
+    assert_eq!(cursors.len(), 1);
+    let stored: Value = serde_json::from_slice(&std::fs::read(cursors[0].path()).expect("read")).expect("json");
+    assert_eq!(stored["cursor"][1], "4", "{stored}");
+
+    // Problems named before anything is read or stored.
+    let bad = data.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type": "identify", "userId": {"column": "customer_id"}}"#).expect("write");
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &bad);
+    assert!(!ok && text.contains("no column `customer_id`") && text.contains("`full_name`"), "{text}");
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "changed_at", &mapping);
+    assert!(!ok && text.contains("--cursor: the query has no column `changed_at`"), "{text}");
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "select * from clients", "updated_at", &mapping);
+    assert!(!ok && text.contains("relation \"clients\" does not exist"), "{text}");
+    let closed = format!("postgres://cdp:not-a-real-password@127.0.0.1:{}/postgres", cdp_e2e::free_port());
+    let (ok, text) = cdp_sync(data.path(), &closed, "customers", "updated_at,id", &mapping);
+    assert!(!ok && text.contains("could not connect to PostgreSQL at 127.0.0.1:"), "{text}");
+}

@@ -142,8 +142,7 @@ pub async fn import_file<S: ObjectStore>(
         mapping,
         source: source.clone(),
         suppression: suppression.cloned(),
-        sha256,
-        mapping_sha256,
+        ids: Ids::File { sha256, mapping_sha256 },
         file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         failed_prefix: out.failed_prefix.clone(),
         now,
@@ -179,22 +178,8 @@ pub async fn import_file<S: ObjectStore>(
                 )));
             }
         };
-        out.rows += chunk.rows;
-        if let Some((key, body)) = chunk.dropped {
-            store.put(&key, body, PutOptions::json()).await?;
-            out.suppressed += chunk.suppressed;
-        }
-        if let Some((key, body, accepted)) = chunk.raw {
-            store.put(&key, body, PutOptions::ndjson_gz()).await?;
-            out.accepted += accepted;
-            out.objects.push(key);
-        }
-        if let Some((key, body, failed)) = chunk.failed {
-            let options = PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() };
-            store.put(&key, body, options).await?;
-            out.failed += failed;
-        }
         read = read.max(chunk.read);
+        chunk.store(store, &mut out).await?;
         progress(out.rows, read);
     }
     if out.rows == 0 {
@@ -204,13 +189,68 @@ pub async fn import_file<S: ObjectStore>(
     Ok(out)
 }
 
+/// Where rows read elsewhere than a file come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// What failed rows' records name as their file (`db.internal:5432/crm (customers)`).
+    pub name: &'a str,
+    /// What each row's `messageId` starts with.
+    pub id_prefix: &'a str,
+}
+
+/// Rows read elsewhere (a database table's, by `cdp sync`), stored as events of `run.source` as a file's
+/// chunk is: through the mapping and the collect pipeline into one raw object, failed rows under
+/// `out.failed_prefix` named by `origin`. Each row's `messageId` is the origin's prefix and a hash of its
+/// cells, so the same row read again changes nothing and a changed row is a new event. `number` names the chunk
+/// (its objects' randomness). Adds what it stored to `out`.
+pub async fn store_rows<S: ObjectStore>(
+    store: &S,
+    mapping: &Compiled,
+    run: &Import<'_>,
+    origin: Origin<'_>,
+    number: u64,
+    rows: Vec<read::Row>,
+    out: &mut Imported,
+) -> Result<(), Error> {
+    let context = Context {
+        mapping: mapping.clone(),
+        source: run.source.clone(),
+        suppression: run.suppression.cloned(),
+        ids: Ids::Content { prefix: origin.id_prefix.to_string() },
+        file: origin.name.to_string(),
+        failed_prefix: out.failed_prefix.clone(),
+        now: run.now,
+        seed: run.seed,
+    };
+    context.chunk(number, rows, 0).store(store, out).await
+}
+
+/// How rows get their `messageId`s.
+enum Ids {
+    /// From the file's and the mapping's hashes and the row's number.
+    File { sha256: String, mapping_sha256: String },
+    /// From a prefix and a hash of the row's cells.
+    Content { prefix: String },
+}
+
+impl Ids {
+    fn of(&self, row: u64, cells: &[Option<serde_json::Value>]) -> String {
+        match self {
+            Ids::File { sha256, mapping_sha256 } => message_id(sha256, mapping_sha256, row),
+            Ids::Content { prefix } => {
+                let text = serde_json::to_string(cells).unwrap_or_default();
+                format!("{prefix}-{}", &shared::ids::sha256_hex(&text)[..24])
+            }
+        }
+    }
+}
+
 /// What a worker needs to turn chunks into objects.
 struct Context {
     mapping: Compiled,
     source: SourceConfig,
     suppression: Option<SuppressionCheck>,
-    sha256: String,
-    mapping_sha256: String,
+    ids: Ids,
     file: String,
     failed_prefix: String,
     now: UtcTime,
@@ -244,8 +284,11 @@ impl Context {
         let mut texts = Vec::with_capacity(rows.len());
         let mut numbers = Vec::with_capacity(rows.len());
         for (row, cells) in rows {
-            let id = message_id(&self.sha256, &self.mapping_sha256, row);
-            match cells.and_then(|cells| self.mapping.event(&cells, &id, now).map_err(|reason| reason.0)) {
+            let made = cells.and_then(|cells| {
+                let id = self.ids.of(row, &cells);
+                self.mapping.event(&cells, &id, now).map_err(|reason| reason.0)
+            });
+            match made {
                 Ok(text) => {
                     texts.push(text);
                     numbers.push(row);
@@ -275,6 +318,28 @@ impl Context {
             out.failed = Some((key, shared::storage::encode_ndjson_gz(&failed), failed.len() as u64));
         }
         out
+    }
+}
+
+impl Chunk {
+    /// Stores the chunk's objects and counts them into `out`.
+    async fn store<S: ObjectStore>(self, store: &S, out: &mut Imported) -> Result<(), Error> {
+        out.rows += self.rows;
+        if let Some((key, body)) = self.dropped {
+            store.put(&key, body, PutOptions::json()).await?;
+            out.suppressed += self.suppressed;
+        }
+        if let Some((key, body, accepted)) = self.raw {
+            store.put(&key, body, PutOptions::ndjson_gz()).await?;
+            out.accepted += accepted;
+            out.objects.push(key);
+        }
+        if let Some((key, body, failed)) = self.failed {
+            let options = PutOptions { content_type: Some("application/x-ndjson+gzip"), ..PutOptions::json() };
+            store.put(&key, body, options).await?;
+            out.failed += failed;
+        }
+        Ok(())
     }
 }
 

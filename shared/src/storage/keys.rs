@@ -41,6 +41,12 @@ pub fn catalog_pending(raw_key: &str) -> String {
     format!("{CATALOG_PENDING}{}.json", raw_key.replace('/', "~"))
 }
 
+/// `sync/v1/<source>/<name>.json`: where a database sync of `source` stopped (its cursor), so the next run
+/// reads only newer rows.
+pub fn sync_cursor(source: &str, name: &str) -> String {
+    format!("sync/v1/{source}/{name}.json")
+}
+
 /// `tags/v1/models/<tag id>.json`: a population tag's fitted model.
 pub fn tag_model(tag: &str) -> String {
     format!("tags/v1/models/{tag}.json")
