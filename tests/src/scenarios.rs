@@ -132,6 +132,45 @@ fn webhooks(url: &str, bucket: &dyn Bucket) {
     );
 }
 
+/// The tracking plan of the scenarios' second source, `planned`: `Signed Up` must carry a known plan and at
+/// least one seat (else blocked); events the plan does not name are stored, flagged.
+pub const PLAN: &str = r#"{"events": {"Signed Up": {"type": "object", "required": ["plan"],
+  "properties": {"plan": {"enum": ["free", "pro"]}, "seats": {"type": "integer", "minimum": 1}}}},
+  "unplanned": "flag", "violations": "block"}"#;
+
+/// The write keys the scenarios send with: source `e2e` (no plan), and source `planned` (with [`PLAN`]).
+pub struct Keys {
+    /// Source `e2e`.
+    pub main: String,
+    /// Source `planned`.
+    pub planned: String,
+}
+
+/// A source's tracking plan, enforced by the shell: kept, blocked with the violations, flagged.
+fn tracking_plan(url: &str, key: &str, bucket: &dyn Bucket) {
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u-plan", "messageId": "plan-1", "event": "Signed Up", "properties": {"plan": "pro", "seats": 2}},
+        {"type": "track", "userId": "u-plan", "messageId": "plan-2", "event": "Signed Up", "properties": {"plan": "gold", "seats": 0}},
+        {"type": "track", "userId": "u-plan", "messageId": "plan-3", "event": "Video Played"}
+    ]});
+    let reply = post(&format!("{url}/v1/batch"), &batch.to_string(), Some(key));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer = reply.json();
+    assert_eq!((answer["accepted"].clone(), answer["failed"].clone()), (json!(2), json!(1)), "{answer}");
+    assert_eq!(
+        (answer["errors"][0]["index"].clone(), answer["errors"][0]["code"].clone()),
+        (json!(1), json!("violates_tracking_plan"))
+    );
+    let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/properties/plan: \"gold\" is not one of \"free\", \"pro\""), "{message}");
+    let stored: Vec<CanonicalEvent> = bucket.snapshot().raw.into_iter().flat_map(|(_, events)| events).collect();
+    let planned: Vec<&CanonicalEvent> = stored.iter().filter(|e| e.source_id == "planned").collect();
+    let ids: Vec<&str> = planned.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["plan-1", "plan-3"], "the blocked event is not stored");
+    assert!(planned[0].context.get("violations").is_none());
+    assert_eq!(planned[1].context["violations"][0]["problem"], "`Video Played` is not in the tracking plan");
+}
+
 /// Everything a collector stored under `raw/` and `failed/`, decoded, and the suppressed events it counted.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -183,9 +222,11 @@ pub struct Outcome {
     pub failed: Vec<Value>,
 }
 
-/// Runs every scenario against the collector at `url` (which must accept `key` for source `e2e`), checking
+/// Runs every scenario against the collector at `url` (which must accept `keys.main` for source `e2e` and
+/// `keys.planned` for source `planned`, with [`PLAN`], and hold the [`WEBHOOK_SOURCES`]), checking
 /// each answer and what `bucket` holds after it. Returns the projected stored results.
-pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
+pub fn run(url: &str, keys: &Keys, bucket: &dyn Bucket) -> Outcome {
+    let key = keys.main.as_str();
     assert!(bucket.snapshot().objects() == 0, "scenarios start on an empty bucket");
 
     // A bad write key: 401, nothing stored.
@@ -347,6 +388,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!((reply.status, reply.header("x-cdp-error")), (400, Some("invalid_pixel")));
 
     webhooks(url, bucket);
+    tracking_plan(url, &keys.planned, bucket);
 
     // A suppressed person's event is acknowledged, counted, and never stored; the other in the batch is.
     let events = json!({"batch": [
@@ -356,7 +398,7 @@ pub fn run(url: &str, key: &str, bucket: &dyn Bucket) -> Outcome {
     assert_eq!((reply.status, reply.json()["accepted"].clone()), (200, json!(2)), "{}", reply.body);
 
     let snapshot = bucket.snapshot();
-    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (11, 2, 1));
+    assert_eq!((snapshot.raw.len(), snapshot.failed.len(), snapshot.dropped), (12, 3, 1));
     assert!(
         snapshot.raw.iter().flat_map(|(_, e)| e).all(|e| e.user_id.as_deref() != Some(SUPPRESSED_USER)),
         "nothing of the suppressed person is stored"

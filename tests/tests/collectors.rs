@@ -59,12 +59,16 @@ impl Bucket for S3<'_> {
     }
 }
 
-/// Writes `config/sources.json` with one source, `e2e`, into the local S3 server; returns its write key.
-fn s3_source(s3: &LocalS3) -> String {
+/// Writes `config/sources.json` with the scenarios' sources (`e2e`, `planned` and the webhook sources) and the
+/// webhook sources' secrets into the local S3 server; returns the write keys.
+fn s3_source(s3: &LocalS3) -> scenarios::Keys {
     let (mut source, key) = new_source("e2e", "e2e", &mut Entropy::from_seed(rand_seed()));
     source.allowed_origins = vec!["https://*.shop.example".into()];
+    let (mut planned, planned_key) = new_source("planned", "planned", &mut Entropy::from_seed(rand_seed()));
+    planned.tracking_plan = Some(serde_json::from_str(scenarios::PLAN).expect("the scenarios' plan"));
     let mut sources = Sources::default();
     sources.add(source).expect("valid source");
+    sources.add(planned).expect("valid source");
     let (webhooks, secrets) = scenarios::webhook_sources();
     for webhook in webhooks {
         sources.add(webhook).expect("valid webhook source");
@@ -84,7 +88,7 @@ fn s3_source(s3: &LocalS3) -> String {
         s3.block_on(s3.store().put(object, bytes, functions::storage::PutOptions::json()))
             .expect("write the suppression list and its key to S3");
     }
-    key
+    scenarios::Keys { main: key, planned: planned_key }
 }
 
 fn rand_seed() -> [u8; 32] {
@@ -94,14 +98,25 @@ fn rand_seed() -> [u8; 32] {
 }
 
 /// `cdp up` on a fresh folder with source `e2e` (created by `cdp source add`, origins restricted by editing
-/// the file as an operator would).
-fn local_collector(dir: &Path) -> (CdpUp, String) {
+/// the file as an operator would), source `planned` with its plan (`cdp source plan`) and the webhook sources.
+fn local_collector(dir: &Path) -> (CdpUp, scenarios::Keys) {
     let key = cdp_source_add(dir, "e2e");
     let path = dir.join("config/sources.json");
     let mut file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("sources file")).expect("json");
     file["sources"][0]["allowedOrigins"] = serde_json::json!(["https://*.shop.example"]);
     std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write sources");
+    let planned = cdp_source_add(dir, "planned");
+    let plan = dir.join("plan.json");
+    std::fs::write(&plan, scenarios::PLAN).expect("write the plan");
+    let output = std::process::Command::new(cdp_e2e::procs::cdp_bin())
+        .args(["source", "plan", "planned"])
+        .arg(&plan)
+        .arg("--data")
+        .arg(dir)
+        .output()
+        .expect("running cdp source plan");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // The webhook sources as an operator makes them, the secret from the environment (kept out of history).
     for (id, kind, secret, mapping) in scenarios::WEBHOOK_SOURCES {
         let mut command = std::process::Command::new(cdp_e2e::procs::cdp_bin());
@@ -122,7 +137,7 @@ fn local_collector(dir: &Path) -> (CdpUp, String) {
         std::fs::create_dir_all(path.parent().expect("folder")).expect("folder");
         std::fs::write(path, bytes).expect("write the suppression list and its key");
     }
-    (CdpUp::start(dir), key)
+    (CdpUp::start(dir), scenarios::Keys { main: key, planned })
 }
 
 #[test]
@@ -137,8 +152,9 @@ fn s3_adapter_meets_the_storage_contract_on_a_real_s3_server() {
 #[test]
 fn local_collector_passes_the_scenarios_and_answers_503_when_storage_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (up, key) = local_collector(dir.path());
-    scenarios::run(&up.url, &key, &Folder(dir.path().to_path_buf()));
+    let (up, keys) = local_collector(dir.path());
+    scenarios::run(&up.url, &keys, &Folder(dir.path().to_path_buf()));
+    let key = keys.main;
     assert!(up.proc.output().contains("collector listening on http://127.0.0.1:"));
 
     // Storage outage: a file where the hour's folder must go makes every write fail.
@@ -172,7 +188,7 @@ fn browser_page(collector: &str, key: &str) -> String {
 #[test]
 fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
     let s3 = LocalS3::start();
-    let key = s3_source(&s3);
+    let keys = s3_source(&s3);
     let wrangler = Wrangler::start(&[
         ("S3_ENDPOINT", &s3.endpoint),
         ("S3_URL_STYLE", "path"),
@@ -182,20 +198,22 @@ fn edge_worker_under_wrangler_matches_the_local_runner_and_fails_closed() {
         ("S3_SECRET_ACCESS_KEY", local_s3::SECRET_KEY),
         ("CONFIG_TTL_SECONDS", "0"),
     ]);
-    let edge = scenarios::run(&wrangler.url, &key, &S3(&s3));
+    let edge = scenarios::run(&wrangler.url, &keys, &S3(&s3));
+    let key = keys.main.clone();
     // The edge attaches geo from the request's `cf` object (wrangler dev simulates one) to what people send; a
     // SaaS system's webhook comes from its servers, whose place says nothing of the customer's.
     let stored = S3(&s3).snapshot();
-    let (sent, webhooks): (Vec<_>, Vec<_>) = stored.raw.iter().flat_map(|(_, e)| e).partition(|e| e.source_id == "e2e");
+    let (sent, webhooks): (Vec<_>, Vec<_>) =
+        stored.raw.iter().flat_map(|(_, e)| e).partition(|e| e.source_id == "e2e" || e.source_id == "planned");
     assert!(sent.iter().all(|e| e.enrichment.geo.as_ref().is_some_and(|g| g.country.is_some())));
     assert!(
         webhooks.len() == 4 && webhooks.iter().all(|e| e.enrichment.geo.is_none() && e.context.get("ip").is_none())
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let (up, local_key) = local_collector(dir.path());
-    let local = scenarios::run(&up.url, &local_key, &Folder(dir.path().to_path_buf()));
-    assert_eq!(edge.accepted.len(), 19);
+    let (up, local_keys) = local_collector(dir.path());
+    let local = scenarios::run(&up.url, &local_keys, &Folder(dir.path().to_path_buf()));
+    assert_eq!(edge.accepted.len(), 21);
     assert_eq!(edge, local, "one core, two shells: the same stored results");
 
     // The browser library from the worker, and a page in headless Chromium sending through it.
