@@ -1,5 +1,6 @@
 # Credentials for the Cloudflare Worker (wrangler secrets S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY): it may put
-# objects under raw/ and failed/ and read config/sources.json, nothing else. Workers cannot assume IAM roles,
+# objects under raw/ and failed/ and read config/sources.json, the webhook sources' signing secrets and the
+# suppression list, nothing else. Workers cannot assume IAM roles,
 # hence a user with an access key; rotate it by tainting aws_iam_access_key.edge and re-running the secrets.
 
 resource "aws_iam_user" "edge" {
@@ -34,6 +35,8 @@ data "aws_iam_policy_document" "edge" {
     actions = ["s3:GetObject"]
     resources = [
       "${aws_s3_bucket.data.arn}/config/sources.json",
+      # the webhook sources' signing secrets (read only for POST /v1/webhooks/<source>)
+      "${aws_s3_bucket.data.arn}/secrets/v1/sources.json",
       "${aws_s3_bucket.data.arn}/privacy/v1/suppressed.json",
       # the key the list's hashes are made with (read only while someone is suppressed)
       "${aws_s3_bucket.data.arn}/keys/v1/identifiers.key",
@@ -63,6 +66,19 @@ resource "aws_s3_object" "suppression_list" {
   bucket       = aws_s3_bucket.data.id
   key          = "privacy/v1/suppressed.json"
   content      = jsonencode({ suppressed = [], erasing = {} })
+  content_type = "application/json"
+  kms_key_id   = aws_kms_key.data.arn
+  lifecycle {
+    ignore_changes = [content, etag, source_hash, content_type, kms_key_id]
+  }
+}
+
+# The webhook sources' signing secrets, likewise: the edge collector may read only this object, so while it was
+# missing a webhook would get 403 (not 404) and be refused. `cdp source` and the API write it afterwards.
+resource "aws_s3_object" "source_secrets" {
+  bucket       = aws_s3_bucket.data.id
+  key          = "secrets/v1/sources.json"
+  content      = jsonencode({ version = 1, secrets = {} })
   content_type = "application/json"
   kms_key_id   = aws_kms_key.data.arn
   lifecycle {

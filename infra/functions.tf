@@ -143,7 +143,7 @@ resource "aws_lambda_event_source_mapping" "queue" {
   for_each                           = local.sqs_triggered
   event_source_arn                   = each.value
   function_name                      = aws_lambda_function.function[each.key].arn
-  batch_size                         = 10
+  batch_size                         = local.queue_settings[each.key].batch
   maximum_batching_window_in_seconds = 1
   function_response_types            = ["ReportBatchItemFailures"]
 }

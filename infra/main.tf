@@ -1,5 +1,5 @@
 # The CDP's AWS side: one bucket (+ its access-log bucket) under a customer-managed KMS key, SQS queues fed by
-# the bucket's notifications, the four Lambda functions with one least-privilege role each, their schedules,
+# the bucket's notifications, the five Lambda functions with one least-privilege role each, their schedules,
 # the API's function URL, alarms, and the edge worker's credentials. See README.md for the deploy procedure.
 
 data "aws_caller_identity" "current" {}
@@ -13,8 +13,9 @@ locals {
   bucket    = "${var.name}-${local.account}"
 
   # The storage layout (shared::storage, ARCHITECTURE.md): what the bucket's notifications watch.
-  raw_prefix    = "raw/"
-  outbox_prefix = "deliveries/v1/outbox/"
+  raw_prefix     = "raw/"
+  outbox_prefix  = "deliveries/v1/outbox/"
+  imports_prefix = "imports/"
 
   # One entry per binary of functions/src/bin. `reserved` is the function's reserved concurrency: 1 where the
   # design needs a single writer (the tagging recompute; the activation dispatcher owns the delivery lanes).
@@ -52,6 +53,16 @@ locals {
       reserved    = var.api_max_concurrency
       environment = {}
     }
+    import = {
+      description = "Files put under imports/<source>/ (SQS) as events in raw/, through the source's mapping; resumes long files from a checkpoint"
+      timeout     = 900
+      memory      = 1769
+      # Each file is downloaded to /tmp before it is read.
+      ephemeral = var.import_ephemeral_mb
+      reserved  = 2
+      # A run stops taking rows this long before its deadline and writes its checkpoint (functions::import::lambda).
+      environment = { CDP_IMPORT_MARGIN_SECONDS = "60" }
+    }
   }
 
   # What each function may do in the bucket: actions by key prefix (every prefix ends with `/` or names one
@@ -59,7 +70,7 @@ locals {
   bucket_access = {
     ingest = {
       # list raw/ and the ingest/ watermark: the scheduled reconciliation finds objects whose notification was lost
-      get    = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json", "keys/"]
+      get = ["raw/", "state/", "config/", "ingest/", "tags/v1/ready.json", "privacy/v1/suppressed.json", "keys/"]
       # catalog/v1/pending/: what each raw object showed of the data, for the data dictionary
       put    = ["state/", "ingest/", "failed/ingest/", "deliveries/v1/outbox/", "privacy/v1/dropped/", "keys/", "catalog/v1/pending/"]
       delete = ["deliveries/v1/outbox/"]
@@ -73,11 +84,19 @@ locals {
       list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/", "catalog/v1/pending/"]
     }
     activation = {
-      # secrets/: the destinations' signing secrets, readable by this function and the API alone
-      get    = ["deliveries/", "config/", "secrets/"]
+      # the destinations' signing secrets, readable by this function and the API alone
+      get    = ["deliveries/", "config/", "secrets/v1/destinations.json"]
       put    = ["deliveries/", "raw/"]
       delete = ["deliveries/"]
       list   = ["deliveries/"]
+    }
+    import = {
+      # imports/: the files and each source's mapping.json; ingest/imports/: the checkpoints of long files
+      get    = ["imports/", "config/", "privacy/v1/suppressed.json", "keys/", "ingest/imports/"]
+      put    = ["raw/", "failed/imports/", "privacy/v1/dropped/", "ingest/imports/", "keys/"]
+      delete = []
+      # a file's size, read before it is downloaded in ranges
+      list = ["imports/"]
     }
     api = {
       # catalog/: the data dictionary, read by GET /v1/catalog and when definitions are checked
@@ -91,6 +110,16 @@ locals {
   sqs_triggered = {
     ingest     = aws_sqs_queue.work["ingest"].arn
     activation = aws_sqs_queue.work["activation"].arn
+    import     = aws_sqs_queue.work["import"].arn
+  }
+
+  # Per work queue: messages per invocation, and deliveries before a message goes to its dead-letter queue. An
+  # import takes one file per run and hands a long file back to its queue after each run, so it may take
+  # many.
+  queue_settings = {
+    ingest     = { batch = 10, receives = 5 }
+    activation = { batch = 10, receives = 5 }
+    import     = { batch = 1, receives = 20 }
   }
 
   schedules = {

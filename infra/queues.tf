@@ -2,7 +2,7 @@
 # asynchronous invocations (the schedules).
 
 resource "aws_sqs_queue" "dead" {
-  for_each                          = toset(["ingest", "activation"])
+  for_each                          = toset(["ingest", "activation", "import"])
   name                              = "${var.name}-${each.key}-dlq"
   message_retention_seconds         = 1209600
   kms_master_key_id                 = aws_kms_key.data.arn
@@ -11,22 +11,23 @@ resource "aws_sqs_queue" "dead" {
 }
 
 resource "aws_sqs_queue" "work" {
-  for_each = toset(["ingest", "activation"])
+  for_each = toset(["ingest", "activation", "import"])
   name     = "${var.name}-${each.key}"
-  # Six times the function's timeout, as Lambda advises for SQS sources.
-  visibility_timeout_seconds        = 6 * local.functions[each.key].timeout
+  # Six times the function's timeout, as Lambda advises for SQS sources; an import's file comes back a minute
+  # after its run's timeout, so a long file resumes at once.
+  visibility_timeout_seconds        = each.key == "import" ? local.functions[each.key].timeout + 60 : 6 * local.functions[each.key].timeout
   message_retention_seconds         = 345600
   kms_master_key_id                 = aws_kms_key.data.arn
   kms_data_key_reuse_period_seconds = 300
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.dead[each.key].arn
-    maxReceiveCount     = 5
+    maxReceiveCount     = local.queue_settings[each.key].receives
   })
   tags = var.tags
 }
 
 data "aws_iam_policy_document" "work_queue" {
-  for_each = toset(["ingest", "activation"])
+  for_each = toset(["ingest", "activation", "import"])
   statement {
     sid       = "BucketNotifications"
     actions   = ["sqs:SendMessage"]
@@ -49,7 +50,7 @@ data "aws_iam_policy_document" "work_queue" {
 }
 
 resource "aws_sqs_queue_policy" "work" {
-  for_each  = toset(["ingest", "activation"])
+  for_each  = toset(["ingest", "activation", "import"])
   queue_url = aws_sqs_queue.work[each.key].id
   policy    = data.aws_iam_policy_document.work_queue[each.key].json
 }

@@ -140,6 +140,13 @@ resource "aws_s3_bucket_notification" "data" {
     filter_prefix = local.outbox_prefix
   }
 
+  queue {
+    id            = "imports-to-import"
+    queue_arn     = aws_sqs_queue.work["import"].arn
+    events        = ["s3:ObjectCreated:*"]
+    filter_prefix = local.imports_prefix
+  }
+
   depends_on = [aws_sqs_queue_policy.work]
 }
 

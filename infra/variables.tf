@@ -123,3 +123,13 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "import_ephemeral_mb" {
+  description = "The import function's /tmp in MB (512-10240): the largest file put under imports/ must fit"
+  type        = number
+  default     = 4096
+  validation {
+    condition     = var.import_ephemeral_mb >= 512 && var.import_ephemeral_mb <= 10240
+    error_message = "import_ephemeral_mb is 512 to 10240."
+  }
+}

@@ -59,7 +59,14 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
                 let _ = std::io::stderr().flush();
             }
         };
-        let run = Import { source: &source, suppression: suppression.as_ref(), now: crate::now(), seed: crate::seed() };
+        let run = Import {
+            source: &source,
+            suppression: suppression.as_ref(),
+            now: crate::now(),
+            seed: crate::seed(),
+            checkpoint: None,
+            stop_at: None,
+        };
         let imported = import_file(&store, &args.file, mapping, &run, &mut progress).await;
         if terminal {
             eprintln!();

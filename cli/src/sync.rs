@@ -222,7 +222,14 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
             batch.push((number, cells));
             last = (1..=cursor.len()).map(|i| row.try_get::<_, String>(i)).collect::<Result<Vec<_>, _>>()?;
         }
-        let run = Import { source: &source, suppression: suppression.as_ref(), now: crate::now(), seed: crate::seed() };
+        let run = Import {
+            source: &source,
+            suppression: suppression.as_ref(),
+            now: crate::now(),
+            seed: crate::seed(),
+            checkpoint: None,
+            stop_at: None,
+        };
         let (label, id_prefix) = (format!("{place} ({name})"), format!("sync-{name}"));
         let origin = Origin { name: &label, id_prefix: &id_prefix };
         store_rows(&store, &compiled, &run, origin, number, batch, &mut out).await?;

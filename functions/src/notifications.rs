@@ -58,13 +58,18 @@ pub struct SqsBatchResponse {
 
 /// Object keys of `ObjectCreated` records under `raw/`, URL-decoded as S3 encodes them (`+` is a space).
 pub fn keys_of_s3_event(json: &serde_json::Value) -> Result<Vec<String>, shared::Invalid> {
+    keys_of_s3_event_under(json, "raw/")
+}
+
+/// Object keys of `ObjectCreated` records under `prefix`, URL-decoded.
+pub fn keys_of_s3_event_under(json: &serde_json::Value, prefix: &str) -> Result<Vec<String>, shared::Invalid> {
     let event: S3Event = serde_json::from_value(json.clone()).map_err(|e| format!("not an S3 event: {e}"))?;
     Ok(event
         .records
         .into_iter()
         .filter(|r| r.event_name.starts_with("ObjectCreated"))
         .map(|r| url_decode(&r.s3.object.key))
-        .filter(|k| k.starts_with("raw/"))
+        .filter(|k| k.starts_with(prefix))
         .collect())
 }
 
@@ -74,6 +79,11 @@ pub type MessageKeys = (String, Result<Vec<String>, shared::Invalid>);
 /// Per SQS message: its id and the keys its S3 notification names, or why its body could not be read.
 /// S3's `s3:TestEvent` (sent when notifications are configured) yields no keys.
 pub fn keys_of_sqs_event(json: &serde_json::Value) -> Result<Vec<MessageKeys>, shared::Invalid> {
+    keys_of_sqs_event_under(json, "raw/")
+}
+
+/// Per SQS message: its id and the keys under `prefix` its S3 notification names.
+pub fn keys_of_sqs_event_under(json: &serde_json::Value, prefix: &str) -> Result<Vec<MessageKeys>, shared::Invalid> {
     let event: SqsEvent = serde_json::from_value(json.clone()).map_err(|e| format!("not an SQS event: {e}"))?;
     Ok(event
         .records
@@ -85,7 +95,7 @@ pub fn keys_of_sqs_event(json: &serde_json::Value) -> Result<Vec<MessageKeys>, s
                     if body.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
                         Ok(Vec::new())
                     } else {
-                        keys_of_s3_event(&body)
+                        keys_of_s3_event_under(&body, prefix)
                     }
                 });
             (m.message_id, keys)

@@ -202,6 +202,7 @@ fn notifications_watch_the_storage_layout() {
     let module = module();
     assert_eq!(local(&module, "raw_prefix"), &Expression::String(shared::storage::ObjectKind::Raw.prefix().into()));
     assert_eq!(local(&module, "outbox_prefix"), &Expression::String(functions::activation::outbox::OUTBOX.into()));
+    assert_eq!(local(&module, "imports_prefix"), &Expression::String(shared::storage::keys::IMPORTS.into()));
     let notification = module
         .iter()
         .flat_map(|(_, b)| blocks(b, "resource"))
@@ -218,6 +219,7 @@ fn notifications_watch_the_storage_layout() {
     let expected: BTreeSet<(String, String)> = [
         ("local.raw_prefix".to_string(), "aws_sqs_queue.work[\"ingest\"].arn".to_string()),
         ("local.outbox_prefix".to_string(), "aws_sqs_queue.work[\"activation\"].arn".to_string()),
+        ("local.imports_prefix".to_string(), "aws_sqs_queue.work[\"import\"].arn".to_string()),
     ]
     .into();
     assert_eq!(watched, expected);

@@ -296,3 +296,59 @@ fn api_lambda_serves_function_url_requests_through_its_runtime_loop() {
     assert_eq!(actions, ["profile.read", "api_key.create"], "the read and the key's creation, in the audit log in S3");
     drop(function);
 }
+
+/// The real import binary: a CSV put under `imports/<source>/` beside the source's `mapping.json` in a real
+/// S3-compatible server, notified through SQS, becomes raw events (bad rows quarantined with their row), with
+/// its checkpoint marked complete.
+#[test]
+fn import_lambda_imports_a_file_put_under_imports_through_its_runtime_loop() {
+    let bin = repo_root().join("target/debug/import");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p cdp-functions` first", bin.display());
+    let s3 = LocalS3::start();
+    let store = s3.store();
+    let (source, _) = new_source("crm", "CRM", &mut Entropy::from_seed([5; 32]));
+    let mut sources = Sources::default();
+    sources.add(source).expect("source");
+    s3.block_on(store.put(keys::CONFIG_SOURCES, sources.to_json(), PutOptions::json())).expect("sources");
+    let mapping = br#"{"type": "identify", "userId": {"column": "id"},
+        "traits": {"name": {"column": "name"}, "age": {"column": "age", "type": "number"}}}"#;
+    s3.block_on(store.put("imports/crm/mapping.json", mapping.to_vec(), PutOptions::json())).expect("mapping");
+    let csv = "id,name,age\nc-1,Li Lei,31\nc-2,Han Meimei,\nc-3,Bad Age,thirty\n";
+    s3.block_on(store.put("imports/crm/contacts 2026.csv", csv.as_bytes().to_vec(), PutOptions::json())).expect("csv");
+
+    let notification = json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": local_s3::BUCKET}, "object": {"key": "imports/crm/contacts+2026.csv", "size": csv.len()}}}]});
+    let event = json!({"Records": [{"messageId": "5f1e9a0c-2222-4bbb-8ccc-000000000001", "eventSource": "aws:sqs",
+        "body": notification.to_string(), "attributes": {"ApproximateReceiveCount": "1"}}]});
+    let api = RuntimeApi::start();
+    let kms = LocalKms::start();
+    let mut command = function_command(&bin, "import", &api, &s3, &kms);
+    command.env("CDP_IMPORT_MARGIN_SECONDS", "5");
+    let function = Proc::spawn("lambda-import", command);
+    let response = api
+        .invoke(&event, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", function.log_tail()))
+        .unwrap_or_else(|e| panic!("the function reported an error: {e}\n{}", function.log_tail()));
+    let response: Value = serde_json::from_str(&response).expect("JSON response");
+    assert_eq!(response, json!({"batchItemFailures": []}), "{}", function.log_tail());
+
+    let raw = s3.block_on(store.list("raw/")).expect("list raw/");
+    let mut users = Vec::new();
+    for meta in &raw {
+        let body = s3.block_on(store.get(&meta.key)).expect("get").expect("object").body;
+        let events: Vec<shared::event::CanonicalEvent> = shared::storage::decode_ndjson_gz(&body).expect("events");
+        users.extend(events.into_iter().map(|e| (e.source_id, e.user_id)));
+    }
+    assert_eq!(
+        users,
+        [("crm".to_string(), Some("c-1".to_string())), ("crm".to_string(), Some("c-2".to_string()))],
+        "{}",
+        function.log_tail()
+    );
+    let failed = s3.block_on(store.list("failed/imports/crm/")).expect("list failed/");
+    assert_eq!(failed.len(), 1, "the bad row, with its row and reason");
+    let checkpoints = s3.block_on(store.list("ingest/imports/crm/")).expect("list checkpoints");
+    let checkpoint = s3.block_on(store.get(&checkpoints[0].key)).expect("get").expect("checkpoint").body;
+    let checkpoint: Value = serde_json::from_slice(&checkpoint).expect("json");
+    assert_eq!((checkpoint["complete"].clone(), checkpoint["accepted"].clone()), (json!(true), json!(2)));
+}

@@ -5,6 +5,7 @@
 //! row's number and the reason, and the rest go on; suppressed people's rows are dropped and counted, as at the
 //! collector. Used by `cdp import`.
 
+pub mod lambda;
 pub mod read;
 
 use std::path::Path;
@@ -45,6 +46,11 @@ pub struct Imported {
     pub failed_prefix: String,
     /// The file's SHA-256.
     pub sha256: String,
+    /// Whether every row was read; `false` when the run stopped at its deadline (it resumes from its
+    /// checkpoint).
+    pub complete: bool,
+    /// Chunks stored by earlier runs and passed over by this one (their rows are not counted again).
+    pub resumed_chunks: u64,
 }
 
 /// A row that did not become an event.
@@ -89,6 +95,36 @@ pub struct Import<'a> {
     pub now: UtcTime,
     /// 32 bytes from the OS's CSPRNG (names the raw objects).
     pub seed: [u8; 32],
+    /// Where the import keeps which chunks it stored (read at the start, written every few seconds and at the
+    /// end), so a run that stops resumes; none: no checkpoint.
+    pub checkpoint: Option<&'a str>,
+    /// When to stop taking chunks (the checkpoint is written, and the result says it is not complete).
+    pub stop_at: Option<std::time::Instant>,
+}
+
+/// What an import's checkpoint holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// The chunks stored (by number: the file's rows in order, [`CHUNK`] each).
+    pub chunks: std::collections::BTreeSet<u64>,
+    /// Whether the file was read to its end.
+    pub complete: bool,
+    /// Rows and events so far, over all runs.
+    pub rows: u64,
+    /// Events stored so far.
+    pub accepted: u64,
+    /// Rows failed so far.
+    pub failed: u64,
+}
+
+/// How often a running import writes its checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn write_checkpoint<S: ObjectStore>(store: &S, key: &str, checkpoint: &Checkpoint) -> Result<(), Error> {
+    let body = serde_json::to_vec(checkpoint).map_err(Error::encoding)?;
+    store.put(key, body, PutOptions::json()).await?;
+    Ok(())
 }
 
 /// Imports the rows of `path` as events of `run.source`: reads it in chunks of [`CHUNK`] rows, each through the
@@ -109,7 +145,16 @@ pub async fn import_file<S: ObjectStore>(
     // Columns the mapping does not read are not decoded (nor can their types fail a row).
     rows.only(mapping.columns());
     let sha256 = file_sha256(path).map_err(invalid)?;
-    let Import { source, suppression, now, seed } = *run;
+    let Import { source, suppression, now, seed, checkpoint, stop_at } = *run;
+    let mut progress_kept = match checkpoint {
+        Some(key) => match store.get(key).await? {
+            Some(object) => {
+                serde_json::from_slice::<Checkpoint>(&object.body).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?
+            }
+            None => Checkpoint::default(),
+        },
+        None => Checkpoint::default(),
+    };
     let mut out = Imported {
         failed_prefix: format!("failed/imports/{}/{}-{}/", source.id, &sha256[..16], &mapping_sha256[..8]),
         sha256: sha256.clone(),
@@ -165,6 +210,8 @@ pub async fn import_file<S: ObjectStore>(
     }
     drop(finished);
     let mut read = 0;
+    let mut written = std::time::Instant::now();
+    let mut stopped = false;
     while let Some(result) = results.recv().await {
         let chunk = match result {
             Ok(chunk) => chunk,
@@ -179,10 +226,41 @@ pub async fn import_file<S: ObjectStore>(
             }
         };
         read = read.max(chunk.read);
-        chunk.store(store, &mut out).await?;
+        if progress_kept.chunks.contains(&chunk.number) {
+            out.resumed_chunks += 1;
+        } else {
+            let before = (out.rows, out.accepted, out.failed);
+            let number = chunk.number;
+            chunk.store(store, &mut out).await?;
+            progress_kept.chunks.insert(number);
+            progress_kept.rows += out.rows - before.0;
+            progress_kept.accepted += out.accepted - before.1;
+            progress_kept.failed += out.failed - before.2;
+        }
         progress(out.rows, read);
+        if let Some(key) = checkpoint
+            && written.elapsed() >= CHECKPOINT_EVERY
+        {
+            write_checkpoint(store, key, &progress_kept).await?;
+            written = std::time::Instant::now();
+        }
+        if stop_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            // Dropping the receiver stops the reader and the workers.
+            stopped = true;
+            break;
+        }
     }
-    if out.rows == 0 {
+    drop(results);
+    out.complete = !stopped;
+    if let Some(key) = checkpoint {
+        progress_kept.complete = out.complete;
+        write_checkpoint(store, key, &progress_kept).await?;
+    }
+    if stopped {
+        out.objects.sort();
+        return Ok(out);
+    }
+    if out.rows == 0 && out.resumed_chunks == 0 {
         return Err(Error::Invalid(format!("{}: the file has no rows (only its columns)", path.display())));
     }
     out.objects.sort();
@@ -259,6 +337,7 @@ struct Context {
 
 /// One chunk, made into objects to store: the suppressed count's record, the raw object, the failed rows.
 struct Chunk {
+    number: u64,
     rows: u64,
     read: u64,
     suppressed: u64,
@@ -279,7 +358,8 @@ impl Context {
         // Raw objects are named by when they are stored, not when the import began: lake compaction and
         // reconciliation take objects in name order and never look behind their watermark.
         let received = crate::config::now().unwrap_or(now).max(now);
-        let mut out = Chunk { rows: rows.len() as u64, read, suppressed: 0, dropped: None, raw: None, failed: None };
+        let mut out =
+            Chunk { number, rows: rows.len() as u64, read, suppressed: 0, dropped: None, raw: None, failed: None };
         let mut failed: Vec<FailedRow> = Vec::new();
         let mut texts = Vec::with_capacity(rows.len());
         let mut numbers = Vec::with_capacity(rows.len());

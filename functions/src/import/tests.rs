@@ -49,7 +49,7 @@ impl Setup {
     async fn import(&self, path: &Path, mapping: Mapping) -> Result<Imported, Error> {
         let seed = [self.seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32];
         let source = source();
-        let run = Import { source: &source, suppression: None, now: now(), seed };
+        let run = Import { source: &source, suppression: None, now: now(), seed, checkpoint: None, stop_at: None };
         import_file(&self.store, path, mapping, &run, &mut |_, _| {}).await
     }
 
@@ -83,7 +83,7 @@ async fn a_csv_file_becomes_events_and_bad_rows_are_quarantined_with_their_row()
     let path = s.file("contacts.csv", CSV.as_bytes());
     let mut heard = Vec::new();
     let source = source();
-    let run = Import { source: &source, suppression: None, now: now(), seed: [1; 32] };
+    let run = Import { source: &source, suppression: None, now: now(), seed: [1; 32], checkpoint: None, stop_at: None };
     let imported =
         import_file(&s.store, &path, contacts(), &run, &mut |rows, bytes| heard.push((rows, bytes))).await.unwrap();
     assert_eq!((imported.rows, imported.accepted, imported.failed), (5, 2, 3));
@@ -221,4 +221,115 @@ async fn bad_files_say_what_is_wrong_and_store_nothing() {
     let failure = &s.failures(&imported).await[0];
     assert_eq!(failure["row"], 3);
     assert!(failure["reason"].as_str().unwrap().contains("a quote opened on this line is not closed"), "{failure}");
+}
+
+mod lambda_tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+    use shared::source::Sources;
+
+    use super::*;
+    use crate::import::lambda::{Run, handle_payload};
+
+    const MAPPING: &[u8] =
+        br#"{"type": "identify", "userId": {"column": "id"}, "traits": {"name": {"column": "name"}}}"#;
+
+    /// A store with source `crm`, its mapping, and `rows` contacts at `imports/crm/contacts.csv`.
+    async fn bucket(rows: usize) -> (tempfile::TempDir, FsStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().join("data")).unwrap();
+        let mut sources = Sources::default();
+        sources.add(source()).unwrap();
+        store.put(shared::storage::CONFIG_SOURCES, sources.to_json(), PutOptions::json()).await.unwrap();
+        store.put("imports/crm/mapping.json", MAPPING.to_vec(), PutOptions::json()).await.unwrap();
+        let mut csv = String::from("id,name\n");
+        for i in 0..rows {
+            csv.push_str(&format!("c-{i},Person {i}\n"));
+        }
+        store.put("imports/crm/contacts.csv", csv.into_bytes(), PutOptions::json()).await.unwrap();
+        (dir, store)
+    }
+
+    fn sqs(key: &str) -> Value {
+        let notification = json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"object": {"key": key}}}]});
+        json!({"Records": [{"eventSource": "aws:sqs", "messageId": "m-1", "body": notification.to_string()}]})
+    }
+
+    fn run(tmp: &Path, stop_at: Instant) -> Run {
+        Run { stop_at, tmp: tmp.to_path_buf(), seed: [3; 32] }
+    }
+
+    async fn raw_events(store: &FsStore) -> Vec<String> {
+        let mut ids = Vec::new();
+        for meta in store.list("raw/").await.unwrap() {
+            let events: Vec<CanonicalEvent> =
+                decode_ndjson_gz(&store.get(&meta.key).await.unwrap().unwrap().body).unwrap();
+            ids.extend(events.into_iter().map(|e| e.message_id));
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_file_put_under_imports_becomes_events_and_a_long_one_resumes_from_its_checkpoint() {
+        let rows = 3 * CHUNK + 17;
+        let (dir, store) = bucket(rows).await;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        // A deadline already passed: the run stores one chunk, writes its checkpoint and hands the message back.
+        let answer =
+            handle_payload(&store, &sqs("imports/crm/contacts.csv"), now(), &run(&tmp, Instant::now())).await.unwrap();
+        assert_eq!(answer, json!({"batchItemFailures": [{"itemIdentifier": "m-1"}]}), "unfinished: redelivered");
+        let first = raw_events(&store).await.len();
+        assert!(first > 0 && first < rows, "{first} of {rows} rows in the first run");
+        let checkpoints = store.list("ingest/imports/crm/").await.unwrap();
+        assert_eq!(checkpoints.len(), 1);
+
+        let later = Instant::now() + Duration::from_secs(600);
+        let answer = handle_payload(&store, &sqs("imports/crm/contacts.csv"), now(), &run(&tmp, later)).await.unwrap();
+        assert_eq!(answer, json!({"batchItemFailures": []}));
+        let mut ids = raw_events(&store).await;
+        assert_eq!(ids.len(), rows, "every row once: the stored chunks are passed over");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), rows);
+        let checkpoint: Checkpoint =
+            serde_json::from_slice(&store.get(&checkpoints[0].key).await.unwrap().unwrap().body).unwrap();
+        assert!(checkpoint.complete && checkpoint.accepted == rows as u64, "{checkpoint:?}");
+
+        // Delivered again (S3 and SQS deliver at least once): nothing more is stored.
+        let objects = store.list("raw/").await.unwrap().len();
+        handle_payload(&store, &sqs("imports/crm/contacts.csv"), now(), &run(&tmp, later)).await.unwrap();
+        assert_eq!(store.list("raw/").await.unwrap().len(), objects);
+        assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "the download is removed");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_imported_is_reported_beside_its_failed_rows_and_not_retried() {
+        let (dir, store) = bucket(3).await;
+        let later = Instant::now() + Duration::from_secs(600);
+        let run = run(dir.path(), later);
+        store
+            .put(
+                "imports/crm/mapping.json",
+                br#"{"type": "identify", "userId": {"column": "crm_id"}}"#.to_vec(),
+                PutOptions::json(),
+            )
+            .await
+            .unwrap();
+        let answer = handle_payload(&store, &sqs("imports/crm/contacts.csv"), now(), &run).await.unwrap();
+        assert_eq!(answer, json!({"batchItemFailures": []}), "a retry would not mend it");
+        let problem = store.get("failed/imports/crm/contacts.csv.problem.json").await.unwrap().expect("the report");
+        let problem: Value = serde_json::from_slice(&problem.body).unwrap();
+        assert!(problem["reason"].as_str().unwrap().contains("no column `crm_id`"), "{problem}");
+
+        store.put("imports/nobody/a.csv", b"id\n1\n".to_vec(), PutOptions::json()).await.unwrap();
+        handle_payload(&store, &sqs("imports/nobody/a.csv"), now(), &run).await.unwrap();
+        let problem = store.get("failed/imports/nobody/a.csv.problem.json").await.unwrap().expect("the report");
+        assert!(String::from_utf8_lossy(&problem.body).contains("no source \\\"nobody\\\""));
+        // The mapping itself, and objects outside imports/, are not files to import.
+        let answer = handle_payload(&store, &sqs("imports/crm/mapping.json"), now(), &run).await.unwrap();
+        assert_eq!(answer, json!({"batchItemFailures": []}));
+        assert!(store.list("raw/").await.unwrap().is_empty());
+    }
 }

@@ -41,6 +41,18 @@ pub fn catalog_pending(raw_key: &str) -> String {
     format!("{CATALOG_PENDING}{}.json", raw_key.replace('/', "~"))
 }
 
+/// Files put here (`imports/<source id>/<file>`) are imported as events of the source by the import function,
+/// through the mapping at `imports/<source id>/mapping.json`.
+pub const IMPORTS: &str = "imports/";
+
+/// `ingest/imports/<source>/<file sha256 16>-<mapping sha256 8>.json`: which chunks of a file the import
+/// function stored, so a run that stops resumes.
+pub fn import_checkpoint(source: &str, file_sha256: &str, mapping_sha256: &str) -> String {
+    let file = &file_sha256[..file_sha256.len().min(16)];
+    let mapping = &mapping_sha256[..mapping_sha256.len().min(8)];
+    format!("ingest/imports/{source}/{file}-{mapping}.json")
+}
+
 /// `sync/v1/<source>/<name>.json`: where a database sync of `source` stopped (its cursor), so the next run
 /// reads only newer rows.
 pub fn sync_cursor(source: &str, name: &str) -> String {
