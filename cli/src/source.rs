@@ -28,7 +28,7 @@ pub(crate) enum SourceCommand {
         /// A webhook source's signing secret (the sender's: Shopify's app secret, Stripe's `whsec_…`, a
         /// Standard Webhooks `whsec_…`); default: the CDP_SIGNING_SECRET environment variable.
         #[arg(long)]
-        signing_secret: Option<String>,
+        signing_secret: Option<Secret>,
         /// A `webhook` source's mapping: JSON as a file import's, its columns JSON pointers into the payload.
         #[arg(long)]
         mapping: Option<std::path::PathBuf>,
@@ -42,7 +42,7 @@ pub(crate) enum SourceCommand {
         id: String,
         /// The new secret.
         #[arg(long)]
-        signing_secret: Option<String>,
+        signing_secret: Option<Secret>,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -56,6 +56,14 @@ pub(crate) enum SourceCommand {
         /// Remove the plan.
         #[arg(long, conflicts_with = "file")]
         clear: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Delete a source (and a webhook source's signing secret): its key or webhooks are refused within seconds;
+    /// its events stay.
+    Delete {
+        /// The source's id.
+        id: String,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -76,6 +84,9 @@ pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
                 let kind = SourceKind::parse(&kind)
                     .with_context(|| format!("--kind {kind:?}: one of {}", SourceKind::NAMES.join(", ")))?;
                 if kind.is_webhook() {
+                    if !origins.is_empty() {
+                        bail!("--origin is for browsers; a webhook source takes its sender's signed requests only");
+                    }
                     let secret = secret_given(signing_secret)?;
                     let mapping = match mapping {
                         Some(file) => {
@@ -173,6 +184,30 @@ pub(crate) fn run(command: SourceCommand) -> anyhow::Result<()> {
                 println!("source {id}: signing secret set");
                 Ok(())
             }
+            SourceCommand::Delete { id, data } => {
+                let store = FsStore::open(&data.data).context("opening the data folder")?;
+                // The secret first: a deletion that fails part-way leaves no secret behind.
+                functions::collect::update_source_secrets(&store, |secrets| {
+                    Ok::<_, anyhow::Error>(secrets.remove(&id))
+                })
+                .await?;
+                let before = functions::collect::update_sources(&store, |sources| {
+                    sources.remove(&id).with_context(|| format!("no source {id:?}"))
+                })
+                .await?;
+                let change =
+                    functions::audit::Change { before: Some(serde_json::to_value(&before)?), ..Default::default() };
+                functions::audit::record(
+                    &store,
+                    crate::access::operator(),
+                    "source.delete",
+                    &format!("source:{id}"),
+                    change,
+                )
+                .await?;
+                println!("source {id} deleted (its events stay)");
+                Ok(())
+            }
             SourceCommand::List { data } => {
                 let store = FsStore::open(&data.data).context("opening the data folder")?;
                 let sources = load_sources(&store).await?;
@@ -215,9 +250,28 @@ pub(crate) async fn create(
     Ok((source, key))
 }
 
+/// A signing secret given on the command line: its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// The signing secret from the flag, else from `CDP_SIGNING_SECRET` (kept out of shell history).
-fn secret_given(flag: Option<String>) -> anyhow::Result<String> {
-    flag.or_else(|| std::env::var("CDP_SIGNING_SECRET").ok())
+fn secret_given(flag: Option<Secret>) -> anyhow::Result<String> {
+    flag.map(|secret| secret.0)
+        .or_else(|| std::env::var("CDP_SIGNING_SECRET").ok())
         .filter(|s| !s.trim().is_empty())
         .context("a webhook source needs its sender's signing secret: --signing-secret, or CDP_SIGNING_SECRET")
 }
@@ -236,9 +290,12 @@ pub(crate) async fn create_webhook(
     let (mut source, _) = new_source(id, name, &mut Entropy::from_seed(crate::seed()));
     source.kind = kind;
     source.mapping = mapping;
-    if load_sources(store).await?.list().iter().any(|s| s.id == id) {
+    // Checked whole before anything is stored: a refused source leaves no secret behind.
+    let mut trial = load_sources(store).await?;
+    if trial.list().iter().any(|s| s.id == id) {
         bail!("a source with id {id:?} already exists");
     }
+    trial.add(source.clone())?;
     // The secret first: a source that exists can verify from its first webhook.
     functions::collect::update_source_secrets(store, |secrets| {
         secrets.set(id, secret);

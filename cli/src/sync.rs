@@ -30,7 +30,7 @@ pub(crate) enum SyncCommand {
     Postgres(PostgresArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub(crate) struct PostgresArgs {
     /// `postgres://user:password@host:port/database` (default: the CDP_SYNC_URL environment variable, which
     /// keeps the password out of shell history). Never printed.
@@ -63,6 +63,21 @@ pub(crate) struct PostgresArgs {
     json: bool,
     #[command(flatten)]
     data: DataArgs,
+}
+
+impl std::fmt::Debug for PostgresArgs {
+    /// Everything but the URL, which may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresArgs")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("query", &self.query)
+            .field("cursor", &self.cursor)
+            .field("source", &self.source)
+            .field("mapping", &self.mapping)
+            .field("batch", &self.batch)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a sync stopped.
@@ -139,7 +154,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
     let (client, connection) = match connecting.await {
         Ok(Ok(connected)) => connected,
         // The error names the server's complaint or the socket's, never the password.
-        Ok(Err(error)) => bail!("could not connect to PostgreSQL at {place}: {error}"),
+        Ok(Err(error)) => bail!("could not connect to PostgreSQL at {place}: {}", db_error(&error)),
         Err(_) => bail!("could not connect to PostgreSQL at {place}: no answer in 15 s"),
     };
     let connection = tokio::spawn(connection);
@@ -156,6 +171,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
         };
         types.push(found.type_().name().to_string());
     }
+    let mapping_sha256 = mapping.sha256();
     let compiled = mapping.check(&columns).map_err(|e| anyhow::anyhow!("{}: {e}", args.mapping.display()))?;
 
     let key = keys::sync_cursor(&source.id, &name);
@@ -186,7 +202,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
         let past = if resume { format!(" AND ({listed_cursor}) > ({past})") } else { String::new() };
         format!(
             "SELECT row_to_json(cdp_sync)::text, {texts} FROM {from} AS cdp_sync WHERE {not_null}{past} ORDER BY {listed_cursor} LIMIT {}",
-            args.batch
+            args.batch + 1
         )
     };
 
@@ -206,10 +222,33 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
         if rows.is_empty() {
             break;
         }
-        let full = rows.len() == args.batch;
-        let mut batch = Vec::with_capacity(rows.len());
-        let mut last = Vec::new();
-        for (i, row) in rows.iter().enumerate() {
+        // One row more than the batch is read: if it shares the batch's last cursor value (a cursor without a
+        // unique tiebreaker), the rows with that value are left for the next batch, which starts after the
+        // value before them, so none is skipped.
+        let full = rows.len() > args.batch;
+        let cursors = rows
+            .iter()
+            .map(|row| (1..=cursor.len()).map(|i| row.try_get::<_, String>(i)).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut take = rows.len().min(args.batch);
+        if full {
+            let next = &cursors[args.batch];
+            while take > 0 && &cursors[take - 1] == next {
+                take -= 1;
+            }
+            if take == 0 {
+                bail!(
+                    "more than {} rows share the cursor value ({}) = ({}): give a larger --batch, or a unique \
+                     tiebreaker column (`--cursor {},id`)",
+                    args.batch,
+                    cursor.join(", "),
+                    next.join(", "),
+                    cursor.join(",")
+                );
+            }
+        }
+        let mut batch = Vec::with_capacity(take);
+        for (i, row) in rows.iter().take(take).enumerate() {
             let json: String = row.try_get(0).context("a row without its JSON")?;
             let number = stored.rows + i as u64 + 1;
             let cells = match serde_json::from_str::<serde_json::Map<String, Value>>(&json) {
@@ -220,8 +259,8 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
                 Err(e) => Err(format!("the row does not read as JSON: {e}")),
             };
             batch.push((number, cells));
-            last = (1..=cursor.len()).map(|i| row.try_get::<_, String>(i)).collect::<Result<Vec<_>, _>>()?;
         }
+        let last = cursors[take - 1].clone();
         let run = Import {
             source: &source,
             suppression: suppression.as_ref(),
@@ -230,14 +269,15 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
             checkpoint: None,
             stop_at: None,
         };
-        let (label, id_prefix) = (format!("{place} ({name})"), format!("sync-{name}"));
+        // The mapping is part of each row's id: a corrected mapping makes new events of rows read again.
+        let (label, id_prefix) = (format!("{place} ({name})"), format!("sync-{name}-{}", &mapping_sha256[..8]));
         let origin = Origin { name: &label, id_prefix: &id_prefix };
         store_rows(&store, &compiled, &run, origin, number, batch, &mut out).await?;
         // The cursor moves only past rows that are stored; under compare-and-swap, so two runs of one sync
         // cannot both move it.
         let moved = Stored {
             cursor: last,
-            rows: stored.rows + rows.len() as u64,
+            rows: stored.rows + take as u64,
             updated_at: crate::now().unix_millis(),
             ..stored.clone()
         };
@@ -263,6 +303,12 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
     if terminal {
         eprintln!();
     }
+    // Rows whose cursor is NULL can never be read past: counted, so they are not lost unseen.
+    let without_cursor: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {from} AS cdp_sync WHERE NOT ({not_null})"), &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| anyhow::anyhow!("counting rows without a cursor on {place}: {}", db_error(&e)))?;
     drop(client);
     let _ = connection.await;
     let seconds = start.elapsed().as_secs_f64();
@@ -275,6 +321,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
         summary["name"] = name.clone().into();
         summary["cursor"] = serde_json::json!(stored.cursor);
         summary["seconds"] = seconds.into();
+        summary["withoutCursor"] = without_cursor.into();
         if let Some((applied, duplicates)) = applied {
             summary["applied"] = applied.into();
             summary["duplicates"] = duplicates.into();
@@ -299,6 +346,13 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
     if let Some((applied, duplicates)) = applied {
         println!("applied to profiles: {applied} events ({duplicates} already there)");
     }
+    if without_cursor > 0 {
+        println!(
+            "{} rows have no value in ({}) and are never read: set it on every row (a default, a trigger)",
+            crate::import::thousands(without_cursor as u64),
+            cursor.join(", ")
+        );
+    }
     match stored.cursor.is_empty() {
         true => println!("sync {name}: nothing to read yet"),
         false => println!("sync {name}: cursor at ({}) = ({})", cursor.join(", "), stored.cursor.join(", ")),
@@ -321,7 +375,10 @@ fn place(config: &tokio_postgres::Config) -> String {
 fn db_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => error.to_string(),
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
     }
 }
 

@@ -10,8 +10,8 @@ use crate::procs::Proc;
 
 /// A running PostgreSQL server.
 pub struct Postgres {
-    /// `postgres://cdp:…@127.0.0.1:PORT/postgres` (trust authentication: the password is only there to be kept
-    /// out of what is printed).
+    /// `postgres://cdp:<PASSWORD>@127.0.0.1:PORT/postgres` (connections over TCP authenticate with
+    /// SCRAM-SHA-256).
     pub url: String,
     bin: PathBuf,
     port: u16,
@@ -45,18 +45,25 @@ fn command(bin: &Path, program: &str) -> Command {
     command
 }
 
+/// The password of the server's user `cdp`.
+pub const PASSWORD: &str = "not-a-real-password";
+
 impl Postgres {
     /// Starts a fresh server (initdb, then postgres) and waits until it answers (at most 60 s).
     pub fn start() -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
+        let pwfile = dir.path().join("password");
+        std::fs::write(&pwfile, PASSWORD).expect("write the password file");
         if Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0") {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the server's folder to postgres");
         }
         let output = command(&bin, "initdb")
-            .args(["-U", "cdp", "--auth=trust", "-E", "UTF8", "--locale=C", "-D"])
+            .args(["-U", "cdp", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .arg("-D")
             .arg(&data)
             .output()
             .expect("running initdb");
@@ -78,13 +85,7 @@ impl Postgres {
             assert!(start.elapsed() < Duration::from_secs(60), "postgres did not answer in 60 s:\n{}", proc.log_tail());
             std::thread::sleep(Duration::from_millis(200));
         }
-        Self {
-            url: format!("postgres://cdp:not-a-real-password@127.0.0.1:{port}/postgres"),
-            bin,
-            port,
-            _proc: proc,
-            _dir: dir,
-        }
+        Self { url: format!("postgres://cdp:{PASSWORD}@127.0.0.1:{port}/postgres"), bin, port, _proc: proc, _dir: dir }
     }
 
     /// Runs `sql` through psql; panics with the server's message if it fails. Returns psql's unaligned output.
@@ -95,6 +96,7 @@ impl Postgres {
 
 fn psql(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
     let output = command(bin, "psql")
+        .env("PGPASSWORD", PASSWORD)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "cdp", "-d", "postgres"])
         .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
         .output()

@@ -207,7 +207,9 @@ fn cdp_sync(data: &Path, url: &str, query: &str, cursor: &str, mapping: &Path) -
         .output()
         .expect("running cdp sync postgres");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(!text.contains("not-a-real-password"), "the password is never printed: {text}");
+    let password =
+        url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).and_then(|(user, _)| user.split_once(':'));
+    assert!(password.is_some_and(|(_, p)| !text.contains(p)), "the password is never printed: {text}");
     (output.status.success(), text)
 }
 
@@ -227,7 +229,7 @@ fn a_postgres_table_is_synced_incrementally_by_its_cursor() {
     let pg = cdp_e2e::postgres::Postgres::start();
     pg.sql(
         "create table customers (id serial primary key, email text, full_name text, plan text, score numeric, \
-         vip boolean, tags text[], updated_at timestamptz not null)",
+         vip boolean, tags text[], updated_at timestamptz)",
     );
     // Two rows share a time: the cursor's tiebreaker (id) keeps either from being skipped, one row per batch.
     pg.sql(
@@ -259,18 +261,23 @@ fn a_postgres_table_is_synced_incrementally_by_its_cursor() {
 
     let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &mapping);
     assert!(ok && text.contains("0 new rows"), "nothing new, nothing read: {text}");
+    // Without a tiebreaker, a batch of one cannot pass two rows that share a time: refused, not skipped.
+    let (ok, text) = cdp_sync(data.path(), &pg.url, "select * from customers", "updated_at", &mapping);
+    assert!(!ok && text.contains("more than 1 rows share the cursor value"), "{text}");
+    pg.sql("insert into customers (email, full_name) values ('nocursor@example.com', 'No Cursor')");
 
     pg.sql("update customers set plan = 'gold', updated_at = '2026-01-03T08:00:00Z' where email = 'han@example.com'");
     pg.sql("insert into customers (email, full_name, plan, updated_at) values ('zhao@example.com', 'Zhao', 'free', '2026-01-03T09:00:00Z')");
     let (ok, text) = cdp_sync(data.path(), &pg.url, "customers", "updated_at,id", &mapping);
     assert!(ok && text.contains("2 new rows") && text.contains("of 5 synced so far"), "{text}");
+    assert!(text.contains("1 rows have no value in (updated_at, id) and are never read"), "{text}");
     assert_eq!(traits_of(data.path(), "email:han@example.com")["plan"], "gold", "the changed row is a new event");
     assert_eq!(traits_of(data.path(), "email:zhao@example.com")["name"], "Zhao");
     let cursors: Vec<_> =
         std::fs::read_dir(data.path().join("sync/v1/crm")).expect("the cursor's folder").flatten().collect();
     assert_eq!(cursors.len(), 1);
     let stored: Value = serde_json::from_slice(&std::fs::read(cursors[0].path()).expect("read")).expect("json");
-    assert_eq!(stored["cursor"][1], "4", "{stored}");
+    assert_eq!(stored["cursor"][1], "5", "{stored}");
 
     // Problems named before anything is read or stored.
     let bad = data.path().join("bad.json");
@@ -284,4 +291,7 @@ fn a_postgres_table_is_synced_incrementally_by_its_cursor() {
     let closed = format!("postgres://cdp:not-a-real-password@127.0.0.1:{}/postgres", cdp_e2e::free_port());
     let (ok, text) = cdp_sync(data.path(), &closed, "customers", "updated_at,id", &mapping);
     assert!(!ok && text.contains("could not connect to PostgreSQL at 127.0.0.1:"), "{text}");
+    let wrong = pg.url.replace(cdp_e2e::postgres::PASSWORD, "wrong-password-9");
+    let (ok, text) = cdp_sync(data.path(), &wrong, "customers", "updated_at,id", &mapping);
+    assert!(!ok && text.contains("password authentication failed"), "{text}");
 }

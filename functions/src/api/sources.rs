@@ -34,7 +34,8 @@ pub(crate) struct NewSource {
     #[schema(value_type = Option<String>)]
     kind: Option<SourceKind>,
     /// A webhook source's signing secret (required for those kinds; stored apart, never shown).
-    signing_secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    signing_secret: Option<SigningSecret>,
     /// A `webhook` source's mapping (docs/data.md): a file import's mapping whose columns are JSON pointers.
     #[schema(value_type = Option<Object>)]
     mapping: Option<shared::import::Mapping>,
@@ -60,10 +61,22 @@ pub(crate) struct SourcePatch {
     #[serde(default, deserialize_with = "present")]
     tracking_plan: Option<Option<shared::source::TrackingPlan>>,
     /// A webhook source's new signing secret (rotation: the old one stops verifying within seconds).
-    signing_secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    signing_secret: Option<SigningSecret>,
     /// A `webhook` source's new mapping.
     #[schema(value_type = Option<Object>)]
     mapping: Option<shared::import::Mapping>,
+}
+
+/// A signing secret as given: its `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct SigningSecret(String);
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret(<redacted>)")
+    }
 }
 
 /// A field that may be given as `null` (`Some(None)`), apart from absent (`None`).
@@ -84,7 +97,13 @@ fn shown(source: &SourceConfig) -> Value {
 }
 
 /// Stores a webhook source's signing secret after checking it suits the kind.
-async fn set_secret<S: ObjectStore>(store: &S, id: &str, kind: SourceKind, secret: &str) -> Result<(), ApiError> {
+async fn set_secret<S: ObjectStore>(
+    store: &S,
+    id: &str,
+    kind: SourceKind,
+    secret: &SigningSecret,
+) -> Result<(), ApiError> {
+    let secret = secret.0.as_str();
     kind.check_secret(secret).map_err(|problem| ApiError::invalid(format!("signingSecret: {problem}")))?;
     crate::collect::update_source_secrets(store, |secrets| {
         secrets.set(id, secret);
@@ -139,19 +158,9 @@ async fn create<S: ObjectStore + Clone>(
         (false, Some(_)) => return Err(ApiError::invalid("signingSecret: only webhook sources have one")),
         _ => {}
     }
-    if load(api.store()).await?.list().iter().any(|s| s.id == id) {
-        return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
-    }
-    if let Some(secret) = &request.signing_secret {
-        // Before the source: it verifies from its first webhook.
-        set_secret(api.store(), &id, kind, secret).await?;
-    }
     let mut entropy = Entropy::from_seed(crate::config::random_seed()?);
-    let (source, key) = update(api.store(), |sources| {
-        if sources.list().iter().any(|s| s.id == id) {
-            return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
-        }
-        let (mut source, key) = new_source(&id, request.name.trim(), &mut entropy);
+    let make = |entropy: &mut Entropy| {
+        let (mut source, key) = new_source(&id, request.name.trim(), entropy);
         if let Some(origins) = &request.allowed_origins {
             source.allowed_origins = origins.clone();
         }
@@ -160,6 +169,23 @@ async fn create<S: ObjectStore + Clone>(
         }
         source.kind = kind;
         source.mapping = request.mapping.clone();
+        (source, key)
+    };
+    // Checked whole before anything is stored: a refused source leaves no secret behind.
+    let mut trial = load(api.store()).await?;
+    if trial.list().iter().any(|s| s.id == id) {
+        return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
+    }
+    trial.add(make(&mut entropy).0).map_err(ApiError::invalid)?;
+    if let Some(secret) = &request.signing_secret {
+        // Before the source: it verifies from its first webhook.
+        set_secret(api.store(), &id, kind, secret).await?;
+    }
+    let (source, key) = update(api.store(), |sources| {
+        if sources.list().iter().any(|s| s.id == id) {
+            return Err(ApiError::conflict(format!("a source with id {id:?} exists")));
+        }
+        let (source, key) = make(&mut entropy);
         sources.add(source.clone()).map_err(ApiError::invalid)?;
         Ok((source, key))
     })
@@ -187,11 +213,12 @@ async fn patch<S: ObjectStore + Clone>(
         return Err(ApiError::invalid("name: 1 to 200 characters"));
     }
     if let Some(secret) = &request.signing_secret {
-        // Checked before anything changes: a secret that does not suit the source changes nothing.
+        // First, and checked: a secret that does not suit the source changes nothing.
         let sources = load(api.store()).await?;
         let source = sources.list().iter().find(|s| s.id == id);
         let kind = source.ok_or_else(|| ApiError::not_found(format!("no source {id:?}")))?.kind;
-        kind.check_secret(secret).map_err(|problem| ApiError::invalid(format!("signingSecret: {problem}")))?;
+        set_secret(api.store(), &id, kind, secret).await?;
+        api.audit(actor.clone(), "source.rotate_secret", &format!("source:{id}"), Change::default()).await?;
     }
     let (before, after) = update(api.store(), |sources| {
         let Some(before) = sources.list().iter().find(|s| s.id == id).cloned() else {
@@ -220,10 +247,7 @@ async fn patch<S: ObjectStore + Clone>(
         Ok((before, after))
     })
     .await?;
-    if let Some(secret) = &request.signing_secret {
-        set_secret(api.store(), &id, after.kind, secret).await?;
-        api.audit(actor.clone(), "source.rotate_secret", &format!("source:{id}"), Change::default()).await?;
-    }
+
     let change = Change { before: Some(shown(&before)), after: Some(shown(&after)), detail: None };
     api.audit(actor, "source.update", &format!("source:{id}"), change).await?;
     Ok(json_body(&shown(&after)).into_response())
@@ -235,13 +259,12 @@ async fn delete<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::ConfigWrite).await?;
+    // The secret first: a source whose deletion failed part-way leaves no secret behind a retry's 404.
+    crate::collect::update_source_secrets(api.store(), |secrets| Ok::<_, ApiError>(secrets.remove(&id))).await?;
     let before = update(api.store(), |sources| {
         sources.remove(&id).ok_or_else(|| ApiError::not_found(format!("no source {id:?}")))
     })
     .await?;
-    if before.kind.is_webhook() {
-        crate::collect::update_source_secrets(api.store(), |secrets| Ok::<_, ApiError>(secrets.remove(&id))).await?;
-    }
     let change = Change { before: Some(shown(&before)), ..Change::default() };
     api.audit(actor, "source.delete", &format!("source:{id}"), change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

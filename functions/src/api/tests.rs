@@ -501,6 +501,7 @@ async fn webhook_sources_take_a_checked_secret_kept_apart_and_never_shown() {
     let (status, _, problem) = f.call("POST", "/v1/sources", Some(&f.admin), Some(unmapped)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(problem.to_string().contains("needs a mapping"), "{problem}");
+    assert_eq!(secrets().await.get("crm"), None, "a refused source leaves no secret behind");
 
     let body = json!({"name": "Shop", "id": "shop", "kind": "shopify", "signingSecret": SECRET});
     let (status, _, created) = f.call("POST", "/v1/sources", Some(&f.admin), Some(body)).await;

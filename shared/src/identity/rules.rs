@@ -49,13 +49,14 @@ fn kind(name: &str, priority: u32, max_per_profile: usize) -> IdentifierType {
 impl Default for IdentityRules {
     /// `user_id` (1 per profile) > `email` > `phone` > `device_id` > `advertising_id` > `anonymous_id` (5 each),
     /// as Segment; the customer ids of the built-in webhook sources (`shopify_customer_id`,
-    /// `stripe_customer_id`; 1 per profile) just below `user_id`.
+    /// `stripe_customer_id`; 5 per profile, as one person may be several customers of a store) just below
+    /// `user_id`.
     fn default() -> Self {
         Self {
             types: vec![
                 kind("user_id", 0, 1),
-                kind("shopify_customer_id", 5, 1),
-                kind("stripe_customer_id", 6, 1),
+                kind("shopify_customer_id", 5, 5),
+                kind("stripe_customer_id", 6, 5),
                 kind("email", 10, 5),
                 kind("phone", 20, 5),
                 kind("device_id", 30, 5),

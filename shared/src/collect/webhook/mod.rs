@@ -109,10 +109,10 @@ pub fn receive(
             let (id, timestamp, signature) = (either("id"), either("timestamp"), either("signature"));
             verify::standard(secret, body, id.as_deref(), timestamp.as_deref(), signature.as_deref(), now)
         }
-        SourceKind::Http => Err("not a webhook source".to_string()),
+        SourceKind::Http => Err(crate::error::Invalid::from("not a webhook source")),
     };
     if let Err(reason) = checked {
-        return Collected::Rejected(Answer::error(401, "invalid_signature", &reason));
+        return Collected::Rejected(Answer::error(401, "invalid_signature", &reason.0));
     }
     let calls = serde_json::from_slice::<Value>(body)
         .map_err(|e| format!("the payload is not JSON: {e}"))

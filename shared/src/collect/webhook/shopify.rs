@@ -1,8 +1,9 @@
 //! Shopify's webhooks (topic in `X-Shopify-Topic`, payloads as the Admin REST API's resources).
 //!
 //! - `orders/create`, `orders/paid` → `Order Completed`, once per order: its `messageId` is the order's, so the
-//!   two topics and every retry of either are one event. An order created unpaid (`financial_status` `pending`)
-//!   is `Order Placed` until `orders/paid` completes it.
+//!   two topics and every retry of either are one event. An order created unpaid (a `financial_status` other
+//!   than paid, authorized or refunded: `pending`, `voided`, `expired`) is `Order Placed` until `orders/paid`
+//!   completes it.
 //! - `checkouts/create` → `Checkout Started`.
 //! - `customers/create`, `customers/update` → identify with email, phone and names.
 //!
@@ -14,6 +15,9 @@ use super::shape::{Person, from_rfc3339, identify, number, put, text, track};
 
 const LIBRARY: &str = "cdp-webhook-shopify";
 
+/// Financial statuses of an order that is paid, or authorized to be captured.
+const PAID: [&str; 5] = ["paid", "partially_paid", "authorized", "partially_refunded", "refunded"];
+
 /// The topics with a built-in mapping.
 pub const TOPICS: [&str; 5] =
     ["orders/create", "orders/paid", "checkouts/create", "customers/create", "customers/update"];
@@ -24,8 +28,10 @@ pub(super) fn events(topic: Option<&str>, webhook_id: &str, payload: &Value) -> 
     let id = text(payload.get("id")).ok_or_else(|| format!("the {topic} payload has no `id`"))?;
     match topic {
         "orders/create" | "orders/paid" => {
-            let pending =
-                topic == "orders/create" && payload.get("financial_status").and_then(Value::as_str) == Some("pending");
+            // Paid (or authorized, to be captured) is an order; anything else (pending, voided, expired, none)
+            // waits for orders/paid.
+            let status = payload.get("financial_status").and_then(Value::as_str).unwrap_or_default();
+            let pending = topic == "orders/create" && !PAID.contains(&status);
             let (event, message_id) = if pending {
                 ("Order Placed", format!("shopify-order-{id}-placed"))
             } else {

@@ -1,8 +1,8 @@
 //! Stripe's webhooks (an Event object: `id`, `type`, `created`, `data.object`).
 //!
 //! - `checkout.session.completed` in `payment` mode and paid, or `checkout.session.async_payment_succeeded` →
-//!   `Order Completed`, once per session; in `subscription` or `setup` mode → identify (the revenue arrives
-//!   with `invoice.paid`, so it is not counted twice).
+//!   `Order Completed`, once per session; in `subscription` or `setup` mode, or with an invoice → identify (the
+//!   revenue arrives with `invoice.paid`, so it is not counted twice).
 //! - `invoice.paid` → `Order Completed` (one per invoice, its lines as products).
 //! - `customer.created`, `customer.updated` → identify with email, name and phone.
 //! - `customer.subscription.created` → `Subscription Started`, `.deleted` → `Subscription Cancelled`, `.updated`
@@ -60,8 +60,10 @@ pub(super) fn events(payload: &Value) -> Result<Vec<Value>, String> {
             let mode = object.get("mode").and_then(Value::as_str).unwrap_or("payment");
             let paid =
                 matches!(object.get("payment_status").and_then(Value::as_str), Some("paid" | "no_payment_required"));
-            if mode != "payment" || (kind == "checkout.session.completed" && !paid) {
-                // Revenue comes with invoice.paid (subscriptions) or async_payment_succeeded: the person only.
+            // A session with an invoice (subscriptions; payments with invoice creation) is counted by its
+            // invoice.paid, an unpaid one by async_payment_succeeded: here, the person only.
+            let invoiced = object.get("invoice").is_some_and(|invoice| !invoice.is_null());
+            if mode != "payment" || invoiced || (kind == "checkout.session.completed" && !paid) {
                 let mut traits = Map::new();
                 put(&mut traits, "name", details.and_then(|d| text(d.get("name"))));
                 return Ok(vec![identify(format!("stripe-{event_id}"), when, traits, &person, LIBRARY)]);

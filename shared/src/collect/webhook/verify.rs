@@ -5,6 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::error::Invalid;
 use crate::time::UtcTime;
 
 /// How far a signed timestamp may be from our clock (Stripe's and Standard Webhooks' default), in seconds.
@@ -24,11 +25,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Shopify: `X-Shopify-Hmac-Sha256` is the base64 HMAC-SHA256 of the raw body under the app's secret.
-pub fn shopify(secret: &str, body: &[u8], header: Option<&str>) -> Result<(), String> {
+pub fn shopify(secret: &str, body: &[u8], header: Option<&str>) -> Result<(), Invalid> {
     let given = header.ok_or("no X-Shopify-Hmac-Sha256 header")?;
     let given = base64::engine::general_purpose::STANDARD
         .decode(given.trim())
-        .map_err(|_| "X-Shopify-Hmac-Sha256 is not base64".to_string())?;
+        .map_err(|_| Invalid::from("X-Shopify-Hmac-Sha256 is not base64"))?;
     if same(&given, &mac(secret.as_bytes(), &[body])) {
         Ok(())
     } else {
@@ -38,7 +39,7 @@ pub fn shopify(secret: &str, body: &[u8], header: Option<&str>) -> Result<(), St
 
 /// Stripe: `Stripe-Signature: t=<unix seconds>,v1=<hex>[,v1=…]`, each `v1` the HMAC-SHA256 of `<t>.<body>`
 /// under the endpoint's secret (the whole `whsec_…` text); `t` within [`TOLERANCE_SECONDS`] of `now`.
-pub fn stripe(secret: &str, body: &[u8], header: Option<&str>, now: UtcTime) -> Result<(), String> {
+pub fn stripe(secret: &str, body: &[u8], header: Option<&str>, now: UtcTime) -> Result<(), Invalid> {
     let header = header.ok_or("no Stripe-Signature header")?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -50,7 +51,7 @@ pub fn stripe(secret: &str, body: &[u8], header: Option<&str>, now: UtcTime) -> 
         }
     }
     let t = timestamp.ok_or("Stripe-Signature has no timestamp (`t=`)")?;
-    let seconds: i64 = t.parse().map_err(|_| format!("Stripe-Signature's timestamp {t:?} is not a number"))?;
+    let seconds: i64 = t.parse().map_err(|_| Invalid(format!("Stripe-Signature's timestamp {t:?} is not a number")))?;
     if signatures.is_empty() {
         return Err("Stripe-Signature has no `v1` signature".into());
     }
@@ -72,11 +73,11 @@ pub fn standard(
     timestamp: Option<&str>,
     signature: Option<&str>,
     now: UtcTime,
-) -> Result<(), String> {
+) -> Result<(), Invalid> {
     let id = id.ok_or("no webhook-id header")?;
     let t = timestamp.ok_or("no webhook-timestamp header")?.trim();
     let signature = signature.ok_or("no webhook-signature header")?;
-    let seconds: i64 = t.parse().map_err(|_| format!("webhook-timestamp {t:?} is not a number"))?;
+    let seconds: i64 = t.parse().map_err(|_| Invalid(format!("webhook-timestamp {t:?} is not a number")))?;
     let key = secret
         .trim()
         .strip_prefix("whsec_")
@@ -92,14 +93,14 @@ pub fn standard(
     fresh(seconds, now, "webhook-timestamp")
 }
 
-fn fresh(seconds: i64, now: UtcTime, what: &str) -> Result<(), String> {
+fn fresh(seconds: i64, now: UtcTime, what: &str) -> Result<(), Invalid> {
     let off = now.unix_millis().div_euclid(1000) - seconds;
     if off.abs() > TOLERANCE_SECONDS {
         let when = if off > 0 { "old" } else { "ahead of our clock" };
-        return Err(format!(
+        return Err(Invalid(format!(
             "the {what} timestamp is {} s {when}; at most {TOLERANCE_SECONDS} s are allowed (a replay, or a clock off)",
             off.abs()
-        ));
+        )));
     }
     Ok(())
 }
