@@ -165,19 +165,22 @@ pub async fn import_file<S: ObjectStore>(
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 8);
     let (work, queue) = std::sync::mpsc::sync_channel::<(u64, Vec<read::Row>, u64)>(workers * 2);
     let queue = Arc::new(Mutex::new(queue));
-    let (finished, mut results) = tokio::sync::mpsc::channel::<Result<Chunk, Invalid>>(workers * 2);
+    let (finished, mut results) = tokio::sync::mpsc::channel::<Made>(workers * 2);
     let reader_results = finished.clone();
     std::thread::spawn(move || {
         for number in 0.. {
             match rows.next_chunk(CHUNK) {
-                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) if chunk.is_empty() => {
+                    let _ = reader_results.blocking_send(Made::End(number));
+                    break;
+                }
                 Ok(chunk) => {
                     if work.send((number, chunk, rows.bytes_read())).is_err() {
                         break;
                     }
                 }
                 Err(problem) => {
-                    let _ = reader_results.blocking_send(Err(problem));
+                    let _ = reader_results.blocking_send(Made::Problem(problem));
                     break;
                 }
             }
@@ -202,7 +205,11 @@ pub async fn import_file<S: ObjectStore>(
                     Err(_) => break,
                 };
                 let Ok((number, chunk, read)) = next else { break };
-                if finished.blocking_send(Ok(context.chunk(number, chunk, read))).is_err() {
+                // A chunk that fails to be made is reported, never silently missing from the import.
+                let made =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.chunk(number, chunk, read)));
+                let made = made.map_or(Made::Lost(number), Made::Chunk);
+                if finished.blocking_send(made).is_err() {
                     break;
                 }
             }
@@ -212,10 +219,24 @@ pub async fn import_file<S: ObjectStore>(
     let mut read = 0;
     let mut written = std::time::Instant::now();
     let mut stopped = false;
-    while let Some(result) = results.recv().await {
-        let chunk = match result {
-            Ok(chunk) => chunk,
-            Err(problem) => {
+    let (mut received, mut expected) = (0u64, None);
+    while let Some(made) = results.recv().await {
+        let chunk = match made {
+            Made::Chunk(chunk) => chunk,
+            Made::End(chunks) => {
+                expected = Some(chunks);
+                continue;
+            }
+            Made::Lost(number) => {
+                return Err(Error::Machine(format!(
+                    "{}: chunk {number} (rows {} to {}) could not be made; import the file again (what is stored \
+                     is not doubled)",
+                    path.display(),
+                    number * CHUNK as u64 + 1,
+                    (number + 1) * CHUNK as u64
+                )));
+            }
+            Made::Problem(problem) => {
                 return Err(Error::Invalid(format!(
                     "{}: {problem} (stopped after {} rows: {} stored as events in {} raw objects)",
                     path.display(),
@@ -225,6 +246,7 @@ pub async fn import_file<S: ObjectStore>(
                 )));
             }
         };
+        received += 1;
         read = read.max(chunk.read);
         if progress_kept.chunks.contains(&chunk.number) {
             out.resumed_chunks += 1;
@@ -251,6 +273,14 @@ pub async fn import_file<S: ObjectStore>(
         }
     }
     drop(results);
+    if !stopped && expected != Some(received) {
+        return Err(Error::Machine(format!(
+            "{}: the reader or a worker stopped early ({received} chunks made of {}); import the file again (what \
+             is stored is not doubled)",
+            path.display(),
+            expected.map_or("an unknown number".to_string(), |n| n.to_string())
+        )));
+    }
     out.complete = !stopped;
     if let Some(key) = checkpoint {
         progress_kept.complete = out.complete;
@@ -323,6 +353,18 @@ impl Ids {
     }
 }
 
+/// What the reader and the workers hand the storing task.
+enum Made {
+    /// A chunk made into objects.
+    Chunk(Chunk),
+    /// The file does not read past here.
+    Problem(Invalid),
+    /// The reader reached the end after this many chunks.
+    End(u64),
+    /// A worker failed to make this chunk.
+    Lost(u64),
+}
+
 /// What a worker needs to turn chunks into objects.
 struct Context {
     mapping: Compiled,
@@ -349,6 +391,9 @@ struct Chunk {
 impl Context {
     /// Chunk `number`'s rows through the mapping and the collect pipeline.
     fn chunk(&self, number: u64, rows: Vec<read::Row>, read: u64) -> Chunk {
+        // Tests make a worker fail on the second chunk of a source named so.
+        #[cfg(test)]
+        assert!(!(self.source.id == "worker-fails" && number == 1), "a worker failed on chunk 1");
         let mut seed = self.seed;
         for (byte, n) in seed[24..].iter_mut().zip(number.to_le_bytes()) {
             *byte ^= n;

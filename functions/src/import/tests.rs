@@ -223,6 +223,21 @@ async fn bad_files_say_what_is_wrong_and_store_nothing() {
     assert!(failure["reason"].as_str().unwrap().contains("a quote opened on this line is not closed"), "{failure}");
 }
 
+#[tokio::test]
+async fn a_chunk_a_worker_fails_to_make_fails_the_import_instead_of_going_missing() {
+    let s = setup();
+    let mut csv = String::from("id,name,email,age\n");
+    for i in 0..(2 * CHUNK + 3) {
+        csv.push_str(&format!("c-{i},P {i},p{i}@example.com,30\n"));
+    }
+    let path = s.file("many.csv", csv.as_bytes());
+    let source = new_source("worker-fails", "Fails", &mut Entropy::from_seed([1; 32])).0;
+    let run = Import { source: &source, suppression: None, now: now(), seed: [2; 32], checkpoint: None, stop_at: None };
+    let error = import_file(&s.store, &path, contacts(), &run, &mut |_, _| {}).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("chunk 1 (rows 5001 to 10000) could not be made"), "{message}");
+}
+
 mod lambda_tests {
     use std::time::{Duration, Instant};
 
