@@ -5,7 +5,7 @@
 pub mod lambda;
 pub mod reconcile;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shared::apply::{Applied, Rules};
 use shared::event::CanonicalEvent;
@@ -79,6 +79,8 @@ pub async fn ingest<S: ObjectStore + Clone>(
     let mut report = IngestReport::default();
     let mut events: Vec<CanonicalEvent> = Vec::new();
     let mut records = Vec::new();
+    // Which object each event came from: the data dictionary learns, per object, the events applied.
+    let mut origins = Origins::new();
     for key in keys {
         let Some(object) = read_object(store, key).await? else {
             tracing::warn!(%key, "object listed in a notification does not exist; skipping");
@@ -99,17 +101,14 @@ pub async fn ingest<S: ObjectStore + Clone>(
                 )
                 .await?;
         }
-        // The data dictionary learns what the object holds (suppressed people's events left out).
-        let described: Vec<&CanonicalEvent> = match &config.snapshot.suppression {
-            Some(suppression) => object.events.iter().filter(|e| !suppression.drops_event(e)).collect(),
-            None => object.events.iter().collect(),
-        };
-        crate::catalog::record(store, key, described, &config.snapshot.profiles).await?;
+        for event in &object.events {
+            origins.insert((event.source_id.clone(), event.message_id.clone()), key.clone());
+        }
         events.extend(object.events);
     }
     records.sort_unstable();
     records.dedup();
-    let applied = apply_events(store, events, &records, config, now).await?;
+    let applied = apply_events(store, events, &records, Some(&origins), config, now).await?;
     Ok(IngestReport { objects: report.objects, quarantined: report.quarantined, ..applied })
 }
 
@@ -122,8 +121,11 @@ pub async fn ingest_events<S: ObjectStore + Clone>(
     config: &RunConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
-    apply_events(store, events, &[], config, now).await
+    apply_events(store, events, &[], None, config, now).await
 }
+
+/// The raw object each event came from, by (source, messageId).
+type Origins = std::collections::HashMap<(String, String), String>;
 
 /// [`ingest_events`], recording `records` (the objects the events came from, see [`reconcile`]) as applied in
 /// the same commit.
@@ -131,6 +133,7 @@ async fn apply_events<S: ObjectStore + Clone>(
     store: &S,
     mut events: Vec<CanonicalEvent>,
     records: &[String],
+    origins: Option<&Origins>,
     config: &RunConfig,
     now: UtcTime,
 ) -> Result<IngestReport, Error> {
@@ -156,6 +159,20 @@ async fn apply_events<S: ObjectStore + Clone>(
         let fresh = txn.fresh(events.clone(), now, dedup_window).await?;
         txn.record(records, now, dedup_window).await?;
         report.duplicates = events.len() - fresh.len();
+        if let Some(origins) = origins {
+            // What each object brought that was not seen before (suppressed people's events and duplicates,
+            // a client's retry in another object among them, left out), written before the commit: a retry of
+            // this batch rewrites the same parts with what it applies.
+            let mut by_object: BTreeMap<&str, Vec<&CanonicalEvent>> = BTreeMap::new();
+            for event in &fresh {
+                if let Some(key) = origins.get(&(event.source_id.clone(), event.message_id.clone())) {
+                    by_object.entry(key.as_str()).or_default().push(event);
+                }
+            }
+            for (key, described) in by_object {
+                crate::catalog::record(store, key, described, &config.snapshot.profiles).await?;
+            }
+        }
         let Applied { applied, merges, refusals, messages } = apply(&mut txn, &fresh, config, now).await?;
         (report.applied, report.merges, report.refusals) = (applied, merges, refusals);
         if !txn.is_dirty() {

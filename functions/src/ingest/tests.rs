@@ -753,3 +753,22 @@ async fn an_event_denying_a_purpose_reaches_no_destination_serving_it() {
     to.sort();
     assert_eq!(to, ["ads", "ops", "ops"]);
 }
+
+#[tokio::test]
+async fn the_data_dictionary_counts_what_was_applied_not_a_clients_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let order = |msg: &str| ev("track", msg, 1, json!({"userId": "u1"}), json!({"event": "Order Completed"}));
+    let first = put_batch(&store, 1, json!([order("o1"), order("o2")])).await;
+    // The client did not hear the answer and sent o2 again, in another request (another object), with o3.
+    let retry = put_batch(&store, 2, json!([order("o2"), order("o3")])).await;
+    ingest(&store, &[first], &small(), now()).await.unwrap();
+    let report = ingest(&store, std::slice::from_ref(&retry), &small(), now()).await.unwrap();
+    assert_eq!((report.applied, report.duplicates), (1, 1));
+    let count = |dictionary: shared::catalog::Dictionary| dictionary.sources["web"].events["Order Completed"].count;
+    assert_eq!(count(crate::catalog::load(&store).await.unwrap()), 3, "o1, o2, o3: the retried o2 once");
+    // A late redelivery of the retry's object, after its part was folded and forgotten, adds nothing either.
+    crate::catalog::fold(&store, now()).await.unwrap();
+    ingest(&store, &[retry], &small(), now()).await.unwrap();
+    assert_eq!(count(crate::catalog::load(&store).await.unwrap()), 3);
+}
