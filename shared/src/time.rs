@@ -102,6 +102,29 @@ impl<'de> Deserialize<'de> for UtcTime {
     }
 }
 
+/// A date or date-time as ISO 8601: `YYYY-MM-DD` for a date alone, `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC) for a
+/// date-time. Accepts RFC 3339 with any offset, `YYYY-MM-DD[ T]HH:MM[:SS]` (as UTC), `YYYY/MM/DD`,
+/// `YYYY.MM.DD` and `YYYY年M月D日`.
+pub fn iso_date(text: &str) -> Option<String> {
+    let text = text.trim();
+    // A date alone stays a date (a birthday is no instant): `UtcTime::parse` would read it as midnight.
+    let date_alone = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    if !date_alone && let Some(time) = UtcTime::parse(text) {
+        return Some(time.to_string());
+    }
+    let normalized: String = text.replace(['/', '.', '年', '月'], "-").replace('日', "").trim().to_string();
+    let mut parts = normalized.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || y.len() != 4 {
+        return None;
+    }
+    let date = jiff::civil::Date::new(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?).ok()?;
+    if date.year() < 1000 {
+        return None;
+    }
+    Some(format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

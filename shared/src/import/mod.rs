@@ -1,7 +1,7 @@
 //! File imports: what each row of a CSV, NDJSON or Parquet file becomes. A [`Mapping`] names, for an identify
 //! or track call, where each field comes from (a column, with a type and a default, or a literal); it is
 //! checked against the file's columns before any row is read, then turns each row into the JSON of one event,
-//! which goes through the same collect pipeline as an HTTP event ([`crate::collect::collect_events`]).
+//! which goes through the same collect pipeline as an HTTP event (`collect::collect_events`).
 //!
 //! A row's `messageId` is derived from the file's content hash and the row's number, so importing the same file
 //! again changes nothing (ingest drops what it has seen; the source is part of the key it remembers).
@@ -464,7 +464,7 @@ fn timestamp(cell: &Value, field: &Field) -> Result<String, String> {
             })
             .map(|ts| ts.as_millisecond()),
         None => UtcTime::parse(&text).map(UtcTime::unix_millis).or_else(|| {
-            let date = crate::profile::iso_date(&text)?;
+            let date = crate::time::iso_date(&text)?;
             UtcTime::parse(&format!("{date}T00:00:00Z")).map(UtcTime::unix_millis)
         }),
     };

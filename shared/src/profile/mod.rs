@@ -7,6 +7,7 @@ mod clean;
 mod policy;
 mod record;
 
-pub use clean::{Clean, Cleaned, CleaningRules, e164, iso_date};
+pub use crate::time::iso_date;
+pub use clean::{Clean, Cleaned, CleaningRules, e164};
 pub use policy::{PII_TRAITS, ProfileRules, TraitPolicy, is_pii_trait};
 pub use record::{Aggregate, ConsentChoice, EventStats, Membership, Profile, TraitValue};
