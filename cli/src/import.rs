@@ -41,15 +41,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let store = FsStore::open(&args.data.data).context("opening the data folder")?;
     runtime.block_on(async move {
-        let sources = functions::collect::load_sources(&store).await?;
-        let Some(source) = sources.list().iter().find(|s| s.id == args.source || s.name == args.source).cloned() else {
-            let known: Vec<&str> = sources.list().iter().map(|s| s.id.as_str()).collect();
-            bail!("no source {:?} (sources: {}); create it with `cdp source add`", args.source, known.join(", "));
-        };
-        if !source.enabled {
-            bail!("source {:?} is disabled", source.id);
-        }
-        let suppression = functions::suppression::load_suppression_check(&store).await?;
+        let (source, suppression) = source_named(&store, &args.source).await?;
         let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
         let terminal = std::io::stderr().is_terminal();
         let start = Instant::now();
@@ -59,14 +51,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
                 let _ = std::io::stderr().flush();
             }
         };
-        let run = Import {
-            source: &source,
-            suppression: suppression.as_ref(),
-            now: crate::now(),
-            seed: crate::seed(),
-            checkpoint: None,
-            stop_at: None,
-        };
+        let run = Import::whole(&source, suppression.as_ref(), crate::now(), crate::seed());
         let imported = import_file(&store, &args.file, mapping, &run, &mut progress).await;
         if terminal {
             eprintln!();
@@ -90,6 +75,22 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The enabled source `name` (its id or its name) rows are imported into, and the suppression list.
+pub(crate) async fn source_named(
+    store: &FsStore,
+    name: &str,
+) -> anyhow::Result<(shared::source::SourceConfig, Option<shared::access::SuppressionCheck>)> {
+    let sources = functions::collect::load_sources(store).await?;
+    let Some(source) = sources.list().iter().find(|s| s.id == name || s.name == name).cloned() else {
+        let known: Vec<&str> = sources.list().iter().map(|s| s.id.as_str()).collect();
+        bail!("no source {name:?} (sources: {}); create it with `cdp source add`", known.join(", "));
+    };
+    if !source.enabled {
+        bail!("source {:?} is disabled", source.id);
+    }
+    Ok((source, functions::suppression::load_suppression_check(store).await?))
 }
 
 /// Applies the import's raw objects to profiles, a few objects per commit; (events applied, duplicates).

@@ -140,15 +140,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
     };
 
     let store = FsStore::open(&args.data.data).context("opening the data folder")?;
-    let sources = functions::collect::load_sources(&store).await?;
-    let Some(source) = sources.list().iter().find(|s| s.id == args.source || s.name == args.source).cloned() else {
-        let known: Vec<&str> = sources.list().iter().map(|s| s.id.as_str()).collect();
-        bail!("no source {:?} (sources: {}); create it with `cdp source add`", args.source, known.join(", "));
-    };
-    if !source.enabled {
-        bail!("source {:?} is disabled", source.id);
-    }
-    let suppression = functions::suppression::load_suppression_check(&store).await?;
+    let (source, suppression) = crate::import::source_named(&store, &args.source).await?;
 
     let connecting = tokio::time::timeout(Duration::from_secs(15), config.connect(tokio_postgres::NoTls));
     let (client, connection) = match connecting.await {
@@ -261,14 +253,7 @@ async fn postgres(args: PostgresArgs) -> anyhow::Result<()> {
             batch.push((number, cells));
         }
         let last = cursors[take - 1].clone();
-        let run = Import {
-            source: &source,
-            suppression: suppression.as_ref(),
-            now: crate::now(),
-            seed: crate::seed(),
-            checkpoint: None,
-            stop_at: None,
-        };
+        let run = Import::whole(&source, suppression.as_ref(), crate::now(), crate::seed());
         // The mapping is part of each row's id: a corrected mapping makes new events of rows read again.
         let (label, id_prefix) = (format!("{place} ({name})"), format!("sync-{name}-{}", &mapping_sha256[..8]));
         let origin = Origin { name: &label, id_prefix: &id_prefix };

@@ -56,14 +56,7 @@ pub(crate) fn measure(file: &Path, data: &Path) -> anyhow::Result<()> {
     let sources = runtime.block_on(functions::collect::load_sources(&store))?;
     let source = sources.list().iter().find(|s| s.id == "crm").cloned().context("source crm")?;
     let mapping = Mapping::parse(MAPPING.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let run = Import {
-        source: &source,
-        suppression: None,
-        now: crate::now(),
-        seed: crate::seed(),
-        checkpoint: None,
-        stop_at: None,
-    };
+    let run = Import::whole(&source, None, crate::now(), crate::seed());
     let start = Instant::now();
     let imported = runtime
         .block_on(import_file(&store, file, mapping, &run, &mut |_, _| {}))

@@ -102,6 +102,18 @@ pub struct Import<'a> {
     pub stop_at: Option<std::time::Instant>,
 }
 
+impl<'a> Import<'a> {
+    /// An import of one run to its end, without a checkpoint (what `cdp import` and `cdp sync` do).
+    pub fn whole(
+        source: &'a SourceConfig,
+        suppression: Option<&'a SuppressionCheck>,
+        now: UtcTime,
+        seed: [u8; 32],
+    ) -> Self {
+        Self { source, suppression, now, seed, checkpoint: None, stop_at: None }
+    }
+}
+
 /// What an import's checkpoint holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
