@@ -358,6 +358,45 @@ fn parquet_cell(array: &dyn Array, i: usize) -> Result<Option<Value>, String> {
             };
             time(if per_ms < 0 { raw.saturating_mul(1000) } else { raw / per_ms })
         }
+        // Dictionary-encoded (how Parquet writers store repeated text): the value its key points at.
+        DataType::Dictionary(key, _) => {
+            let dictionary = array.as_any_dictionary();
+            let keys = dictionary.keys();
+            let at = match key.as_ref() {
+                DataType::Int8 => usize::try_from(keys.as_primitive::<Int8Type>().value(i)).ok(),
+                DataType::Int16 => usize::try_from(keys.as_primitive::<Int16Type>().value(i)).ok(),
+                DataType::Int32 => usize::try_from(keys.as_primitive::<Int32Type>().value(i)).ok(),
+                DataType::Int64 => usize::try_from(keys.as_primitive::<Int64Type>().value(i)).ok(),
+                DataType::UInt8 => Some(usize::from(keys.as_primitive::<UInt8Type>().value(i))),
+                DataType::UInt16 => Some(usize::from(keys.as_primitive::<UInt16Type>().value(i))),
+                DataType::UInt32 => usize::try_from(keys.as_primitive::<UInt32Type>().value(i)).ok(),
+                DataType::UInt64 => usize::try_from(keys.as_primitive::<UInt64Type>().value(i)).ok(),
+                other => return Err(format!("a dictionary keyed by {other}, which imports do not read")),
+            };
+            let values = dictionary.values();
+            match at {
+                Some(at) if at < values.len() => parquet_cell(values.as_ref(), at)?,
+                _ => return Err("a dictionary key past its values".into()),
+            }
+        }
+        // Nested columns as JSON arrays and objects.
+        DataType::List(_) => Some(list(array.as_list::<i32>().value(i).as_ref())?),
+        DataType::LargeList(_) => Some(list(array.as_list::<i64>().value(i).as_ref())?),
+        DataType::Struct(fields) => {
+            let row = array.as_struct();
+            let mut object = Map::new();
+            for (field, column) in fields.iter().zip(row.columns()) {
+                if let Some(value) = parquet_cell(column.as_ref(), i)? {
+                    object.insert(field.name().clone(), value);
+                }
+            }
+            Some(Value::Object(object))
+        }
         other => return Err(format!("a {other} cell, which imports do not read")),
     })
+}
+
+/// A list cell's items as a JSON array (a null item as `null`).
+fn list(items: &dyn Array) -> Result<Value, String> {
+    (0..items.len()).map(|j| parquet_cell(items, j).map(|v| v.unwrap_or(Value::Null))).collect::<Result<_, _>>()
 }

@@ -187,6 +187,61 @@ async fn parquet_files() {
 }
 
 #[tokio::test]
+async fn parquet_dictionary_list_and_struct_columns_are_read() {
+    use arrow_array::builder::{ListBuilder, StringBuilder, StringDictionaryBuilder};
+    use arrow_array::types::Int32Type;
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StructArray};
+    use arrow_schema::{DataType, Field};
+    let s = setup();
+    let mut plans = StringDictionaryBuilder::<Int32Type>::new();
+    for plan in ["gold", "free", "gold"] {
+        plans.append_value(plan);
+    }
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for row in [vec!["a", "b"], vec![], vec!["c"]] {
+        for tag in row {
+            tags.values().append_value(tag);
+        }
+        tags.append(true);
+    }
+    let address = StructArray::from(vec![
+        (
+            Arc::new(Field::new("city", DataType::Utf8, true)),
+            Arc::new(arrow_array::StringArray::from(vec![Some("Berlin"), None, Some("Lyon")])) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("zip", DataType::Int64, true)),
+            Arc::new(Int64Array::from(vec![10115, 1, 69001])) as ArrayRef,
+        ),
+    ]);
+    let batch = RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(arrow_array::StringArray::from(vec!["c-1", "c-2", "c-3"])) as ArrayRef),
+        ("plan", Arc::new(plans.finish()) as ArrayRef),
+        ("tags", Arc::new(tags.finish()) as ArrayRef),
+        ("address", Arc::new(address) as ArrayRef),
+    ])
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let mapping = Mapping::parse(
+        br#"{"type": "identify", "userId": {"column": "id"},
+             "traits": {"plan": {"column": "plan"}, "tags": {"column": "tags"}, "address": {"column": "address"}}}"#,
+    )
+    .unwrap();
+    let imported = s.import(&s.file("customers.parquet", &bytes), mapping).await.unwrap();
+    assert_eq!((imported.rows, imported.accepted, imported.failed), (3, 3, 0), "{:?}", s.failures(&imported).await);
+    let events = s.events(&imported).await;
+    let traits: Vec<Value> = events.iter().map(|e| Value::Object(e.traits.clone().unwrap())).collect();
+    assert_eq!(traits[0]["plan"], "gold", "the dictionary's value, not its key");
+    assert_eq!(traits[1]["plan"], "free");
+    assert_eq!(traits[0]["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(traits[0]["address"], serde_json::json!({"city": "Berlin", "zip": 10115}));
+    assert_eq!(traits[1]["address"], serde_json::json!({"zip": 1}), "a null field left out");
+}
+
+#[tokio::test]
 async fn bad_files_say_what_is_wrong_and_store_nothing() {
     let s = setup();
     let problem = |result: Result<Imported, Error>| match result {
