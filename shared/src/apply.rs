@@ -67,7 +67,10 @@ pub fn apply(
     let mut before: Before = BTreeMap::new();
     let mut triggered: Vec<(String, &CanonicalEvent)> = Vec::new();
     let mut merged_exits: Vec<Message> = Vec::new();
-    for event in events {
+    // Properties cleaned as every reader of events sees them (the raw event keeps them as sent).
+    let cleaned: Vec<Option<CanonicalEvent>> = events.iter().map(|e| rules.profiles.cleaning.clean_event(e)).collect();
+    for (event, cleaned) in events.iter().zip(&cleaned) {
+        let event = cleaned.as_ref().unwrap_or(event);
         let linked = graph.link_event(rules.identity, event);
         refusals += linked.refused;
         let Some(target) = linked.profile else { continue };

@@ -59,6 +59,17 @@ impl TagEvent {
             .map_err(|e| Error::Corrupt(format!("the properties of {} do not decode: {e}", self.dedup_key)))
     }
 
+    /// Only the properties named in `wanted` (sorted), decoded and cleaned by `cleaning`: what tags, audiences
+    /// and product tags read (the lake keeps them as sent).
+    pub fn clean_properties_of(
+        &self,
+        wanted: &[String],
+        cleaning: &shared::profile::CleaningRules,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        let properties = self.properties_of(wanted)?;
+        Ok(cleaning.clean_properties(&properties).unwrap_or(properties))
+    }
+
     /// The evaluators' view, with the properties decoded by [`TagEvent::properties`].
     pub fn view<'a>(&'a self, properties: &'a serde_json::Map<String, serde_json::Value>) -> EventView<'a> {
         EventView {

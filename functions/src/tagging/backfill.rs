@@ -217,7 +217,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
         for (number, event) in &rows {
             let Some(tag_state) = states.get_mut(number) else { continue };
             if event.received_at < forgotten_before || applied.contains(&*event.dedup_key) {
-                let properties = event.properties_of(&wanted)?;
+                let properties = event.clean_properties_of(&wanted, &config.snapshot.profiles.cleaning)?;
                 rebuilt.observe(tag_state, &event.view(&properties), now_ms);
             }
         }

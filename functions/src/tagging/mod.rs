@@ -25,6 +25,7 @@ use std::io::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shared::audiences::{InsightCounts, Snapshot};
+use shared::profile::CleaningRules;
 use shared::storage::keys::{self, TAGS_REPORT};
 use shared::tags::{EventView, ProductTags, event_table, profile_table};
 use shared::time::UtcTime;
@@ -142,9 +143,9 @@ struct ChunkEvents {
 impl ChunkEvents {
     /// Chunk `chunk`'s events with the properties `wanted` (sorted) decoded: what tags, audiences and product
     /// tags read.
-    fn read(spill: &Spill, chunk: usize, wanted: &[String]) -> Result<Self, Error> {
+    fn read(spill: &Spill, chunk: usize, wanted: &[String], cleaning: &CleaningRules) -> Result<Self, Error> {
         let rows = spill.read(chunk)?;
-        let properties = rows.iter().map(|(_, e)| e.properties_of(wanted)).collect::<Result<_, _>>()?;
+        let properties = rows.iter().map(|(_, e)| e.clean_properties_of(wanted, cleaning)).collect::<Result<_, _>>()?;
         Ok(Self { rows, properties })
     }
 
@@ -376,8 +377,16 @@ async fn recompute_by<S: ObjectStore + Clone>(
     let reads = Reads::of(&checked);
     let spill = spill_events(store, &config.snapshot.identity, &profiles, &reads, per_chunk, &mut report).await?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let chunks =
-        Chunks { checked: &checked, profiles: &profiles, spill: &spill, reads: &reads, per_chunk, threads, now_ms };
+    let chunks = Chunks {
+        checked: &checked,
+        cleaning: &config.snapshot.profiles.cleaning,
+        profiles: &profiles,
+        spill: &spill,
+        reads: &reads,
+        per_chunk,
+        threads,
+        now_ms,
+    };
     let population = fit_models(store, &chunks, &mut report).await?;
     // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
     let keeping = match backfill::pending(store, &checked.tags).await?.is_empty() {
@@ -470,6 +479,7 @@ async fn spill_events<S: ObjectStore>(
 /// The chunks of profiles the passes over the spill work on, on `threads` threads.
 struct Chunks<'a> {
     checked: &'a Checked,
+    cleaning: &'a CleaningRules,
     profiles: &'a Profiles,
     spill: &'a Spill,
     reads: &'a Reads,
@@ -486,7 +496,7 @@ impl Chunks<'_> {
 
     /// Chunk `c`'s events, with the properties wanted decoded.
     fn events(&self, c: usize) -> Result<ChunkEvents, Error> {
-        ChunkEvents::read(self.spill, c, &self.reads.wanted)
+        ChunkEvents::read(self.spill, c, &self.reads.wanted, self.cleaning)
     }
 }
 

@@ -1124,3 +1124,67 @@ async fn the_backfill_rebuilds_from_long_properties_the_ones_its_tags_read() {
         assert_eq!(stored.profile.tags.get("spend").and_then(Value::as_f64), Some(2.0 * (10 + u) as f64), "u{u}");
     }
 }
+
+#[tokio::test]
+async fn properties_are_read_cleaned_alike_by_ingest_the_backfill_and_the_full_recompute_and_kept_as_sent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    store
+        .put(keys::CONFIG_TAGS, json!([
+            {"id": "spend", "status": "active", "kind": "statistical", "aggregate": {"op": "sum", "property": "revenue"}},
+            {"id": "top_category", "status": "active", "kind": "statistical",
+             "aggregate": {"op": "most_frequent", "property": "category"}},
+            {"id": "coupons", "status": "active", "kind": "statistical",
+             "filter": {"events": ["Order Completed"], "properties": [{"field": "coupon", "op": "exists"}]},
+             "aggregate": {"op": "count"}}
+        ]).to_string().into_bytes(), PutOptions::json())
+        .await
+        .expect("tags");
+    let order = |id: &str, days: i64, properties: Value| {
+        json!({"type": "track", "event": "Order Completed", "messageId": id, "userId": "zoe", "timestamp": stamp(days),
+               "properties": properties})
+    };
+    // The first batch is backfilled by the first recompute; the second is applied by ingest to ready tags.
+    let batches = [
+        json!([
+            order("o1", 3, json!({"revenue": "12.50", "category": " Shoes ", "coupon": ""})),
+            order("o2", 2, json!({"revenue": "1,000", "category": "Hats", "coupon": " X1 "}))
+        ]),
+        json!([
+            order("o3", 1, json!({"revenue": " 7.5 ", "category": "Shoes\t", "coupon": "   "})),
+            order("o4", 0, json!({"revenue": "n/a", "category": "Shoes"}))
+        ]),
+    ];
+    let mut first_key = String::new();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let key = store_events(&store, 40 + i as u8, batch).await;
+        if i == 0 {
+            first_key = key.clone();
+        }
+        let config = RunConfig::load(&store).await.expect("config");
+        ingest(&store, &[key], &config, at(t0())).await.expect("ingest");
+        if i == 0 {
+            let first = full_recompute(&store, at(t0())).await.expect("recompute");
+            assert_eq!(first.backfilled, ["spend", "top_category", "coupons"]);
+        }
+    }
+    let zoe = crate::state::lookup(&store, "user_id:zoe").await.expect("lookup").expect("zoe");
+    // "12.50" + "1,000" + " 7.5 " as numbers; "n/a" cannot be a number and is not summed; " Shoes " and
+    // "Shoes\t" are "Shoes"; empty and blank coupons are absent.
+    assert_eq!(zoe.profile.tags["spend"], json!(1020.0), "{:?}", zoe.profile.tags);
+    assert_eq!(zoe.profile.tags["top_category"], json!("Shoes"));
+    assert_eq!(zoe.profile.tags["coupons"], json!(1));
+    let revenue = &zoe.profile.events["Order Completed"].properties["revenue"];
+    assert_eq!((revenue.count, revenue.sum), (3, 1020.0), "the profile's aggregate reads the clean numbers");
+
+    let last = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert!(last.backfilled.is_empty());
+    let values = read_json(&store, keys::TAG_VALUES).await;
+    assert_eq!(serde_json::to_value(&zoe.profile.tags).expect("json"), values["profiles"][&zoe.node.id]);
+
+    // The raw event keeps what was sent.
+    let raw = crate::raw::read_object(&store, &first_key).await.expect("read").expect("raw object");
+    let sent = raw.events.iter().find(|e| e.message_id == "o1").expect("o1");
+    assert_eq!(sent.properties.as_ref().expect("properties")["category"], json!(" Shoes "));
+    assert_eq!(sent.properties.as_ref().expect("properties")["revenue"], json!("12.50"));
+}

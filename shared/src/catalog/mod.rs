@@ -91,8 +91,8 @@ pub struct DayCount {
 pub struct Field {
     /// Values seen.
     pub count: u64,
-    /// Values seen per JSON type (`string`, `number`, `boolean`, `object`, `array`, `null`): a trait's after
-    /// cleaning, a property's as sent.
+    /// Values seen per JSON type (`string`, `number`, `boolean`, `object`, `array`, `null`), after cleaning
+    /// (a value that could not be cleaned, as sent).
     #[serde(default)]
     pub types: BTreeMap<String, u64>,
     /// A few distinct example values (none for personal data).
@@ -141,15 +141,15 @@ impl Dictionary {
             today.violations += 1;
         }
         let mut overflow = 0;
-        // Properties as sent (ingest cleans traits only); traits as the profile holds them.
+        // Properties as the tag engines read them and traits as the profile holds them: cleaned.
         if let Some(properties) = &event.properties {
-            overflow += observe_fields(&mut entry.properties, properties, at, rules, false);
+            overflow += observe_fields(&mut entry.properties, properties, at, rules);
         }
         prune_days(&mut entry.days);
         if event.kind == EventType::Identify
             && let Some(traits) = &event.traits
         {
-            overflow += observe_fields(&mut self.traits, traits, at, rules, true);
+            overflow += observe_fields(&mut self.traits, traits, at, rules);
         }
         self.overflow += overflow;
     }
@@ -314,13 +314,12 @@ impl Field {
     }
 }
 
-/// Observes each of `values` (properties, as sent, or traits, cleaned); the names not kept for the limits.
+/// Observes each of `values` (properties or traits) as cleaned; the names not kept for the limits.
 fn observe_fields(
     fields: &mut BTreeMap<String, Field>,
     values: &Map<String, Value>,
     at: UtcTime,
     rules: &ProfileRules,
-    clean: bool,
 ) -> u64 {
     let mut overflow = 0;
     for (name, value) in values {
@@ -328,7 +327,7 @@ fn observe_fields(
             overflow += 1;
             continue;
         }
-        let cleaned = if clean { rules.cleaning.clean(name, value) } else { Cleaned::Kept };
+        let cleaned = rules.cleaning.clean(name, value);
         fields.entry(name.clone()).or_default().observe(value, at, personal(rules, name), cleaned);
     }
     overflow

@@ -24,7 +24,7 @@ fn observed() -> Dictionary {
     );
     dictionary.observe(
         &event(json!({"type": "track", "event": "Order Completed", "receivedAt": "2026-03-02T09:00:00.000Z",
-                      "properties": {"revenue": "30", "coupon": "X1"}})),
+                      "properties": {"revenue": "30", "coupon": " X1", "quantity": "two"}})),
         &rules,
     );
     dictionary.observe(
@@ -45,11 +45,14 @@ fn events_properties_and_traits_are_described() {
     assert_eq!(order.first_seen.unwrap().to_string(), "2026-03-01T10:00:00.000Z");
     assert_eq!(order.last_seen.unwrap().to_string(), "2026-03-02T09:00:00.000Z");
     assert_eq!(order.days.keys().collect::<Vec<_>>(), ["2026-03-01", "2026-03-02"]);
-    // Properties as sent (ingest cleans traits, not properties).
+    // Properties as the tag engines read them: cleaned (`"30"` is the number 30, `" X1"` is `"X1"`).
     let revenue = &order.properties["revenue"];
-    assert_eq!(revenue.types, BTreeMap::from([("number".to_string(), 1), ("string".to_string(), 1)]));
-    assert_eq!(revenue.examples, [json!(12.5), json!("30")]);
-    assert_eq!(order.properties["coupon"].examples, [json!("X1")], "distinct examples");
+    assert_eq!(revenue.types, BTreeMap::from([("number".to_string(), 2)]));
+    assert_eq!(revenue.examples, [json!(12.5), json!(30)]);
+    assert_eq!(order.properties["coupon"].examples, [json!("X1")], "distinct clean examples");
+    let quantity = &order.properties["quantity"];
+    assert_eq!((quantity.issues, quantity.last_issue.as_deref()), (1, Some("`two` is not a number")));
+    assert_eq!(quantity.types, BTreeMap::from([("string".to_string(), 1)]), "kept as sent");
     assert_eq!(dictionary.sources["web"].calls["identify"].count, 1);
     assert_eq!(dictionary.sources["app"].calls["page"].count, 1);
 

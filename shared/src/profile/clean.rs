@@ -1,15 +1,17 @@
-//! Cleaning (数据清洗) of trait values at ingest: trimmed, emails case-folded, phone numbers in
-//! E.164, dates in ISO 8601 UTC, numbers from numeric strings, empty strings absent. The raw event keeps the
-//! value as sent; the profile holds the clean one. A value that cannot be cleaned is kept as sent and reported
+//! Cleaning (数据清洗) of trait and event property values: trimmed, emails case-folded, phone numbers in
+//! E.164, dates in ISO 8601 UTC, numbers from numeric strings, empty strings absent. The raw event (and the
+//! event lake) keeps the value as sent; the profile holds the clean one, and tags, audiences, triggers and
+//! aggregates read properties cleaned. A value that cannot be cleaned is kept as sent and reported
 //! as a data-quality issue (the data dictionary counts them per name), never dropped.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::collect::normalize_phone;
 use crate::error::Invalid;
+use crate::event::CanonicalEvent;
 use crate::time::iso_date;
 
 /// One cleaning step.
@@ -142,6 +144,33 @@ impl CleaningRules {
             }
         }
         if &current == value { Cleaned::Kept } else { Cleaned::Changed(current) }
+    }
+
+    /// An event's properties cleaned as the tag engines, audiences, triggers and aggregates read them: each
+    /// top-level property by its name's steps (nested objects and lists as sent); `None` when nothing changes
+    /// (the event is used as it is). The raw event keeps what was sent.
+    pub fn clean_event(&self, event: &CanonicalEvent) -> Option<CanonicalEvent> {
+        let properties = self.clean_properties(event.properties.as_ref()?)?;
+        Some(CanonicalEvent { properties: Some(properties), ..event.clone() })
+    }
+
+    /// The properties cleaned ([`CleaningRules::clean_event`]); `None` when every value is clean already (or
+    /// cannot be cleaned, and is kept as sent).
+    pub fn clean_properties(&self, properties: &Map<String, Value>) -> Option<Map<String, Value>> {
+        let mut cleaned: Option<Map<String, Value>> = None;
+        for (name, value) in properties {
+            let outcome = match self.clean(name, value) {
+                Cleaned::Kept | Cleaned::Issue(_) => continue,
+                Cleaned::Changed(clean) => Some(clean),
+                Cleaned::Absent => None,
+            };
+            let map = cleaned.get_or_insert_with(|| properties.clone());
+            match outcome {
+                Some(clean) => map.insert(name.clone(), clean),
+                None => map.remove(name),
+            };
+        }
+        cleaned
     }
 
     /// One step on `value`: the result, none for absent, or why it cannot be cleaned.
@@ -285,6 +314,24 @@ mod tests {
         assert_eq!(rules.clean("plan", &json!("pro")), Cleaned::Kept);
         assert_eq!(rules.clean("vip", &json!(true)), Cleaned::Kept);
         assert_eq!(rules.clean("address", &json!({"city": "上海"})), Cleaned::Kept);
+    }
+
+    #[test]
+    fn event_properties_are_cleaned_by_name_and_kept_whole_when_already_clean() {
+        let rules = CleaningRules { fields: BTreeMap::from([("sku".to_string(), vec![])]), ..CleaningRules::default() };
+        let sent = json!({"revenue": "19.90", "currency": " CNY", "coupon": "", "sku": " A-1 ", "quantity": "two",
+                          "products": [{"price": "1"}], "orderedAt": "2024/03/05"});
+        let cleaned = rules.clean_properties(sent.as_object().unwrap()).expect("changed");
+        assert_eq!(
+            Value::Object(cleaned),
+            json!({"revenue": 19.9, "currency": "CNY", "sku": " A-1 ", "quantity": "two",
+                   "products": [{"price": "1"}], "orderedAt": "2024-03-05"}),
+            "numbers, trimmed, empty absent, own steps, not cleanable kept, nested as sent, dates"
+        );
+        let clean = json!({"revenue": 19.9, "currency": "CNY"});
+        assert_eq!(rules.clean_properties(clean.as_object().unwrap()), None, "nothing to change, nothing copied");
+        let off = CleaningRules { defaults: false, ..CleaningRules::default() };
+        assert_eq!(off.clean_properties(sent.as_object().unwrap()), None, "no defaults, no own steps: as sent");
     }
 
     #[test]
