@@ -113,7 +113,7 @@ pub struct AudienceReport {
 /// Every stored event, with its identity keys, to `each`: the lake's parts (the columns tags and audiences use;
 /// an event resolves by the identity keys stored with it), then the raw objects not compacted yet. An event
 /// can come twice (a compaction finishing meanwhile, or retried): callers keep each messageId once.
-async fn read_events<S: ObjectStore>(
+pub(crate) async fn read_events<S: ObjectStore>(
     store: &S,
     identity: &shared::identity::IdentityRules,
     mut each: impl FnMut(TagEvent, &[String]) -> Result<(), Error>,
@@ -666,7 +666,7 @@ pub async fn latest_report<S: ObjectStore>(store: &S) -> Result<Option<Report>, 
 mod backfill;
 mod forget;
 mod memberships;
-mod profiles;
+pub(crate) mod profiles;
 mod spill;
 mod sync;
 #[cfg(test)]

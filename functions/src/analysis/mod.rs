@@ -1,0 +1,189 @@
+//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — funnels and retention so far —
+//! over the stored data, with Apache DataFusion (the same arrow-rs the lake is written with) as the engine.
+//!
+//! [`Engine::load`] builds the tables from the store ([`tables`]): `events` (the lake's parts and the raw
+//! tail, each event once, resolved to the profile it belongs to now, properties cleaned as tags read them),
+//! `profiles` (one column per trait), `tags` (one column per tag of the last full recompute) and `memberships`
+//! (audience, profile). SQL reads them as they are ([`Engine::sql`], with limits on rows, time and memory); the
+//! analyses take their events from them sorted by person and time, and count in a pass over each person's
+//! events ([`funnel`], [`retention`]). Properties are JSON text: `property(properties, 'name')` gives a value as
+//! text and `property_number(properties, 'name')` as a number.
+
+use std::collections::BTreeSet;
+
+use arrow_array::cast::AsArray as _;
+use arrow_array::types::TimestampMillisecondType;
+use arrow_array::{Array, RecordBatch};
+use datafusion::common::ScalarValue;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use shared::time::UtcTime;
+
+use crate::Error;
+use crate::snapshot::RunConfig;
+use crate::storage::ObjectStore;
+
+pub mod funnel;
+pub mod period;
+pub mod retention;
+mod sql;
+mod tables;
+mod udf;
+
+pub use funnel::{Funnel, FunnelResult, Order};
+pub use period::Period;
+pub use retention::{Retention, RetentionResult};
+pub use sql::{Answer, Limits, MAX_ROWS};
+pub use tables::Loaded;
+
+/// Memory a query may use before it fails (bytes).
+pub const MEMORY_LIMIT: usize = 2 << 30;
+
+/// The tables of one moment of the data, ready for queries and analyses.
+pub struct Engine {
+    ctx: SessionContext,
+    /// The track event names the data holds (what analyses may name).
+    event_names: BTreeSet<String>,
+    /// What was loaded.
+    pub loaded: Loaded,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("loaded", &self.loaded).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the tables from `store` as they are now.
+    pub async fn load<S: ObjectStore + Clone>(store: &S, config: &RunConfig) -> Result<Self, Error> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(MEMORY_LIMIT, 1.0)
+            .build_arc()
+            .map_err(|e| Error::Internal(format!("the query engine: {e}")))?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let session = SessionConfig::new().with_target_partitions(threads).with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        udf::register(&ctx);
+        let loaded = tables::register(&ctx, store, config).await?;
+        let names = sql::run(
+            &ctx,
+            "SELECT DISTINCT event FROM events WHERE event IS NOT NULL",
+            Limits { rows: MAX_ROWS, ..Limits::default() },
+        )
+        .await?;
+        let event_names =
+            names.rows.into_iter().filter_map(|row| row.into_iter().next()?.as_str().map(String::from)).collect();
+        Ok(Self { ctx, event_names, loaded })
+    }
+
+    /// Runs one read-only query ([`sql::run`]).
+    pub async fn sql(&self, query: &str, limits: Limits) -> Result<Answer, Error> {
+        sql::run(&self.ctx, query, limits).await
+    }
+
+    /// Runs a funnel.
+    pub async fn funnel(&self, funnel: &Funnel) -> Result<FunnelResult, Error> {
+        funnel::run(self, funnel).await
+    }
+
+    /// Runs a retention analysis.
+    pub async fn retention(&self, retention: &Retention) -> Result<RetentionResult, Error> {
+        retention::run(self, retention).await
+    }
+
+    /// The track events of resolved persons (of `names` only, when given) from `from` (when given) to `end`
+    /// (excluded), sorted by person, then time, then messageId.
+    async fn person_events(&self, names: Option<&[String]>, from: Option<i64>, end: i64) -> Result<Sorted, Error> {
+        let at = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
+        let failed = |e: datafusion::error::DataFusionError| Error::Internal(format!("reading events: {e}"));
+        let mut filter =
+            col("profile_id").is_not_null().and(col("event").is_not_null()).and(col("timestamp").lt(at(end)));
+        if let Some(from) = from {
+            filter = filter.and(col("timestamp").gt_eq(at(from)));
+        }
+        if let Some(names) = names {
+            filter = filter.and(col("event").in_list(names.iter().map(|n| lit(n.as_str())).collect(), false));
+        }
+        let frame = self
+            .ctx
+            .table("events")
+            .await
+            .map_err(failed)?
+            .filter(filter)
+            .map_err(failed)?
+            .select_columns(&["profile_id", "event", "timestamp", "message_id"])
+            .map_err(failed)?
+            .sort(vec![
+                col("profile_id").sort(true, false),
+                col("timestamp").sort(true, false),
+                col("message_id").sort(true, false),
+            ])
+            .map_err(failed)?;
+        Ok(Sorted(frame.collect().await.map_err(failed)?))
+    }
+}
+
+/// Events sorted by person and time ([`Engine::person_events`]).
+struct Sorted(Vec<RecordBatch>);
+
+/// One person's events: (event name, time in ms), in time order.
+struct PersonEvents<'a> {
+    events: Vec<(&'a str, i64)>,
+}
+
+impl Sorted {
+    /// Each person's events.
+    fn people(&self) -> Vec<PersonEvents<'_>> {
+        let mut people = Vec::new();
+        let mut current: Option<(&str, PersonEvents<'_>)> = None;
+        for batch in &self.0 {
+            let (ids, names, times) = (
+                batch.column(0).as_string::<i32>(),
+                batch.column(1).as_string::<i32>(),
+                batch.column(2).as_primitive::<TimestampMillisecondType>(),
+            );
+            for row in 0..batch.num_rows() {
+                let (id, name, at) = (ids.value(row), names.value(row), times.value(row));
+                match &mut current {
+                    Some((person, events)) if *person == id => events.events.push((name, at)),
+                    _ => {
+                        if let Some((_, done)) = current.take() {
+                            people.push(done);
+                        }
+                        current = Some((id, PersonEvents { events: vec![(name, at)] }));
+                    }
+                }
+                debug_assert!(!ids.is_null(row));
+            }
+        }
+        people.extend(current.map(|(_, events)| events));
+        people
+    }
+}
+
+/// `from` before `to`, at most ten years apart.
+fn check_range(from: UtcTime, to: UtcTime) -> Result<(), Error> {
+    if to <= from {
+        return Err(Error::Invalid(format!("from, to: the range {from} to {to} is empty")));
+    }
+    if to.unix_millis() - from.unix_millis() > 3_660 * period::DAY_MS {
+        return Err(Error::Invalid("from, to: a range spans at most ten years".into()));
+    }
+    Ok(())
+}
+
+/// `name` is an event the data holds; otherwise an error naming `field` and the closest known name.
+fn check_event(field: &str, name: &str, known: &BTreeSet<String>) -> Result<(), Error> {
+    if known.contains(name) {
+        return Ok(());
+    }
+    let mut message = format!("{field}: no event `{name}` in the data");
+    if let Some(close) = shared::tags::closest(name, known.iter().map(String::as_str)) {
+        message.push_str(&format!("; did you mean `{close}`?"));
+    }
+    Err(Error::Invalid(message))
+}
+
+#[cfg(test)]
+mod tests;

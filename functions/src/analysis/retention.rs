@@ -1,0 +1,127 @@
+//! Retention: cohorts of persons by the period of a first event, and how many came back in each period after.
+
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use super::period::Period;
+use crate::Error;
+use shared::time::UtcTime;
+
+/// A retention analysis's definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retention {
+    /// The event whose first occurrence puts a person in a cohort (none: their first event of any kind).
+    pub cohort_event: Option<String>,
+    /// The event that counts as coming back (none: any track event).
+    pub return_event: Option<String>,
+    /// Cohorts' and returns' periods.
+    #[serde(default)]
+    pub period: Period,
+    /// Periods counted per cohort, period 0 (the cohort's own) first: 1 to 60.
+    pub periods: u32,
+    /// Cohorts whose first event is at or after this time …
+    pub from: UtcTime,
+    /// … and before this one.
+    pub to: UtcTime,
+}
+
+/// One cohort.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cohort {
+    /// When its period starts.
+    pub start: UtcTime,
+    /// Persons in it.
+    pub size: u64,
+    /// Persons who came back, per period (period 0 first); periods not over yet at the data's end are counted
+    /// as far as the data goes.
+    pub retained: Vec<u64>,
+    /// `retained` over `size`.
+    pub rates: Vec<f64>,
+}
+
+/// A retention analysis's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionResult {
+    /// The cohorts, oldest first (periods without anyone are left out).
+    pub cohorts: Vec<Cohort>,
+    /// Their period.
+    pub period: Period,
+    /// Periods per cohort.
+    pub periods: u32,
+}
+
+/// Periods a retention analysis counts at most.
+pub const MAX_PERIODS: u32 = 60;
+
+impl Retention {
+    /// The checks a definition must pass, naming the field; `known` are the event names the data holds.
+    pub fn check(&self, known: &std::collections::BTreeSet<String>) -> Result<(), Error> {
+        if !(1..=MAX_PERIODS).contains(&self.periods) {
+            return Err(Error::Invalid(format!("periods: 1 to {MAX_PERIODS}, not {}", self.periods)));
+        }
+        super::check_range(self.from, self.to)?;
+        if let Some(event) = &self.cohort_event {
+            super::check_event("cohortEvent", event, known)?;
+        }
+        if let Some(event) = &self.return_event {
+            super::check_event("returnEvent", event, known)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `retention` on `engine`.
+pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<RetentionResult, Error> {
+    retention.check(&engine.event_names)?;
+    let period = retention.period;
+    let (from, to) = (retention.from.unix_millis(), retention.to.unix_millis());
+    let last = period.index(to - 1) + i64::from(retention.periods);
+    let end = period.start(last + 1);
+    let mut names: Vec<String> = Vec::new();
+    let everything = retention.cohort_event.is_none() || retention.return_event.is_none();
+    if !everything {
+        names.extend(retention.cohort_event.iter().chain(&retention.return_event).cloned());
+    }
+    let sorted = engine.person_events((!everything).then_some(names.as_slice()), None, end).await?;
+    let people = sorted.people();
+    let mut cohorts: std::collections::BTreeMap<i64, (u64, Vec<u64>)> = std::collections::BTreeMap::new();
+    let width = retention.periods as usize;
+    for person in &people {
+        let first =
+            person.events.iter().position(|(name, _)| retention.cohort_event.as_deref().is_none_or(|c| c == *name));
+        let Some(first) = first else { continue };
+        let start = person.events[first].1;
+        if start < from || start >= to {
+            continue;
+        }
+        let cohort = period.index(start);
+        let mut back = vec![false; width];
+        for (i, &(name, at)) in person.events.iter().enumerate().skip(first) {
+            if i == first || retention.return_event.as_deref().is_some_and(|r| r != name) {
+                continue;
+            }
+            let k = period.index(at) - cohort;
+            if (0..width as i64).contains(&k) {
+                back[k as usize] = true;
+            }
+        }
+        let entry = cohorts.entry(cohort).or_insert_with(|| (0, vec![0; width]));
+        entry.0 += 1;
+        for (k, came) in back.into_iter().enumerate() {
+            entry.1[k] += u64::from(came);
+        }
+    }
+    let cohorts = cohorts
+        .into_iter()
+        .map(|(index, (size, retained))| Cohort {
+            start: UtcTime::from_unix_millis(period.start(index)).unwrap_or(retention.from),
+            size,
+            rates: retained.iter().map(|r| *r as f64 / size as f64).collect(),
+            retained,
+        })
+        .collect();
+    Ok(RetentionResult { cohorts, period, periods: retention.periods })
+}

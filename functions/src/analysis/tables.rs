@@ -1,0 +1,299 @@
+//! The tables analyses and SQL read, built from the stored data: `events` (the lake's parts and the raw tail,
+//! each event once, with the profile it belongs to now), `profiles` (one column per trait), `tags` (one column
+//! per tag the last full recompute computed) and `memberships` (audience, profile).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use serde_json::{Map, Value};
+use shared::storage::keys;
+
+use crate::Error;
+use crate::snapshot::RunConfig;
+use crate::storage::ObjectStore;
+use crate::tagging::profiles::{Profiles, Reading};
+
+/// Rows per record batch of a table.
+const BATCH_ROWS: usize = 65_536;
+
+/// Most trait or tag columns a table gets (the most common names first); the others stay in `traits` (JSON).
+const MAX_COLUMNS: usize = 256;
+
+/// What was loaded: rows per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Loaded {
+    /// Events (each once).
+    pub events: usize,
+    /// Events whose identifiers belong to no profile (`profile_id` is null).
+    pub unresolved: usize,
+    /// Profiles.
+    pub profiles: usize,
+    /// Audience memberships.
+    pub memberships: usize,
+}
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn internal(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+fn arrow(what: &'static str) -> impl Fn(arrow_schema::ArrowError) -> Error {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+/// Registers the tables in `ctx`.
+pub(super) async fn register<S: ObjectStore + Clone>(
+    ctx: &SessionContext,
+    store: &S,
+    config: &RunConfig,
+) -> Result<Loaded, Error> {
+    let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&[])).await?;
+    let mut loaded = Loaded { profiles: profiles.len(), ..Loaded::default() };
+    let events = events(store, config, &profiles, &mut loaded).await?;
+    ctx.register_table("events", Arc::new(events)).map_err(internal("the events table"))?;
+
+    let mut traits = Vec::with_capacity(profiles.len());
+    for n in 0..profiles.len() as u32 {
+        traits.push((profiles.id(n).to_string(), profiles.traits(n)?));
+    }
+    ctx.register_table("profiles", Arc::new(wide(&traits, true)?)).map_err(internal("the profiles table"))?;
+
+    let values = tag_values(store).await?;
+    ctx.register_table("tags", Arc::new(wide(&values, false)?)).map_err(internal("the tags table"))?;
+
+    let (table, members) = memberships(store).await?;
+    loaded.memberships = members;
+    ctx.register_table("memberships", Arc::new(table)).map_err(internal("the memberships table"))?;
+    Ok(loaded)
+}
+
+/// The `events` table: every stored event once, its properties cleaned as tags read them.
+async fn events<S: ObjectStore>(
+    store: &S,
+    config: &RunConfig,
+    profiles: &Profiles,
+    loaded: &mut Loaded,
+) -> Result<MemTable, Error> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("message_id", DataType::Utf8, false),
+        Field::new("source_id", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, true),
+        Field::new("timestamp", timestamp(), false),
+        Field::new("received_at", timestamp(), false),
+        Field::new("profile_id", DataType::Utf8, true),
+        Field::new("properties", DataType::Utf8, true),
+    ]));
+    let cleaning = &config.snapshot.profiles.cleaning;
+    let mut seen: HashSet<Box<str>> = HashSet::new();
+    let mut batches = Vec::new();
+    let mut rows = EventRows::default();
+    crate::tagging::read_events(store, &config.snapshot.identity, |event, keys| {
+        if !seen.insert(event.dedup_key.clone()) {
+            return Ok(());
+        }
+        let (source, message) = event.dedup_key.split_once('/').unwrap_or(("", &event.dedup_key));
+        let profile = keys.iter().find_map(|key| profiles.resolve(key)).map(|n| profiles.id(n));
+        if profile.is_none() {
+            loaded.unresolved += 1;
+        }
+        let properties = match event.properties.as_deref() {
+            None => None,
+            Some(text) => {
+                let sent = event.properties()?;
+                Some(match cleaning.clean_properties(&sent) {
+                    Some(clean) => serde_json::to_string(&clean).map_err(Error::encoding)?,
+                    None => text.to_string(),
+                })
+            }
+        };
+        rows.message_id.append_value(message);
+        rows.source_id.append_value(source);
+        rows.kind.append_value(event.kind.as_str());
+        rows.event.append_option(event.event.as_deref());
+        rows.timestamp.append_value(event.at);
+        rows.received_at.append_value(event.received_at);
+        rows.profile_id.append_option(profile);
+        rows.properties.append_option(properties);
+        rows.len += 1;
+        loaded.events += 1;
+        if rows.len >= BATCH_ROWS {
+            batches.push(std::mem::take(&mut rows).finish(&schema)?);
+        }
+        Ok(())
+    })
+    .await?;
+    if rows.len > 0 || batches.is_empty() {
+        batches.push(rows.finish(&schema)?);
+    }
+    MemTable::try_new(schema, vec![batches]).map_err(internal("the events table"))
+}
+
+#[derive(Default)]
+struct EventRows {
+    message_id: StringBuilder,
+    source_id: StringBuilder,
+    kind: StringBuilder,
+    event: StringBuilder,
+    timestamp: TimestampMillisecondBuilder,
+    received_at: TimestampMillisecondBuilder,
+    profile_id: StringBuilder,
+    properties: StringBuilder,
+    len: usize,
+}
+
+impl EventRows {
+    fn finish(mut self, schema: &Arc<Schema>) -> Result<RecordBatch, Error> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.message_id.finish()),
+            Arc::new(self.source_id.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.event.finish()),
+            Arc::new(self.timestamp.finish().with_timezone("UTC")),
+            Arc::new(self.received_at.finish().with_timezone("UTC")),
+            Arc::new(self.profile_id.finish()),
+            Arc::new(self.properties.finish()),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).map_err(arrow("the events table"))
+    }
+}
+
+/// The last full recompute's tag values, by profile.
+async fn tag_values<S: ObjectStore>(store: &S) -> Result<Vec<(String, Map<String, Value>)>, Error> {
+    let Some(object) = store.get(keys::TAG_VALUES).await? else { return Ok(Vec::new()) };
+    let body = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("tag values: {e}")))?;
+    #[derive(serde::Deserialize)]
+    struct Values {
+        profiles: BTreeMap<String, Map<String, Value>>,
+    }
+    let values: Values =
+        serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{}: {e}", keys::TAG_VALUES)))?;
+    Ok(values.profiles.into_iter().collect())
+}
+
+/// The `memberships` table from the audiences' last snapshots.
+async fn memberships<S: ObjectStore>(store: &S) -> Result<(MemTable, usize), Error> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("audience", DataType::Utf8, false),
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("computed_at", timestamp(), false),
+    ]));
+    let (mut audience, mut profile, mut at) =
+        (StringBuilder::new(), StringBuilder::new(), TimestampMillisecondBuilder::new());
+    let mut count = 0;
+    for meta in store.list("audiences/v1/").await? {
+        let Some(id) = meta.key.strip_prefix("audiences/v1/").and_then(|k| k.strip_suffix("/snapshot.json.gz")) else {
+            continue;
+        };
+        let Some(object) = store.get(&meta.key).await? else { continue };
+        let body = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
+        let snapshot: shared::audiences::Snapshot =
+            serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
+        for member in &snapshot.members {
+            audience.append_value(id);
+            profile.append_value(member);
+            at.append_value(snapshot.computed_at);
+            count += 1;
+        }
+    }
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(audience.finish()), Arc::new(profile.finish()), Arc::new(at.finish().with_timezone("UTC"))];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow("the memberships table"))?;
+    Ok((MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the memberships table"))?, count))
+}
+
+/// The kind of column a name's values make: numbers, booleans, or text (strings as they are, anything else
+/// as JSON).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Number,
+    Boolean,
+    Text,
+}
+
+fn kind_of<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> Kind {
+    let (mut numbers, mut booleans, mut others) = (0, 0, 0);
+    for value in values.flatten() {
+        match value {
+            Value::Number(_) => numbers += 1,
+            Value::Bool(_) => booleans += 1,
+            Value::Null => {}
+            _ => others += 1,
+        }
+    }
+    match (numbers, booleans, others) {
+        (n, 0, 0) if n > 0 => Kind::Number,
+        (0, b, 0) if b > 0 => Kind::Boolean,
+        _ => Kind::Text,
+    }
+}
+
+/// A table of `profile_id` and one typed column per name (the most common first, at most [`MAX_COLUMNS`]);
+/// with `all_json`, a `traits` column holding every value as JSON too.
+fn wide(rows: &[(String, Map<String, Value>)], all_json: bool) -> Result<MemTable, Error> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, values) in rows {
+        for name in values.keys() {
+            *counts.entry(name).or_default() += 1;
+        }
+    }
+    let mut names: Vec<(&str, usize)> = counts.into_iter().filter(|(n, _)| *n != "profile_id").collect();
+    names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    names.truncate(MAX_COLUMNS);
+    names.sort();
+    let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
+    let mut ids = StringBuilder::new();
+    for (id, _) in rows {
+        ids.append_value(id);
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(ids.finish())];
+    for (name, _) in &names {
+        let values = || rows.iter().map(|(_, v)| v.get(*name));
+        let kind = kind_of(values());
+        let (data_type, column): (DataType, ArrayRef) = match kind {
+            Kind::Number => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                values().for_each(|v| b.append_option(v.and_then(Value::as_f64)));
+                (DataType::Float64, Arc::new(b.finish()))
+            }
+            Kind::Boolean => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                values().for_each(|v| b.append_option(v.and_then(Value::as_bool)));
+                (DataType::Boolean, Arc::new(b.finish()))
+            }
+            Kind::Text => {
+                let mut b = StringBuilder::new();
+                for v in values() {
+                    match v {
+                        None | Some(Value::Null) => b.append_null(),
+                        Some(Value::String(s)) => b.append_value(s),
+                        Some(other) => b.append_value(other.to_string()),
+                    }
+                }
+                (DataType::Utf8, Arc::new(b.finish()))
+            }
+        };
+        fields.push(Field::new(*name, data_type, true));
+        columns.push(column);
+    }
+    if all_json {
+        let mut b = StringBuilder::new();
+        for (_, values) in rows {
+            b.append_value(serde_json::to_string(values).map_err(Error::encoding)?);
+        }
+        fields.push(Field::new("traits", DataType::Utf8, false));
+        columns.push(Arc::new(b.finish()));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow("a profile table"))?;
+    MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("a profile table"))
+}

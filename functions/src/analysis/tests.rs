@@ -1,0 +1,240 @@
+//! Analyses on the folder store, with figures checked by hand.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::ingest::ingest;
+use crate::storage::FsStore;
+use crate::testing::put_batch;
+
+fn at(text: &str) -> UtcTime {
+    UtcTime::parse(text).expect("time")
+}
+
+fn now() -> UtcTime {
+    at("2026-04-01T00:00:00Z")
+}
+
+fn track(user: &str, event: &str, time: &str, n: usize) -> Value {
+    json!({"type": "track", "userId": user, "event": event, "timestamp": time, "messageId": format!("{user}-{n}"),
+           "properties": {"revenue": "10.5", "plan": " pro "}})
+}
+
+/// Funnel people (f-…) and retention people (r-…), stored and ingested.
+async fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let events = [
+        // alice: the three steps in an hour.
+        ("f-alice", "Product Viewed", "2026-03-02T10:00:00Z"),
+        ("f-alice", "Product Added", "2026-03-02T10:05:00Z"),
+        ("f-alice", "Order Completed", "2026-03-02T11:00:00Z"),
+        // bob: adds 8 days after his first view (outside 7 days), then views again and adds an hour later.
+        ("f-bob", "Product Viewed", "2026-03-02T09:00:00Z"),
+        ("f-bob", "Product Viewed", "2026-03-10T09:00:00Z"),
+        ("f-bob", "Product Added", "2026-03-10T10:00:00Z"),
+        // carol: adds, then views (the wrong order).
+        ("f-carol", "Product Added", "2026-03-03T10:00:00Z"),
+        ("f-carol", "Product Viewed", "2026-03-03T12:00:00Z"),
+        // dave: a search between view and add; completes a day after adding.
+        ("f-dave", "Product Viewed", "2026-03-04T10:00:00Z"),
+        ("f-dave", "Products Searched", "2026-03-04T10:01:00Z"),
+        ("f-dave", "Product Added", "2026-03-04T10:10:00Z"),
+        ("f-dave", "Order Completed", "2026-03-05T10:10:00Z"),
+        // eve: viewed before the range only.
+        ("f-eve", "Product Viewed", "2026-02-20T10:00:00Z"),
+        // Retention: weeks start on Monday 2026-03-02 and 2026-03-09.
+        ("r-1", "Signed Up", "2026-03-02T08:00:00Z"),
+        ("r-1", "Order Placed", "2026-03-03T08:00:00Z"),
+        ("r-1", "Order Placed", "2026-03-10T08:00:00Z"),
+        ("r-2", "Signed Up", "2026-03-04T08:00:00Z"),
+        ("r-2", "Order Placed", "2026-03-18T08:00:00Z"),
+        ("r-3", "Signed Up", "2026-03-10T08:00:00Z"),
+        ("r-3", "Order Placed", "2026-03-11T08:00:00Z"),
+        ("r-3", "Signed Up", "2026-03-17T08:00:00Z"),
+        ("r-3", "Order Placed", "2026-03-24T08:00:00Z"),
+        ("r-4", "Signed Up", "2026-02-20T08:00:00Z"),
+        ("r-4", "Order Placed", "2026-03-03T08:00:00Z"),
+    ];
+    let mut batch: Vec<Value> = events.iter().enumerate().map(|(n, (u, e, t))| track(u, e, t, n)).collect();
+    batch.push(json!({"type": "identify", "userId": "f-alice", "traits": {"plan": "pro", "age": 31},
+                      "timestamp": "2026-03-01T00:00:00Z", "messageId": "id-alice"}));
+    batch.push(json!({"type": "identify", "userId": "f-bob", "traits": {"plan": "free"},
+                      "timestamp": "2026-03-01T00:00:00Z", "messageId": "id-bob"}));
+    let key = put_batch(&store, 7, Value::Array(batch), now()).await;
+    let config = RunConfig::load(&store).await.expect("config");
+    ingest(&store, &[key], &config, now()).await.expect("ingest");
+    let engine = Engine::load(&store, &config).await.expect("engine");
+    (dir, engine)
+}
+
+fn funnel(order: Order) -> Funnel {
+    Funnel {
+        steps: vec!["Product Viewed".into(), "Product Added".into(), "Order Completed".into()],
+        window_ms: 7 * period::DAY_MS,
+        order,
+        from: at("2026-03-01T00:00:00Z"),
+        to: at("2026-03-15T00:00:00Z"),
+    }
+}
+
+fn persons(result: &FunnelResult) -> Vec<u64> {
+    result.steps.iter().map(|s| s.persons).collect()
+}
+
+#[tokio::test]
+async fn funnels_count_persons_per_step_in_each_order_with_their_times_to_convert() {
+    let (_dir, engine) = engine().await;
+    assert_eq!(engine.loaded.events, 26, "24 track calls and 2 identify calls");
+    assert_eq!(engine.loaded.unresolved, 0);
+
+    let ordered = engine.funnel(&funnel(Order::Ordered)).await.expect("funnel");
+    // alice 3; bob 2 (his second view, the add an hour later); carol 1 (she added before viewing); dave 3.
+    assert_eq!(persons(&ordered), [4, 3, 2]);
+    let step = &ordered.steps[1];
+    assert_eq!((step.conversion_from_first, step.conversion_from_previous), (0.75, 0.75));
+    // alice 300 s, bob 3,600 s, dave 600 s.
+    assert_eq!((step.median_seconds, step.average_seconds), (Some(600.0), Some(1_500.0)));
+    // alice 3,300 s, dave 86,400 s.
+    let last = &ordered.steps[2];
+    assert_eq!((last.median_seconds, last.average_seconds), (Some(44_850.0), Some(44_850.0)));
+    assert!((last.conversion_from_previous - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(ordered.steps[0].median_seconds, None);
+
+    // Strict: dave's search breaks his; bob's first view is followed by a view.
+    assert_eq!(persons(&engine.funnel(&funnel(Order::Strict)).await.expect("strict")), [4, 2, 1]);
+    // Any order: carol's add then view counts as two steps.
+    assert_eq!(persons(&engine.funnel(&funnel(Order::Any)).await.expect("any")), [4, 4, 2]);
+
+    // A window of 30 minutes: alice's add (5 min) is in, her order (60 min) is not; dave's add (10 min) too.
+    let short = Funnel { window_ms: 30 * 60_000, ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&short).await.expect("short")), [4, 2, 0]);
+    // Entering on 2026-03-04 or later: dave, and bob's view of 03-10.
+    let late = Funnel { from: at("2026-03-04T00:00:00Z"), ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&late).await.expect("late")), [2, 2, 1]);
+}
+
+#[tokio::test]
+async fn retention_counts_each_cohort_by_the_period_of_its_first_event() {
+    let (_dir, engine) = engine().await;
+    let retention = Retention {
+        cohort_event: Some("Signed Up".into()),
+        return_event: Some("Order Placed".into()),
+        period: Period::Week,
+        periods: 3,
+        from: at("2026-03-02T00:00:00Z"),
+        to: at("2026-03-16T00:00:00Z"),
+    };
+    let result = engine.retention(&retention).await.expect("retention");
+    let cohorts: Vec<(String, u64, Vec<u64>)> =
+        result.cohorts.iter().map(|c| (c.start.to_string(), c.size, c.retained.clone())).collect();
+    assert_eq!(
+        cohorts,
+        [
+            // r-1 (back in weeks 0 and 1) and r-2 (back in week 2); r-4 signed up before the range.
+            ("2026-03-02T00:00:00.000Z".to_string(), 2, vec![1, 1, 1]),
+            // r-3: back in its own week and two weeks later; its second sign-up is not a new cohort.
+            ("2026-03-09T00:00:00.000Z".to_string(), 1, vec![1, 0, 1]),
+        ]
+    );
+    assert_eq!(result.cohorts[0].rates, [0.5, 0.5, 0.5]);
+
+    let daily = Retention { period: Period::Day, periods: 2, ..retention.clone() };
+    let result = engine.retention(&daily).await.expect("daily");
+    let firsts: Vec<(String, Vec<u64>)> =
+        result.cohorts.iter().map(|c| (c.start.to_string()[..10].to_string(), c.retained.clone())).collect();
+    assert_eq!(
+        firsts,
+        [
+            ("2026-03-02".to_string(), vec![0, 1]),
+            ("2026-03-04".to_string(), vec![0, 0]),
+            ("2026-03-10".to_string(), vec![0, 1]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_definitions_name_the_field() {
+    let (_dir, engine) = engine().await;
+    let error = |result: Result<FunnelResult, Error>| result.expect_err("refused").to_string();
+    let typo = Funnel { steps: vec!["Product Viewed".into(), "Order Complete".into()], ..funnel(Order::Ordered) };
+    let message = error(engine.funnel(&typo).await);
+    assert!(
+        message.contains("steps: no event `Order Complete`") && message.contains("did you mean `Order Completed`?"),
+        "{message}"
+    );
+    let one = Funnel { steps: vec!["Product Viewed".into()], ..funnel(Order::Ordered) };
+    assert!(error(engine.funnel(&one).await).contains("steps: a funnel has 2 to 10 steps, not 1"));
+    let eleven = Funnel { steps: vec!["Product Viewed".into(); 11], ..funnel(Order::Ordered) };
+    assert!(error(engine.funnel(&eleven).await).contains("not 11"));
+    let window = Funnel { window_ms: 0, ..funnel(Order::Ordered) };
+    assert!(error(engine.funnel(&window).await).contains("window:"));
+    let empty = Funnel { to: at("2026-03-01T00:00:00Z"), ..funnel(Order::Ordered) };
+    assert!(error(engine.funnel(&empty).await).contains("is empty"));
+    let twice = Funnel { steps: vec!["Product Viewed".into(), "Product Viewed".into()], ..funnel(Order::Any) };
+    assert!(error(engine.funnel(&twice).await).contains("each step is a different event"));
+    let retention = Retention {
+        cohort_event: Some("Signed Up".into()),
+        return_event: None,
+        period: Period::Month,
+        periods: 61,
+        from: at("2026-03-01T00:00:00Z"),
+        to: at("2026-04-01T00:00:00Z"),
+    };
+    let message = engine.retention(&retention).await.expect_err("61 periods").to_string();
+    assert!(message.contains("periods: 1 to 60, not 61"), "{message}");
+}
+
+#[tokio::test]
+async fn sql_reads_the_tables_and_refuses_what_writes() {
+    let (_dir, engine) = engine().await;
+    let limits = Limits::default();
+    let answer = engine
+        .sql(
+            "SELECT event, count(*) AS n FROM events WHERE event LIKE 'Product %' GROUP BY event ORDER BY event",
+            limits,
+        )
+        .await
+        .expect("query");
+    assert_eq!(answer.rows, [vec![json!("Product Added"), json!(4)], vec![json!("Product Viewed"), json!(6)]]);
+    assert_eq!(answer.columns[1], json!({"name": "n", "type": "integer"}));
+    assert!(!answer.truncated);
+
+    // Properties as tags read them: "10.5" is a number, " pro " is "pro".
+    let answer = engine
+        .sql(
+            "SELECT sum(property_number(properties, 'revenue')) AS revenue, min(property(properties, 'plan')) AS plan, \
+              count(DISTINCT profile_id) AS persons FROM events WHERE event = 'Order Completed'",
+            limits,
+        )
+        .await
+        .expect("properties");
+    assert_eq!(answer.rows, [vec![json!(21.0), json!("pro"), json!(2)]]);
+
+    // Traits as columns, joined with events.
+    let answer = engine
+        .sql("SELECT p.plan, p.age, count(*) AS n FROM events e JOIN profiles p ON e.profile_id = p.profile_id WHERE p.plan IS NOT NULL \
+              GROUP BY p.plan, p.age ORDER BY p.plan", limits)
+        .await
+        .expect("join");
+    assert_eq!(answer.rows, [vec![json!("free"), Value::Null, json!(4)], vec![json!("pro"), json!(31.0), json!(4)]]);
+
+    let truncated = engine.sql("SELECT * FROM events", Limits { rows: 5, ..limits }).await.expect("limited");
+    assert_eq!((truncated.rows.len(), truncated.truncated), (5, true));
+    assert_eq!(truncated.rows[0].len(), 8);
+
+    for (query, expected) in [
+        ("CREATE TABLE x AS SELECT 1", "DDL not supported"),
+        ("INSERT INTO memberships VALUES ('a', 'b', now())", "DML not supported"),
+        ("COPY events TO '/tmp/out.csv'", "not supported"),
+        ("SET datafusion.execution.batch_size = 1", "not supported"),
+        ("SELECT * FROM orders", "table 'datafusion.public.orders' not found"),
+        ("SELEC 1", "sql:"),
+        ("", "the query is empty"),
+    ] {
+        let message = engine.sql(query, limits).await.expect_err(query).to_string();
+        assert!(message.contains(expected) && message.starts_with("invalid invocation: sql:"), "{query}: {message}");
+    }
+    let message = engine.sql("SELECT 1", Limits { rows: 0, ..limits }).await.expect_err("no rows").to_string();
+    assert!(message.contains("rows: the limit is 1 to 100000"), "{message}");
+}
