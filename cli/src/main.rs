@@ -5,6 +5,7 @@
 //! docs/benchmarks.md).
 
 mod access;
+mod analyze;
 /// A faster allocator than glibc's for the many small strings of events (docs/benchmarks.md, imports).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,6 +56,11 @@ enum Command {
     /// The data dictionary: events, properties and traits each source sent, with types, examples, counts and
     /// data-quality issues (what tag, audience and destination definitions are checked against).
     Catalog(catalog::CatalogArgs),
+    /// Read-only SQL over the tables `events`, `profiles`, `tags` and `memberships`.
+    Sql(analyze::SqlArgs),
+    /// Analyses over the data: funnels and retention.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
     /// Partner webhooks: add, list.
     #[command(subcommand)]
     Destination(deliveries::DestinationCommand),
@@ -108,6 +114,8 @@ fn main() -> anyhow::Result<()> {
         Command::Tags(command) => tags::run(command),
         Command::Audiences(data) => tags::audiences(data),
         Command::Catalog(args) => catalog::run(args),
+        Command::Sql(args) => analyze::sql(args),
+        Command::Analyze(command) => analyze::analyze(command),
         Command::Import(args) => import::run(args),
         Command::Sync(command) => sync::run(command),
         Command::Lake(command) => lake::run(command),

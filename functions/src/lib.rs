@@ -3,6 +3,7 @@
 //! these handlers, so every handler is tested without AWS.
 
 pub mod activation;
+#[cfg(feature = "analysis")]
 pub mod analysis;
 pub mod api;
 pub mod audit;

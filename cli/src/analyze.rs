@@ -1,0 +1,323 @@
+//! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (funnels, retention) over the data folder.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use functions::analysis::{Answer, Engine, Funnel, FunnelResult, Limits, Order, Period, Retention, RetentionResult};
+use functions::snapshot::RunConfig;
+use functions::storage::FsStore;
+use shared::time::UtcTime;
+
+use crate::DataArgs;
+
+const DAY_MS: i64 = functions::analysis::period::DAY_MS;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SqlArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// One SELECT over the tables `events`, `profiles`, `tags` and `memberships` (read-only).
+    query: String,
+    /// Rows printed at most (1 to 100000; the output says when there were more).
+    #[arg(long, default_value_t = 1000)]
+    max_rows: usize,
+    /// Seconds the query may take.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// The answer as JSON (`columns`, `rows`, `truncated`), as `POST /v1/sql` answers.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AnalyzeCommand {
+    /// Persons who did a sequence of events within a conversion window, per step.
+    Funnel(FunnelArgs),
+    /// Cohorts by the period of a first event, and how many came back in each period after.
+    Retention(RetentionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct FunnelArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The steps' events, in order, separated by commas (2 to 10).
+    #[arg(long, value_delimiter = ',', required = true)]
+    steps: Vec<String>,
+    /// The conversion window: `7d`, `24h`, `30m` or `90s`.
+    #[arg(long, default_value = "7d")]
+    window: String,
+    /// `ordered` (other events may come between), `strict` (none may) or `any` (in any order).
+    #[arg(long, value_enum, default_value = "ordered")]
+    order: OrderArg,
+    /// First day persons may enter (UTC, `2026-01-01`); default 30 days before --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day persons may enter (included); default today.
+    #[arg(long)]
+    to: Option<String>,
+    /// The result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RetentionArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The event whose first occurrence makes the cohort (default: a person's first event).
+    #[arg(long)]
+    cohort_event: Option<String>,
+    /// The event that counts as coming back (default: any event).
+    #[arg(long)]
+    return_event: Option<String>,
+    /// `day`, `week` (from Monday) or `month`.
+    #[arg(long, value_enum, default_value = "week")]
+    period: PeriodArg,
+    /// Periods per cohort, the cohort's own first (1 to 60).
+    #[arg(long, default_value_t = 8)]
+    periods: u32,
+    /// First day of the first cohort (UTC); default --periods periods before --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day a cohort may start (included); default today.
+    #[arg(long)]
+    to: Option<String>,
+    /// The result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OrderArg {
+    Ordered,
+    Strict,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PeriodArg {
+    Day,
+    Week,
+    Month,
+}
+
+pub(crate) fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let (runtime, engine) = load(&args.data)?;
+    let limits = Limits { rows: args.max_rows, time: Duration::from_secs(args.timeout) };
+    let answer = runtime.block_on(engine.sql(&args.query, limits))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", table(&answer));
+    }
+    Ok(())
+}
+
+pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
+    match command {
+        AnalyzeCommand::Funnel(args) => {
+            let order = match args.order {
+                OrderArg::Ordered => Order::Ordered,
+                OrderArg::Strict => Order::Strict,
+                OrderArg::Any => Order::Any,
+            };
+            let to = end_of(args.to.as_deref(), "--to")?;
+            let from = match args.from.as_deref() {
+                Some(day) => start_of(day, "--from")?,
+                None => at(to.unix_millis() - 30 * DAY_MS)?,
+            };
+            let steps = args.steps.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let funnel = Funnel { steps, window_ms: window(&args.window)?, order, from, to };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.funnel(&funnel))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", funnel_text(&result));
+            }
+        }
+        AnalyzeCommand::Retention(args) => {
+            let period = match args.period {
+                PeriodArg::Day => Period::Day,
+                PeriodArg::Week => Period::Week,
+                PeriodArg::Month => Period::Month,
+            };
+            let to = end_of(args.to.as_deref(), "--to")?;
+            let from = match args.from.as_deref() {
+                Some(day) => start_of(day, "--from")?,
+                None => {
+                    let index = period.index(to.unix_millis() - 1) - i64::from(args.periods.max(1)) + 1;
+                    at(period.start(index))?
+                }
+            };
+            let retention = Retention {
+                cohort_event: args.cohort_event,
+                return_event: args.return_event,
+                period,
+                periods: args.periods,
+                from,
+                to,
+            };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.retention(&retention))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", retention_text(&result));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load(data: &DataArgs) -> anyhow::Result<(tokio::runtime::Runtime, Engine)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let store = FsStore::open(&data.data).context("opening the data folder")?;
+    let engine = runtime.block_on(async {
+        let config = RunConfig::load(&store).await?;
+        Engine::load(&store, &config).await
+    })?;
+    Ok((runtime, engine))
+}
+
+fn at(ms: i64) -> anyhow::Result<UtcTime> {
+    UtcTime::from_unix_millis(ms).context("a time out of range")
+}
+
+/// The start of a day `YYYY-MM-DD` (UTC), or an exact RFC 3339 time.
+fn start_of(text: &str, flag: &str) -> anyhow::Result<UtcTime> {
+    let text = text.trim();
+    let parsed = if text.len() == 10 { UtcTime::parse(&format!("{text}T00:00:00Z")) } else { UtcTime::parse(text) };
+    parsed.with_context(|| format!("{flag}: `{text}` is not a date (2026-01-31) or an RFC 3339 time"))
+}
+
+/// The end (excluded) of the day `YYYY-MM-DD` (so the day is included), an exact RFC 3339 time, or the end of
+/// today when not given.
+fn end_of(text: Option<&str>, flag: &str) -> anyhow::Result<UtcTime> {
+    match text.map(str::trim) {
+        None => at((crate::now().unix_millis().div_euclid(DAY_MS) + 1) * DAY_MS),
+        Some(day) if day.len() == 10 => at(start_of(day, flag)?.unix_millis() + DAY_MS),
+        Some(time) => start_of(time, flag),
+    }
+}
+
+/// A window such as `7d`, `24h`, `30m` or `90s`, in ms.
+fn window(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: i64 = number.parse().ok().filter(|n| *n > 0).with_context(|| {
+        format!("--window: `{text}` is not a window (a positive number and d, h, m or s: 7d, 24h, 30m, 90s)")
+    })?;
+    let unit_ms = match unit {
+        "d" => DAY_MS,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => bail!("--window: `{text}` needs a unit: d, h, m or s (7d, 24h, 30m, 90s)"),
+    };
+    n.checked_mul(unit_ms).context("--window: too long")
+}
+
+/// An answer as an aligned text table.
+fn table(answer: &Answer) -> String {
+    let header: Vec<String> =
+        answer.columns.iter().map(|c| c["name"].as_str().unwrap_or_default().to_string()).collect();
+    let cells: Vec<Vec<String>> = answer
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let padded: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&header);
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!(
+        "({} row{}{})\n",
+        cells.len(),
+        if cells.len() == 1 { "" } else { "s" },
+        if answer.truncated { ", more not shown: raise --max-rows" } else { "" }
+    ));
+    out
+}
+
+fn seconds(s: Option<f64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s < 120.0 => format!("{s:.0} s"),
+        Some(s) if s < 7_200.0 => format!("{:.1} min", s / 60.0),
+        Some(s) if s < 172_800.0 => format!("{:.1} h", s / 3_600.0),
+        Some(s) => format!("{:.1} d", s / 86_400.0),
+    }
+}
+
+fn funnel_text(result: &FunnelResult) -> String {
+    let mut out =
+        format!("funnel from {} to {} (window {})\n", result.from, result.to, seconds(Some(result.window_seconds)));
+    for (k, step) in result.steps.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:<32} {:>9} reached  {:>6.1} % of the first  {:>6.1} % of the step before  median {}\n",
+            k + 1,
+            step.event,
+            step.persons,
+            step.conversion_from_first * 100.0,
+            step.conversion_from_previous * 100.0,
+            seconds(step.median_seconds),
+        ));
+    }
+    out
+}
+
+fn retention_text(result: &RetentionResult) -> String {
+    if result.cohorts.is_empty() {
+        return "no cohort: nobody's first event is in the range\n".into();
+    }
+    let mut out = format!("{:<10} {:>8}", "cohort", "persons");
+    for k in 0..result.periods {
+        out.push_str(&format!(" {:>7}", format!("{k}")));
+    }
+    out.push('\n');
+    for cohort in &result.cohorts {
+        out.push_str(&format!("{:<10} {:>8}", &cohort.start.to_string()[..10], cohort.size));
+        for rate in &cohort.rates {
+            out.push_str(&format!(" {:>6.1}%", rate * 100.0));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_days_read_as_written() {
+        assert_eq!(window("7d").unwrap(), 7 * DAY_MS);
+        assert_eq!(window("30m").unwrap(), 1_800_000);
+        assert!(window("7").unwrap_err().to_string().contains("needs a unit"));
+        assert!(window("0d").unwrap_err().to_string().contains("not a window"));
+        assert!(window("week").unwrap_err().to_string().contains("not a window"));
+        assert_eq!(end_of(Some("2026-03-31"), "--to").unwrap().to_string(), "2026-04-01T00:00:00.000Z");
+        assert_eq!(start_of("2026-01-01", "--from").unwrap().to_string(), "2026-01-01T00:00:00.000Z");
+        assert!(start_of("01/02/2026", "--from").unwrap_err().to_string().starts_with("--from: `01/02/2026`"));
+    }
+}
