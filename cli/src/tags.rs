@@ -32,7 +32,8 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                 if tags.is_empty() {
                     println!("no tags: write definitions to {}/config/tags.json", data.data.display());
                 }
-                let ready = ready(&store).await?;
+                let config = functions::snapshot::RunConfig::load(&store).await?;
+                let ready = ready(&store, &config.snapshot.profiles.cleaning).await?;
                 println!("{:<24} {:<11} {:>7} {:<12} {:>9}  notes", "id", "status", "version", "kind", "coverage");
                 for tag in &tags {
                     let kind = match tag.kind {

@@ -17,7 +17,7 @@ pub use shared::activation::Activation;
 use shared::activation::{DestinationDefinition, DestinationSet};
 use shared::audiences::{AudienceDefinition, AudienceSet};
 use shared::identity::IdentityRules;
-use shared::profile::ProfileRules;
+use shared::profile::{CleaningRules, ProfileRules};
 use shared::storage::keys;
 use shared::tags::{Catalog, DefinitionError, ProductConfig, TagDefinition, TagSet};
 
@@ -135,7 +135,7 @@ impl Snapshot {
             }
         };
         let ready = match tags {
-            Some(_) => ready(store).await?,
+            Some(_) => ready(store, &profiles.cleaning).await?,
             None => BTreeMap::new(),
         };
         let activation = match lenient_activation(&definitions, tags.as_ref()) {
@@ -212,9 +212,19 @@ pub async fn load_definitions<S: ObjectStore>(
     Ok((tags, crate::config::read(store, keys::CONFIG_AUDIENCES).await?.unwrap_or_default()))
 }
 
-/// The ready versions by tag id (none before the first backfill).
-pub async fn ready<S: ObjectStore>(store: &S) -> Result<BTreeMap<String, u32>, Error> {
-    Ok(crate::config::read(store, keys::TAGS_READY).await?.unwrap_or_default())
+/// The entry of the ready versions that holds the digest of the cleaning rules the states were built with.
+pub const READY_CLEANING: &str = "$cleaning";
+
+/// The ready versions by tag id (none before the first backfill), for the states built with `cleaning`: none
+/// when they were built with other cleaning rules (or before the rules were recorded), so that the next full
+/// recompute rebuilds every statistical tag's state from the events, cleaned as now, and the values served
+/// meanwhile are the previous ones.
+pub async fn ready<S: ObjectStore>(store: &S, cleaning: &CleaningRules) -> Result<BTreeMap<String, u32>, Error> {
+    let mut stored: BTreeMap<String, u32> = crate::config::read(store, keys::TAGS_READY).await?.unwrap_or_default();
+    if stored.remove(READY_CLEANING) != Some(cleaning.fingerprint()) {
+        return Ok(BTreeMap::new());
+    }
+    Ok(stored)
 }
 
 /// Ingest's view of the activation: `Ok(None)` without destinations; the problem when a file does not parse or

@@ -69,9 +69,10 @@ pub fn apply(
     let mut merged_exits: Vec<Message> = Vec::new();
     // Properties cleaned as every reader of events sees them (the raw event keeps them as sent).
     let cleaned: Vec<Option<CanonicalEvent>> = events.iter().map(|e| rules.profiles.cleaning.clean_event(e)).collect();
-    for (event, cleaned) in events.iter().zip(&cleaned) {
-        let event = cleaned.as_ref().unwrap_or(event);
-        let linked = graph.link_event(rules.identity, event);
+    for (sent, cleaned) in events.iter().zip(&cleaned) {
+        // Identities link by the event as sent: the index, the lake's identity keys and erasure all key it so.
+        let linked = graph.link_event(rules.identity, sent);
+        let event = cleaned.as_ref().unwrap_or(sent);
         refusals += linked.refused;
         let Some(target) = linked.profile else { continue };
         if rules.activation.is_some() && !before.contains_key(&target) {
@@ -244,5 +245,32 @@ mod tests {
         let profile = graph.profile_of("anonymous_id:a1").expect("the visitor's profile");
         assert_eq!(graph.profile_of("anonymous_id:a9").map(|p| &p.id), Some(&profile.id), "the alias joins it");
         assert_eq!(data[&profile.id].tags.get("spend"), Some(&json!(120.0)), "the tag is up to date");
+    }
+
+    #[test]
+    fn identities_link_by_the_event_as_sent_and_the_rest_reads_it_cleaned() {
+        let mut identity = IdentityRules::default();
+        let account = crate::identity::IdentifierType {
+            name: "account".into(),
+            priority: 3,
+            max_per_profile: 1,
+            blocked: Vec::new(),
+            paths: vec!["properties.accountEmail".into()],
+        };
+        identity.types.push(account);
+        let profiles = ProfileRules::default();
+        let ready = BTreeMap::new();
+        let rules = Rules { identity: &identity, profiles: &profiles, tags: None, ready: &ready, activation: None };
+        let mut sent = event(EventType::Track, "m1", 1, &[("user_id", "u1")], None);
+        sent.properties = json!({"accountEmail": " Ann@Example.com", "revenue": "120"}).as_object().cloned();
+        let read = keys_to_read(&identity, std::slice::from_ref(&sent));
+        let (mut graph, mut data) = (IdentityGraph::default(), BTreeMap::new());
+        apply(&mut graph, &mut data, std::slice::from_ref(&sent), &rules, t(10));
+        let profile = graph.profile_of("user_id:u1").expect("the profile").id.clone();
+        for key in read {
+            assert_eq!(graph.profile_of(&key).map(|p| &p.id), Some(&profile), "{key}: the key ingest read");
+        }
+        let stats = &data[&profile].events["Order Completed"].properties["revenue"];
+        assert_eq!((stats.count, stats.sum), (1, 120.0), "the aggregate reads the clean number");
     }
 }

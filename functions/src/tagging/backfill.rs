@@ -99,17 +99,22 @@ impl Read {
     }
 }
 
-/// Names a backfill by the tag versions it rebuilds (a digest of their slots, `id@version`): the mark it leaves
-/// on the profiles it rebuilt.
-fn job(pending: &[TagDefinition]) -> String {
+/// Names a backfill by the tag versions it rebuilds (a digest of their slots, `id@version`) and the cleaning
+/// rules it reads events with: the mark it leaves on the profiles it rebuilt.
+fn job(pending: &[TagDefinition], cleaning: u32) -> String {
     let slots: BTreeSet<String> = pending.iter().map(|t| format!("{}@{}", t.id, t.version)).collect();
-    let joined: Vec<String> = slots.into_iter().collect();
+    let mut joined: Vec<String> = slots.into_iter().collect();
+    joined.push(format!("{}@{cleaning}", crate::snapshot::READY_CLEANING));
     shared::ids::sha256_hex(&joined.join("\n"))[..16].to_string()
 }
 
 /// The statistical tags of `tags` whose version is not ready: what [`backfill`] will rebuild.
-pub(crate) async fn pending<S: ObjectStore>(store: &S, tags: &TagSet) -> Result<Vec<TagDefinition>, Error> {
-    Ok(pending_in(tags, &ready(store).await?))
+pub(crate) async fn pending<S: ObjectStore>(
+    store: &S,
+    tags: &TagSet,
+    cleaning: &shared::profile::CleaningRules,
+) -> Result<Vec<TagDefinition>, Error> {
+    Ok(pending_in(tags, &ready(store, cleaning).await?))
 }
 
 fn pending_in(tags: &TagSet, ready: &BTreeMap<String, u32>) -> Vec<TagDefinition> {
@@ -141,7 +146,8 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     now: UtcTime,
     batch_profiles: usize,
 ) -> Result<Vec<String>, Error> {
-    let mut ready = ready(store).await?;
+    let cleaning = &config.snapshot.profiles.cleaning;
+    let mut ready = ready(store, cleaning).await?;
     let pending = pending_in(tags, &ready);
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -149,7 +155,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     let rebuilt = TagSet::check(&pending, &Catalog::default())
         .map_err(|e| Error::Internal(format!("pending tags do not check: {e:?}")))?;
     let pending_ids: BTreeSet<&str> = pending.iter().map(|t| t.id.as_str()).collect();
-    let job = job(&pending);
+    let job = job(&pending, cleaning.fingerprint());
     // What the rebuilt tags read of an event's properties.
     let wanted = rebuilt.properties();
     let now_ms = now.unix_millis();
@@ -271,6 +277,7 @@ pub(crate) async fn backfill_by<S: ObjectStore + Clone>(
     for tag in &pending {
         ready.insert(tag.id.clone(), tag.version);
     }
+    ready.insert(crate::snapshot::READY_CLEANING.to_string(), cleaning.fingerprint());
     let body = serde_json::to_vec_pretty(&ready).map_err(Error::encoding)?;
     store.put(keys::TAGS_READY, body, PutOptions::json()).await?;
     Ok(pending.iter().map(|t| t.id.clone()).collect())

@@ -389,7 +389,7 @@ async fn recompute_by<S: ObjectStore + Clone>(
     };
     let population = fit_models(store, &chunks, &mut report).await?;
     // With tag versions to backfill, each profile's values are kept for it (in a temporary file).
-    let keeping = match backfill::pending(store, &checked.tags).await?.is_empty() {
+    let keeping = match backfill::pending(store, &checked.tags, &config.snapshot.profiles.cleaning).await?.is_empty() {
         true => None,
         false => Some(Keeping::new()?),
     };

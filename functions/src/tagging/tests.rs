@@ -355,7 +355,8 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
     assert!(!run(1, json!([order("o1", 5.0), order("o2", 50.0)])).await.tags.contains_key("orders"));
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.backfilled, ["orders"]);
-    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 1}));
+    let cleaning = shared::profile::CleaningRules::default().fingerprint();
+    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 1, "$cleaning": cleaning}));
     assert_eq!(run(2, json!([order("o3", 7.0)])).await.tags["orders"], json!(3), "v1 served incrementally");
 
     // Version 2 counts only orders of 10 or more. Until it is backfilled, v1's value keeps serving, while
@@ -367,7 +368,7 @@ async fn a_new_version_is_backfilled_while_the_old_values_keep_serving() {
 
     let report = full_recompute(&store, at(t0())).await.expect("recompute");
     assert_eq!(report.backfilled, ["orders"]);
-    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 2}));
+    assert_eq!(read_json(&store, keys::TAGS_READY).await, json!({"orders": 2, "$cleaning": cleaning}));
     let ann = crate::state::lookup(&store, "user_id:ann").await.expect("lookup").expect("ann");
     assert_eq!(ann.profile.tags["orders"], json!(2), "v2: the orders of 50 and 70, o4 counted once");
     assert!(!ann.profile.tag_state.tags.contains_key("orders@1"), "the old version's state is dropped");
@@ -947,7 +948,10 @@ async fn a_backfill_stopped_halfway_resumes_and_rebuilds_again_a_profile_that_ab
         .is_err(),
         "stopped"
     );
-    assert!(crate::snapshot::ready(&store).await.expect("ready").is_empty(), "nothing is served yet");
+    assert!(
+        crate::snapshot::ready(&store, &Default::default()).await.expect("ready").is_empty(),
+        "nothing is served yet"
+    );
     let marked = |scan: &crate::state::Scan| -> BTreeSet<String> {
         scan.profiles.iter().filter(|(_, p)| p.profile.tag_state.rebuilt.is_some()).map(|(id, _)| id.clone()).collect()
     };
@@ -1078,7 +1082,7 @@ async fn a_backfill_resumed_with_every_profile_rebuilt_reads_no_event_and_record
     .expect("backfill");
     assert_eq!(backfilled, ["orders"]);
     assert_eq!(watching.raw_listings.load(std::sync::atomic::Ordering::SeqCst), 0, "no event is read");
-    assert_eq!(crate::snapshot::ready(&store).await.expect("ready").get("orders"), Some(&1));
+    assert_eq!(crate::snapshot::ready(&store, &Default::default()).await.expect("ready").get("orders"), Some(&1));
     let scan = crate::state::scan(&store).await.expect("scan");
     assert!(scan.profiles.values().all(|p| p.profile.tags.get("run") == Some(&json!(1))), "no profile rewritten");
     let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
@@ -1181,6 +1185,26 @@ async fn properties_are_read_cleaned_alike_by_ingest_the_backfill_and_the_full_r
     assert!(last.backfilled.is_empty());
     let values = read_json(&store, keys::TAG_VALUES).await;
     assert_eq!(serde_json::to_value(&zoe.profile.tags).expect("json"), values["profiles"][&zoe.node.id]);
+
+    // Other cleaning rules (revenue as sent): the states built with the old ones are rebuilt at the next full
+    // recompute, and ingest's values agree with it again.
+    store
+        .put(
+            keys::CONFIG_PROFILES,
+            json!({"cleaning": {"fields": {"revenue": []}}}).to_string().into_bytes(),
+            PutOptions::json(),
+        )
+        .await
+        .expect("profiles");
+    let config = RunConfig::load(&store).await.expect("config");
+    assert!(config.snapshot.ready.is_empty(), "no state is ready for the new rules");
+    let again = full_recompute(&store, at(t0())).await.expect("recompute");
+    assert_eq!(again.backfilled, ["spend", "top_category", "coupons"]);
+    let zoe = crate::state::lookup(&store, "user_id:zoe").await.expect("lookup").expect("zoe");
+    let values = read_json(&store, keys::TAG_VALUES).await;
+    assert_eq!(serde_json::to_value(&zoe.profile.tags).expect("json"), values["profiles"][&zoe.node.id]);
+    assert_ne!(zoe.profile.tags.get("spend"), Some(&json!(1020.0)), "revenue strings are not summed now");
+    assert_eq!(zoe.profile.tags["top_category"], json!("Shoes"), "categories are still trimmed");
 
     // The raw event keeps what was sent.
     let raw = crate::raw::read_object(&store, &first_key).await.expect("read").expect("raw object");

@@ -260,7 +260,10 @@ impl Field {
         let value = match cleaned {
             Cleaned::Issue(reason) => {
                 self.issues += 1;
-                self.last_issue = Some(if personal { "a value that could not be cleaned".into() } else { reason });
+                // A reason quotes the value: never for personal data, nor what looks like an email or a phone.
+                let quotes_personal = sent.as_str().is_some_and(|t| t.contains('@') || looks_like_phone(t));
+                self.last_issue =
+                    Some(if personal || quotes_personal { "a value that could not be cleaned".into() } else { reason });
                 sent.clone()
             }
             other => match other.value_for(sent) {

@@ -50,6 +50,13 @@ fn events_properties_and_traits_are_described() {
     assert_eq!(revenue.types, BTreeMap::from([("number".to_string(), 2)]));
     assert_eq!(revenue.examples, [json!(12.5), json!(30)]);
     assert_eq!(order.properties["coupon"].examples, [json!("X1")], "distinct clean examples");
+    let mut with_email = Dictionary::default();
+    with_email.observe(
+        &event(json!({"type": "track", "event": "Form Submitted", "properties": {"value": "jane@example.com"}})),
+        &ProfileRules::default(),
+    );
+    let value = &with_email.sources["web"].events["Form Submitted"].properties["value"];
+    assert_eq!(value.last_issue.as_deref(), Some("a value that could not be cleaned"), "no address in a reason");
     let quantity = &order.properties["quantity"];
     assert_eq!((quantity.issues, quantity.last_issue.as_deref()), (1, Some("`two` is not a number")));
     assert_eq!(quantity.types, BTreeMap::from([("string".to_string(), 1)]), "kept as sent");

@@ -146,6 +146,13 @@ impl CleaningRules {
         if &current == value { Cleaned::Kept } else { Cleaned::Changed(current) }
     }
 
+    /// A digest of the rules: the incremental tag states were built with the rules of this digest, and a
+    /// change rebuilds them (the ready versions are kept with it).
+    pub fn fingerprint(&self) -> u32 {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        u32::from_str_radix(&crate::ids::sha256_hex(&text)[..8], 16).unwrap_or_default()
+    }
+
     /// An event's properties cleaned as the tag engines, audiences, triggers and aggregates read them: each
     /// top-level property by its name's steps (nested objects and lists as sent); `None` when nothing changes
     /// (the event is used as it is). The raw event keeps what was sent.
