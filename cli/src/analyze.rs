@@ -1,9 +1,12 @@
-//! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (funnels, retention) over the data folder.
+//! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (trends, funnels, retention) over the data folder.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use functions::analysis::{Answer, Engine, Funnel, FunnelResult, Limits, Order, Period, Retention, RetentionResult};
+use functions::analysis::{
+    Answer, Breakdown, Engine, Funnel, FunnelResult, Limits, Measure, Order, Period, Retention, RetentionResult,
+    Trends, TrendsResult,
+};
 use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
 use shared::time::UtcTime;
@@ -24,17 +27,63 @@ pub(crate) struct SqlArgs {
     /// Seconds the query may take.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
-    /// The answer as JSON (`columns`, `rows`, `truncated`), as `POST /v1/sql` answers.
+    /// The answer as JSON: `columns` (name and type), `rows`, `truncated`.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AnalyzeCommand {
+    /// A measure of events per day, week or month, optionally broken down by a property, trait or tag.
+    Trends(TrendsArgs),
     /// Persons who did a sequence of events within a conversion window, per step.
     Funnel(FunnelArgs),
     /// Cohorts by the period of a first event, and how many came back in each period after.
     Retention(RetentionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrendsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The track event measured (default: every track event).
+    #[arg(long)]
+    event: Option<String>,
+    /// `events`, `persons`, `sum` or `average` (the last two of --property).
+    #[arg(long, value_enum, default_value = "events")]
+    measure: MeasureArg,
+    /// The numeric property summed or averaged.
+    #[arg(long)]
+    property: Option<String>,
+    /// `day`, `week` (from Monday) or `month`, in UTC.
+    #[arg(long, value_enum, default_value = "day")]
+    period: PeriodArg,
+    /// First day (UTC); default 30 days before --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (included); default today.
+    #[arg(long)]
+    to: Option<String>,
+    /// A breakdown: `property:NAME`, `trait:NAME` or `tag:NAME`.
+    #[arg(long)]
+    breakdown: Option<String>,
+    /// Series kept of a breakdown, the largest first; the rest are one `(other)` series (1 to 50).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Only persons in this audience.
+    #[arg(long)]
+    audience: Option<String>,
+    /// The result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MeasureArg {
+    Events,
+    Persons,
+    Sum,
+    Average,
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +165,44 @@ pub(crate) fn sql(args: SqlArgs) -> anyhow::Result<()> {
 
 pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
     match command {
+        AnalyzeCommand::Trends(args) => {
+            let property = || args.property.clone().context("--property: the property to sum or average");
+            let measure = match args.measure {
+                MeasureArg::Events => Measure::Events,
+                MeasureArg::Persons => Measure::Persons,
+                MeasureArg::Sum => Measure::Sum { property: property()? },
+                MeasureArg::Average => Measure::Average { property: property()? },
+            };
+            let breakdown = match args.breakdown.as_deref().map(|b| b.split_once(':')) {
+                None => None,
+                Some(Some(("property", name))) => Some(Breakdown::Property(name.to_string())),
+                Some(Some(("trait", name))) => Some(Breakdown::Trait(name.to_string())),
+                Some(Some(("tag", name))) => Some(Breakdown::Tag(name.to_string())),
+                Some(_) => bail!("--breakdown: `property:NAME`, `trait:NAME` or `tag:NAME`"),
+            };
+            let to = end_of(args.to.as_deref(), "--to")?;
+            let from = match args.from.as_deref() {
+                Some(day) => start_of(day, "--from")?,
+                None => at(to.unix_millis() - 30 * DAY_MS)?,
+            };
+            let trends = Trends {
+                event: args.event,
+                measure,
+                period: period_of(args.period),
+                from,
+                to,
+                breakdown,
+                top: args.top,
+                audience: args.audience,
+            };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.trends(&trends))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", trends_text(&result));
+            }
+        }
         AnalyzeCommand::Funnel(args) => {
             let order = match args.order {
                 OrderArg::Ordered => Order::Ordered,
@@ -138,11 +225,7 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             }
         }
         AnalyzeCommand::Retention(args) => {
-            let period = match args.period {
-                PeriodArg::Day => Period::Day,
-                PeriodArg::Week => Period::Week,
-                PeriodArg::Month => Period::Month,
-            };
+            let period = period_of(args.period);
             let to = end_of(args.to.as_deref(), "--to")?;
             let from = match args.from.as_deref() {
                 Some(day) => start_of(day, "--from")?,
@@ -169,6 +252,14 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn period_of(period: PeriodArg) -> Period {
+    match period {
+        PeriodArg::Day => Period::Day,
+        PeriodArg::Week => Period::Week,
+        PeriodArg::Month => Period::Month,
+    }
 }
 
 fn load(data: &DataArgs) -> anyhow::Result<(tokio::runtime::Runtime, Engine)> {
@@ -286,6 +377,30 @@ fn funnel_text(result: &FunnelResult) -> String {
     out
 }
 
+fn trends_text(result: &TrendsResult) -> String {
+    let mut out = format!("{:<12}", "period");
+    for series in &result.series {
+        out.push_str(&format!(" {:>14}", series.key.as_deref().unwrap_or("value")));
+    }
+    out.push('\n');
+    let value = |v: Option<f64>| {
+        v.map_or("-".to_string(), |v| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+    };
+    for (k, point) in result.series.first().map(|s| s.points.as_slice()).unwrap_or_default().iter().enumerate() {
+        out.push_str(&format!("{:<12}", &point.start.to_string()[..10]));
+        for series in &result.series {
+            out.push_str(&format!(" {:>14}", value(series.points.get(k).and_then(|p| p.value))));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{:<12}", "total"));
+    for series in &result.series {
+        out.push_str(&format!(" {:>14}", value(series.total)));
+    }
+    out.push('\n');
+    out
+}
+
 fn retention_text(result: &RetentionResult) -> String {
     if result.cohorts.is_empty() {
         return "no cohort: nobody's first event is in the range\n".into();
@@ -298,7 +413,10 @@ fn retention_text(result: &RetentionResult) -> String {
     for cohort in &result.cohorts {
         out.push_str(&format!("{:<10} {:>8}", &cohort.start.to_string()[..10], cohort.size));
         for rate in &cohort.rates {
-            out.push_str(&format!(" {:>6.1}%", rate * 100.0));
+            match rate {
+                Some(rate) => out.push_str(&format!(" {:>6.1}%", rate * 100.0)),
+                None => out.push_str(&format!(" {:>7}", "-")),
+            }
         }
         out.push('\n');
     }

@@ -58,7 +58,7 @@ enum Command {
     Catalog(catalog::CatalogArgs),
     /// Read-only SQL over the tables `events`, `profiles`, `tags` and `memberships`.
     Sql(analyze::SqlArgs),
-    /// Analyses over the data: funnels and retention.
+    /// Analyses over the data: trends, funnels and retention.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
     /// Partner webhooks: add, list.

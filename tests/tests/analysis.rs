@@ -1,5 +1,5 @@
 //! Analyses through the real `cdp`: events imported from a file, then `cdp analyze funnel`, `cdp analyze
-//! retention` and `cdp sql` with `--json`, each figure checked by hand.
+//! retention`, `cdp analyze trends` and `cdp sql` with `--json`, each figure checked by hand.
 
 use std::path::Path;
 use std::process::Command;
@@ -98,7 +98,8 @@ fn funnels_retention_and_sql_from_the_command_line() {
     assert!(ok);
     assert_eq!(week["steps"][1]["persons"], 2, "u2's order two days later is within 7 days: {week}");
 
-    // Weekly cohorts from Monday 2026-03-02: u1 and u2 (u1 back in weeks 0 and 1, u2 in week 0); u3 on 03-09.
+    // Weekly cohorts from Monday 2026-03-02: u1 and u2 (u1 back in weeks 0 and 1, u2 in week 0); u3 on 03-09,
+    // whose second week starts after the data's latest event (not yet: null).
     let (ok, retention, text) = cdp(
         data.path(),
         &[
@@ -124,8 +125,36 @@ fn funnels_retention_and_sql_from_the_command_line() {
         retention["cohorts"],
         json!([
             {"start": "2026-03-02T00:00:00.000Z", "size": 2, "retained": [2, 1], "rates": [1.0, 0.5]},
-            {"start": "2026-03-09T00:00:00.000Z", "size": 1, "retained": [0, 0], "rates": [0.0, 0.0]},
+            {"start": "2026-03-09T00:00:00.000Z", "size": 1, "retained": [0, null], "rates": [0.0, null]},
         ])
+    );
+
+    // Revenue per week: 20 + 12 in the week of 03-02, 5.5 in the next.
+    let (ok, trend, text) = cdp(
+        data.path(),
+        &[
+            "analyze",
+            "trends",
+            "--event",
+            "Order Completed",
+            "--measure",
+            "sum",
+            "--property",
+            "revenue",
+            "--period",
+            "week",
+            "--from",
+            "2026-03-02",
+            "--to",
+            "2026-03-15",
+            "--json",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        trend["series"],
+        json!([{"key": null, "total": 37.5, "points": [
+        {"start": "2026-03-02T00:00:00.000Z", "value": 32.0}, {"start": "2026-03-09T00:00:00.000Z", "value": 5.5}]}])
     );
 
     let (ok, answer, text) = cdp(

@@ -41,7 +41,7 @@ pub struct Funnel {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
-    /// The step's event.
+    /// The step's event (in any order: `any N of M`, the persons who did N of the M steps).
     pub event: String,
     /// Persons who reached it.
     pub persons: u64,
@@ -127,7 +127,11 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
             let rate = |of: u64| if of == 0 { 0.0 } else { reached[k] as f64 / of as f64 };
             let gaps = &mut gaps[k];
             Step {
-                event: event.clone(),
+                // In any order, step N is any N of the steps.
+                event: match funnel.order {
+                    Order::Any => format!("any {} of {n}", k + 1),
+                    _ => event.clone(),
+                },
                 persons: reached[k],
                 conversion_from_first: rate(reached[0]),
                 conversion_from_previous: if k == 0 { rate(reached[0]) } else { rate(reached[k - 1]) },

@@ -1,4 +1,4 @@
-//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — funnels and retention so far —
+//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — trends, funnels and retention so far —
 //! over the stored data, with Apache DataFusion (the same arrow-rs the lake is written with) as the engine.
 //!
 //! [`Engine::load`] builds the tables from the store ([`tables`]): `events` (the lake's parts and the raw
@@ -15,9 +15,11 @@ use arrow_array::cast::AsArray as _;
 use arrow_array::types::TimestampMillisecondType;
 use arrow_array::{Array, RecordBatch};
 use datafusion::common::ScalarValue;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use shared::time::UtcTime;
+use std::ops::Not as _;
 
 use crate::Error;
 use crate::snapshot::RunConfig;
@@ -28,6 +30,7 @@ pub mod period;
 pub mod retention;
 mod sql;
 mod tables;
+pub mod trends;
 mod udf;
 
 pub use funnel::{Funnel, FunnelResult, Order};
@@ -35,6 +38,7 @@ pub use period::Period;
 pub use retention::{Retention, RetentionResult};
 pub use sql::{Answer, Limits, MAX_ROWS};
 pub use tables::Loaded;
+pub use trends::{Breakdown, Measure, Trends, TrendsResult};
 
 /// Memory a query may use before it fails (bytes).
 pub const MEMORY_LIMIT: usize = 2 << 30;
@@ -44,6 +48,12 @@ pub struct Engine {
     ctx: SessionContext,
     /// The track event names the data holds (what analyses may name).
     event_names: BTreeSet<String>,
+    /// The traits that are columns of `profiles`.
+    traits: BTreeSet<String>,
+    /// The tags that are columns of `tags`.
+    tags: BTreeSet<String>,
+    /// The audiences with a computed snapshot.
+    audiences: BTreeSet<String>,
     /// What was loaded.
     pub loaded: Loaded,
 }
@@ -57,24 +67,34 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads the tables from `store` as they are now.
     pub async fn load<S: ObjectStore + Clone>(store: &S, config: &RunConfig) -> Result<Self, Error> {
+        // Nothing spills to disk: a query that needs more memory than the limit fails.
+        let disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(MEMORY_LIMIT, 1.0)
+            .with_disk_manager_builder(disk)
             .build_arc()
             .map_err(|e| Error::Internal(format!("the query engine: {e}")))?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let session = SessionConfig::new().with_target_partitions(threads).with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         udf::register(&ctx);
-        let loaded = tables::register(&ctx, store, config).await?;
-        let names = sql::run(
-            &ctx,
-            "SELECT DISTINCT event FROM events WHERE event IS NOT NULL",
-            Limits { rows: MAX_ROWS, ..Limits::default() },
-        )
-        .await?;
-        let event_names =
-            names.rows.into_iter().filter_map(|row| row.into_iter().next()?.as_str().map(String::from)).collect();
-        Ok(Self { ctx, event_names, loaded })
+        let (loaded, found) = tables::register(&ctx, store, config).await?;
+        let columns = |table: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let frame = ctx.table(table).await.map_err(|e| Error::Internal(format!("the {table} table: {e}")))?;
+                let names: BTreeSet<String> = frame
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|n| n != "profile_id" && n != "traits")
+                    .collect();
+                Ok::<_, Error>(names)
+            }
+        };
+        let (traits, tags) = (columns("profiles").await?, columns("tags").await?);
+        Ok(Self { ctx, event_names: found.events, traits, tags, audiences: found.audiences, loaded })
     }
 
     /// Runs one read-only query ([`sql::run`]).
@@ -84,16 +104,22 @@ impl Engine {
 
     /// Runs a funnel.
     pub async fn funnel(&self, funnel: &Funnel) -> Result<FunnelResult, Error> {
-        funnel::run(self, funnel).await
+        within(funnel::run(self, funnel)).await
+    }
+
+    /// Runs a trend.
+    pub async fn trends(&self, trends: &Trends) -> Result<TrendsResult, Error> {
+        within(trends::run(self, trends)).await
     }
 
     /// Runs a retention analysis.
     pub async fn retention(&self, retention: &Retention) -> Result<RetentionResult, Error> {
-        retention::run(self, retention).await
+        within(retention::run(self, retention)).await
     }
 
-    /// The track events of resolved persons (of `names` only, when given) from `from` (when given) to `end`
-    /// (excluded), sorted by person, then time, then messageId.
+    /// The track events of resolved persons (of `names` only, when given; otherwise the persons' own: not the
+    /// platform's delivery records nor partners' feedback) from `from` (when given) to `end` (excluded),
+    /// sorted by person, then time, then messageId.
     async fn person_events(&self, names: Option<&[String]>, from: Option<i64>, end: i64) -> Result<Sorted, Error> {
         let at = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
         let failed = |e: datafusion::error::DataFusionError| Error::Internal(format!("reading events: {e}"));
@@ -102,8 +128,11 @@ impl Engine {
         if let Some(from) = from {
             filter = filter.and(col("timestamp").gt_eq(at(from)));
         }
-        if let Some(names) = names {
-            filter = filter.and(col("event").in_list(names.iter().map(|n| lit(n.as_str())).collect(), false));
+        match names {
+            Some(names) => {
+                filter = filter.and(col("event").in_list(names.iter().map(|n| lit(n.as_str())).collect(), false));
+            }
+            None => filter = filter.and(persons_own()),
         }
         let frame = self
             .ctx
@@ -123,6 +152,17 @@ impl Engine {
         Ok(Sorted(frame.collect().await.map_err(failed)?))
     }
 }
+
+/// Events the persons did themselves: not the platform's records of deliveries (source `cdp-activation`) nor
+/// partners' feedback (sources `partner:…`).
+fn persons_own() -> datafusion::prelude::Expr {
+    let system = col("source_id").eq(lit(shared::activation::feedback::SYSTEM_SOURCE));
+    let partner = col("source_id").like(lit("partner:%"));
+    system.or(partner).not()
+}
+
+/// Where SQL over `events` (as `e`) keeps the persons' own events ([`persons_own`]).
+const PERSONS_OWN_SQL: &str = "e.source_id <> 'cdp-activation' AND e.source_id NOT LIKE 'partner:%'";
 
 /// Events sorted by person and time ([`Engine::person_events`]).
 struct Sorted(Vec<RecordBatch>);
@@ -162,6 +202,16 @@ impl Sorted {
     }
 }
 
+/// Time an analysis may take.
+pub const ANALYSIS_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `work`, or an error when it takes longer than [`ANALYSIS_TIME`].
+async fn within<T>(work: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(ANALYSIS_TIME, work).await.map_err(|_| {
+        Error::Invalid(format!("the analysis took longer than its limit of {} s; narrow it", ANALYSIS_TIME.as_secs()))
+    })?
+}
+
 /// `from` before `to`, at most ten years apart.
 fn check_range(from: UtcTime, to: UtcTime) -> Result<(), Error> {
     if to <= from {
@@ -175,10 +225,15 @@ fn check_range(from: UtcTime, to: UtcTime) -> Result<(), Error> {
 
 /// `name` is an event the data holds; otherwise an error naming `field` and the closest known name.
 fn check_event(field: &str, name: &str, known: &BTreeSet<String>) -> Result<(), Error> {
+    check_name(field, "event", name, known)
+}
+
+/// `name` is one of `known` (the data's `what`s); otherwise an error naming `field` and the closest one.
+fn check_name(field: &str, what: &str, name: &str, known: &BTreeSet<String>) -> Result<(), Error> {
     if known.contains(name) {
         return Ok(());
     }
-    let mut message = format!("{field}: no event `{name}` in the data");
+    let mut message = format!("{field}: no {what} `{name}` in the data");
     if let Some(close) = shared::tags::closest(name, known.iter().map(String::as_str)) {
         message.push_str(&format!("; did you mean `{close}`?"));
     }

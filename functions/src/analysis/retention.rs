@@ -11,9 +11,9 @@ use shared::time::UtcTime;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retention {
-    /// The event whose first occurrence puts a person in a cohort (none: their first event of any kind).
+    /// The event whose first occurrence puts a person in a cohort (none: their first track event of their own).
     pub cohort_event: Option<String>,
-    /// The event that counts as coming back (none: any track event).
+    /// The event that counts as coming back (none: any track event of the person's own).
     pub return_event: Option<String>,
     /// Cohorts' and returns' periods.
     #[serde(default)]
@@ -30,15 +30,15 @@ pub struct Retention {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Cohort {
-    /// When its period starts.
+    /// When its period starts (the first cohort holds only the part of its period from `from`).
     pub start: UtcTime,
     /// Persons in it.
     pub size: u64,
-    /// Persons who came back, per period (period 0 first); periods not over yet at the data's end are counted
-    /// as far as the data goes.
-    pub retained: Vec<u64>,
+    /// Persons who came back, per period (period 0 first); a period that starts after the data's latest event
+    /// is null (not 0: it has not happened yet), one under way counts as far as the data goes.
+    pub retained: Vec<Option<u64>>,
     /// `retained` over `size`.
-    pub rates: Vec<f64>,
+    pub rates: Vec<Option<f64>>,
 }
 
 /// A retention analysis's outcome.
@@ -114,13 +114,21 @@ pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<Retent
             entry.1[k] += u64::from(came);
         }
     }
+    let data_end = engine.loaded.last_event_ms.unwrap_or(i64::MIN);
     let cohorts = cohorts
         .into_iter()
-        .map(|(index, (size, retained))| Cohort {
-            start: UtcTime::from_unix_millis(period.start(index)).unwrap_or(retention.from),
-            size,
-            rates: retained.iter().map(|r| *r as f64 / size as f64).collect(),
-            retained,
+        .map(|(index, (size, counts))| {
+            let retained: Vec<Option<u64>> = counts
+                .into_iter()
+                .enumerate()
+                .map(|(k, n)| (period.start(index + k as i64) <= data_end).then_some(n))
+                .collect();
+            Cohort {
+                start: UtcTime::from_unix_millis(period.start(index)).unwrap_or(retention.from),
+                size,
+                rates: retained.iter().map(|r| r.map(|r| r as f64 / size as f64)).collect(),
+                retained,
+            }
         })
         .collect();
     Ok(RetentionResult { cohorts, period, periods: retention.periods })

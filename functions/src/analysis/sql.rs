@@ -55,12 +55,14 @@ pub(super) async fn run(ctx: &SessionContext, query: &str, limits: Limits) -> Re
     let work = async {
         let frame = ctx.sql_with_options(query, options).await.map_err(invalid)?;
         let frame = frame.limit(0, Some(limits.rows + 1)).map_err(invalid)?;
-        frame.collect().await.map_err(invalid)
+        // The columns from the plan: a query without rows may give no batch to take them from.
+        let schema = frame.schema().inner().clone();
+        Ok::<_, Error>((schema, frame.collect().await.map_err(invalid)?))
     };
-    let batches = tokio::time::timeout(limits.time, work).await.map_err(|_| {
+    let (schema, batches) = tokio::time::timeout(limits.time, work).await.map_err(|_| {
         Error::Invalid(format!("sql: the query took longer than its limit of {} s", limits.time.as_secs_f64()))
     })??;
-    answer(&batches, limits.rows)
+    answer(&schema, &batches, limits.rows)
 }
 
 fn invalid(error: datafusion::error::DataFusionError) -> Error {
@@ -69,13 +71,9 @@ fn invalid(error: datafusion::error::DataFusionError) -> Error {
     Error::Invalid(format!("sql: {text}"))
 }
 
-/// The batches as an [`Answer`] of at most `max` rows.
-pub(super) fn answer(batches: &[RecordBatch], max: usize) -> Result<Answer, Error> {
-    let Some(first) = batches.first() else {
-        return Ok(Answer { columns: Vec::new(), rows: Vec::new(), truncated: false });
-    };
-    let columns =
-        first.schema().fields().iter().map(|f| json!({"name": f.name(), "type": type_name(f.data_type())})).collect();
+/// The batches (of `schema`) as an [`Answer`] of at most `max` rows.
+pub(super) fn answer(schema: &arrow_schema::Schema, batches: &[RecordBatch], max: usize) -> Result<Answer, Error> {
+    let columns = schema.fields().iter().map(|f| json!({"name": f.name(), "type": type_name(f.data_type())})).collect();
     let mut rows = Vec::new();
     let mut truncated = false;
     'batches: for batch in batches {
@@ -116,9 +114,32 @@ impl<'a> Cells<'a> {
         Ok(Self { array, text })
     }
 
+    /// A time of any unit (and any zone, or none: UTC) in ms.
+    fn millis(array: &dyn Array, row: usize) -> Option<i64> {
+        use arrow_array::cast::AsArray as _;
+        use arrow_array::types::{
+            TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+        };
+        match array.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => {
+                array.as_primitive::<TimestampSecondType>().value(row).checked_mul(1000)
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                Some(array.as_primitive::<TimestampMillisecondType>().value(row))
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                Some(array.as_primitive::<TimestampMicrosecondType>().value(row).div_euclid(1000))
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                Some(array.as_primitive::<TimestampNanosecondType>().value(row).div_euclid(1_000_000))
+            }
+            _ => None,
+        }
+    }
+
     fn value(&self, row: usize) -> Value {
         use arrow_array::cast::AsArray as _;
-        use arrow_array::types::{Float32Type, Float64Type, TimestampMillisecondType};
+        use arrow_array::types::{Float32Type, Float64Type};
         let array = self.array;
         if array.is_null(row) {
             return Value::Null;
@@ -127,9 +148,12 @@ impl<'a> Cells<'a> {
             DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
             DataType::Float64 => number(array.as_primitive::<Float64Type>().value(row)),
             DataType::Float32 => number(f64::from(array.as_primitive::<Float32Type>().value(row))),
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                let ms = array.as_primitive::<TimestampMillisecondType>().value(row);
-                shared::time::UtcTime::from_unix_millis(ms).map_or(Value::Null, |t| Value::String(t.to_string()))
+            DataType::Timestamp(..) => Self::millis(array, row)
+                .and_then(shared::time::UtcTime::from_unix_millis)
+                .map_or_else(|| Value::String(self.text.value(row).to_string()), |t| Value::String(t.to_string())),
+            DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                let text = self.text.value(row).to_string();
+                text.parse::<f64>().ok().map_or(Value::String(text), number)
             }
             t if t.is_integer() => {
                 let text = self.text.value(row).to_string();

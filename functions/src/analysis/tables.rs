@@ -2,7 +2,7 @@
 //! each event once, with the profile it belongs to now), `profiles` (one column per trait), `tags` (one column
 //! per tag the last full recompute computed) and `memberships` (audience, profile).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
@@ -36,6 +36,15 @@ pub struct Loaded {
     pub profiles: usize,
     /// Audience memberships.
     pub memberships: usize,
+    /// The latest event's time (ms): where the data ends.
+    pub last_event_ms: Option<i64>,
+}
+
+/// What loading found besides the tables: the track event names and the audiences with members.
+#[derive(Debug, Default)]
+pub(super) struct Found {
+    pub(super) events: BTreeSet<String>,
+    pub(super) audiences: BTreeSet<String>,
 }
 
 fn timestamp() -> DataType {
@@ -55,10 +64,11 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     ctx: &SessionContext,
     store: &S,
     config: &RunConfig,
-) -> Result<Loaded, Error> {
+) -> Result<(Loaded, Found), Error> {
     let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&[])).await?;
     let mut loaded = Loaded { profiles: profiles.len(), ..Loaded::default() };
-    let events = events(store, config, &profiles, &mut loaded).await?;
+    let mut found = Found::default();
+    let events = events(store, config, &profiles, &mut loaded, &mut found.events).await?;
     ctx.register_table("events", Arc::new(events)).map_err(internal("the events table"))?;
 
     let mut traits = Vec::with_capacity(profiles.len());
@@ -70,10 +80,15 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     let values = tag_values(store).await?;
     ctx.register_table("tags", Arc::new(wide(&values, false)?)).map_err(internal("the tags table"))?;
 
-    let (table, members) = memberships(store).await?;
+    let configured: Vec<String> = match &config.snapshot.definitions.audiences {
+        Ok(audiences) => audiences.iter().map(|a| a.id.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let (table, members, audiences) = memberships(store, &configured).await?;
     loaded.memberships = members;
+    found.audiences = audiences;
     ctx.register_table("memberships", Arc::new(table)).map_err(internal("the memberships table"))?;
-    Ok(loaded)
+    Ok((loaded, found))
 }
 
 /// The `events` table: every stored event once, its properties cleaned as tags read them.
@@ -82,6 +97,7 @@ async fn events<S: ObjectStore>(
     config: &RunConfig,
     profiles: &Profiles,
     loaded: &mut Loaded,
+    names: &mut BTreeSet<String>,
 ) -> Result<MemTable, Error> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("message_id", DataType::Utf8, false),
@@ -119,6 +135,12 @@ async fn events<S: ObjectStore>(
         rows.message_id.append_value(message);
         rows.source_id.append_value(source);
         rows.kind.append_value(event.kind.as_str());
+        if let Some(name) = event.event.as_deref()
+            && !names.contains(name)
+        {
+            names.insert(name.to_string());
+        }
+        loaded.last_event_ms = Some(loaded.last_event_ms.map_or(event.at, |last| last.max(event.at)));
         rows.event.append_option(event.event.as_deref());
         rows.timestamp.append_value(event.at);
         rows.received_at.append_value(event.received_at);
@@ -180,8 +202,13 @@ async fn tag_values<S: ObjectStore>(store: &S) -> Result<Vec<(String, Map<String
     Ok(values.profiles.into_iter().collect())
 }
 
-/// The `memberships` table from the audiences' last snapshots.
-async fn memberships<S: ObjectStore>(store: &S) -> Result<(MemTable, usize), Error> {
+/// The `memberships` table from the last snapshots of the audiences `configured` (a deleted audience's
+/// snapshot is left out; one that does not decode is logged and left out), with its rows and the audiences'
+/// ids.
+async fn memberships<S: ObjectStore>(
+    store: &S,
+    configured: &[String],
+) -> Result<(MemTable, usize, BTreeSet<String>), Error> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("audience", DataType::Utf8, false),
         Field::new("profile_id", DataType::Utf8, false),
@@ -189,15 +216,21 @@ async fn memberships<S: ObjectStore>(store: &S) -> Result<(MemTable, usize), Err
     ]));
     let (mut audience, mut profile, mut at) =
         (StringBuilder::new(), StringBuilder::new(), TimestampMillisecondBuilder::new());
-    let mut count = 0;
-    for meta in store.list("audiences/v1/").await? {
-        let Some(id) = meta.key.strip_prefix("audiences/v1/").and_then(|k| k.strip_suffix("/snapshot.json.gz")) else {
-            continue;
+    let (mut count, mut ids) = (0, BTreeSet::new());
+    for id in configured {
+        let key = keys::audience(id, "snapshot.json.gz");
+        let Some(object) = store.get(&key).await? else { continue };
+        let decoded = shared::storage::gunzip(&object.body)
+            .map_err(|e| e.to_string())
+            .and_then(|body| serde_json::from_slice::<shared::audiences::Snapshot>(&body).map_err(|e| e.to_string()));
+        let snapshot = match decoded {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%key, %error, "an audience snapshot does not decode; its members are left out");
+                continue;
+            }
         };
-        let Some(object) = store.get(&meta.key).await? else { continue };
-        let body = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
-        let snapshot: shared::audiences::Snapshot =
-            serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{}: {e}", meta.key)))?;
+        ids.insert(id.clone());
         for member in &snapshot.members {
             audience.append_value(id);
             profile.append_value(member);
@@ -208,7 +241,7 @@ async fn memberships<S: ObjectStore>(store: &S) -> Result<(MemTable, usize), Err
     let columns: Vec<ArrayRef> =
         vec![Arc::new(audience.finish()), Arc::new(profile.finish()), Arc::new(at.finish().with_timezone("UTC"))];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow("the memberships table"))?;
-    Ok((MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the memberships table"))?, count))
+    Ok((MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the memberships table"))?, count, ids))
 }
 
 /// The kind of column a name's values make: numbers, booleans, or text (strings as they are, anything else
@@ -246,7 +279,9 @@ fn wide(rows: &[(String, Map<String, Value>)], all_json: bool) -> Result<MemTabl
             *counts.entry(name).or_default() += 1;
         }
     }
-    let mut names: Vec<(&str, usize)> = counts.into_iter().filter(|(n, _)| *n != "profile_id").collect();
+    // `profile_id` and `traits` are the table's own columns: a trait so named stays in `traits` only.
+    let mut names: Vec<(&str, usize)> =
+        counts.into_iter().filter(|(n, _)| *n != "profile_id" && *n != "traits").collect();
     names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     names.truncate(MAX_COLUMNS);
     names.sort();

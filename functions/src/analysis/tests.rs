@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::ingest::ingest;
 use crate::storage::FsStore;
-use crate::testing::put_batch;
+use crate::testing::{put_batch, put_batch_from};
 
 fn at(text: &str) -> UtcTime {
     UtcTime::parse(text).expect("time")
@@ -62,8 +62,12 @@ async fn engine() -> (tempfile::TempDir, Engine) {
     batch.push(json!({"type": "identify", "userId": "f-bob", "traits": {"plan": "free"},
                       "timestamp": "2026-03-01T00:00:00Z", "messageId": "id-bob"}));
     let key = put_batch(&store, 7, Value::Array(batch), now()).await;
+    // The platform's record of a delivery to alice, between her view and her add: not something she did.
+    let delivered = json!([{"type": "track", "userId": "f-alice", "event": "Webhook Delivered",
+                            "timestamp": "2026-03-02T10:02:00Z", "messageId": "delivery-1"}]);
+    let system = put_batch_from(&store, shared::activation::feedback::SYSTEM_SOURCE, 8, delivered, now()).await;
     let config = RunConfig::load(&store).await.expect("config");
-    ingest(&store, &[key], &config, now()).await.expect("ingest");
+    ingest(&store, &[key, system], &config, now()).await.expect("ingest");
     let engine = Engine::load(&store, &config).await.expect("engine");
     (dir, engine)
 }
@@ -85,7 +89,7 @@ fn persons(result: &FunnelResult) -> Vec<u64> {
 #[tokio::test]
 async fn funnels_count_persons_per_step_in_each_order_with_their_times_to_convert() {
     let (_dir, engine) = engine().await;
-    assert_eq!(engine.loaded.events, 26, "24 track calls and 2 identify calls");
+    assert_eq!(engine.loaded.events, 27, "25 track calls and 2 identify calls");
     assert_eq!(engine.loaded.unresolved, 0);
 
     let ordered = engine.funnel(&funnel(Order::Ordered)).await.expect("funnel");
@@ -101,10 +105,13 @@ async fn funnels_count_persons_per_step_in_each_order_with_their_times_to_conver
     assert!((last.conversion_from_previous - 2.0 / 3.0).abs() < 1e-12);
     assert_eq!(ordered.steps[0].median_seconds, None);
 
-    // Strict: dave's search breaks his; bob's first view is followed by a view.
+    // Strict: dave's search breaks his; bob's first view is followed by a view; the delivery recorded between
+    // alice's steps is not hers.
     assert_eq!(persons(&engine.funnel(&funnel(Order::Strict)).await.expect("strict")), [4, 2, 1]);
     // Any order: carol's add then view counts as two steps.
-    assert_eq!(persons(&engine.funnel(&funnel(Order::Any)).await.expect("any")), [4, 4, 2]);
+    let any = engine.funnel(&funnel(Order::Any)).await.expect("any");
+    assert_eq!(persons(&any), [4, 4, 2]);
+    assert_eq!(any.steps[1].event, "any 2 of 3");
 
     // A window of 30 minutes: alice's add (5 min) is in, her order (60 min) is not; dave's add (10 min) too.
     let short = Funnel { window_ms: 30 * 60_000, ..funnel(Order::Ordered) };
@@ -126,29 +133,35 @@ async fn retention_counts_each_cohort_by_the_period_of_its_first_event() {
         to: at("2026-03-16T00:00:00Z"),
     };
     let result = engine.retention(&retention).await.expect("retention");
-    let cohorts: Vec<(String, u64, Vec<u64>)> =
+    let cohorts: Vec<(String, u64, Vec<Option<u64>>)> =
         result.cohorts.iter().map(|c| (c.start.to_string(), c.size, c.retained.clone())).collect();
     assert_eq!(
         cohorts,
         [
             // r-1 (back in weeks 0 and 1) and r-2 (back in week 2); r-4 signed up before the range.
-            ("2026-03-02T00:00:00.000Z".to_string(), 2, vec![1, 1, 1]),
+            ("2026-03-02T00:00:00.000Z".to_string(), 2, vec![Some(1), Some(1), Some(1)]),
             // r-3: back in its own week and two weeks later; its second sign-up is not a new cohort.
-            ("2026-03-09T00:00:00.000Z".to_string(), 1, vec![1, 0, 1]),
+            ("2026-03-09T00:00:00.000Z".to_string(), 1, vec![Some(1), Some(0), Some(1)]),
         ]
     );
-    assert_eq!(result.cohorts[0].rates, [0.5, 0.5, 0.5]);
+    assert_eq!(result.cohorts[0].rates, [Some(0.5), Some(0.5), Some(0.5)]);
+
+    // Four weeks: r-3's fourth week (from 2026-03-30) starts after the data's latest event: not yet, not 0.
+    let longer = engine.retention(&Retention { periods: 4, ..retention.clone() }).await.expect("4 weeks");
+    assert_eq!(longer.cohorts[0].retained, [Some(1), Some(1), Some(1), Some(0)]);
+    assert_eq!(longer.cohorts[1].retained, [Some(1), Some(0), Some(1), None]);
+    assert_eq!(longer.cohorts[1].rates[3], None);
 
     let daily = Retention { period: Period::Day, periods: 2, ..retention.clone() };
     let result = engine.retention(&daily).await.expect("daily");
-    let firsts: Vec<(String, Vec<u64>)> =
+    let firsts: Vec<(String, Vec<Option<u64>>)> =
         result.cohorts.iter().map(|c| (c.start.to_string()[..10].to_string(), c.retained.clone())).collect();
     assert_eq!(
         firsts,
         [
-            ("2026-03-02".to_string(), vec![0, 1]),
-            ("2026-03-04".to_string(), vec![0, 0]),
-            ("2026-03-10".to_string(), vec![0, 1]),
+            ("2026-03-02".to_string(), vec![Some(0), Some(1)]),
+            ("2026-03-04".to_string(), vec![Some(0), Some(0)]),
+            ("2026-03-10".to_string(), vec![Some(0), Some(1)]),
         ]
     );
 }
@@ -211,13 +224,24 @@ async fn sql_reads_the_tables_and_refuses_what_writes() {
         .expect("properties");
     assert_eq!(answer.rows, [vec![json!(21.0), json!("pro"), json!(2)]]);
 
-    // Traits as columns, joined with events.
+    // Traits as columns, joined with events (every event: alice's delivery record too).
     let answer = engine
         .sql("SELECT p.plan, p.age, count(*) AS n FROM events e JOIN profiles p ON e.profile_id = p.profile_id WHERE p.plan IS NOT NULL \
               GROUP BY p.plan, p.age ORDER BY p.plan", limits)
         .await
         .expect("join");
-    assert_eq!(answer.rows, [vec![json!("free"), Value::Null, json!(4)], vec![json!("pro"), json!(31.0), json!(4)]]);
+    assert_eq!(answer.rows, [vec![json!("free"), Value::Null, json!(4)], vec![json!("pro"), json!(31.0), json!(5)]]);
+
+    let none = engine.sql("SELECT event FROM events WHERE event = 'nothing'", limits).await.expect("no rows");
+    assert_eq!((none.columns, none.rows.len()), (vec![json!({"name": "event", "type": "string"})], 0));
+    let typed = engine
+        .sql(
+            "SELECT CAST(1.5 AS DECIMAL(10, 2)) AS d, to_timestamp_nanos(1000000) AS t, DATE '2026-03-02' AS day",
+            limits,
+        )
+        .await
+        .expect("types");
+    assert_eq!(typed.rows, [vec![json!(1.5), json!("1970-01-01T00:00:00.001Z"), json!("2026-03-02")]]);
 
     let truncated = engine.sql("SELECT * FROM events", Limits { rows: 5, ..limits }).await.expect("limited");
     assert_eq!((truncated.rows.len(), truncated.truncated), (5, true));
@@ -237,4 +261,87 @@ async fn sql_reads_the_tables_and_refuses_what_writes() {
     }
     let message = engine.sql("SELECT 1", Limits { rows: 0, ..limits }).await.expect_err("no rows").to_string();
     assert!(message.contains("rows: the limit is 1 to 100000"), "{message}");
+}
+
+fn trend(measure: Measure, period: Period, from: &str, to: &str) -> Trends {
+    Trends { event: None, measure, period, from: at(from), to: at(to), breakdown: None, top: 10, audience: None }
+}
+
+/// A series' key, total and values.
+type Seen<'a> = (Option<&'a str>, Option<f64>, Vec<Option<f64>>);
+
+fn points(series: &trends::Series) -> Vec<Option<f64>> {
+    series.points.iter().map(|p| p.value).collect()
+}
+
+#[tokio::test]
+async fn trends_measure_each_period_with_breakdowns_into_the_top_values_and_the_rest() {
+    let (_dir, engine) = engine().await;
+    // Product views per day: alice and bob on 03-02, carol on 03-03, dave on 03-04 (bob's 03-10 and eve's
+    // 02-20 are outside).
+    let views = Trends {
+        event: Some("Product Viewed".into()),
+        ..trend(Measure::Events, Period::Day, "2026-03-02T00:00:00Z", "2026-03-05T00:00:00Z")
+    };
+    let result = engine.trends(&views).await.expect("views");
+    assert_eq!(result.series.len(), 1);
+    assert_eq!((result.series[0].key.as_deref(), result.series[0].total), (None, Some(4.0)));
+    assert_eq!(points(&result.series[0]), [Some(2.0), Some(1.0), Some(1.0)]);
+    assert_eq!(result.series[0].points[1].start, at("2026-03-03T00:00:00Z"));
+
+    // Persons per week (from Monday): 7 in the first (the funnel people, r-1, r-2, r-4), 3 in the second
+    // (bob, r-1, r-3); 8 different persons in all.
+    let weekly = trend(Measure::Persons, Period::Week, "2026-03-02T00:00:00Z", "2026-03-16T00:00:00Z");
+    let result = engine.trends(&weekly).await.expect("persons");
+    assert_eq!((points(&result.series[0]), result.series[0].total), (vec![Some(7.0), Some(3.0)], Some(8.0)));
+    assert_eq!(result.series[0].points[1].start, at("2026-03-09T00:00:00Z"));
+
+    // By plan (a trait: alice pro, bob free, the others none), the top one and the rest.
+    let by_plan = Trends {
+        breakdown: Some(Breakdown::Trait("plan".into())),
+        top: 1,
+        ..trend(Measure::Events, Period::Week, "2026-03-02T00:00:00Z", "2026-03-16T00:00:00Z")
+    };
+    let result = engine.trends(&by_plan).await.expect("by plan");
+    let series: Vec<Seen<'_>> = result.series.iter().map(|s| (s.key.as_deref(), s.total, points(s))).collect();
+    assert_eq!(
+        series,
+        [
+            (Some("(none)"), Some(13.0), vec![Some(10.0), Some(3.0)]),
+            (Some("(other)"), Some(6.0), vec![Some(4.0), Some(2.0)]),
+        ]
+    );
+    let top3 = engine.trends(&Trends { top: 3, ..by_plan.clone() }).await.expect("top 3");
+    let keys: Vec<(Option<&str>, Option<f64>)> = top3.series.iter().map(|s| (s.key.as_deref(), s.total)).collect();
+    assert_eq!(keys, [(Some("(none)"), Some(13.0)), (Some("free"), Some(3.0)), (Some("pro"), Some(3.0))]);
+
+    // Revenue ("10.5" as sent, a number cleaned) of orders per day: alice on 03-02, dave on 03-05.
+    let revenue = Trends {
+        event: Some("Order Completed".into()),
+        ..trend(
+            Measure::Sum { property: "revenue".into() },
+            Period::Day,
+            "2026-03-02T00:00:00Z",
+            "2026-03-06T00:00:00Z",
+        )
+    };
+    let result = engine.trends(&revenue).await.expect("revenue");
+    assert_eq!(points(&result.series[0]), [Some(10.5), Some(0.0), Some(0.0), Some(10.5)]);
+    assert_eq!(result.series[0].total, Some(21.0));
+    let average = Trends { measure: Measure::Average { property: "revenue".into() }, ..revenue.clone() };
+    let result = engine.trends(&average).await.expect("average");
+    assert_eq!(points(&result.series[0]), [Some(10.5), None, None, Some(10.5)], "no orders, no average");
+    // By a property, cleaned: " pro " is "pro".
+    let by_property = Trends { breakdown: Some(Breakdown::Property("plan".into())), ..revenue };
+    let result = engine.trends(&by_property).await.expect("by property");
+    assert_eq!(result.series.iter().map(|s| s.key.as_deref()).collect::<Vec<_>>(), [Some("pro")]);
+
+    let typo = Trends { breakdown: Some(Breakdown::Trait("plna".into())), ..by_plan.clone() };
+    let message = engine.trends(&typo).await.expect_err("typo").to_string();
+    assert!(message.contains("breakdown.trait: no trait `plna` in the data; did you mean `plan`?"), "{message}");
+    let message = engine.trends(&Trends { top: 0, ..by_plan.clone() }).await.expect_err("top").to_string();
+    assert!(message.contains("top: 1 to 50, not 0"), "{message}");
+    let message =
+        engine.trends(&Trends { audience: Some("vips".into()), ..by_plan }).await.expect_err("audience").to_string();
+    assert!(message.contains("audience: no audience `vips`"), "{message}");
 }
