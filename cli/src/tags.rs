@@ -32,8 +32,12 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                 if tags.is_empty() {
                     println!("no tags: write definitions to {}/config/tags.json", data.data.display());
                 }
-                let config = functions::snapshot::RunConfig::load(&store).await?;
-                let ready = ready(&store, &config.snapshot.profiles.cleaning).await?;
+                // The profile rules leniently: a file that does not parse leaves the defaults (tags still list).
+                let rules: shared::profile::ProfileRules =
+                    functions::config::read(&store, shared::storage::keys::CONFIG_PROFILES).await.ok().flatten().unwrap_or_default();
+                let ready = ready(&store, &rules.cleaning).await?;
+                let stored: std::collections::BTreeMap<String, u32> =
+                    functions::config::read(&store, shared::storage::keys::TAGS_READY).await?.unwrap_or_default();
                 println!("{:<24} {:<11} {:>7} {:<12} {:>9}  notes", "id", "status", "version", "kind", "coverage");
                 for tag in &tags {
                     let kind = match tag.kind {
@@ -53,7 +57,12 @@ pub(crate) fn run(command: TagsCommand) -> anyhow::Result<()> {
                         (TagKind::Statistical { .. }, _) if tag.status.computed() => match ready.get(&tag.id) {
                             Some(v) if *v == tag.version => String::new(),
                             Some(v) => format!("version {} waits for its backfill; version {v} serves", tag.version),
-                            None => "waits for its first backfill (the next full recompute)".to_string(),
+                            None => match stored.get(&tag.id) {
+                                Some(v) => format!(
+                                    "rebuilt at the next full recompute (the cleaning rules changed); version {v} serves"
+                                ),
+                                None => "waits for its first backfill (the next full recompute)".to_string(),
+                            },
                         },
                         (_, Some(Fitted::Propensity(e))) => format!(
                             "AUC {:.3} on {} held-out profiles (random scores: {:.3})",

@@ -105,7 +105,7 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
     funnel.check(&engine.event_names)?;
     let (from, to) = (funnel.from.unix_millis(), funnel.to.unix_millis());
     let names = (funnel.order != Order::Strict).then_some(funnel.steps.as_slice());
-    let sorted = engine.person_events(names, Some(from), to.saturating_add(funnel.window_ms)).await?;
+    let sorted = engine.person_events(names, &funnel.steps, Some(from), to.saturating_add(funnel.window_ms)).await?;
     let people = sorted.people();
     let n = funnel.steps.len();
     let mut reached = vec![0u64; n];

@@ -117,10 +117,16 @@ impl Engine {
         within(retention::run(self, retention)).await
     }
 
-    /// The track events of resolved persons (of `names` only, when given; otherwise the persons' own: not the
-    /// platform's delivery records nor partners' feedback) from `from` (when given) to `end` (excluded),
-    /// sorted by person, then time, then messageId.
-    async fn person_events(&self, names: Option<&[String]>, from: Option<i64>, end: i64) -> Result<Sorted, Error> {
+    /// The track events of resolved persons from `from` (when given) to `end` (excluded), sorted by person,
+    /// then time, then messageId: of `names` only, when given; otherwise the persons' own (not the platform's
+    /// delivery records nor partners' feedback) and those `named` (which an analysis asks for by name).
+    async fn person_events(
+        &self,
+        names: Option<&[String]>,
+        named: &[String],
+        from: Option<i64>,
+        end: i64,
+    ) -> Result<Sorted, Error> {
         let at = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
         let failed = |e: datafusion::error::DataFusionError| Error::Internal(format!("reading events: {e}"));
         let mut filter =
@@ -132,7 +138,11 @@ impl Engine {
             Some(names) => {
                 filter = filter.and(col("event").in_list(names.iter().map(|n| lit(n.as_str())).collect(), false));
             }
-            None => filter = filter.and(persons_own()),
+            None if named.is_empty() => filter = filter.and(persons_own()),
+            None => {
+                let asked = col("event").in_list(named.iter().map(|n| lit(n.as_str())).collect(), false);
+                filter = filter.and(persons_own().or(asked));
+            }
         }
         let frame = self
             .ctx

@@ -85,7 +85,8 @@ pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<Retent
     if !everything {
         names.extend(retention.cohort_event.iter().chain(&retention.return_event).cloned());
     }
-    let sorted = engine.person_events((!everything).then_some(names.as_slice()), None, end).await?;
+    let named: Vec<String> = retention.cohort_event.iter().chain(&retention.return_event).cloned().collect();
+    let sorted = engine.person_events((!everything).then_some(names.as_slice()), &named, None, end).await?;
     let people = sorted.people();
     let mut cohorts: std::collections::BTreeMap<i64, (u64, Vec<u64>)> = std::collections::BTreeMap::new();
     let width = retention.periods as usize;

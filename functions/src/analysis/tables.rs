@@ -82,7 +82,10 @@ pub(super) async fn register<S: ObjectStore + Clone>(
 
     let configured: Vec<String> = match &config.snapshot.definitions.audiences {
         Ok(audiences) => audiences.iter().map(|a| a.id.clone()).collect(),
-        Err(_) => Vec::new(),
+        Err(problem) => {
+            tracing::warn!(%problem, "the audience definitions do not read: the memberships table is empty");
+            Vec::new()
+        }
     };
     let (table, members, audiences) = memberships(store, &configured).await?;
     loaded.memberships = members;
@@ -111,6 +114,7 @@ async fn events<S: ObjectStore>(
     ]));
     let cleaning = &config.snapshot.profiles.cleaning;
     let mut seen: HashSet<Box<str>> = HashSet::new();
+    let (mut latest_event, mut latest_receipt) = (i64::MIN, i64::MIN);
     let mut batches = Vec::new();
     let mut rows = EventRows::default();
     crate::tagging::read_events(store, &config.snapshot.identity, |event, keys| {
@@ -140,7 +144,13 @@ async fn events<S: ObjectStore>(
         {
             names.insert(name.to_string());
         }
-        loaded.last_event_ms = Some(loaded.last_event_ms.map_or(event.at, |last| last.max(event.at)));
+        // Where the data ends: the persons' own latest event, no later than the latest receipt (a client's
+        // clock in the future does not move it).
+        let own = source != shared::activation::feedback::SYSTEM_SOURCE && !source.starts_with("partner:");
+        if own {
+            latest_event = latest_event.max(event.at);
+        }
+        latest_receipt = latest_receipt.max(event.received_at);
         rows.event.append_option(event.event.as_deref());
         rows.timestamp.append_value(event.at);
         rows.received_at.append_value(event.received_at);
@@ -157,6 +167,7 @@ async fn events<S: ObjectStore>(
     if rows.len > 0 || batches.is_empty() {
         batches.push(rows.finish(&schema)?);
     }
+    loaded.last_event_ms = (latest_event > i64::MIN).then(|| latest_event.min(latest_receipt));
     MemTable::try_new(schema, vec![batches]).map_err(internal("the events table"))
 }
 

@@ -108,6 +108,12 @@ async fn funnels_count_persons_per_step_in_each_order_with_their_times_to_conver
     // Strict: dave's search breaks his; bob's first view is followed by a view; the delivery recorded between
     // alice's steps is not hers.
     assert_eq!(persons(&engine.funnel(&funnel(Order::Strict)).await.expect("strict")), [4, 2, 1]);
+    // A step may name the platform's record: then it is one of alice's strict steps.
+    let named = Funnel {
+        steps: vec!["Product Viewed".into(), "Webhook Delivered".into(), "Product Added".into()],
+        ..funnel(Order::Strict)
+    };
+    assert_eq!(persons(&engine.funnel(&named).await.expect("named")), [4, 1, 1]);
     // Any order: carol's add then view counts as two steps.
     let any = engine.funnel(&funnel(Order::Any)).await.expect("any");
     assert_eq!(persons(&any), [4, 4, 2]);

@@ -161,6 +161,16 @@ fn identifier(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }
 
+/// The measure's SQL over the rows of `alias` (columns `profile_id` and `properties`).
+fn measure_sql(measure: &Measure, alias: &str) -> String {
+    match measure {
+        Measure::Events => "CAST(count(*) AS DOUBLE)".to_string(),
+        Measure::Persons => format!("CAST(count(DISTINCT {alias}.profile_id) AS DOUBLE)"),
+        Measure::Sum { property } => format!("sum(property_number({alias}.properties, {}))", literal(property)),
+        Measure::Average { property } => format!("avg(property_number({alias}.properties, {}))", literal(property)),
+    }
+}
+
 /// Runs `trends` on `engine`.
 pub(super) async fn run(engine: &Engine, trends: &Trends) -> Result<TrendsResult, Error> {
     trends.check(engine)?;
@@ -178,14 +188,11 @@ pub(super) async fn run(engine: &Engine, trends: &Trends) -> Result<TrendsResult
             format!("CAST(t.{} AS VARCHAR)", identifier(name))
         }
     };
-    let measure = match &trends.measure {
-        Measure::Events => "CAST(count(*) AS DOUBLE)".to_string(),
-        Measure::Persons => "CAST(count(DISTINCT e.profile_id) AS DOUBLE)".to_string(),
-        Measure::Sum { property } => format!("sum(property_number(e.properties, {}))", literal(property)),
-        Measure::Average { property } => format!("avg(property_number(e.properties, {}))", literal(property)),
-    };
-    let mut filter =
-        format!("e.event IS NOT NULL AND e.timestamp >= {} AND e.timestamp < {}", at(trends.from), at(trends.to));
+    let mut filter = format!(
+        "e.event IS NOT NULL AND e.profile_id IS NOT NULL AND e.timestamp >= {} AND e.timestamp < {}",
+        at(trends.from),
+        at(trends.to)
+    );
     match &trends.event {
         Some(event) => filter.push_str(&format!(" AND e.event = {}", literal(event))),
         None => filter.push_str(&format!(" AND {}", super::PERSONS_OWN_SQL)),
@@ -199,15 +206,21 @@ pub(super) async fn run(engine: &Engine, trends: &Trends) -> Result<TrendsResult
     let base =
         format!("SELECT {key} AS k, e.timestamp AS ts, e.profile_id, e.properties FROM events e{joins} WHERE {filter}");
     let rows = |query: String| async move {
-        let answer = engine.sql(&query, Limits { rows: MAX_ROWS, ..Limits::default() }).await?;
+        let answer = engine.sql(&query, Limits { rows: MAX_ROWS, time: super::ANALYSIS_TIME }).await?;
         if answer.truncated {
             return Err(Error::Invalid("the trend has too many series and periods; narrow the range".into()));
         }
         Ok::<_, Error>(answer.rows)
     };
-    // Totals per key over the range: the top ones keep their series.
-    let measure_of = measure.replace("e.profile_id", "b.profile_id").replace("e.properties", "b.properties");
-    let totals = rows(format!("SELECT b.k, {measure_of} FROM ({base}) b GROUP BY b.k")).await?;
+    // Totals per key over the range, largest first (ties by key), one past the top: the top ones keep their
+    // series.
+    let measure_of = measure_sql(&trends.measure, "b");
+    let totals = rows(format!(
+        "SELECT b.k, {measure_of} AS m FROM ({base}) b GROUP BY b.k ORDER BY coalesce(m, 0) DESC, b.k ASC NULLS FIRST \
+         LIMIT {}",
+        trends.top + 1
+    ))
+    .await?;
     let mut totals: Vec<(Option<String>, Option<f64>)> =
         totals.into_iter().map(|row| (row[0].as_str().map(String::from), row[1].as_f64())).collect();
     totals.sort_by(|a, b| b.1.unwrap_or(0.0).total_cmp(&a.1.unwrap_or(0.0)).then(a.0.cmp(&b.0)));

@@ -260,8 +260,12 @@ impl Field {
         let value = match cleaned {
             Cleaned::Issue(reason) => {
                 self.issues += 1;
-                // A reason quotes the value: never for personal data, nor what looks like an email or a phone.
-                let quotes_personal = sent.as_str().is_some_and(|t| t.contains('@') || looks_like_phone(t));
+                // A reason quotes the value: never for personal data, nor a value that is not text, holds an
+                // `@` or seven digits (an email address or a phone number, however written).
+                let quotes_personal = match sent.as_str() {
+                    Some(text) => text.contains('@') || text.bytes().filter(u8::is_ascii_digit).count() >= 7,
+                    None => true,
+                };
                 self.last_issue =
                     Some(if personal || quotes_personal { "a value that could not be cleaned".into() } else { reason });
                 sent.clone()

@@ -57,6 +57,15 @@ fn events_properties_and_traits_are_described() {
     );
     let value = &with_email.sources["web"].events["Form Submitted"].properties["value"];
     assert_eq!(value.last_issue.as_deref(), Some("a value that could not be cleaned"), "no address in a reason");
+    for sent in [json!(["jane@example.com"]), json!("030/1234567 ext 2")] {
+        let mut dictionary = Dictionary::default();
+        dictionary.observe(
+            &event(json!({"type": "track", "event": "Form Submitted", "properties": {"value": sent}})),
+            &ProfileRules::default(),
+        );
+        let value = &dictionary.sources["web"].events["Form Submitted"].properties["value"];
+        assert_eq!(value.last_issue.as_deref(), Some("a value that could not be cleaned"), "{sent}");
+    }
     let quantity = &order.properties["quantity"];
     assert_eq!((quantity.issues, quantity.last_issue.as_deref()), (1, Some("`two` is not a number")));
     assert_eq!(quantity.types, BTreeMap::from([("string".to_string(), 1)]), "kept as sent");

@@ -149,7 +149,9 @@ impl CleaningRules {
     /// A digest of the rules: the incremental tag states were built with the rules of this digest, and a
     /// change rebuilds them (the ready versions are kept with it).
     pub fn fingerprint(&self) -> u32 {
-        let text = serde_json::to_string(self).unwrap_or_default();
+        // The built-in steps and defaults have a version too: a release that changes them rebuilds the states.
+        const BUILT_IN: u32 = 1;
+        let text = format!("{BUILT_IN}:{}", serde_json::to_string(self).unwrap_or_default());
         u32::from_str_radix(&crate::ids::sha256_hex(&text)[..8], 16).unwrap_or_default()
     }
 
