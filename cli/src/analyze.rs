@@ -180,11 +180,7 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                 Some(Some(("tag", name))) => Some(Breakdown::Tag(name.to_string())),
                 Some(_) => bail!("--breakdown: `property:NAME`, `trait:NAME` or `tag:NAME`"),
             };
-            let to = end_of(args.to.as_deref(), "--to")?;
-            let from = match args.from.as_deref() {
-                Some(day) => start_of(day, "--from")?,
-                None => at(to.unix_millis() - 30 * DAY_MS)?,
-            };
+            let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
             let trends = Trends {
                 event: args.event,
                 measure,
@@ -197,11 +193,7 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.trends(&trends))?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            } else {
-                print!("{}", trends_text(&result));
-            }
+            show(args.json, &result, trends_text)?;
         }
         AnalyzeCommand::Funnel(args) => {
             let order = match args.order {
@@ -209,20 +201,12 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                 OrderArg::Strict => Order::Strict,
                 OrderArg::Any => Order::Any,
             };
-            let to = end_of(args.to.as_deref(), "--to")?;
-            let from = match args.from.as_deref() {
-                Some(day) => start_of(day, "--from")?,
-                None => at(to.unix_millis() - 30 * DAY_MS)?,
-            };
+            let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
             let steps = args.steps.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
             let funnel = Funnel { steps, window_ms: window(&args.window)?, order, from, to };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.funnel(&funnel))?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            } else {
-                print!("{}", funnel_text(&result));
-            }
+            show(args.json, &result, funnel_text)?;
         }
         AnalyzeCommand::Retention(args) => {
             let period = period_of(args.period);
@@ -244,14 +228,30 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.retention(&retention))?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            } else {
-                print!("{}", retention_text(&result));
-            }
+            show(args.json, &result, retention_text)?;
         }
     }
     Ok(())
+}
+
+/// The result as JSON, or as text.
+fn show<T: serde::Serialize>(json: bool, result: &T, text: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else {
+        print!("{}", text(result));
+    }
+    Ok(())
+}
+
+/// `--from` and `--to` as a range: by default the 30 days up to the end of today.
+fn last_30_days(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(UtcTime, UtcTime)> {
+    let to = end_of(to, "--to")?;
+    let from = match from {
+        Some(day) => start_of(day, "--from")?,
+        None => at(to.unix_millis() - 30 * DAY_MS)?,
+    };
+    Ok((from, to))
 }
 
 fn period_of(period: PeriodArg) -> Period {
