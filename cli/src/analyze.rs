@@ -1,11 +1,12 @@
-//! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (trends, funnels, retention) over the data folder.
+//! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (trends, funnels, retention, paths, audience
+//! comparison) over the data folder.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use functions::analysis::{
-    Answer, Breakdown, Engine, Funnel, FunnelResult, Limits, Measure, Order, Period, Retention, RetentionResult,
-    Trends, TrendsResult,
+    Answer, Breakdown, Compare, CompareResult, Direction, Engine, Funnel, FunnelResult, Limits, Measure, Order, Paths,
+    PathsResult, Period, Retention, RetentionResult, Trends, TrendsResult,
 };
 use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
@@ -40,6 +41,73 @@ pub(crate) enum AnalyzeCommand {
     Funnel(FunnelArgs),
     /// Cohorts by the period of a first event, and how many came back in each period after.
     Retention(RetentionArgs),
+    /// The most frequent events after (or before) an event, step by step (nodes and links for a Sankey chart).
+    Paths(PathsArgs),
+    /// What sets an audience apart from the rest of the population or from another audience (显著特征).
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PathsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The event paths start from (or, with --direction before, lead to).
+    #[arg(long)]
+    event: String,
+    /// `after` (the events that follow it) or `before` (those that lead to it).
+    #[arg(long, value_enum, default_value = "after")]
+    direction: DirectionArg,
+    /// Steps followed (1 to 5).
+    #[arg(long, default_value_t = 3)]
+    depth: u32,
+    /// Events within this long of the event count: `1d`, `30m` (at most 30 days).
+    #[arg(long, default_value = "1d")]
+    window: String,
+    /// Events with a node of their own per step, the most frequent first (1 to 50); the rest are `(other)`.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// First day a person's first occurrence of the event may be in (UTC); default 30 days before --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (included); default today.
+    #[arg(long)]
+    to: Option<String>,
+    /// The result as JSON: `nodes` (step, event, persons, ended) and `links` (source, target, persons).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DirectionArg {
+    After,
+    Before,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CompareArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The audience described.
+    #[arg(long)]
+    audience: String,
+    /// The audience it is compared with (default: the rest of the population).
+    #[arg(long)]
+    against: Option<String>,
+    /// First day of the events counted (UTC); default 30 days before --to.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (included); default today.
+    #[arg(long)]
+    to: Option<String>,
+    /// The false discovery rate significant features are held to (0.001 to 0.2).
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    /// Features printed at most (the JSON holds them all).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// The result as JSON: `features` (effect, test, p- and q-value each) and `skipped`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,6 +298,36 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             let result = runtime.block_on(engine.retention(&retention))?;
             show(args.json, &result, retention_text)?;
         }
+        AnalyzeCommand::Paths(args) => {
+            let direction = match args.direction {
+                DirectionArg::After => Direction::After,
+                DirectionArg::Before => Direction::Before,
+            };
+            let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
+            let paths = Paths {
+                event: args.event,
+                direction,
+                depth: args.depth,
+                window_ms: window(&args.window)?,
+                top: args.top,
+                from,
+                to,
+            };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.paths(&paths))?;
+            show(args.json, &result, paths_text)?;
+        }
+        AnalyzeCommand::Compare(args) => {
+            let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
+            let compare = Compare { audience: args.audience, against: args.against, from, to, alpha: args.alpha };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.compare(&compare))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", compare_text(&result, args.limit));
+            }
+        }
     }
     Ok(())
 }
@@ -419,6 +517,64 @@ fn retention_text(result: &RetentionResult) -> String {
             }
         }
         out.push('\n');
+    }
+    out
+}
+
+fn paths_text(result: &PathsResult) -> String {
+    let way = match result.direction {
+        Direction::After => "after",
+        Direction::Before => "before",
+    };
+    let mut out = format!("paths {way} {} ({} persons)\n", result.event, result.persons);
+    for (index, node) in result.nodes.iter().enumerate().skip(1) {
+        let from: Vec<String> = result
+            .links
+            .iter()
+            .filter(|l| l.target == index)
+            .map(|l| format!("{} from {}", l.persons, result.nodes[l.source].event))
+            .collect();
+        out.push_str(&format!(
+            "  step {} {:<32} {:>9} persons ({} ended here; {})\n",
+            node.step,
+            node.event,
+            node.persons,
+            node.ended,
+            from.join(", ")
+        ));
+    }
+    if let Some(first) = result.nodes.first() {
+        out.push_str(&format!("  {} of {} went no further than {}\n", first.ended, first.persons, result.event));
+    }
+    out
+}
+
+fn compare_text(result: &CompareResult, limit: usize) -> String {
+    let mut out = format!(
+        "{} ({} profiles) against {} ({} profiles); significant at a false discovery rate of {}\n",
+        result.audience, result.size, result.against, result.size_against, result.alpha
+    );
+    let significant = result.features.iter().filter(|f| f.significant).count();
+    out.push_str(&format!("{significant} of {} features differ significantly\n", result.features.len()));
+    for feature in result.features.iter().take(limit) {
+        let name = match &feature.value {
+            Some(value) => format!("{} = {value}", feature.name),
+            None => feature.name.clone(),
+        };
+        let figures = match feature.value {
+            Some(_) => format!("{:>6.1} % vs {:>6.1} %", feature.audience * 100.0, feature.against * 100.0),
+            None => format!("{:>8.2} vs {:>8.2}", feature.audience, feature.against),
+        };
+        let lift = feature.lift.map_or("-".to_string(), |l| format!("{l:.2}x"));
+        out.push_str(&format!(
+            "  {} {:<40} {figures}  lift {lift:>7}  q {:.2e}\n",
+            if feature.significant { "*" } else { " " },
+            name,
+            feature.q_value
+        ));
+    }
+    for skipped in &result.skipped {
+        out.push_str(&format!("  skipped {}: {}\n", skipped.name, skipped.reason));
     }
     out
 }

@@ -1,5 +1,5 @@
 //! Analyses through the real `cdp`: events imported from a file, then `cdp analyze funnel`, `cdp analyze
-//! retention`, `cdp analyze trends` and `cdp sql` with `--json`, each figure checked by hand.
+//! retention`, `cdp analyze trends`, `cdp analyze paths` and `cdp sql` with `--json`, each figure checked by hand.
 
 use std::path::Path;
 use std::process::Command;
@@ -169,7 +169,42 @@ fn funnels_retention_and_sql_from_the_command_line() {
     assert!(ok, "{text}");
     assert_eq!(answer["rows"], json!([[true, 37.5]]));
 
+    // Paths within a day of signing up: all three view; u1 then orders (u2's order is two days on).
+    let (ok, paths, text) = cdp(
+        data.path(),
+        &[
+            "analyze",
+            "paths",
+            "--event",
+            "Signed Up",
+            "--depth",
+            "2",
+            "--window",
+            "1d",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-03-31",
+            "--json",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        paths["nodes"],
+        json!([
+            {"step": 0, "event": "Signed Up", "persons": 3, "ended": 0},
+            {"step": 1, "event": "Product Viewed", "persons": 3, "ended": 2},
+            {"step": 2, "event": "Order Completed", "persons": 1, "ended": 1},
+        ])
+    );
+    assert_eq!(
+        paths["links"],
+        json!([{"source": 0, "target": 1, "persons": 3}, {"source": 1, "target": 2, "persons": 1}])
+    );
+
     // Mistakes are named, and nothing runs.
+    let (ok, _, text) = cdp(data.path(), &["analyze", "compare", "--audience", "vips", "--json"]);
+    assert!(!ok && text.contains("audience: no audience `vips` in the data"), "{text}");
     let (ok, _, text) = cdp(data.path(), &["analyze", "funnel", "--steps", "Product Viewed,Order Complete", "--json"]);
     assert!(!ok && text.contains("did you mean `Order Completed`?"), "{text}");
     let (ok, _, text) =

@@ -1,5 +1,6 @@
-//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — trends, funnels and retention so far —
-//! over the stored data, with Apache DataFusion (the same arrow-rs the lake is written with) as the engine.
+//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — trends, funnels, retention, paths
+//! and audience comparison — over the stored data, with Apache DataFusion (the same arrow-rs the lake is written
+//! with) as the engine.
 //!
 //! [`Engine::load`] builds the tables from the store ([`tables`]): `events` (the lake's parts and the raw
 //! tail, each event once, resolved to the profile it belongs to now, properties cleaned as tags read them),
@@ -25,15 +26,20 @@ use crate::Error;
 use crate::snapshot::RunConfig;
 use crate::storage::ObjectStore;
 
+pub mod compare;
 pub mod funnel;
+pub mod paths;
 pub mod period;
 pub mod retention;
 mod sql;
+pub mod stats;
 mod tables;
 pub mod trends;
 mod udf;
 
+pub use compare::{Compare, CompareResult};
 pub use funnel::{Funnel, FunnelResult, Order};
+pub use paths::{Direction, Paths, PathsResult};
 pub use period::Period;
 pub use retention::{Retention, RetentionResult};
 pub use sql::{Answer, Limits, MAX_ROWS};
@@ -67,6 +73,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads the tables from `store` as they are now.
     pub async fn load<S: ObjectStore + Clone>(store: &S, config: &RunConfig) -> Result<Self, Error> {
+        Self::load_with(store, config, true).await
+    }
+
+    /// [`Engine::load`] without personal data: the profile rules' personal traits and event properties are
+    /// not in the tables (for a reader who may not see them in clear).
+    pub async fn load_without_personal_data<S: ObjectStore + Clone>(
+        store: &S,
+        config: &RunConfig,
+    ) -> Result<Self, Error> {
+        Self::load_with(store, config, false).await
+    }
+
+    async fn load_with<S: ObjectStore + Clone>(store: &S, config: &RunConfig, personal: bool) -> Result<Self, Error> {
         // Nothing spills to disk: a query that needs more memory than the limit fails.
         let disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
         let runtime = RuntimeEnvBuilder::new()
@@ -78,7 +97,7 @@ impl Engine {
         let session = SessionConfig::new().with_target_partitions(threads).with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         udf::register(&ctx);
-        let (loaded, found) = tables::register(&ctx, store, config).await?;
+        let (loaded, found) = tables::register(&ctx, store, config, personal).await?;
         let columns = |table: &'static str| {
             let ctx = ctx.clone();
             async move {
@@ -110,6 +129,16 @@ impl Engine {
     /// Runs a trend.
     pub async fn trends(&self, trends: &Trends) -> Result<TrendsResult, Error> {
         within(trends::run(self, trends)).await
+    }
+
+    /// Runs a paths analysis.
+    pub async fn paths(&self, paths: &Paths) -> Result<PathsResult, Error> {
+        within(paths::run(self, paths)).await
+    }
+
+    /// Compares an audience with the rest of the population or another audience.
+    pub async fn compare(&self, compare: &Compare) -> Result<CompareResult, Error> {
+        within(compare::run(self, compare)).await
     }
 
     /// Runs a retention analysis.

@@ -59,21 +59,28 @@ fn arrow(what: &'static str) -> impl Fn(arrow_schema::ArrowError) -> Error {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
 
-/// Registers the tables in `ctx`.
+/// Registers the tables in `ctx`; without `personal`, personal traits and event properties (the profile
+/// rules' personal data) are left out of them.
 pub(super) async fn register<S: ObjectStore + Clone>(
     ctx: &SessionContext,
     store: &S,
     config: &RunConfig,
+    personal: bool,
 ) -> Result<(Loaded, Found), Error> {
     let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&[])).await?;
     let mut loaded = Loaded { profiles: profiles.len(), ..Loaded::default() };
     let mut found = Found::default();
-    let events = events(store, config, &profiles, &mut loaded, &mut found.events).await?;
+    let events = events(store, config, personal, &profiles, &mut loaded, &mut found.events).await?;
     ctx.register_table("events", Arc::new(events)).map_err(internal("the events table"))?;
 
+    let rules = &config.snapshot.profiles;
     let mut traits = Vec::with_capacity(profiles.len());
     for n in 0..profiles.len() as u32 {
-        traits.push((profiles.id(n).to_string(), profiles.traits(n)?));
+        let mut values = profiles.traits(n)?;
+        if !personal {
+            values.retain(|name, _| !rules.is_personal(name));
+        }
+        traits.push((profiles.id(n).to_string(), values));
     }
     ctx.register_table("profiles", Arc::new(wide(&traits, true)?)).map_err(internal("the profiles table"))?;
 
@@ -98,6 +105,7 @@ pub(super) async fn register<S: ObjectStore + Clone>(
 async fn events<S: ObjectStore>(
     store: &S,
     config: &RunConfig,
+    personal: bool,
     profiles: &Profiles,
     loaded: &mut Loaded,
     names: &mut BTreeSet<String>,
@@ -112,7 +120,7 @@ async fn events<S: ObjectStore>(
         Field::new("profile_id", DataType::Utf8, true),
         Field::new("properties", DataType::Utf8, true),
     ]));
-    let cleaning = &config.snapshot.profiles.cleaning;
+    let (rules, cleaning) = (&config.snapshot.profiles, &config.snapshot.profiles.cleaning);
     let mut seen: HashSet<Box<str>> = HashSet::new();
     let (mut latest_event, mut latest_receipt) = (i64::MIN, i64::MIN);
     let mut batches = Vec::new();
@@ -130,7 +138,13 @@ async fn events<S: ObjectStore>(
             None => None,
             Some(text) => {
                 let sent = event.properties()?;
-                Some(match cleaning.clean_properties(&sent) {
+                let mut clean = cleaning.clean_properties(&sent);
+                if !personal && sent.keys().any(|name| rules.is_personal(name)) {
+                    let mut kept = clean.take().unwrap_or(sent);
+                    kept.retain(|name, _| !rules.is_personal(name));
+                    clean = Some(kept);
+                }
+                Some(match clean {
                     Some(clean) => serde_json::to_string(&clean).map_err(Error::encoding)?,
                     None => text.to_string(),
                 })

@@ -351,3 +351,197 @@ async fn trends_measure_each_period_with_breakdowns_into_the_top_values_and_the_
         engine.trends(&Trends { audience: Some("vips".into()), ..by_plan }).await.expect_err("audience").to_string();
     assert!(message.contains("audience: no audience `vips`"), "{message}");
 }
+
+fn paths(event: &str, direction: Direction, depth: u32, window_days: i64, top: usize) -> Paths {
+    Paths {
+        event: event.into(),
+        direction,
+        depth,
+        window_ms: window_days * period::DAY_MS,
+        top,
+        from: at("2026-03-01T00:00:00Z"),
+        to: at("2026-03-15T00:00:00Z"),
+    }
+}
+
+fn nodes(result: &PathsResult) -> Vec<(u32, &str, u64, u64)> {
+    result.nodes.iter().map(|n| (n.step, n.event.as_str(), n.persons, n.ended)).collect()
+}
+
+fn links(result: &PathsResult) -> Vec<(usize, usize, u64)> {
+    result.links.iter().map(|l| (l.source, l.target, l.persons)).collect()
+}
+
+#[tokio::test]
+async fn paths_follow_each_persons_first_occurrence_step_by_step_with_the_rest_as_other() {
+    let (_dir, engine) = engine().await;
+    // After the first view in the range, 7 days: alice adds and completes (the delivery recorded between is
+    // not hers); dave searches, then adds; bob's next event (a view 8 days on) is outside the window and carol
+    // did nothing after her view; eve's view is before the range.
+    let result = engine.paths(&paths("Product Viewed", Direction::After, 2, 7, 1)).await.expect("paths");
+    assert_eq!(result.persons, 4);
+    // Top 1 per step; ties go to the first name: "Product Added" over "Products Searched", "Order Completed"
+    // over "Product Added".
+    assert_eq!(
+        nodes(&result),
+        [
+            (0, "Product Viewed", 4, 2),
+            (1, "(other)", 1, 0),
+            (1, "Product Added", 1, 0),
+            (2, "(other)", 1, 1),
+            (2, "Order Completed", 1, 1),
+        ]
+    );
+    assert_eq!(links(&result), [(0, 1, 1), (0, 2, 1), (1, 3, 1), (2, 4, 1)]);
+    let wide = engine.paths(&paths("Product Viewed", Direction::After, 3, 7, 5)).await.expect("top 5");
+    assert_eq!(
+        nodes(&wide),
+        [
+            (0, "Product Viewed", 4, 2),
+            (1, "Product Added", 1, 0),
+            (1, "Products Searched", 1, 0),
+            (2, "Order Completed", 1, 1),
+            (2, "Product Added", 1, 0),
+            (3, "Order Completed", 1, 1),
+        ]
+    );
+    // In 10 days bob's second view repeats his first (one step) and his add follows.
+    let ten = engine.paths(&paths("Product Viewed", Direction::After, 1, 10, 5)).await.expect("10 days");
+    assert_eq!(nodes(&ten), [(0, "Product Viewed", 4, 1), (1, "Product Added", 2, 2), (1, "Products Searched", 1, 1)]);
+    // Before the first order: alice viewed, then added (step 1 is the add); dave viewed, searched, added.
+    let before = engine.paths(&paths("Order Completed", Direction::Before, 3, 7, 5)).await.expect("before");
+    assert_eq!(
+        nodes(&before),
+        [
+            (0, "Order Completed", 2, 0),
+            (1, "Product Added", 2, 0),
+            (2, "Product Viewed", 1, 1),
+            (2, "Products Searched", 1, 0),
+            (3, "Product Viewed", 1, 1),
+        ]
+    );
+    assert_eq!(links(&before), [(0, 1, 2), (1, 2, 1), (1, 3, 1), (3, 4, 1)]);
+
+    let message = engine.paths(&paths("Product Viewed", Direction::After, 6, 7, 5)).await.unwrap_err().to_string();
+    assert!(message.contains("depth: 1 to 5, not 6"), "{message}");
+    let message = engine.paths(&paths("Product Viewd", Direction::After, 2, 7, 5)).await.unwrap_err().to_string();
+    assert!(
+        message.contains("event: no event `Product Viewd` in the data; did you mean `Product Viewed`?"),
+        "{message}"
+    );
+    let message = engine.paths(&paths("Product Viewed", Direction::After, 2, 31, 5)).await.unwrap_err().to_string();
+    assert!(message.contains("window: from 1 second to 30 days"), "{message}");
+}
+
+/// Forty persons: u0–u9 on the pro plan (the audience `pros`), the rest free; ages 50/52 and 30/32; regions
+/// alternating; an email each; pros completed two orders each, u10–u14 one each.
+async fn comparing() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = FsStore::open(dir.path()).expect("store");
+    let audiences = json!([
+        {"id": "pros", "status": "active", "when": {"field": "trait:plan", "op": "eq", "value": "pro"}},
+        {"id": "northerners", "status": "active", "when": {"field": "trait:region", "op": "eq", "value": "north"}}
+    ]);
+    store
+        .put("config/audiences.json", audiences.to_string().into_bytes(), crate::storage::PutOptions::json())
+        .await
+        .expect("audiences");
+    let mut batch = Vec::new();
+    for i in 0..40 {
+        let pro = i < 10;
+        let age = if pro { 50 } else { 30 } + 2 * (i % 2);
+        batch.push(json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("id-{i}"),
+                          "timestamp": "2026-03-01T00:00:00Z",
+                          "traits": {"plan": if pro { "pro" } else { "free" }, "age": age,
+                                     "region": if i % 2 == 0 { "north" } else { "south" },
+                                     "email": format!("person{i}@example.com")}}));
+        let orders = if pro {
+            2
+        } else if i < 15 {
+            1
+        } else {
+            0
+        };
+        for n in 0..orders {
+            batch.push(json!({"type": "track", "userId": format!("u{i}"), "event": "Order Completed",
+                              "messageId": format!("order-{i}-{n}"), "timestamp": "2026-03-10T00:00:00Z"}));
+        }
+    }
+    let key = put_batch(&store, 9, Value::Array(batch), now()).await;
+    let config = RunConfig::load(&store).await.expect("config");
+    ingest(&store, &[key], &config, now()).await.expect("ingest");
+    crate::tagging::full_recompute(&store, now()).await.expect("recompute");
+    let engine = Engine::load(&store, &RunConfig::load(&store).await.expect("config")).await.expect("engine");
+    (dir, engine)
+}
+
+fn compare(against: Option<&str>) -> Compare {
+    Compare {
+        audience: "pros".into(),
+        against: against.map(String::from),
+        from: at("2026-03-01T00:00:00Z"),
+        to: at("2026-04-01T00:00:00Z"),
+        alpha: 0.05,
+    }
+}
+
+#[tokio::test]
+async fn an_audience_is_compared_with_the_rest_feature_by_feature_with_corrected_significance() {
+    let (_dir, engine) = comparing().await;
+    let result = engine.compare(&compare(None)).await.expect("compare");
+    assert_eq!((result.size, result.size_against, result.against.as_str()), (10, 30, compare::REST));
+    let rows: Vec<(&str, Option<&str>, bool)> =
+        result.features.iter().map(|f| (f.name.as_str(), f.value.as_deref(), f.significant)).collect();
+    // Significant first by effect: age (d = 19.3), orders (d = 6.84), the plan's two values (h = π); then the
+    // regions (shares equal, p = 1).
+    assert_eq!(
+        rows,
+        [
+            ("age", None, true),
+            ("Order Completed", None, true),
+            ("plan", Some("free"), true),
+            ("plan", Some("pro"), true),
+            ("region", Some("north"), false),
+            ("region", Some("south"), false),
+        ]
+    );
+    let age = &result.features[0];
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(near(age.audience, 51.0) && near(age.against, 31.0) && near(age.difference, 20.0), "{age:?}");
+    // t = 20 / sqrt((10/9)/10 + (30/29)/30) = 52.42; d = 20 / sqrt((10/9 + 30/29) / 2) = 19.31.
+    assert!((age.statistic - 52.42).abs() < 0.01, "{}", age.statistic);
+    assert!((age.effect_size.unwrap() - 19.31).abs() < 0.01);
+    let orders = &result.features[1];
+    assert_eq!(orders.source, compare::Source::Behaviour);
+    assert!(near(orders.audience, 2.0), "{orders:?}");
+    assert!(near(orders.against, 5.0 / 30.0), "u10–u14's one order each, over 30 persons");
+    assert!(near(orders.lift.unwrap(), 12.0));
+    // plan = pro: 10 of 10 against 0 of 30: chi-square = 40 * 300^2 / (10 * 30 * 10 * 30) = 40.
+    let pro = &result.features[3];
+    assert_eq!((pro.audience, pro.against, pro.lift), (1.0, 0.0, None));
+    assert!((pro.statistic - 40.0).abs() < 1e-9 && pro.p_value < 1e-9);
+    let north = &result.features[4];
+    assert_eq!((north.audience, north.against, north.statistic, north.q_value), (0.5, 0.5, 0.0, 1.0));
+    // Emails are never listed.
+    assert_eq!(result.skipped.len(), 1, "{:?}", result.skipped);
+    assert_eq!((result.skipped[0].name.as_str(), result.skipped[0].source), ("email", compare::Source::Trait));
+    assert!(!serde_json::to_string(&result).expect("json").contains("example.com"));
+
+    // Against another audience: the 5 northern pros are in both.
+    let result = engine.compare(&compare(Some("northerners"))).await.expect("against");
+    assert_eq!((result.size, result.size_against), (10, 20));
+    let region: Vec<(Option<&str>, f64, f64)> = result
+        .features
+        .iter()
+        .filter(|f| f.name == "region")
+        .map(|f| (f.value.as_deref(), f.audience, f.against))
+        .collect();
+    assert_eq!(region, [(Some("north"), 0.5, 1.0), (Some("south"), 0.5, 0.0)]);
+
+    let message = engine.compare(&compare(Some("pros"))).await.unwrap_err().to_string();
+    assert!(message.contains("against: an audience is compared with another one"), "{message}");
+    let message = engine.compare(&compare(Some("northener"))).await.unwrap_err().to_string();
+    assert!(message.contains("did you mean `northerners`?"), "{message}");
+    let message = engine.compare(&Compare { alpha: 0.5, ..compare(None) }).await.unwrap_err().to_string();
+    assert!(message.contains("alpha: 0.001 to 0.2, not 0.5"), "{message}");
+}

@@ -152,7 +152,7 @@ impl Trends {
 }
 
 /// A SQL string literal.
-fn literal(text: &str) -> String {
+pub(super) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

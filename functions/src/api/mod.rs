@@ -6,6 +6,8 @@
 //! route's scope: no key, an unknown or revoked key, or a source's write key → 401; a key without the scope →
 //! 403. Errors are JSON: `{"error": {"code": "…", "message": "…"}}`.
 
+#[cfg(feature = "analysis")]
+mod analysis;
 mod audit;
 mod catalog;
 mod disclosure;
@@ -157,7 +159,7 @@ pub fn router<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
 /// The API's routes alone, for a host that serves other paths beside them (`cdp up` serves the collector at
 /// every path these do not match).
 pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
-    sources::routes(manage::routes(Router::new()))
+    analysis_routes(sources::routes(manage::routes(Router::new())))
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/profiles/{identifier}", get(profiles::get::<S>))
         .route("/v1/profiles/{identifier}/history", get(profiles::history::<S>))
@@ -172,6 +174,23 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .route("/v1/privacy/requests/{id}", get(privacy::status::<S>))
         .route("/v1/privacy/suppressions", get(privacy::suppressions::<S>))
         .with_state(api)
+}
+
+/// `/v1/sql` and `/v1/analyze/…`, where the crate is built with its analysis engine (`cdp up`).
+#[cfg(feature = "analysis")]
+fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Router<Arc<Api<S>>> {
+    router
+        .route("/v1/sql", post(analysis::sql::<S>))
+        .route("/v1/analyze/trends", post(analysis::trends::<S>))
+        .route("/v1/analyze/funnel", post(analysis::funnel::<S>))
+        .route("/v1/analyze/retention", post(analysis::retention::<S>))
+        .route("/v1/analyze/paths", post(analysis::paths::<S>))
+        .route("/v1/analyze/compare", post(analysis::compare::<S>))
+}
+
+#[cfg(not(feature = "analysis"))]
+fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Router<Arc<Api<S>>> {
+    router
 }
 
 async fn health() -> &'static str {

@@ -41,6 +41,32 @@ use super::{audit, catalog, error, feedback, keys, privacy, profiles, sources, t
 )]
 struct Document;
 
+/// The analysis routes, where the crate is built with its analysis engine (`cdp up`).
+#[cfg(feature = "analysis")]
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        super::analysis::sql,
+        super::analysis::trends,
+        super::analysis::funnel,
+        super::analysis::retention,
+        super::analysis::paths,
+        super::analysis::compare,
+    ),
+    components(schemas(super::analysis::SqlRequest)),
+    tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths and audience comparison"))
+)]
+struct AnalysisDocument;
+
+/// The document's operations: [`Document`]'s, and the analysis routes' where they are served.
+fn operations() -> utoipa::openapi::OpenApi {
+    #[allow(unused_mut)]
+    let mut document = Document::openapi();
+    #[cfg(feature = "analysis")]
+    document.merge(AnalysisDocument::openapi());
+    document
+}
+
 /// Declares the `apiKey` security scheme the routes name, and the management routes (their handlers are
 /// shared by every kind of definition, so their operations are described from [`MANAGED`]).
 struct BearerKey;
@@ -321,7 +347,7 @@ const DEFINITION_SCHEMAS: [(&str, &str, &str); 3] = [
 /// The API's OpenAPI document as JSON: the handlers' annotations, with the definitions' published JSON
 /// Schemas (`docs/schemas/`) as the request bodies of their `PUT` routes (`id` optional there: the path has it).
 pub fn document() -> String {
-    let mut document = serde_json::to_value(Document::openapi()).unwrap_or_default();
+    let mut document = serde_json::to_value(operations()).unwrap_or_default();
     for (name, _, text) in DEFINITION_SCHEMAS {
         let Ok(mut schema) = serde_json::from_str::<serde_json::Value>(text) else { continue };
         if let Some(object) = schema.as_object_mut() {

@@ -692,3 +692,82 @@ async fn personal_traits_are_sealed_at_rest_and_masked_for_readers_without_pii_r
     assert_eq!(views.iter().filter(|v| v.ends_with("+pii")).count(), 4, "{log}");
     assert_eq!(views.iter().filter(|v| !v.ends_with("+pii")).count(), 2, "{log}");
 }
+
+#[cfg(feature = "analysis")]
+#[tokio::test]
+async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_pii_read_and_are_audited() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev("identify", "m1", 1, json!({"userId": "u1", "traits": {"email": "ann@example.com", "plan": "pro"}})),
+            ev("track", "m2", 2, json!({"userId": "u1", "event": "Product Viewed"})),
+            ev(
+                "track",
+                "m3",
+                3,
+                json!({"userId": "u1", "event": "Order Completed",
+                                         "properties": {"email": "ann@example.com", "total": 20}})
+            ),
+            ev("track", "m4", 4, json!({"userId": "u2", "event": "Product Viewed"})),
+        ]),
+    )
+    .await;
+    let analyst = key(&f.store, "analyst", &[Scope::AnalysisRead]).await;
+    let reader = key(&f.store, "reader", &[Scope::ProfilesRead, Scope::PiiRead]).await;
+    let query = json!({"query": "SELECT p.plan, p.traits, e.properties FROM events e JOIN profiles p \
+                                 ON e.profile_id = p.profile_id WHERE e.event = 'Order Completed'"});
+    let (status, _, body) = f.call("POST", "/v1/sql", Some(&reader), Some(query.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("analysis:read"), "{body}");
+
+    // Without pii:read: the plan, not the email, in traits and in properties.
+    let (status, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(query.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"][0][0], "pro");
+    assert!(!body.to_string().contains("ann@example.com"), "{body}");
+    assert!(body["rows"][0][2].as_str().unwrap().contains("\"total\":20"), "{body}");
+    // With it (admin holds every scope): in clear.
+    let (status, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(query)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("ann@example.com"), "{body}");
+
+    let funnel = json!({"steps": ["Product Viewed", "Order Completed"], "windowMs": 3_600_000,
+                        "from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z"});
+    let (status, _, body) = f.call("POST", "/v1/analyze/funnel", Some(&analyst), Some(funnel.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["steps"][0]["persons"].as_u64(), body["steps"][1]["persons"].as_u64()), (Some(2), Some(1)));
+    let paths = json!({"event": "Product Viewed", "depth": 2, "windowMs": 3_600_000,
+                       "from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z"});
+    let (status, _, body) = f.call("POST", "/v1/analyze/paths", Some(&analyst), Some(paths)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["nodes"][1]["event"], "Order Completed", "{body}");
+
+    // Bad input: a 400 naming the field.
+    let typo = json!({"steps": ["Product Viewd", "Order Completed"], "windowMs": 3_600_000,
+                      "from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z"});
+    let (status, _, body) = f.call("POST", "/v1/analyze/funnel", Some(&analyst), Some(typo)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("did you mean `Product Viewed`"), "{body}");
+    let (status, _, body) =
+        f.call("POST", "/v1/sql", Some(&analyst), Some(json!({"query": "DELETE FROM events"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) =
+        f.call("POST", "/v1/sql", Some(&analyst), Some(json!({"query": "SELECT 1", "maxRows": 0}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("maxRows"), "{body}");
+    let (status, _, body) =
+        f.call("POST", "/v1/analyze/compare", Some(&analyst), Some(json!({"audience": "x", "extra": 1}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Audited: who ran what, a query by its hash, never its text.
+    let (_, audit) = f.get("/v1/audit", &f.admin).await;
+    let runs: Vec<&Value> =
+        audit["records"].as_array().unwrap().iter().filter(|r| r["action"] == "analysis.run").collect();
+    assert!(runs.len() >= 5, "{audit}");
+    assert!(!audit.to_string().contains("Order Completed'"), "the query's text is not kept");
+    let document: Value = serde_json::from_str(&openapi_document()).unwrap();
+    for path in ["/v1/sql", "/v1/analyze/funnel", "/v1/analyze/compare"] {
+        assert!(document["paths"][path]["post"].is_object(), "{path} documented");
+    }
+}

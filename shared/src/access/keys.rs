@@ -46,6 +46,10 @@ pub enum Scope {
     /// the API masks them. Apart from `profiles:read` so that most readers never see them.
     #[serde(rename = "pii:read")]
     PiiRead,
+    /// Run read-only SQL and the analyses (trends, funnels, retention, paths, audience comparison) over all
+    /// the data. Apart from `profiles:read`: it reads every person's events and traits at once.
+    #[serde(rename = "analysis:read")]
+    AnalysisRead,
     /// Everything, including creating and revoking API keys.
     #[serde(rename = "admin")]
     Admin,
@@ -53,7 +57,7 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::ProfilesRead,
         Scope::ProfilesWrite,
         Scope::ProfilesDelete,
@@ -62,6 +66,7 @@ impl Scope {
         Scope::AuditRead,
         Scope::PiiSend,
         Scope::PiiRead,
+        Scope::AnalysisRead,
         Scope::Admin,
     ];
 
@@ -76,6 +81,7 @@ impl Scope {
             Scope::AuditRead => "audit:read",
             Scope::PiiSend => "pii:send",
             Scope::PiiRead => "pii:read",
+            Scope::AnalysisRead => "analysis:read",
             Scope::Admin => "admin",
         }
     }
