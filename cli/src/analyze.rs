@@ -1,12 +1,12 @@
 //! `cdp sql` and `cdp analyze`: read-only SQL and the analyses (trends, funnels, retention, paths, audience
-//! comparison) over the data folder.
+//! comparison, value models) over the data folder.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use functions::analysis::{
     Answer, Breakdown, Compare, CompareResult, Direction, Engine, Funnel, FunnelResult, Limits, Measure, Order, Paths,
-    PathsResult, Period, Retention, RetentionResult, Trends, TrendsResult,
+    PathsResult, Period, Retention, RetentionResult, Trends, TrendsResult, Value, ValueResult,
 };
 use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
@@ -45,6 +45,34 @@ pub(crate) enum AnalyzeCommand {
     Paths(PathsArgs),
     /// What sets an audience apart from the rest of the population or from another audience (显著特征).
     Compare(CompareArgs),
+    /// RFM segments and their movement between two dates; lifetime value observed and predicted (BG/NBD and
+    /// Gamma-Gamma), evaluated on the last horizon held out.
+    Value(ValueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ValueArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The event that is a purchase.
+    #[arg(long, default_value = "Order Completed")]
+    purchase_event: String,
+    /// The purchase's property that is its revenue.
+    #[arg(long, default_value = "revenue")]
+    revenue: String,
+    /// The last day of data read (UTC, included): the second RFM date, and where predictions start; default
+    /// today.
+    #[arg(long)]
+    at: Option<String>,
+    /// The first RFM date (its data up to the end of that day): segments then, and how buyers moved since.
+    #[arg(long)]
+    since: Option<String>,
+    /// Days predicted, and held out to evaluate the model (7 to 365).
+    #[arg(long, default_value_t = 90)]
+    horizon: u32,
+    /// The result as JSON: `rfm`, `movement`, `lifetimeValue`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -317,6 +345,22 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             let result = runtime.block_on(engine.paths(&paths))?;
             show(args.json, &result, paths_text)?;
         }
+        AnalyzeCommand::Value(args) => {
+            let since = match args.since.as_deref() {
+                Some(day) => Some(end_of(Some(day), "--since")?),
+                None => None,
+            };
+            let value = Value {
+                purchase_event: args.purchase_event,
+                revenue_property: args.revenue,
+                at: end_of(args.at.as_deref(), "--at")?,
+                since,
+                horizon_days: args.horizon,
+            };
+            let (runtime, engine) = load(&args.data)?;
+            let result = runtime.block_on(engine.value(&value))?;
+            show(args.json, &result, value_text)?;
+        }
         AnalyzeCommand::Compare(args) => {
             let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
             let compare = Compare { audience: args.audience, against: args.against, from, to, alpha: args.alpha };
@@ -545,6 +589,60 @@ fn paths_text(result: &PathsResult) -> String {
     }
     if let Some(first) = result.nodes.first() {
         out.push_str(&format!("  {} of {} went no further than {}\n", first.ended, first.persons, result.event));
+    }
+    out
+}
+
+fn value_text(result: &ValueResult) -> String {
+    let mut out = String::new();
+    for rfm in &result.rfm {
+        out.push_str(&format!("RFM segments of {} buyers up to {}\n", rfm.buyers, rfm.at));
+        for (segment, buyers) in &rfm.segments {
+            out.push_str(&format!("  {segment:<16} {buyers:>9}\n"));
+        }
+    }
+    if !result.movement.is_empty() {
+        out.push_str("moved\n");
+        for moved in &result.movement {
+            out.push_str(&format!("  {:<16} -> {:<16} {:>9}\n", moved.from, moved.to, moved.buyers));
+        }
+    }
+    match &result.lifetime_value {
+        None => out.push_str(&format!(
+            "lifetime value: fewer than {} buyers, too few for the models\n",
+            functions::analysis::value::MIN_BUYERS
+        )),
+        Some(ltv) => {
+            out.push_str(&format!(
+                "lifetime value of {} buyers: {:.2} to date ({:.2} each); {:.2} predicted in the next {} days ({:.2} \
+                 each)\n",
+                ltv.buyers,
+                ltv.observed_revenue,
+                ltv.observed_average,
+                ltv.predicted_revenue,
+                result.horizon_days,
+                ltv.predicted_average
+            ));
+            for (segment, value) in &ltv.by_segment {
+                out.push_str(&format!(
+                    "  {segment:<16} {:>9} buyers  {:>10.2} to date  {:>10.2} predicted\n",
+                    value.buyers, value.observed, value.predicted
+                ));
+            }
+            if let Some(h) = &ltv.holdout {
+                out.push_str(&format!(
+                    "held out from {}: {:.0} purchases ({:.1} predicted), revenue {:.2} ({:.2} predicted); mean \
+                     absolute error per buyer {:.2} (naive rate: {:.2})\n",
+                    h.from,
+                    h.purchases,
+                    h.predicted_purchases,
+                    h.revenue,
+                    h.predicted_revenue,
+                    h.revenue_mae,
+                    h.naive_revenue_mae
+                ));
+            }
+        }
     }
     out
 }

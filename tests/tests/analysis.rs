@@ -1,5 +1,5 @@
 //! Analyses through the real `cdp`: events imported from a file, then `cdp analyze funnel`, `cdp analyze
-//! retention`, `cdp analyze trends`, `cdp analyze paths` and `cdp sql` with `--json`, each figure checked by hand.
+//! retention`, `cdp analyze trends`, `cdp analyze paths`, `cdp analyze value` and `cdp sql` with `--json`, each figure checked by hand.
 
 use std::path::Path;
 use std::process::Command;
@@ -201,6 +201,22 @@ fn funnels_retention_and_sql_from_the_command_line() {
         paths["links"],
         json!([{"source": 0, "target": 1, "persons": 3}, {"source": 1, "target": 2, "persons": 1}])
     );
+
+    // RFM at the end of 03-05 and of 03-31: u1 (days since the last order lowest of two, one order) hibernating,
+    // then loyal (two orders, the most recent); u2 need attention, then hibernating. Two buyers are too few
+    // for the lifetime value models.
+    let (ok, value, text) = cdp(
+        data.path(),
+        &["analyze", "value", "--at", "2026-03-31", "--since", "2026-03-05", "--horizon", "30", "--json"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(value["rfm"][0]["segments"], json!({"hibernating": 1, "need_attention": 1}));
+    assert_eq!(value["rfm"][1]["segments"], json!({"hibernating": 1, "loyal": 1}));
+    assert_eq!(
+        value["movement"],
+        json!([{"from": "hibernating", "to": "loyal", "buyers": 1}, {"from": "need_attention", "to": "hibernating", "buyers": 1}])
+    );
+    assert_eq!(value["lifetimeValue"], Value::Null);
 
     // Mistakes are named, and nothing runs.
     let (ok, _, text) = cdp(data.path(), &["analyze", "compare", "--audience", "vips", "--json"]);

@@ -36,6 +36,7 @@ pub mod stats;
 mod tables;
 pub mod trends;
 mod udf;
+pub mod value;
 
 pub use compare::{Compare, CompareResult};
 pub use funnel::{Funnel, FunnelResult, Order};
@@ -45,6 +46,7 @@ pub use retention::{Retention, RetentionResult};
 pub use sql::{Answer, Limits, MAX_ROWS};
 pub use tables::Loaded;
 pub use trends::{Breakdown, Measure, Trends, TrendsResult};
+pub use value::{Value, ValueResult};
 
 /// Memory a query may use before it fails (bytes).
 pub const MEMORY_LIMIT: usize = 2 << 30;
@@ -139,6 +141,11 @@ impl Engine {
     /// Compares an audience with the rest of the population or another audience.
     pub async fn compare(&self, compare: &Compare) -> Result<CompareResult, Error> {
         within(compare::run(self, compare)).await
+    }
+
+    /// Runs the value models: RFM segments and their movement, lifetime value observed and predicted.
+    pub async fn value(&self, value: &Value) -> Result<ValueResult, Error> {
+        within(value::run(self, value)).await
     }
 
     /// Runs a retention analysis.

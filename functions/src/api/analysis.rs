@@ -1,4 +1,4 @@
-//! `POST /v1/sql` and `POST /v1/analyze/{trends,funnel,retention,paths,compare}`: read-only SQL and the analyses
+//! `POST /v1/sql` and `POST /v1/analyze/{trends,funnel,retention,paths,compare,value}`: read-only SQL and the analyses
 //! over all the data ([`crate::analysis`]), with the scope `analysis:read`. Personal traits and properties are
 //! in the tables only for keys that also hold `pii:read`. Each call is audited (`analysis.run`; a query by its
 //! SHA-256, never its text). One analysis runs at a time per instance: each may use up to 2 GiB.
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
-use crate::analysis::{Compare, Engine, Funnel, Limits, MAX_ROWS, Paths, Retention, Trends};
+use crate::analysis::{Compare, Engine, Funnel, Limits, MAX_ROWS, Paths, Retention, Trends, Value};
 use crate::snapshot::RunConfig;
 use crate::storage::ObjectStore;
 
@@ -230,4 +230,25 @@ pub(crate) async fn compare<S: ObjectStore + Clone>(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     analyze(&api, &headers, &body, "compare", async |engine: &Engine, d: &Compare| engine.compare(d).await).await
+}
+
+/// Value models: RFM segments and their movement, lifetime value observed, predicted and evaluated.
+#[utoipa::path(
+    post, path = "/v1/analyze/value", tag = "analysis",
+    request_body(content = Object, description = "`{\"purchaseEvent\"?, \"revenueProperty\"?, \"at\", \"since\"?, \"horizonDays\"? (7 to 365)}`"),
+    responses(
+        (status = 200, description = "`{\"rfm\": [{\"at\", \"buyers\", \"segments\"}], \"movement\": [{\"from\", \"to\", \"buyers\"}], \"lifetimeValue\": {\"buyers\", \"observedRevenue\", \"predictedRevenue\", \"bySegment\", \"parameters\", \"holdout\"} | null, \"horizonDays\"}`", body = Object),
+        (status = 400, description = "A bad definition: the message names the field (and the closest known name)", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks `analysis:read`", body = ErrorBody),
+        (status = 503, description = "Another analysis is running", body = ErrorBody),
+    ),
+    security(("apiKey" = ["analysis:read"]))
+)]
+pub(crate) async fn value<S: ObjectStore + Clone>(
+    State(api): State<Arc<Api<S>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    analyze(&api, &headers, &body, "value", async |engine: &Engine, d: &Value| engine.value(d).await).await
 }

@@ -186,6 +186,7 @@ fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Route
         .route("/v1/analyze/retention", post(analysis::retention::<S>))
         .route("/v1/analyze/paths", post(analysis::paths::<S>))
         .route("/v1/analyze/compare", post(analysis::compare::<S>))
+        .route("/v1/analyze/value", post(analysis::value::<S>))
 }
 
 #[cfg(not(feature = "analysis"))]

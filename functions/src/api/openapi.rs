@@ -52,6 +52,7 @@ struct Document;
         super::analysis::retention,
         super::analysis::paths,
         super::analysis::compare,
+        super::analysis::value,
     ),
     components(schemas(super::analysis::SqlRequest)),
     tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths and audience comparison"))
