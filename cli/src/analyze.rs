@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use functions::analysis::{
-    Answer, Breakdown, Compare, CompareResult, Direction, Engine, Funnel, FunnelResult, Limits, Measure, Order, Paths,
-    PathsResult, Period, Retention, RetentionResult, Trends, TrendsResult, Value, ValueResult,
+    Answer, Breakdown, Compare, CompareResult, Direction, Engine, Exclusion, Filter, Funnel, FunnelResult, Limits,
+    Measure, Order, Paths, PathsResult, Period, Retention, RetentionResult, StepFilter, Trends, TrendsResult, Value,
+    ValueResult,
 };
 use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
@@ -169,6 +170,10 @@ pub(crate) struct TrendsArgs {
     /// Only persons in this audience.
     #[arg(long)]
     audience: Option<String>,
+    /// Only events meeting this condition (repeatable): on a property `revenue>=100`, `plan=pro`,
+    /// `coupon~SUMMER`, `coupon?` (set), `coupon!` (not set); on a trait or tag `trait:plan=pro`, `tag:ltv>100`.
+    #[arg(long = "where")]
+    conditions: Vec<String>,
     /// The result as JSON.
     #[arg(long)]
     json: bool,
@@ -201,6 +206,14 @@ pub(crate) struct FunnelArgs {
     /// Last day persons may enter (included); default today.
     #[arg(long)]
     to: Option<String>,
+    /// A condition on a step's event, `STEP:FILTER` (repeatable): `3:revenue>=100`, `1:plan=pro`,
+    /// `2:coupon~SUMMER` (contains), `2:coupon?` (set), `2:coupon!` (not set).
+    #[arg(long = "where")]
+    conditions: Vec<String>,
+    /// An exclusion step, `EVENT` or `EVENT:FROM-TO` (repeatable): a person who does it after step FROM and
+    /// before step TO (default: the first and the last) drops out after FROM.
+    #[arg(long = "exclude")]
+    exclusions: Vec<String>,
     /// The result as JSON.
     #[arg(long)]
     json: bool,
@@ -286,6 +299,11 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                 breakdown,
                 top: args.top,
                 audience: args.audience,
+                filters: args
+                    .conditions
+                    .iter()
+                    .map(|f| Filter::parse(f).map_err(|e| anyhow::anyhow!("--where: {e}")))
+                    .collect::<anyhow::Result<_>>()?,
             };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.trends(&trends))?;
@@ -299,7 +317,38 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
             };
             let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
             let steps = args.steps.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            let funnel = Funnel { steps, window_ms: window(&args.window)?, order, from, to };
+            let mut filters = Vec::new();
+            for condition in &args.conditions {
+                let (step, filter) = condition
+                    .split_once(':')
+                    .and_then(|(step, filter)| Some((step.trim().parse::<usize>().ok()?, filter)))
+                    .with_context(|| format!("--where: `{condition}` is not `STEP:FILTER` (3:revenue>=100)"))?;
+                let filter = Filter::parse(filter).map_err(|e| anyhow::anyhow!("--where: {e}"))?;
+                filters.push(StepFilter { step, filter });
+            }
+            let mut exclusions = Vec::new();
+            for text in &args.exclusions {
+                let bad = || format!("--exclude: `{text}` is not `EVENT` or `EVENT:FROM-TO` (Coupon Removed:1-2)");
+                let (event, between) = match text.rsplit_once(':') {
+                    // A name with a colon in it, not a range.
+                    Some((_, range)) if !range.trim().starts_with(|c: char| c.is_ascii_digit()) => {
+                        (text.as_str(), None)
+                    }
+                    Some((event, range)) => {
+                        let (a, b) = range.split_once('-').with_context(bad)?;
+                        let (a, b) = (a.trim().parse::<usize>(), b.trim().parse::<usize>());
+                        let (Ok(a), Ok(b)) = (a, b) else { bail!(bad()) };
+                        (event, Some((a, b)))
+                    }
+                    None => (text.as_str(), None),
+                };
+                exclusions.push(Exclusion {
+                    event: event.trim().to_string(),
+                    from_step: between.map(|b| b.0),
+                    to_step: between.map(|b| b.1),
+                });
+            }
+            let funnel = Funnel { steps, window_ms: window(&args.window)?, order, from, to, filters, exclusions };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.funnel(&funnel))?;
             show(args.json, &result, funnel_text)?;

@@ -25,7 +25,8 @@ use shared::time::UtcTime;
 pub struct Compare {
     /// The audience described.
     pub audience: String,
-    /// The audience it is compared with (none: the rest of the population, every profile not in it).
+    /// The audience it is compared with (none: the rest of the population, every profile not in it); a profile
+    /// in both is counted in `audience` only.
     pub against: Option<String>,
     /// Events counted from this time …
     pub from: UtcTime,
@@ -124,7 +125,7 @@ pub struct CompareResult {
     /// The features tested: the significant ones first, the largest effect first; then the rest, the smallest
     /// q-value first.
     pub features: Vec<Feature>,
-    /// Features not tested (identifiers, personal data, too many values).
+    /// Features not tested (personal data, identifiers, too few values).
     pub skipped: Vec<Skipped>,
 }
 
@@ -133,9 +134,6 @@ pub const REST: &str = "(rest of the population)";
 
 /// Values of a category feature compared at most (the most common).
 const MAX_VALUES: usize = 20;
-
-/// A category with more distinct values than this is an identifier, not a category.
-const MAX_DISTINCT: usize = 100;
 
 /// Events whose counts are compared at most (those the most persons did).
 const MAX_EVENTS: usize = 30;
@@ -157,8 +155,7 @@ impl Compare {
     }
 }
 
-/// Which group a profile is in: (the audience, the group compared with); a profile in both audiences counts in
-/// both.
+/// Which group a profile is in: (the audience, the group compared with); never both.
 type Groups = HashMap<String, (bool, bool)>;
 
 /// Runs `compare` on `engine`.
@@ -185,7 +182,8 @@ pub(super) async fn run(engine: &Engine, compare: &Compare) -> Result<CompareRes
     for batch in &profiles {
         for id in batch.column(0).as_string::<i32>().iter().flatten() {
             let a = audience.contains(id);
-            let b = against.as_ref().map_or(!a, |b| b.contains(id));
+            // A profile in both audiences is one of the audience's: the groups stay apart, as the tests need.
+            let b = !a && against.as_ref().is_none_or(|b| b.contains(id));
             groups.insert(id.to_string(), (a, b));
         }
     }
@@ -196,9 +194,9 @@ pub(super) async fn run(engine: &Engine, compare: &Compare) -> Result<CompareRes
         return Err(Error::Invalid(format!("{empty} has no profiles to compare")));
     }
     let mut found = Found { features: Vec::new(), skipped: Vec::new(), sizes: (size, size_against) };
-    found.columns(Source::Trait, &profiles, &groups, &["profile_id", "traits"]);
+    found.columns(Source::Trait, &profiles, &groups, &["profile_id", "traits"], &|name| engine.rules.is_personal(name));
     let tags = collect(engine, "SELECT * FROM tags").await?;
-    found.columns(Source::Tag, &tags, &groups, &["profile_id"]);
+    found.columns(Source::Tag, &tags, &groups, &["profile_id"], &|name| engine.personal_tags.contains(name));
     found.behaviour(engine, compare, &groups).await?;
 
     let q = benjamini_hochberg(&found.features.iter().map(|f| f.p_value).collect::<Vec<_>>());
@@ -247,10 +245,25 @@ struct Found {
 impl Found {
     /// A feature per numeric column and per common value of each category column of `batches` (a table
     /// keyed by its first column, `profile_id`), but those in `except`.
-    fn columns(&mut self, source: Source, batches: &[RecordBatch], groups: &Groups, except: &[&str]) {
+    fn columns(
+        &mut self,
+        source: Source,
+        batches: &[RecordBatch],
+        groups: &Groups,
+        except: &[&str],
+        personal: &dyn Fn(&str) -> bool,
+    ) {
         let Some(schema) = batches.first().map(RecordBatch::schema) else { return };
         for (index, field) in schema.fields().iter().enumerate() {
             if except.contains(&field.name().as_str()) {
+                continue;
+            }
+            if personal(field.name()) {
+                self.skipped.push(Skipped {
+                    source,
+                    name: field.name().clone(),
+                    reason: "personal data (never compared)".into(),
+                });
                 continue;
             }
             // Each profile's value: its groups, the column and the row.
@@ -259,6 +272,7 @@ impl Found {
                     let (ids, values) = (batch.column(0).as_string::<i32>(), batch.column(index));
                     for row in 0..batch.num_rows() {
                         if let Some(&group) = groups.get(ids.value(row))
+                            && group != (false, false)
                             && !values.is_null(row)
                         {
                             visit(group, values.as_ref(), row);
@@ -330,7 +344,7 @@ impl Found {
     fn category(&mut self, source: Source, name: &str, counts: HashMap<String, (u64, u64)>) {
         let skip = |reason: &str| Skipped { source, name: name.to_string(), reason: reason.to_string() };
         let with_value: u64 = counts.values().map(|(a, b)| a + b).sum();
-        if counts.len() > MAX_DISTINCT || (counts.len() > 10 && counts.len() as u64 * 2 > with_value) {
+        if counts.len() > 10 && counts.len() as u64 * 2 > with_value {
             self.skipped.push(skip("nearly every profile has a value of its own (an identifier)"));
             return;
         }

@@ -1,7 +1,9 @@
-//! Funnels: the persons who did a sequence of events within a conversion window, per step.
+//! Funnels: the persons who did a sequence of events within a conversion window, per step; steps may have
+//! conditions on their event's properties, and exclusion steps make a person drop out between two steps.
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::Filter;
 use super::period::{DAY_MS, median};
 use super::{Engine, PersonEvents};
 use crate::Error;
@@ -35,6 +37,44 @@ pub struct Funnel {
     pub from: UtcTime,
     /// … and before this one (their later steps may come after it, within the window).
     pub to: UtcTime,
+    /// Conditions on the properties of a step's event (a step counts only an event that meets all of its).
+    #[serde(default)]
+    pub filters: Vec<StepFilter>,
+    /// Events that make a person drop out between two steps.
+    #[serde(default)]
+    pub exclusions: Vec<Exclusion>,
+}
+
+/// A condition on a step's event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepFilter {
+    /// The step, from 1.
+    pub step: usize,
+    /// The condition.
+    pub filter: Filter,
+}
+
+/// An exclusion step: a person who does `event` after step `from_step` and before step `to_step` of their
+/// attempt (or, not having reached `to_step`, before the window ends) drops out at `from_step`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exclusion {
+    /// The excluded event.
+    pub event: String,
+    /// From after this step (from 1; default 1) …
+    #[serde(default)]
+    pub from_step: Option<usize>,
+    /// … to before this one (default: the last).
+    #[serde(default)]
+    pub to_step: Option<usize>,
+}
+
+impl Exclusion {
+    /// The steps it is between, from 0.
+    fn between(&self, steps: usize) -> (usize, usize) {
+        (self.from_step.unwrap_or(1) - 1, self.to_step.unwrap_or(steps) - 1)
+    }
 }
 
 /// One step's outcome.
@@ -95,6 +135,36 @@ impl Funnel {
             if distinct.len() < self.steps.len() {
                 return Err(Error::Invalid("steps: in any order, each step is a different event".into()));
             }
+            if !self.exclusions.is_empty() {
+                return Err(Error::Invalid("exclusions: steps in any order have no \"between\"".into()));
+            }
+        }
+        if self.filters.len() > 20 {
+            return Err(Error::Invalid("filters: at most 20".into()));
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            if !(1..=self.steps.len()).contains(&f.step) {
+                return Err(Error::Invalid(format!("filters[{i}].step: 1 to {}, not {}", self.steps.len(), f.step)));
+            }
+            f.filter.check(&format!("filters[{i}].filter"))?;
+            if f.filter.of != super::filter::Of::Property {
+                return Err(Error::Invalid(format!(
+                    "filters[{i}].filter.of: a step's condition is on its event's properties"
+                )));
+            }
+        }
+        if self.exclusions.len() > MAX_STEPS {
+            return Err(Error::Invalid(format!("exclusions: at most {MAX_STEPS}")));
+        }
+        for (i, exclusion) in self.exclusions.iter().enumerate() {
+            super::check_event(&format!("exclusions[{i}].event"), &exclusion.event, known)?;
+            let (a, b) = (exclusion.from_step.unwrap_or(1), exclusion.to_step.unwrap_or(self.steps.len()));
+            if a < 1 || b > self.steps.len() || a >= b {
+                return Err(Error::Invalid(format!(
+                    "exclusions[{i}]: fromStep {a} must come before toStep {b}, both 1 to {}",
+                    self.steps.len()
+                )));
+            }
         }
         Ok(())
     }
@@ -104,8 +174,26 @@ impl Funnel {
 pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult, Error> {
     funnel.check(&engine.event_names)?;
     let (from, to) = (funnel.from.unix_millis(), funnel.to.unix_millis());
-    let names = (funnel.order != Order::Strict).then_some(funnel.steps.as_slice());
-    let sorted = engine.person_events(names, &funnel.steps, Some(from), to.saturating_add(funnel.window_ms)).await?;
+    let mut named = funnel.steps.clone();
+    named.extend(funnel.exclusions.iter().map(|e| e.event.clone()));
+    let names = (funnel.order != Order::Strict).then_some(named.as_slice());
+    // Bit k: the event is step k (its name and filters); bit EXCLUDED + j: it is exclusion j's event.
+    let mut conditions: Vec<String> = funnel
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(k, step)| {
+            let mut condition = format!("e.event = {}", super::trends::literal(step));
+            for f in funnel.filters.iter().filter(|f| f.step == k + 1) {
+                condition.push_str(&format!(" AND {}", f.filter.sql("e")));
+            }
+            condition
+        })
+        .collect();
+    conditions.resize(EXCLUDED, "FALSE".to_string());
+    conditions.extend(funnel.exclusions.iter().map(|e| format!("e.event = {}", super::trends::literal(&e.event))));
+    let end = to.saturating_add(funnel.window_ms);
+    let sorted = engine.person_events_matching(names, &named, Some(from), end, &conditions).await?;
     let people = sorted.people();
     let n = funnel.steps.len();
     let mut reached = vec![0u64; n];
@@ -149,27 +237,38 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
     })
 }
 
+/// The bit of an event's mask where exclusion 0 starts (steps take the bits below).
+const EXCLUDED: usize = 16;
+
+/// Whether mask `mask` has bit `k`.
+fn is(mask: i64, k: usize) -> bool {
+    mask & (1 << k) != 0
+}
+
 /// A person's furthest progress over every start (a first step in the range): the time of each step reached;
 /// none when no first step is in the range. Of equal progress, the earliest start.
 fn best(funnel: &Funnel, person: &PersonEvents<'_>, from: i64, to: i64) -> Option<Vec<i64>> {
-    let steps = &funnel.steps;
+    let n = funnel.steps.len();
     let mut best: Option<Vec<i64>> = None;
-    for (start, &(name, at)) in person.events.iter().enumerate() {
+    for (start, &(_, at)) in person.events.iter().enumerate() {
+        let mask = person.masks[start];
         let starts_here = match funnel.order {
-            Order::Any => steps.iter().any(|s| s == name),
-            _ => name == steps[0],
+            Order::Any => (0..n).any(|k| is(mask, k)),
+            _ => is(mask, 0),
         };
         if !starts_here || at < from || at >= to {
             continue;
         }
         let end = at + funnel.window_ms;
-        let times = match funnel.order {
-            Order::Ordered => ordered(steps, &person.events[start..], end),
-            Order::Strict => strict(steps, &person.events[start..], end),
-            Order::Any => any(steps, &person.events[start..], end),
+        let (events, masks) = (&person.events[start..], &person.masks[start..]);
+        let mut times = match funnel.order {
+            Order::Ordered => ordered(n, events, masks, end),
+            Order::Strict => strict(n, events, masks, end),
+            Order::Any => any(n, events, masks, end),
         };
+        excluded(funnel, events, masks, end, &mut times);
         if best.as_ref().is_none_or(|b| times.len() > b.len()) {
-            let done = times.len() == steps.len();
+            let done = times.len() == n;
             best = Some(times);
             if done {
                 break;
@@ -179,15 +278,36 @@ fn best(funnel: &Funnel, person: &PersonEvents<'_>, from: i64, to: i64) -> Optio
     best
 }
 
+/// An attempt's progress cut at the step after which an excluded event came (before the next step counted
+/// by the exclusion, or before the window's `end` where that step was not reached).
+fn excluded(funnel: &Funnel, events: &[(&str, i64)], masks: &[i64], end: i64, times: &mut Vec<i64>) {
+    let n = funnel.steps.len();
+    let mut exclusions: Vec<(usize, usize, usize)> =
+        funnel.exclusions.iter().enumerate().map(|(j, e)| (e.between(n).0, e.between(n).1, j)).collect();
+    exclusions.sort();
+    for (a, b, j) in exclusions {
+        if times.len() <= a + 1 {
+            continue;
+        }
+        let after = times[a];
+        let before = times.get(b).copied().unwrap_or(end);
+        let happened =
+            events.iter().zip(masks).any(|(&(_, at), &mask)| at > after && at < before && is(mask, EXCLUDED + j));
+        if happened {
+            times.truncate(a + 1);
+        }
+    }
+}
+
 /// Ordered: each step the first of its event after the step before, within the window.
-fn ordered(steps: &[String], events: &[(&str, i64)], end: i64) -> Vec<i64> {
+fn ordered(n: usize, events: &[(&str, i64)], masks: &[i64], end: i64) -> Vec<i64> {
     let mut times = vec![events[0].1];
     let mut next = 1;
-    for &(name, at) in &events[1..] {
-        if next == steps.len() || at > end {
+    for (&(_, at), &mask) in events[1..].iter().zip(&masks[1..]) {
+        if next == n || at > end {
             break;
         }
-        if name == steps[next] {
+        if is(mask, next) {
             times.push(at);
             next += 1;
         }
@@ -196,10 +316,10 @@ fn ordered(steps: &[String], events: &[(&str, i64)], end: i64) -> Vec<i64> {
 }
 
 /// Strict: each step the very next event, within the window.
-fn strict(steps: &[String], events: &[(&str, i64)], end: i64) -> Vec<i64> {
+fn strict(n: usize, events: &[(&str, i64)], masks: &[i64], end: i64) -> Vec<i64> {
     let mut times = vec![events[0].1];
-    for (&(name, at), step) in events[1..].iter().zip(&steps[1..]) {
-        if at > end || name != step {
+    for (k, (&(_, at), &mask)) in (1..n).zip(events[1..].iter().zip(&masks[1..])) {
+        if at > end || !is(mask, k) {
             break;
         }
         times.push(at);
@@ -208,14 +328,14 @@ fn strict(steps: &[String], events: &[(&str, i64)], end: i64) -> Vec<i64> {
 }
 
 /// Any order: the time each further distinct step was first done, within the window.
-fn any(steps: &[String], events: &[(&str, i64)], end: i64) -> Vec<i64> {
-    let mut done = vec![false; steps.len()];
+fn any(n: usize, events: &[(&str, i64)], masks: &[i64], end: i64) -> Vec<i64> {
+    let mut done = vec![false; n];
     let mut times = Vec::new();
-    for &(name, at) in events {
+    for (&(_, at), &mask) in events.iter().zip(masks) {
         if at > end {
             break;
         }
-        if let Some(k) = steps.iter().position(|s| s == name).filter(|k| !done[*k]) {
+        if let Some(k) = (0..n).find(|&k| is(mask, k) && !done[k]) {
             done[k] = true;
             times.push(at);
         }

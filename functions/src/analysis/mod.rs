@@ -13,20 +13,19 @@
 use std::collections::BTreeSet;
 
 use arrow_array::cast::AsArray as _;
-use arrow_array::types::TimestampMillisecondType;
+use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
-use datafusion::common::ScalarValue;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use shared::time::UtcTime;
-use std::ops::Not as _;
 
 use crate::Error;
 use crate::snapshot::RunConfig;
 use crate::storage::ObjectStore;
 
 pub mod compare;
+pub mod filter;
 pub mod funnel;
 pub mod paths;
 pub mod period;
@@ -39,11 +38,12 @@ mod udf;
 pub mod value;
 
 pub use compare::{Compare, CompareResult};
-pub use funnel::{Funnel, FunnelResult, Order};
+pub use filter::{Filter, Of, Op};
+pub use funnel::{Exclusion, Funnel, FunnelResult, Order, StepFilter};
 pub use paths::{Direction, Paths, PathsResult};
 pub use period::Period;
 pub use retention::{Retention, RetentionResult};
-pub use sql::{Answer, Limits, MAX_ROWS};
+pub use sql::{Answer, Limits, MAX_ANSWER_BYTES, MAX_ROWS};
 pub use tables::Loaded;
 pub use trends::{Breakdown, Measure, Trends, TrendsResult};
 pub use value::{Value, ValueResult};
@@ -62,6 +62,10 @@ pub struct Engine {
     tags: BTreeSet<String>,
     /// The audiences with a computed snapshot.
     audiences: BTreeSet<String>,
+    /// Which traits are personal data.
+    rules: shared::profile::ProfileRules,
+    /// The tags whose values copy personal data ([`tables::copies_personal_data`]).
+    personal_tags: BTreeSet<String>,
     /// What was loaded.
     pub loaded: Loaded,
 }
@@ -115,7 +119,16 @@ impl Engine {
             }
         };
         let (traits, tags) = (columns("profiles").await?, columns("tags").await?);
-        Ok(Self { ctx, event_names: found.events, traits, tags, audiences: found.audiences, loaded })
+        Ok(Self {
+            ctx,
+            event_names: found.events,
+            traits,
+            tags,
+            audiences: found.audiences,
+            rules: config.snapshot.profiles.clone(),
+            personal_tags: tables::copies_personal_data(config),
+            loaded,
+        })
     }
 
     /// Runs one read-only query ([`sql::run`]).
@@ -163,59 +176,67 @@ impl Engine {
         from: Option<i64>,
         end: i64,
     ) -> Result<Sorted, Error> {
-        let at = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
+        self.person_events_matching(names, named, from, end, &[]).await
+    }
+
+    /// [`Engine::person_events`], each event with a mask: bit k set when `conditions[k]` (SQL over the
+    /// `events` table as `e`; at most 63) holds for it.
+    async fn person_events_matching(
+        &self,
+        names: Option<&[String]>,
+        named: &[String],
+        from: Option<i64>,
+        end: i64,
+        conditions: &[String],
+    ) -> Result<Sorted, Error> {
         let failed = |e: datafusion::error::DataFusionError| Error::Internal(format!("reading events: {e}"));
+        let listed = |names: &[String]| {
+            let names: Vec<String> = names.iter().map(|n| trends::literal(n)).collect();
+            format!("e.event IN ({})", names.join(", "))
+        };
         let mut filter =
-            col("profile_id").is_not_null().and(col("event").is_not_null()).and(col("timestamp").lt(at(end)));
+            format!("e.profile_id IS NOT NULL AND e.event IS NOT NULL AND e.timestamp < to_timestamp_millis({end})");
         if let Some(from) = from {
-            filter = filter.and(col("timestamp").gt_eq(at(from)));
+            filter.push_str(&format!(" AND e.timestamp >= to_timestamp_millis({from})"));
         }
         match names {
-            Some(names) => {
-                filter = filter.and(col("event").in_list(names.iter().map(|n| lit(n.as_str())).collect(), false));
-            }
-            None if named.is_empty() => filter = filter.and(persons_own()),
-            None => {
-                let asked = col("event").in_list(named.iter().map(|n| lit(n.as_str())).collect(), false);
-                filter = filter.and(persons_own().or(asked));
-            }
+            Some([]) => filter.push_str(" AND FALSE"),
+            Some(names) => filter.push_str(&format!(" AND {}", listed(names))),
+            None if named.is_empty() => filter.push_str(&format!(" AND {PERSONS_OWN_SQL}")),
+            None => filter.push_str(&format!(" AND (({PERSONS_OWN_SQL}) OR {})", listed(named))),
         }
-        let frame = self
-            .ctx
-            .table("events")
-            .await
-            .map_err(failed)?
-            .filter(filter)
-            .map_err(failed)?
-            .select_columns(&["profile_id", "event", "timestamp", "message_id"])
-            .map_err(failed)?
-            .sort(vec![
-                col("profile_id").sort(true, false),
-                col("timestamp").sort(true, false),
-                col("message_id").sort(true, false),
-            ])
-            .map_err(failed)?;
+        let mask = if conditions.is_empty() {
+            "CAST(0 AS BIGINT)".to_string()
+        } else {
+            let bits: Vec<String> = conditions
+                .iter()
+                .take(63)
+                .enumerate()
+                .map(|(k, c)| format!("CASE WHEN {c} THEN CAST({} AS BIGINT) ELSE CAST(0 AS BIGINT) END", 1i64 << k))
+                .collect();
+            format!("({})", bits.join(" + "))
+        };
+        let query = format!(
+            "SELECT e.profile_id, e.event, e.timestamp, e.message_id, {mask} AS mask FROM events e WHERE {filter} \
+             ORDER BY e.profile_id, e.timestamp, e.message_id"
+        );
+        let frame = self.ctx.sql(&query).await.map_err(failed)?;
         Ok(Sorted(frame.collect().await.map_err(failed)?))
     }
 }
 
-/// Events the persons did themselves: not the platform's records of deliveries (source `cdp-activation`) nor
-/// partners' feedback (sources `partner:…`).
-fn persons_own() -> datafusion::prelude::Expr {
-    let system = col("source_id").eq(lit(shared::activation::feedback::SYSTEM_SOURCE));
-    let partner = col("source_id").like(lit("partner:%"));
-    system.or(partner).not()
-}
-
-/// Where SQL over `events` (as `e`) keeps the persons' own events ([`persons_own`]).
+/// Where SQL over `events` (as `e`) keeps the events the persons did themselves: not the platform's records of
+/// deliveries (source `cdp-activation`) nor partners' feedback (sources `partner:…`).
 const PERSONS_OWN_SQL: &str = "e.source_id <> 'cdp-activation' AND e.source_id NOT LIKE 'partner:%'";
 
 /// Events sorted by person and time ([`Engine::person_events`]).
 struct Sorted(Vec<RecordBatch>);
 
-/// One person's events: (event name, time in ms), in time order.
+/// One person's events: (event name, time in ms), in time order, and each one's mask
+/// ([`Engine::person_events_matching`]).
 struct PersonEvents<'a> {
     events: Vec<(&'a str, i64)>,
+    masks: Vec<i64>,
 }
 
 impl Sorted {
@@ -224,20 +245,24 @@ impl Sorted {
         let mut people = Vec::new();
         let mut current: Option<(&str, PersonEvents<'_>)> = None;
         for batch in &self.0 {
-            let (ids, names, times) = (
+            let (ids, names, times, masks) = (
                 batch.column(0).as_string::<i32>(),
                 batch.column(1).as_string::<i32>(),
                 batch.column(2).as_primitive::<TimestampMillisecondType>(),
+                batch.column(4).as_primitive::<Int64Type>(),
             );
             for row in 0..batch.num_rows() {
-                let (id, name, at) = (ids.value(row), names.value(row), times.value(row));
+                let (id, name, at, mask) = (ids.value(row), names.value(row), times.value(row), masks.value(row));
                 match &mut current {
-                    Some((person, events)) if *person == id => events.events.push((name, at)),
+                    Some((person, events)) if *person == id => {
+                        events.events.push((name, at));
+                        events.masks.push(mask);
+                    }
                     _ => {
                         if let Some((_, done)) = current.take() {
                             people.push(done);
                         }
-                        current = Some((id, PersonEvents { events: vec![(name, at)] }));
+                        current = Some((id, PersonEvents { events: vec![(name, at)], masks: vec![mask] }));
                     }
                 }
                 debug_assert!(!ids.is_null(row));

@@ -41,6 +41,9 @@ pub struct Answer {
     pub truncated: bool,
 }
 
+/// The largest answer a query may give, in memory before it is JSON.
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 /// Runs `query` (one `SELECT` or `WITH … SELECT`, `EXPLAIN` too) on `ctx` within `limits`. Anything that would
 /// write or change the session (DDL, `INSERT`, `COPY`, `SET`) is refused, as is SQL that does not parse or
 /// names what does not exist: [`Error::Invalid`] with DataFusion's message.
@@ -57,7 +60,20 @@ pub(super) async fn run(ctx: &SessionContext, query: &str, limits: Limits) -> Re
         let frame = frame.limit(0, Some(limits.rows + 1)).map_err(invalid)?;
         // The columns from the plan: a query without rows may give no batch to take them from.
         let schema = frame.schema().inner().clone();
-        Ok::<_, Error>((schema, frame.collect().await.map_err(invalid)?))
+        let mut stream = frame.execute_stream().await.map_err(invalid)?;
+        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+            let batch = batch.map_err(invalid)?;
+            bytes += batch.get_array_memory_size();
+            if bytes > MAX_ANSWER_BYTES {
+                return Err(Error::Invalid(format!(
+                    "sql: the answer is larger than {} MiB; select fewer rows or narrower columns",
+                    MAX_ANSWER_BYTES >> 20
+                )));
+            }
+            batches.push(batch);
+        }
+        Ok::<_, Error>((schema, batches))
     };
     let (schema, batches) = tokio::time::timeout(limits.time, work).await.map_err(|_| {
         Error::Invalid(format!("sql: the query took longer than its limit of {} s", limits.time.as_secs_f64()))

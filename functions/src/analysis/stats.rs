@@ -66,7 +66,7 @@ pub fn chi_square(a: u64, n_a: u64, b: u64, n_b: u64) -> Option<Tested> {
     Some(Tested { statistic, p: erfc((statistic / 2.0).sqrt()) })
 }
 
-/// Welch's t-test of two means: none when either group has fewer than two values.
+/// Welch's t-test of two means: none when either group has fewer than two values (or the figures overflow).
 pub fn welch(x: &Moments, y: &Moments) -> Option<Tested> {
     let (vx, vy) = (x.variance()?, y.variance()?);
     let (nx, ny) = (x.n as f64, y.n as f64);
@@ -82,7 +82,9 @@ pub fn welch(x: &Moments, y: &Moments) -> Option<Tested> {
     }
     let t = difference / se2.sqrt();
     let df = se2 * se2 / ((vx / nx).powi(2) / (nx - 1.0) + (vy / ny).powi(2) / (ny - 1.0));
-    Some(Tested { statistic: t, p: t_two_sided(t, df) })
+    let p = t_two_sided(t, df);
+    // Values so large that their moments overflow: no test rather than a NaN.
+    (t.is_finite() && p.is_finite()).then_some(Tested { statistic: t, p })
 }
 
 /// The two-sided p-value of Student's t with `df` degrees of freedom.

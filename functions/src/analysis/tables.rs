@@ -68,9 +68,13 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     personal: bool,
 ) -> Result<(Loaded, Found), Error> {
     let profiles = Profiles::read(store, config.snapshot.vault.clone(), Reading::Recompute(&[])).await?;
+    // Without personal data, message ids are keyed hashes: a profile's id is derived from its first event's
+    // message id and identifier, which would let a reader confirm a guessed email address.
+    let message_ids = if personal { None } else { Some(crate::suppression::hash_key(store).await?) };
     let mut loaded = Loaded { profiles: profiles.len(), ..Loaded::default() };
     let mut found = Found::default();
-    let events = events(store, config, personal, &profiles, &mut loaded, &mut found.events).await?;
+    let events =
+        events(store, config, personal, message_ids.as_ref(), &profiles, &mut loaded, &mut found.events).await?;
     ctx.register_table("events", Arc::new(events)).map_err(internal("the events table"))?;
 
     let rules = &config.snapshot.profiles;
@@ -84,7 +88,13 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     }
     ctx.register_table("profiles", Arc::new(wide(&traits, true)?)).map_err(internal("the profiles table"))?;
 
-    let values = tag_values(store).await?;
+    let mut values = tag_values(store).await?;
+    if !personal {
+        let hidden = copies_personal_data(config);
+        for (_, tags) in &mut values {
+            tags.retain(|id, _| !hidden.contains(id.as_str()));
+        }
+    }
     ctx.register_table("tags", Arc::new(wide(&values, false)?)).map_err(internal("the tags table"))?;
 
     let configured: Vec<String> = match &config.snapshot.definitions.audiences {
@@ -106,6 +116,7 @@ async fn events<S: ObjectStore>(
     store: &S,
     config: &RunConfig,
     personal: bool,
+    message_ids: Option<&shared::access::IdentifierKey>,
     profiles: &Profiles,
     loaded: &mut Loaded,
     names: &mut BTreeSet<String>,
@@ -139,9 +150,9 @@ async fn events<S: ObjectStore>(
             Some(text) => {
                 let sent = event.properties()?;
                 let mut clean = cleaning.clean_properties(&sent);
-                if !personal && sent.keys().any(|name| rules.is_personal(name)) {
+                if !personal && holds_personal(&sent, rules) {
                     let mut kept = clean.take().unwrap_or(sent);
-                    kept.retain(|name, _| !rules.is_personal(name));
+                    leave_out_personal(&mut kept, rules);
                     clean = Some(kept);
                 }
                 Some(match clean {
@@ -150,7 +161,10 @@ async fn events<S: ObjectStore>(
                 })
             }
         };
-        rows.message_id.append_value(message);
+        match message_ids {
+            Some(key) => rows.message_id.append_value(&key.hash(message)[..32]),
+            None => rows.message_id.append_value(message),
+        }
         rows.source_id.append_value(source);
         rows.kind.append_value(event.kind.as_str());
         if let Some(name) = event.event.as_deref()
@@ -183,6 +197,52 @@ async fn events<S: ObjectStore>(
     }
     loaded.last_event_ms = (latest_event > i64::MIN).then(|| latest_event.min(latest_receipt));
     MemTable::try_new(schema, vec![batches]).map_err(internal("the events table"))
+}
+
+/// Whether `properties` hold a personal one, at any depth.
+fn holds_personal(properties: &Map<String, Value>, rules: &shared::profile::ProfileRules) -> bool {
+    fn any(value: &Value, rules: &shared::profile::ProfileRules) -> bool {
+        match value {
+            Value::Object(map) => holds_personal(map, rules),
+            Value::Array(items) => items.iter().any(|v| any(v, rules)),
+            _ => false,
+        }
+    }
+    properties.iter().any(|(name, value)| rules.is_personal(name) || any(value, rules))
+}
+
+/// `properties` without the personal ones, at any depth.
+fn leave_out_personal(properties: &mut Map<String, Value>, rules: &shared::profile::ProfileRules) {
+    fn walk(value: &mut Value, rules: &shared::profile::ProfileRules) {
+        match value {
+            Value::Object(map) => leave_out_personal(map, rules),
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, rules)),
+            _ => {}
+        }
+    }
+    properties.retain(|name, _| !rules.is_personal(name));
+    properties.values_mut().for_each(|v| walk(v, rules));
+}
+
+/// The statistical tags whose values are a personal property's or trait's value as sent (`first`, `last`,
+/// `most_frequent`, `unique_list` of one).
+pub(super) fn copies_personal_data(config: &RunConfig) -> BTreeSet<String> {
+    use shared::tags::{AggregateOp, TagKind};
+    let rules = &config.snapshot.profiles;
+    let Some(tags) = &config.snapshot.tags else { return BTreeSet::new() };
+    tags.tags()
+        .iter()
+        .filter(|tag| match &tag.kind {
+            TagKind::Statistical { aggregate, .. } => {
+                matches!(
+                    aggregate.op,
+                    AggregateOp::First | AggregateOp::Last | AggregateOp::MostFrequent | AggregateOp::UniqueList
+                ) && aggregate.property.as_deref().is_some_and(|p| rules.is_personal(p.rsplit('.').next().unwrap_or(p)))
+            }
+            _ => false,
+        })
+        .map(|tag| tag.id.clone())
+        .collect()
 }
 
 #[derive(Default)]

@@ -79,6 +79,8 @@ fn funnel(order: Order) -> Funnel {
         order,
         from: at("2026-03-01T00:00:00Z"),
         to: at("2026-03-15T00:00:00Z"),
+        filters: Vec::new(),
+        exclusions: Vec::new(),
     }
 }
 
@@ -218,6 +220,9 @@ async fn sql_reads_the_tables_and_refuses_what_writes() {
     assert_eq!(answer.rows, [vec![json!("Product Added"), json!(4)], vec![json!("Product Viewed"), json!(6)]]);
     assert_eq!(answer.columns[1], json!({"name": "n", "type": "integer"}));
     assert!(!answer.truncated);
+    // 27 rows of 12 MB each: more than an answer may hold.
+    let huge = engine.sql("SELECT repeat('x', 12000000) FROM events", limits).await.unwrap_err().to_string();
+    assert!(huge.contains("the answer is larger than 256 MiB"), "{huge}");
 
     // Properties as tags read them: "10.5" is a number, " pro " is "pro".
     let answer = engine
@@ -270,7 +275,17 @@ async fn sql_reads_the_tables_and_refuses_what_writes() {
 }
 
 fn trend(measure: Measure, period: Period, from: &str, to: &str) -> Trends {
-    Trends { event: None, measure, period, from: at(from), to: at(to), breakdown: None, top: 10, audience: None }
+    Trends {
+        event: None,
+        measure,
+        period,
+        from: at(from),
+        to: at(to),
+        breakdown: None,
+        top: 10,
+        audience: None,
+        filters: Vec::new(),
+    }
 }
 
 /// A series' key, total and values.
@@ -294,6 +309,22 @@ async fn trends_measure_each_period_with_breakdowns_into_the_top_values_and_the_
     assert_eq!((result.series[0].key.as_deref(), result.series[0].total), (None, Some(4.0)));
     assert_eq!(points(&result.series[0]), [Some(2.0), Some(1.0), Some(1.0)]);
     assert_eq!(result.series[0].points[1].start, at("2026-03-03T00:00:00Z"));
+
+    // Filtered: by a trait (alice is on the pro plan, 31 years old), a property (every view's revenue is 10.5).
+    let filtered = |filters: &[&str]| Trends {
+        filters: filters.iter().map(|f| Filter::parse(f).expect("filter")).collect(),
+        ..views.clone()
+    };
+    let result = engine.trends(&filtered(&["trait:plan=pro"])).await.expect("pro");
+    assert_eq!(points(&result.series[0]), [Some(1.0), Some(0.0), Some(0.0)]);
+    let result = engine.trends(&filtered(&["trait:age>=30", "revenue>=10"])).await.expect("age");
+    assert_eq!(result.series[0].total, Some(1.0));
+    let result = engine.trends(&filtered(&["revenue>20"])).await.expect("revenue");
+    assert_eq!(result.series[0].total, Some(0.0));
+    let result = engine.trends(&filtered(&["trait:plan!=pro"])).await.expect("not pro");
+    assert_eq!(result.series[0].total, Some(3.0), "bob (free) and those without a plan");
+    let message = engine.trends(&filtered(&["trait:plna=pro"])).await.unwrap_err().to_string();
+    assert!(message.contains("filters[0]: no trait `plna` in the data; did you mean `plan`?"), "{message}");
 
     // Persons per week (from Monday): 7 in the first (the funnel people, r-1, r-2, r-4), 3 in the second
     // (bob, r-1, r-3); 8 different persons in all.
@@ -527,9 +558,9 @@ async fn an_audience_is_compared_with_the_rest_feature_by_feature_with_corrected
     assert_eq!((result.skipped[0].name.as_str(), result.skipped[0].source), ("email", compare::Source::Trait));
     assert!(!serde_json::to_string(&result).expect("json").contains("example.com"));
 
-    // Against another audience: the 5 northern pros are in both.
+    // Against another audience: the 5 northern pros are in both, and counted as pros only.
     let result = engine.compare(&compare(Some("northerners"))).await.expect("against");
-    assert_eq!((result.size, result.size_against), (10, 20));
+    assert_eq!((result.size, result.size_against), (10, 15));
     let region: Vec<(Option<&str>, f64, f64)> = result
         .features
         .iter()
@@ -669,4 +700,49 @@ async fn lifetime_value_is_observed_predicted_and_evaluated_on_the_held_out_hori
     // The one-time buyers (hibernating, with perhaps a regular or two) are worth less than the average buyer.
     assert!(ltv.by_segment["hibernating"].predicted < ltv.predicted_average, "{:?}", ltv.by_segment);
     assert!(ltv.predicted_revenue > 0.0 && ltv.parameters.bg_nbd.iter().all(|p| *p > 0.0), "{ltv:?}");
+}
+
+#[tokio::test]
+async fn funnel_steps_with_property_conditions_and_exclusion_steps() {
+    let (_dir, engine) = engine().await;
+    let on_step = |step: usize, text: &str| StepFilter { step, filter: Filter::parse(text).expect("filter") };
+    // Every order's revenue is "10.5" as sent (10.5 cleaned): at least 10 keeps alice's and dave's, over 20 none.
+    let at_least = Funnel { filters: vec![on_step(3, "revenue>=10")], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&at_least).await.expect("funnel")), [4, 3, 2]);
+    let over = Funnel { filters: vec![on_step(3, "revenue>20")], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&over).await.expect("funnel")), [4, 3, 0]);
+    // " pro " cleaned is "pro".
+    let plan = Funnel { filters: vec![on_step(1, "plan=pro"), on_step(2, "plan!=free")], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&plan).await.expect("funnel")), [4, 3, 2]);
+
+    let exclude = |event: &str, from_step: Option<usize>, to_step: Option<usize>| Exclusion {
+        event: event.into(),
+        from_step,
+        to_step,
+    };
+    // Dave searched between viewing and adding: he drops out after step 1.
+    let searched = Funnel { exclusions: vec![exclude("Products Searched", None, None)], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&searched).await.expect("funnel")), [4, 2, 1]);
+    // Not between adding and completing.
+    let later = Funnel { exclusions: vec![exclude("Products Searched", Some(2), Some(3))], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&later).await.expect("funnel")), [4, 3, 2]);
+    // The platform's delivery record, named, between alice's view and add: she drops out after step 1.
+    let delivered =
+        Funnel { exclusions: vec![exclude("Webhook Delivered", Some(1), Some(2))], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&delivered).await.expect("funnel")), [4, 2, 1]);
+
+    let engine = &engine;
+    let bad = |funnel: Funnel| async move { engine.funnel(&funnel).await.unwrap_err().to_string() };
+    let message =
+        bad(Funnel { exclusions: vec![exclude("Products Searched", Some(2), Some(2))], ..funnel(Order::Ordered) })
+            .await;
+    assert!(message.contains("exclusions[0]: fromStep 2 must come before toStep 2"), "{message}");
+    let message =
+        bad(Funnel { exclusions: vec![exclude("Products Serched", None, None)], ..funnel(Order::Ordered) }).await;
+    assert!(message.contains("exclusions[0].event: no event `Products Serched`"), "{message}");
+    let message = bad(Funnel { filters: vec![on_step(4, "revenue>1")], ..funnel(Order::Ordered) }).await;
+    assert!(message.contains("filters[0].step: 1 to 3, not 4"), "{message}");
+    let message =
+        bad(Funnel { exclusions: vec![exclude("Products Searched", None, None)], ..funnel(Order::Any) }).await;
+    assert!(message.contains("exclusions: steps in any order"), "{message}");
 }

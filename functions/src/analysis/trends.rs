@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::{Filter, Of};
 use super::period::Period;
 use super::{Engine, Limits, MAX_ROWS};
 use crate::Error;
@@ -67,6 +68,9 @@ pub struct Trends {
     /// Only persons in this audience (its last computed members).
     #[serde(default)]
     pub audience: Option<String>,
+    /// Only events meeting all of these (on their properties, or their person's traits or tags).
+    #[serde(default)]
+    pub filters: Vec<Filter>,
 }
 
 fn ten() -> usize {
@@ -147,6 +151,18 @@ impl Trends {
         if let Some(audience) = &self.audience {
             super::check_name("audience", "audience", audience, &engine.audiences)?;
         }
+        if self.filters.len() > 20 {
+            return Err(Error::Invalid("filters: at most 20".into()));
+        }
+        for (i, filter) in self.filters.iter().enumerate() {
+            let field = format!("filters[{i}]");
+            filter.check(&field)?;
+            match filter.of {
+                Of::Property => {}
+                Of::Trait => super::check_name(&field, "trait", &filter.property, &engine.traits)?,
+                Of::Tag => super::check_name(&field, "tag", &filter.property, &engine.tags)?,
+            }
+        }
         Ok(())
     }
 }
@@ -157,7 +173,7 @@ pub(super) fn literal(text: &str) -> String {
 }
 
 /// A SQL identifier.
-fn identifier(text: &str) -> String {
+pub(super) fn identifier(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }
 
@@ -202,6 +218,20 @@ pub(super) async fn run(engine: &Engine, trends: &Trends) -> Result<TrendsResult
             " AND e.profile_id IN (SELECT profile_id FROM memberships WHERE audience = {})",
             literal(audience)
         ));
+    }
+    if trends.filters.iter().any(|f| f.of == Of::Trait) {
+        joins.push_str(" LEFT JOIN profiles pf ON e.profile_id = pf.profile_id");
+    }
+    if trends.filters.iter().any(|f| f.of == Of::Tag) {
+        joins.push_str(" LEFT JOIN tags tf ON e.profile_id = tf.profile_id");
+    }
+    for condition in &trends.filters {
+        let alias = match condition.of {
+            Of::Property => "e",
+            Of::Trait => "pf",
+            Of::Tag => "tf",
+        };
+        filter.push_str(&format!(" AND coalesce({}, FALSE)", condition.sql(alias)));
     }
     let base =
         format!("SELECT {key} AS k, e.timestamp AS ts, e.profile_id, e.properties FROM events e{joins} WHERE {filter}");

@@ -33,7 +33,8 @@ pub struct Value {
     /// The purchase's numeric property that is its revenue.
     #[serde(default = "revenue")]
     pub revenue_property: String,
-    /// The data is read up to this time (excluded): RFM's second date, and where predictions start.
+    /// The data is read up to this time (excluded): RFM's second date, and where predictions start (no later
+    /// than the end of the data's last day).
     pub at: UtcTime,
     /// RFM's first date: the segments then, and how the buyers moved to those at `at` (none: no movement).
     #[serde(default)]
@@ -158,6 +159,8 @@ pub struct ValueResult {
     pub lifetime_value: Option<LifetimeValue>,
     /// The horizon, in days.
     pub horizon_days: u32,
+    /// Where the data read ends: `at`, or the data's end where that is sooner.
+    pub at: UtcTime,
 }
 
 /// What a buyer who had not purchased yet at `since` moves from.
@@ -191,7 +194,11 @@ type Purchases = Vec<(i64, f64)>;
 /// Runs `value` on `engine`.
 pub(super) async fn run(engine: &Engine, value: &Value) -> Result<ValueResult, Error> {
     value.check(&engine.event_names)?;
-    let at = value.at.unix_millis();
+    let deadline = std::time::Instant::now() + super::ANALYSIS_TIME;
+    // No later than the end of the data's last day: a horizon held out after the data's end would hold nothing.
+    let data_end = engine.loaded.last_event_ms.map_or(i64::MIN, |ms| (ms.div_euclid(DAY_MS) + 1) * DAY_MS);
+    let at = value.at.unix_millis().min(data_end.max(value.since.map_or(i64::MIN, |s| s.unix_millis() + 1)));
+    let at_time = UtcTime::from_unix_millis(at).unwrap_or(value.at);
     let query = format!(
         "SELECT profile_id, timestamp, property_number(properties, {}) FROM events WHERE profile_id IS NOT NULL AND \
          event = {} AND timestamp < to_timestamp_millis({at}) ORDER BY profile_id, timestamp, message_id",
@@ -235,9 +242,14 @@ pub(super) async fn run(engine: &Engine, value: &Value) -> Result<ValueResult, E
         movement = moved.into_iter().map(|((from, to), buyers)| Movement { from, to, buyers }).collect();
         movement.sort_by(|a, b| b.buyers.cmp(&a.buyers).then(a.from.cmp(&b.from)).then(a.to.cmp(&b.to)));
     }
-    rfm.push(Segments { at: value.at, buyers: now_of.iter().flatten().count() as u64, segments: now_segments });
-    let lifetime_value = lifetime(&buyers, &now_of, at, value.horizon_days, value.at)?;
-    Ok(ValueResult { rfm, movement, lifetime_value, horizon_days: value.horizon_days })
+    rfm.push(Segments { at: at_time, buyers: now_of.iter().flatten().count() as u64, segments: now_segments });
+    // The models' fits are long computations: off the async workers, with the analysis's deadline.
+    let horizon = value.horizon_days;
+    let lifetime_value =
+        tokio::task::spawn_blocking(move || lifetime(&buyers, &now_of, at, horizon, at_time, deadline))
+            .await
+            .map_err(|e| Error::Internal(format!("the value models: {e}")))??;
+    Ok(ValueResult { rfm, movement, lifetime_value, horizon_days: value.horizon_days, at: at_time })
 }
 
 /// Buyers per segment at `at`, and each buyer's segment then (none: no purchase before it).
@@ -291,15 +303,42 @@ fn summary(purchases: &[(i64, f64)], end: i64) -> Option<Summary> {
     })
 }
 
-/// Both models fitted on `summaries`; none when too few.
-fn fit(summaries: &[Summary]) -> Option<(BgNbd, Option<GammaGamma>)> {
+/// Both models fitted on `summaries`; none when too few; an error past `deadline`.
+fn fit(summaries: &[Summary], deadline: std::time::Instant) -> Result<Option<(BgNbd, Option<GammaGamma>)>, Error> {
     if summaries.len() < MIN_BUYERS {
-        return None;
+        return Ok(None);
     }
-    let bg = BgNbd::fit(summaries)?;
+    let Some(bg) = BgNbd::fit(&weighted(summaries), deadline)? else { return Ok(None) };
     let spenders: Vec<&Summary> = summaries.iter().filter(|s| s.average > 0.0).collect();
-    let gg = if spenders.len() >= MIN_BUYERS { GammaGamma::fit(&spenders) } else { None };
-    Some((bg, gg))
+    let gg = if spenders.len() >= MIN_BUYERS { GammaGamma::fit(&spenders, deadline)? } else { None };
+    Ok(Some((bg, gg)))
+}
+
+/// The summaries BG/NBD reads, buyers alike to the hour counted once with their number: the fit's cost is
+/// then the distinct histories', not the buyers'.
+fn weighted(summaries: &[Summary]) -> Vec<(Summary, f64)> {
+    let mut buckets: std::collections::HashMap<(u64, i64, i64), f64> = std::collections::HashMap::new();
+    for s in summaries {
+        let key = (s.x as u64, (s.tx * 24.0).round() as i64, (s.t * 24.0).round() as i64);
+        *buckets.entry(key).or_default() += 1.0;
+    }
+    let mut out: Vec<(Summary, f64)> = buckets
+        .into_iter()
+        .map(|((x, tx, t), weight)| {
+            let (x, tx, t) = (x as f64, tx as f64 / 24.0, t as f64 / 24.0);
+            (Summary { x, tx, t, n: x + 1.0, average: 0.0 }, weight)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.x.total_cmp(&b.0.x).then(a.0.tx.total_cmp(&b.0.tx)).then(a.0.t.total_cmp(&b.0.t)));
+    out
+}
+
+/// The error of a fit past its deadline.
+fn too_long() -> Error {
+    Error::Invalid(format!(
+        "the value models took longer than the analysis's limit of {} s; narrow the data (an earlier --at)",
+        super::ANALYSIS_TIME.as_secs()
+    ))
 }
 
 /// A buyer's expected order value: Gamma-Gamma's, or the population's average without it.
@@ -316,6 +355,7 @@ fn lifetime(
     at: i64,
     horizon_days: u32,
     at_time: UtcTime,
+    deadline: std::time::Instant,
 ) -> Result<Option<LifetimeValue>, Error> {
     let horizon = f64::from(horizon_days);
     let cut = at - i64::from(horizon_days) * DAY_MS;
@@ -323,7 +363,7 @@ fn lifetime(
     let calibration: Vec<(usize, Summary)> =
         buyers.iter().enumerate().filter_map(|(i, p)| Some((i, summary(p, cut)?))).collect();
     let summaries: Vec<Summary> = calibration.iter().map(|(_, s)| *s).collect();
-    let holdout = match fit(&summaries) {
+    let holdout = match fit(&summaries, deadline)? {
         None => None,
         Some((bg, gg)) => {
             let population = mean(summaries.iter().map(|s| s.average));
@@ -359,7 +399,7 @@ fn lifetime(
     let now: Vec<(usize, Summary)> =
         buyers.iter().enumerate().filter_map(|(i, p)| Some((i, summary(p, at)?))).collect();
     let summaries: Vec<Summary> = now.iter().map(|(_, s)| *s).collect();
-    let Some((bg, gg)) = fit(&summaries) else { return Ok(None) };
+    let Some((bg, gg)) = fit(&summaries, deadline)? else { return Ok(None) };
     let population = mean(summaries.iter().map(|s| s.average));
     let mut by_segment: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
     let (mut observed, mut predicted) = (0.0, 0.0);
@@ -424,27 +464,35 @@ impl BgNbd {
         }
     }
 
-    /// Fitted by maximum likelihood; none when the fit does not converge to finite values.
-    fn fit(summaries: &[Summary]) -> Option<Self> {
+    /// Fitted by maximum likelihood on weighted summaries; none when the fit does not converge to finite
+    /// values; an error past `deadline`.
+    fn fit(summaries: &[(Summary, f64)], deadline: std::time::Instant) -> Result<Option<Self>, Error> {
         let objective = |theta: &[f64]| {
             let model = BgNbd([theta[0].exp(), theta[1].exp(), theta[2].exp(), theta[3].exp()]);
-            let total: f64 = summaries.iter().map(|s| model.ln_likelihood(s)).sum();
+            let total: f64 = summaries.iter().map(|(s, w)| w * model.ln_likelihood(s)).sum();
             if total.is_finite() { -total } else { f64::MAX }
         };
-        let mean_t = mean(summaries.iter().map(|s| s.t)).max(1.0);
+        let weight: f64 = summaries.iter().map(|(_, w)| w).sum();
+        let mean_t = (summaries.iter().map(|(s, w)| s.t * w).sum::<f64>() / weight.max(1.0)).max(1.0);
         let start = [0.0, mean_t.ln(), 0.0, 0.0];
-        let theta = nelder_mead(objective, &start, 3_000);
+        let theta = nelder_mead(objective, &start, 3_000, deadline).ok_or_else(too_long)?;
         let fitted = BgNbd([theta[0].exp(), theta[1].exp(), theta[2].exp(), theta[3].exp()]);
-        fitted.0.iter().all(|p| p.is_finite() && *p > 0.0).then_some(fitted)
+        Ok(fitted.0.iter().all(|p| p.is_finite() && *p > 0.0).then_some(fitted))
     }
 
-    /// The expected purchases of a buyer in the next `t` days.
+    /// The expected purchases of a buyer in the next `t` days. ((α+T)/(α+T+t))^(r+x) ₂F₁(r+x, b+x; a+b+x−1; z)
+    /// is computed by Euler's transformation as (1−z)^(a−1) ₂F₁(a+b−1−r, a−1; a+b+x−1; z), whose series stays
+    /// small for the heaviest buyers (the first form's factors overflow and underflow).
     fn expected(&self, s: &Summary, t: f64) -> f64 {
-        let [r, alpha, a, b] = self.0;
+        let [r, alpha, mut a, b] = self.0;
+        if (a - 1.0).abs() < 1e-7 {
+            // The formula's limit at a = 1, by a point beside it.
+            a = 1.0 + 1e-7;
+        }
         let z = t / (alpha + s.t + t);
-        let hyper = hypergeometric(r + s.x, b + s.x, a + b + s.x - 1.0, z);
-        let numerator =
-            (a + b + s.x - 1.0) / (a - 1.0) * (1.0 - ((alpha + s.t) / (alpha + s.t + t)).powf(r + s.x) * hyper);
+        let c = a + b + s.x - 1.0;
+        let transformed = (1.0 - z).powf(a - 1.0) * hypergeometric(a + b - 1.0 - r, a - 1.0, c, z);
+        let numerator = c / (a - 1.0) * (1.0 - transformed);
         let alive = if s.x > 0.0 { a / (b + s.x - 1.0) * ((alpha + s.t) / (alpha + s.tx)).powf(r + s.x) } else { 0.0 };
         let expected = numerator / (1.0 + alive);
         if expected.is_finite() { expected.max(0.0) } else { 0.0 }
@@ -456,7 +504,7 @@ impl BgNbd {
 struct GammaGamma([f64; 3]);
 
 impl GammaGamma {
-    fn fit(spenders: &[&Summary]) -> Option<Self> {
+    fn fit(spenders: &[&Summary], deadline: std::time::Instant) -> Result<Option<Self>, Error> {
         let objective = |theta: &[f64]| {
             let (p, q, g) = (theta[0].exp(), theta[1].exp(), theta[2].exp());
             let total: f64 = spenders
@@ -473,10 +521,10 @@ impl GammaGamma {
             if total.is_finite() { -total } else { f64::MAX }
         };
         let m = mean(spenders.iter().map(|s| s.average)).max(1e-9);
-        let theta = nelder_mead(objective, &[0.0, 1.0, m.ln()], 3_000);
+        let theta = nelder_mead(objective, &[0.0, 1.0, m.ln()], 3_000, deadline).ok_or_else(too_long)?;
         let fitted = GammaGamma([theta[0].exp(), theta[1].exp(), theta[2].exp()]);
         // q ≤ 1 has no finite expected order value.
-        (fitted.0.iter().all(|p| p.is_finite() && *p > 0.0) && fitted.0[1] > 1.0).then_some(fitted)
+        Ok((fitted.0.iter().all(|p| p.is_finite() && *p > 0.0) && fitted.0[1] > 1.0).then_some(fitted))
     }
 
     fn expected(&self, s: &Summary) -> f64 {
@@ -499,8 +547,13 @@ fn hypergeometric(a: f64, b: f64, c: f64, z: f64) -> f64 {
     sum
 }
 
-/// The minimum of `f` near `start` (Nelder–Mead, at most `iterations` steps).
-fn nelder_mead(f: impl Fn(&[f64]) -> f64, start: &[f64], iterations: usize) -> Vec<f64> {
+/// The minimum of `f` near `start` (Nelder–Mead, at most `iterations` steps); none past `deadline`.
+fn nelder_mead(
+    f: impl Fn(&[f64]) -> f64,
+    start: &[f64],
+    iterations: usize,
+    deadline: std::time::Instant,
+) -> Option<Vec<f64>> {
     let n = start.len();
     let mut simplex: Vec<(Vec<f64>, f64)> = (0..=n)
         .map(|i| {
@@ -513,6 +566,9 @@ fn nelder_mead(f: impl Fn(&[f64]) -> f64, start: &[f64], iterations: usize) -> V
         })
         .collect();
     for _ in 0..iterations {
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
         if (simplex[n].1 - simplex[0].1).abs() <= 1e-10 * (1.0 + simplex[0].1.abs()) {
             break;
@@ -547,7 +603,7 @@ fn nelder_mead(f: impl Fn(&[f64]) -> f64, start: &[f64], iterations: usize) -> V
         }
     }
     simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
-    simplex.swap_remove(0).0
+    Some(simplex.swap_remove(0).0)
 }
 
 #[cfg(test)]
@@ -629,7 +685,8 @@ mod tests {
     fn bg_nbd_recovers_a_known_process_and_predicts_its_next_purchases() {
         let truth = [0.8, 20.0, 0.8, 2.5];
         let (summaries, later) = simulate(truth, 6_000, 90.0);
-        let fitted = BgNbd::fit(&summaries).expect("fitted");
+        let later_deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let fitted = BgNbd::fit(&weighted(&summaries), later_deadline).unwrap().expect("fitted");
         // The likelihood is higher at the fit than at the truth (a maximum), and near it.
         let ll = |m: &BgNbd| summaries.iter().map(|s| m.ln_likelihood(s)).sum::<f64>();
         assert!(ll(&fitted) >= ll(&BgNbd(truth)), "{fitted:?}");
@@ -643,6 +700,13 @@ mod tests {
         let recent = Summary { x: 5.0, tx: 95.0, t: 100.0, n: 6.0, average: 10.0 };
         let gone = Summary { x: 5.0, tx: 10.0, t: 100.0, n: 6.0, average: 10.0 };
         assert!(fitted.expected(&recent, 90.0) > 3.0 * fitted.expected(&gone, 90.0));
+        // The heaviest buyers too (the untransformed series overflows for them): about their own rate.
+        let heavy = Summary { x: 400.0, tx: 29.0, t: 30.0, n: 401.0, average: 10.0 };
+        let expected = BgNbd([0.8, 20.0, 0.8, 2.5]).expected(&heavy, 365.0);
+        assert!((100.0..200.0).contains(&expected), "{expected}");
+        // Past its deadline, a fit stops with an error.
+        let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        assert!(BgNbd::fit(&weighted(&summaries), past).unwrap_err().to_string().contains("longer than"));
     }
 
     #[test]
@@ -658,7 +722,8 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Summary> = spenders.iter().collect();
-        let gg = GammaGamma::fit(&refs).expect("fitted");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let gg = GammaGamma::fit(&refs, deadline).unwrap().expect("fitted");
         let population = mean(spenders.iter().map(|s| s.average));
         let one_big = Summary { x: 0.0, tx: 0.0, t: 100.0, n: 1.0, average: 200.0 };
         let many_big = Summary { x: 9.0, tx: 90.0, t: 100.0, n: 10.0, average: 200.0 };

@@ -1,7 +1,7 @@
 //! `POST /v1/sql` and `POST /v1/analyze/{trends,funnel,retention,paths,compare,value}`: read-only SQL and the analyses
 //! over all the data ([`crate::analysis`]), with the scope `analysis:read`. Personal traits and properties are
-//! in the tables only for keys that also hold `pii:read`. Each call is audited (`analysis.run`; a query by its
-//! SHA-256, never its text). One analysis runs at a time per instance: each may use up to 2 GiB.
+//! in the tables only for keys that also hold `pii:read`. Each call is audited (`analysis.run`; a query or a
+//! definition by its SHA-256, never its text). One analysis runs at a time per instance: each may use up to 2 GiB.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +121,9 @@ where
 {
     let actor = api.authorize(headers, Scope::AnalysisRead).await?;
     let definition: D = parse_body(body)?;
-    let detail = serde_json::json!({"definition": definition});
+    // By its hash: a definition's filters may hold a person's data (`email = …`), which the log must not.
+    let text = serde_json::to_string(&definition).unwrap_or_default();
+    let detail = serde_json::json!({"definition": shared::ids::sha256_hex(&text)});
     let (engine, _permit) = engine(api, headers, actor, &format!("analyze:{kind}"), detail).await?;
     let result = run(&engine, &definition).await?;
     Ok(json_body(&result).into_response())
@@ -130,7 +132,7 @@ where
 /// A trend: a measure per period, optionally broken down.
 #[utoipa::path(
     post, path = "/v1/analyze/trends", tag = "analysis",
-    request_body(content = Object, description = "`{\"event\"?, \"measure\": {\"op\": \"events\"|\"persons\"|\"sum\"|\"average\", \"property\"?}, \"period\": \"day\"|\"week\"|\"month\", \"from\", \"to\", \"breakdown\"?: {\"property\"|\"trait\"|\"tag\": name}, \"top\", \"audience\"?}`"),
+    request_body(content = Object, description = "`{\"event\"?, \"measure\": {\"op\": \"events\"|\"persons\"|\"sum\"|\"average\", \"property\"?}, \"period\": \"day\"|\"week\"|\"month\", \"from\", \"to\", \"breakdown\"?: {\"property\"|\"trait\"|\"tag\": name}, \"top\", \"audience\"?, \"filters\"?: [{\"of\"?: \"property\"|\"trait\"|\"tag\", \"property\", \"op\", \"value\"?}]}`"),
     responses(
         (status = 200, description = "`{\"series\": [{\"key\", \"total\", \"points\": [{\"start\", \"value\"}]}], …}`", body = Object),
         (status = 400, description = "A bad definition: the message names the field (and the closest known name)", body = ErrorBody),
@@ -151,7 +153,7 @@ pub(crate) async fn trends<S: ObjectStore + Clone>(
 /// A funnel: persons per step within a conversion window.
 #[utoipa::path(
     post, path = "/v1/analyze/funnel", tag = "analysis",
-    request_body(content = Object, description = "`{\"steps\": [event, …] (2 to 10), \"windowMs\", \"order\": \"ordered\"|\"strict\"|\"any\", \"from\", \"to\"}`"),
+    request_body(content = Object, description = "`{\"steps\": [event, …] (2 to 10), \"windowMs\", \"order\": \"ordered\"|\"strict\"|\"any\", \"from\", \"to\", \"filters\"?: [{\"step\", \"filter\"}], \"exclusions\"?: [{\"event\", \"fromStep\"?, \"toStep\"?}]}`"),
     responses(
         (status = 200, description = "`{\"steps\": [{\"event\", \"persons\", \"conversionFromFirst\", \"conversionFromPrevious\", \"medianSeconds\", \"averageSeconds\"}], …}`", body = Object),
         (status = 400, description = "A bad definition: the message names the field (and the closest known name)", body = ErrorBody),

@@ -709,10 +709,25 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
                 json!({"userId": "u1", "event": "Order Completed",
                                          "properties": {"email": "ann@example.com", "total": 20}})
             ),
-            ev("track", "m4", 4, json!({"userId": "u2", "event": "Product Viewed"})),
+            ev(
+                "track",
+                "m4",
+                4,
+                json!({"userId": "u2", "event": "Product Viewed",
+                                         "properties": {"customer": {"email": "bo@example.com", "tier": "gold"}}})
+            ),
         ]),
     )
     .await;
+    // A tag copying a personal property, and one that does not.
+    let tags = json!([
+        {"id": "last_email", "status": "active", "kind": "statistical", "expected": true,
+         "aggregate": {"op": "last", "property": "email"}},
+        {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
+         "aggregate": {"op": "count"}}
+    ]);
+    f.store.put("config/tags.json", tags.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    crate::tagging::full_recompute(&f.store, now()).await.unwrap();
     let analyst = key(&f.store, "analyst", &[Scope::AnalysisRead]).await;
     let reader = key(&f.store, "reader", &[Scope::ProfilesRead, Scope::PiiRead]).await;
     let query = json!({"query": "SELECT p.plan, p.traits, e.properties FROM events e JOIN profiles p \
@@ -727,10 +742,23 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
     assert_eq!(body["rows"][0][0], "pro");
     assert!(!body.to_string().contains("ann@example.com"), "{body}");
     assert!(body["rows"][0][2].as_str().unwrap().contains("\"total\":20"), "{body}");
+    // Nor in a tag copying it, nor nested in a property; message ids are keyed hashes (a profile's id is
+    // derived from its first event's, which would confirm a guessed identifier).
+    let everything = json!({"query": "SELECT t.*, e.properties, e.message_id FROM events e \
+                                      LEFT JOIN tags t ON e.profile_id = t.profile_id"});
+    let (status, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(everything.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains("@example.com") && !text.contains("last_email"), "{body}");
+    assert!(text.contains("\"orders\"") && text.contains("gold"), "{body}");
+    assert!(!text.contains("\"m3\""), "{body}");
     // With it (admin holds every scope): in clear.
     let (status, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(query)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("ann@example.com"), "{body}");
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(everything)).await;
+    let text = body.to_string();
+    assert!(text.contains("bo@example.com") && text.contains("last_email") && text.contains("\"m3\""), "{body}");
 
     let funnel = json!({"steps": ["Product Viewed", "Order Completed"], "windowMs": 3_600_000,
                         "from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z"});
@@ -760,12 +788,12 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
         f.call("POST", "/v1/analyze/compare", Some(&analyst), Some(json!({"audience": "x", "extra": 1}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    // Audited: who ran what, a query by its hash, never its text.
+    // Audited: who ran what, a query or a definition by its hash, never its text.
     let (_, audit) = f.get("/v1/audit", &f.admin).await;
     let runs: Vec<&Value> =
         audit["records"].as_array().unwrap().iter().filter(|r| r["action"] == "analysis.run").collect();
     assert!(runs.len() >= 5, "{audit}");
-    assert!(!audit.to_string().contains("Order Completed'"), "the query's text is not kept");
+    assert!(!audit.to_string().contains("Order Completed"), "neither a query's text nor a definition is kept");
     let document: Value = serde_json::from_str(&openapi_document()).unwrap();
     for path in ["/v1/sql", "/v1/analyze/funnel", "/v1/analyze/compare"] {
         assert!(document["paths"][path]["post"].is_object(), "{path} documented");
