@@ -214,6 +214,12 @@ pub(crate) struct FunnelArgs {
     /// before step TO (default: the first and the last) drops out after FROM.
     #[arg(long = "exclude")]
     exclusions: Vec<String>,
+    /// A breakdown: `property:NAME` (of the first step's event), `trait:NAME` or `tag:NAME`.
+    #[arg(long)]
+    breakdown: Option<String>,
+    /// Values of the breakdown kept, the most persons first; the rest are one `(other)` (1 to 50).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
     /// The result as JSON.
     #[arg(long)]
     json: bool,
@@ -241,6 +247,12 @@ pub(crate) struct RetentionArgs {
     /// Last day a cohort may start (included); default today.
     #[arg(long)]
     to: Option<String>,
+    /// A breakdown: `trait:NAME` or `tag:NAME`.
+    #[arg(long)]
+    breakdown: Option<String>,
+    /// Values of the breakdown kept, the most persons first; the rest are one `(other)` (1 to 50).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
     /// The result as JSON.
     #[arg(long)]
     json: bool,
@@ -282,13 +294,7 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                 MeasureArg::Sum => Measure::Sum { property: property()? },
                 MeasureArg::Average => Measure::Average { property: property()? },
             };
-            let breakdown = match args.breakdown.as_deref().map(|b| b.split_once(':')) {
-                None => None,
-                Some(Some(("property", name))) => Some(Breakdown::Property(name.to_string())),
-                Some(Some(("trait", name))) => Some(Breakdown::Trait(name.to_string())),
-                Some(Some(("tag", name))) => Some(Breakdown::Tag(name.to_string())),
-                Some(_) => bail!("--breakdown: `property:NAME`, `trait:NAME` or `tag:NAME`"),
-            };
+            let breakdown = breakdown_of(args.breakdown.as_deref())?;
             let (from, to) = last_30_days(args.from.as_deref(), args.to.as_deref())?;
             let trends = Trends {
                 event: args.event,
@@ -348,7 +354,17 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                     to_step: between.map(|b| b.1),
                 });
             }
-            let funnel = Funnel { steps, window_ms: window(&args.window)?, order, from, to, filters, exclusions };
+            let funnel = Funnel {
+                steps,
+                window_ms: window(&args.window)?,
+                order,
+                from,
+                to,
+                filters,
+                exclusions,
+                breakdown: breakdown_of(args.breakdown.as_deref())?,
+                top: args.top,
+            };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.funnel(&funnel))?;
             show(args.json, &result, funnel_text)?;
@@ -370,6 +386,8 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
                 periods: args.periods,
                 from,
                 to,
+                breakdown: breakdown_of(args.breakdown.as_deref())?,
+                top: args.top,
             };
             let (runtime, engine) = load(&args.data)?;
             let result = runtime.block_on(engine.retention(&retention))?;
@@ -423,6 +441,17 @@ pub(crate) fn analyze(command: AnalyzeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--breakdown property:NAME`, `trait:NAME` or `tag:NAME`.
+fn breakdown_of(text: Option<&str>) -> anyhow::Result<Option<Breakdown>> {
+    Ok(match text.map(|b| b.split_once(':')) {
+        None => None,
+        Some(Some(("property", name))) => Some(Breakdown::Property(name.to_string())),
+        Some(Some(("trait", name))) => Some(Breakdown::Trait(name.to_string())),
+        Some(Some(("tag", name))) => Some(Breakdown::Tag(name.to_string())),
+        Some(_) => bail!("--breakdown: `property:NAME`, `trait:NAME` or `tag:NAME`"),
+    })
 }
 
 /// The result as JSON, or as text.
@@ -554,7 +583,17 @@ fn seconds(s: Option<f64>) -> String {
 fn funnel_text(result: &FunnelResult) -> String {
     let mut out =
         format!("funnel from {} to {} (window {})\n", result.from, result.to, seconds(Some(result.window_seconds)));
-    for (k, step) in result.steps.iter().enumerate() {
+    out.push_str(&steps_text(&result.steps));
+    for series in &result.breakdown {
+        out.push_str(&format!("{}\n", series.key));
+        out.push_str(&steps_text(&series.steps));
+    }
+    out
+}
+
+fn steps_text(steps: &[functions::analysis::funnel::Step]) -> String {
+    let mut out = String::new();
+    for (k, step) in steps.iter().enumerate() {
         out.push_str(&format!(
             "  {}. {:<32} {:>9} reached  {:>6.1} % of the first  {:>6.1} % of the step before  median {}\n",
             k + 1,
@@ -596,12 +635,21 @@ fn retention_text(result: &RetentionResult) -> String {
     if result.cohorts.is_empty() {
         return "no cohort: nobody's first event is in the range\n".into();
     }
+    let mut out = cohorts_text(&result.cohorts, result.periods);
+    for series in &result.breakdown {
+        out.push_str(&format!("{}\n", series.key));
+        out.push_str(&cohorts_text(&series.cohorts, result.periods));
+    }
+    out
+}
+
+fn cohorts_text(cohorts: &[functions::analysis::retention::Cohort], periods: u32) -> String {
     let mut out = format!("{:<10} {:>8}", "cohort", "persons");
-    for k in 0..result.periods {
+    for k in 0..periods {
         out.push_str(&format!(" {:>7}", format!("{k}")));
     }
     out.push('\n');
-    for cohort in &result.cohorts {
+    for cohort in cohorts {
         out.push_str(&format!("{:<10} {:>8}", &cohort.start.to_string()[..10], cohort.size));
         for rate in &cohort.rates {
             match rate {

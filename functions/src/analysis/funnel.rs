@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::filter::Filter;
 use super::period::{DAY_MS, median};
+use super::trends::Breakdown;
 use super::{Engine, PersonEvents};
 use crate::Error;
 use shared::time::UtcTime;
@@ -43,6 +44,26 @@ pub struct Funnel {
     /// Events that make a person drop out between two steps.
     #[serde(default)]
     pub exclusions: Vec<Exclusion>,
+    /// A breakdown: by a property of the person's first step's event (first touch), or a trait or tag.
+    #[serde(default)]
+    pub breakdown: Option<Breakdown>,
+    /// Values of the breakdown kept (the most persons at the first step), the others as `(other)`: 1 to 50.
+    #[serde(default = "ten")]
+    pub top: usize,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// The steps of the persons with one value of the breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Series {
+    /// The value (`(none)`: persons without one; `(other)`: the values past the top ones).
+    pub key: String,
+    /// Its steps, as the funnel's.
+    pub steps: Vec<Step>,
 }
 
 /// A condition on a step's event.
@@ -109,6 +130,9 @@ pub struct FunnelResult {
     pub from: UtcTime,
     /// Its end (excluded).
     pub to: UtcTime,
+    /// Per value of the breakdown, the most persons first (empty without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdown: Vec<Series>,
 }
 
 /// Steps a funnel has at most.
@@ -138,6 +162,9 @@ impl Funnel {
             if !self.exclusions.is_empty() {
                 return Err(Error::Invalid("exclusions: steps in any order have no \"between\"".into()));
             }
+        }
+        if !(1..=50).contains(&self.top) {
+            return Err(Error::Invalid(format!("top: 1 to 50, not {}", self.top)));
         }
         if self.filters.len() > 20 {
             return Err(Error::Invalid("filters: at most 20".into()));
@@ -173,6 +200,9 @@ impl Funnel {
 /// Runs `funnel` on `engine`.
 pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult, Error> {
     funnel.check(&engine.event_names)?;
+    if let Some(breakdown) = &funnel.breakdown {
+        super::check_breakdown(engine, breakdown)?;
+    }
     let (from, to) = (funnel.from.unix_millis(), funnel.to.unix_millis());
     let mut named = funnel.steps.clone();
     named.extend(funnel.exclusions.iter().map(|e| e.event.clone()));
@@ -193,13 +223,47 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
     conditions.resize(EXCLUDED, "FALSE".to_string());
     conditions.extend(funnel.exclusions.iter().map(|e| format!("e.event = {}", super::trends::literal(&e.event))));
     let end = to.saturating_add(funnel.window_ms);
-    let sorted = engine.person_events_matching(names, &named, Some(from), end, &conditions).await?;
+    let sorted =
+        engine.person_events_matching(names, &named, Some(from), end, &conditions, funnel.breakdown.as_ref()).await?;
     let people = sorted.people();
+    // Each person's furthest attempt, with the breakdown's value at its first step (first touch).
+    let attempts: Vec<(Option<&str>, Vec<i64>)> = people
+        .iter()
+        .filter_map(|person| best(funnel, person, from, to).map(|(start, times)| (person.keys[start], times)))
+        .collect();
+    let steps = steps_of(funnel, attempts.iter().map(|(_, times)| times));
+    let mut breakdown = Vec::new();
+    if funnel.breakdown.is_some() {
+        let mut by_key: std::collections::BTreeMap<Option<&str>, u64> = std::collections::BTreeMap::new();
+        for (key, _) in &attempts {
+            *by_key.entry(*key).or_default() += 1;
+        }
+        let kept = super::top_keys(by_key.into_iter(), funnel.top);
+        for key in &kept {
+            let times = attempts.iter().filter(|(k, _)| k == key).map(|(_, t)| t);
+            breakdown.push(Series { key: super::key_name(*key), steps: steps_of(funnel, times) });
+        }
+        if attempts.iter().any(|(k, _)| !kept.contains(k)) {
+            let times = attempts.iter().filter(|(k, _)| !kept.contains(k)).map(|(_, t)| t);
+            breakdown.push(Series { key: super::trends::OTHER.to_string(), steps: steps_of(funnel, times) });
+        }
+    }
+    Ok(FunnelResult {
+        steps,
+        order: funnel.order,
+        window_seconds: funnel.window_ms as f64 / 1000.0,
+        from: funnel.from,
+        to: funnel.to,
+        breakdown,
+    })
+}
+
+/// The steps' figures over the persons' attempts (each the times of the steps reached).
+fn steps_of<'a>(funnel: &Funnel, attempts: impl Iterator<Item = &'a Vec<i64>>) -> Vec<Step> {
     let n = funnel.steps.len();
     let mut reached = vec![0u64; n];
     let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n];
-    for person in &people {
-        let Some(times) = best(funnel, person, from, to) else { continue };
+    for times in attempts {
         for (k, t) in times.iter().enumerate() {
             reached[k] += 1;
             if k > 0 {
@@ -207,7 +271,7 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
             }
         }
     }
-    let steps = funnel
+    funnel
         .steps
         .iter()
         .enumerate()
@@ -227,14 +291,7 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
                 average_seconds: (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64),
             }
         })
-        .collect();
-    Ok(FunnelResult {
-        steps,
-        order: funnel.order,
-        window_seconds: funnel.window_ms as f64 / 1000.0,
-        from: funnel.from,
-        to: funnel.to,
-    })
+        .collect()
 }
 
 /// The bit of an event's mask where exclusion 0 starts (steps take the bits below).
@@ -245,11 +302,11 @@ fn is(mask: i64, k: usize) -> bool {
     mask & (1 << k) != 0
 }
 
-/// A person's furthest progress over every start (a first step in the range): the time of each step reached;
-/// none when no first step is in the range. Of equal progress, the earliest start.
-fn best(funnel: &Funnel, person: &PersonEvents<'_>, from: i64, to: i64) -> Option<Vec<i64>> {
+/// A person's furthest progress over every start (a first step in the range): where it starts and the time of
+/// each step reached; none when no first step is in the range. Of equal progress, the earliest start.
+fn best(funnel: &Funnel, person: &PersonEvents<'_>, from: i64, to: i64) -> Option<(usize, Vec<i64>)> {
     let n = funnel.steps.len();
-    let mut best: Option<Vec<i64>> = None;
+    let mut best: Option<(usize, Vec<i64>)> = None;
     for (start, &(_, at)) in person.events.iter().enumerate() {
         let mask = person.masks[start];
         let starts_here = match funnel.order {
@@ -267,9 +324,9 @@ fn best(funnel: &Funnel, person: &PersonEvents<'_>, from: i64, to: i64) -> Optio
             Order::Any => any(n, events, masks, end),
         };
         excluded(funnel, events, masks, end, &mut times);
-        if best.as_ref().is_none_or(|b| times.len() > b.len()) {
+        if best.as_ref().is_none_or(|b| times.len() > b.1.len()) {
             let done = times.len() == n;
-            best = Some(times);
+            best = Some((start, times));
             if done {
                 break;
             }

@@ -176,11 +176,11 @@ impl Engine {
         from: Option<i64>,
         end: i64,
     ) -> Result<Sorted, Error> {
-        self.person_events_matching(names, named, from, end, &[]).await
+        self.person_events_matching(names, named, from, end, &[], None).await
     }
 
     /// [`Engine::person_events`], each event with a mask: bit k set when `conditions[k]` (SQL over the
-    /// `events` table as `e`; at most 63) holds for it.
+    /// `events` table as `e`; at most 63) holds for it; and its key of `breakdown` (checked first).
     async fn person_events_matching(
         &self,
         names: Option<&[String]>,
@@ -188,6 +188,7 @@ impl Engine {
         from: Option<i64>,
         end: i64,
         conditions: &[String],
+        breakdown: Option<&Breakdown>,
     ) -> Result<Sorted, Error> {
         let failed = |e: datafusion::error::DataFusionError| Error::Internal(format!("reading events: {e}"));
         let listed = |names: &[String]| {
@@ -216,9 +217,22 @@ impl Engine {
                 .collect();
             format!("({})", bits.join(" + "))
         };
+        let (key, joins) = match breakdown {
+            None => ("CAST(NULL AS VARCHAR)".to_string(), ""),
+            Some(Breakdown::Property(name)) => (format!("property(e.properties, {})", trends::literal(name)), ""),
+            Some(Breakdown::Trait(name)) => (
+                format!("CAST(bp.{} AS VARCHAR)", trends::identifier(name)),
+                " LEFT JOIN profiles bp ON e.profile_id = bp.profile_id",
+            ),
+            Some(Breakdown::Tag(name)) => (
+                format!("CAST(bt.{} AS VARCHAR)", trends::identifier(name)),
+                " LEFT JOIN tags bt ON e.profile_id = bt.profile_id",
+            ),
+        };
         let query = format!(
-            "SELECT e.profile_id, e.event, e.timestamp, e.message_id, {mask} AS mask FROM events e WHERE {filter} \
-             ORDER BY e.profile_id, e.timestamp, e.message_id"
+            "SELECT e.profile_id, e.event, e.timestamp, e.message_id, {mask} AS mask, arrow_cast({key}, 'Utf8') AS k \
+             FROM events e{joins} \
+             WHERE {filter} ORDER BY e.profile_id, e.timestamp, e.message_id"
         );
         let frame = self.ctx.sql(&query).await.map_err(failed)?;
         Ok(Sorted(frame.collect().await.map_err(failed)?))
@@ -232,11 +246,12 @@ const PERSONS_OWN_SQL: &str = "e.source_id <> 'cdp-activation' AND e.source_id N
 /// Events sorted by person and time ([`Engine::person_events`]).
 struct Sorted(Vec<RecordBatch>);
 
-/// One person's events: (event name, time in ms), in time order, and each one's mask
+/// One person's events: (event name, time in ms), in time order, and each one's mask and breakdown key
 /// ([`Engine::person_events_matching`]).
 struct PersonEvents<'a> {
     events: Vec<(&'a str, i64)>,
     masks: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
 }
 
 impl Sorted {
@@ -245,24 +260,28 @@ impl Sorted {
         let mut people = Vec::new();
         let mut current: Option<(&str, PersonEvents<'_>)> = None;
         for batch in &self.0 {
-            let (ids, names, times, masks) = (
+            let (ids, names, times, masks, keys) = (
                 batch.column(0).as_string::<i32>(),
                 batch.column(1).as_string::<i32>(),
                 batch.column(2).as_primitive::<TimestampMillisecondType>(),
                 batch.column(4).as_primitive::<Int64Type>(),
+                batch.column(5).as_string::<i32>(),
             );
             for row in 0..batch.num_rows() {
                 let (id, name, at, mask) = (ids.value(row), names.value(row), times.value(row), masks.value(row));
+                let key = (!keys.is_null(row)).then(|| keys.value(row));
                 match &mut current {
                     Some((person, events)) if *person == id => {
                         events.events.push((name, at));
                         events.masks.push(mask);
+                        events.keys.push(key);
                     }
                     _ => {
                         if let Some((_, done)) = current.take() {
                             people.push(done);
                         }
-                        current = Some((id, PersonEvents { events: vec![(name, at)], masks: vec![mask] }));
+                        let events = PersonEvents { events: vec![(name, at)], masks: vec![mask], keys: vec![key] };
+                        current = Some((id, events));
                     }
                 }
                 debug_assert!(!ids.is_null(row));
@@ -281,6 +300,31 @@ async fn within<T>(work: impl std::future::Future<Output = Result<T, Error>>) ->
     tokio::time::timeout(ANALYSIS_TIME, work).await.map_err(|_| {
         Error::Invalid(format!("the analysis took longer than its limit of {} s; narrow it", ANALYSIS_TIME.as_secs()))
     })?
+}
+
+/// `breakdown` names a trait or tag the data holds (or a property), naming the field otherwise.
+fn check_breakdown(engine: &Engine, breakdown: &Breakdown) -> Result<(), Error> {
+    match breakdown {
+        Breakdown::Trait(name) => check_name("breakdown.trait", "trait", name, &engine.traits),
+        Breakdown::Tag(name) => check_name("breakdown.tag", "tag", name, &engine.tags),
+        Breakdown::Property(name) if name.trim().is_empty() => {
+            Err(Error::Invalid("breakdown.property: a property name".into()))
+        }
+        Breakdown::Property(_) => Ok(()),
+    }
+}
+
+/// The keys of a breakdown kept as their own series: the `top` with the most persons (ties by key), the
+/// others together as `(other)`; a person without a value is `(none)`, ranked like any value.
+fn top_keys<'a>(counts: impl Iterator<Item = (Option<&'a str>, u64)>, top: usize) -> Vec<Option<&'a str>> {
+    let mut ranked: Vec<(Option<&str>, u64)> = counts.collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(top).map(|(k, _)| k).collect()
+}
+
+/// A breakdown key's name: its value, `(none)` without one.
+fn key_name(key: Option<&str>) -> String {
+    key.map_or_else(|| "(none)".to_string(), str::to_string)
 }
 
 /// `from` before `to`, at most ten years apart.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use super::period::Period;
+use super::trends::Breakdown;
 use crate::Error;
 use shared::time::UtcTime;
 
@@ -24,6 +25,26 @@ pub struct Retention {
     pub from: UtcTime,
     /// … and before this one.
     pub to: UtcTime,
+    /// A breakdown by a trait or tag of the person: cohorts per value.
+    #[serde(default)]
+    pub breakdown: Option<Breakdown>,
+    /// Values of the breakdown kept (the most persons), the others as `(other)`: 1 to 50.
+    #[serde(default = "ten")]
+    pub top: usize,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// The cohorts of the persons with one value of the breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Series {
+    /// The value (`(none)`: persons without one; `(other)`: the values past the top ones).
+    pub key: String,
+    /// Its cohorts, as the analysis's.
+    pub cohorts: Vec<Cohort>,
 }
 
 /// One cohort.
@@ -51,6 +72,9 @@ pub struct RetentionResult {
     pub period: Period,
     /// Periods per cohort.
     pub periods: u32,
+    /// Per value of the breakdown, the most persons first (empty without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdown: Vec<Series>,
 }
 
 /// Periods a retention analysis counts at most.
@@ -69,6 +93,12 @@ impl Retention {
         if let Some(event) = &self.return_event {
             super::check_event("returnEvent", event, known)?;
         }
+        if let Some(Breakdown::Property(_)) = &self.breakdown {
+            return Err(Error::Invalid("breakdown.property: retention is broken down by a trait or tag".into()));
+        }
+        if !(1..=50).contains(&self.top) {
+            return Err(Error::Invalid(format!("top: 1 to 50, not {}", self.top)));
+        }
         Ok(())
     }
 }
@@ -86,37 +116,84 @@ pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<Retent
         names.extend(retention.cohort_event.iter().chain(&retention.return_event).cloned());
     }
     let named: Vec<String> = retention.cohort_event.iter().chain(&retention.return_event).cloned().collect();
-    let sorted = engine.person_events((!everything).then_some(names.as_slice()), &named, None, end).await?;
+    if let Some(breakdown) = &retention.breakdown {
+        super::check_breakdown(engine, breakdown)?;
+    }
+    let listed = (!everything).then_some(names.as_slice());
+    let sorted = engine.person_events_matching(listed, &named, None, end, &[], retention.breakdown.as_ref()).await?;
     let people = sorted.people();
-    let mut cohorts: std::collections::BTreeMap<i64, (u64, Vec<u64>)> = std::collections::BTreeMap::new();
-    let width = retention.periods as usize;
-    for person in &people {
-        let first =
-            person.events.iter().position(|(name, _)| retention.cohort_event.as_deref().is_none_or(|c| c == *name));
-        let Some(first) = first else { continue };
-        let start = person.events[first].1;
-        if start < from || start >= to {
-            continue;
+    // Each person in a cohort: (its period, whether they came back per period after), with their key.
+    let entered: Vec<(Option<&str>, Entered)> = people
+        .iter()
+        .filter_map(|person| Some((person.keys.first().copied().flatten(), cohort_of(retention, person, from, to)?)))
+        .collect();
+    let data_end = engine.loaded.last_event_ms.unwrap_or(i64::MIN);
+    let all = cohorts(retention, entered.iter().map(|(_, e)| e), data_end);
+    let mut breakdown = Vec::new();
+    if retention.breakdown.is_some() {
+        let mut by_key: std::collections::BTreeMap<Option<&str>, u64> = std::collections::BTreeMap::new();
+        for (key, _) in &entered {
+            *by_key.entry(*key).or_default() += 1;
         }
-        let cohort = period.index(start);
-        let mut back = vec![false; width];
-        for (i, &(name, at)) in person.events.iter().enumerate().skip(first) {
-            if i == first || retention.return_event.as_deref().is_some_and(|r| r != name) {
-                continue;
-            }
-            let k = period.index(at) - cohort;
-            if (0..width as i64).contains(&k) {
-                back[k as usize] = true;
-            }
+        let kept = super::top_keys(by_key.into_iter(), retention.top);
+        for key in &kept {
+            let of_key = entered.iter().filter(|(k, _)| k == key).map(|(_, e)| e);
+            breakdown.push(Series { key: super::key_name(*key), cohorts: cohorts(retention, of_key, data_end) });
         }
-        let entry = cohorts.entry(cohort).or_insert_with(|| (0, vec![0; width]));
-        entry.0 += 1;
-        for (k, came) in back.into_iter().enumerate() {
-            entry.1[k] += u64::from(came);
+        if entered.iter().any(|(k, _)| !kept.contains(k)) {
+            let rest = entered.iter().filter(|(k, _)| !kept.contains(k)).map(|(_, e)| e);
+            breakdown
+                .push(Series { key: super::trends::OTHER.to_string(), cohorts: cohorts(retention, rest, data_end) });
         }
     }
-    let data_end = engine.loaded.last_event_ms.unwrap_or(i64::MIN);
-    let cohorts = cohorts
+    Ok(RetentionResult { cohorts: all, period, periods: retention.periods, breakdown })
+}
+
+/// A person's cohort (its period's number) and whether they came back in each period after.
+type Entered = (i64, Vec<bool>);
+
+/// A person's cohort (the period of their first cohort event, in the range) and whether they came back in
+/// each period after; none when their first cohort event is not in the range.
+fn cohort_of(retention: &Retention, person: &super::PersonEvents<'_>, from: i64, to: i64) -> Option<Entered> {
+    let period = retention.period;
+    let width = retention.periods as usize;
+    let first =
+        person.events.iter().position(|(name, _)| retention.cohort_event.as_deref().is_none_or(|c| c == *name))?;
+    let start = person.events[first].1;
+    if start < from || start >= to {
+        return None;
+    }
+    let cohort = period.index(start);
+    let mut back = vec![false; width];
+    for (i, &(name, at)) in person.events.iter().enumerate().skip(first) {
+        if i == first || retention.return_event.as_deref().is_some_and(|r| r != name) {
+            continue;
+        }
+        let k = period.index(at) - cohort;
+        if (0..width as i64).contains(&k) {
+            back[k as usize] = true;
+        }
+    }
+    Some((cohort, back))
+}
+
+/// The cohorts of the persons `entered`, with null for the periods after `data_end`.
+fn cohorts<'a>(
+    retention: &Retention,
+    entered: impl Iterator<Item = &'a (i64, Vec<bool>)>,
+    data_end: i64,
+) -> Vec<Cohort> {
+    let period = retention.period;
+    let width = retention.periods as usize;
+    let mut cohorts: std::collections::BTreeMap<i64, (u64, Vec<u64>)> = std::collections::BTreeMap::new();
+    for (cohort, back) in entered {
+        let entry = cohorts.entry(*cohort).or_insert_with(|| (0, vec![0; width]));
+        entry.0 += 1;
+        for (k, came) in back.iter().enumerate() {
+            entry.1[k] += u64::from(*came);
+        }
+    }
+    cohorts
         .into_iter()
         .map(|(index, (size, counts))| {
             let retained: Vec<Option<u64>> = counts
@@ -131,6 +208,5 @@ pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<Retent
                 retained,
             }
         })
-        .collect();
-    Ok(RetentionResult { cohorts, period, periods: retention.periods })
+        .collect()
 }

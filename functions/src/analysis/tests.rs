@@ -81,6 +81,8 @@ fn funnel(order: Order) -> Funnel {
         to: at("2026-03-15T00:00:00Z"),
         filters: Vec::new(),
         exclusions: Vec::new(),
+        breakdown: None,
+        top: 10,
     }
 }
 
@@ -139,6 +141,8 @@ async fn retention_counts_each_cohort_by_the_period_of_its_first_event() {
         periods: 3,
         from: at("2026-03-02T00:00:00Z"),
         to: at("2026-03-16T00:00:00Z"),
+        breakdown: None,
+        top: 10,
     };
     let result = engine.retention(&retention).await.expect("retention");
     let cohorts: Vec<(String, u64, Vec<Option<u64>>)> =
@@ -201,6 +205,8 @@ async fn bad_definitions_name_the_field() {
         periods: 61,
         from: at("2026-03-01T00:00:00Z"),
         to: at("2026-04-01T00:00:00Z"),
+        breakdown: None,
+        top: 10,
     };
     let message = engine.retention(&retention).await.expect_err("61 periods").to_string();
     assert!(message.contains("periods: 1 to 60, not 61"), "{message}");
@@ -745,4 +751,57 @@ async fn funnel_steps_with_property_conditions_and_exclusion_steps() {
     let message =
         bad(Funnel { exclusions: vec![exclude("Products Searched", None, None)], ..funnel(Order::Any) }).await;
     assert!(message.contains("exclusions: steps in any order"), "{message}");
+}
+
+#[tokio::test]
+async fn funnels_break_down_by_the_first_steps_property_or_the_persons_trait() {
+    let (_dir, engine) = engine().await;
+    // By trait: alice pro (3 steps), bob free (2), carol and dave without a plan (1 and 3).
+    let by_plan = Funnel { breakdown: Some(Breakdown::Trait("plan".into())), ..funnel(Order::Ordered) };
+    let result = engine.funnel(&by_plan).await.expect("funnel");
+    assert_eq!(persons(&result), [4, 3, 2], "the whole funnel as without a breakdown");
+    let series: Vec<(&str, Vec<u64>)> =
+        result.breakdown.iter().map(|s| (s.key.as_str(), s.steps.iter().map(|s| s.persons).collect())).collect();
+    assert_eq!(series, [("(none)", vec![2, 1, 1]), ("free", vec![1, 1, 0]), ("pro", vec![1, 1, 1])]);
+    // The top one, the rest as (other).
+    let top = engine.funnel(&Funnel { top: 1, ..by_plan.clone() }).await.expect("top");
+    let keys: Vec<&str> = top.breakdown.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["(none)", "(other)"]);
+    assert_eq!(top.breakdown[1].steps.iter().map(|s| s.persons).collect::<Vec<_>>(), [2, 2, 1]);
+    // By a property of the first step's event: every view's plan is " pro " (cleaned "pro").
+    let by_property = Funnel { breakdown: Some(Breakdown::Property("plan".into())), ..funnel(Order::Ordered) };
+    let result = engine.funnel(&by_property).await.expect("property");
+    assert_eq!(result.breakdown.len(), 1);
+    assert_eq!((result.breakdown[0].key.as_str(), result.breakdown[0].steps[2].persons), ("pro", 2));
+    let typo = Funnel { breakdown: Some(Breakdown::Tag("segmnt".into())), ..funnel(Order::Ordered) };
+    let message = engine.funnel(&typo).await.unwrap_err().to_string();
+    assert!(message.contains("breakdown.tag: no tag `segmnt` in the data"), "{message}");
+}
+
+#[tokio::test]
+async fn retention_breaks_down_by_a_trait_of_the_person() {
+    let (_dir, engine) = engine().await;
+    // Cohorts by each person's first track event: in the week of 03-02 alice (pro), bob (free), carol, dave,
+    // r-1 and r-2; in the week of 03-09 r-3 (eve's and r-4's first events are before the range).
+    let retention = Retention {
+        cohort_event: None,
+        return_event: None,
+        period: Period::Week,
+        periods: 2,
+        from: at("2026-03-02T00:00:00Z"),
+        to: at("2026-03-16T00:00:00Z"),
+        breakdown: Some(Breakdown::Trait("plan".into())),
+        top: 10,
+    };
+    let result = engine.retention(&retention).await.expect("retention");
+    let sizes = |cohorts: &[retention::Cohort]| cohorts.iter().map(|c| c.size).collect::<Vec<_>>();
+    assert_eq!(sizes(&result.cohorts), [6, 1]);
+    let series: Vec<(&str, Vec<u64>)> = result.breakdown.iter().map(|s| (s.key.as_str(), sizes(&s.cohorts))).collect();
+    assert_eq!(series, [("(none)", vec![4, 1]), ("free", vec![1]), ("pro", vec![1])]);
+    // Bob came back in his second week (his second view on 03-10); alice did not.
+    assert_eq!(result.breakdown[1].cohorts[0].retained, [Some(0), Some(1)]);
+    assert_eq!(result.breakdown[2].cohorts[0].retained, [Some(1), Some(0)]);
+    let by_property = Retention { breakdown: Some(Breakdown::Property("plan".into())), ..retention };
+    let message = engine.retention(&by_property).await.unwrap_err().to_string();
+    assert!(message.contains("breakdown.property: retention is broken down by a trait or tag"), "{message}");
 }

@@ -119,7 +119,7 @@ pub const MAX_TOP: usize = 50;
 
 /// The key of events without the breakdown's value, and of the values past the top ones.
 const NONE: &str = "(none)";
-const OTHER: &str = "(other)";
+pub(super) const OTHER: &str = "(other)";
 
 impl Trends {
     /// The checks a definition must pass, naming the field.

@@ -153,7 +153,7 @@ pub(crate) async fn trends<S: ObjectStore + Clone>(
 /// A funnel: persons per step within a conversion window.
 #[utoipa::path(
     post, path = "/v1/analyze/funnel", tag = "analysis",
-    request_body(content = Object, description = "`{\"steps\": [event, …] (2 to 10), \"windowMs\", \"order\": \"ordered\"|\"strict\"|\"any\", \"from\", \"to\", \"filters\"?: [{\"step\", \"filter\"}], \"exclusions\"?: [{\"event\", \"fromStep\"?, \"toStep\"?}]}`"),
+    request_body(content = Object, description = "`{\"steps\": [event, …] (2 to 10), \"windowMs\", \"order\": \"ordered\"|\"strict\"|\"any\", \"from\", \"to\", \"filters\"?: [{\"step\", \"filter\"}], \"exclusions\"?: [{\"event\", \"fromStep\"?, \"toStep\"?}], \"breakdown\"?: {\"property\"|\"trait\"|\"tag\": name}, \"top\"?}`"),
     responses(
         (status = 200, description = "`{\"steps\": [{\"event\", \"persons\", \"conversionFromFirst\", \"conversionFromPrevious\", \"medianSeconds\", \"averageSeconds\"}], …}`", body = Object),
         (status = 400, description = "A bad definition: the message names the field (and the closest known name)", body = ErrorBody),
@@ -174,7 +174,7 @@ pub(crate) async fn funnel<S: ObjectStore + Clone>(
 /// Retention: cohorts by the period of a first event and how many came back in each period after.
 #[utoipa::path(
     post, path = "/v1/analyze/retention", tag = "analysis",
-    request_body(content = Object, description = "`{\"cohortEvent\"?, \"returnEvent\"?, \"period\": \"day\"|\"week\"|\"month\", \"periods\" (1 to 60), \"from\", \"to\"}`"),
+    request_body(content = Object, description = "`{\"cohortEvent\"?, \"returnEvent\"?, \"period\": \"day\"|\"week\"|\"month\", \"periods\" (1 to 60), \"from\", \"to\", \"breakdown\"?: {\"trait\"|\"tag\": name}, \"top\"?}`"),
     responses(
         (status = 200, description = "`{\"cohorts\": [{\"start\", \"size\", \"retained\": [n|null], \"rates\"}], \"period\", \"periods\"}`", body = Object),
         (status = 400, description = "A bad definition: the message names the field (and the closest known name)", body = ErrorBody),
