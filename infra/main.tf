@@ -16,6 +16,8 @@ locals {
   raw_prefix     = "raw/"
   outbox_prefix  = "deliveries/v1/outbox/"
   imports_prefix = "imports/"
+  # Athena's query results (personal data like the lake's: encrypted with the data key, expired after 7 days).
+  athena_results_prefix = "athena-results/"
 
   # One entry per binary of functions/src/bin. `reserved` is the function's reserved concurrency: 1 where the
   # design needs a single writer (the tagging recompute; the activation dispatcher owns the delivery lanes).

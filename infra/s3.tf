@@ -102,6 +102,17 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     }
   }
 
+  rule {
+    id     = "athena-results"
+    status = "Enabled"
+    filter {
+      prefix = local.athena_results_prefix
+    }
+    expiration {
+      days = 7
+    }
+  }
+
   # Erasures and compactions rewrite objects: old versions must not outlive them.
   rule {
     id     = "noncurrent-versions"

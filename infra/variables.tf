@@ -133,3 +133,13 @@ variable "import_ephemeral_mb" {
     error_message = "import_ephemeral_mb is 512 to 10240."
   }
 }
+
+variable "athena_bytes_scanned_cutoff" {
+  description = "Bytes one Athena query of the analysis workgroup may scan before it is cancelled (at least 10 MB)."
+  type        = number
+  default     = 107374182400
+  validation {
+    condition     = var.athena_bytes_scanned_cutoff >= 10485760
+    error_message = "athena_bytes_scanned_cutoff is at least 10485760 (10 MB), Athena's minimum."
+  }
+}

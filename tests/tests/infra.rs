@@ -301,3 +301,58 @@ fn providers_are_pinned() {
         "{aws:?}"
     );
 }
+
+/// A string attribute's text as written (a template stays a template).
+fn text(expr: &Expression) -> String {
+    match expr {
+        Expression::String(s) => s.clone(),
+        Expression::TemplateExpr(t) => t.to_string(),
+        other => hcl::format::to_string(other).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn the_glue_table_declares_the_lake_parts_schema_and_athena_encrypts_its_results() {
+    let module = module();
+    let resources: Vec<&Block> = module.iter().flat_map(|(_, b)| blocks(b, "resource")).collect();
+    let table = resources
+        .iter()
+        .find(|b| label(b, 0) == "aws_glue_catalog_table" && label(b, 1) == "events")
+        .expect("a Glue table for the events");
+    let storage = blocks(table.body(), "storage_descriptor").next().expect("storage_descriptor");
+    let declared: Vec<(String, String)> = blocks(storage.body(), "columns")
+        .map(|c| {
+            let field = |k: &str| text(attribute(c.body(), k).unwrap_or_else(|| panic!("a column's {k}")));
+            (field("name"), field("type"))
+        })
+        .collect();
+    assert_eq!(declared, functions::lake::catalog_columns(), "the Glue columns are the Parquet parts' schema, in order");
+    assert!(declared.iter().all(|(_, t)| !t.starts_with("unsupported")), "{declared:?}");
+
+    // The table's location and its partitions' are where compaction writes the parts (`lake/events/<day>/`).
+    let location = text(local(&module, "lake_location"));
+    assert!(location.ends_with(&format!("/{}", functions::lake::EVENTS)), "{location}");
+    let parameters = object(attribute(table.body(), "parameters").expect("parameters"));
+    let parameter = |k: &str| {
+        parameters.iter().find(|(key, _)| key == k).map(|(_, v)| text(v)).unwrap_or_else(|| panic!("parameter {k}"))
+    };
+    assert_eq!(parameter("projection.enabled"), "true");
+    assert_eq!(parameter("projection.dt.format"), "yyyy-MM-dd");
+    assert!(parameter("storage.location.template").contains("${local.lake_location}$${dt}/"));
+    let partitions: Vec<String> = blocks(table.body(), "partition_keys")
+        .map(|p| text(attribute(p.body(), "name").expect("a partition's name")))
+        .collect();
+    assert_eq!(partitions, ["dt"]);
+
+    // The workgroup enforces its results location, encrypted with the data key.
+    let workgroup = resources
+        .iter()
+        .find(|b| label(b, 0) == "aws_athena_workgroup")
+        .expect("an Athena workgroup");
+    let configuration = blocks(workgroup.body(), "configuration").next().expect("configuration");
+    assert_eq!(attribute(configuration.body(), "enforce_workgroup_configuration"), Some(&Expression::Bool(true)));
+    let results = blocks(configuration.body(), "result_configuration").next().expect("result_configuration");
+    let encryption = blocks(results.body(), "encryption_configuration").next().expect("encryption_configuration");
+    assert_eq!(text(attribute(encryption.body(), "encryption_option").expect("option")), "SSE_KMS");
+    assert!(text(attribute(encryption.body(), "kms_key_arn").expect("key")).contains("aws_kms_key.data.arn"));
+}

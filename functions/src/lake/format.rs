@@ -34,6 +34,19 @@ pub(super) fn schema() -> Arc<Schema> {
     ]))
 }
 
+/// The parts' columns as a Glue Data Catalog (Hive) table declares them: (name, type), in order.
+pub fn catalog_columns() -> Vec<(String, String)> {
+    fn hive(data_type: &DataType) -> String {
+        match data_type {
+            DataType::Utf8 => "string".into(),
+            DataType::Timestamp(..) => "timestamp".into(),
+            DataType::List(item) => format!("array<{}>", hive(item.data_type())),
+            other => format!("unsupported {other}"),
+        }
+    }
+    schema().fields().iter().map(|f| (f.name().clone(), hive(f.data_type()))).collect()
+}
+
 pub(super) fn parquet_error(what: &'static str) -> impl Fn(parquet::errors::ParquetError) -> Error {
     move |e| Error::Corrupt(format!("lake {what}: {e}"))
 }

@@ -28,7 +28,7 @@ mod tests;
 
 pub use compact::{compact, compact_all};
 pub use fetch::find;
-pub use format::{decode, encode};
+pub use format::{catalog_columns, decode, encode};
 pub use scrub::{Scrubbed, without};
 pub use tags::{TagEvent, for_tags};
 
