@@ -705,10 +705,7 @@ fn value_text(result: &ValueResult) -> String {
         }
     }
     match &result.lifetime_value {
-        None => out.push_str(&format!(
-            "lifetime value: fewer than {} buyers, too few for the models\n",
-            functions::analysis::value::MIN_BUYERS
-        )),
+        None => out.push_str(&format!("lifetime value: {}\n", result.note.as_deref().unwrap_or("none"))),
         Some(ltv) => {
             out.push_str(&format!(
                 "lifetime value of {} buyers: {:.2} to date ({:.2} each); {:.2} predicted in the next {} days ({:.2} \

@@ -326,7 +326,11 @@ fn the_glue_table_declares_the_lake_parts_schema_and_athena_encrypts_its_results
             (field("name"), field("type"))
         })
         .collect();
-    assert_eq!(declared, functions::lake::catalog_columns(), "the Glue columns are the Parquet parts' schema, in order");
+    assert_eq!(
+        declared,
+        functions::lake::catalog_columns(),
+        "the Glue columns are the Parquet parts' schema, in order"
+    );
     assert!(declared.iter().all(|(_, t)| !t.starts_with("unsupported")), "{declared:?}");
 
     // The table's location and its partitions' are where compaction writes the parts (`lake/events/<day>/`).
@@ -345,10 +349,7 @@ fn the_glue_table_declares_the_lake_parts_schema_and_athena_encrypts_its_results
     assert_eq!(partitions, ["dt"]);
 
     // The workgroup enforces its results location, encrypted with the data key.
-    let workgroup = resources
-        .iter()
-        .find(|b| label(b, 0) == "aws_athena_workgroup")
-        .expect("an Athena workgroup");
+    let workgroup = resources.iter().find(|b| label(b, 0) == "aws_athena_workgroup").expect("an Athena workgroup");
     let configuration = blocks(workgroup.body(), "configuration").next().expect("configuration");
     assert_eq!(attribute(configuration.body(), "enforce_workgroup_configuration"), Some(&Expression::Bool(true)));
     let results = blocks(configuration.body(), "result_configuration").next().expect("result_configuration");

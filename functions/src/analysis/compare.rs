@@ -196,7 +196,7 @@ pub(super) async fn run(engine: &Engine, compare: &Compare) -> Result<CompareRes
     let mut found = Found { features: Vec::new(), skipped: Vec::new(), sizes: (size, size_against) };
     found.columns(Source::Trait, &profiles, &groups, &["profile_id", "traits"], &|name| engine.rules.is_personal(name));
     let tags = collect(engine, "SELECT * FROM tags").await?;
-    found.columns(Source::Tag, &tags, &groups, &["profile_id"], &|name| engine.personal_tags.contains(name));
+    found.columns(Source::Tag, &tags, &groups, &["profile_id"], &|name| !engine.safe_tags.contains(name));
     found.behaviour(engine, compare, &groups).await?;
 
     let q = benjamini_hochberg(&found.features.iter().map(|f| f.p_value).collect::<Vec<_>>());

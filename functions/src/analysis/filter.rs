@@ -139,10 +139,11 @@ impl Filter {
                  (set) or `property!` (not set)"
             )
         };
-        if let Some(property) = text.strip_suffix('?') {
+        let has_operator = text.contains(['=', '>', '<', '~']);
+        if !has_operator && let Some(property) = text.strip_suffix('?') {
             return Ok(Self { of: Of::Property, property: property.trim().to_string(), op: Op::Set, value: None });
         }
-        if let Some(property) = text.strip_suffix('!') {
+        if !has_operator && let Some(property) = text.strip_suffix('!') {
             return Ok(Self { of: Of::Property, property: property.trim().to_string(), op: Op::NotSet, value: None });
         }
         for (symbol, op) in [
@@ -186,6 +187,9 @@ mod tests {
         assert_eq!(Filter::parse("coupon?").unwrap().op, Op::Set);
         assert_eq!(Filter::parse("coupon!").unwrap().sql("x"), "property(x.properties, 'coupon') IS NULL");
         assert_eq!(Filter::parse("gift=true").unwrap().value, Some(Value::Bool(true)));
+        let f = Filter::parse("title=Hello!").unwrap();
+        assert_eq!((f.op, f.value), (Op::Eq, Some(Value::String("Hello!".into()))));
+        assert_eq!(Filter::parse("q!=why?").unwrap().op, Op::Neq);
         assert!(Filter::parse("revenue>lots").unwrap_err().to_string().contains("is not a filter"));
         assert!(Filter::parse("revenue").is_err());
         let f = Filter::parse("trait:age>=18").unwrap();

@@ -220,7 +220,8 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
             condition
         })
         .collect();
-    conditions.resize(EXCLUDED, "FALSE".to_string());
+    conditions.resize(OWN, "FALSE".to_string());
+    conditions.push(super::PERSONS_OWN_SQL.to_string());
     conditions.extend(funnel.exclusions.iter().map(|e| format!("e.event = {}", super::trends::literal(&e.event))));
     let end = to.saturating_add(funnel.window_ms);
     let sorted =
@@ -294,7 +295,9 @@ fn steps_of<'a>(funnel: &Funnel, attempts: impl Iterator<Item = &'a Vec<i64>>) -
         .collect()
 }
 
-/// The bit of an event's mask where exclusion 0 starts (steps take the bits below).
+/// The bit of an event's mask set for the persons' own events (steps take the bits below).
+const OWN: usize = 15;
+/// The bit of an event's mask where exclusion 0 starts.
 const EXCLUDED: usize = 16;
 
 /// Whether mask `mask` has bit `k`.
@@ -348,8 +351,13 @@ fn excluded(funnel: &Funnel, events: &[(&str, i64)], masks: &[i64], end: i64, ti
         }
         let after = times[a];
         let before = times.get(b).copied().unwrap_or(end);
-        let happened =
-            events.iter().zip(masks).any(|(&(_, at), &mask)| at > after && at < before && is(mask, EXCLUDED + j));
+        // Events are in time order: from the step's to the limit, no further.
+        let happened = events
+            .iter()
+            .zip(masks)
+            .skip_while(|((_, at), _)| *at <= after)
+            .take_while(|((_, at), _)| *at < before)
+            .any(|(_, &mask)| is(mask, EXCLUDED + j));
         if happened {
             times.truncate(a + 1);
         }
@@ -372,10 +380,13 @@ fn ordered(n: usize, events: &[(&str, i64)], masks: &[i64], end: i64) -> Vec<i64
     times
 }
 
-/// Strict: each step the very next event, within the window.
+/// Strict: each step the very next event, within the window (the platform's records, read for an exclusion
+/// that names one, are not events between steps unless a step names them).
 fn strict(n: usize, events: &[(&str, i64)], masks: &[i64], end: i64) -> Vec<i64> {
+    let steps = (1i64 << n) - 1;
     let mut times = vec![events[0].1];
-    for (k, (&(_, at), &mask)) in (1..n).zip(events[1..].iter().zip(&masks[1..])) {
+    let between = events[1..].iter().zip(&masks[1..]).filter(|(_, mask)| is(**mask, OWN) || **mask & steps != 0);
+    for (k, (&(_, at), &mask)) in (1..n).zip(between) {
         if at > end || !is(mask, k) {
             break;
         }

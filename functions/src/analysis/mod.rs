@@ -64,8 +64,8 @@ pub struct Engine {
     audiences: BTreeSet<String>,
     /// Which traits are personal data.
     rules: shared::profile::ProfileRules,
-    /// The tags whose values copy personal data ([`tables::copies_personal_data`]).
-    personal_tags: BTreeSet<String>,
+    /// The tags whose values cannot hold personal data ([`tables::safe_tags`]).
+    safe_tags: BTreeSet<String>,
     /// What was loaded.
     pub loaded: Loaded,
 }
@@ -126,7 +126,7 @@ impl Engine {
             tags,
             audiences: found.audiences,
             rules: config.snapshot.profiles.clone(),
-            personal_tags: tables::copies_personal_data(config),
+            safe_tags: tables::safe_tags(config),
             loaded,
         })
     }

@@ -64,7 +64,8 @@ pub(super) async fn run(ctx: &SessionContext, query: &str, limits: Limits) -> Re
         let (mut batches, mut bytes) = (Vec::new(), 0usize);
         while let Some(batch) = futures::StreamExt::next(&mut stream).await {
             let batch = batch.map_err(invalid)?;
-            bytes += batch.get_array_memory_size();
+            // The rows' own bytes: a limit's batch is a slice sharing its table's buffers.
+            bytes += batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum::<usize>();
             if bytes > MAX_ANSWER_BYTES {
                 return Err(Error::Invalid(format!(
                     "sql: the answer is larger than {} MiB; select fewer rows or narrower columns",

@@ -90,9 +90,18 @@ pub(super) async fn register<S: ObjectStore + Clone>(
 
     let mut values = tag_values(store).await?;
     if !personal {
-        let hidden = copies_personal_data(config);
+        let safe = safe_tags(config);
         for (_, tags) in &mut values {
-            tags.retain(|id, _| !hidden.contains(id.as_str()));
+            tags.retain(|id, _| safe.contains(id.as_str()));
+            for value in tags.values_mut() {
+                if let Value::Object(map) = value {
+                    leave_out_personal(map, &config.snapshot.profiles);
+                } else if let Value::Array(items) = value {
+                    for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                        leave_out_personal(item, &config.snapshot.profiles);
+                    }
+                }
+            }
         }
     }
     ctx.register_table("tags", Arc::new(wide(&values, false)?)).map_err(internal("the tags table"))?;
@@ -162,7 +171,7 @@ async fn events<S: ObjectStore>(
             }
         };
         match message_ids {
-            Some(key) => rows.message_id.append_value(&key.hash(message)[..32]),
+            Some(key) => rows.message_id.append_value(&key.hash(&format!("analysis-message-id:{message}"))[..32]),
             None => rows.message_id.append_value(message),
         }
         rows.source_id.append_value(source);
@@ -224,21 +233,25 @@ fn leave_out_personal(properties: &mut Map<String, Value>, rules: &shared::profi
     properties.values_mut().for_each(|v| walk(v, rules));
 }
 
-/// The statistical tags whose values are a personal property's or trait's value as sent (`first`, `last`,
-/// `most_frequent`, `unique_list` of one).
-pub(super) fn copies_personal_data(config: &RunConfig) -> BTreeSet<String> {
+/// The tags a reader without personal data may see: those defined now whose values cannot hold a personal
+/// property's value — rules, buckets, propensity and RFM scores, counts, and aggregates and affinities of
+/// properties that are not personal. Fails closed: a tag no longer defined (its last values still stored), or
+/// every tag when the definitions do not read, is left out.
+pub(super) fn safe_tags(config: &RunConfig) -> BTreeSet<String> {
     use shared::tags::{AggregateOp, TagKind};
     let rules = &config.snapshot.profiles;
+    let personal = |property: &str| rules.is_personal(property.rsplit('.').next().unwrap_or(property));
     let Some(tags) = &config.snapshot.tags else { return BTreeSet::new() };
     tags.tags()
         .iter()
         .filter(|tag| match &tag.kind {
             TagKind::Statistical { aggregate, .. } => {
-                matches!(
-                    aggregate.op,
-                    AggregateOp::First | AggregateOp::Last | AggregateOp::MostFrequent | AggregateOp::UniqueList
-                ) && aggregate.property.as_deref().is_some_and(|p| rules.is_personal(p.rsplit('.').next().unwrap_or(p)))
+                matches!(aggregate.op, AggregateOp::Count | AggregateOp::DistinctCount)
+                    || aggregate.property.as_deref().is_none_or(|p| !personal(p))
             }
+            TagKind::Rule { .. } | TagKind::Buckets { .. } | TagKind::Propensity { .. } | TagKind::Rfm { .. } => true,
+            TagKind::Affinity { product, category, .. } => !personal(product) && !personal(category),
+            #[allow(unreachable_patterns)]
             _ => false,
         })
         .map(|tag| tag.id.clone())

@@ -635,6 +635,14 @@ async fn rfm_segments_and_their_movement_between_two_dates() {
         ]
     );
     assert_eq!(result.lifetime_value, None, "five buyers are too few for the models");
+    assert!(result.note.as_deref().is_some_and(|n| n.contains("fewer than 20 buyers")), "{:?}", result.note);
+    // No later than the end of the data's last day (b1's order on 03-31).
+    let later = value::Value { at: at("2026-06-01T00:00:00Z"), since: None, ..definition.clone() };
+    assert_eq!(engine.value(&later).await.expect("later").at, at("2026-04-01T00:00:00Z"));
+    let after =
+        value::Value { at: at("2026-06-01T00:00:00Z"), since: Some(at("2026-05-01T00:00:00Z")), ..definition.clone() };
+    let message = engine.value(&after).await.unwrap_err().to_string();
+    assert!(message.contains("since: 2026-05-01T00:00:00.000Z is after the data's last day"), "{message}");
 
     let message = engine
         .value(&value::Value { since: Some(at("2026-05-01T00:00:00Z")), ..definition.clone() })
@@ -720,6 +728,8 @@ async fn funnel_steps_with_property_conditions_and_exclusion_steps() {
     // " pro " cleaned is "pro".
     let plan = Funnel { filters: vec![on_step(1, "plan=pro"), on_step(2, "plan!=free")], ..funnel(Order::Ordered) };
     assert_eq!(persons(&engine.funnel(&plan).await.expect("funnel")), [4, 3, 2]);
+    let free = Funnel { filters: vec![on_step(2, "plan=free")], ..funnel(Order::Ordered) };
+    assert_eq!(persons(&engine.funnel(&free).await.expect("funnel")), [4, 0, 0]);
 
     let exclude = |event: &str, from_step: Option<usize>, to_step: Option<usize>| Exclusion {
         event: event.into(),
@@ -738,6 +748,11 @@ async fn funnel_steps_with_property_conditions_and_exclusion_steps() {
     assert_eq!(persons(&engine.funnel(&delivered).await.expect("funnel")), [4, 2, 1]);
 
     let engine = &engine;
+    // A strict funnel excluding the platform's record between steps 2 and 3: the record read for it (between
+    // alice's steps 1 and 2) is not an event between her steps.
+    let strict = Funnel { exclusions: vec![exclude("Webhook Delivered", Some(2), Some(3))], ..funnel(Order::Strict) };
+    assert_eq!(persons(&engine.funnel(&strict).await.expect("funnel")), [4, 2, 1]);
+
     let bad = |funnel: Funnel| async move { engine.funnel(&funnel).await.unwrap_err().to_string() };
     let message =
         bad(Funnel { exclusions: vec![exclude("Products Searched", Some(2), Some(2))], ..funnel(Order::Ordered) })

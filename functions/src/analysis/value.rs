@@ -155,8 +155,11 @@ pub struct ValueResult {
     pub rfm: Vec<Segments>,
     /// Buyers per (segment at `since`, segment at `at`), the most first.
     pub movement: Vec<Movement>,
-    /// Lifetime value (none: fewer buyers than the models need).
+    /// Lifetime value (none: fewer buyers than the models need, or their fit took too long; `note` says).
     pub lifetime_value: Option<LifetimeValue>,
+    /// Why there is no lifetime value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// The horizon, in days.
     pub horizon_days: u32,
     /// Where the data read ends: `at`, or the data's end where that is sooner.
@@ -197,7 +200,15 @@ pub(super) async fn run(engine: &Engine, value: &Value) -> Result<ValueResult, E
     let deadline = std::time::Instant::now() + super::ANALYSIS_TIME;
     // No later than the end of the data's last day: a horizon held out after the data's end would hold nothing.
     let data_end = engine.loaded.last_event_ms.map_or(i64::MIN, |ms| (ms.div_euclid(DAY_MS) + 1) * DAY_MS);
-    let at = value.at.unix_millis().min(data_end.max(value.since.map_or(i64::MIN, |s| s.unix_millis() + 1)));
+    if let Some(since) = value.since
+        && since.unix_millis() >= data_end
+    {
+        return Err(Error::Invalid(format!(
+            "since: {since} is after the data's last day (it ends {})",
+            UtcTime::from_unix_millis(data_end).map_or_else(|| "before anything".to_string(), |t| t.to_string())
+        )));
+    }
+    let at = value.at.unix_millis().min(data_end);
     let at_time = UtcTime::from_unix_millis(at).unwrap_or(value.at);
     let query = format!(
         "SELECT profile_id, timestamp, property_number(properties, {}) FROM events WHERE profile_id IS NOT NULL AND \
@@ -245,11 +256,17 @@ pub(super) async fn run(engine: &Engine, value: &Value) -> Result<ValueResult, E
     rfm.push(Segments { at: at_time, buyers: now_of.iter().flatten().count() as u64, segments: now_segments });
     // The models' fits are long computations: off the async workers, with the analysis's deadline.
     let horizon = value.horizon_days;
-    let lifetime_value =
-        tokio::task::spawn_blocking(move || lifetime(&buyers, &now_of, at, horizon, at_time, deadline))
-            .await
-            .map_err(|e| Error::Internal(format!("the value models: {e}")))??;
-    Ok(ValueResult { rfm, movement, lifetime_value, horizon_days: value.horizon_days, at: at_time })
+    let fitted = tokio::task::spawn_blocking(move || lifetime(&buyers, &now_of, at, horizon, at_time, deadline))
+        .await
+        .map_err(|e| Error::Internal(format!("the value models: {e}")))?;
+    // Past the deadline the segments are still the answer; the note says why the value is missing.
+    let (lifetime_value, note) = match fitted {
+        Ok(Some(ltv)) => (Some(ltv), None),
+        Ok(None) => (None, Some(format!("fewer than {MIN_BUYERS} buyers: too few for the models"))),
+        Err(Error::Invalid(problem)) => (None, Some(problem)),
+        Err(other) => return Err(other),
+    };
+    Ok(ValueResult { rfm, movement, lifetime_value, note, horizon_days: value.horizon_days, at: at_time })
 }
 
 /// Buyers per segment at `at`, and each buyer's segment then (none: no purchase before it).
@@ -314,18 +331,18 @@ fn fit(summaries: &[Summary], deadline: std::time::Instant) -> Result<Option<(Bg
     Ok(Some((bg, gg)))
 }
 
-/// The summaries BG/NBD reads, buyers alike to the hour counted once with their number: the fit's cost is
-/// then the distinct histories', not the buyers'.
+/// The summaries BG/NBD reads, buyers alike to the day counted once with their number: the fit's cost is
+/// then the distinct histories' (at most purchases × days²), not the buyers'.
 fn weighted(summaries: &[Summary]) -> Vec<(Summary, f64)> {
     let mut buckets: std::collections::HashMap<(u64, i64, i64), f64> = std::collections::HashMap::new();
     for s in summaries {
-        let key = (s.x as u64, (s.tx * 24.0).round() as i64, (s.t * 24.0).round() as i64);
+        let key = (s.x as u64, s.tx.round() as i64, s.t.round() as i64);
         *buckets.entry(key).or_default() += 1.0;
     }
     let mut out: Vec<(Summary, f64)> = buckets
         .into_iter()
         .map(|((x, tx, t), weight)| {
-            let (x, tx, t) = (x as f64, tx as f64 / 24.0, t as f64 / 24.0);
+            let (x, tx, t) = (x as f64, tx as f64, t as f64);
             (Summary { x, tx, t, n: x + 1.0, average: 0.0 }, weight)
         })
         .collect();

@@ -1,7 +1,7 @@
 //! `POST /v1/sql` and `POST /v1/analyze/{trends,funnel,retention,paths,compare,value}`: read-only SQL and the analyses
 //! over all the data ([`crate::analysis`]), with the scope `analysis:read`. Personal traits and properties are
 //! in the tables only for keys that also hold `pii:read`. Each call is audited (`analysis.run`; a query or a
-//! definition by its SHA-256, never its text). One analysis runs at a time per instance: each may use up to 2 GiB.
+//! definition by a keyed hash, never its text). One analysis runs at a time per instance: each may use up to 2 GiB.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +99,8 @@ pub(crate) async fn sql<S: ObjectStore + Clone>(
     if !(1..=300).contains(&seconds) {
         return Err(ApiError::invalid(format!("timeoutSeconds: 1 to 300, not {seconds}")));
     }
-    let detail = serde_json::json!({"query": shared::ids::sha256_hex(&request.query)});
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let detail = serde_json::json!({"query": key.hash(&format!("analysis-query:{}", request.query))});
     let (engine, _permit) = engine(&api, &headers, actor, "sql", detail).await?;
     let answer = engine.sql(&request.query, Limits { rows, time: Duration::from_secs(seconds) }).await?;
     Ok(json_body(&answer).into_response())
@@ -121,9 +122,11 @@ where
 {
     let actor = api.authorize(headers, Scope::AnalysisRead).await?;
     let definition: D = parse_body(body)?;
-    // By its hash: a definition's filters may hold a person's data (`email = …`), which the log must not.
+    // By its keyed hash (not to be confirmed by guessing): a definition's filters may hold a person's data
+    // (`email = …`), which the log must not.
     let text = serde_json::to_string(&definition).unwrap_or_default();
-    let detail = serde_json::json!({"definition": shared::ids::sha256_hex(&text)});
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let detail = serde_json::json!({"definition": key.hash(&format!("analysis-definition:{text}"))});
     let (engine, _permit) = engine(api, headers, actor, &format!("analyze:{kind}"), detail).await?;
     let result = run(&engine, &definition).await?;
     Ok(json_body(&result).into_response())

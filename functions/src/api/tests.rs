@@ -724,7 +724,9 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
         {"id": "last_email", "status": "active", "kind": "statistical", "expected": true,
          "aggregate": {"op": "last", "property": "email"}},
         {"id": "orders", "status": "active", "kind": "statistical", "filter": {"events": ["Order Completed"]},
-         "aggregate": {"op": "count"}}
+         "aggregate": {"op": "count"}},
+        {"id": "customer_last", "status": "active", "kind": "statistical", "expected": true,
+         "aggregate": {"op": "last", "property": "customer"}}
     ]);
     f.store.put("config/tags.json", tags.to_string().into_bytes(), PutOptions::json()).await.unwrap();
     crate::tagging::full_recompute(&f.store, now()).await.unwrap();
@@ -752,13 +754,24 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
     assert!(!text.contains("@example.com") && !text.contains("last_email"), "{body}");
     assert!(text.contains("\"orders\"") && text.contains("gold"), "{body}");
     assert!(!text.contains("\"m3\""), "{body}");
+    // A tag holding an object keeps what is not personal in it.
+    let customer = json!({"query": "SELECT customer_last FROM tags WHERE customer_last IS NOT NULL"});
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(customer.clone())).await;
+    assert_eq!(body["rows"], json!([["{\"tier\":\"gold\"}"]]), "{body}");
     // With it (admin holds every scope): in clear.
     let (status, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(query)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("ann@example.com"), "{body}");
-    let (_, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(everything)).await;
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(everything.clone())).await;
     let text = body.to_string();
     assert!(text.contains("bo@example.com") && text.contains("last_email") && text.contains("\"m3\""), "{body}");
+    // A tag no longer defined (its last values still stored) is not shown without pii:read: nothing says
+    // what it holds.
+    let now_defined = json!([tags[1].clone()]);
+    f.store.put("config/tags.json", now_defined.to_string().into_bytes(), PutOptions::json()).await.unwrap();
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(everything)).await;
+    let text = body.to_string();
+    assert!(text.contains("\"orders\"") && !text.contains("customer_last"), "{body}");
 
     let funnel = json!({"steps": ["Product Viewed", "Order Completed"], "windowMs": 3_600_000,
                         "from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z"});
