@@ -21,7 +21,7 @@ const DAY_MS: i64 = functions::analysis::period::DAY_MS;
 pub(crate) struct SqlArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// One SELECT over the tables `events`, `profiles`, `tags` and `memberships` (read-only).
+    /// One SELECT over the tables `events`, `profiles`, `tags`, `memberships` and `identities` (read-only).
     query: String,
     /// Rows printed at most (1 to 100000; the output says when there were more).
     #[arg(long, default_value_t = 1000)]

@@ -1,6 +1,7 @@
 //! The tables analyses and SQL read, built from the stored data: `events` (the lake's parts and the raw tail,
 //! each event once, with the profile it belongs to now), `profiles` (one column per trait), `tags` (one column
-//! per tag the last full recompute computed) and `memberships` (audience, profile).
+//! per tag the last full recompute computed), `memberships` (audience, profile) and `identities` (profile,
+//! identifier type and value).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Loaded {
     pub profiles: usize,
     /// Audience memberships.
     pub memberships: usize,
+    /// Identifiers of live profiles.
+    pub identities: usize,
     /// The latest event's time (ms): where the data ends.
     pub last_event_ms: Option<i64>,
 }
@@ -105,6 +108,10 @@ pub(super) async fn register<S: ObjectStore + Clone>(
         }
     }
     ctx.register_table("tags", Arc::new(wide(&values, false)?)).map_err(internal("the tags table"))?;
+
+    let (table, count) = identities(store, &profiles, personal, &config.snapshot.profiles).await?;
+    loaded.identities = count;
+    ctx.register_table("identities", Arc::new(table)).map_err(internal("the identities table"))?;
 
     let configured: Vec<String> = match &config.snapshot.definitions.audiences {
         Ok(audiences) => audiences.iter().map(|a| a.id.clone()).collect(),
@@ -206,6 +213,51 @@ async fn events<S: ObjectStore>(
     }
     loaded.last_event_ms = (latest_event > i64::MIN).then(|| latest_event.min(latest_receipt));
     MemTable::try_new(schema, vec![batches]).map_err(internal("the events table"))
+}
+
+/// The `identities` table: each identifier of the identity state (`type`, `value` as ID-Mapping keys it: a
+/// personal type's value is its SHA-256) with the live profile it belongs to now; without `personal`, the
+/// values of personal types are null (a plain hash confirms a guessed email address).
+async fn identities<S: ObjectStore + Clone>(
+    store: &S,
+    profiles: &Profiles,
+    personal: bool,
+    rules: &shared::profile::ProfileRules,
+) -> Result<(MemTable, usize), Error> {
+    use crate::state::{IdsShard, ShardCounts, Transaction};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+    ]));
+    let txn = Transaction::begin_sealed(store, ShardCounts::default(), None).await?;
+    let decode = |_: u32, shard: IdsShard| -> Result<Vec<(String, String)>, Error> {
+        let mut out = Vec::with_capacity(shard.index.len());
+        for (key, raw) in shard.index {
+            let id: String =
+                serde_json::from_str(raw.get()).map_err(|e| Error::Corrupt(format!("identifier {key}: {e}")))?;
+            out.push((key, id));
+        }
+        Ok(out)
+    };
+    let (mut ids, mut kinds, mut values) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut count = 0;
+    txn.each_shard(decode, |_, pairs: Vec<(String, String)>| {
+        for (key, id) in pairs {
+            let Some(n) = profiles.resolve(&id) else { continue };
+            let (kind, value) = key.split_once(':').unwrap_or((key.as_str(), ""));
+            ids.append_value(profiles.id(n));
+            kinds.append_value(kind);
+            let hidden = !personal && (rules.is_personal(kind) || kind == "email" || kind == "phone");
+            values.append_option((!hidden).then_some(value));
+            count += 1;
+        }
+        Ok(())
+    })
+    .await?;
+    let columns: Vec<ArrayRef> = vec![Arc::new(ids.finish()), Arc::new(kinds.finish()), Arc::new(values.finish())];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow("the identities table"))?;
+    Ok((MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the identities table"))?, count))
 }
 
 /// Whether `properties` hold a personal one, at any depth.

@@ -226,6 +226,12 @@ async fn sql_reads_the_tables_and_refuses_what_writes() {
     assert_eq!(answer.rows, [vec![json!("Product Added"), json!(4)], vec![json!("Product Viewed"), json!(6)]]);
     assert_eq!(answer.columns[1], json!({"name": "n", "type": "integer"}));
     assert!(!answer.truncated);
+    // Identifiers: nine user ids, each with its profile.
+    let answer = engine
+        .sql("SELECT i.type, count(*), count(DISTINCT p.profile_id) FROM identities i JOIN profiles p USING (profile_id) GROUP BY i.type", limits)
+        .await
+        .expect("identities");
+    assert_eq!(answer.rows, [vec![json!("user_id"), json!(9), json!(9)]]);
     // 27 rows of 12 MB each: more than an answer may hold.
     let huge = engine.sql("SELECT repeat('x', 12000000) FROM events", limits).await.unwrap_err().to_string();
     assert!(huge.contains("the answer is larger than 256 MiB"), "{huge}");

@@ -30,8 +30,8 @@ const QUEUE: Duration = Duration::from_secs(60);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct SqlRequest {
-    /// One `SELECT` (or `WITH … SELECT`, `EXPLAIN`, `SHOW`, `DESCRIBE`) over `events`, `profiles`, `tags` and
-    /// `memberships`.
+    /// One `SELECT` (or `WITH … SELECT`, `EXPLAIN`, `SHOW`, `DESCRIBE`) over `events`, `profiles`, `tags`,
+    /// `memberships` and `identities`.
     query: String,
     /// Rows answered at most (1 to 100000; default 1000); `truncated` says when there were more.
     max_rows: Option<usize>,

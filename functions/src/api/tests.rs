@@ -754,6 +754,12 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
     assert!(!text.contains("@example.com") && !text.contains("last_email"), "{body}");
     assert!(text.contains("\"orders\"") && text.contains("gold"), "{body}");
     assert!(!text.contains("\"m3\""), "{body}");
+    // Identifiers: an email's type, not its hash (which would confirm a guessed address); with pii:read, the hash.
+    let emails = json!({"query": "SELECT value FROM identities WHERE type = 'email'"});
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(emails.clone())).await;
+    assert_eq!(body["rows"], json!([[null]]), "{body}");
+    let (_, _, body) = f.call("POST", "/v1/sql", Some(&f.admin), Some(emails)).await;
+    assert_eq!(body["rows"][0][0].as_str().map(str::len), Some(64), "{body}");
     // A tag holding an object keeps what is not personal in it.
     let customer = json!({"query": "SELECT customer_last FROM tags WHERE customer_last IS NOT NULL"});
     let (_, _, body) = f.call("POST", "/v1/sql", Some(&analyst), Some(customer.clone())).await;
