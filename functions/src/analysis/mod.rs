@@ -1,14 +1,17 @@
-//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — trends, funnels, retention, paths
-//! and audience comparison — over the stored data, with Apache DataFusion (the same arrow-rs the lake is written
-//! with) as the engine.
+//! Analysis (分析): read-only SQL and the analyses marketers and analysts run — trends, funnels, retention, paths,
+//! audience comparison and value models — over the stored data, with Apache DataFusion (the same arrow-rs the
+//! lake is written with) as the engine.
 //!
 //! [`Engine::load`] builds the tables from the store ([`tables`]): `events` (the lake's parts and the raw
 //! tail, each event once, resolved to the profile it belongs to now, properties cleaned as tags read them),
-//! `profiles` (one column per trait), `tags` (one column per tag of the last full recompute) and `memberships`
-//! (audience, profile). SQL reads them as they are ([`Engine::sql`], with limits on rows, time and memory); the
-//! analyses take their events from them sorted by person and time, and count in a pass over each person's
-//! events ([`funnel`], [`retention`]). Properties are JSON text: `property(properties, 'name')` gives a value as
-//! text and `property_number(properties, 'name')` as a number.
+//! `profiles` (one column per trait), `tags` (one column per tag of the last full recompute), `memberships`
+//! (audience, profile) and `identities` (profile, identifier); [`Engine::load_without_personal_data`] leaves
+//! personal data out of them. SQL reads them as they are ([`Engine::sql`], with limits on rows, time, memory
+//! and answer size); trends run as SQL ([`trends`]); funnels, retention and paths take their events sorted by
+//! person and time, with a mask of the conditions each meets, and count in a pass over each person's events
+//! ([`funnel`], [`retention`], [`paths`]); audience comparison tests every feature ([`compare`], [`stats`]);
+//! the value models fit BG/NBD and Gamma-Gamma off the async workers ([`value`]). Properties are JSON text:
+//! `property(properties, 'name')` gives a value as text and `property_number(properties, 'name')` as a number.
 
 use std::collections::BTreeSet;
 
