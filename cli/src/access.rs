@@ -19,7 +19,7 @@ pub(crate) enum ApiKeyCommand {
         /// What the key is for.
         name: String,
         /// A scope it gets (repeatable): profiles:read, profiles:write, profiles:delete, config:read,
-        /// config:write, audit:read, pii:send, pii:read, analysis:read, admin.
+        /// config:write, audit:read, pii:send, pii:read, analysis:read, analysis:write, admin.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         #[command(flatten)]

@@ -33,6 +33,7 @@ pub mod funnel;
 pub mod paths;
 pub mod period;
 pub mod retention;
+pub mod saved;
 mod sql;
 pub mod stats;
 mod tables;

@@ -26,7 +26,7 @@ const BATCH_ROWS: usize = 65_536;
 const MAX_COLUMNS: usize = 256;
 
 /// What was loaded: rows per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Loaded {
     /// Events (each once).
@@ -41,6 +41,8 @@ pub struct Loaded {
     pub identities: usize,
     /// The latest event's time (ms): where the data ends.
     pub last_event_ms: Option<i64>,
+    /// The version of the data: what the tables were built from (equal versions, equal answers).
+    pub version: String,
 }
 
 /// What loading found besides the tables: the track event names and the audiences with members.
@@ -91,7 +93,7 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     }
     ctx.register_table("profiles", Arc::new(wide(&traits, true)?)).map_err(internal("the profiles table"))?;
 
-    let mut values = tag_values(store).await?;
+    let (mut values, tags_etag) = tag_values(store).await?;
     if !personal {
         let safe = safe_tags(config);
         for (_, tags) in &mut values {
@@ -122,6 +124,15 @@ pub(super) async fn register<S: ObjectStore + Clone>(
     };
     let (table, members, audiences) = memberships(store, &configured).await?;
     loaded.memberships = members;
+    // What the tables were built from: the identity state's version, the tag values' object, the events seen
+    // and where they end, the memberships.
+    let mut audiences_seen: Vec<&String> = audiences.iter().collect();
+    audiences_seen.sort();
+    loaded.version = shared::ids::sha256_hex(&format!(
+        "{}|{tags_etag}|{}|{}|{:?}|{}|{:?}|{personal}",
+        profiles.version, loaded.events, loaded.unresolved, loaded.last_event_ms, loaded.memberships, audiences_seen
+    ))[..20]
+        .to_string();
     found.audiences = audiences;
     ctx.register_table("memberships", Arc::new(table)).map_err(internal("the memberships table"))?;
     Ok((loaded, found))
@@ -340,8 +351,9 @@ impl EventRows {
 }
 
 /// The last full recompute's tag values, by profile.
-async fn tag_values<S: ObjectStore>(store: &S) -> Result<Vec<(String, Map<String, Value>)>, Error> {
-    let Some(object) = store.get(keys::TAG_VALUES).await? else { return Ok(Vec::new()) };
+/// The last full recompute's tag values by profile, and the stored object's etag (none: no values).
+async fn tag_values<S: ObjectStore>(store: &S) -> Result<(Vec<(String, Map<String, Value>)>, String), Error> {
+    let Some(object) = store.get(keys::TAG_VALUES).await? else { return Ok((Vec::new(), String::new())) };
     let body = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("tag values: {e}")))?;
     #[derive(serde::Deserialize)]
     struct Values {
@@ -349,7 +361,7 @@ async fn tag_values<S: ObjectStore>(store: &S) -> Result<Vec<(String, Map<String
     }
     let values: Values =
         serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{}: {e}", keys::TAG_VALUES)))?;
-    Ok(values.profiles.into_iter().collect())
+    Ok((values.profiles.into_iter().collect(), object.etag))
 }
 
 /// The `memberships` table from the last snapshots of the audiences `configured` (a deleted audience's

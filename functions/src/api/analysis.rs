@@ -41,13 +41,13 @@ pub(crate) struct SqlRequest {
 
 /// The engine over the data `actor` may see (personal data only with `pii:read`), once no other analysis runs
 /// here; the call audited as `what` with `detail`.
-async fn engine<S: ObjectStore + Clone>(
+pub(super) async fn engine<S: ObjectStore + Clone>(
     api: &Api<S>,
     headers: &HeaderMap,
     actor: Actor,
     what: &str,
     detail: serde_json::Value,
-) -> Result<(Engine, tokio::sync::SemaphorePermit<'static>), ApiError> {
+) -> Result<Loaded, ApiError> {
     let personal = api.also_allows(headers, Scope::PiiRead).await?;
     let permit = tokio::time::timeout(QUEUE, RUNNING.acquire())
         .await
@@ -68,7 +68,17 @@ async fn engine<S: ObjectStore + Clone>(
     } else {
         Engine::load_without_personal_data(api.store(), &config).await?
     };
-    Ok((engine, permit))
+    Ok(Loaded { engine, personal, _permit: permit })
+}
+
+/// An engine loaded for a caller.
+pub(super) struct Loaded {
+    /// The engine.
+    pub(super) engine: Engine,
+    /// Whether its tables hold personal data.
+    pub(super) personal: bool,
+    /// Held while it runs: one analysis at a time.
+    _permit: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// Runs one read-only SQL query.
@@ -101,8 +111,8 @@ pub(crate) async fn sql<S: ObjectStore + Clone>(
     }
     let key = crate::suppression::hash_key(api.store()).await?;
     let detail = serde_json::json!({"query": key.hash(&format!("analysis-query:{}", request.query))});
-    let (engine, _permit) = engine(&api, &headers, actor, "sql", detail).await?;
-    let answer = engine.sql(&request.query, Limits { rows, time: Duration::from_secs(seconds) }).await?;
+    let loaded = engine(&api, &headers, actor, "sql", detail).await?;
+    let answer = loaded.engine.sql(&request.query, Limits { rows, time: Duration::from_secs(seconds) }).await?;
     Ok(json_body(&answer).into_response())
 }
 
@@ -127,8 +137,8 @@ where
     let text = serde_json::to_string(&definition).unwrap_or_default();
     let key = crate::suppression::hash_key(api.store()).await?;
     let detail = serde_json::json!({"definition": key.hash(&format!("analysis-definition:{text}"))});
-    let (engine, _permit) = engine(api, headers, actor, &format!("analyze:{kind}"), detail).await?;
-    let result = run(&engine, &definition).await?;
+    let loaded = engine(api, headers, actor, &format!("analyze:{kind}"), detail).await?;
+    let result = run(&loaded.engine, &definition).await?;
     Ok(json_body(&result).into_response())
 }
 

@@ -62,7 +62,7 @@ pub(crate) struct CreateKey {
     /// What it is for (1 to 200 characters).
     name: String,
     /// `profiles:read`, `profiles:write`, `profiles:delete`, `config:read`, `config:write`, `audit:read`, `pii:send`,
-    /// `pii:read`, `analysis:read`, `admin`.
+    /// `pii:read`, `analysis:read`, `analysis:write`, `admin`.
     scopes: Vec<String>,
 }
 

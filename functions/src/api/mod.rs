@@ -13,6 +13,8 @@ mod catalog;
 mod disclosure;
 mod error;
 mod feedback;
+#[cfg(feature = "analysis")]
+mod insights;
 mod keys;
 mod manage;
 mod openapi;
@@ -176,7 +178,8 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .with_state(api)
 }
 
-/// `/v1/sql` and `/v1/analyze/…`, where the crate is built with its analysis engine (`cdp up`).
+/// `/v1/sql`, `/v1/analyze/…`, `/v1/insights` and `/v1/dashboards`, where the crate is built with its analysis
+/// engine (`cdp up`).
 #[cfg(feature = "analysis")]
 fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Router<Arc<Api<S>>> {
     router
@@ -187,6 +190,18 @@ fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Route
         .route("/v1/analyze/paths", post(analysis::paths::<S>))
         .route("/v1/analyze/compare", post(analysis::compare::<S>))
         .route("/v1/analyze/value", post(analysis::value::<S>))
+        .route("/v1/insights", get(insights::list_insights::<S>))
+        .route(
+            "/v1/insights/{id}",
+            axum::routing::put(insights::put_insight::<S>).delete(insights::delete_insight::<S>),
+        )
+        .route("/v1/insights/{id}/run", post(insights::run_insight::<S>))
+        .route("/v1/dashboards", get(insights::list_dashboards::<S>))
+        .route(
+            "/v1/dashboards/{id}",
+            axum::routing::put(insights::put_dashboard::<S>).delete(insights::delete_dashboard::<S>),
+        )
+        .route("/v1/dashboards/{id}/run", post(insights::run_dashboard::<S>))
 }
 
 #[cfg(not(feature = "analysis"))]

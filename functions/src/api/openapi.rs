@@ -53,9 +53,17 @@ struct Document;
         super::analysis::paths,
         super::analysis::compare,
         super::analysis::value,
+        super::insights::list_insights,
+        super::insights::put_insight,
+        super::insights::delete_insight,
+        super::insights::run_insight,
+        super::insights::list_dashboards,
+        super::insights::put_dashboard,
+        super::insights::delete_dashboard,
+        super::insights::run_dashboard,
     ),
     components(schemas(super::analysis::SqlRequest)),
-    tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths and audience comparison"))
+    tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths, audience comparison, value models; saved insights and dashboards"))
 )]
 struct AnalysisDocument;
 

@@ -818,3 +818,95 @@ async fn sql_and_analyses_need_their_own_scope_leave_out_personal_data_without_p
         assert!(document["paths"][path]["post"].is_object(), "{path} documented");
     }
 }
+
+#[cfg(feature = "analysis")]
+#[tokio::test]
+async fn insights_and_dashboards_are_saved_run_kept_with_the_data_version_and_audited() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev("track", "m1", 1, json!({"userId": "u1", "event": "Product Viewed"})),
+            ev("track", "m2", 2, json!({"userId": "u1", "event": "Order Completed", "properties": {"revenue": 20}})),
+            ev("track", "m3", 3, json!({"userId": "u2", "event": "Product Viewed"})),
+        ]),
+    )
+    .await;
+    let analyst = key(&f.store, "analyst", &[Scope::AnalysisRead]).await;
+    let editor = key(&f.store, "editor", &[Scope::AnalysisRead, Scope::AnalysisWrite]).await;
+    let funnel = json!({"id": "checkout", "name": "Checkout", "chart": "funnel",
+        "analysis": {"kind": "funnel", "definition": {"steps": ["Product Viewed", "Order Completed"],
+            "windowMs": 3_600_000, "from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}}});
+    // Saving needs analysis:write.
+    let (status, _, body) = f.call("PUT", "/v1/insights/checkout", Some(&analyst), Some(funnel.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, body) = f.call("PUT", "/v1/insights/checkout", Some(&editor), Some(funnel.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let orders = json!({"id": "orders", "name": "Orders", "chart": "number",
+        "analysis": {"kind": "sql", "definition": {"query": "SELECT count(*) AS n FROM events WHERE event = 'Order Completed'"}}});
+    let (status, _, body) = f.call("PUT", "/v1/insights/orders", Some(&editor), Some(orders)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, listed) = f.get("/v1/insights", &analyst).await;
+    assert_eq!(listed["insights"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    // Bad input names the field; nothing is saved.
+    let mut bad = funnel.clone();
+    bad["analysis"]["kind"] = json!("funnels");
+    let (status, _, body) = f.call("PUT", "/v1/insights/checkout", Some(&editor), Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = f.call("PUT", "/v1/insights/other", Some(&editor), Some(funnel.clone())).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("is not the path's"), "{body}");
+    let mut unnamed = funnel.clone();
+    unnamed["name"] = json!(" ");
+    let (status, _, body) = f.call("PUT", "/v1/insights/checkout", Some(&editor), Some(unnamed)).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("name: 1 to 200"), "{body}");
+
+    // Its own range: the events are on 2026-11-29, not in November's first day.
+    let (status, _, run) = f.call("POST", "/v1/insights/checkout/run", Some(&analyst), None).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!((run["cached"].as_bool(), run["result"]["steps"][0]["persons"].as_u64()), (Some(false), Some(0)));
+    // The same data again: answered from the kept result.
+    let (_, _, again) = f.call("POST", "/v1/insights/checkout/run", Some(&analyst), None).await;
+    assert_eq!((again["cached"].as_bool(), &again["dataVersion"]), (Some(true), &run["dataVersion"]), "{again}");
+
+    // A dashboard over the last 7 days of the data runs each insight there.
+    let board = json!({"id": "sales", "name": "Sales", "insights": ["checkout", "orders"], "lastDays": 7});
+    let (status, _, body) = f.call("PUT", "/v1/dashboards/sales", Some(&editor), Some(board)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, shown) = f.call("POST", "/v1/dashboards/sales/run", Some(&analyst), None).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["to"], "2026-11-30T00:00:00.000Z", "{shown}");
+    let steps: Vec<u64> = shown["insights"][0]["run"]["result"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["persons"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 1], "{shown}");
+    assert_eq!(shown["insights"][1]["run"]["result"]["rows"], json!([[1]]), "{shown}");
+    // New data moves the version on: computed again.
+    f.ingest(2, json!([ev("track", "m4", 4, json!({"userId": "u2", "event": "Order Completed"}))])).await;
+    let (_, _, moved) = f.call("POST", "/v1/dashboards/sales/run", Some(&analyst), None).await;
+    assert_eq!(moved["insights"][1]["run"]["cached"], false, "{moved}");
+    assert_eq!(moved["insights"][1]["run"]["result"]["rows"], json!([[2]]), "{moved}");
+    assert_ne!(moved["insights"][1]["run"]["dataVersion"], shown["insights"][1]["run"]["dataVersion"]);
+
+    // A dashboard names saved insights; one on a dashboard cannot be deleted.
+    let typo = json!({"id": "typo", "name": "Typo", "insights": ["chekout"]});
+    let (status, _, body) = f.call("PUT", "/v1/dashboards/typo", Some(&editor), Some(typo)).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("did you mean `checkout`?"), "{body}");
+    let (status, _, body) = f.call("DELETE", "/v1/insights/checkout", Some(&editor), None).await;
+    assert!(status == StatusCode::CONFLICT && body.to_string().contains("sales"), "{body}");
+    let (status, _, _) = f.call("DELETE", "/v1/dashboards/sales", Some(&editor), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = f.call("DELETE", "/v1/insights/checkout", Some(&editor), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = f.call("POST", "/v1/insights/checkout/run", Some(&analyst), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, audit) = f.get("/v1/audit", &f.admin).await;
+    let actions: Vec<&str> = audit["records"].as_array().unwrap().iter().filter_map(|r| r["action"].as_str()).collect();
+    for action in ["insight.put", "dashboard.put", "dashboard.delete", "insight.delete", "analysis.run"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}

@@ -50,6 +50,9 @@ pub enum Scope {
     /// the data. Apart from `profiles:read`: it reads every person's events and traits at once.
     #[serde(rename = "analysis:read")]
     AnalysisRead,
+    /// Save and delete insights and dashboards (their definitions; running them needs `analysis:read`).
+    #[serde(rename = "analysis:write")]
+    AnalysisWrite,
     /// Everything, including creating and revoking API keys.
     #[serde(rename = "admin")]
     Admin,
@@ -57,7 +60,7 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::ProfilesRead,
         Scope::ProfilesWrite,
         Scope::ProfilesDelete,
@@ -67,6 +70,7 @@ impl Scope {
         Scope::PiiSend,
         Scope::PiiRead,
         Scope::AnalysisRead,
+        Scope::AnalysisWrite,
         Scope::Admin,
     ];
 
@@ -82,6 +86,7 @@ impl Scope {
             Scope::PiiSend => "pii:send",
             Scope::PiiRead => "pii:read",
             Scope::AnalysisRead => "analysis:read",
+            Scope::AnalysisWrite => "analysis:write",
             Scope::Admin => "admin",
         }
     }

@@ -1,0 +1,332 @@
+//! Saved insights and dashboards (看板): an insight is an analysis's definition with a name and a chart type; a
+//! dashboard is a named, ordered list of insights sharing a date range. Both live in `config/` (changed under
+//! compare-and-swap); a run's result is kept in `analysis/v1/results/` with the version of the data it was
+//! computed on, and answered from there while the data has not moved on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use shared::time::UtcTime;
+
+use super::period::DAY_MS;
+use super::{Compare, Engine, Funnel, Limits, Paths, Retention, Trends, Value};
+use crate::Error;
+use crate::storage::{ObjectStore, PutOptions};
+
+/// Where the insights are.
+pub const INSIGHTS: &str = "config/insights.json";
+/// Where the dashboards are.
+pub const DASHBOARDS: &str = "config/dashboards.json";
+/// Where runs' results are kept, by insight.
+pub const RESULTS: &str = "analysis/v1/results/";
+
+/// Insights (and dashboards) kept at most.
+pub const MAX_SAVED: usize = 1_000;
+
+/// An analysis of any kind, by its definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "definition", rename_all = "snake_case")]
+pub enum Analysis {
+    /// A trend.
+    Trends(Trends),
+    /// A funnel.
+    Funnel(Funnel),
+    /// Retention.
+    Retention(Retention),
+    /// Paths.
+    Paths(Paths),
+    /// An audience comparison.
+    Compare(Compare),
+    /// Value models.
+    Value(Value),
+    /// A read-only query.
+    Sql {
+        /// The query.
+        query: String,
+    },
+}
+
+/// How an insight is drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Chart {
+    /// Lines over time.
+    #[default]
+    Line,
+    /// Bars.
+    Bar,
+    /// A table.
+    Table,
+    /// One number.
+    Number,
+    /// Funnel steps.
+    Funnel,
+    /// A cohort grid.
+    Cohorts,
+    /// A Sankey diagram.
+    Sankey,
+}
+
+/// A saved analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Insight {
+    /// Its id (`[a-z0-9_-]`, 1 to 64).
+    pub id: String,
+    /// Its name (1 to 200 characters).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// The analysis.
+    pub analysis: Analysis,
+    /// How it is drawn.
+    #[serde(default)]
+    pub chart: Chart,
+}
+
+/// A dashboard: insights in order, with a shared date range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dashboard {
+    /// Its id (`[a-z0-9_-]`, 1 to 64).
+    pub id: String,
+    /// Its name (1 to 200 characters).
+    pub name: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Its insights' ids, in order (1 to 50).
+    pub insights: Vec<String>,
+    /// The range every insight is run over: the last this many days of the data (1 to 3650); none: each
+    /// insight's own.
+    #[serde(default)]
+    pub last_days: Option<u32>,
+}
+
+/// The checks an id and a name pass.
+fn check_named(id: &str, name: &str) -> Result<(), Error> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(Error::Invalid(format!("id: 1 to 64 of a-z, 0-9, _ and -, not {id:?}")));
+    }
+    let length = name.trim().chars().count();
+    if !(1..=200).contains(&length) {
+        return Err(Error::Invalid("name: 1 to 200 characters".into()));
+    }
+    Ok(())
+}
+
+impl Insight {
+    /// The checks an insight passes before it is saved (its analysis is checked against the data when run).
+    pub fn check(&self) -> Result<(), Error> {
+        check_named(&self.id, &self.name)?;
+        if let Analysis::Sql { query } = &self.analysis
+            && query.trim().is_empty()
+        {
+            return Err(Error::Invalid("analysis.definition.query: the query is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Dashboard {
+    /// The checks a dashboard passes before it is saved: `insights` are those saved.
+    pub fn check(&self, insights: &[Insight]) -> Result<(), Error> {
+        check_named(&self.id, &self.name)?;
+        if !(1..=50).contains(&self.insights.len()) {
+            return Err(Error::Invalid(format!("insights: 1 to 50, not {}", self.insights.len())));
+        }
+        for (i, id) in self.insights.iter().enumerate() {
+            if !insights.iter().any(|insight| insight.id == *id) {
+                let mut message = format!("insights[{i}]: no insight `{id}`");
+                if let Some(close) = shared::tags::closest(id, insights.iter().map(|i| i.id.as_str())) {
+                    message.push_str(&format!("; did you mean `{close}`?"));
+                }
+                return Err(Error::Invalid(message));
+            }
+        }
+        if self.last_days.is_some_and(|d| !(1..=3_650).contains(&d)) {
+            return Err(Error::Invalid("lastDays: 1 to 3650".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The saved insights.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Insights {
+    /// In the order they were saved.
+    pub insights: Vec<Insight>,
+}
+
+/// The saved dashboards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dashboards {
+    /// In the order they were saved.
+    pub dashboards: Vec<Dashboard>,
+}
+
+/// A stored configuration file of `T`, or its default when there is none.
+pub async fn load<S: ObjectStore, T: serde::de::DeserializeOwned + Default>(store: &S, key: &str) -> Result<T, Error> {
+    match store.get(key).await? {
+        None => Ok(T::default()),
+        Some(object) => serde_json::from_slice(&object.body).map_err(|e| Error::Corrupt(format!("{key}: {e}"))),
+    }
+}
+
+/// Changes a stored configuration file of `T` under compare-and-swap.
+pub async fn update<S, T, R>(
+    store: &S,
+    key: &str,
+    mut change: impl FnMut(&mut T) -> Result<R, Error>,
+) -> Result<R, Error>
+where
+    S: ObjectStore,
+    T: serde::de::DeserializeOwned + Serialize + Default,
+{
+    crate::config::update(store, key, "application/json", |bytes| {
+        let mut value: T = match bytes {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?,
+            None => T::default(),
+        };
+        let result = change(&mut value)?;
+        Ok((serde_json::to_vec_pretty(&value).map_err(Error::encoding)?, result))
+    })
+    .await
+}
+
+/// A run's result, as kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    /// The insight.
+    pub insight: String,
+    /// When it was computed.
+    pub computed_at: UtcTime,
+    /// The data it was computed on ([`super::Loaded::version`]).
+    pub data_version: String,
+    /// The definition it was computed for (its SHA-256, with the range it was run over).
+    pub definition: String,
+    /// Whether it was answered from the kept result.
+    #[serde(default)]
+    pub cached: bool,
+    /// The analysis's answer.
+    pub result: Json,
+}
+
+impl Analysis {
+    /// The analysis over `range` (from, to) instead of its own, for the kinds that have one.
+    pub fn over(&self, range: Option<(UtcTime, UtcTime)>) -> Self {
+        let mut out = self.clone();
+        let Some((from, to)) = range else { return out };
+        match &mut out {
+            Analysis::Trends(d) => (d.from, d.to) = (from, to),
+            Analysis::Funnel(d) => (d.from, d.to) = (from, to),
+            Analysis::Retention(d) => (d.from, d.to) = (from, to),
+            Analysis::Paths(d) => (d.from, d.to) = (from, to),
+            Analysis::Compare(d) => (d.from, d.to) = (from, to),
+            Analysis::Value(d) => d.at = to,
+            Analysis::Sql { .. } => {}
+        }
+        out
+    }
+
+    /// Runs it on `engine`.
+    pub async fn run(&self, engine: &Engine) -> Result<Json, Error> {
+        let json = |v: Result<Json, serde_json::Error>| v.map_err(Error::encoding);
+        match self {
+            Analysis::Trends(d) => json(serde_json::to_value(engine.trends(d).await?)),
+            Analysis::Funnel(d) => json(serde_json::to_value(engine.funnel(d).await?)),
+            Analysis::Retention(d) => json(serde_json::to_value(engine.retention(d).await?)),
+            Analysis::Paths(d) => json(serde_json::to_value(engine.paths(d).await?)),
+            Analysis::Compare(d) => json(serde_json::to_value(engine.compare(d).await?)),
+            Analysis::Value(d) => json(serde_json::to_value(engine.value(d).await?)),
+            Analysis::Sql { query } => json(serde_json::to_value(engine.sql(query, Limits::default()).await?)),
+        }
+    }
+}
+
+/// `insight` run on `engine` over `range` (or its own): the kept result when it was computed for the same
+/// definition on the same data, otherwise computed now — and kept when `keep` (never a result holding personal
+/// data: an erasure could not reach it).
+pub async fn run<S: ObjectStore>(
+    store: &S,
+    engine: &Engine,
+    insight: &Insight,
+    range: Option<(UtcTime, UtcTime)>,
+    now: UtcTime,
+    keep: bool,
+) -> Result<Run, Error> {
+    let analysis = insight.analysis.over(range);
+    let definition = shared::ids::sha256_hex(&serde_json::to_string(&analysis).map_err(Error::encoding)?);
+    let data_version = engine.loaded.version.clone();
+    let key = format!("{RESULTS}{}.json", insight.id);
+    if keep
+        && let Some(object) = store.get(&key).await?
+        && let Ok(mut kept) = serde_json::from_slice::<Run>(&object.body)
+        && kept.definition == definition
+        && kept.data_version == data_version
+    {
+        kept.cached = true;
+        return Ok(kept);
+    }
+    let result = analysis.run(engine).await?;
+    let run = Run { insight: insight.id.clone(), computed_at: now, data_version, definition, cached: false, result };
+    if keep {
+        store.put(&key, serde_json::to_vec(&run).map_err(Error::encoding)?, PutOptions::json()).await?;
+    }
+    Ok(run)
+}
+
+/// The range of a dashboard's last `days` days: to the end of the data's last day.
+pub fn last_days(engine: &Engine, days: u32, now: UtcTime) -> Result<(UtcTime, UtcTime), Error> {
+    let end_ms = engine.loaded.last_event_ms.map_or(now.unix_millis(), |ms| ms);
+    let end = (end_ms.div_euclid(DAY_MS) + 1) * DAY_MS;
+    let at = |ms: i64| UtcTime::from_unix_millis(ms).ok_or_else(|| Error::Invalid("lastDays: out of range".into()));
+    Ok((at(end - i64::from(days) * DAY_MS)?, at(end)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> UtcTime {
+        UtcTime::parse(text).expect("time")
+    }
+
+    #[test]
+    fn ids_and_names_are_checked_and_a_dashboards_range_replaces_each_insights_own() {
+        let insight: Insight = serde_json::from_value(serde_json::json!({
+            "id": "checkout", "name": "Checkout",
+            "analysis": {"kind": "paths", "definition": {"event": "Product Viewed", "depth": 2, "windowMs": 60000,
+                         "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}}}))
+        .expect("insight");
+        assert_eq!(insight.chart, Chart::Line);
+        assert!(insight.check().is_ok());
+        let range = Some((at("2026-03-01T00:00:00Z"), at("2026-03-08T00:00:00Z")));
+        let Analysis::Paths(over) = insight.analysis.over(range) else { panic!("paths") };
+        assert_eq!((over.from, over.to, over.depth), (at("2026-03-01T00:00:00Z"), at("2026-03-08T00:00:00Z"), 2));
+        let Analysis::Paths(own) = insight.analysis.over(None) else { panic!("paths") };
+        assert_eq!(own.from, at("2026-01-01T00:00:00Z"));
+        for id in ["", "Checkout", "a b", &"x".repeat(65)] {
+            let bad = Insight { id: id.to_string(), ..insight.clone() };
+            assert!(bad.check().unwrap_err().to_string().contains("id: 1 to 64"), "{id:?}");
+        }
+        let sql = Insight { analysis: Analysis::Sql { query: " ".into() }, ..insight.clone() };
+        assert!(sql.check().unwrap_err().to_string().contains("the query is empty"));
+        let board = Dashboard {
+            id: "sales".into(),
+            name: "Sales".into(),
+            description: String::new(),
+            insights: vec!["checkout".into()],
+            last_days: Some(0),
+        };
+        assert!(board.check(std::slice::from_ref(&insight)).unwrap_err().to_string().contains("lastDays: 1 to 3650"));
+        let empty = Dashboard { insights: Vec::new(), last_days: None, ..board };
+        assert!(empty.check(&[insight]).unwrap_err().to_string().contains("insights: 1 to 50, not 0"));
+    }
+}
