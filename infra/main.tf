@@ -79,11 +79,12 @@ locals {
       list   = ["raw/"]
     }
     tagging = {
-      # catalog/: folds the pending parts into the data dictionary
+      # catalog/: folds the pending parts into the data dictionary; analysis/v1/results/: an erasure drops saved
+      # insights' kept results (written by `cdp up`'s API)
       get    = ["raw/", "failed/", "state/", "lake/", "config/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "keys/", "catalog/"]
       put    = ["raw/", "failed/", "state/", "lake/", "tags/", "audiences/", "products/", "deliveries/", "privacy/", "audit/", "keys/", "catalog/v1/dictionary.json.gz"]
-      delete = ["raw/", "failed/", "state/", "lake/", "deliveries/", "catalog/v1/pending/"]
-      list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/", "catalog/v1/pending/"]
+      delete = ["raw/", "failed/", "state/", "lake/", "deliveries/", "catalog/v1/pending/", "analysis/v1/results/"]
+      list   = ["raw/", "failed/", "state/", "lake/", "audiences/", "deliveries/", "privacy/", "catalog/v1/pending/", "analysis/v1/results/"]
     }
     activation = {
       # the destinations' signing secrets, readable by this function and the API alone

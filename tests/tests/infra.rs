@@ -242,7 +242,9 @@ fn notifications_watch_the_storage_layout() {
         "tags/",
         "products/",
         "catalog/",
+        "analysis/",
     ];
+    assert!(shared::storage::keys::ANALYSIS_RESULTS.starts_with("analysis/"));
     for (function, access) in object(local(&module, "bucket_access")) {
         for (action, prefixes) in object(access) {
             for prefix in strings(prefixes) {

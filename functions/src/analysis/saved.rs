@@ -17,10 +17,14 @@ pub const INSIGHTS: &str = "config/insights.json";
 /// Where the dashboards are.
 pub const DASHBOARDS: &str = "config/dashboards.json";
 /// Where runs' results are kept, by insight.
-pub const RESULTS: &str = "analysis/v1/results/";
+pub const RESULTS: &str = shared::storage::keys::ANALYSIS_RESULTS;
 
 /// Insights (and dashboards) kept at most.
 pub const MAX_SAVED: usize = 1_000;
+/// The largest analysis definition an insight holds (its JSON).
+pub const MAX_DEFINITION_BYTES: usize = 64 << 10;
+/// The largest result kept (its JSON); a dashboard answers at most this much per insight too.
+pub const MAX_KEPT_BYTES: usize = 16 << 20;
 
 /// An analysis of any kind, by its definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,10 +43,37 @@ pub enum Analysis {
     /// Value models.
     Value(Value),
     /// A read-only query.
-    Sql {
-        /// The query.
-        query: String,
-    },
+    Sql(SqlQuery),
+}
+
+/// A saved query, as `POST /v1/sql` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SqlQuery {
+    /// The query.
+    pub query: String,
+    /// Rows answered at most (1 to 100000; default 1000).
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+    /// Seconds it may take (1 to 300; default 30).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl SqlQuery {
+    /// Its limits.
+    fn limits(&self) -> Limits {
+        Limits {
+            rows: self.max_rows.unwrap_or(1000),
+            time: std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(30).clamp(1, 300)),
+        }
+    }
+
+    /// Whether its answer depends on more than the data (the clock, chance): never kept.
+    fn volatile(&self) -> bool {
+        let text = self.query.to_ascii_lowercase();
+        ["now(", "current_", "random(", "uuid(", "today("].iter().any(|f| text.contains(f))
+    }
 }
 
 /// How an insight is drawn.
@@ -122,10 +153,22 @@ impl Insight {
     /// The checks an insight passes before it is saved (its analysis is checked against the data when run).
     pub fn check(&self) -> Result<(), Error> {
         check_named(&self.id, &self.name)?;
-        if let Analysis::Sql { query } = &self.analysis
-            && query.trim().is_empty()
-        {
-            return Err(Error::Invalid("analysis.definition.query: the query is empty".into()));
+        if self.description.chars().count() > 2_000 {
+            return Err(Error::Invalid("description: at most 2000 characters".into()));
+        }
+        if serde_json::to_vec(&self.analysis).map_or(0, |v| v.len()) > MAX_DEFINITION_BYTES {
+            return Err(Error::Invalid(format!("analysis: at most {} KiB", MAX_DEFINITION_BYTES >> 10)));
+        }
+        if let Analysis::Sql(sql) = &self.analysis {
+            if sql.query.trim().is_empty() {
+                return Err(Error::Invalid("analysis.definition.query: the query is empty".into()));
+            }
+            if sql.max_rows.is_some_and(|n| !(1..=super::MAX_ROWS).contains(&n)) {
+                return Err(Error::Invalid(format!("analysis.definition.maxRows: 1 to {}", super::MAX_ROWS)));
+            }
+            if sql.timeout_seconds.is_some_and(|s| !(1..=300).contains(&s)) {
+                return Err(Error::Invalid("analysis.definition.timeoutSeconds: 1 to 300".into()));
+            }
         }
         Ok(())
     }
@@ -209,7 +252,7 @@ pub struct Run {
     pub computed_at: UtcTime,
     /// The data it was computed on ([`super::Loaded::version`]).
     pub data_version: String,
-    /// The definition it was computed for (its SHA-256, with the range it was run over).
+    /// The definition it was computed for (a keyed hash, with the range it was run over).
     pub definition: String,
     /// Whether it was answered from the kept result.
     #[serde(default)]
@@ -230,7 +273,7 @@ impl Analysis {
             Analysis::Paths(d) => (d.from, d.to) = (from, to),
             Analysis::Compare(d) => (d.from, d.to) = (from, to),
             Analysis::Value(d) => d.at = to,
-            Analysis::Sql { .. } => {}
+            Analysis::Sql(_) => {}
         }
         out
     }
@@ -245,14 +288,16 @@ impl Analysis {
             Analysis::Paths(d) => json(serde_json::to_value(engine.paths(d).await?)),
             Analysis::Compare(d) => json(serde_json::to_value(engine.compare(d).await?)),
             Analysis::Value(d) => json(serde_json::to_value(engine.value(d).await?)),
-            Analysis::Sql { query } => json(serde_json::to_value(engine.sql(query, Limits::default()).await?)),
+            Analysis::Sql(sql) => json(serde_json::to_value(engine.sql(&sql.query, sql.limits()).await?)),
         }
     }
 }
 
 /// `insight` run on `engine` over `range` (or its own): the kept result when it was computed for the same
-/// definition on the same data, otherwise computed now — and kept when `keep` (never a result holding personal
-/// data: an erasure could not reach it).
+/// definition on the same data, otherwise computed now — and kept when `keep` (never a result computed with
+/// personal data, one that depends on the clock, one with a note, or one over [`MAX_KEPT_BYTES`]). Results are
+/// kept per insight and definition (`analysis/v1/results/<insight>/<definition>.json`); reading and writing them
+/// is best effort. `keyed` hashes the definition (a plain hash would confirm a guessed filter value).
 pub async fn run<S: ObjectStore>(
     store: &S,
     engine: &Engine,
@@ -260,26 +305,59 @@ pub async fn run<S: ObjectStore>(
     range: Option<(UtcTime, UtcTime)>,
     now: UtcTime,
     keep: bool,
+    keyed: &(dyn Fn(&str) -> String + Sync),
 ) -> Result<Run, Error> {
     let analysis = insight.analysis.over(range);
-    let definition = shared::ids::sha256_hex(&serde_json::to_string(&analysis).map_err(Error::encoding)?);
+    let definition = keyed(&serde_json::to_string(&analysis).map_err(Error::encoding)?)[..32].to_string();
     let data_version = engine.loaded.version.clone();
-    let key = format!("{RESULTS}{}.json", insight.id);
-    if keep
-        && let Some(object) = store.get(&key).await?
-        && let Ok(mut kept) = serde_json::from_slice::<Run>(&object.body)
-        && kept.definition == definition
-        && kept.data_version == data_version
-    {
-        kept.cached = true;
-        return Ok(kept);
+    let key = format!("{RESULTS}{}/{definition}.json", insight.id);
+    let keep = keep && !matches!(&analysis, Analysis::Sql(sql) if sql.volatile());
+    if keep {
+        match store.get(&key).await {
+            Ok(Some(object)) => {
+                if let Ok(mut kept) = serde_json::from_slice::<Run>(&object.body)
+                    && kept.data_version == data_version
+                {
+                    kept.cached = true;
+                    return Ok(kept);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%key, %error, "a kept result does not read; computing it"),
+        }
     }
     let result = analysis.run(engine).await?;
     let run = Run { insight: insight.id.clone(), computed_at: now, data_version, definition, cached: false, result };
-    if keep {
-        store.put(&key, serde_json::to_vec(&run).map_err(Error::encoding)?, PutOptions::json()).await?;
+    let noted = run.result.get("note").is_some_and(|n| !n.is_null());
+    if keep && !noted {
+        let body = serde_json::to_vec(&run).map_err(Error::encoding)?;
+        // Not for an insight deleted (or changed) while it ran: its results were removed with it.
+        let current: Insights = load(store, INSIGHTS).await.unwrap_or_default();
+        let same = current.insights.iter().any(|i| i.id == insight.id && i.analysis == insight.analysis);
+        if same
+            && body.len() <= MAX_KEPT_BYTES
+            && let Err(error) = store.put(&key, body, PutOptions::json()).await
+        {
+            tracing::warn!(%key, %error, "a result could not be kept");
+        }
     }
     Ok(run)
+}
+
+/// Removes the kept results of insight `id` (best effort: a result left is never answered for another
+/// definition, and is removed with the next change).
+pub async fn forget_results<S: ObjectStore>(store: &S, id: &str) {
+    let prefix = format!("{RESULTS}{id}/");
+    match store.list(&prefix).await {
+        Ok(objects) => {
+            for object in objects {
+                if let Err(error) = store.delete(&object.key).await {
+                    tracing::warn!(key = %object.key, %error, "a kept result could not be removed");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%prefix, %error, "the kept results could not be listed"),
+    }
 }
 
 /// The range of a dashboard's last `days` days: to the end of the data's last day.
@@ -316,7 +394,10 @@ mod tests {
             let bad = Insight { id: id.to_string(), ..insight.clone() };
             assert!(bad.check().unwrap_err().to_string().contains("id: 1 to 64"), "{id:?}");
         }
-        let sql = Insight { analysis: Analysis::Sql { query: " ".into() }, ..insight.clone() };
+        let sql = Insight {
+            analysis: Analysis::Sql(SqlQuery { query: " ".into(), max_rows: None, timeout_seconds: None }),
+            ..insight.clone()
+        };
         assert!(sql.check().unwrap_err().to_string().contains("the query is empty"));
         let board = Dashboard {
             id: "sales".into(),

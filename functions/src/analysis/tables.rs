@@ -122,15 +122,20 @@ pub(super) async fn register<S: ObjectStore + Clone>(
             Vec::new()
         }
     };
-    let (table, members, audiences) = memberships(store, &configured).await?;
+    let (table, members, audiences, members_digest) = memberships(store, &configured).await?;
     loaded.memberships = members;
-    // What the tables were built from: the identity state's version, the tag values' object, the events seen
-    // and where they end, the memberships.
+    // What the tables were built from: the identity state's version, the tag values, the events seen and where
+    // they end, the members.
     let mut audiences_seen: Vec<&String> = audiences.iter().collect();
     audiences_seen.sort();
+    // The configuration that shapes the tables too: the profile rules (personal traits, cleaning), the identity
+    // rules, the tags and audiences defined.
+    let shaping =
+        serde_json::to_string(&(&config.snapshot.profiles, &config.snapshot.identity, safe_tags(config), &configured))
+            .map_err(Error::encoding)?;
     loaded.version = shared::ids::sha256_hex(&format!(
-        "{}|{tags_etag}|{}|{}|{:?}|{}|{:?}|{personal}",
-        profiles.version, loaded.events, loaded.unresolved, loaded.last_event_ms, loaded.memberships, audiences_seen
+        "{}|{tags_etag}|{}|{}|{:?}|{members_digest}|{:?}|{personal}|{shaping}",
+        profiles.version, loaded.events, loaded.unresolved, loaded.last_event_ms, audiences_seen
     ))[..20]
         .to_string();
     found.audiences = audiences;
@@ -351,7 +356,8 @@ impl EventRows {
 }
 
 /// The last full recompute's tag values, by profile.
-/// The last full recompute's tag values by profile, and the stored object's etag (none: no values).
+/// The last full recompute's tag values by profile, and a digest of them (not of the object, which a recompute
+/// rewrites with its time however little changed).
 async fn tag_values<S: ObjectStore>(store: &S) -> Result<(Vec<(String, Map<String, Value>)>, String), Error> {
     let Some(object) = store.get(keys::TAG_VALUES).await? else { return Ok((Vec::new(), String::new())) };
     let body = shared::storage::gunzip(&object.body).map_err(|e| Error::Corrupt(format!("tag values: {e}")))?;
@@ -361,16 +367,28 @@ async fn tag_values<S: ObjectStore>(store: &S) -> Result<(Vec<(String, Map<Strin
     }
     let values: Values =
         serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{}: {e}", keys::TAG_VALUES)))?;
-    Ok((values.profiles.into_iter().collect(), object.etag))
+    let digest = digest(values.profiles.iter().map(|(id, tags)| format!("{id}={}", Value::Object(tags.clone()))));
+    Ok((values.profiles.into_iter().collect(), digest))
+}
+
+/// SHA-256 (hex) of `parts`, each ended by a newline.
+fn digest(parts: impl Iterator<Item = String>) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `memberships` table from the last snapshots of the audiences `configured` (a deleted audience's
-/// snapshot is left out; one that does not decode is logged and left out), with its rows and the audiences'
-/// ids.
+/// snapshot is left out; one that does not decode is logged and left out), with its rows, the audiences' ids
+/// and a digest of who is in which.
 async fn memberships<S: ObjectStore>(
     store: &S,
     configured: &[String],
-) -> Result<(MemTable, usize, BTreeSet<String>), Error> {
+) -> Result<(MemTable, usize, BTreeSet<String>, String), Error> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("audience", DataType::Utf8, false),
         Field::new("profile_id", DataType::Utf8, false),
@@ -379,6 +397,7 @@ async fn memberships<S: ObjectStore>(
     let (mut audience, mut profile, mut at) =
         (StringBuilder::new(), StringBuilder::new(), TimestampMillisecondBuilder::new());
     let (mut count, mut ids) = (0, BTreeSet::new());
+    let mut members_seen: Vec<String> = Vec::new();
     for id in configured {
         let key = keys::audience(id, "snapshot.json.gz");
         let Some(object) = store.get(&key).await? else { continue };
@@ -396,6 +415,7 @@ async fn memberships<S: ObjectStore>(
         for member in &snapshot.members {
             audience.append_value(id);
             profile.append_value(member);
+            members_seen.push(format!("{id}\t{member}"));
             at.append_value(snapshot.computed_at);
             count += 1;
         }
@@ -403,7 +423,14 @@ async fn memberships<S: ObjectStore>(
     let columns: Vec<ArrayRef> =
         vec![Arc::new(audience.finish()), Arc::new(profile.finish()), Arc::new(at.finish().with_timezone("UTC"))];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow("the memberships table"))?;
-    Ok((MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the memberships table"))?, count, ids))
+    members_seen.sort_unstable();
+    let members_digest = digest(members_seen.into_iter());
+    Ok((
+        MemTable::try_new(schema, vec![vec![batch]]).map_err(internal("the memberships table"))?,
+        count,
+        ids,
+        members_digest,
+    ))
 }
 
 /// The kind of column a name's values make: numbers, booleans, or text (strings as they are, anything else

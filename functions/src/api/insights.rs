@@ -16,9 +16,18 @@ use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::Error;
 use crate::analysis::saved::{
-    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, MAX_SAVED, RESULTS, last_days, load, run, update,
+    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, MAX_KEPT_BYTES, MAX_SAVED, forget_results,
+    last_days, load, run, update,
 };
 use crate::storage::ObjectStore;
+
+/// What the audit log keeps of an insight: never its definition's text (a filter or a query may hold a
+/// person's data), a keyed hash of it.
+fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> serde_json::Value {
+    let definition = serde_json::to_string(&insight.analysis).unwrap_or_default();
+    json!({"id": insight.id, "name": insight.name, "chart": insight.chart,
+           "analysis": key.hash(&format!("analysis-definition:{definition}"))})
+}
 
 /// Lists the saved insights.
 #[utoipa::path(
@@ -79,11 +88,12 @@ pub(crate) async fn put_insight<S: ObjectStore + Clone>(
         }
     })
     .await?;
-    let change = Change {
-        before: before.map(|b| serde_json::to_value(b).unwrap_or_default()),
-        after: Some(serde_json::to_value(&insight).unwrap_or_default()),
-        detail: None,
-    };
+    if before.as_ref().is_some_and(|b| b.analysis != insight.analysis) {
+        forget_results(api.store(), &id).await;
+    }
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let change =
+        Change { before: before.map(|b| summary(&b, &key)), after: Some(summary(&insight, &key)), detail: None };
     api.audit(actor, "insight.put", &format!("insight:{id}"), change).await?;
     Ok(json_body(&insight).into_response())
 }
@@ -123,9 +133,10 @@ pub(crate) async fn delete_insight<S: ObjectStore + Clone>(
     })
     .await?;
     let Some(removed) = removed else { return Err(ApiError::not_found(format!("no insight {id:?}"))) };
-    api.store().delete(&format!("{RESULTS}{id}.json")).await.map_err(Error::from)?;
-    let change = Change { before: Some(serde_json::to_value(removed).unwrap_or_default()), ..Default::default() };
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let change = Change { before: Some(summary(&removed, &key)), ..Default::default() };
     api.audit(actor, "insight.delete", &format!("insight:{id}"), change).await?;
+    forget_results(api.store(), &id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -154,9 +165,12 @@ pub(crate) async fn run_insight<S: ObjectStore + Clone>(
     let Some(insight) = insights.insights.into_iter().find(|i| i.id == id) else {
         return Err(ApiError::not_found(format!("no insight {id:?}")));
     };
-    let loaded = engine(&api, &headers, actor, &format!("insight:{id}"), json!({})).await?;
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let detail = summary(&insight, &key);
+    let loaded = engine(&api, &headers, actor, &format!("insight:{id}"), detail).await?;
     let now = crate::config::now()?;
-    let result = run(api.store(), &loaded.engine, &insight, None, now, !loaded.personal).await?;
+    let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
+    let result = run(api.store(), &loaded.engine, &insight, None, now, !loaded.personal, &keyed).await?;
     Ok(json_body(&result).into_response())
 }
 
@@ -282,12 +296,17 @@ pub(crate) async fn run_dashboard<S: ObjectStore + Clone>(
         return Err(ApiError::not_found(format!("no dashboard {id:?}")));
     };
     let insights: Insights = load(api.store(), INSIGHTS).await?;
-    let loaded = engine(&api, &headers, actor, &format!("dashboard:{id}"), json!({})).await?;
+    let detail = json!({"insights": dashboard.insights, "lastDays": dashboard.last_days});
+    let loaded = engine(&api, &headers, actor, &format!("dashboard:{id}"), detail).await?;
     let now = crate::config::now()?;
     let range = match dashboard.last_days {
         Some(days) => Some(last_days(&loaded.engine, days, now)?),
         None => None,
     };
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
+    // The whole dashboard within one analysis's time: the insights past it say so.
+    let deadline = std::time::Instant::now() + crate::analysis::ANALYSIS_TIME;
     let mut shown = Vec::new();
     for insight_id in &dashboard.insights {
         let Some(insight) = insights.insights.iter().find(|i| i.id == *insight_id) else {
@@ -295,10 +314,27 @@ pub(crate) async fn run_dashboard<S: ObjectStore + Clone>(
             continue;
         };
         let mut entry = json!({"id": insight.id, "name": insight.name, "chart": insight.chart});
-        match run(api.store(), &loaded.engine, insight, range, now, !loaded.personal).await {
-            Ok(result) => entry["run"] = serde_json::to_value(result).unwrap_or_default(),
+        if std::time::Instant::now() >= deadline {
+            entry["error"] = json!("not run: the dashboard took longer than its limit; open the insight on its own");
+            shown.push(entry);
+            continue;
+        }
+        match run(api.store(), &loaded.engine, insight, range, now, !loaded.personal, &keyed).await {
+            Ok(result) => {
+                let size = serde_json::to_vec(&result.result).map_or(0, |v| v.len());
+                if size > MAX_KEPT_BYTES {
+                    entry["error"] =
+                        json!(format!("its result is larger than {} MiB; open it on its own", MAX_KEPT_BYTES >> 20));
+                } else {
+                    entry["run"] = serde_json::to_value(result).unwrap_or_default();
+                }
+            }
+            // One insight that fails says why; the others are still answered.
             Err(Error::Invalid(problem)) => entry["error"] = json!(problem),
-            Err(other) => return Err(other.into()),
+            Err(other) => {
+                tracing::error!(dashboard = %id, insight = %insight.id, error = %other, "a dashboard's insight failed");
+                entry["error"] = json!(format!("it could not be computed: {other}"));
+            }
         }
         shown.push(entry);
     }

@@ -868,6 +868,11 @@ async fn insights_and_dashboards_are_saved_run_kept_with_the_data_version_and_au
     // The same data again: answered from the kept result.
     let (_, _, again) = f.call("POST", "/v1/insights/checkout/run", Some(&analyst), None).await;
     assert_eq!((again["cached"].as_bool(), &again["dataVersion"]), (Some(true), &run["dataVersion"]), "{again}");
+    // With personal data in the tables (admin holds pii:read): computed each time, never kept.
+    for _ in 0..2 {
+        let (_, _, admin_run) = f.call("POST", "/v1/insights/checkout/run", Some(&f.admin), None).await;
+        assert_eq!(admin_run["cached"], false, "{admin_run}");
+    }
 
     // A dashboard over the last 7 days of the data runs each insight there.
     let board = json!({"id": "sales", "name": "Sales", "insights": ["checkout", "orders"], "lastDays": 7});
@@ -899,8 +904,10 @@ async fn insights_and_dashboards_are_saved_run_kept_with_the_data_version_and_au
     assert!(status == StatusCode::CONFLICT && body.to_string().contains("sales"), "{body}");
     let (status, _, _) = f.call("DELETE", "/v1/dashboards/sales", Some(&editor), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!f.store.list("analysis/v1/results/checkout/").await.unwrap().is_empty(), "results kept");
     let (status, _, _) = f.call("DELETE", "/v1/insights/checkout", Some(&editor), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(f.store.list("analysis/v1/results/checkout/").await.unwrap().is_empty(), "results removed with it");
     let (status, _, _) = f.call("POST", "/v1/insights/checkout/run", Some(&analyst), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -909,4 +916,7 @@ async fn insights_and_dashboards_are_saved_run_kept_with_the_data_version_and_au
     for action in ["insight.put", "dashboard.put", "dashboard.delete", "insight.delete", "analysis.run"] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
+    let targets: Vec<&str> = audit["records"].as_array().unwrap().iter().filter_map(|r| r["target"].as_str()).collect();
+    assert!(targets.contains(&"insight:checkout") && targets.contains(&"dashboard:sales"), "{targets:?}");
+    assert!(!audit.to_string().contains("SELECT count"), "a definition's text is never in the log");
 }

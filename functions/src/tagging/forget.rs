@@ -30,7 +30,8 @@ pub(super) struct StoredDiff {
     pub(super) diff: Diff,
 }
 
-/// Removes `profiles` from every tag value, audience snapshot and diff; returns the objects rewritten.
+/// Removes `profiles` from every tag value, audience snapshot and diff, and drops saved insights' kept results;
+/// returns the objects rewritten or removed.
 pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> Result<usize, Error> {
     let mut rewritten = 0;
     if let Some(object) = store.get(keys::TAG_VALUES).await?
@@ -69,6 +70,11 @@ pub async fn forget<S: ObjectStore>(store: &S, profiles: &BTreeSet<String>) -> R
             }
         }
     }
+    // Saved insights' kept results may list the person: all are dropped, and computed again when next run.
+    for meta in store.list(keys::ANALYSIS_RESULTS).await? {
+        store.delete(&meta.key).await?;
+        rewritten += 1;
+    }
     Ok(rewritten)
 }
 
@@ -105,8 +111,12 @@ mod tests {
             .await
             .unwrap();
 
+        let kept = format!("{}checkout/abc.json", keys::ANALYSIS_RESULTS);
+        store.put(&kept, br#"{"result": {"rows": [["prof_a"]]}}"#.to_vec(), PutOptions::json()).await.unwrap();
+
         let forgotten = BTreeSet::from(["prof_a".to_string()]);
-        assert_eq!(forget(&store, &forgotten).await.unwrap(), 2, "the values and the diff");
+        assert_eq!(forget(&store, &forgotten).await.unwrap(), 3, "the values, the diff and the kept result");
+        assert!(store.get(&kept).await.unwrap().is_none(), "a saved insight's kept result is dropped");
         let values = store.get(keys::TAG_VALUES).await.unwrap().unwrap().body;
         let values: Value = serde_json::from_slice(&shared::storage::gunzip(&values).unwrap()).unwrap();
         assert_eq!(values["profiles"], json!({"prof_b": {"spend": 2}}));

@@ -26,6 +26,9 @@ pub const TAG_VALUES: &str = "tags/v1/values.json.gz";
 pub const TAGS_READY: &str = "tags/v1/ready.json";
 /// The latest full recompute's report.
 pub const TAGS_REPORT: &str = "tags/v1/report.json";
+/// Saved insights' kept results (`<insight>/<definition>.json`): any may hold profile ids, so an erasure removes
+/// them all (they are computed again when next run).
+pub const ANALYSIS_RESULTS: &str = "analysis/v1/results/";
 /// Product tags: `{"computedAt": ms, "products": {product id: tag}}`.
 pub const PRODUCT_TAGS: &str = "products/v1/tags.json.gz";
 /// The data key that seals personal traits, wrapped.
