@@ -235,18 +235,8 @@ pub(super) async fn run(engine: &Engine, funnel: &Funnel) -> Result<FunnelResult
     let steps = steps_of(funnel, attempts.iter().map(|(_, times)| times));
     let mut breakdown = Vec::new();
     if funnel.breakdown.is_some() {
-        let mut by_key: std::collections::BTreeMap<Option<&str>, u64> = std::collections::BTreeMap::new();
-        for (key, _) in &attempts {
-            *by_key.entry(*key).or_default() += 1;
-        }
-        let kept = super::top_keys(by_key.into_iter(), funnel.top);
-        for key in &kept {
-            let times = attempts.iter().filter(|(k, _)| k == key).map(|(_, t)| t);
-            breakdown.push(Series { key: super::key_name(*key), steps: steps_of(funnel, times) });
-        }
-        if attempts.iter().any(|(k, _)| !kept.contains(k)) {
-            let times = attempts.iter().filter(|(k, _)| !kept.contains(k)).map(|(_, t)| t);
-            breakdown.push(Series { key: super::trends::OTHER.to_string(), steps: steps_of(funnel, times) });
+        for (key, times) in super::breakdown_groups(&attempts, funnel.top) {
+            breakdown.push(Series { key, steps: steps_of(funnel, times.into_iter()) });
         }
     }
     Ok(FunnelResult {

@@ -318,17 +318,29 @@ fn check_breakdown(engine: &Engine, breakdown: &Breakdown) -> Result<(), Error> 
     }
 }
 
-/// The keys of a breakdown kept as their own series: the `top` with the most persons (ties by key), the
-/// others together as `(other)`; a person without a value is `(none)`, ranked like any value.
-fn top_keys<'a>(counts: impl Iterator<Item = (Option<&'a str>, u64)>, top: usize) -> Vec<Option<&'a str>> {
-    let mut ranked: Vec<(Option<&str>, u64)> = counts.collect();
+/// Persons' `items` grouped by their breakdown key: the `top` keys with the most persons (ties by key) each a
+/// group of its own, the others together as `(other)`; a person without a value is `(none)`, ranked like any
+/// value. Groups in that order, by name.
+fn breakdown_groups<'i, T>(items: &'i [(Option<&str>, T)], top: usize) -> Vec<(String, Vec<&'i T>)> {
+    let mut counts: std::collections::BTreeMap<Option<&str>, u64> = std::collections::BTreeMap::new();
+    for (key, _) in items {
+        *counts.entry(*key).or_default() += 1;
+    }
+    let mut ranked: Vec<(Option<&str>, u64)> = counts.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked.into_iter().take(top).map(|(k, _)| k).collect()
-}
-
-/// A breakdown key's name: its value, `(none)` without one.
-fn key_name(key: Option<&str>) -> String {
-    key.map_or_else(|| "(none)".to_string(), str::to_string)
+    let kept: Vec<Option<&str>> = ranked.into_iter().take(top).map(|(k, _)| k).collect();
+    let mut groups: Vec<(String, Vec<&T>)> = kept
+        .iter()
+        .map(|key| {
+            let name = key.map_or_else(|| "(none)".to_string(), str::to_string);
+            (name, items.iter().filter(|(k, _)| k == key).map(|(_, item)| item).collect())
+        })
+        .collect();
+    let rest: Vec<&T> = items.iter().filter(|(k, _)| !kept.contains(k)).map(|(_, item)| item).collect();
+    if !rest.is_empty() {
+        groups.push((trends::OTHER.to_string(), rest));
+    }
+    groups
 }
 
 /// `from` before `to`, at most ten years apart.

@@ -131,19 +131,8 @@ pub(super) async fn run(engine: &Engine, retention: &Retention) -> Result<Retent
     let all = cohorts(retention, entered.iter().map(|(_, e)| e), data_end);
     let mut breakdown = Vec::new();
     if retention.breakdown.is_some() {
-        let mut by_key: std::collections::BTreeMap<Option<&str>, u64> = std::collections::BTreeMap::new();
-        for (key, _) in &entered {
-            *by_key.entry(*key).or_default() += 1;
-        }
-        let kept = super::top_keys(by_key.into_iter(), retention.top);
-        for key in &kept {
-            let of_key = entered.iter().filter(|(k, _)| k == key).map(|(_, e)| e);
-            breakdown.push(Series { key: super::key_name(*key), cohorts: cohorts(retention, of_key, data_end) });
-        }
-        if entered.iter().any(|(k, _)| !kept.contains(k)) {
-            let rest = entered.iter().filter(|(k, _)| !kept.contains(k)).map(|(_, e)| e);
-            breakdown
-                .push(Series { key: super::trends::OTHER.to_string(), cohorts: cohorts(retention, rest, data_end) });
+        for (key, of_key) in super::breakdown_groups(&entered, retention.top) {
+            breakdown.push(Series { key, cohorts: cohorts(retention, of_key.into_iter(), data_end) });
         }
     }
     Ok(RetentionResult { cohorts: all, period, periods: retention.periods, breakdown })

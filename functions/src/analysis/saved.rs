@@ -213,6 +213,45 @@ pub struct Dashboards {
     pub dashboards: Vec<Dashboard>,
 }
 
+/// What has an id among the saved.
+pub trait Saved: Clone {
+    /// Its id.
+    fn id(&self) -> &str;
+}
+
+impl Saved for Insight {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Saved for Dashboard {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// `item` in place of the saved one with its id (returned), or added ([`MAX_SAVED`] at most; `what` names the
+/// list in the error).
+pub fn upsert<T: Saved>(items: &mut Vec<T>, item: &T, what: &str) -> Result<Option<T>, Error> {
+    match items.iter().position(|i| i.id() == item.id()) {
+        Some(at) => Ok(Some(std::mem::replace(&mut items[at], item.clone()))),
+        None if items.len() >= MAX_SAVED => {
+            Err(Error::Invalid(format!("{what}: at most {MAX_SAVED}; delete one first")))
+        }
+        None => {
+            items.push(item.clone());
+            Ok(None)
+        }
+    }
+}
+
+/// The saved item with id `id`, taken out.
+pub fn remove<T: Saved>(items: &mut Vec<T>, id: &str) -> Option<T> {
+    let at = items.iter().position(|i| i.id() == id)?;
+    Some(items.remove(at))
+}
+
 /// A stored configuration file of `T`, or its default when there is none.
 pub async fn load<S: ObjectStore, T: serde::de::DeserializeOwned + Default>(store: &S, key: &str) -> Result<T, Error> {
     match store.get(key).await? {

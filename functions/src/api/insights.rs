@@ -16,8 +16,8 @@ use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::Error;
 use crate::analysis::saved::{
-    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, MAX_KEPT_BYTES, MAX_SAVED, forget_results,
-    last_days, load, run, update,
+    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, MAX_KEPT_BYTES, forget_results, last_days, load,
+    remove, run, update, upsert,
 };
 use crate::storage::ObjectStore;
 
@@ -74,20 +74,9 @@ pub(crate) async fn put_insight<S: ObjectStore + Clone>(
     }
     insight.check()?;
     let saved = insight.clone();
-    let before = update(api.store(), INSIGHTS, |insights: &mut Insights| {
-        let before = insights.insights.iter().position(|i| i.id == saved.id);
-        match before {
-            Some(at) => Ok(Some(std::mem::replace(&mut insights.insights[at], saved.clone()))),
-            None if insights.insights.len() >= MAX_SAVED => {
-                Err(Error::Invalid(format!("insights: at most {MAX_SAVED}; delete one first")))
-            }
-            None => {
-                insights.insights.push(saved.clone());
-                Ok(None)
-            }
-        }
-    })
-    .await?;
+    let before =
+        update(api.store(), INSIGHTS, |insights: &mut Insights| upsert(&mut insights.insights, &saved, "insights"))
+            .await?;
     if before.as_ref().is_some_and(|b| b.analysis != insight.analysis) {
         forget_results(api.store(), &id).await;
     }
@@ -127,11 +116,8 @@ pub(crate) async fn delete_insight<S: ObjectStore + Clone>(
             format!("insight {id:?} is on the dashboards {}; take it off them first", showing.join(", ")),
         ));
     }
-    let removed = update(api.store(), INSIGHTS, |insights: &mut Insights| {
-        let at = insights.insights.iter().position(|i| i.id == id);
-        Ok(at.map(|at| insights.insights.remove(at)))
-    })
-    .await?;
+    let removed =
+        update(api.store(), INSIGHTS, |insights: &mut Insights| Ok(remove(&mut insights.insights, &id))).await?;
     let Some(removed) = removed else { return Err(ApiError::not_found(format!("no insight {id:?}"))) };
     let key = crate::suppression::hash_key(api.store()).await?;
     let change = Change { before: Some(summary(&removed, &key)), ..Default::default() };
@@ -221,16 +207,7 @@ pub(crate) async fn put_dashboard<S: ObjectStore + Clone>(
     dashboard.check(&insights.insights)?;
     let saved = dashboard.clone();
     let before = update(api.store(), DASHBOARDS, |dashboards: &mut Dashboards| {
-        match dashboards.dashboards.iter().position(|d| d.id == saved.id) {
-            Some(at) => Ok(Some(std::mem::replace(&mut dashboards.dashboards[at], saved.clone()))),
-            None if dashboards.dashboards.len() >= MAX_SAVED => {
-                Err(Error::Invalid(format!("dashboards: at most {MAX_SAVED}; delete one first")))
-            }
-            None => {
-                dashboards.dashboards.push(saved.clone());
-                Ok(None)
-            }
-        }
+        upsert(&mut dashboards.dashboards, &saved, "dashboards")
     })
     .await?;
     let change = Change {
@@ -260,11 +237,9 @@ pub(crate) async fn delete_dashboard<S: ObjectStore + Clone>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let actor = api.authorize(&headers, Scope::AnalysisWrite).await?;
-    let removed = update(api.store(), DASHBOARDS, |dashboards: &mut Dashboards| {
-        let at = dashboards.dashboards.iter().position(|d| d.id == id);
-        Ok(at.map(|at| dashboards.dashboards.remove(at)))
-    })
-    .await?;
+    let removed =
+        update(api.store(), DASHBOARDS, |dashboards: &mut Dashboards| Ok(remove(&mut dashboards.dashboards, &id)))
+            .await?;
     let Some(removed) = removed else { return Err(ApiError::not_found(format!("no dashboard {id:?}"))) };
     let change = Change { before: Some(serde_json::to_value(removed).unwrap_or_default()), ..Default::default() };
     api.audit(actor, "dashboard.delete", &format!("dashboard:{id}"), change).await?;
