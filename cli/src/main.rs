@@ -21,6 +21,7 @@ mod serve;
 mod source;
 mod sync;
 mod tags;
+mod themes;
 mod up;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ enum Command {
     /// Analyses over the data: trends, funnels and retention.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
+    /// One-click theme dashboards: what each would hold given the data dictionary (and why the rest is left
+    /// out); `--save` assembles one.
+    Themes(themes::ThemesArgs),
     /// Partner webhooks: add, list.
     #[command(subcommand)]
     Destination(deliveries::DestinationCommand),
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         Command::Catalog(args) => catalog::run(args),
         Command::Sql(args) => analyze::sql(args),
         Command::Analyze(command) => analyze::analyze(command),
+        Command::Themes(args) => themes::run(args),
         Command::Import(args) => import::run(args),
         Command::Sync(command) => sync::run(command),
         Command::Lake(command) => lake::run(command),

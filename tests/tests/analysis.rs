@@ -1,5 +1,5 @@
 //! Analyses through the real `cdp`: events imported from a file, then `cdp analyze funnel`, `cdp analyze
-//! retention`, `cdp analyze trends`, `cdp analyze paths`, `cdp analyze value` and `cdp sql` with `--json`, each figure checked by hand.
+//! retention`, `cdp analyze trends`, `cdp analyze paths`, `cdp analyze value`, `cdp sql` and `cdp themes` with `--json`, each figure checked by hand.
 
 use std::path::Path;
 use std::process::Command;
@@ -232,4 +232,27 @@ fn funnels_retention_and_sql_from_the_command_line() {
         cdp(data.path(), &["sql", "SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC, event"]);
     assert!(ok && table.is_null(), "{text}");
     assert!(text.starts_with("event") && text.contains("Order Completed  3") && text.contains("(3 rows)"), "{text}");
+
+    // Theme dashboards from what the import put in the data dictionary: the funnel over the steps the data has;
+    // no audiences, so no audience overview.
+    let (ok, themes, text) = cdp(data.path(), &["themes", "--json"]);
+    assert!(ok, "{text}");
+    let ecommerce = &themes["themes"][1];
+    assert_eq!(ecommerce["insights"][0]["id"], "theme-ecommerce-funnel", "{ecommerce}");
+    assert_eq!(
+        ecommerce["insights"][0]["analysis"]["definition"]["steps"],
+        json!(["Product Viewed", "Order Completed"])
+    );
+    assert_eq!(themes["themes"][4]["leftOut"][0]["reason"], "no audiences are defined", "{themes}");
+    let (ok, _, text) = cdp(data.path(), &["themes", "ecommerce", "--save"]);
+    assert!(
+        ok && text.contains("dashboard theme-ecommerce saved") && text.contains("+ theme-ecommerce-revenue"),
+        "{text}"
+    );
+    let boards = std::fs::read_to_string(data.path().join("config/dashboards.json")).expect("dashboards saved");
+    assert!(boards.contains("\"theme-ecommerce\""), "{boards}");
+    let (ok, _, text) = cdp(data.path(), &["themes", "audiences", "--save"]);
+    assert!(!ok && text.contains("the data supports none of its insights"), "{text}");
+    let (ok, _, text) = cdp(data.path(), &["themes", "shop"]);
+    assert!(!ok && text.contains("one of acquisition, ecommerce"), "{text}");
 }

@@ -37,6 +37,7 @@ pub mod saved;
 mod sql;
 pub mod stats;
 mod tables;
+pub mod themes;
 pub mod trends;
 mod udf;
 pub mod value;

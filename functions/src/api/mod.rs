@@ -21,6 +21,8 @@ mod openapi;
 mod privacy;
 mod profiles;
 mod sources;
+#[cfg(feature = "analysis")]
+mod themes;
 mod timeline;
 
 use std::sync::Arc;
@@ -178,7 +180,7 @@ pub fn routes<S: ObjectStore + Clone>(api: Arc<Api<S>>) -> Router {
         .with_state(api)
 }
 
-/// `/v1/sql`, `/v1/analyze/…`, `/v1/insights` and `/v1/dashboards`, where the crate is built with its analysis
+/// `/v1/sql`, `/v1/analyze/…`, `/v1/insights`, `/v1/dashboards` and `/v1/themes`, where the crate is built with its analysis
 /// engine (`cdp up`).
 #[cfg(feature = "analysis")]
 fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Router<Arc<Api<S>>> {
@@ -202,6 +204,8 @@ fn analysis_routes<S: ObjectStore + Clone>(router: Router<Arc<Api<S>>>) -> Route
             axum::routing::put(insights::put_dashboard::<S>).delete(insights::delete_dashboard::<S>),
         )
         .route("/v1/dashboards/{id}/run", post(insights::run_dashboard::<S>))
+        .route("/v1/themes", get(themes::list_themes::<S>))
+        .route("/v1/themes/{theme}", post(themes::assemble_theme::<S>))
 }
 
 #[cfg(not(feature = "analysis"))]

@@ -61,9 +61,11 @@ struct Document;
         super::insights::put_dashboard,
         super::insights::delete_dashboard,
         super::insights::run_dashboard,
+        super::themes::list_themes,
+        super::themes::assemble_theme,
     ),
     components(schemas(super::analysis::SqlRequest)),
-    tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths, audience comparison, value models; saved insights and dashboards"))
+    tags((name = "analysis", description = "Read-only SQL, trends, funnels, retention, paths, audience comparison, value models; saved insights and dashboards; theme dashboards"))
 )]
 struct AnalysisDocument;
 

@@ -920,3 +920,92 @@ async fn insights_and_dashboards_are_saved_run_kept_with_the_data_version_and_au
     assert!(targets.contains(&"insight:checkout") && targets.contains(&"dashboard:sales"), "{targets:?}");
     assert!(!audit.to_string().contains("SELECT count"), "a definition's text is never in the log");
 }
+
+#[cfg(feature = "analysis")]
+#[tokio::test]
+async fn a_theme_dashboard_is_assembled_from_the_data_dictionary_and_runs() {
+    let f = Fixture::new().await;
+    f.ingest(
+        1,
+        json!([
+            ev(
+                "track",
+                "m1",
+                1,
+                json!({"userId": "u1", "event": "Product Viewed", "properties": {"utm_source": "ads"}})
+            ),
+            ev("track", "m2", 2, json!({"userId": "u1", "event": "Order Completed", "properties": {"revenue": 20}})),
+            ev(
+                "track",
+                "m3",
+                3,
+                json!({"userId": "u2", "event": "Product Viewed", "properties": {"utm_source": "mail"}})
+            ),
+        ]),
+    )
+    .await;
+    let analyst = key(&f.store, "analyst", &[Scope::AnalysisRead]).await;
+    let editor = key(&f.store, "editor", &[Scope::AnalysisRead, Scope::AnalysisWrite]).await;
+    let (status, listed) = f.get("/v1/themes", &analyst).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let themes: Vec<&str> = listed["themes"].as_array().unwrap().iter().filter_map(|t| t["theme"].as_str()).collect();
+    assert_eq!(themes, ["acquisition", "ecommerce", "retention", "value", "audiences"]);
+    let audiences = &listed["themes"][4];
+    assert!(audiences["dashboard"].is_null(), "{audiences}");
+    assert_eq!(audiences["leftOut"][0]["reason"], "no audiences are defined", "{audiences}");
+
+    // Assembling needs analysis:write.
+    let (status, _, body) = f.call("POST", "/v1/themes/ecommerce", Some(&analyst), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, made) = f.call("POST", "/v1/themes/ecommerce", Some(&editor), None).await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert_eq!(made["dashboard"]["id"], "theme-ecommerce", "{made}");
+    let left: Vec<&str> = made["leftOut"].as_array().unwrap().iter().filter_map(|l| l["insight"].as_str()).collect();
+    assert!(left.is_empty(), "{made}");
+    let (status, _, shown) = f.call("POST", "/v1/dashboards/theme-ecommerce/run", Some(&analyst), None).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let runs = shown["insights"].as_array().unwrap();
+    let ids: Vec<&str> = runs.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "theme-ecommerce-funnel",
+            "theme-ecommerce-orders",
+            "theme-ecommerce-revenue",
+            "theme-ecommerce-order-value",
+            "theme-ecommerce-after-view"
+        ]
+    );
+    assert!(runs.iter().all(|i| i["error"].is_null()), "every insight runs: {shown}");
+    let steps: Vec<u64> =
+        runs[0]["run"]["result"]["steps"].as_array().unwrap().iter().map(|s| s["persons"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 1], "{shown}");
+    assert_eq!(runs[2]["run"]["result"]["series"][0]["total"], 20.0, "{shown}");
+    // The other themes the data supports assemble and run whole as well.
+    for theme in ["acquisition", "retention", "value"] {
+        let (status, _, made) = f.call("POST", &format!("/v1/themes/{theme}"), Some(&editor), None).await;
+        assert_eq!(status, StatusCode::OK, "{made}");
+        let (status, _, shown) =
+            f.call("POST", &format!("/v1/dashboards/theme-{theme}/run"), Some(&analyst), None).await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        let runs = shown["insights"].as_array().unwrap();
+        assert!(!runs.is_empty() && runs.iter().all(|i| i["error"].is_null() && i["run"].is_object()), "{shown}");
+    }
+
+    // A theme the data supports none of, or that does not exist: 400 naming why.
+    let (status, _, body) = f.call("POST", "/v1/themes/audiences", Some(&editor), None).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("no audiences are defined"), "{body}");
+    let (status, _, body) = f.call("POST", "/v1/themes/shop", Some(&editor), None).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("one of acquisition"), "{body}");
+    let (_, audit) = f.get("/v1/audit", &f.admin).await;
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "theme.assemble" && r["target"] == "theme:ecommerce"),
+        "{audit}"
+    );
+    let document: Value = serde_json::from_str(&openapi_document()).unwrap();
+    assert!(document["paths"]["/v1/themes/{theme}"]["post"].is_object());
+}
