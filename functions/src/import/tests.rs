@@ -108,6 +108,14 @@ async fn a_csv_file_becomes_events_and_bad_rows_are_quarantined_with_their_row()
         ]
     );
     assert!(failures.iter().all(|f| f["file"] == "contacts.csv"));
+    // The pipeline's rejection keeps the event the row became, as text; a row the mapping could not read has none.
+    let rejected: Value = serde_json::from_str(failures[1]["event"].as_str().expect("the event's text")).unwrap();
+    assert_eq!(
+        (rejected["type"].as_str(), rejected["messageId"].as_str()),
+        (Some("identify"), Some(&*format!("{prefix}-5")))
+    );
+    assert_eq!(rejected["context"]["library"]["name"], "cdp-import");
+    assert!(failures[0].get("event").is_none());
 
     // The same file again: the same message ids (ingest drops them), the same failure objects.
     let again = s.import(&path, contacts()).await.unwrap();
