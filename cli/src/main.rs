@@ -14,6 +14,7 @@ mod bench;
 mod catalog;
 mod deliveries;
 mod import;
+mod insights;
 mod lake;
 mod lock;
 mod profile;
@@ -65,6 +66,12 @@ enum Command {
     /// One-click theme dashboards: what each would hold given the data dictionary (and why the rest is left
     /// out); `--save` assembles one.
     Themes(themes::ThemesArgs),
+    /// Saved insights: list them, run one.
+    #[command(subcommand)]
+    Insights(insights::InsightsCommand),
+    /// Saved dashboards: list them, run one.
+    #[command(subcommand)]
+    Dashboards(insights::DashboardsCommand),
     /// Partner webhooks: add, list.
     #[command(subcommand)]
     Destination(deliveries::DestinationCommand),
@@ -121,6 +128,8 @@ fn main() -> anyhow::Result<()> {
         Command::Sql(args) => analyze::sql(args),
         Command::Analyze(command) => analyze::analyze(command),
         Command::Themes(args) => themes::run(args),
+        Command::Insights(command) => insights::insights(command),
+        Command::Dashboards(command) => insights::dashboards(command),
         Command::Import(args) => import::run(args),
         Command::Sync(command) => sync::run(command),
         Command::Lake(command) => lake::run(command),

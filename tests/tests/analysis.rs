@@ -251,6 +251,21 @@ fn funnels_retention_and_sql_from_the_command_line() {
     );
     let boards = std::fs::read_to_string(data.path().join("config/dashboards.json")).expect("dashboards saved");
     assert!(boards.contains("\"theme-ecommerce\""), "{boards}");
+    // The saved dashboard runs from the command line over the data's last 30 days: u1 and u2 order within 7 days
+    // of a view, u3 does not.
+    let (ok, _, text) = cdp(data.path(), &["dashboards", "list"]);
+    assert!(ok && text.contains("theme-ecommerce") && text.contains("last 30 days"), "{text}");
+    let (ok, board, text) = cdp(data.path(), &["dashboards", "run", "theme-ecommerce"]);
+    assert!(ok, "{text}");
+    assert_eq!((board["from"].as_str(), board["to"].as_str()), (Some("2026-02-10T00:00:00.000Z"), Some("2026-03-12T00:00:00.000Z")));
+    let funnel = &board["insights"][0]["run"]["result"]["steps"];
+    let persons: Vec<u64> = funnel.as_array().expect("steps").iter().map(|s| s["persons"].as_u64().unwrap()).collect();
+    assert_eq!(persons, [3, 2], "{board}");
+    assert_eq!(board["insights"][2]["run"]["result"]["series"][0]["total"], 37.5, "{board}");
+    let (ok, one, text) = cdp(data.path(), &["insights", "run", "theme-ecommerce-orders"]);
+    assert!(ok && one["insight"] == "theme-ecommerce-orders" && one["cached"] == false, "{text}");
+    let (ok, _, text) = cdp(data.path(), &["insights", "run", "theme-ecommerce-order"]);
+    assert!(!ok && text.contains("did you mean `theme-ecommerce-orders`?"), "{text}");
     let (ok, _, text) = cdp(data.path(), &["themes", "audiences", "--save"]);
     assert!(!ok && text.contains("the data supports none of its insights"), "{text}");
     let (ok, _, text) = cdp(data.path(), &["themes", "shop"]);

@@ -383,6 +383,59 @@ pub async fn run<S: ObjectStore>(
     Ok(run)
 }
 
+/// `dashboard`'s insights (of `insights`, the saved ones) run on `engine` as [`run`] runs one, over the
+/// dashboard's last days of the data or each insight's own range: `{"dashboard", "from", "to", "insights":
+/// [{"id", "name", "chart", "run" | "error"}]}`. One insight that fails says why and the others are still
+/// answered; the whole dashboard within one analysis's time (the insights past it say so); an insight's result
+/// over [`MAX_KEPT_BYTES`] is not shown.
+pub async fn run_dashboard<S: ObjectStore>(
+    store: &S,
+    engine: &Engine,
+    dashboard: &Dashboard,
+    insights: &[Insight],
+    now: UtcTime,
+    keep: bool,
+    keyed: &(dyn Fn(&str) -> String + Sync),
+) -> Result<Json, Error> {
+    let range = match dashboard.last_days {
+        Some(days) => Some(last_days(engine, days, now)?),
+        None => None,
+    };
+    let deadline = std::time::Instant::now() + super::ANALYSIS_TIME;
+    let mut shown = Vec::new();
+    for insight_id in &dashboard.insights {
+        let Some(insight) = insights.iter().find(|i| i.id == *insight_id) else {
+            shown.push(serde_json::json!({"id": insight_id, "error": "the insight was deleted"}));
+            continue;
+        };
+        let mut entry = serde_json::json!({"id": insight.id, "name": insight.name, "chart": insight.chart});
+        if std::time::Instant::now() >= deadline {
+            entry["error"] = "not run: the dashboard took longer than its limit; open the insight on its own".into();
+            shown.push(entry);
+            continue;
+        }
+        match run(store, engine, insight, range, now, keep, keyed).await {
+            Ok(result) => {
+                let size = serde_json::to_vec(&result.result).map_or(0, |v| v.len());
+                if size > MAX_KEPT_BYTES {
+                    entry["error"] =
+                        format!("its result is larger than {} MiB; open it on its own", MAX_KEPT_BYTES >> 20).into();
+                } else {
+                    entry["run"] = serde_json::to_value(result).map_err(Error::encoding)?;
+                }
+            }
+            Err(Error::Invalid(problem)) => entry["error"] = problem.into(),
+            Err(other) => {
+                tracing::error!(dashboard = %dashboard.id, insight = %insight.id, error = %other, "a dashboard's insight failed");
+                entry["error"] = format!("it could not be computed: {other}").into();
+            }
+        }
+        shown.push(entry);
+    }
+    let (from, to) = range.map_or((None, None), |(from, to)| (Some(from), Some(to)));
+    Ok(serde_json::json!({"dashboard": dashboard.id, "from": from, "to": to, "insights": shown}))
+}
+
 /// Removes the kept results of insight `id` (best effort: a result left is never answered for another
 /// definition, and is removed with the next change).
 pub async fn forget_results<S: ObjectStore>(store: &S, id: &str) {

@@ -14,10 +14,8 @@ use shared::access::Scope;
 use super::analysis::engine;
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
-use crate::Error;
 use crate::analysis::saved::{
-    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, MAX_KEPT_BYTES, forget_results, last_days, load,
-    remove, run, update, upsert,
+    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, forget_results, load, remove, run, update, upsert,
 };
 use crate::storage::ObjectStore;
 
@@ -274,45 +272,17 @@ pub(crate) async fn run_dashboard<S: ObjectStore + Clone>(
     let detail = json!({"insights": dashboard.insights, "lastDays": dashboard.last_days});
     let loaded = engine(&api, &headers, actor, &format!("dashboard:{id}"), detail).await?;
     let now = crate::config::now()?;
-    let range = match dashboard.last_days {
-        Some(days) => Some(last_days(&loaded.engine, days, now)?),
-        None => None,
-    };
     let key = crate::suppression::hash_key(api.store()).await?;
     let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
-    // The whole dashboard within one analysis's time: the insights past it say so.
-    let deadline = std::time::Instant::now() + crate::analysis::ANALYSIS_TIME;
-    let mut shown = Vec::new();
-    for insight_id in &dashboard.insights {
-        let Some(insight) = insights.insights.iter().find(|i| i.id == *insight_id) else {
-            shown.push(json!({"id": insight_id, "error": "the insight was deleted"}));
-            continue;
-        };
-        let mut entry = json!({"id": insight.id, "name": insight.name, "chart": insight.chart});
-        if std::time::Instant::now() >= deadline {
-            entry["error"] = json!("not run: the dashboard took longer than its limit; open the insight on its own");
-            shown.push(entry);
-            continue;
-        }
-        match run(api.store(), &loaded.engine, insight, range, now, !loaded.personal, &keyed).await {
-            Ok(result) => {
-                let size = serde_json::to_vec(&result.result).map_or(0, |v| v.len());
-                if size > MAX_KEPT_BYTES {
-                    entry["error"] =
-                        json!(format!("its result is larger than {} MiB; open it on its own", MAX_KEPT_BYTES >> 20));
-                } else {
-                    entry["run"] = serde_json::to_value(result).unwrap_or_default();
-                }
-            }
-            // One insight that fails says why; the others are still answered.
-            Err(Error::Invalid(problem)) => entry["error"] = json!(problem),
-            Err(other) => {
-                tracing::error!(dashboard = %id, insight = %insight.id, error = %other, "a dashboard's insight failed");
-                entry["error"] = json!(format!("it could not be computed: {other}"));
-            }
-        }
-        shown.push(entry);
-    }
-    let (from, to) = range.map_or((None, None), |(from, to)| (Some(from), Some(to)));
-    Ok(json_body(&json!({"dashboard": dashboard.id, "from": from, "to": to, "insights": shown})).into_response())
+    let shown = crate::analysis::saved::run_dashboard(
+        api.store(),
+        &loaded.engine,
+        &dashboard,
+        &insights.insights,
+        now,
+        !loaded.personal,
+        &keyed,
+    )
+    .await?;
+    Ok(json_body(&shown).into_response())
 }
