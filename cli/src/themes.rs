@@ -31,7 +31,26 @@ pub(crate) fn run(args: ThemesArgs) -> anyhow::Result<()> {
     let assembled = runtime.block_on(assemble_stored(&store, &themes, crate::now()))?;
     if args.save {
         for theme in &assembled {
-            runtime.block_on(save(&store, theme))?;
+            let replaced = runtime.block_on(save(&store, theme))?;
+            let ids = |insights: &[functions::analysis::saved::Insight]| {
+                insights.iter().map(|i| i.id.clone()).collect::<Vec<_>>()
+            };
+            let change = functions::audit::Change {
+                before: Some(
+                    serde_json::json!({"insights": ids(&replaced.insights), "removed": ids(&replaced.removed),
+                                                "dashboard": replaced.dashboard}),
+                ),
+                after: Some(serde_json::json!({"insights": ids(&theme.insights), "dashboard": theme.dashboard})),
+                detail: Some(serde_json::json!({"leftOut": theme.left_out})),
+            };
+            let target = format!("theme:{}", theme.theme.id());
+            runtime.block_on(functions::audit::record(
+                &store,
+                crate::access::operator(),
+                "theme.assemble",
+                &target,
+                change,
+            ))?;
         }
     }
     if args.json {

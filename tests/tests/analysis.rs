@@ -257,7 +257,10 @@ fn funnels_retention_and_sql_from_the_command_line() {
     assert!(ok && text.contains("theme-ecommerce") && text.contains("last 30 days"), "{text}");
     let (ok, board, text) = cdp(data.path(), &["dashboards", "run", "theme-ecommerce"]);
     assert!(ok, "{text}");
-    assert_eq!((board["from"].as_str(), board["to"].as_str()), (Some("2026-02-10T00:00:00.000Z"), Some("2026-03-12T00:00:00.000Z")));
+    assert_eq!(
+        (board["from"].as_str(), board["to"].as_str()),
+        (Some("2026-02-10T00:00:00.000Z"), Some("2026-03-12T00:00:00.000Z"))
+    );
     let funnel = &board["insights"][0]["run"]["result"]["steps"];
     let persons: Vec<u64> = funnel.as_array().expect("steps").iter().map(|s| s["persons"].as_u64().unwrap()).collect();
     assert_eq!(persons, [3, 2], "{board}");

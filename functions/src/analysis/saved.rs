@@ -301,7 +301,8 @@ pub struct Run {
 }
 
 impl Analysis {
-    /// The analysis over `range` (from, to) instead of its own, for the kinds that have one.
+    /// The analysis over `range` (from, to) instead of its own, for the kinds that have one (value models move
+    /// `at` to its end, and `since` with it).
     pub fn over(&self, range: Option<(UtcTime, UtcTime)>) -> Self {
         let mut out = self.clone();
         let Some((from, to)) = range else { return out };
@@ -311,7 +312,12 @@ impl Analysis {
             Analysis::Retention(d) => (d.from, d.to) = (from, to),
             Analysis::Paths(d) => (d.from, d.to) = (from, to),
             Analysis::Compare(d) => (d.from, d.to) = (from, to),
-            Analysis::Value(d) => d.at = to,
+            Analysis::Value(d) => {
+                // RFM's first date moves with the second: the same span of movement.
+                let shift = to.unix_millis() - d.at.unix_millis();
+                d.since = d.since.and_then(|since| UtcTime::from_unix_millis(since.unix_millis() + shift));
+                d.at = to;
+            }
             Analysis::Sql(_) => {}
         }
         out
@@ -481,6 +487,15 @@ mod tests {
         let Analysis::Paths(over) = insight.analysis.over(range) else { panic!("paths") };
         assert_eq!((over.from, over.to, over.depth), (at("2026-03-01T00:00:00Z"), at("2026-03-08T00:00:00Z"), 2));
         let Analysis::Paths(own) = insight.analysis.over(None) else { panic!("paths") };
+        let value: Analysis = serde_json::from_value(serde_json::json!({"kind": "value", "definition": {
+            "at": "2026-12-01T00:00:00Z", "since": "2026-09-02T00:00:00Z"}}))
+        .expect("value");
+        let Analysis::Value(moved) = value.over(range) else { panic!("value") };
+        assert_eq!(
+            (moved.since, moved.at),
+            (Some(at("2025-12-08T00:00:00Z")), at("2026-03-08T00:00:00Z")),
+            "90 days apart still"
+        );
         assert_eq!(own.from, at("2026-01-01T00:00:00Z"));
         for id in ["", "Checkout", "a b", &"x".repeat(65)] {
             let bad = Insight { id: id.to_string(), ..insight.clone() };

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use shared::catalog::Dictionary;
+use shared::profile::ProfileRules;
 use shared::time::UtcTime;
 
 use super::period::DAY_MS;
@@ -100,8 +101,11 @@ pub struct Assembled {
 pub struct Known<'a> {
     /// The data dictionary.
     pub dictionary: &'a Dictionary,
-    /// The audiences' ids.
+    /// The computed audiences' ids (active or deprecated).
     pub audiences: &'a [String],
+    /// The profile rules: which traits are personal data now (the dictionary's flag is as of when a value was
+    /// last seen).
+    pub rules: &'a ProfileRules,
 }
 
 /// Event names of the Segment e-commerce and lifecycle specs the themes look for.
@@ -147,7 +151,9 @@ impl Known<'_> {
             .find(|name| {
                 let fields = self.dictionary.sources.values().flat_map(|s| s.events.values());
                 let mut fields = fields.filter_map(|e| e.properties.get(**name)).peekable();
-                fields.peek().is_some() && fields.all(|f| !f.personal && f.types.get("string").is_some_and(|n| *n > 0))
+                fields.peek().is_some()
+                    && !self.rules.is_personal(name)
+                    && fields.all(|f| !f.personal && f.types.get("string").is_some_and(|n| *n > 0))
             })
             .map(|name| name.to_string())
     }
@@ -157,10 +163,12 @@ impl Known<'_> {
         names
             .iter()
             .find(|name| {
-                self.dictionary
-                    .traits
-                    .get(**name)
-                    .is_some_and(|f| !f.personal && f.types.get("string").is_some_and(|n| *n > 0))
+                !self.rules.is_personal(name)
+                    && self
+                        .dictionary
+                        .traits
+                        .get(**name)
+                        .is_some_and(|f| !f.personal && f.types.get("string").is_some_and(|n| *n > 0))
             })
             .map(|name| name.to_string())
     }
@@ -403,13 +411,19 @@ pub async fn assemble_stored<S: ObjectStore>(
     themes: &[Theme],
     now: UtcTime,
 ) -> Result<Vec<Assembled>, Error> {
+    use shared::storage::keys;
     let dictionary = crate::catalog::load(store).await?;
-    let audiences: Vec<String> = crate::definitions::read_array(store, shared::storage::keys::CONFIG_AUDIENCES)
+    // Only audiences that are computed have members to compare.
+    let audiences: Vec<String> = crate::definitions::read_array(store, keys::CONFIG_AUDIENCES)
         .await?
         .iter()
+        .filter(|a| {
+            serde_json::from_value::<shared::tags::Lifecycle>(a["status"].clone()).is_ok_and(|status| status.computed())
+        })
         .filter_map(|a| a["id"].as_str().map(str::to_string))
         .collect();
-    let known = Known { dictionary: &dictionary, audiences: &audiences };
+    let rules: ProfileRules = crate::config::read(store, keys::CONFIG_PROFILES).await?.unwrap_or_default();
+    let known = Known { dictionary: &dictionary, audiences: &audiences, rules: &rules };
     themes.iter().map(|theme| assemble(*theme, &known, now)).collect()
 }
 
@@ -418,8 +432,17 @@ pub async fn assemble_stored<S: ObjectStore>(
 pub struct Replaced {
     /// The insights saved before under the same ids.
     pub insights: Vec<Insight>,
+    /// The theme's insights of an earlier assembly that this one no longer holds (and no other dashboard
+    /// shows), removed.
+    pub removed: Vec<Insight>,
     /// The dashboard saved before under the same id.
     pub dashboard: Option<Dashboard>,
+}
+
+/// Whether `id` is a theme's (insights and dashboards with ids starting `theme-` are saved only by assembling a
+/// theme).
+pub fn is_theme_id(id: &str) -> bool {
+    id.starts_with("theme-")
 }
 
 /// Saves an assembled theme: its insights (each replacing the one with its id), then its dashboard. Results kept
@@ -433,14 +456,27 @@ pub async fn save<S: ObjectStore>(store: &S, assembled: &Assembled) -> Result<Re
             reasons.join("; ")
         )));
     };
-    let replaced = update(store, INSIGHTS, |saved: &mut Insights| {
+    // Room for the dashboard before anything is written.
+    let boards: Dashboards = super::saved::load(store, DASHBOARDS).await?;
+    if !boards.dashboards.iter().any(|d| d.id == dashboard.id) && boards.dashboards.len() >= super::saved::MAX_SAVED {
+        return Err(Error::Invalid(format!("dashboards: at most {}; delete one first", super::saved::MAX_SAVED)));
+    }
+    let prefix = format!("theme-{}-", assembled.theme.id());
+    let shown_elsewhere =
+        |id: &str| boards.dashboards.iter().any(|d| d.id != dashboard.id && d.insights.iter().any(|i| i == id));
+    let (replaced, removed) = update(store, INSIGHTS, |saved: &mut Insights| {
         let mut replaced = Vec::new();
         for insight in &assembled.insights {
             if let Some(before) = upsert(&mut saved.insights, insight, "insights")? {
                 replaced.push(before);
             }
         }
-        Ok(replaced)
+        let stale = |i: &Insight| {
+            i.id.starts_with(&prefix) && !assembled.insights.iter().any(|a| a.id == i.id) && !shown_elsewhere(&i.id)
+        };
+        let removed: Vec<Insight> = saved.insights.iter().filter(|i| stale(i)).cloned().collect();
+        saved.insights.retain(|i| !stale(i));
+        Ok((replaced, removed))
     })
     .await?;
     for before in &replaced {
@@ -448,12 +484,15 @@ pub async fn save<S: ObjectStore>(store: &S, assembled: &Assembled) -> Result<Re
             forget_results(store, &before.id).await;
         }
     }
+    for gone in &removed {
+        forget_results(store, &gone.id).await;
+    }
     let saved: Insights = super::saved::load(store, INSIGHTS).await?;
     dashboard.check(&saved.insights)?;
     let before =
         update(store, DASHBOARDS, |boards: &mut Dashboards| upsert(&mut boards.dashboards, dashboard, "dashboards"))
             .await?;
-    Ok(Replaced { insights: replaced, dashboard: before })
+    Ok(Replaced { insights: replaced, removed, dashboard: before })
 }
 
 #[cfg(test)]
@@ -503,7 +542,7 @@ mod tests {
     fn each_theme_takes_what_the_dictionary_supports_and_says_why_it_left_the_rest_out() {
         let dictionary = shop();
         let audiences = vec!["VIP buyers".to_string(), "vip_Buyers".to_string(), "VIP-buyers".to_string()];
-        let known = Known { dictionary: &dictionary, audiences: &audiences };
+        let known = Known { dictionary: &dictionary, audiences: &audiences, rules: &ProfileRules::default() };
         let shop = assemble(Theme::Ecommerce, &known, now()).unwrap();
         assert_eq!(
             ids(&shop),
@@ -544,6 +583,11 @@ mod tests {
             "a personal trait is never a breakdown"
         );
 
+        // A trait the profile rules now call personal is no breakdown, whatever the dictionary last saw.
+        let rules = ProfileRules { personal: vec!["Plan".into()], ..ProfileRules::default() };
+        let careful = Known { dictionary: &dictionary, audiences: &[], rules: &rules };
+        let retention = assemble(Theme::Retention, &careful, now()).unwrap();
+        assert!(retention.left_out.iter().any(|l| l.insight == "theme-retention-by-kind"), "{:?}", retention.left_out);
         let retention = assemble(Theme::Retention, &known, now()).unwrap();
         assert_eq!(
             ids(&retention),
@@ -568,7 +612,7 @@ mod tests {
         // Orders without an amount: no revenue, no value models; nothing defined: no audience overview.
         let mut bare = Dictionary::default();
         bare.sources.entry("web".into()).or_default().events.insert(ORDER.into(), event(&[("revenue", "string")]));
-        let known = Known { dictionary: &bare, audiences: &[] };
+        let known = Known { dictionary: &bare, audiences: &[], rules: &ProfileRules::default() };
         let value = assemble(Theme::Value, &known, now()).unwrap();
         assert!(value.dashboard.is_none() && value.insights.is_empty());
         assert_eq!(value.left_out.len(), 3);
@@ -598,16 +642,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = crate::storage::FsStore::open(dir.path()).expect("store");
         let dictionary = shop();
-        let known = Known { dictionary: &dictionary, audiences: &[] };
+        let known = Known { dictionary: &dictionary, audiences: &[], rules: &ProfileRules::default() };
         let shop = assemble(Theme::Ecommerce, &known, now()).unwrap();
         let first = save(&store, &shop).await.unwrap();
         assert!(first.insights.is_empty() && first.dashboard.is_none());
         let again = save(&store, &shop).await.unwrap();
         assert_eq!((again.insights.len(), again.dashboard.is_some()), (5, true), "assembled again: replaced");
+        // The data no longer has product views: the insights that needed them are removed, not left to fail.
+        let mut fewer = dictionary.clone();
+        fewer.sources.values_mut().for_each(|s| {
+            s.events.remove(VIEWED);
+        });
+        let known = Known { dictionary: &fewer, audiences: &[], rules: &ProfileRules::default() };
+        let later = save(&store, &assemble(Theme::Ecommerce, &known, now()).unwrap()).await.unwrap();
+        let removed: Vec<&str> = later.removed.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(removed, ["theme-ecommerce-after-view"]);
+        let saved: Insights = super::super::saved::load(&store, INSIGHTS).await.unwrap();
+        assert_eq!(saved.insights.len(), 4);
+        save(&store, &shop).await.unwrap();
         let saved: Insights = super::super::saved::load(&store, INSIGHTS).await.unwrap();
         assert_eq!(saved.insights.len(), 5);
         let empty = Dictionary::default();
-        let value = assemble(Theme::Value, &Known { dictionary: &empty, audiences: &[] }, now()).unwrap();
+        let value = assemble(
+            Theme::Value,
+            &Known { dictionary: &empty, audiences: &[], rules: &ProfileRules::default() },
+            now(),
+        )
+        .unwrap();
         let refused = save(&store, &value).await.unwrap_err().to_string();
         assert!(
             refused.contains("the data supports none of its insights (RFM segments and lifetime value: no track event"),

@@ -19,9 +19,20 @@ use crate::analysis::saved::{
 };
 use crate::storage::ObjectStore;
 
+/// Ids starting `theme-` are saved only by assembling a theme (which replaces them): refused here, so that no
+/// one's own insight or dashboard is replaced by a theme.
+fn theme_owned(id: &str) -> Result<(), ApiError> {
+    match crate::analysis::themes::is_theme_id(id) {
+        true => Err(ApiError::invalid(format!(
+            "id: ids starting `theme-` belong to theme dashboards (POST /v1/themes/{{theme}}); save a copy under an id of your own, not {id:?}"
+        ))),
+        false => Ok(()),
+    }
+}
+
 /// What the audit log keeps of an insight: never its definition's text (a filter or a query may hold a
 /// person's data), a keyed hash of it.
-fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> serde_json::Value {
+pub(crate) fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> serde_json::Value {
     let definition = serde_json::to_string(&insight.analysis).unwrap_or_default();
     json!({"id": insight.id, "name": insight.name, "chart": insight.chart,
            "analysis": key.hash(&format!("analysis-definition:{definition}"))})
@@ -70,6 +81,7 @@ pub(crate) async fn put_insight<S: ObjectStore + Clone>(
     if insight.id != id {
         return Err(ApiError::invalid(format!("id: the body's id {:?} is not the path's {id:?}", insight.id)));
     }
+    theme_owned(&id)?;
     insight.check()?;
     let saved = insight.clone();
     let before =
@@ -201,6 +213,7 @@ pub(crate) async fn put_dashboard<S: ObjectStore + Clone>(
     if dashboard.id != id {
         return Err(ApiError::invalid(format!("id: the body's id {:?} is not the path's {id:?}", dashboard.id)));
     }
+    theme_owned(&id)?;
     let insights: Insights = load(api.store(), INSIGHTS).await?;
     dashboard.check(&insights.insights)?;
     let saved = dashboard.clone();

@@ -992,6 +992,14 @@ async fn a_theme_dashboard_is_assembled_from_the_data_dictionary_and_runs() {
         assert!(!runs.is_empty() && runs.iter().all(|i| i["error"].is_null() && i["run"].is_object()), "{shown}");
     }
 
+    // A theme's ids are its own: saving one by hand is refused, so a theme never replaces anyone's work.
+    let copy = json!({"id": "theme-ecommerce-orders", "name": "Mine", "analysis": made["insights"][1]["analysis"]});
+    let (status, _, body) = f.call("PUT", "/v1/insights/theme-ecommerce-orders", Some(&editor), Some(copy)).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("belong to theme dashboards"), "{body}");
+    let board = json!({"id": "theme-mine", "name": "Mine", "insights": ["theme-ecommerce-orders"]});
+    let (status, _, body) = f.call("PUT", "/v1/dashboards/theme-mine", Some(&editor), Some(board)).await;
+    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("belong to theme dashboards"), "{body}");
+
     // A theme the data supports none of, or that does not exist: 400 naming why.
     let (status, _, body) = f.call("POST", "/v1/themes/audiences", Some(&editor), None).await;
     assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("no audiences are defined"), "{body}");
@@ -1006,6 +1014,7 @@ async fn a_theme_dashboard_is_assembled_from_the_data_dictionary_and_runs() {
             .any(|r| r["action"] == "theme.assemble" && r["target"] == "theme:ecommerce"),
         "{audit}"
     );
+    assert!(!audit.to_string().contains("\"steps\""), "definitions are kept as keyed hashes, never as text");
     let document: Value = serde_json::from_str(&openapi_document()).unwrap();
     assert!(document["paths"]["/v1/themes/{theme}"]["post"].is_object());
 }

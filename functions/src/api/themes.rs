@@ -11,7 +11,9 @@ use serde_json::json;
 use shared::access::Scope;
 
 use super::error::ErrorBody;
+use super::insights::summary;
 use super::{Api, ApiError, Change, json_body};
+use crate::analysis::saved::Insight;
 use crate::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, save};
 use crate::storage::ObjectStore;
 
@@ -64,10 +66,12 @@ pub(crate) async fn assemble_theme<S: ObjectStore + Clone>(
         return Err(ApiError::invalid(format!("theme {}: nothing assembled", theme.id())));
     };
     let replaced = save(api.store(), &assembled).await?;
-    let ids = |insights: &[crate::analysis::saved::Insight]| insights.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let key = crate::suppression::hash_key(api.store()).await?;
+    let summaries = |insights: &[Insight]| insights.iter().map(|i| summary(i, &key)).collect::<Vec<_>>();
     let change = Change {
-        before: Some(json!({"insights": ids(&replaced.insights), "dashboard": replaced.dashboard})),
-        after: Some(json!({"insights": ids(&assembled.insights), "dashboard": assembled.dashboard})),
+        before: Some(json!({"insights": summaries(&replaced.insights), "removed": summaries(&replaced.removed),
+                            "dashboard": replaced.dashboard})),
+        after: Some(json!({"insights": summaries(&assembled.insights), "dashboard": assembled.dashboard})),
         detail: Some(json!({"leftOut": assembled.left_out})),
     };
     api.audit(actor, "theme.assemble", &format!("theme:{}", theme.id()), change).await?;
