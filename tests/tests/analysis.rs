@@ -243,7 +243,7 @@ fn funnels_retention_and_sql_from_the_command_line() {
         ecommerce["insights"][0]["analysis"]["definition"]["steps"],
         json!(["Product Viewed", "Order Completed"])
     );
-    assert_eq!(themes["themes"][4]["leftOut"][0]["reason"], "no audiences are defined", "{themes}");
+    assert_eq!(themes["themes"][4]["leftOut"][0]["reason"], "no computed audiences (active or deprecated)", "{themes}");
     let (ok, _, text) = cdp(data.path(), &["themes", "ecommerce", "--save"]);
     assert!(
         ok && text.contains("dashboard theme-ecommerce saved") && text.contains("+ theme-ecommerce-revenue"),

@@ -197,6 +197,14 @@ impl Dashboard {
     }
 }
 
+/// What the audit log keeps of an insight: never its definition's text (a filter or a query may hold a
+/// person's data), a keyed hash of it.
+pub fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> Json {
+    let definition = serde_json::to_string(&insight.analysis).unwrap_or_default();
+    serde_json::json!({"id": insight.id, "name": insight.name, "chart": insight.chart,
+                       "analysis": key.hash(&format!("analysis-definition:{definition}"))})
+}
+
 /// The saved insights.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,7 +435,10 @@ pub async fn run_dashboard<S: ObjectStore>(
                     entry["error"] =
                         format!("its result is larger than {} MiB; open it on its own", MAX_KEPT_BYTES >> 20).into();
                 } else {
-                    entry["run"] = serde_json::to_value(result).map_err(Error::encoding)?;
+                    match serde_json::to_value(result) {
+                        Ok(run) => entry["run"] = run,
+                        Err(problem) => entry["error"] = format!("its result does not encode: {problem}").into(),
+                    }
                 }
             }
             Err(Error::Invalid(problem)) => entry["error"] = problem.into(),

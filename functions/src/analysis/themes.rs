@@ -368,7 +368,7 @@ pub fn assemble(theme: Theme, known: &Known<'_>, now: UtcTime) -> Result<Assembl
             b.offer("buyers", "Buyers per month", "bar", buyers)?;
         }
         Theme::Audiences => {
-            let some = needs(!known.audiences.is_empty(), || "no audiences are defined".into());
+            let some = needs(!known.audiences.is_empty(), || "no computed audiences (active or deprecated)".into());
             let sizes = some.clone().map(|()| {
                 json!({"kind": "sql", "definition": {"query":
                     "SELECT audience, count(*) AS persons FROM memberships GROUP BY audience ORDER BY persons DESC, audience"}})
@@ -432,7 +432,7 @@ pub async fn assemble_stored<S: ObjectStore>(
 pub struct Replaced {
     /// The insights saved before under the same ids.
     pub insights: Vec<Insight>,
-    /// The theme's insights of an earlier assembly that this one no longer holds (and no other dashboard
+    /// The insights the theme's dashboard showed before and this assembly no longer holds (and no dashboard
     /// shows), removed.
     pub removed: Vec<Insight>,
     /// The dashboard saved before under the same id.
@@ -445,8 +445,9 @@ pub fn is_theme_id(id: &str) -> bool {
     id.starts_with("theme-")
 }
 
-/// Saves an assembled theme: its insights (each replacing the one with its id), then its dashboard. Results kept
-/// for a replaced insight whose analysis changed are forgotten.
+/// Saves an assembled theme: its insights (each replacing the one with its id), then its dashboard, then removes
+/// the insights its dashboard showed before and no longer does (unless another dashboard shows them). Results
+/// kept for a replaced insight whose analysis changed, or a removed one, are forgotten.
 pub async fn save<S: ObjectStore>(store: &S, assembled: &Assembled) -> Result<Replaced, Error> {
     let Some(dashboard) = &assembled.dashboard else {
         let reasons: Vec<String> = assembled.left_out.iter().map(|l| format!("{}: {}", l.name, l.reason)).collect();
@@ -461,22 +462,15 @@ pub async fn save<S: ObjectStore>(store: &S, assembled: &Assembled) -> Result<Re
     if !boards.dashboards.iter().any(|d| d.id == dashboard.id) && boards.dashboards.len() >= super::saved::MAX_SAVED {
         return Err(Error::Invalid(format!("dashboards: at most {}; delete one first", super::saved::MAX_SAVED)));
     }
-    let prefix = format!("theme-{}-", assembled.theme.id());
-    let shown_elsewhere =
-        |id: &str| boards.dashboards.iter().any(|d| d.id != dashboard.id && d.insights.iter().any(|i| i == id));
-    let (replaced, removed) = update(store, INSIGHTS, |saved: &mut Insights| {
+    // The insights, then the dashboard that shows them.
+    let replaced = update(store, INSIGHTS, |saved: &mut Insights| {
         let mut replaced = Vec::new();
         for insight in &assembled.insights {
             if let Some(before) = upsert(&mut saved.insights, insight, "insights")? {
                 replaced.push(before);
             }
         }
-        let stale = |i: &Insight| {
-            i.id.starts_with(&prefix) && !assembled.insights.iter().any(|a| a.id == i.id) && !shown_elsewhere(&i.id)
-        };
-        let removed: Vec<Insight> = saved.insights.iter().filter(|i| stale(i)).cloned().collect();
-        saved.insights.retain(|i| !stale(i));
-        Ok((replaced, removed))
+        Ok(replaced)
     })
     .await?;
     for before in &replaced {
@@ -484,14 +478,30 @@ pub async fn save<S: ObjectStore>(store: &S, assembled: &Assembled) -> Result<Re
             forget_results(store, &before.id).await;
         }
     }
-    for gone in &removed {
-        forget_results(store, &gone.id).await;
-    }
     let saved: Insights = super::saved::load(store, INSIGHTS).await?;
     dashboard.check(&saved.insights)?;
     let before =
         update(store, DASHBOARDS, |boards: &mut Dashboards| upsert(&mut boards.dashboards, dashboard, "dashboards"))
             .await?;
+    // Last, the insights the theme's dashboard showed before and no longer does — unless a dashboard (read now,
+    // after the theme's was written) still shows them.
+    let earlier: Vec<&String> =
+        before.iter().flat_map(|b| b.insights.iter()).filter(|id| !dashboard.insights.contains(id)).collect();
+    let mut removed = Vec::new();
+    if !earlier.is_empty() {
+        let boards: Dashboards = super::saved::load(store, DASHBOARDS).await?;
+        let shown = |id: &str| boards.dashboards.iter().any(|d| d.insights.iter().any(|i| i == id));
+        let stale = |i: &Insight| is_theme_id(&i.id) && earlier.contains(&&i.id) && !shown(&i.id);
+        removed = update(store, INSIGHTS, |saved: &mut Insights| {
+            let removed: Vec<Insight> = saved.insights.iter().filter(|i| stale(i)).cloned().collect();
+            saved.insights.retain(|i| !stale(i));
+            Ok(removed)
+        })
+        .await?;
+        for gone in &removed {
+            forget_results(store, &gone.id).await;
+        }
+    }
     Ok(Replaced { insights: replaced, removed, dashboard: before })
 }
 
@@ -628,7 +638,7 @@ mod tests {
             "needs `Order Completed` and at least one of `Product Viewed`, `Product Added`, `Checkout Started`; the data dictionary has Order Completed"
         );
         let audiences = assemble(Theme::Audiences, &known, now()).unwrap();
-        assert_eq!(reasons(&audiences)[0], ("theme-audiences-sizes", "no audiences are defined"));
+        assert_eq!(reasons(&audiences)[0], ("theme-audiences-sizes", "no computed audiences (active or deprecated)"));
         assert!(
             Theme::parse("shop")
                 .unwrap_err()
@@ -654,7 +664,26 @@ mod tests {
             s.events.remove(VIEWED);
         });
         let known = Known { dictionary: &fewer, audiences: &[], rules: &ProfileRules::default() };
-        let later = save(&store, &assemble(Theme::Ecommerce, &known, now()).unwrap()).await.unwrap();
+        let fewer = assemble(Theme::Ecommerce, &known, now()).unwrap();
+        // Unless another dashboard shows it.
+        let mine = Dashboard {
+            id: "mine".into(),
+            name: "Mine".into(),
+            description: String::new(),
+            insights: vec!["theme-ecommerce-after-view".into()],
+            last_days: None,
+        };
+        update(&store, DASHBOARDS, |boards: &mut Dashboards| upsert(&mut boards.dashboards, &mine, "dashboards"))
+            .await
+            .unwrap();
+        assert!(save(&store, &fewer).await.unwrap().removed.is_empty());
+        save(&store, &shop).await.unwrap();
+        update(&store, DASHBOARDS, |boards: &mut Dashboards| {
+            Ok(super::super::saved::remove(&mut boards.dashboards, "mine"))
+        })
+        .await
+        .unwrap();
+        let later = save(&store, &fewer).await.unwrap();
         let removed: Vec<&str> = later.removed.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(removed, ["theme-ecommerce-after-view"]);
         let saved: Insights = super::super::saved::load(&store, INSIGHTS).await.unwrap();

@@ -15,7 +15,8 @@ use super::analysis::engine;
 use super::error::ErrorBody;
 use super::{Api, ApiError, Change, json_body, parse_body};
 use crate::analysis::saved::{
-    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, forget_results, load, remove, run, update, upsert,
+    DASHBOARDS, Dashboard, Dashboards, INSIGHTS, Insight, Insights, forget_results, load, remove, run, summary, update,
+    upsert,
 };
 use crate::storage::ObjectStore;
 
@@ -28,14 +29,6 @@ fn theme_owned(id: &str) -> Result<(), ApiError> {
         ))),
         false => Ok(()),
     }
-}
-
-/// What the audit log keeps of an insight: never its definition's text (a filter or a query may hold a
-/// person's data), a keyed hash of it.
-pub(crate) fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> serde_json::Value {
-    let definition = serde_json::to_string(&insight.analysis).unwrap_or_default();
-    json!({"id": insight.id, "name": insight.name, "chart": insight.chart,
-           "analysis": key.hash(&format!("analysis-definition:{definition}"))})
 }
 
 /// Lists the saved insights.
@@ -123,7 +116,15 @@ pub(crate) async fn delete_insight<S: ObjectStore + Clone>(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("insight {id:?} is on the dashboards {}; take it off them first", showing.join(", ")),
+            match showing.iter().any(|d| crate::analysis::themes::is_theme_id(d)) {
+                // A theme's dashboard is changed only by assembling the theme again.
+                true => format!(
+                    "insight {id:?} is on the dashboards {}; take it off them first (a theme's dashboard: delete it, \
+                     or assemble the theme again with POST /v1/themes/{{theme}})",
+                    showing.join(", ")
+                ),
+                false => format!("insight {id:?} is on the dashboards {}; take it off them first", showing.join(", ")),
+            },
         ));
     }
     let removed =

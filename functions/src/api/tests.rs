@@ -952,7 +952,7 @@ async fn a_theme_dashboard_is_assembled_from_the_data_dictionary_and_runs() {
     assert_eq!(themes, ["acquisition", "ecommerce", "retention", "value", "audiences"]);
     let audiences = &listed["themes"][4];
     assert!(audiences["dashboard"].is_null(), "{audiences}");
-    assert_eq!(audiences["leftOut"][0]["reason"], "no audiences are defined", "{audiences}");
+    assert_eq!(audiences["leftOut"][0]["reason"], "no computed audiences (active or deprecated)", "{audiences}");
 
     // Assembling needs analysis:write.
     let (status, _, body) = f.call("POST", "/v1/themes/ecommerce", Some(&analyst), None).await;
@@ -1000,9 +1000,15 @@ async fn a_theme_dashboard_is_assembled_from_the_data_dictionary_and_runs() {
     let (status, _, body) = f.call("PUT", "/v1/dashboards/theme-mine", Some(&editor), Some(board)).await;
     assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("belong to theme dashboards"), "{body}");
 
+    let (status, _, body) = f.call("DELETE", "/v1/insights/theme-ecommerce-orders", Some(&editor), None).await;
+    assert!(status == StatusCode::CONFLICT && body.to_string().contains("assemble the theme again"), "{body}");
+
     // A theme the data supports none of, or that does not exist: 400 naming why.
     let (status, _, body) = f.call("POST", "/v1/themes/audiences", Some(&editor), None).await;
-    assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("no audiences are defined"), "{body}");
+    assert!(
+        status == StatusCode::BAD_REQUEST && body.to_string().contains("no computed audiences (active or deprecated)"),
+        "{body}"
+    );
     let (status, _, body) = f.call("POST", "/v1/themes/shop", Some(&editor), None).await;
     assert!(status == StatusCode::BAD_REQUEST && body.to_string().contains("one of acquisition"), "{body}");
     let (_, audit) = f.get("/v1/audit", &f.admin).await;

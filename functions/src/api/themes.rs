@@ -11,9 +11,8 @@ use serde_json::json;
 use shared::access::Scope;
 
 use super::error::ErrorBody;
-use super::insights::summary;
 use super::{Api, ApiError, Change, json_body};
-use crate::analysis::saved::Insight;
+use crate::analysis::saved::{Insight, summary};
 use crate::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, save};
 use crate::storage::ObjectStore;
 
@@ -65,8 +64,8 @@ pub(crate) async fn assemble_theme<S: ObjectStore + Clone>(
     let Some(assembled) = assembled.pop() else {
         return Err(ApiError::invalid(format!("theme {}: nothing assembled", theme.id())));
     };
-    let replaced = save(api.store(), &assembled).await?;
     let key = crate::suppression::hash_key(api.store()).await?;
+    let replaced = save(api.store(), &assembled).await?;
     let summaries = |insights: &[Insight]| insights.iter().map(|i| summary(i, &key)).collect::<Vec<_>>();
     let change = Change {
         before: Some(json!({"insights": summaries(&replaced.insights), "removed": summaries(&replaced.removed),
