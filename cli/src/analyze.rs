@@ -485,11 +485,16 @@ fn period_of(period: PeriodArg) -> Period {
 fn load(data: &DataArgs) -> anyhow::Result<(tokio::runtime::Runtime, Engine)> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = FsStore::open(&data.data).context("opening the data folder")?;
-    let engine = runtime.block_on(async {
-        let config = RunConfig::load(&store).await?;
-        Engine::load(&store, &config).await
-    })?;
+    let engine = engine(&runtime, &store)?;
     Ok((runtime, engine))
+}
+
+/// The analysis engine over the data folder's `store`, with every column (the folder is the operator's).
+pub(crate) fn engine(runtime: &tokio::runtime::Runtime, store: &FsStore) -> anyhow::Result<Engine> {
+    Ok(runtime.block_on(async {
+        let config = RunConfig::load(store).await?;
+        Engine::load(store, &config).await
+    })?)
 }
 
 fn at(ms: i64) -> anyhow::Result<UtcTime> {

@@ -3,12 +3,11 @@
 //! so they are never kept.
 
 use anyhow::{Context as _, bail};
-use functions::analysis::Engine;
 use functions::analysis::saved::{DASHBOARDS, Dashboards, INSIGHTS, Insights, load, run, run_dashboard};
-use functions::snapshot::RunConfig;
 use functions::storage::FsStore;
 
 use crate::DataArgs;
+use crate::analyze::engine;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum InsightsCommand {
@@ -50,13 +49,6 @@ fn open(data: &DataArgs) -> anyhow::Result<(tokio::runtime::Runtime, FsStore)> {
     Ok((runtime, store))
 }
 
-fn engine(runtime: &tokio::runtime::Runtime, store: &FsStore) -> anyhow::Result<Engine> {
-    Ok(runtime.block_on(async {
-        let config = RunConfig::load(store).await?;
-        Engine::load(store, &config).await
-    })?)
-}
-
 pub(crate) fn insights(command: InsightsCommand) -> anyhow::Result<()> {
     match command {
         InsightsCommand::List(args) => {
@@ -82,8 +74,7 @@ pub(crate) fn insights(command: InsightsCommand) -> anyhow::Result<()> {
             };
             let engine = engine(&runtime, &store)?;
             let key = runtime.block_on(functions::suppression::hash_key(&store))?;
-            let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
-            let result = runtime.block_on(run(&store, &engine, insight, None, crate::now(), false, &keyed))?;
+            let result = runtime.block_on(run(&store, &engine, insight, None, crate::now(), false, &key))?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
     }
@@ -119,7 +110,6 @@ pub(crate) fn dashboards(command: DashboardsCommand) -> anyhow::Result<()> {
             let insights: Insights = runtime.block_on(load(&store, INSIGHTS))?;
             let engine = engine(&runtime, &store)?;
             let key = runtime.block_on(functions::suppression::hash_key(&store))?;
-            let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
             let shown = runtime.block_on(run_dashboard(
                 &store,
                 &engine,
@@ -127,7 +117,7 @@ pub(crate) fn dashboards(command: DashboardsCommand) -> anyhow::Result<()> {
                 &insights.insights,
                 crate::now(),
                 false,
-                &keyed,
+                &key,
             ))?;
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }

@@ -2,8 +2,7 @@
 //! leaves out and why; `--save` assembles one into the saved insights and dashboards (`GET`/`POST /v1/themes`).
 
 use anyhow::Context as _;
-use functions::analysis::saved::summary;
-use functions::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, save};
+use functions::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, audited, save};
 use functions::storage::FsStore;
 
 use crate::DataArgs;
@@ -32,17 +31,9 @@ pub(crate) fn run(args: ThemesArgs) -> anyhow::Result<()> {
     let assembled = runtime.block_on(assemble_stored(&store, &themes, crate::now()))?;
     if args.save {
         let key = runtime.block_on(functions::suppression::hash_key(&store))?;
-        let summaries = |insights: &[functions::analysis::saved::Insight]| {
-            insights.iter().map(|i| summary(i, &key)).collect::<Vec<_>>()
-        };
         for theme in &assembled {
             let replaced = runtime.block_on(save(&store, theme))?;
-            let change = functions::audit::Change {
-                before: Some(serde_json::json!({"insights": summaries(&replaced.insights),
-                                                "removed": summaries(&replaced.removed), "dashboard": replaced.dashboard})),
-                after: Some(serde_json::json!({"insights": summaries(&theme.insights), "dashboard": theme.dashboard})),
-                detail: Some(serde_json::json!({"leftOut": theme.left_out})),
-            };
+            let change = audited(theme, &replaced, &key);
             let target = format!("theme:{}", theme.theme.id());
             runtime.block_on(functions::audit::record(
                 &store,

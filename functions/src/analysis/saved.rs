@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use shared::access::IdentifierKey;
 use shared::time::UtcTime;
 
 use super::period::DAY_MS;
@@ -199,10 +200,16 @@ impl Dashboard {
 
 /// What the audit log keeps of an insight: never its definition's text (a filter or a query may hold a
 /// person's data), a keyed hash of it.
-pub fn summary(insight: &Insight, key: &shared::access::IdentifierKey) -> Json {
+pub fn summary(insight: &Insight, key: &IdentifierKey) -> Json {
     let definition = serde_json::to_string(&insight.analysis).unwrap_or_default();
     serde_json::json!({"id": insight.id, "name": insight.name, "chart": insight.chart,
-                       "analysis": key.hash(&format!("analysis-definition:{definition}"))})
+                       "analysis": definition_hash(key, &definition)})
+}
+
+/// An analysis definition's text (or a query's) as the audit log and kept results name it: a keyed hash (a
+/// plain hash would confirm a guessed filter value).
+pub fn definition_hash(key: &IdentifierKey, text: &str) -> String {
+    key.hash(&format!("analysis-definition:{text}"))
 }
 
 /// The saved insights.
@@ -350,7 +357,7 @@ impl Analysis {
 /// definition on the same data, otherwise computed now — and kept when `keep` (never a result computed with
 /// personal data, one that depends on the clock, one with a note, or one over [`MAX_KEPT_BYTES`]). Results are
 /// kept per insight and definition (`analysis/v1/results/<insight>/<definition>.json`); reading and writing them
-/// is best effort. `keyed` hashes the definition (a plain hash would confirm a guessed filter value).
+/// is best effort; the definition is named by [`definition_hash`] with `key`.
 pub async fn run<S: ObjectStore>(
     store: &S,
     engine: &Engine,
@@ -358,10 +365,11 @@ pub async fn run<S: ObjectStore>(
     range: Option<(UtcTime, UtcTime)>,
     now: UtcTime,
     keep: bool,
-    keyed: &(dyn Fn(&str) -> String + Sync),
+    key: &IdentifierKey,
 ) -> Result<Run, Error> {
     let analysis = insight.analysis.over(range);
-    let definition = keyed(&serde_json::to_string(&analysis).map_err(Error::encoding)?)[..32].to_string();
+    let definition =
+        definition_hash(key, &serde_json::to_string(&analysis).map_err(Error::encoding)?)[..32].to_string();
     let data_version = engine.loaded.version.clone();
     let key = format!("{RESULTS}{}/{definition}.json", insight.id);
     let keep = keep && !matches!(&analysis, Analysis::Sql(sql) if sql.volatile());
@@ -409,7 +417,7 @@ pub async fn run_dashboard<S: ObjectStore>(
     insights: &[Insight],
     now: UtcTime,
     keep: bool,
-    keyed: &(dyn Fn(&str) -> String + Sync),
+    key: &IdentifierKey,
 ) -> Result<Json, Error> {
     let range = match dashboard.last_days {
         Some(days) => Some(last_days(engine, days, now)?),
@@ -428,7 +436,7 @@ pub async fn run_dashboard<S: ObjectStore>(
             shown.push(entry);
             continue;
         }
-        match run(store, engine, insight, range, now, keep, keyed).await {
+        match run(store, engine, insight, range, now, keep, key).await {
             Ok(result) => {
                 let size = serde_json::to_vec(&result.result).map_or(0, |v| v.len());
                 if size > MAX_KEPT_BYTES {

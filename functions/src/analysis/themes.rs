@@ -439,6 +439,22 @@ pub struct Replaced {
     pub dashboard: Option<Dashboard>,
 }
 
+/// What the audit log keeps of saving `assembled`: insights by [`super::saved::summary`] (a keyed hash of their
+/// definitions, never their text), the dashboards, and what was left out.
+pub fn audited(
+    assembled: &Assembled,
+    replaced: &Replaced,
+    key: &shared::access::IdentifierKey,
+) -> crate::audit::Change {
+    let summaries = |insights: &[Insight]| insights.iter().map(|i| super::saved::summary(i, key)).collect::<Vec<_>>();
+    crate::audit::Change {
+        before: Some(json!({"insights": summaries(&replaced.insights), "removed": summaries(&replaced.removed),
+                            "dashboard": replaced.dashboard})),
+        after: Some(json!({"insights": summaries(&assembled.insights), "dashboard": assembled.dashboard})),
+        detail: Some(json!({"leftOut": assembled.left_out})),
+    }
+}
+
 /// Whether `id` is a theme's (insights and dashboards with ids starting `theme-` are saved only by assembling a
 /// theme).
 pub fn is_theme_id(id: &str) -> bool {

@@ -136,7 +136,7 @@ where
     // (`email = …`), which the log must not.
     let text = serde_json::to_string(&definition).unwrap_or_default();
     let key = crate::suppression::hash_key(api.store()).await?;
-    let detail = serde_json::json!({"definition": key.hash(&format!("analysis-definition:{text}"))});
+    let detail = serde_json::json!({"definition": crate::analysis::saved::definition_hash(&key, &text)});
     let loaded = engine(api, headers, actor, &format!("analyze:{kind}"), detail).await?;
     let result = run(&loaded.engine, &definition).await?;
     Ok(json_body(&result).into_response())

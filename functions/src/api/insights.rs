@@ -166,8 +166,7 @@ pub(crate) async fn run_insight<S: ObjectStore + Clone>(
     let detail = summary(&insight, &key);
     let loaded = engine(&api, &headers, actor, &format!("insight:{id}"), detail).await?;
     let now = crate::config::now()?;
-    let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
-    let result = run(api.store(), &loaded.engine, &insight, None, now, !loaded.personal, &keyed).await?;
+    let result = run(api.store(), &loaded.engine, &insight, None, now, !loaded.personal, &key).await?;
     Ok(json_body(&result).into_response())
 }
 
@@ -287,7 +286,6 @@ pub(crate) async fn run_dashboard<S: ObjectStore + Clone>(
     let loaded = engine(&api, &headers, actor, &format!("dashboard:{id}"), detail).await?;
     let now = crate::config::now()?;
     let key = crate::suppression::hash_key(api.store()).await?;
-    let keyed = |text: &str| key.hash(&format!("analysis-definition:{text}"));
     let shown = crate::analysis::saved::run_dashboard(
         api.store(),
         &loaded.engine,
@@ -295,7 +293,7 @@ pub(crate) async fn run_dashboard<S: ObjectStore + Clone>(
         &insights.insights,
         now,
         !loaded.personal,
-        &keyed,
+        &key,
     )
     .await?;
     Ok(json_body(&shown).into_response())

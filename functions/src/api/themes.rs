@@ -11,9 +11,8 @@ use serde_json::json;
 use shared::access::Scope;
 
 use super::error::ErrorBody;
-use super::{Api, ApiError, Change, json_body};
-use crate::analysis::saved::{Insight, summary};
-use crate::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, save};
+use super::{Api, ApiError, json_body};
+use crate::analysis::themes::{Assembled, THEMES, Theme, assemble_stored, audited, save};
 use crate::storage::ObjectStore;
 
 /// Each theme as the data supports it now.
@@ -66,13 +65,7 @@ pub(crate) async fn assemble_theme<S: ObjectStore + Clone>(
     };
     let key = crate::suppression::hash_key(api.store()).await?;
     let replaced = save(api.store(), &assembled).await?;
-    let summaries = |insights: &[Insight]| insights.iter().map(|i| summary(i, &key)).collect::<Vec<_>>();
-    let change = Change {
-        before: Some(json!({"insights": summaries(&replaced.insights), "removed": summaries(&replaced.removed),
-                            "dashboard": replaced.dashboard})),
-        after: Some(json!({"insights": summaries(&assembled.insights), "dashboard": assembled.dashboard})),
-        detail: Some(json!({"leftOut": assembled.left_out})),
-    };
+    let change = audited(&assembled, &replaced, &key);
     api.audit(actor, "theme.assemble", &format!("theme:{}", theme.id()), change).await?;
     Ok(json_body(&assembled).into_response())
 }
